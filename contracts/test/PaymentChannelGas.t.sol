@@ -1,0 +1,116 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+import {IPaymentChannel} from "../src/interfaces/IPaymentChannel.sol";
+import {ChannelFixture} from "./utils/ChannelFixture.sol";
+
+/// @notice Gas of every operation a provider or client pays for, recorded with
+/// `vm.snapshotGasLastCall` into `snapshots/PaymentChannelGas.json`. CI runs with
+/// `FORGE_SNAPSHOT_CHECK=true`, so any change in gas fails until the snapshot is updated.
+contract PaymentChannelGasTest is ChannelFixture {
+    string internal constant GROUP = "PaymentChannelGas";
+
+    function test_gas_erc20TransferBaseline() public {
+        // What paying one request on-chain costs: a plain ERC-20 transfer to a provider that
+        // already holds the token (warm recipient balance, as for a busy API).
+        usd.mint(payee, 1);
+        vm.prank(payer);
+        usd.transfer(payee, 1e6);
+        vm.snapshotGasLastCall(GROUP, "erc20_transfer");
+        assertEq(usd.balanceOf(payee), 1e6 + 1);
+    }
+
+    function test_gas_open() public {
+        vm.prank(payer);
+        bytes32 id = channel.open(_params(address(usd), DEPOSIT, address(0), bytes32(0)));
+        vm.snapshotGasLastCall(GROUP, "open_erc20");
+        assertEq(channel.getChannel(id).deposit, DEPOSIT);
+
+        vm.prank(payer);
+        id = channel.open{value: 1 ether}(_params(address(0), 1 ether, session, bytes32(0)));
+        vm.snapshotGasLastCall(GROUP, "open_native_session_key");
+        assertEq(channel.getChannel(id).deposit, 1 ether);
+    }
+
+    function test_gas_topUp() public {
+        bytes32 id = _openUsd(DEPOSIT);
+        vm.prank(payer);
+        channel.topUp(id, DEPOSIT);
+        vm.snapshotGasLastCall(GROUP, "top_up");
+        assertEq(channel.getChannel(id).deposit, 2 * DEPOSIT);
+    }
+
+    function test_gas_settle() public {
+        bytes32 id = _openUsd(DEPOSIT);
+        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1000, 100e6);
+        vm.prank(payee);
+        channel.settle(c);
+        vm.snapshotGasLastCall(GROUP, "settle");
+        assertEq(usd.balanceOf(payee), 100e6);
+    }
+
+    function test_gas_close() public {
+        bytes32 id = _openUsd(DEPOSIT);
+        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1000, 100e6);
+        vm.prank(payee);
+        channel.close(c);
+        vm.snapshotGasLastCall(GROUP, "close");
+        assertEq(usd.balanceOf(payee), 100e6);
+        assertEq(usd.balanceOf(payer), FUNDS - 100e6);
+    }
+
+    function test_gas_exitAndWithdraw() public {
+        bytes32 id = _openUsd(DEPOSIT);
+        vm.prank(payer);
+        channel.requestExit(id);
+        vm.snapshotGasLastCall(GROUP, "request_exit");
+        vm.warp(block.timestamp + PERIOD);
+        channel.withdraw(id);
+        vm.snapshotGasLastCall(GROUP, "withdraw");
+        assertEq(usd.balanceOf(payer), FUNDS);
+    }
+
+    function test_gas_closeMany_1() public {
+        _closeMany(1, "close_many_1");
+    }
+
+    function test_gas_closeMany_10() public {
+        _closeMany(10, "close_many_10");
+    }
+
+    function test_gas_closeMany_100() public {
+        _closeMany(100, "close_many_100");
+    }
+
+    function test_gas_settleMany_100() public {
+        IPaymentChannel.Claim[] memory claims = _batch(100);
+        vm.prank(payee);
+        channel.settleMany(claims);
+        vm.snapshotGasLastCall(GROUP, "settle_many_100");
+        assertEq(usd.balanceOf(payee), 100 * 100e6);
+    }
+
+    function _closeMany(uint256 n, string memory name) internal {
+        IPaymentChannel.Claim[] memory claims = _batch(n);
+        vm.prank(payee);
+        uint256 closed = channel.closeMany(claims);
+        vm.snapshotGasLastCall(GROUP, name);
+        assertEq(closed, n);
+        assertEq(usd.balanceOf(payee), n * 100e6);
+    }
+
+    /// `n` channels from `n` distinct clients, each with a voucher for 1,000 requests.
+    function _batch(uint256 n) internal returns (IPaymentChannel.Claim[] memory claims) {
+        claims = new IPaymentChannel.Claim[](n);
+        for (uint256 i; i < n; ++i) {
+            uint256 key = uint256(keccak256(abi.encode("client", i))) % SECP256K1_N;
+            address client = vm.addr(key);
+            usd.mint(client, DEPOSIT);
+            vm.startPrank(client);
+            usd.approve(address(channel), DEPOSIT);
+            bytes32 id = channel.open(_params(address(usd), DEPOSIT, address(0), bytes32(i)));
+            vm.stopPrank();
+            claims[i] = _claim(key, id, 1000, 100e6);
+        }
+    }
+}

@@ -1,0 +1,209 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+import {Test} from "forge-std/Test.sol";
+
+import {PaymentChannel} from "../../src/PaymentChannel.sol";
+import {IPaymentChannel} from "../../src/interfaces/IPaymentChannel.sol";
+import {TestStablecoin} from "../../src/TestStablecoin.sol";
+
+/// @notice Shared fixture: a deployed PaymentChannel, a test stablecoin, funded actors with
+/// known keys, and `vm.sign` helpers for every signature the protocol uses.
+abstract contract ChannelFixture is Test {
+    uint32 internal constant MIN_PERIOD = 1 hours;
+    uint32 internal constant MAX_PERIOD = 30 days;
+    uint32 internal constant PERIOD = 1 days;
+    uint256 internal constant DEPOSIT = 1000e6;
+    uint256 internal constant FUNDS = 1_000_000e6;
+
+    /// secp256k1 order, for building high-s signatures.
+    uint256 internal constant SECP256K1_N =
+        0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141;
+
+    PaymentChannel internal channel;
+    TestStablecoin internal usd;
+
+    uint256 internal payerKey;
+    address internal payer;
+    uint256 internal payeeKey;
+    address internal payee;
+    uint256 internal sessionKey;
+    address internal session;
+    address internal watcher;
+    address internal stranger;
+
+    function setUp() public virtual {
+        channel = new PaymentChannel(MIN_PERIOD, MAX_PERIOD);
+        usd = new TestStablecoin();
+        (payer, payerKey) = makeAddrAndKey("payer");
+        (payee, payeeKey) = makeAddrAndKey("payee");
+        (session, sessionKey) = makeAddrAndKey("session");
+        watcher = makeAddr("watcher");
+        stranger = makeAddr("stranger");
+
+        usd.mint(payer, FUNDS);
+        vm.deal(payer, 1000 ether);
+        vm.prank(payer);
+        usd.approve(address(channel), type(uint256).max);
+    }
+
+    // ----- opening -----
+
+    function _params(address token, uint256 deposit, address signer, bytes32 salt)
+        internal
+        view
+        returns (IPaymentChannel.OpenParams memory)
+    {
+        return IPaymentChannel.OpenParams({
+            payee: payee,
+            token: token,
+            signer: signer,
+            challengePeriod: PERIOD,
+            deposit: deposit,
+            salt: salt
+        });
+    }
+
+    /// Opens a USD channel from `payer` signed by the payer itself.
+    function _openUsd(uint256 deposit) internal returns (bytes32 id) {
+        vm.prank(payer);
+        id = channel.open(_params(address(usd), deposit, address(0), bytes32(0)));
+    }
+
+    /// Opens a USD channel from `payer` whose vouchers are signed by the session key.
+    function _openUsdWithSession(uint256 deposit, bytes32 salt) internal returns (bytes32 id) {
+        vm.prank(payer);
+        id = channel.open(_params(address(usd), deposit, session, salt));
+    }
+
+    /// Opens a native-token channel from `payer`.
+    function _openEth(uint256 deposit) internal returns (bytes32 id) {
+        vm.prank(payer);
+        id = channel.open{value: deposit}(_params(address(0), deposit, address(0), bytes32(0)));
+    }
+
+    // ----- signing -----
+
+    function _sign(uint256 key, bytes32 digest) internal pure returns (bytes memory) {
+        (uint8 v, bytes32 r, bytes32 s) = vm.sign(key, digest);
+        return abi.encodePacked(r, s, v);
+    }
+
+    /// The same signature with `s' = n - s` and the parity flipped: valid for ecrecover,
+    /// refused by OpenZeppelin's ECDSA.
+    function _highS(bytes memory sig) internal pure returns (bytes memory) {
+        bytes32 r;
+        bytes32 s;
+        uint8 v;
+        assembly {
+            r := mload(add(sig, 0x20))
+            s := mload(add(sig, 0x40))
+            v := byte(0, mload(add(sig, 0x60)))
+        }
+        return
+            abi.encodePacked(r, bytes32(SECP256K1_N - uint256(s)), v == 27 ? uint8(28) : uint8(27));
+    }
+
+    function _voucherSig(uint256 key, bytes32 id, uint64 nonce, uint256 cumulative)
+        internal
+        view
+        returns (bytes memory)
+    {
+        return _sign(key, channel.voucherDigest(id, nonce, cumulative));
+    }
+
+    /// A claim of the full voucher amount, signed with `key`.
+    function _claim(uint256 key, bytes32 id, uint64 nonce, uint256 cumulative)
+        internal
+        view
+        returns (IPaymentChannel.Claim memory)
+    {
+        return IPaymentChannel.Claim({
+            channelId: id,
+            nonce: nonce,
+            cumulativeAmount: cumulative,
+            claimed: cumulative,
+            signature: _voucherSig(key, id, nonce, cumulative)
+        });
+    }
+
+    /// A claim with no voucher (close at the amount already paid).
+    function _noVoucher(bytes32 id) internal pure returns (IPaymentChannel.Claim memory) {
+        return IPaymentChannel.Claim({
+            channelId: id, nonce: 0, cumulativeAmount: 0, claimed: 0, signature: ""
+        });
+    }
+
+    function _closeAuthSig(uint256 key, bytes32 id, uint256 finalAmount)
+        internal
+        view
+        returns (bytes memory)
+    {
+        return _sign(key, channel.closeAuthorizationDigest(id, finalAmount));
+    }
+
+    function _openAuthSig(uint256 key, bytes32 id, uint256 deadline)
+        internal
+        view
+        returns (bytes memory)
+    {
+        return _sign(key, channel.openAuthorizationDigest(id, deadline));
+    }
+
+    /// EIP-2612 permit signature of `owner` for this channel contract.
+    function _permitSig(uint256 key, address owner, uint256 value, uint256 deadline)
+        internal
+        view
+        returns (uint8 v, bytes32 r, bytes32 s)
+    {
+        bytes32 structHash = keccak256(
+            abi.encode(
+                keccak256(
+                    "Permit(address owner,address spender,uint256 value,uint256 nonce,uint256 deadline)"
+                ),
+                owner,
+                address(channel),
+                value,
+                usd.nonces(owner),
+                deadline
+            )
+        );
+        (v, r, s) = vm.sign(
+            key, keccak256(abi.encodePacked("\x19\x01", usd.DOMAIN_SEPARATOR(), structHash))
+        );
+    }
+
+    /// EIP-3009 `ReceiveWithAuthorization` signature of `from` paying the channel contract.
+    function _receiveAuthSig(
+        uint256 key,
+        address from,
+        uint256 value,
+        uint256 validAfter,
+        uint256 validBefore,
+        bytes32 nonce
+    ) internal view returns (uint8 v, bytes32 r, bytes32 s) {
+        bytes32 structHash = keccak256(
+            abi.encode(
+                usd.RECEIVE_WITH_AUTHORIZATION_TYPEHASH(),
+                from,
+                address(channel),
+                value,
+                validAfter,
+                validBefore,
+                nonce
+            )
+        );
+        (v, r, s) = vm.sign(
+            key, keccak256(abi.encodePacked("\x19\x01", usd.DOMAIN_SEPARATOR(), structHash))
+        );
+    }
+
+    function _array(IPaymentChannel.Claim memory c)
+        internal
+        pure
+        returns (IPaymentChannel.Claim[] memory claims)
+    {
+        claims = new IPaymentChannel.Claim[](1);
+        claims[0] = c;
+    }
+}
