@@ -25,7 +25,7 @@ contract PaymentChannel is IPaymentChannel, EIP712, ReentrancyGuardTransient {
 
     /// @notice EIP-712 type of a payee's cooperative close authorisation.
     bytes32 public constant CLOSE_AUTHORIZATION_TYPEHASH =
-        keccak256("CloseAuthorization(bytes32 channelId,uint256 finalAmount)");
+        keccak256("CloseAuthorization(bytes32 channelId,uint256 finalAmount,uint256 deadline)");
 
     /// @notice EIP-712 type of a payer's authorisation of a gasless open.
     bytes32 public constant OPEN_AUTHORIZATION_TYPEHASH =
@@ -233,8 +233,10 @@ contract PaymentChannel is IPaymentChannel, EIP712, ReentrancyGuardTransient {
     function closeWithAuthorization(
         bytes32 channelId,
         uint256 finalAmount,
+        uint256 deadline,
         bytes calldata payeeSignature
     ) external nonReentrant {
+        if (block.timestamp > deadline) revert AuthorizationExpired(deadline);
         Channel storage ch = _channels[channelId];
         if (ch.status != Status.Open) revert ChannelNotOpen(channelId, ch.status);
         address payer = ch.payer;
@@ -252,7 +254,7 @@ contract PaymentChannel is IPaymentChannel, EIP712, ReentrancyGuardTransient {
         }
         address payee = ch.payee;
         if (!SignatureChecker.isValidSignatureNow(
-                payee, _closeAuthorizationDigest(channelId, finalAmount), payeeSignature
+                payee, _closeAuthorizationDigest(channelId, finalAmount, deadline), payeeSignature
             )) {
             revert InvalidCloseAuthorization(channelId);
         }
@@ -352,12 +354,12 @@ contract PaymentChannel is IPaymentChannel, EIP712, ReentrancyGuardTransient {
     }
 
     /// @inheritdoc IPaymentChannel
-    function closeAuthorizationDigest(bytes32 channelId, uint256 finalAmount)
+    function closeAuthorizationDigest(bytes32 channelId, uint256 finalAmount, uint256 deadline)
         external
         view
         returns (bytes32)
     {
-        return _closeAuthorizationDigest(channelId, finalAmount);
+        return _closeAuthorizationDigest(channelId, finalAmount, deadline);
     }
 
     /// @inheritdoc IPaymentChannel
@@ -462,7 +464,12 @@ contract PaymentChannel is IPaymentChannel, EIP712, ReentrancyGuardTransient {
             o.err = _checkVoucher(ch, claim, paid, byPayee);
             if (o.err.length != 0) return o;
             newPaid = claim.claimed;
-            ch.nonce = claim.nonce;
+            // Only the payee's own claims consume nonces. The payer holds the signing key, so
+            // during its exit it could otherwise sign a fresh high-nonce voucher for the amount
+            // already paid, submit it "as a watcher" and void the payee's latest voucher. A
+            // claim by anyone else must pay the voucher's full amount and leaves the nonce
+            // alone: the voucher paying the payee the most always wins.
+            if (byPayee) ch.nonce = claim.nonce;
             // forge-lint: disable-next-line(unsafe-typecast) newPaid <= cumulativeAmount <= deposit
             ch.paid = uint128(newPaid);
             emit Settled(channelId, msg.sender, claim.nonce, newPaid, newPaid - paid);
@@ -627,13 +634,13 @@ contract PaymentChannel is IPaymentChannel, EIP712, ReentrancyGuardTransient {
         );
     }
 
-    function _closeAuthorizationDigest(bytes32 channelId, uint256 finalAmount)
+    function _closeAuthorizationDigest(bytes32 channelId, uint256 finalAmount, uint256 deadline)
         private
         view
         returns (bytes32)
     {
         return _hashTypedDataV4(
-            keccak256(abi.encode(CLOSE_AUTHORIZATION_TYPEHASH, channelId, finalAmount))
+            keccak256(abi.encode(CLOSE_AUTHORIZATION_TYPEHASH, channelId, finalAmount, deadline))
         );
     }
 

@@ -22,8 +22,9 @@ contract PaymentChannelGasTest is ChannelFixture {
         // already holds the token (warm recipient balance, as for a busy API).
         usd.mint(payee, 1);
         vm.prank(payer);
-        usd.transfer(payee, 1e6);
+        bool ok = usd.transfer(payee, 1e6);
         vm.snapshotGasLastCall(GROUP, "erc20_transfer");
+        assertTrue(ok);
         assertEq(usd.balanceOf(payee), 1e6 + 1);
     }
 

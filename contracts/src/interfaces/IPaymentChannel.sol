@@ -31,8 +31,11 @@ pragma solidity ^0.8.24;
 /// - Stale signature: an older voucher has a lower nonce and (for an honest payer) a lower
 ///   cumulative amount. Once a newer voucher is on-chain the older one is refused (nonce), and
 ///   no voucher can move `paid` backwards, so a stale voucher can never pay more than the latest.
-///   During an exit the payee or a watcher submits the latest (highest-nonce) voucher, which
-///   supersedes any stale one the payer might try to pass off.
+///   During an exit the payee or a watcher submits the latest voucher, which supersedes any
+///   stale one the payer might try to pass off. The payer holds the signing key and could sign a
+///   fresh voucher with a huge nonce for the amount already paid; only the payee's own claims
+///   consume nonces, so such a voucher submitted by anyone else pays nothing and blocks nothing:
+///   among the vouchers submitted in an exit, the one paying the payee the most wins.
 /// - Double spend beyond the deposit: a voucher above the deposit is refused and payouts are
 ///   computed as `claimed - paid`, so the payee can never receive more than the deposit, nor more
 ///   than the highest cumulative amount signed. Deposits only grow while a channel is open.
@@ -41,7 +44,9 @@ pragma solidity ^0.8.24;
 /// - Client exiting early: a payer who requests an exit right after being served is answered by
 ///   the payee (or its watcher) submitting the latest voucher within the challenge period.
 ///   Providers stop accepting vouchers on a channel as soon as they see {ExitRequested}, so a
-///   payer cannot burst unsettled vouchers just before withdrawing.
+///   payer cannot burst unsettled vouchers just before withdrawing. A payee-signed close
+///   authorisation carries a deadline; the provider accepts no vouchers on the channel until it
+///   has passed, so an old authorisation cannot undercut later service.
 /// - Forged vouchers: only the channel's signer (an ECDSA key, or the payer's EIP-1271 wallet
 ///   when no session key is set) can authorise payments. ECDSA signatures must be 65 bytes,
 ///   `v ∈ {27, 28}` and low-`s` (malleable high-`s` signatures are refused).
@@ -108,7 +113,8 @@ interface IPaymentChannel {
     /// @notice A voucher submitted for payment.
     /// @dev `claimed` is the total the submitter wants paid to the payee: the voucher's
     /// `cumulativeAmount` is a ceiling, and the payee may claim less (what it actually charged,
-    /// for dynamic prices). Anyone other than the payee must claim exactly `cumulativeAmount`.
+    /// for dynamic prices). Anyone other than the payee must claim exactly `cumulativeAmount`,
+    /// and only the payee's claims advance the channel's nonce.
     struct Claim {
         /// The channel.
         bytes32 channelId;
@@ -210,7 +216,8 @@ interface IPaymentChannel {
     error ExitNotRequested(bytes32 channelId);
     /// @notice The challenge period has not ended yet.
     error ChallengePeriodActive(bytes32 channelId, uint256 exitAt);
-    /// @notice The challenge period has ended: only {withdraw} is possible.
+    /// @notice The challenge period has ended: only {withdraw} (or a payer {topUp}, which
+    /// resumes the channel) is possible.
     error ChallengePeriodOver(bytes32 channelId, uint256 exitAt);
     /// @notice Only the payer may top up a channel with a pending exit.
     error TopUpDuringExit(bytes32 channelId, address caller);
@@ -270,7 +277,9 @@ interface IPaymentChannel {
 
     /// @notice Redeems a voucher; the channel stays open.
     /// @dev The payee may call this at any time before a pending exit's challenge period ends.
-    /// While an exit is pending anyone may call it (a watcher), claiming the full amount.
+    /// While an exit is pending anyone may call it (a watcher), claiming the full amount; such a
+    /// claim does not consume the nonce, so it can never block a voucher that pays the payee
+    /// more (the payer could otherwise sign a high-nonce voucher and submit it itself).
     function settle(Claim calldata claim) external;
 
     /// @notice Redeems many vouchers, paying each recipient once per token. Items that would
@@ -288,11 +297,13 @@ interface IPaymentChannel {
     function closeMany(Claim[] calldata claims) external returns (uint256 closed);
 
     /// @notice Cooperative close submitted by the payer (or its signer): the payee's EIP-712
-    /// signature over `CloseAuthorization(bytes32 channelId,uint256 finalAmount)` sets the
-    /// payee's final total; the rest is refunded at once.
+    /// signature over `CloseAuthorization(bytes32 channelId,uint256 finalAmount,uint256 deadline)`
+    /// sets the payee's final total; the rest is refunded at once. A payee that signs one must
+    /// accept no further vouchers on the channel until `deadline` has passed.
     function closeWithAuthorization(
         bytes32 channelId,
         uint256 finalAmount,
+        uint256 deadline,
         bytes calldata payeeSignature
     ) external;
 
@@ -326,7 +337,7 @@ interface IPaymentChannel {
         returns (bytes32);
 
     /// @notice The EIP-712 digest a payee signs to authorise a cooperative close.
-    function closeAuthorizationDigest(bytes32 channelId, uint256 finalAmount)
+    function closeAuthorizationDigest(bytes32 channelId, uint256 finalAmount, uint256 deadline)
         external
         view
         returns (bytes32);

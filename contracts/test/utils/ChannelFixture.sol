@@ -15,6 +15,8 @@ abstract contract ChannelFixture is Test {
     uint32 internal constant PERIOD = 1 days;
     uint256 internal constant DEPOSIT = 1000e6;
     uint256 internal constant FUNDS = 1_000_000e6;
+    /// Deadline of close authorisations signed by `_closeAuthSig`.
+    uint256 internal constant CLOSE_DEADLINE = 365 days;
 
     /// secp256k1 order, for building high-s signatures.
     uint256 internal constant SECP256K1_N =
@@ -139,7 +141,7 @@ abstract contract ChannelFixture is Test {
         view
         returns (bytes memory)
     {
-        return _sign(key, channel.closeAuthorizationDigest(id, finalAmount));
+        return _sign(key, channel.closeAuthorizationDigest(id, finalAmount, CLOSE_DEADLINE));
     }
 
     function _openAuthSig(uint256 key, bytes32 id, uint256 deadline)

@@ -1,0 +1,848 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {Vm} from "forge-std/Vm.sol";
+
+import {PaymentChannel} from "../src/PaymentChannel.sol";
+import {IPaymentChannel} from "../src/interfaces/IPaymentChannel.sol";
+import {BlacklistToken} from "./mocks/BlacklistToken.sol";
+import {ERC1271Wallet, RejectingWallet} from "./mocks/ERC1271Wallet.sol";
+import {FalseReturningToken} from "./mocks/FalseReturningToken.sol";
+import {FeeOnTransferToken} from "./mocks/FeeOnTransferToken.sol";
+import {NoReturnToken} from "./mocks/NoReturnToken.sol";
+import {GasGuzzlerReceiver, RevertingReceiver} from "./mocks/Receivers.sol";
+import {ReentrantToken} from "./mocks/ReentrantToken.sol";
+import {ChannelFixture} from "./utils/ChannelFixture.sol";
+
+/// @notice PaymentChannel against hostile or non-standard tokens and wallets: fee-on-transfer,
+/// false-returning, USDT-style and blacklisting tokens, a reentrant token, recipients that
+/// revert or burn all gas, EIP-1271 wallets, malleable and wrong-domain signatures.
+contract AdversarialTest is ChannelFixture {
+    FeeOnTransferToken internal feeToken;
+    FalseReturningToken internal falseToken;
+    NoReturnToken internal noReturn;
+    BlacklistToken internal blToken;
+    ReentrantToken internal reToken;
+
+    function setUp() public override {
+        super.setUp();
+        feeToken = new FeeOnTransferToken();
+        falseToken = new FalseReturningToken();
+        noReturn = new NoReturnToken();
+        blToken = new BlacklistToken();
+        reToken = new ReentrantToken();
+
+        feeToken.mint(payer, FUNDS);
+        falseToken.mint(payer, FUNDS);
+        noReturn.mint(payer, FUNDS);
+        blToken.mint(payer, FUNDS);
+        reToken.mint(payer, FUNDS);
+        vm.startPrank(payer);
+        feeToken.approve(address(channel), type(uint256).max);
+        falseToken.approve(address(channel), type(uint256).max);
+        noReturn.approve(address(channel), type(uint256).max);
+        blToken.approve(address(channel), type(uint256).max);
+        reToken.approve(address(channel), type(uint256).max);
+        vm.stopPrank();
+    }
+
+    // =========================================================================================
+    // Fee-on-transfer token
+    // =========================================================================================
+
+    function test_open_feeOnTransferCreditsWhatArrived() public {
+        uint256 net = DEPOSIT - feeToken.feeOf(DEPOSIT);
+        bytes32 id = _openToken(address(feeToken), DEPOSIT);
+
+        assertEq(channel.getChannel(id).deposit, net, "deposit = amount received");
+        assertEq(feeToken.balanceOf(address(channel)), net);
+    }
+
+    function test_topUp_feeOnTransferCreditsWhatArrived() public {
+        uint256 net = DEPOSIT - feeToken.feeOf(DEPOSIT);
+        bytes32 id = _openToken(address(feeToken), DEPOSIT);
+
+        vm.expectEmit(address(channel));
+        emit IPaymentChannel.ToppedUp(id, payer, net, 2 * net);
+        vm.prank(payer);
+        channel.topUp(id, DEPOSIT);
+
+        assertEq(channel.getChannel(id).deposit, 2 * net);
+        assertEq(feeToken.balanceOf(address(channel)), 2 * net);
+    }
+
+    function test_settle_feeOnTransferVoucherForNominalDepositRefused() public {
+        uint256 net = DEPOSIT - feeToken.feeOf(DEPOSIT);
+        bytes32 id = _openToken(address(feeToken), DEPOSIT);
+
+        // The client signs for the nominal amount, but only `net` arrived.
+        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, DEPOSIT);
+        vm.expectRevert(
+            abi.encodeWithSelector(IPaymentChannel.VoucherExceedsDeposit.selector, DEPOSIT, net)
+        );
+        vm.prank(payee);
+        channel.settle(c);
+    }
+
+    function test_close_feeOnTransferBalanceCoversDepositMinusPaid() public {
+        bytes32 id = _openToken(address(feeToken), DEPOSIT);
+        vm.prank(payer);
+        channel.topUp(id, 500e6);
+        _assertFeeTokenCovered(id);
+
+        _settleAs(payee, _claim(payerKey, id, 1, 300e6));
+        _assertFeeTokenCovered(id);
+        assertEq(feeToken.grossReceived(payee), 300e6, "gross payout");
+        assertEq(feeToken.balanceOf(payee), 300e6 - feeToken.feeOf(300e6));
+
+        uint256 deposit = channel.getChannel(id).deposit;
+        uint256 payerGrossBefore = feeToken.grossReceived(payer);
+        _closeAs(payee, _claim(payerKey, id, 2, 700e6));
+
+        assertEq(feeToken.grossReceived(payee), 700e6, "payee paid 700 in total");
+        assertEq(feeToken.grossReceived(payer) - payerGrossBefore, deposit - 700e6, "refund");
+        assertEq(feeToken.balanceOf(address(channel)), 0, "nothing left behind");
+    }
+
+    function test_topUp_feeOnTransferNothingArrivesReverts() public {
+        bytes32 id = _openToken(address(feeToken), DEPOSIT);
+        feeToken.setFeeBps(10_000);
+
+        vm.expectRevert(IPaymentChannel.ZeroAmount.selector);
+        vm.prank(payer);
+        channel.topUp(id, DEPOSIT);
+
+        vm.expectRevert(IPaymentChannel.ZeroAmount.selector);
+        vm.prank(payer);
+        channel.open(_params(address(feeToken), DEPOSIT, address(0), keccak256("2")));
+    }
+
+    // =========================================================================================
+    // False-returning token
+    // =========================================================================================
+
+    function test_open_falseReturningTokenReverts() public {
+        falseToken.setFailTransfers(true);
+        vm.expectRevert(
+            abi.encodeWithSelector(SafeERC20.SafeERC20FailedOperation.selector, falseToken)
+        );
+        vm.prank(payer);
+        channel.open(_params(address(falseToken), DEPOSIT, address(0), bytes32(0)));
+    }
+
+    function test_open_falseReturningTokenInsufficientBalanceReverts() public {
+        // Returns false (no revert) because the payer's balance is too low.
+        vm.expectRevert(
+            abi.encodeWithSelector(SafeERC20.SafeERC20FailedOperation.selector, falseToken)
+        );
+        vm.prank(payer);
+        channel.open(_params(address(falseToken), FUNDS + 1, address(0), bytes32(0)));
+        assertEq(falseToken.balanceOf(address(channel)), 0);
+    }
+
+    function test_topUp_falseReturningTokenReverts() public {
+        bytes32 id = _openToken(address(falseToken), DEPOSIT);
+        falseToken.setFailTransfers(true);
+
+        vm.expectRevert(
+            abi.encodeWithSelector(SafeERC20.SafeERC20FailedOperation.selector, falseToken)
+        );
+        vm.prank(payer);
+        channel.topUp(id, DEPOSIT);
+        assertEq(channel.getChannel(id).deposit, DEPOSIT);
+    }
+
+    function test_settle_falseReturningPayoutCredited() public {
+        bytes32 id = _openToken(address(falseToken), DEPOSIT);
+        falseToken.setFailTransfers(true);
+
+        vm.expectEmit(address(channel));
+        emit IPaymentChannel.PayoutCredited(payee, address(falseToken), 300e6);
+        _settleAs(payee, _claim(payerKey, id, 1, 300e6));
+
+        assertEq(channel.getChannel(id).paid, 300e6);
+        assertEq(falseToken.balanceOf(payee), 0);
+        assertEq(channel.creditOf(payee, address(falseToken)), 300e6);
+        assertEq(falseToken.balanceOf(address(channel)), DEPOSIT, "nothing left the contract");
+
+        // Withdrawing while the token still fails reverts and keeps the credit.
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                IPaymentChannel.CreditTransferFailed.selector, stranger, falseToken, 300e6
+            )
+        );
+        vm.prank(payee);
+        channel.withdrawCredit(address(falseToken), stranger);
+        assertEq(channel.creditOf(payee, address(falseToken)), 300e6);
+
+        falseToken.setFailTransfers(false);
+        vm.prank(payee);
+        assertEq(channel.withdrawCredit(address(falseToken), stranger), 300e6);
+        assertEq(falseToken.balanceOf(stranger), 300e6);
+        assertEq(channel.creditOf(payee, address(falseToken)), 0);
+    }
+
+    function test_close_falseReturningPayoutAndRefundCredited() public {
+        bytes32 id = _openToken(address(falseToken), DEPOSIT);
+        falseToken.setFailTransfers(true);
+
+        _closeAs(payee, _claim(payerKey, id, 1, 300e6));
+
+        assertEq(uint8(channel.getChannel(id).status), uint8(IPaymentChannel.Status.Closed));
+        assertEq(channel.creditOf(payee, address(falseToken)), 300e6);
+        assertEq(channel.creditOf(payer, address(falseToken)), DEPOSIT - 300e6);
+        assertEq(falseToken.balanceOf(address(channel)), DEPOSIT, "credits fully backed");
+    }
+
+    // =========================================================================================
+    // USDT-style token (no return value)
+    // =========================================================================================
+
+    function test_close_noReturnTokenEndToEnd() public {
+        bytes32 id = _openToken(address(noReturn), DEPOSIT);
+        vm.prank(payer);
+        channel.topUp(id, 500e6);
+        assertEq(channel.getChannel(id).deposit, 1500e6);
+
+        _settleAs(payee, _claim(payerKey, id, 1, 200e6));
+        assertEq(noReturn.balanceOf(payee), 200e6);
+
+        _closeAs(payee, _claim(payerKey, id, 2, 600e6));
+        assertEq(noReturn.balanceOf(payee), 600e6);
+        assertEq(noReturn.balanceOf(payer), FUNDS - 600e6);
+        assertEq(noReturn.balanceOf(address(channel)), 0);
+    }
+
+    function test_withdraw_noReturnTokenRefundsPayer() public {
+        bytes32 id = _openToken(address(noReturn), DEPOSIT);
+        vm.prank(payer);
+        channel.requestExit(id);
+        _settleAs(watcher, _claim(payerKey, id, 1, 100e6));
+        vm.warp(block.timestamp + PERIOD);
+
+        channel.withdraw(id);
+        assertEq(noReturn.balanceOf(payee), 100e6);
+        assertEq(noReturn.balanceOf(payer), FUNDS - 100e6);
+        assertEq(noReturn.balanceOf(address(channel)), 0);
+    }
+
+    // =========================================================================================
+    // Blacklisting token
+    // =========================================================================================
+
+    function test_close_blacklistedPayeeStillRefundsPayer() public {
+        bytes32 id = _openToken(address(blToken), DEPOSIT);
+        blToken.setBlacklisted(payee, true);
+
+        _closeAs(payee, _claim(payerKey, id, 1, 300e6));
+
+        assertEq(blToken.balanceOf(payer), FUNDS - 300e6, "payer refunded at once");
+        assertEq(channel.creditOf(payee, address(blToken)), 300e6, "payee credited");
+        assertEq(blToken.balanceOf(address(channel)), 300e6);
+
+        // The payee cannot receive the token itself, but can send its credit elsewhere.
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                IPaymentChannel.CreditTransferFailed.selector, payee, blToken, 300e6
+            )
+        );
+        vm.prank(payee);
+        channel.withdrawCredit(address(blToken), payee);
+
+        vm.prank(payee);
+        channel.withdrawCredit(address(blToken), stranger);
+        assertEq(blToken.balanceOf(stranger), 300e6);
+        assertEq(blToken.balanceOf(address(channel)), 0);
+    }
+
+    function test_closeWithAuthorization_blacklistedPayeeStillRefundsPayer() public {
+        bytes32 id = _openToken(address(blToken), DEPOSIT);
+        blToken.setBlacklisted(payee, true);
+
+        bytes memory sig = _closeAuthSig(payeeKey, id, 250e6);
+        vm.prank(payer);
+        channel.closeWithAuthorization(id, 250e6, CLOSE_DEADLINE, sig);
+
+        assertEq(blToken.balanceOf(payer), FUNDS - 250e6);
+        assertEq(channel.creditOf(payee, address(blToken)), 250e6);
+    }
+
+    function test_close_blacklistedPayerStillPaysPayee() public {
+        bytes32 id = _openToken(address(blToken), DEPOSIT);
+        blToken.setBlacklisted(payer, true);
+
+        _closeAs(payee, _claim(payerKey, id, 1, 300e6));
+
+        assertEq(blToken.balanceOf(payee), 300e6, "payee paid at once");
+        assertEq(channel.creditOf(payer, address(blToken)), DEPOSIT - 300e6, "refund credited");
+    }
+
+    function test_closeMany_blacklistedPayeeCreditedOnce() public {
+        bytes32 a = _openToken(address(blToken), DEPOSIT);
+        vm.prank(payer);
+        bytes32 b = channel.open(_params(address(blToken), DEPOSIT, address(0), keccak256("b")));
+        blToken.setBlacklisted(payee, true);
+
+        IPaymentChannel.Claim[] memory claims = new IPaymentChannel.Claim[](2);
+        claims[0] = _claim(payerKey, a, 1, 100e6);
+        claims[1] = _claim(payerKey, b, 1, 200e6);
+        vm.recordLogs();
+        vm.prank(payee);
+        assertEq(channel.closeMany(claims), 2);
+
+        assertEq(channel.creditOf(payee, address(blToken)), 300e6);
+        assertEq(blToken.balanceOf(payer), FUNDS - 300e6, "both refunds arrived");
+        // The two payouts are aggregated into one transfer, so there is one credit.
+        Vm.Log[] memory logs = vm.getRecordedLogs();
+        uint256 credited;
+        for (uint256 i; i < logs.length; ++i) {
+            if (logs[i].topics[0] == IPaymentChannel.PayoutCredited.selector) ++credited;
+        }
+        assertEq(credited, 1, "one aggregated payout");
+    }
+
+    // =========================================================================================
+    // Reentrancy
+    // =========================================================================================
+
+    function test_settle_reentrantSettleReverts() public {
+        (bytes32 a, bytes32 b) = _openReentrantPair();
+        IPaymentChannel.Claim memory claimB = _claim(payerKey, b, 1, 50e6);
+        // The token is channel B's payee: outside the guard this call would pay it.
+        reToken.arm(address(channel), abi.encodeCall(channel.settle, (claimB)));
+
+        _settleAs(payee, _claim(payerKey, a, 1, 100e6));
+
+        _assertReentryBlocked();
+        assertEq(channel.getChannel(a).paid, 100e6);
+        assertEq(reToken.balanceOf(payee), 100e6);
+        assertEq(channel.getChannel(b).paid, 0, "B untouched");
+        assertEq(reToken.balanceOf(address(channel)), 2 * DEPOSIT - 100e6);
+
+        // The very same call succeeds outside the payout: only the guard stopped it.
+        vm.prank(address(reToken));
+        channel.settle(claimB);
+        assertEq(channel.getChannel(b).paid, 50e6);
+    }
+
+    function test_close_reentrantCloseReverts() public {
+        (bytes32 a, bytes32 b) = _openReentrantPair();
+        IPaymentChannel.Claim memory claimB = _claim(payerKey, b, 1, 50e6);
+        reToken.arm(address(channel), abi.encodeCall(channel.close, (claimB)));
+
+        _closeAs(payee, _claim(payerKey, a, 1, 100e6));
+
+        _assertReentryBlocked();
+        assertEq(uint8(channel.getChannel(a).status), uint8(IPaymentChannel.Status.Closed));
+        assertEq(uint8(channel.getChannel(b).status), uint8(IPaymentChannel.Status.Open));
+        assertEq(reToken.balanceOf(payee), 100e6);
+        assertEq(reToken.balanceOf(payer), FUNDS - 2 * DEPOSIT + (DEPOSIT - 100e6));
+        assertEq(reToken.balanceOf(address(channel)), DEPOSIT, "only B's deposit left");
+    }
+
+    function test_closeMany_reentrantSettleReverts() public {
+        (bytes32 a, bytes32 b) = _openReentrantPair();
+        reToken.arm(
+            address(channel), abi.encodeCall(channel.settle, (_claim(payerKey, b, 1, 50e6)))
+        );
+
+        assertEq(_closeManyAs(payee, _array(_claim(payerKey, a, 1, 100e6))), 1);
+
+        _assertReentryBlocked();
+        assertEq(channel.getChannel(b).paid, 0);
+        assertEq(reToken.balanceOf(address(channel)), DEPOSIT);
+    }
+
+    function test_open_reentrantTopUpReverts() public {
+        (, bytes32 b) = _openReentrantPair();
+        // The token holds funds and has approved the channel, so it could top B up.
+        reToken.mint(address(reToken), 10e6);
+        reToken.selfApprove(address(channel), type(uint256).max);
+        reToken.arm(address(channel), abi.encodeCall(channel.topUp, (b, 10e6)));
+
+        vm.prank(payer);
+        bytes32 c = channel.open(_params(address(reToken), DEPOSIT, address(0), keccak256("c")));
+
+        _assertReentryBlocked();
+        assertEq(channel.getChannel(c).deposit, DEPOSIT);
+        assertEq(channel.getChannel(b).deposit, DEPOSIT, "B not topped up");
+        assertEq(reToken.balanceOf(address(channel)), 3 * DEPOSIT);
+
+        vm.prank(address(reToken));
+        channel.topUp(b, 10e6);
+        assertEq(channel.getChannel(b).deposit, DEPOSIT + 10e6);
+    }
+
+    function test_topUp_reentrantWithdrawReverts() public {
+        (bytes32 a, bytes32 b) = _openReentrantPair();
+        vm.startPrank(payer);
+        channel.requestExit(b);
+        vm.warp(block.timestamp + PERIOD);
+        vm.stopPrank();
+        // Anyone may withdraw B now, but not from inside A's top-up.
+        reToken.arm(address(channel), abi.encodeCall(channel.withdraw, (b)));
+
+        vm.prank(payer);
+        channel.topUp(a, 1e6);
+
+        _assertReentryBlocked();
+        assertEq(uint8(channel.getChannel(b).status), uint8(IPaymentChannel.Status.Open));
+        assertEq(reToken.balanceOf(address(channel)), 2 * DEPOSIT + 1e6);
+        channel.withdraw(b);
+        assertEq(reToken.balanceOf(address(channel)), DEPOSIT + 1e6);
+    }
+
+    function test_withdraw_reentrantWithdrawReverts() public {
+        (bytes32 a, bytes32 b) = _openReentrantPair();
+        vm.startPrank(payer);
+        channel.requestExit(a);
+        channel.requestExit(b);
+        vm.stopPrank();
+        vm.warp(block.timestamp + PERIOD);
+        reToken.arm(address(channel), abi.encodeCall(channel.withdraw, (b)));
+
+        channel.withdraw(a);
+
+        _assertReentryBlocked();
+        assertEq(uint8(channel.getChannel(b).status), uint8(IPaymentChannel.Status.Open));
+        assertEq(reToken.balanceOf(address(channel)), DEPOSIT);
+        assertEq(reToken.balanceOf(payer), FUNDS - DEPOSIT);
+    }
+
+    function test_settle_reentrantWithdrawCreditReverts() public {
+        (bytes32 a,) = _openReentrantPair();
+        // Give the token contract a native credit: it cannot receive ether.
+        vm.prank(payer);
+        bytes32 n = channel.open{value: 1 ether}(
+            _paramsTo(address(reToken), address(0), 1 ether, address(0), keccak256("n"))
+        );
+        _closeAs(address(reToken), _claim(payerKey, n, 1, 0.4 ether));
+        assertEq(channel.creditOf(address(reToken), address(0)), 0.4 ether);
+
+        reToken.arm(
+            address(channel), abi.encodeCall(channel.withdrawCredit, (address(0), stranger))
+        );
+        _settleAs(payee, _claim(payerKey, a, 1, 100e6));
+
+        _assertReentryBlocked();
+        assertEq(channel.creditOf(address(reToken), address(0)), 0.4 ether, "credit kept");
+        assertEq(stranger.balance, 0);
+        assertEq(address(channel).balance, 0.4 ether);
+    }
+
+    function test_withdrawCredit_reentrantSettleReverts() public {
+        (bytes32 a, bytes32 b) = _openReentrantPair();
+        // The payee cannot receive the token for a while: its payout is credited.
+        reToken.setBlocked(payee, true);
+        _settleAs(payee, _claim(payerKey, a, 1, 100e6));
+        assertEq(channel.creditOf(payee, address(reToken)), 100e6);
+        reToken.setBlocked(payee, false);
+
+        reToken.arm(
+            address(channel), abi.encodeCall(channel.settle, (_claim(payerKey, b, 1, 50e6)))
+        );
+        vm.prank(payee);
+        assertEq(channel.withdrawCredit(address(reToken), payee), 100e6);
+
+        _assertReentryBlocked();
+        assertEq(reToken.balanceOf(payee), 100e6);
+        assertEq(channel.creditOf(payee, address(reToken)), 0);
+        assertEq(channel.getChannel(b).paid, 0, "B untouched");
+        assertEq(reToken.balanceOf(address(channel)), 2 * DEPOSIT - 100e6);
+    }
+
+    // =========================================================================================
+    // Reverting and gas-guzzling recipients of the native token
+    // =========================================================================================
+
+    function test_close_revertingPayeeCreditedPayerRefunded() public {
+        RevertingReceiver r = new RevertingReceiver();
+        bytes32 id = _openNativeTo(address(r), 1 ether);
+        uint256 payerBefore = payer.balance;
+
+        _closeAs(address(r), _claim(payerKey, id, 1, 0.3 ether));
+
+        assertEq(payer.balance - payerBefore, 0.7 ether, "payer refunded at once");
+        assertEq(channel.creditOf(address(r), address(0)), 0.3 ether);
+        assertEq(address(channel).balance, 0.3 ether);
+
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                IPaymentChannel.CreditTransferFailed.selector, address(r), address(0), 0.3 ether
+            )
+        );
+        vm.prank(address(r));
+        channel.withdrawCredit(address(0), address(r));
+
+        vm.prank(address(r));
+        assertEq(channel.withdrawCredit(address(0), stranger), 0.3 ether);
+        assertEq(stranger.balance, 0.3 ether);
+        assertEq(address(channel).balance, 0);
+    }
+
+    function test_withdraw_revertingPayerCredited() public {
+        RevertingReceiver r = new RevertingReceiver();
+        vm.deal(address(r), 1 ether);
+        vm.prank(address(r));
+        bytes32 id = channel.open{value: 1 ether}(_params(address(0), 1 ether, session, 0));
+        vm.prank(address(r));
+        channel.requestExit(id);
+        _settleAs(watcher, _claim(sessionKey, id, 1, 0.25 ether));
+        vm.warp(block.timestamp + PERIOD);
+
+        vm.prank(stranger);
+        channel.withdraw(id);
+
+        assertEq(payee.balance, 0.25 ether);
+        assertEq(channel.creditOf(address(r), address(0)), 0.75 ether);
+        vm.prank(address(r));
+        channel.withdrawCredit(address(0), stranger);
+        assertEq(stranger.balance, 0.75 ether);
+        assertEq(address(channel).balance, 0);
+    }
+
+    function test_settle_gasGuzzlerPayeeCreditedWithBoundedGas() public {
+        GasGuzzlerReceiver g = new GasGuzzlerReceiver();
+        bytes32 id = _openNativeTo(address(g), 1 ether);
+        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 0.5 ether);
+
+        vm.prank(address(g));
+        uint256 gasBefore = gasleft();
+        channel.settle{gas: 5_000_000}(c);
+        uint256 used = gasBefore - gasleft();
+
+        assertEq(channel.creditOf(address(g), address(0)), 0.5 ether, "credited");
+        assertEq(channel.getChannel(id).paid, 0.5 ether);
+        assertEq(g.spins(), 0, "the receive hook's work was rolled back");
+        // The payout forwards at most 100k gas, so the guzzler cannot eat the 5M given.
+        assertLt(used, 250_000, "payout gas is bounded");
+
+        vm.prank(address(g));
+        channel.withdrawCredit(address(0), stranger);
+        assertEq(stranger.balance, 0.5 ether);
+    }
+
+    function test_closeMany_gasGuzzlerPayersCredited() public {
+        GasGuzzlerReceiver g = new GasGuzzlerReceiver();
+        vm.deal(address(g), 2 ether);
+        vm.startPrank(address(g));
+        bytes32 a =
+            channel.open{value: 1 ether}(_params(address(0), 1 ether, session, keccak256("a")));
+        bytes32 b =
+            channel.open{value: 1 ether}(_params(address(0), 1 ether, session, keccak256("b")));
+        vm.stopPrank();
+
+        IPaymentChannel.Claim[] memory claims = new IPaymentChannel.Claim[](2);
+        claims[0] = _claim(sessionKey, a, 1, 0.1 ether);
+        claims[1] = _claim(sessionKey, b, 1, 0.2 ether);
+        vm.prank(payee);
+        uint256 gasBefore = gasleft();
+        assertEq(channel.closeMany{gas: 5_000_000}(claims), 2);
+        assertLt(gasBefore - gasleft(), 500_000, "two bounded refunds");
+
+        assertEq(payee.balance, 0.3 ether, "payee paid in one transfer");
+        assertEq(channel.creditOf(address(g), address(0)), 1.7 ether, "both refunds credited");
+        assertEq(address(channel).balance, 1.7 ether);
+    }
+
+    // =========================================================================================
+    // EIP-1271 wallets
+    // =========================================================================================
+
+    function test_settle_erc1271PayerOwnerSignatureSettles() public {
+        (address owner, uint256 ownerKey) = makeAddrAndKey("wallet owner");
+        ERC1271Wallet wallet = new ERC1271Wallet(owner);
+        bytes32 id = _openFromWallet(address(wallet));
+
+        _settleAs(payee, _claim(ownerKey, id, 1, 100e6));
+
+        assertEq(channel.getChannel(id).paid, 100e6);
+        assertEq(usd.balanceOf(payee), 100e6);
+    }
+
+    function test_settle_erc1271PayerOtherKeyRefused() public {
+        (address owner,) = makeAddrAndKey("wallet owner");
+        ERC1271Wallet wallet = new ERC1271Wallet(owner);
+        bytes32 id = _openFromWallet(address(wallet));
+
+        // Signed by a key that is not the wallet's owner (here: the fixture payer).
+        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
+        vm.expectRevert(
+            abi.encodeWithSelector(IPaymentChannel.InvalidSignature.selector, id, wallet)
+        );
+        vm.prank(payee);
+        channel.settle(c);
+        assertEq(channel.getChannel(id).paid, 0);
+    }
+
+    function test_settle_rejectingWalletNeverSettles() public {
+        RejectingWallet wallet = new RejectingWallet();
+        bytes32 id = _openFromWallet(address(wallet));
+        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
+
+        vm.expectRevert(
+            abi.encodeWithSelector(IPaymentChannel.InvalidSignature.selector, id, wallet)
+        );
+        vm.prank(payee);
+        channel.settle(c);
+
+        vm.prank(payee);
+        assertEq(channel.settleMany(_array(c)), 0, "batch skips it");
+
+        vm.expectRevert(
+            abi.encodeWithSelector(IPaymentChannel.InvalidSignature.selector, id, wallet)
+        );
+        vm.prank(payee);
+        channel.close(c);
+
+        // During an exit a watcher cannot redeem it either; the wallet gets everything back.
+        vm.prank(address(wallet));
+        channel.requestExit(id);
+        vm.expectRevert(
+            abi.encodeWithSelector(IPaymentChannel.InvalidSignature.selector, id, wallet)
+        );
+        vm.prank(watcher);
+        channel.settle(c);
+        vm.warp(block.timestamp + PERIOD);
+        channel.withdraw(id);
+        assertEq(usd.balanceOf(address(wallet)), DEPOSIT);
+        assertEq(usd.balanceOf(payee), 0);
+    }
+
+    function test_closeWithAuthorization_erc1271PayeeSigns() public {
+        ERC1271Wallet payeeWallet = new ERC1271Wallet(payee);
+        vm.prank(payer);
+        bytes32 id = channel.open(
+            _paramsTo(address(payeeWallet), address(usd), DEPOSIT, address(0), bytes32(0))
+        );
+
+        // A signature by another key is refused.
+        bytes memory bad = _closeAuthSig(sessionKey, id, 400e6);
+        vm.expectRevert(
+            abi.encodeWithSelector(IPaymentChannel.InvalidCloseAuthorization.selector, id)
+        );
+        vm.prank(payer);
+        channel.closeWithAuthorization(id, 400e6, CLOSE_DEADLINE, bad);
+
+        // The wallet owner's signature is valid for the wallet.
+        bytes memory good = _closeAuthSig(payeeKey, id, 400e6);
+        vm.prank(payer);
+        channel.closeWithAuthorization(id, 400e6, CLOSE_DEADLINE, good);
+
+        assertEq(usd.balanceOf(address(payeeWallet)), 400e6);
+        assertEq(usd.balanceOf(payer), FUNDS - 400e6);
+        assertEq(uint8(channel.getChannel(id).status), uint8(IPaymentChannel.Status.Closed));
+    }
+
+    // =========================================================================================
+    // Malleable and wrong-domain signatures
+    // =========================================================================================
+
+    function test_settle_highSSignatureRefused() public {
+        bytes32 id = _openUsd(DEPOSIT);
+        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
+        IPaymentChannel.Claim memory malleated = _claim(payerKey, id, 1, 100e6);
+        malleated.signature = _highS(c.signature);
+        assertTrue(keccak256(malleated.signature) != keccak256(c.signature));
+
+        vm.expectRevert(
+            abi.encodeWithSelector(IPaymentChannel.InvalidSignature.selector, id, payer)
+        );
+        vm.prank(payee);
+        channel.settle(malleated);
+
+        // The original, low-s signature is fine.
+        vm.prank(payee);
+        channel.settle(c);
+        assertEq(channel.getChannel(id).paid, 100e6);
+    }
+
+    function test_closeWithAuthorization_highSSignatureRefused() public {
+        bytes32 id = _openUsd(DEPOSIT);
+        bytes memory sig = _highS(_closeAuthSig(payeeKey, id, 100e6));
+
+        vm.expectRevert(
+            abi.encodeWithSelector(IPaymentChannel.InvalidCloseAuthorization.selector, id)
+        );
+        vm.prank(payer);
+        channel.closeWithAuthorization(id, 100e6, CLOSE_DEADLINE, sig);
+    }
+
+    function test_settle_erc1271HighSSignatureRefused() public {
+        (address owner, uint256 ownerKey) = makeAddrAndKey("wallet owner");
+        ERC1271Wallet wallet = new ERC1271Wallet(owner);
+        bytes32 id = _openFromWallet(address(wallet));
+        IPaymentChannel.Claim memory c = _claim(ownerKey, id, 1, 100e6);
+        c.signature = _highS(c.signature);
+
+        vm.expectRevert(
+            abi.encodeWithSelector(IPaymentChannel.InvalidSignature.selector, id, wallet)
+        );
+        vm.prank(payee);
+        channel.settle(c);
+    }
+
+    function test_settle_voucherForOtherDeploymentRefused() public {
+        PaymentChannel other = new PaymentChannel(MIN_PERIOD, MAX_PERIOD);
+        bytes32 id = _openUsd(DEPOSIT);
+        assertTrue(other.voucherDigest(id, 1, 100e6) != channel.voucherDigest(id, 1, 100e6));
+
+        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
+        c.signature = _sign(payerKey, other.voucherDigest(id, 1, 100e6));
+        vm.expectRevert(
+            abi.encodeWithSelector(IPaymentChannel.InvalidSignature.selector, id, payer)
+        );
+        vm.prank(payee);
+        channel.settle(c);
+    }
+
+    function test_closeWithAuthorization_otherDeploymentRefused() public {
+        PaymentChannel other = new PaymentChannel(MIN_PERIOD, MAX_PERIOD);
+        bytes32 id = _openUsd(DEPOSIT);
+        bytes memory sig =
+            _sign(payeeKey, other.closeAuthorizationDigest(id, 100e6, CLOSE_DEADLINE));
+
+        vm.expectRevert(
+            abi.encodeWithSelector(IPaymentChannel.InvalidCloseAuthorization.selector, id)
+        );
+        vm.prank(payer);
+        channel.closeWithAuthorization(id, 100e6, CLOSE_DEADLINE, sig);
+    }
+
+    function test_settle_voucherForOtherChainIdRefused() public {
+        bytes32 id = _openUsd(DEPOSIT);
+        uint256 chainId = block.chainid;
+        bytes32 here = channel.voucherDigest(id, 1, 100e6);
+
+        vm.chainId(chainId + 1);
+        bytes32 there = channel.voucherDigest(id, 1, 100e6);
+        bytes memory sig = _sign(payerKey, there);
+        vm.chainId(chainId);
+        assertTrue(here != there, "the domain binds the chain id");
+
+        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
+        c.signature = sig;
+        vm.expectRevert(
+            abi.encodeWithSelector(IPaymentChannel.InvalidSignature.selector, id, payer)
+        );
+        vm.prank(payee);
+        channel.settle(c);
+    }
+
+    function test_open_channelIdDiffersAcrossChains() public {
+        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
+        bytes32 here = channel.computeChannelId(payer, p);
+        vm.chainId(block.chainid + 1);
+        assertTrue(channel.computeChannelId(payer, p) != here);
+    }
+
+    // =========================================================================================
+    // Regressions
+    // =========================================================================================
+
+    /// Regression: during an exit anyone may {settle}, and the payer holds the signing key. It
+    /// used to be able to sign a fresh voucher with a higher nonce for the amount already paid,
+    /// submit it right after {requestExit}, and make the payee's real latest voucher fail with
+    /// `NonceTooLow`. Only the payee's own claims consume nonces now.
+    function test_settle_payerCannotVoidLatestVoucherDuringExit() public {
+        bytes32 id = _openUsd(DEPOSIT);
+        // The payee served 300 and holds the latest voucher, not yet redeemed.
+        IPaymentChannel.Claim memory latest = _claim(payerKey, id, 5, 300e6);
+        IPaymentChannel.Claim memory empty = _claim(payerKey, id, 6, 0);
+
+        vm.startPrank(payer);
+        channel.requestExit(id);
+        channel.settle(empty); // same block: pays nothing, burns the nonce
+        vm.stopPrank();
+
+        vm.prank(payee);
+        (bool ok,) = address(channel).call(abi.encodeCall(IPaymentChannel.settle, (latest)));
+        assertTrue(ok, "payee's latest voucher refused after the payer's settle");
+
+        vm.warp(block.timestamp + PERIOD);
+        channel.withdraw(id);
+        assertEq(usd.balanceOf(payee), 300e6, "payee paid for the service");
+        assertEq(usd.balanceOf(payer), FUNDS - 300e6, "payer refunded only the rest");
+    }
+
+    // =========================================================================================
+    // Helpers
+    // =========================================================================================
+
+    function _settleAs(address by, IPaymentChannel.Claim memory c) internal {
+        vm.prank(by);
+        channel.settle(c);
+    }
+
+    function _closeAs(address by, IPaymentChannel.Claim memory c) internal {
+        vm.prank(by);
+        channel.close(c);
+    }
+
+    function _closeManyAs(address by, IPaymentChannel.Claim[] memory c) internal returns (uint256) {
+        vm.prank(by);
+        return channel.closeMany(c);
+    }
+
+    function _paramsTo(address to, address token, uint256 deposit, address signer, bytes32 salt)
+        internal
+        pure
+        returns (IPaymentChannel.OpenParams memory)
+    {
+        return IPaymentChannel.OpenParams({
+            payee: to,
+            token: token,
+            signer: signer,
+            challengePeriod: PERIOD,
+            deposit: deposit,
+            salt: salt
+        });
+    }
+
+    function _openToken(address token, uint256 deposit) internal returns (bytes32 id) {
+        vm.prank(payer);
+        id = channel.open(_params(token, deposit, address(0), bytes32(0)));
+    }
+
+    function _openNativeTo(address to, uint256 deposit) internal returns (bytes32 id) {
+        vm.prank(payer);
+        id = channel.open{value: deposit}(_paramsTo(to, address(0), deposit, address(0), 0));
+    }
+
+    /// A USD channel whose payer is `wallet` and whose vouchers it verifies (signer = 0).
+    function _openFromWallet(address wallet) internal returns (bytes32 id) {
+        usd.mint(wallet, DEPOSIT);
+        vm.startPrank(wallet);
+        usd.approve(address(channel), DEPOSIT);
+        id = channel.open(_params(address(usd), DEPOSIT, address(0), bytes32(0)));
+        vm.stopPrank();
+    }
+
+    /// Channel A pays the fixture payee; channel B pays the reentrant token contract itself,
+    /// so a reentrant settle or close of B from inside the token would be authorised.
+    function _openReentrantPair() internal returns (bytes32 a, bytes32 b) {
+        vm.startPrank(payer);
+        a = channel.open(_params(address(reToken), DEPOSIT, address(0), keccak256("a")));
+        b = channel.open(
+            _paramsTo(address(reToken), address(reToken), DEPOSIT, address(0), keccak256("b"))
+        );
+        vm.stopPrank();
+    }
+
+    function _assertReentryBlocked() internal view {
+        assertEq(reToken.attempts(), 1, "the token called back");
+        assertEq(reToken.successes(), 0, "the reentrant call went through");
+        assertEq(
+            reToken.lastSelector(),
+            ReentrancyGuardTransient.ReentrancyGuardReentrantCall.selector,
+            "refused by the reentrancy guard"
+        );
+    }
+
+    function _assertFeeTokenCovered(bytes32 id) internal view {
+        IPaymentChannel.Channel memory c = channel.getChannel(id);
+        assertEq(feeToken.balanceOf(address(channel)), c.deposit - c.paid, "balance covers");
+    }
+}
