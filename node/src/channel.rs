@@ -1,0 +1,329 @@
+//! A channel as the node sees it, and the rules a voucher must pass.
+
+use alloy::primitives::{Address, B256, Bytes, U256};
+use serde::{Deserialize, Serialize};
+use x402_protocol::{
+    Voucher,
+    wire::{ChannelState, ErrorCode},
+};
+
+use crate::Refusal;
+
+/// Lifecycle of a channel, from the node's point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelStatus {
+    /// Accepting vouchers.
+    Open,
+    /// An exit or a close was requested: no new vouchers.
+    Closing,
+    /// Closed on-chain: forgotten except for its tombstone.
+    Closed,
+}
+
+/// The contract's facts about a channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnchainChannel {
+    /// The depositor.
+    pub payer: Address,
+    /// The provider.
+    pub payee: Address,
+    /// The token (zero for the native token).
+    pub token: Address,
+    /// Who signs vouchers: the session key, or the payer when none is set.
+    pub signer: Address,
+    /// Whether the signer is a contract (EIP-1271): then only `isValidSignature` decides.
+    pub signer_is_contract: bool,
+    /// Total deposited.
+    pub deposit: U256,
+    /// Challenge period in seconds.
+    pub challenge_period: u64,
+    /// When the payer may withdraw (0: no exit pending).
+    pub exit_at: u64,
+    /// Open, or closed and tombstoned.
+    pub open: bool,
+    /// Highest voucher nonce used on-chain.
+    pub nonce: u64,
+    /// Paid to the payee on-chain so far.
+    pub paid: U256,
+}
+
+impl OnchainChannel {
+    /// What the contract would pay the payee for `voucher` (claiming its full amount), or
+    /// `None` if it would refuse it, given whether the signature is valid. Mirrors
+    /// `PaymentChannel._redeem` for a settlement by the payee before any exit deadline.
+    pub fn payable(&self, voucher: &Voucher, signature_valid: bool, now: u64) -> Option<U256> {
+        let accepted = self.open
+            && (self.exit_at == 0 || now < self.exit_at)
+            && voucher.nonce > self.nonce
+            && voucher.cumulativeAmount <= self.deposit
+            && voucher.cumulativeAmount >= self.paid
+            && signature_valid;
+        accepted.then(|| voucher.cumulativeAmount - self.paid)
+    }
+}
+
+/// The latest voucher the node holds for a channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredVoucher {
+    /// Its nonce.
+    pub nonce: u64,
+    /// Its cumulative amount (the signed ceiling).
+    pub cumulative_amount: U256,
+    /// The signature.
+    pub signature: Bytes,
+}
+
+/// Everything the node stores about a channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelRecord {
+    /// The channel id.
+    pub id: B256,
+    /// The contract's facts, as last seen.
+    pub chain: OnchainChannel,
+    /// The latest voucher accepted.
+    pub latest: Option<StoredVoucher>,
+    /// What the node has charged in total (≤ the latest voucher's amount; what it claims).
+    pub charged: U256,
+    /// The node's status of the channel.
+    pub status: ChannelStatus,
+}
+
+impl ChannelRecord {
+    /// A record for a channel just read from the chain.
+    pub fn new(id: B256, chain: OnchainChannel) -> Self {
+        let status = match (chain.open, chain.exit_at) {
+            (false, _) => ChannelStatus::Closed,
+            (true, 0) => ChannelStatus::Open,
+            (true, _) => ChannelStatus::Closing,
+        };
+        let charged = chain.paid;
+        Self { id, chain, latest: None, charged, status }
+    }
+
+    /// The nonce a new voucher must exceed.
+    pub fn nonce(&self) -> u64 {
+        self.latest.as_ref().map_or(0, |v| v.nonce).max(self.chain.nonce)
+    }
+
+    /// The signed ceiling of the latest voucher (or what was paid on-chain).
+    pub fn cumulative_amount(&self) -> U256 {
+        self.latest.as_ref().map_or(U256::ZERO, |v| v.cumulative_amount).max(self.chain.paid)
+    }
+
+    /// What a new voucher must cover before the price: everything charged so far.
+    pub fn charged(&self) -> U256 {
+        self.charged.max(self.chain.paid)
+    }
+
+    /// What the node has charged but not yet been paid on-chain.
+    pub fn unsettled(&self) -> U256 {
+        self.charged().saturating_sub(self.chain.paid)
+    }
+
+    /// The channel state sent to clients in a 402.
+    pub fn state(&self) -> ChannelState {
+        ChannelState {
+            channel_id: self.id,
+            nonce: self.nonce(),
+            cumulative_amount: self.cumulative_amount(),
+            charged: self.charged(),
+            deposit: self.chain.deposit,
+        }
+    }
+
+    /// Checks everything about `voucher` but its signature, for a request costing at most
+    /// `price`. A node that accepts a voucher here (and its signature) can redeem it on-chain.
+    pub fn admit(&self, voucher: &Voucher, price: U256) -> Result<(), Refusal> {
+        let refuse = |code, message: String| Err(Refusal::new(code, message).with_state(self.state()));
+        match self.status {
+            ChannelStatus::Open => {}
+            ChannelStatus::Closing => {
+                return refuse(
+                    ErrorCode::ChannelClosing,
+                    "an exit or close is pending on this channel".into(),
+                );
+            }
+            ChannelStatus::Closed => return refuse(ErrorCode::ChannelClosed, "the channel is closed".into()),
+        }
+        if voucher.nonce <= self.nonce() {
+            return refuse(
+                ErrorCode::NonceTooLow,
+                format!("nonce {} is not above the node's {}", voucher.nonce, self.nonce()),
+            );
+        }
+        let needed = self.charged().saturating_add(price);
+        if voucher.cumulativeAmount < needed {
+            return refuse(
+                ErrorCode::AmountBelowPrice,
+                format!(
+                    "cumulative amount {} does not cover {} charged plus the price {price}",
+                    voucher.cumulativeAmount,
+                    self.charged()
+                ),
+            );
+        }
+        if voucher.cumulativeAmount > self.chain.deposit {
+            return refuse(
+                ErrorCode::InsufficientDeposit,
+                format!(
+                    "cumulative amount {} exceeds the deposit {}",
+                    voucher.cumulativeAmount, self.chain.deposit
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Records an accepted voucher and what this request cost.
+    pub fn apply(&mut self, voucher: &Voucher, signature: Bytes, cost: U256) {
+        self.charged = self.charged().saturating_add(cost).min(voucher.cumulativeAmount);
+        self.latest = Some(StoredVoucher {
+            nonce: voucher.nonce,
+            cumulative_amount: voucher.cumulativeAmount,
+            signature,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    pub(crate) fn onchain(deposit: u64) -> OnchainChannel {
+        OnchainChannel {
+            payer: Address::repeat_byte(1),
+            payee: Address::repeat_byte(2),
+            token: Address::repeat_byte(3),
+            signer: Address::repeat_byte(1),
+            signer_is_contract: false,
+            deposit: U256::from(deposit),
+            challenge_period: 86_400,
+            exit_at: 0,
+            open: true,
+            nonce: 0,
+            paid: U256::ZERO,
+        }
+    }
+
+    fn voucher(nonce: u64, amount: u64) -> Voucher {
+        Voucher { channelId: B256::ZERO, nonce, cumulativeAmount: U256::from(amount) }
+    }
+
+    #[test]
+    fn admit_table() {
+        let mut rec = ChannelRecord::new(B256::ZERO, onchain(1000));
+        rec.apply(&voucher(5, 300), Bytes::new(), U256::from(300));
+        let mut closing = rec.clone();
+        closing.status = ChannelStatus::Closing;
+        let mut closed = rec.clone();
+        closed.status = ChannelStatus::Closed;
+
+        let price = U256::from(100);
+        let cases = [
+            ("next", &rec, voucher(6, 400), None),
+            ("skip nonces", &rec, voucher(60, 400), None),
+            ("overpay", &rec, voucher(6, 1000), None),
+            ("same nonce", &rec, voucher(5, 400), Some(ErrorCode::NonceTooLow)),
+            ("lower nonce", &rec, voucher(4, 400), Some(ErrorCode::NonceTooLow)),
+            ("below price", &rec, voucher(6, 399), Some(ErrorCode::AmountBelowPrice)),
+            ("replayed amount", &rec, voucher(6, 300), Some(ErrorCode::AmountBelowPrice)),
+            ("over deposit", &rec, voucher(6, 1001), Some(ErrorCode::InsufficientDeposit)),
+            ("closing", &closing, voucher(6, 400), Some(ErrorCode::ChannelClosing)),
+            ("closed", &closed, voucher(6, 400), Some(ErrorCode::ChannelClosed)),
+        ];
+        for (name, rec, v, expected) in cases {
+            let got = rec.admit(&v, price).err().map(|r| r.code);
+            assert_eq!(got, expected, "{name}");
+        }
+        let refusal = rec.admit(&voucher(5, 400), price).unwrap_err();
+        let state = *refusal.state.unwrap();
+        assert_eq!(
+            (state.nonce, state.charged, state.cumulative_amount),
+            (5, U256::from(300), U256::from(300))
+        );
+    }
+
+    #[test]
+    fn onchain_progress_raises_floor() {
+        let mut chain = onchain(1000);
+        chain.nonce = 9;
+        chain.paid = U256::from(500);
+        let rec = ChannelRecord::new(B256::ZERO, chain);
+        assert_eq!(rec.nonce(), 9);
+        assert_eq!(rec.charged(), U256::from(500));
+        assert!(rec.admit(&voucher(10, 550), U256::from(50)).is_ok());
+        assert!(rec.admit(&voucher(9, 550), U256::from(50)).is_err());
+    }
+
+    #[test]
+    fn dynamic_charge_tracked_below_ceiling() {
+        let mut rec = ChannelRecord::new(B256::ZERO, onchain(1000));
+        // Ceiling 100, actual cost 30.
+        rec.apply(&voucher(1, 100), Bytes::new(), U256::from(30));
+        assert_eq!(rec.charged(), U256::from(30));
+        assert_eq!(rec.cumulative_amount(), U256::from(100));
+        // The next voucher only has to cover 30 + max price.
+        assert!(rec.admit(&voucher(2, 130), U256::from(100)).is_ok());
+        assert_eq!(
+            rec.admit(&voucher(2, 129), U256::from(100)).unwrap_err().code,
+            ErrorCode::AmountBelowPrice
+        );
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// A voucher relative to the node's state: nonce delta, amount delta (may be negative).
+        Relative { dn: i8, da: i16, valid_sig: bool },
+        /// A replay of an earlier accepted voucher.
+        Replay(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (-2i8..4, -50i16..300, prop::bool::weighted(0.9))
+                .prop_map(|(dn, da, valid_sig)| Op::Relative { dn, da, valid_sig }),
+            1 => (0usize..64).prop_map(Op::Replay),
+        ]
+    }
+
+    proptest! {
+        /// The node accepts exactly the valid, monotone vouchers that cover the price and fit
+        /// the deposit, and its state always equals the best voucher accepted.
+        #[test]
+        fn accepts_exactly_monotone_valid_vouchers(ops in prop::collection::vec(op(), 1..64), deposit in 100u64..5_000) {
+            let price = U256::from(25);
+            let mut rec = ChannelRecord::new(B256::ZERO, onchain(deposit));
+            let mut accepted: Vec<Voucher> = Vec::new();
+            for op in ops {
+                let (v, valid_sig) = match op {
+                    Op::Relative { dn, da, valid_sig } => {
+                        let nonce = (rec.nonce() as i64 + dn as i64).max(0) as u64;
+                        let amount = (rec.charged().to::<u64>() as i64 + da as i64).max(0) as u64;
+                        (voucher(nonce, amount), valid_sig)
+                    }
+                    Op::Replay(i) if !accepted.is_empty() => (accepted[i % accepted.len()].clone(), true),
+                    Op::Replay(_) => continue,
+                };
+                let model_ok = valid_sig
+                    && v.nonce > accepted.last().map_or(0, |a| a.nonce)
+                    && v.cumulativeAmount >= U256::from(accepted.len() as u64 * 25) + price
+                    && v.cumulativeAmount <= U256::from(deposit);
+                let node_ok = rec.admit(&v, price).is_ok() && valid_sig;
+                prop_assert_eq!(node_ok, model_ok, "voucher {:?}", v);
+                if node_ok {
+                    rec.apply(&v, Bytes::new(), price);
+                    accepted.push(v);
+                }
+                let best = accepted.last();
+                prop_assert_eq!(rec.nonce(), best.map_or(0, |b| b.nonce));
+                prop_assert_eq!(rec.cumulative_amount(), best.map_or(U256::ZERO, |b| b.cumulativeAmount));
+                prop_assert_eq!(rec.charged(), U256::from(accepted.len() as u64 * 25));
+                prop_assert!(rec.charged() <= rec.cumulative_amount());
+                prop_assert!(rec.cumulative_amount() <= U256::from(deposit));
+            }
+        }
+    }
+}

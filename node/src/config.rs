@@ -1,0 +1,344 @@
+//! The node's configuration: a TOML file, overridden by flags and environment variables.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8402"          # default
+//! upstream = "http://127.0.0.1:8080" # default
+//! data_dir = "x402-data"             # default
+//! admin_token = "change-me"          # default: none (admin endpoints disabled)
+//! max_timeout_seconds = 60           # default
+//!
+//! [chain]
+//! rpc_url = "http://127.0.0.1:8545"  # default
+//! contract = "0x5FbDB2315678afecb367f032d93F642f64180aa3"   # required
+//! # chain_id = 31337                 # default: asked from the RPC
+//!
+//! [payment]
+//! asset = "0x0000000000000000000000000000000000000000"      # default: native token
+//! min_challenge_period = 3600        # default, seconds
+//! min_deposit = "0"                  # default, token base units
+//!
+//! [provider]
+//! key_env = "X402_PROVIDER_KEY"      # default: env var holding the provider's hex key
+//! # key_file = "provider.key"        # or a file holding it
+//! # address = "0x…"                  # or only the address (verify-only node, no settlement)
+//!
+//! [[routes]]
+//! path = "/weather"
+//! price = "1000"                     # token base units
+//! pricing = "exact"                  # default; "upto": the upstream reports the actual cost
+//! description = "Current weather"
+//! ```
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use alloy::{
+    primitives::{Address, U256},
+    signers::local::PrivateKeySigner,
+};
+use serde::{Deserialize, Serialize};
+use x402_protocol::wire::{Pricing, u256_dec};
+
+use crate::Price;
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for [`Config`].
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// A setting is missing or inconsistent.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The node's configuration. Every field has a default, documented on the field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the gateway listens on. Default `127.0.0.1:8402`.
+    pub listen: SocketAddr,
+    /// Base URL of the API behind the gateway. Default `http://127.0.0.1:8080`.
+    pub upstream: String,
+    /// Directory of the node's store. Default `x402-data`.
+    pub data_dir: PathBuf,
+    /// Bearer token of the `/admin` endpoints. Default none: the endpoints are disabled.
+    pub admin_token: Option<String>,
+    /// The `maxTimeoutSeconds` advertised in 402s. Default 60.
+    pub max_timeout_seconds: u64,
+    /// The chain.
+    pub chain: ChainConfig,
+    /// The payment terms.
+    pub payment: PaymentConfig,
+    /// The provider's identity.
+    pub provider: ProviderConfig,
+    /// Priced routes. Default none (everything passes through unpaid).
+    pub routes: Vec<RouteConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8402)),
+            upstream: "http://127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("x402-data"),
+            admin_token: None,
+            max_timeout_seconds: 60,
+            chain: ChainConfig::default(),
+            payment: PaymentConfig::default(),
+            provider: ProviderConfig::default(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// Chain settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChainConfig {
+    /// JSON-RPC URL. Default `http://127.0.0.1:8545`.
+    pub rpc_url: String,
+    /// Chain id. Default: asked from the RPC at start.
+    pub chain_id: Option<u64>,
+    /// The `PaymentChannel` contract. Required.
+    pub contract: Option<Address>,
+}
+
+impl Default for ChainConfig {
+    fn default() -> Self {
+        Self { rpc_url: "http://127.0.0.1:8545".into(), chain_id: None, contract: None }
+    }
+}
+
+/// Payment terms.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PaymentConfig {
+    /// The token accepted. Default the zero address: the native token.
+    pub asset: Address,
+    /// The shortest challenge period accepted, in seconds. Default 3600.
+    pub min_challenge_period: u64,
+    /// The smallest deposit accepted, in token base units. Default `"0"`.
+    #[serde(with = "u256_dec")]
+    pub min_deposit: U256,
+}
+
+impl Default for PaymentConfig {
+    fn default() -> Self {
+        Self { asset: Address::ZERO, min_challenge_period: 3600, min_deposit: U256::ZERO }
+    }
+}
+
+/// Where the provider's key comes from. The key is never printed or logged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Environment variable holding the hex private key. Default `X402_PROVIDER_KEY`.
+    pub key_env: String,
+    /// File holding the hex private key. Default none.
+    pub key_file: Option<PathBuf>,
+    /// The provider's address, for a node without a key (it cannot settle). Default none.
+    pub address: Option<Address>,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self { key_env: "X402_PROVIDER_KEY".into(), key_file: None, address: None }
+    }
+}
+
+impl ProviderConfig {
+    /// The provider's key, from `key_file` or else the `key_env` variable, if either is set.
+    pub fn signer(&self) -> Result<Option<PrivateKeySigner>, ConfigError> {
+        let raw = if let Some(path) = &self.key_file {
+            Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?,
+            )
+        } else {
+            std::env::var(&self.key_env).ok()
+        };
+        raw.map(|k| {
+            k.trim().parse::<PrivateKeySigner>().map_err(|_| {
+                // Never echo the key material.
+                ConfigError::Invalid("the provider key is not a valid hex private key".into())
+            })
+        })
+        .transpose()
+    }
+
+    /// The provider's address: the key's, or the configured one.
+    pub fn address(&self) -> Result<Address, ConfigError> {
+        match (self.signer()?, self.address) {
+            (Some(key), Some(addr)) if key.address() != addr => Err(ConfigError::Invalid(format!(
+                "provider.address {addr} is not the address of the provider key ({})",
+                key.address()
+            ))),
+            (Some(key), _) => Ok(key.address()),
+            (None, Some(addr)) => Ok(addr),
+            (None, None) => Err(ConfigError::Invalid(format!(
+                "no provider identity: set {} (or provider.key_file, or provider.address)",
+                self.key_env
+            ))),
+        }
+    }
+}
+
+/// A priced route.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The exact request path.
+    pub path: String,
+    /// The price in token base units (the maximum, for `upto`).
+    #[serde(with = "u256_dec")]
+    pub price: U256,
+    /// `exact` (default) or `upto`.
+    #[serde(default)]
+    pub pricing: Pricing,
+    /// What the route does.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// MIME type of its response.
+    #[serde(default)]
+    pub mime_type: Option<String>,
+}
+
+impl RouteConfig {
+    /// The route's [`Price`].
+    pub fn price(&self) -> Price {
+        Price {
+            amount: self.price,
+            pricing: self.pricing,
+            description: self.description.clone(),
+            mime_type: self.mime_type.clone(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse { path: path.into(), source },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::new(), source: Box::new(e) })
+    }
+
+    /// Checks settings that TOML types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.chain.contract.is_none() {
+            return Err(ConfigError::Invalid("chain.contract is required".into()));
+        }
+        for r in &self.routes {
+            if !r.path.starts_with('/') {
+                return Err(ConfigError::Invalid(format!("route path {:?} must start with '/'", r.path)));
+            }
+            if r.price.is_zero() {
+                return Err(ConfigError::Invalid(format!("route {} has a zero price", r.path)));
+            }
+        }
+        if self.admin_token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(ConfigError::Invalid("admin_token must be at least 16 characters".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_full_file() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert!(c.validate().is_err(), "contract is required");
+
+        let c = Config::parse(
+            r#"
+            listen = "0.0.0.0:9000"
+            upstream = "http://api:80"
+            admin_token = "0123456789abcdef"
+            [chain]
+            contract = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+            chain_id = 31337
+            [payment]
+            min_deposit = "1000000"
+            [[routes]]
+            path = "/llm"
+            price = "5000"
+            pricing = "upto"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.payment.min_deposit, U256::from(1_000_000));
+        assert_eq!(c.routes[0].price().pricing, Pricing::Upto);
+        assert_eq!(c.payment.min_challenge_period, 3600);
+    }
+
+    #[test]
+    fn rejects_bad_files() {
+        for bad in [
+            "unknown_key = 1",
+            "[[routes]]\npath = \"/x\"\nprice = \"0x10\"",
+            "[[routes]]\npath = \"/x\"\nprice = 10",
+            "[chain]\ncontract = \"0x12\"",
+        ] {
+            assert!(Config::parse(bad).is_err(), "{bad}");
+        }
+        let mut c = Config::default();
+        c.chain.contract = Some(Address::repeat_byte(1));
+        c.routes.push(RouteConfig {
+            path: "x".into(),
+            price: U256::from(1),
+            pricing: Pricing::Exact,
+            description: None,
+            mime_type: None,
+        });
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn provider_identity() {
+        let p = ProviderConfig { key_env: "X402_TEST_NO_SUCH_VAR".into(), ..Default::default() };
+        assert!(p.address().is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let key = PrivateKeySigner::random();
+        let path = dir.path().join("k");
+        std::fs::write(&path, format!("{}\n", alloy::hex::encode(key.to_bytes()))).unwrap();
+        let p = ProviderConfig { key_file: Some(path.clone()), ..Default::default() };
+        assert_eq!(p.address().unwrap(), key.address());
+        let p = ProviderConfig {
+            key_file: Some(path),
+            address: Some(Address::repeat_byte(1)),
+            ..Default::default()
+        };
+        assert!(p.address().is_err());
+        std::fs::write(dir.path().join("bad"), "not a key").unwrap();
+        let p = ProviderConfig { key_file: Some(dir.path().join("bad")), ..Default::default() };
+        let err = p.address().unwrap_err().to_string();
+        assert!(!err.contains("not a key"), "the key material must not be echoed: {err}");
+    }
+}

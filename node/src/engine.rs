@@ -1,0 +1,473 @@
+//! The payment engine: turns a payment header into an accepted, durably stored voucher.
+//!
+//! Per request: decode → check version/scheme/network → lock the channel (requests on one
+//! channel are serialised, different channels run in parallel) → load the channel (memory,
+//! then the store, then — once — the chain) → check the voucher against the node's state →
+//! verify the signature on the blocking pool → on [`Pending::commit`], store the voucher and
+//! wait for the group commit to make it durable. Only then is the response released.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use alloy::primitives::{Address, B256, U256};
+use dashmap::DashMap;
+use secp256k1::PublicKey;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+use tracing::{debug, warn};
+use x402_protocol::{
+    Network, SignedVoucher,
+    voucher::{DOMAIN_NAME, DOMAIN_VERSION},
+    wire::{
+        self, ChannelExtra, ChannelState, ErrorCode, PaymentPayload, PaymentRequired, PaymentRequirements,
+        Pricing, Resource, SettlementExtra, SettlementResponse,
+    },
+};
+use x402_store::KvStore;
+
+use crate::{
+    Refusal,
+    chain::ChainReader,
+    channel::{ChannelRecord, ChannelStatus},
+    metrics::Metrics,
+    verify::VoucherVerifier,
+};
+
+/// The store namespace holding one [`ChannelRecord`] per channel id.
+pub const CHANNELS: &str = "channels";
+
+/// How often at most a channel's on-chain facts are re-read after a voucher exceeded the
+/// deposit the node knows (the payer may have topped up).
+const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The node's payment terms.
+#[derive(Clone, Debug)]
+pub struct Terms {
+    /// The chain.
+    pub chain_id: u64,
+    /// The `PaymentChannel` contract.
+    pub contract: Address,
+    /// The provider: the payee channels must pay.
+    pub payee: Address,
+    /// The token accepted (zero: the native token).
+    pub asset: Address,
+    /// The shortest challenge period accepted, in seconds.
+    pub min_challenge_period: u64,
+    /// The smallest deposit accepted.
+    pub min_deposit: U256,
+    /// Advertised `maxTimeoutSeconds`.
+    pub max_timeout_seconds: u64,
+}
+
+/// The price of a route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Price {
+    /// The price, or for [`Pricing::Upto`] the most one request may cost.
+    pub amount: U256,
+    /// Fixed, or the actual cost up to `amount`.
+    pub pricing: Pricing,
+    /// What the route does (shown in the 402).
+    pub description: Option<String>,
+    /// The MIME type of the paid response (shown in the 402).
+    pub mime_type: Option<String>,
+}
+
+impl Price {
+    /// A fixed price.
+    pub const fn exact(amount: U256) -> Self {
+        Self { amount, pricing: Pricing::Exact, description: None, mime_type: None }
+    }
+
+    /// A dynamic price of at most `max`: the handler reports the actual cost with a
+    /// [`Charge`](crate::middleware::Charge) response extension.
+    pub const fn upto(max: U256) -> Self {
+        Self { amount: max, pricing: Pricing::Upto, description: None, mime_type: None }
+    }
+
+    /// Sets the description.
+    pub fn with_description(mut self, description: impl Into<String>) -> Self {
+        self.description = Some(description.into());
+        self
+    }
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    record: Option<ChannelRecord>,
+    key: Option<PublicKey>,
+    refreshed: Option<Instant>,
+}
+
+struct Inner<S, C> {
+    terms: Terms,
+    network: Network,
+    verifier: VoucherVerifier,
+    store: Arc<S>,
+    chain: C,
+    channels: DashMap<B256, Arc<Mutex<Slot>>>,
+    metrics: Metrics,
+}
+
+/// The payment engine. Cheap to clone.
+pub struct Engine<S, C> {
+    inner: Arc<Inner<S, C>>,
+}
+
+impl<S, C> Clone for Engine<S, C> {
+    fn clone(&self) -> Self {
+        Self { inner: Arc::clone(&self.inner) }
+    }
+}
+
+impl<S, C> std::fmt::Debug for Engine<S, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("terms", &self.inner.terms).finish_non_exhaustive()
+    }
+}
+
+impl<S: KvStore, C: ChainReader> Engine<S, C> {
+    /// An engine with `terms`, storing into `store` and reading the chain through `chain`.
+    pub fn new(terms: Terms, store: Arc<S>, chain: C, metrics: Metrics) -> Self {
+        let verifier = VoucherVerifier::new(terms.chain_id, terms.contract);
+        let network = Network::new(terms.chain_id);
+        Self {
+            inner: Arc::new(Inner {
+                terms,
+                network,
+                verifier,
+                store,
+                chain,
+                channels: DashMap::new(),
+                metrics,
+            }),
+        }
+    }
+
+    /// The terms.
+    pub fn terms(&self) -> &Terms {
+        &self.inner.terms
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<S> {
+        &self.inner.store
+    }
+
+    /// The payment requirements of a route.
+    pub fn requirements(&self, price: &Price, channel: Option<ChannelState>) -> PaymentRequirements {
+        let t = &self.inner.terms;
+        PaymentRequirements {
+            scheme: wire::SCHEME.into(),
+            network: self.inner.network,
+            amount: price.amount,
+            asset: t.asset,
+            pay_to: t.payee,
+            max_timeout_seconds: t.max_timeout_seconds,
+            extra: ChannelExtra {
+                contract: t.contract,
+                name: DOMAIN_NAME.into(),
+                version: DOMAIN_VERSION.into(),
+                min_challenge_period: t.min_challenge_period,
+                min_deposit: t.min_deposit,
+                pricing: price.pricing,
+                channel,
+            },
+        }
+    }
+
+    /// The body of a 402 for `url`, explaining `refusal` if a payment was refused.
+    pub fn payment_required(&self, url: &str, price: &Price, refusal: Option<&Refusal>) -> PaymentRequired {
+        PaymentRequired {
+            x402_version: wire::X402_VERSION,
+            error: Some(refusal.map_or(ErrorCode::PaymentRequired, |r| r.code)),
+            message: Some(refusal.map_or_else(|| "payment required".to_owned(), |r| r.message.clone())),
+            resource: Resource {
+                url: url.to_owned(),
+                description: price.description.clone(),
+                mime_type: price.mime_type.clone(),
+            },
+            accepts: vec![self.requirements(price, refusal.and_then(|r| r.state.as_deref().cloned()))],
+        }
+    }
+
+    /// The node's state of a channel it knows, for a 402 that names the channel.
+    pub async fn channel_state(&self, id: B256) -> Option<ChannelState> {
+        let slot = self.inner.channels.get(&id).map(|s| Arc::clone(&s))?;
+        let guard = slot.lock().await;
+        guard.record.as_ref().map(ChannelRecord::state)
+    }
+
+    /// Every channel the node has in memory or in its store.
+    pub fn channels(&self) -> Result<Vec<ChannelRecord>, Refusal> {
+        let entries = self.inner.store.list(CHANNELS).map_err(Refusal::storage)?;
+        Ok(entries.into_iter().filter_map(|(_, v)| serde_json::from_slice(&v).ok()).collect())
+    }
+
+    /// Checks a payment header (base64 JSON) for a request priced `price`. On success the
+    /// channel stays locked until the returned [`Pending`] is committed or dropped.
+    pub async fn authorize(&self, header: &[u8], price: &Price) -> Result<Pending<S, C>, Refusal> {
+        let started = Instant::now();
+        let result = self.authorize_inner(header, price).await;
+        let m = &self.inner.metrics;
+        m.verify_seconds.observe(started.elapsed().as_secs_f64());
+        if let Err(r) = &result {
+            m.refused.with_label_values(&[r.code.as_str()]).inc();
+        }
+        result
+    }
+
+    async fn authorize_inner(&self, header: &[u8], price: &Price) -> Result<Pending<S, C>, Refusal> {
+        let payload: PaymentPayload = wire::decode_header(header)
+            .map_err(|e| Refusal::new(ErrorCode::InvalidPayload, format!("malformed payment: {e}")))?;
+        if !matches!(payload.x402_version, 1 | 2) {
+            return Err(Refusal::new(
+                ErrorCode::InvalidX402Version,
+                format!("x402 version {} is not supported (1 or 2)", payload.x402_version),
+            ));
+        }
+        match payload.scheme() {
+            Some(wire::SCHEME) => {}
+            other => {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidScheme,
+                    format!("scheme {other:?} is not supported: this node takes \"channel\""),
+                ));
+            }
+        }
+        let network = self.inner.network.to_string();
+        if payload.network() != Some(network.as_str()) {
+            return Err(Refusal::new(
+                ErrorCode::InvalidNetwork,
+                format!("network {:?} is not this node's {network}", payload.network()),
+            ));
+        }
+        let signed = SignedVoucher::from(payload.payload);
+        let id = signed.channel_id();
+
+        let slot = Arc::clone(&*self.inner.channels.entry(id).or_default());
+        let mut guard = slot.lock_owned().await;
+        self.load(id, &mut guard).await?;
+        let record = guard.record.as_ref().ok_or_else(|| Refusal::unknown(id))?;
+        self.check_terms(record)?;
+
+        let mut admitted = record.admit(&signed.voucher, price.amount);
+        if matches!(&admitted, Err(r) if r.code == ErrorCode::InsufficientDeposit)
+            && guard.refreshed.is_none_or(|t| t.elapsed() >= REFRESH_INTERVAL)
+        {
+            // The payer may have topped up since the node last looked.
+            self.refresh(id, &mut guard).await?;
+            let record = guard.record.as_ref().ok_or_else(|| Refusal::unknown(id))?;
+            admitted = record.admit(&signed.voucher, price.amount);
+        }
+        admitted?;
+
+        self.verify_signature(&signed, &mut guard).await?;
+        Ok(Pending { engine: self.clone(), guard, signed, max: price.amount })
+    }
+
+    /// Loads the channel into the slot: from the store, or else (once) from the chain.
+    async fn load(&self, id: B256, slot: &mut Slot) -> Result<(), Refusal> {
+        if slot.record.is_some() {
+            return Ok(());
+        }
+        if let Some(bytes) = self.inner.store.get(CHANNELS, id.as_slice()).map_err(Refusal::storage)? {
+            let record: ChannelRecord = serde_json::from_slice(&bytes)
+                .map_err(|e| Refusal::new(ErrorCode::Unavailable, format!("corrupt channel record: {e}")))?;
+            slot.record = Some(record);
+            return Ok(());
+        }
+        let Some(chain) = self.inner.chain.channel(id).await.map_err(Refusal::chain)? else {
+            // Do not keep slots for ids that do not exist.
+            self.inner.channels.remove(&id);
+            return Err(Refusal::unknown(id));
+        };
+        debug!(target: "node::engine", %id, payer = %chain.payer, "channel loaded from chain");
+        let record = ChannelRecord::new(id, chain);
+        self.persist(&record)?;
+        slot.record = Some(record);
+        slot.refreshed = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Re-reads a channel's on-chain facts, keeping the node's vouchers.
+    async fn refresh(&self, id: B256, slot: &mut Slot) -> Result<(), Refusal> {
+        slot.refreshed = Some(Instant::now());
+        let Some(chain) = self.inner.chain.channel(id).await.map_err(Refusal::chain)? else {
+            return Err(Refusal::unknown(id));
+        };
+        if let Some(record) = slot.record.as_mut() {
+            self.apply_chain(record, chain);
+            self.persist(record)?;
+        }
+        Ok(())
+    }
+
+    /// Merges fresh on-chain facts into a record.
+    pub(crate) fn apply_chain(&self, record: &mut ChannelRecord, chain: crate::channel::OnchainChannel) {
+        let fresh = ChannelRecord::new(record.id, chain);
+        // The node's own view only ever tightens: a close it requested stays requested.
+        if record.status == ChannelStatus::Open || fresh.status == ChannelStatus::Closed {
+            record.status = fresh.status;
+        }
+        record.chain = fresh.chain;
+    }
+
+    fn check_terms(&self, record: &ChannelRecord) -> Result<(), Refusal> {
+        let t = &self.inner.terms;
+        let c = &record.chain;
+        let mismatch = if c.payee != t.payee {
+            Some(format!("the channel pays {}, not this provider {}", c.payee, t.payee))
+        } else if c.token != t.asset {
+            Some(format!("the channel holds token {}, this node takes {}", c.token, t.asset))
+        } else if c.challenge_period < t.min_challenge_period {
+            Some(format!(
+                "challenge period {}s is below the node's minimum {}s",
+                c.challenge_period, t.min_challenge_period
+            ))
+        } else {
+            None
+        };
+        match mismatch {
+            Some(message) => {
+                Err(Refusal::new(ErrorCode::ChannelMismatch, message).with_state(record.state()))
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn verify_signature(&self, signed: &SignedVoucher, slot: &mut Slot) -> Result<(), Refusal> {
+        let record = slot.record.as_ref().ok_or_else(|| Refusal::unknown(signed.channel_id()))?;
+        let signer = record.chain.signer;
+        let valid = if record.chain.signer_is_contract {
+            let digest = self.inner.verifier.digest(&signed.voucher);
+            self.inner
+                .chain
+                .is_valid_contract_signature(signer, digest, signed.signature.clone())
+                .await
+                .map_err(Refusal::chain)?
+        } else {
+            // CPU-bound: off the async workers.
+            let verifier = self.inner.verifier.clone();
+            let voucher = signed.voucher.clone();
+            let signature = signed.signature.clone();
+            let mut key = slot.key;
+            let (valid, key) = tokio::task::spawn_blocking(move || {
+                let valid = verifier.verify_eoa(&voucher, &signature, signer, &mut key);
+                (valid, key)
+            })
+            .await
+            .map_err(|e| Refusal::new(ErrorCode::Unavailable, format!("verification task failed: {e}")))?;
+            slot.key = key;
+            valid
+        };
+        if valid {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                ErrorCode::InvalidSignature,
+                format!("the voucher is not signed by the channel's signer {signer}"),
+            )
+            .with_state(record.state()))
+        }
+    }
+
+    fn persist(&self, record: &ChannelRecord) -> Result<(), Refusal> {
+        let bytes =
+            serde_json::to_vec(record).map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
+        self.inner.store.put(CHANNELS, record.id.as_slice(), &bytes).map_err(Refusal::storage)
+    }
+}
+
+/// An authorised payment whose channel is locked until it is committed or dropped.
+pub struct Pending<S, C> {
+    engine: Engine<S, C>,
+    guard: OwnedMutexGuard<Slot>,
+    signed: SignedVoucher,
+    max: U256,
+}
+
+impl<S, C> std::fmt::Debug for Pending<S, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("voucher", &self.signed)
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A verified payment, passed to handlers as a request extension.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Payment {
+    /// The channel.
+    pub channel_id: B256,
+    /// The channel's payer.
+    pub payer: Address,
+    /// The voucher's nonce.
+    pub nonce: u64,
+    /// The voucher's cumulative amount.
+    pub cumulative_amount: U256,
+    /// The most this request may cost.
+    pub max_amount: U256,
+}
+
+impl<S: KvStore, C: ChainReader> Pending<S, C> {
+    /// The payment, for the handler.
+    pub fn payment(&self) -> Payment {
+        Payment {
+            channel_id: self.signed.channel_id(),
+            payer: self.guard.record.as_ref().map(|r| r.chain.payer).unwrap_or_default(),
+            nonce: self.signed.nonce(),
+            cumulative_amount: self.signed.cumulative_amount(),
+            max_amount: self.max,
+        }
+    }
+
+    /// Records the voucher with this request's `cost` (capped at the route's maximum) and waits
+    /// until it is durable. Only then may the response be released.
+    pub async fn commit(mut self, cost: U256) -> Result<SettlementResponse, Refusal> {
+        let cost = cost.min(self.max);
+        let inner = &self.engine.inner;
+        let id = self.signed.channel_id();
+        let record = self.guard.record.as_mut().ok_or_else(|| Refusal::unknown(id))?;
+        let before = record.clone();
+        record.apply(&self.signed.voucher, self.signed.signature.clone(), cost);
+        let after = record.clone();
+
+        if let Err(e) = self.engine.persist(&after) {
+            self.guard.record = Some(before);
+            return Err(e);
+        }
+        if let Err(e) = inner.store.sync().await {
+            warn!(target: "node::engine", %id, error = %e, "voucher not durable; refusing to serve");
+            // Put the previous state back so memory matches what a restart would see.
+            let _ = self.engine.persist(&before);
+            self.guard.record = Some(before);
+            return Err(Refusal::storage(e));
+        }
+
+        let m = &inner.metrics;
+        m.paid.inc();
+        let token = inner.terms.asset.to_string();
+        m.revenue.with_label_values(&[token.as_str()]).inc_by(f64::from(cost));
+        debug!(target: "node::engine", %id, nonce = self.signed.nonce(), %cost, "voucher stored");
+        Ok(SettlementResponse {
+            success: true,
+            transaction: String::new(),
+            network: inner.network,
+            payer: after.chain.payer,
+            extra: SettlementExtra {
+                channel_id: id,
+                nonce: self.signed.nonce(),
+                cumulative_amount: self.signed.cumulative_amount(),
+                charged: cost,
+                total_charged: after.charged(),
+            },
+        })
+    }
+}

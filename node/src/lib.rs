@@ -1,0 +1,84 @@
+//! The x402 Channels provider node.
+//!
+//! It answers unpaid requests with `402 Payment Required` and the terms of the `channel`
+//! scheme, verifies the EIP-712 vouchers clients pay with, stores the latest voucher of each
+//! channel durably (group-committed) before the paid response is released, and exposes all of
+//! it as a tower [`Layer`](tower::Layer) for axum apps ([`middleware::Paywall`]) and as a
+//! reverse-proxy [`gateway`] (the `x402-node` binary).
+//!
+//! Modules:
+//! - [`engine`]: the request path: decode, check, verify, commit.
+//! - [`channel`]: a channel's record and the rules a voucher must pass.
+//! - [`verify`]: ECDSA verification with exactly the contract's rules.
+//! - [`chain`]: reading channels from the chain.
+//! - [`middleware`]: the axum/tower layer.
+//! - [`gateway`], [`config`]: the binary's reverse proxy and its TOML configuration.
+//! - [`metrics`]: Prometheus metrics.
+//!
+//! Feature flags:
+//! - `test-utils`: an in-memory [`ChainReader`](chain::ChainReader) and fixtures for tests.
+
+pub mod chain;
+pub mod channel;
+pub mod config;
+pub mod engine;
+pub mod gateway;
+pub mod metrics;
+pub mod middleware;
+pub mod verify;
+
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
+
+use http::StatusCode;
+use x402_protocol::wire::{ChannelState, ErrorCode};
+
+pub use engine::{Engine, Payment, Price, Terms};
+
+/// Why a payment was refused: an x402 error code, a message, and the node's channel state when
+/// it helps the client resynchronise.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Refusal {
+    /// The machine-readable code.
+    pub code: ErrorCode,
+    /// A human-readable explanation.
+    pub message: String,
+    /// The node's state of the channel, if it knows it (boxed: refusals travel in `Result`s).
+    pub state: Option<Box<ChannelState>>,
+}
+
+impl Refusal {
+    /// A refusal without channel state.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), state: None }
+    }
+
+    /// Attaches the node's channel state.
+    pub fn with_state(mut self, state: ChannelState) -> Self {
+        self.state = Some(Box::new(state));
+        self
+    }
+
+    /// The HTTP status to answer with: 400 for malformed input, 503 when the node cannot
+    /// process payments, 402 otherwise.
+    pub const fn status(&self) -> StatusCode {
+        match self.code {
+            ErrorCode::InvalidPayload => StatusCode::BAD_REQUEST,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::PAYMENT_REQUIRED,
+        }
+    }
+
+    pub(crate) fn unknown(id: alloy::primitives::B256) -> Self {
+        Self::new(ErrorCode::ChannelUnknown, format!("channel {id} does not exist on-chain"))
+    }
+
+    pub(crate) fn storage(e: x402_store::Error) -> Self {
+        Self::new(ErrorCode::Unavailable, format!("storage unavailable: {e}"))
+    }
+
+    pub(crate) fn chain(e: chain::ChainError) -> Self {
+        Self::new(ErrorCode::Unavailable, format!("chain unavailable: {e}"))
+    }
+}

@@ -1,0 +1,145 @@
+//! `x402-node`: the x402 Channels provider node. A thin CLI over the `x402_node` library.
+
+use std::path::PathBuf;
+
+use alloy::primitives::Address;
+use clap::{Parser, Subcommand};
+use eyre::WrapErr;
+use tracing_subscriber::EnvFilter;
+use x402_node::config::Config;
+
+/// The x402 Channels provider node: charges for HTTP API requests through payment channels.
+#[derive(Debug, Parser)]
+#[command(name = "x402-node", version, about)]
+struct Cli {
+    /// TOML configuration file (see the README). Default: built-in defaults only.
+    #[arg(long, short, env = "X402_CONFIG", global = true)]
+    config: Option<PathBuf>,
+
+    #[command(flatten)]
+    overrides: Overrides,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Settings that override the configuration file.
+#[derive(Debug, clap::Args)]
+struct Overrides {
+    /// Address to listen on [config: listen; default 127.0.0.1:8402].
+    #[arg(long, env = "X402_LISTEN", global = true)]
+    listen: Option<std::net::SocketAddr>,
+    /// Base URL of the upstream API [config: upstream; default http://127.0.0.1:8080].
+    #[arg(long, env = "X402_UPSTREAM", global = true)]
+    upstream: Option<String>,
+    /// Chain JSON-RPC URL [config: chain.rpc_url; default http://127.0.0.1:8545].
+    #[arg(long, env = "X402_RPC_URL", global = true)]
+    rpc_url: Option<String>,
+    /// PaymentChannel contract address [config: chain.contract; required].
+    #[arg(long, env = "X402_CONTRACT", global = true)]
+    contract: Option<Address>,
+    /// Token accepted, zero address for the native token [config: payment.asset; default native].
+    #[arg(long, env = "X402_ASSET", global = true)]
+    asset: Option<Address>,
+    /// Directory of the node's store [config: data_dir; default ./x402-data].
+    #[arg(long, env = "X402_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// Shortest challenge period accepted, seconds [config: payment.min_challenge_period; default 3600].
+    #[arg(long, env = "X402_MIN_CHALLENGE_PERIOD", global = true)]
+    min_challenge_period: Option<u64>,
+    /// Bearer token of the /admin endpoints [config: admin_token; default none = disabled].
+    #[arg(long, env = "X402_ADMIN_TOKEN", global = true, hide_env_values = true)]
+    admin_token: Option<String>,
+    /// File holding the provider's hex private key [config: provider.key_file; default: the
+    /// X402_PROVIDER_KEY environment variable].
+    #[arg(long, env = "X402_PROVIDER_KEY_FILE", global = true)]
+    provider_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway in front of the upstream API (the default).
+    Run,
+    /// Print the effective configuration (after overrides) as TOML and exit.
+    Config,
+}
+
+impl Overrides {
+    fn apply(self, c: &mut Config) {
+        if let Some(v) = self.listen {
+            c.listen = v;
+        }
+        if let Some(v) = self.upstream {
+            c.upstream = v;
+        }
+        if let Some(v) = self.rpc_url {
+            c.chain.rpc_url = v;
+        }
+        if let Some(v) = self.contract {
+            c.chain.contract = Some(v);
+        }
+        if let Some(v) = self.asset {
+            c.payment.asset = v;
+        }
+        if let Some(v) = self.data_dir {
+            c.data_dir = v;
+        }
+        if let Some(v) = self.min_challenge_period {
+            c.payment.min_challenge_period = v;
+        }
+        if let Some(v) = self.admin_token {
+            c.admin_token = Some(v);
+        }
+        if let Some(v) = self.provider_key_file {
+            c.provider.key_file = Some(v);
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> eyre::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    cli.overrides.apply(&mut config);
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => x402_node::gateway::run(config, shutdown_signal()).await,
+        Command::Config => {
+            let mut shown = config.clone();
+            if shown.admin_token.is_some() {
+                shown.admin_token = Some("<redacted>".into());
+            }
+            let text = toml::to_string_pretty(&shown).wrap_err("cannot render the config")?;
+            // The configuration is this command's output.
+            #[allow(clippy::print_stdout)]
+            {
+                print!("{text}");
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

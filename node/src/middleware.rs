@@ -1,0 +1,226 @@
+//! The tower [`Layer`] that puts a price on routes of an axum app.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use alloy::primitives::U256;
+//! # use axum::{Router, routing::get};
+//! # use x402_node::{Engine, Price, middleware::Paywall};
+//! # fn app<S: x402_store::KvStore, C: x402_node::chain::ChainReader>(engine: Engine<S, C>) -> Router {
+//! Router::new()
+//!     .route("/weather", get(|| async { "sunny" }))
+//!     .layer(Paywall::new(engine).route("/weather", Price::exact(U256::from(1000))))
+//! # }
+//! ```
+//!
+//! A priced request without a payment gets a 402 with the terms. A paid request runs the
+//! handler with the verified [`Payment`] as a request extension; the handler of a
+//! [`Pricing::Upto`] route reports the actual cost with a
+//! [`Charge`] response extension. The voucher is stored durably before the response is
+//! released; a handler that fails with a 5xx is not charged for.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use alloy::primitives::{B256, U256};
+use axum::{
+    body::Body,
+    response::{IntoResponse, Response},
+};
+use http::{HeaderName, HeaderValue, Request, StatusCode, header::CONTENT_TYPE};
+use tower::{Layer, Service};
+use x402_protocol::wire::{self, Pricing};
+use x402_store::KvStore;
+
+use crate::{Engine, Payment, Price, Refusal, chain::ChainReader};
+
+/// Header an unpaid request may carry to name its channel, so that the 402 includes the node's
+/// state of it.
+pub const PAYMENT_CHANNEL: &str = "payment-channel";
+
+/// The actual cost of a request to a dynamically priced route, set by the handler as a
+/// response extension. Capped at the route's maximum; without it the maximum is charged.
+///
+/// Handlers return it among the response parts: `(Charge(cost), body)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Charge(pub U256);
+
+impl axum::response::IntoResponseParts for Charge {
+    type Error = Infallible;
+
+    fn into_response_parts(
+        self,
+        mut res: axum::response::ResponseParts,
+    ) -> Result<axum::response::ResponseParts, Self::Error> {
+        res.extensions_mut().insert(self);
+        Ok(res)
+    }
+}
+
+/// A [`Layer`] charging for requests to priced routes. Routes are matched by exact path.
+pub struct Paywall<S, C> {
+    engine: Engine<S, C>,
+    routes: Arc<HashMap<String, Price>>,
+}
+
+impl<S, C> Clone for Paywall<S, C> {
+    fn clone(&self) -> Self {
+        Self { engine: self.engine.clone(), routes: Arc::clone(&self.routes) }
+    }
+}
+
+impl<S, C> std::fmt::Debug for Paywall<S, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Paywall").field("routes", &self.routes).finish_non_exhaustive()
+    }
+}
+
+impl<S, C> Paywall<S, C> {
+    /// A paywall with no priced routes yet.
+    pub fn new(engine: Engine<S, C>) -> Self {
+        Self { engine, routes: Arc::default() }
+    }
+
+    /// Prices the route at `path`.
+    pub fn route(mut self, path: impl Into<String>, price: Price) -> Self {
+        Arc::make_mut(&mut self.routes).insert(path.into(), price);
+        self
+    }
+}
+
+impl<Svc, S, C> Layer<Svc> for Paywall<S, C> {
+    type Service = PaywallService<Svc, S, C>;
+
+    fn layer(&self, inner: Svc) -> Self::Service {
+        PaywallService { inner, paywall: self.clone() }
+    }
+}
+
+/// The service produced by [`Paywall`].
+pub struct PaywallService<Svc, S, C> {
+    inner: Svc,
+    paywall: Paywall<S, C>,
+}
+
+impl<Svc: Clone, S, C> Clone for PaywallService<Svc, S, C> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), paywall: self.paywall.clone() }
+    }
+}
+
+impl<Svc, S, C> std::fmt::Debug for PaywallService<Svc, S, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PaywallService").field("paywall", &self.paywall).finish_non_exhaustive()
+    }
+}
+
+impl<Svc, S, C> Service<Request<Body>> for PaywallService<Svc, S, C>
+where
+    Svc: Service<Request<Body>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    Svc::Future: Send + 'static,
+    S: KvStore,
+    C: ChainReader,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        // The ready service handles this request; a fresh clone takes its place.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let Some(price) = self.paywall.routes.get(req.uri().path()).cloned() else {
+            return Box::pin(Self::pass(inner, req));
+        };
+        let engine = self.paywall.engine.clone();
+        Box::pin(async move { Ok(paid(engine, inner, req, price).await) })
+    }
+}
+
+impl<Svc, S, C> PaywallService<Svc, S, C>
+where
+    Svc: Service<Request<Body>, Response = Response, Error = Infallible>,
+{
+    async fn pass(mut inner: Svc, req: Request<Body>) -> Result<Response, Infallible> {
+        inner.call(req).await
+    }
+}
+
+async fn paid<Svc, S, C>(
+    engine: Engine<S, C>,
+    mut inner: Svc,
+    mut req: Request<Body>,
+    price: Price,
+) -> Response
+where
+    Svc: Service<Request<Body>, Response = Response, Error = Infallible>,
+    S: KvStore,
+    C: ChainReader,
+{
+    let url = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let header = req.headers().get(wire::PAYMENT_SIGNATURE).or_else(|| req.headers().get(wire::X_PAYMENT));
+    let Some(header) = header else {
+        let state = match named_channel(&req) {
+            Some(id) => engine.channel_state(id).await,
+            None => None,
+        };
+        let refusal =
+            state.map(|s| Refusal::new(wire::ErrorCode::PaymentRequired, "payment required").with_state(s));
+        return payment_required(&engine, &url, &price, refusal.as_ref(), StatusCode::PAYMENT_REQUIRED);
+    };
+    let pending = match engine.authorize(header.as_bytes(), &price).await {
+        Ok(p) => p,
+        Err(refusal) => return payment_required(&engine, &url, &price, Some(&refusal), refusal.status()),
+    };
+    let payment: Payment = pending.payment();
+    req.extensions_mut().insert(payment);
+
+    let Ok(mut response) = inner.call(req).await;
+    if response.status().is_server_error() {
+        // Not charged: the voucher is not stored and the client may use it again.
+        return response;
+    }
+    let cost = match price.pricing {
+        Pricing::Exact => price.amount,
+        Pricing::Upto => response.extensions().get::<Charge>().map_or(price.amount, |c| c.0),
+    };
+    match pending.commit(cost).await {
+        Ok(settlement) => {
+            if let Ok(v) = HeaderValue::from_str(&wire::encode_header(&settlement)) {
+                response.headers_mut().insert(HeaderName::from_static(wire::PAYMENT_RESPONSE), v);
+            }
+            response
+        }
+        Err(refusal) => payment_required(&engine, &url, &price, Some(&refusal), refusal.status()),
+    }
+}
+
+fn named_channel(req: &Request<Body>) -> Option<B256> {
+    req.headers().get(PAYMENT_CHANNEL)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// A 402 (or 400/503) with the terms in the `PAYMENT-REQUIRED` header and the body.
+fn payment_required<S: KvStore, C: ChainReader>(
+    engine: &Engine<S, C>,
+    url: &str,
+    price: &Price,
+    refusal: Option<&Refusal>,
+    status: StatusCode,
+) -> Response {
+    let body = engine.payment_required(url, price, refusal);
+    let mut response = (status, axum::Json(&body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&wire::encode_header(&body)) {
+        response.headers_mut().insert(HeaderName::from_static(wire::PAYMENT_REQUIRED), v);
+    }
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

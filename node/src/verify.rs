@@ -1,0 +1,182 @@
+//! Voucher signature verification, the hot path.
+//!
+//! The contract accepts an EOA signature exactly when it is 65 bytes `r ‖ s ‖ v` with
+//! `v ∈ {27, 28}`, `0 < r < n`, `0 < s ≤ n/2`, and `ecrecover(digest, v, r, s)` is the signer
+//! (OpenZeppelin `ECDSA.tryRecover` via `SignatureChecker`). [`VoucherVerifier::verify_eoa`]
+//! implements exactly that with libsecp256k1.
+//!
+//! Why recover rather than verify against the cached key: plain ECDSA verification checks
+//! `(r, s)` against a public key but cannot see `v` (the parity of `R.y`), so it would accept a
+//! signature with a flipped `v` that `ecrecover` maps to another address and the contract
+//! refuses: the provider would serve a request it can never be paid for. Recovery checks `v`
+//! too and, measured by `benches/verify.rs`, costs only a few µs more than verification with
+//! libsecp256k1. The per-channel cache keeps the recovered *public key*, so every voucher after
+//! the first is a recovery plus a 64-byte compare, without the keccak256 of address derivation.
+
+use alloy::primitives::{Address, B256, keccak256};
+use secp256k1::{
+    Message, PublicKey, SECP256K1,
+    ecdsa::{RecoverableSignature, RecoveryId},
+};
+use x402_protocol::{ChannelDomain, Voucher};
+
+/// `n / 2` for secp256k1: the largest `s` the contract accepts.
+const HALF_N: [u8; 32] = [
+    0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x5D,
+    0x57, 0x6E, 0x73, 0x57, 0xA4, 0x50, 0x1D, 0xDF, 0xE9, 0x2F, 0x46, 0x68, 0x1B, 0x20, 0xA0,
+];
+
+/// Verifies vouchers of one `PaymentChannel` deployment.
+#[derive(Clone, Debug)]
+pub struct VoucherVerifier {
+    domain: ChannelDomain,
+}
+
+impl VoucherVerifier {
+    /// A verifier for the contract at `contract` on chain `chain_id`.
+    pub fn new(chain_id: u64, contract: Address) -> Self {
+        Self { domain: ChannelDomain::new(chain_id, contract) }
+    }
+
+    /// The EIP-712 domain.
+    pub const fn domain(&self) -> &ChannelDomain {
+        &self.domain
+    }
+
+    /// The digest the signer signs for `voucher`.
+    pub fn digest(&self, voucher: &Voucher) -> B256 {
+        self.domain.signing_hash(voucher)
+    }
+
+    /// Whether `signature` over `voucher` is a valid signature of the EOA `signer`, exactly as
+    /// the contract decides. `cache` holds the signer's public key once known: pass the same
+    /// slot for every voucher of a channel.
+    pub fn verify_eoa(
+        &self,
+        voucher: &Voucher,
+        signature: &[u8],
+        signer: Address,
+        cache: &mut Option<PublicKey>,
+    ) -> bool {
+        let Some(key) = recover(&self.digest(voucher), signature) else { return false };
+        match cache {
+            Some(known) => *known == key,
+            None if address_of(&key) == signer => {
+                *cache = Some(key);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Recovers the public key of a 65-byte `r ‖ s ‖ v` signature under the contract's rules, or
+/// `None` if the contract would refuse the signature whoever the signer.
+pub fn recover(digest: &B256, signature: &[u8]) -> Option<PublicKey> {
+    let sig: &[u8; 65] = signature.try_into().ok()?;
+    let recid = match sig[64] {
+        27 => RecoveryId::Zero,
+        28 => RecoveryId::One,
+        _ => return None,
+    };
+    // Low-s only: malleable high-s signatures are refused (EIP-2, OpenZeppelin ECDSA).
+    let s: &[u8; 32] = sig[32..64].try_into().ok()?;
+    if s.as_slice() > HALF_N.as_slice() {
+        return None;
+    }
+    // `from_compact` refuses r or s ≥ n; recovery fails for r = 0 or s = 0.
+    let sig = RecoverableSignature::from_compact(&sig[..64], recid).ok()?;
+    SECP256K1.recover_ecdsa(&Message::from_digest(digest.0), &sig).ok()
+}
+
+/// The Ethereum address of a public key.
+pub fn address_of(key: &PublicKey) -> Address {
+    let uncompressed = key.serialize_uncompressed();
+    Address::from_slice(&keccak256(&uncompressed[1..])[12..])
+}
+
+#[cfg(test)]
+mod tests {
+    use alloy::{
+        primitives::U256,
+        signers::{SignerSync, local::PrivateKeySigner},
+    };
+
+    use super::*;
+
+    const N: [u8; 32] = [
+        0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFE, 0xBA,
+        0xAE, 0xDC, 0xE6, 0xAF, 0x48, 0xA0, 0x3B, 0xBF, 0xD2, 0x5E, 0x8C, 0xD0, 0x36, 0x41, 0x41,
+    ];
+
+    fn fixture() -> (VoucherVerifier, PrivateKeySigner, Voucher, Vec<u8>) {
+        let verifier = VoucherVerifier::new(31337, Address::repeat_byte(0x42));
+        let signer = PrivateKeySigner::random();
+        let voucher =
+            Voucher { channelId: B256::repeat_byte(9), nonce: 5, cumulativeAmount: U256::from(777) };
+        let sig = signer.sign_hash_sync(&verifier.digest(&voucher)).unwrap().as_bytes().to_vec();
+        (verifier, signer, voucher, sig)
+    }
+
+    fn high_s(sig: &[u8]) -> Vec<u8> {
+        let s = U256::from_be_slice(&sig[32..64]);
+        let flipped = U256::from_be_bytes(N) - s;
+        let mut out = sig[..32].to_vec();
+        out.extend_from_slice(&flipped.to_be_bytes::<32>());
+        out.push(if sig[64] == 27 { 28 } else { 27 });
+        out
+    }
+
+    #[test]
+    fn accepts_exactly_the_contract_rules() {
+        let (verifier, signer, voucher, sig) = fixture();
+        let mut flipped_v = sig.clone();
+        flipped_v[64] ^= 0x03; // 27 <-> 28
+        let mut v_raw = sig.clone();
+        v_raw[64] -= 27; // 0/1 encoding: ecrecover refuses it
+        let mut zero_r = sig.clone();
+        zero_r[..32].fill(0);
+        let mut r_over_n = sig.clone();
+        r_over_n[..32].copy_from_slice(&N);
+        let mut tampered = voucher.clone();
+        tampered.cumulativeAmount += U256::from(1);
+
+        let cases: Vec<(&str, &Voucher, Vec<u8>, bool)> = vec![
+            ("valid", &voucher, sig.clone(), true),
+            ("high s", &voucher, high_s(&sig), false),
+            ("flipped v", &voucher, flipped_v, false),
+            ("v in 0/1", &voucher, v_raw, false),
+            ("r = 0", &voucher, zero_r, false),
+            ("r >= n", &voucher, r_over_n, false),
+            ("64 bytes", &voucher, sig[..64].to_vec(), false),
+            ("66 bytes", &voucher, [sig.clone(), vec![0]].concat(), false),
+            ("empty", &voucher, vec![], false),
+            ("tampered amount", &tampered, sig.clone(), false),
+        ];
+        for (name, v, s, expected) in cases {
+            let mut cache = None;
+            assert_eq!(verifier.verify_eoa(v, &s, signer.address(), &mut cache), expected, "{name}");
+            assert_eq!(cache.is_some(), expected, "{name}: cache filled only on success");
+        }
+    }
+
+    #[test]
+    fn wrong_signer_refused_and_cache_used() {
+        let (verifier, signer, voucher, sig) = fixture();
+        let mut cache = None;
+        assert!(!verifier.verify_eoa(&voucher, &sig, Address::repeat_byte(1), &mut cache));
+        assert!(verifier.verify_eoa(&voucher, &sig, signer.address(), &mut cache));
+        // With the key cached, the address argument no longer matters: the key decides.
+        let other = PrivateKeySigner::random();
+        let forged = other.sign_hash_sync(&verifier.digest(&voucher)).unwrap().as_bytes().to_vec();
+        assert!(!verifier.verify_eoa(&voucher, &forged, other.address(), &mut cache));
+        assert!(verifier.verify_eoa(&voucher, &sig, Address::ZERO, &mut cache));
+    }
+
+    #[test]
+    fn address_derivation_matches_alloy() {
+        let (verifier, signer, voucher, sig) = fixture();
+        let key = recover(&verifier.digest(&voucher), &sig).unwrap();
+        assert_eq!(address_of(&key), signer.address());
+    }
+}

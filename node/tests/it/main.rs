@@ -1,0 +1,4 @@
+//! Integration tests of the node, compiled as one binary.
+
+mod differential;
+mod paywall;

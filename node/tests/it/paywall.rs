@@ -1,0 +1,385 @@
+//! The paywall end to end in-process: an axum app behind [`Paywall`], an in-memory chain, and
+//! a real store. Every refusal of the wire format, corrective 402s, dynamic prices, restarts.
+
+use std::sync::Arc;
+
+use alloy::{
+    primitives::{Address, B256, U256},
+    signers::local::PrivateKeySigner,
+};
+use axum::{Extension, Router, body::Body, http::Request, response::IntoResponse, routing::get};
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use http::StatusCode;
+use tower::ServiceExt;
+use x402_node::{
+    Engine, Payment, Price, Terms,
+    channel::OnchainChannel,
+    metrics::Metrics,
+    middleware::{Charge, PAYMENT_CHANNEL, Paywall},
+    test_utils::MemoryChain,
+};
+use x402_protocol::{
+    ChannelDomain, Voucher,
+    wire::{self, ErrorCode, PaymentPayload, PaymentRequired, PaymentRequirements, SettlementResponse},
+};
+use x402_store::{KvStore, MemoryStore, SledStore};
+
+const CHAIN_ID: u64 = 31337;
+const PRICE: u64 = 1_000;
+
+struct Fixture<S> {
+    app: Router,
+    chain: MemoryChain,
+    payer: PrivateKeySigner,
+    id: B256,
+    domain: ChannelDomain,
+    requirements: PaymentRequirements,
+    _store: Arc<S>,
+}
+
+fn terms() -> Terms {
+    Terms {
+        chain_id: CHAIN_ID,
+        contract: Address::repeat_byte(0xcc),
+        payee: Address::repeat_byte(0xbb),
+        asset: Address::repeat_byte(0xaa),
+        min_challenge_period: 3600,
+        min_deposit: U256::ZERO,
+        max_timeout_seconds: 30,
+    }
+}
+
+fn onchain(payer: Address, deposit: u64) -> OnchainChannel {
+    OnchainChannel {
+        payer,
+        payee: terms().payee,
+        token: terms().asset,
+        signer: payer,
+        signer_is_contract: false,
+        deposit: U256::from(deposit),
+        challenge_period: 86_400,
+        exit_at: 0,
+        open: true,
+        nonce: 0,
+        paid: U256::ZERO,
+    }
+}
+
+fn app<S: KvStore>(store: Arc<S>, chain: MemoryChain) -> Router {
+    let engine = Engine::new(terms(), store, chain, Metrics::new());
+    Router::new()
+        .route("/paid", get(|Extension(p): Extension<Payment>| async move { format!("hello {}", p.payer) }))
+        .route(
+            "/llm",
+            get(|| async { ([("x-tokens", "42")], Charge(U256::from(420)), "completion").into_response() }),
+        )
+        .route("/broken", get(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
+        .route("/free", get(|| async { "free" }))
+        .layer(
+            Paywall::new(engine)
+                .route("/paid", Price::exact(U256::from(PRICE)))
+                .route("/broken", Price::exact(U256::from(PRICE)))
+                .route("/llm", Price::upto(U256::from(PRICE))),
+        )
+}
+
+fn fixture<S: KvStore>(store: Arc<S>) -> Fixture<S> {
+    let chain = MemoryChain::default();
+    let payer = PrivateKeySigner::random();
+    let id = B256::repeat_byte(0x11);
+    chain.set(id, onchain(payer.address(), 10 * PRICE));
+    let domain = ChannelDomain::new(CHAIN_ID, terms().contract);
+    let engine = Engine::new(terms(), Arc::clone(&store), chain.clone(), Metrics::new());
+    let requirements = engine.requirements(&Price::exact(U256::from(PRICE)), None);
+    Fixture {
+        app: app(Arc::clone(&store), chain.clone()),
+        chain,
+        payer,
+        id,
+        domain,
+        requirements,
+        _store: store,
+    }
+}
+
+impl<S: KvStore> Fixture<S> {
+    fn header(&self, nonce: u64, amount: u64) -> String {
+        let signed = self
+            .domain
+            .sign(&self.payer, Voucher { channelId: self.id, nonce, cumulativeAmount: U256::from(amount) })
+            .expect("signs");
+        wire::encode_header(&PaymentPayload::new(&self.requirements, &signed))
+    }
+
+    async fn send(&self, path: &str, header: Option<(&str, String)>) -> http::Response<Body> {
+        let mut req = Request::get(path);
+        if let Some((name, value)) = header {
+            req = req.header(name, value);
+        }
+        self.app.clone().oneshot(req.body(Body::empty()).expect("request")).await.expect("infallible")
+    }
+
+    async fn pay(&self, path: &str, nonce: u64, amount: u64) -> http::Response<Body> {
+        self.send(path, Some((wire::PAYMENT_SIGNATURE, self.header(nonce, amount)))).await
+    }
+}
+
+fn required(resp: &http::Response<Body>) -> PaymentRequired {
+    let h = resp.headers().get(wire::PAYMENT_REQUIRED).expect("PAYMENT-REQUIRED header");
+    wire::decode_header(h.as_bytes()).expect("decodes")
+}
+
+fn settlement(resp: &http::Response<Body>) -> SettlementResponse {
+    let h = resp.headers().get(wire::PAYMENT_RESPONSE).expect("PAYMENT-RESPONSE header");
+    wire::decode_header(h.as_bytes()).expect("decodes")
+}
+
+async fn body_json(resp: http::Response<Body>) -> serde_json::Value {
+    let bytes = http_body_util::BodyExt::collect(resp.into_body()).await.expect("body").to_bytes();
+    serde_json::from_slice(&bytes).expect("json body")
+}
+
+#[tokio::test]
+async fn unpaid_request_gets_terms_in_header_and_body() {
+    let f = fixture(Arc::new(MemoryStore::new()));
+    let resp = f.send("/paid?q=1", None).await;
+    assert_eq!(resp.status(), StatusCode::PAYMENT_REQUIRED);
+    let pr = required(&resp);
+    assert_eq!(pr.x402_version, 2);
+    assert_eq!(pr.error, Some(ErrorCode::PaymentRequired));
+    assert_eq!(pr.resource.url, "/paid?q=1");
+    let req = &pr.accepts[0];
+    assert_eq!((req.scheme.as_str(), req.network.chain_id), ("channel", CHAIN_ID));
+    assert_eq!(req.amount, U256::from(PRICE));
+    assert_eq!((req.asset, req.pay_to, req.extra.contract), (terms().asset, terms().payee, terms().contract));
+    assert_eq!(req.extra.min_challenge_period, 3600);
+    assert_eq!(body_json(resp).await, serde_json::to_value(&pr).expect("json"));
+    // Free routes pass through.
+    assert_eq!(f.send("/free", None).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn paid_request_is_served_with_payment_response_and_extension() {
+    let f = fixture(Arc::new(MemoryStore::new()));
+    let resp = f.pay("/paid", 1, PRICE).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let s = settlement(&resp);
+    assert!(s.success);
+    assert_eq!(s.transaction, "");
+    assert_eq!(s.payer, f.payer.address());
+    assert_eq!((s.extra.channel_id, s.extra.nonce), (f.id, 1));
+    assert_eq!((s.extra.charged, s.extra.total_charged), (U256::from(PRICE), U256::from(PRICE)));
+    let bytes = http_body_util::BodyExt::collect(resp.into_body()).await.expect("body").to_bytes();
+    assert_eq!(bytes, format!("hello {}", f.payer.address()).as_bytes());
+
+    // The v1 alias header works too, for the next voucher.
+    let resp = f.send("/paid", Some((wire::X_PAYMENT, f.header(2, 2 * PRICE)))).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(settlement(&resp).extra.total_charged, U256::from(2 * PRICE));
+    // One chain lookup for the whole channel.
+    assert_eq!(f.chain.lookups(), 1);
+}
+
+#[tokio::test]
+async fn every_refusal_has_its_code() {
+    let f = fixture(Arc::new(MemoryStore::new()));
+    // The client signs a generous ceiling; the node charges the price.
+    assert_eq!(f.pay("/paid", 5, 5 * PRICE).await.status(), StatusCode::OK);
+
+    let signed = f
+        .domain
+        .sign(&f.payer, Voucher { channelId: f.id, nonce: 9, cumulativeAmount: U256::from(9 * PRICE) })
+        .expect("signs");
+    let mut wrong_scheme = PaymentPayload::new(&f.requirements, &signed);
+    wrong_scheme.accepted.as_mut().expect("accepted").scheme = "exact".into();
+    let mut wrong_network = PaymentPayload::new(&f.requirements, &signed);
+    wrong_network.accepted.as_mut().expect("accepted").network = "eip155:1".into();
+    let mut wrong_version = PaymentPayload::new(&f.requirements, &signed);
+    wrong_version.x402_version = 7;
+    let mut unknown = PaymentPayload::new(&f.requirements, &signed);
+    unknown.payload.channel_id = B256::repeat_byte(0x99);
+    let stranger = PrivateKeySigner::random();
+    let forged = f
+        .domain
+        .sign(&stranger, Voucher { channelId: f.id, nonce: 9, cumulativeAmount: U256::from(9 * PRICE) })
+        .expect("signs");
+    let mut bad_types = serde_json::to_value(PaymentPayload::new(&f.requirements, &signed)).expect("json");
+    bad_types["payload"]["nonce"] = serde_json::json!("nine");
+
+    let cases: Vec<(&str, String, StatusCode, ErrorCode)> = vec![
+        ("bad base64", "%%%".into(), StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload),
+        ("bad json", STANDARD.encode("{nope"), StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload),
+        (
+            "wrong types",
+            STANDARD.encode(bad_types.to_string()),
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidPayload,
+        ),
+        ("huge", "A".repeat(wire::MAX_HEADER_LEN + 4), StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload),
+        (
+            "version",
+            wire::encode_header(&wrong_version),
+            StatusCode::PAYMENT_REQUIRED,
+            ErrorCode::InvalidX402Version,
+        ),
+        (
+            "scheme",
+            wire::encode_header(&wrong_scheme),
+            StatusCode::PAYMENT_REQUIRED,
+            ErrorCode::InvalidScheme,
+        ),
+        (
+            "network",
+            wire::encode_header(&wrong_network),
+            StatusCode::PAYMENT_REQUIRED,
+            ErrorCode::InvalidNetwork,
+        ),
+        ("unknown", wire::encode_header(&unknown), StatusCode::PAYMENT_REQUIRED, ErrorCode::ChannelUnknown),
+        ("stale nonce", f.header(5, 6 * PRICE), StatusCode::PAYMENT_REQUIRED, ErrorCode::NonceTooLow),
+        (
+            "below price",
+            f.header(6, 2 * PRICE - 1),
+            StatusCode::PAYMENT_REQUIRED,
+            ErrorCode::AmountBelowPrice,
+        ),
+        (
+            "over deposit",
+            f.header(6, 10 * PRICE + 1),
+            StatusCode::PAYMENT_REQUIRED,
+            ErrorCode::InsufficientDeposit,
+        ),
+        (
+            "forged",
+            wire::encode_header(&PaymentPayload::new(&f.requirements, &forged)),
+            StatusCode::PAYMENT_REQUIRED,
+            ErrorCode::InvalidSignature,
+        ),
+    ];
+    for (name, header, status, code) in cases {
+        let resp = f.send("/paid", Some((wire::PAYMENT_SIGNATURE, header))).await;
+        assert_eq!(resp.status(), status, "{name}");
+        let pr = required(&resp);
+        assert_eq!(pr.error, Some(code), "{name}");
+        assert!(pr.message.as_deref().is_some_and(|m| !m.is_empty()), "{name}: has a message");
+        let body = body_json(resp).await;
+        assert_eq!(body["error"], code.as_str(), "{name}: body carries the code");
+    }
+
+    // Corrective refusals carry the node's state, so the client can resync at once.
+    let resp = f.pay("/paid", 3, 3 * PRICE).await;
+    let state = required(&resp).accepts[0].extra.channel.clone().expect("state in a corrective 402");
+    assert_eq!((state.nonce, state.charged, state.deposit), (5, U256::from(PRICE), U256::from(10 * PRICE)));
+    assert_eq!(state.cumulative_amount, U256::from(5 * PRICE));
+    let resp = f.pay("/paid", state.nonce + 1, (state.charged + U256::from(PRICE)).to::<u64>()).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    // An unpaid request naming the channel gets the node's state in its 402.
+    let named = f.send("/paid", Some((PAYMENT_CHANNEL, f.id.to_string()))).await;
+    assert_eq!(required(&named).accepts[0].extra.channel.as_ref().map(|s| s.nonce), Some(6));
+}
+
+#[tokio::test]
+async fn top_up_is_picked_up_and_exit_refused() {
+    let f = fixture(Arc::new(MemoryStore::new()));
+    assert_eq!(f.pay("/paid", 1, 10 * PRICE).await.status(), StatusCode::OK);
+    let over = f.pay("/paid", 2, 11 * PRICE).await;
+    assert_eq!(required(&over).error, Some(ErrorCode::InsufficientDeposit));
+    f.chain.update(f.id, |c| c.deposit = U256::from(20 * PRICE));
+    // Within the refresh interval the node does not ask the chain again.
+    assert_eq!(required(&f.pay("/paid", 2, 11 * PRICE).await).error, Some(ErrorCode::InsufficientDeposit));
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(f.pay("/paid", 2, 11 * PRICE).await.status(), StatusCode::OK);
+
+    f.chain.update(f.id, |c| {
+        c.exit_at = 10;
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    // Refreshed on the over-deposit path: the exit is now known and the channel refused.
+    let resp = f.pay("/paid", 3, 21 * PRICE).await;
+    assert_eq!(required(&resp).error, Some(ErrorCode::ChannelClosing));
+    assert_eq!(required(&f.pay("/paid", 3, 12 * PRICE).await).error, Some(ErrorCode::ChannelClosing));
+}
+
+#[tokio::test]
+async fn dynamic_price_charges_actual_cost_and_failures_are_free() {
+    let f = fixture(Arc::new(MemoryStore::new()));
+    // The handler reports 420 of at most 1,000.
+    let resp = f.pay("/llm", 1, PRICE).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-tokens"], "42");
+    let s = settlement(&resp);
+    assert_eq!((s.extra.charged, s.extra.total_charged), (U256::from(420), U256::from(420)));
+    // The next voucher only has to cover 420 + 1,000.
+    assert_eq!(f.pay("/llm", 2, 1420).await.status(), StatusCode::OK);
+    // A failing handler is not charged: the same voucher works afterwards.
+    assert_eq!(f.pay("/broken", 3, 1840 + PRICE).await.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(f.pay("/paid", 3, 1840 + PRICE).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn restart_resumes_from_the_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let payer;
+    let chain;
+    let id;
+    {
+        let f = fixture(Arc::new(SledStore::open(dir.path()).expect("opens")));
+        assert_eq!(f.pay("/paid", 1, PRICE).await.status(), StatusCode::OK);
+        assert_eq!(f.pay("/paid", 2, 2 * PRICE).await.status(), StatusCode::OK);
+        payer = f.payer.clone();
+        chain = f.chain.clone();
+        id = f.id;
+    }
+    // A new node over the same directory continues the channel where it stopped, without
+    // asking the chain again.
+    let store = Arc::new(SledStore::open(dir.path()).expect("reopens"));
+    let f = Fixture {
+        app: app(Arc::clone(&store), chain.clone()),
+        chain,
+        payer,
+        id,
+        domain: ChannelDomain::new(CHAIN_ID, terms().contract),
+        requirements: Engine::new(terms(), Arc::clone(&store), MemoryChain::default(), Metrics::new())
+            .requirements(&Price::exact(U256::from(PRICE)), None),
+        _store: store,
+    };
+    let lookups = f.chain.lookups();
+    assert_eq!(required(&f.pay("/paid", 2, 3 * PRICE).await).error, Some(ErrorCode::NonceTooLow));
+    assert_eq!(f.pay("/paid", 3, 3 * PRICE).await.status(), StatusCode::OK);
+    assert_eq!(f.chain.lookups(), lookups);
+}
+
+#[tokio::test]
+async fn concurrent_requests_on_one_channel_are_serialised() {
+    let f = Arc::new(fixture(Arc::new(MemoryStore::new())));
+    f.chain.update(f.id, |c| c.deposit = U256::from(100 * PRICE));
+    // 32 vouchers signed in order, sent all at once: each is accepted or refused as stale,
+    // never double-charged, and the node ends at the best accepted voucher.
+    let headers: Vec<_> = (1..=32).map(|n| f.header(n, n * PRICE)).collect();
+    let tasks: Vec<_> = headers
+        .into_iter()
+        .map(|h| {
+            let f = Arc::clone(&f);
+            tokio::spawn(async move { f.send("/paid", Some((wire::PAYMENT_SIGNATURE, h))).await })
+        })
+        .collect();
+    let mut best = 0;
+    let mut ok = 0u64;
+    for t in tasks {
+        let resp = t.await.expect("task");
+        if resp.status() == StatusCode::OK {
+            ok += 1;
+            best = best.max(settlement(&resp).extra.nonce);
+        } else {
+            assert_eq!(required(&resp).error, Some(ErrorCode::NonceTooLow));
+        }
+    }
+    assert!(ok >= 1);
+    let state = required(&f.send("/paid", Some((PAYMENT_CHANNEL, f.id.to_string()))).await).accepts[0]
+        .extra
+        .channel
+        .clone()
+        .expect("known channel");
+    assert_eq!(state.nonce, best);
+    assert_eq!(state.charged, U256::from(ok * PRICE));
+}

@@ -1,0 +1,22 @@
+//! Shared protocol of x402 Channels: what the provider node and the client agree on.
+//!
+//! - [`voucher`]: the EIP-712 [`Voucher`] and its domain, hashed exactly as
+//!   the `PaymentChannel` contract hashes it, plus signing helpers.
+//! - [`wire`]: the x402 v2 wire format for the `channel` scheme (`PAYMENT-REQUIRED`,
+//!   `PAYMENT-SIGNATURE` / `X-PAYMENT`, `PAYMENT-RESPONSE`) and its error codes.
+//! - [`bindings`]: alloy `sol!` bindings of `IPaymentChannel`, generated from the Solidity
+//!   interface in `contracts/src/interfaces/`, so the ABI cannot drift.
+//! - [`network`]: CAIP-2 network identifiers (`eip155:<chainId>`).
+//!
+//! This crate has no feature flags.
+
+pub mod bindings;
+pub mod network;
+pub mod voucher;
+pub mod wire;
+
+mod error;
+
+pub use error::{Error, Result};
+pub use network::Network;
+pub use voucher::{ChannelDomain, SignedVoucher, Voucher};

@@ -1,0 +1,236 @@
+//! The `x402-node` gateway on anvil: deploy, open a channel, pay a route through the gateway in
+//! front of a small upstream, refuse each kind of bad payment, restart the node and continue
+//! the channel where it stopped, then redeem the last voucher on-chain.
+
+use std::time::Duration;
+
+use alloy::{
+    primitives::{Address, B256, U256},
+    providers::DynProvider,
+    signers::local::PrivateKeySigner,
+    sol,
+};
+use reqwest::StatusCode;
+use tokio::sync::oneshot;
+use x402_e2e::{account, anvil, deploy_channel, deploy_stablecoin, provider, upstream};
+use x402_node::config::{Config, RouteConfig};
+use x402_protocol::{
+    ChannelDomain, SignedVoucher, Voucher,
+    bindings::IPaymentChannel,
+    wire::{self, ErrorCode, PaymentPayload, PaymentRequired, PaymentRequirements, SettlementResponse},
+};
+
+sol! {
+    #[sol(rpc)]
+    interface ITestStablecoin {
+        function mint(address to, uint256 amount) external;
+        function approve(address spender, uint256 amount) external returns (bool);
+        function balanceOf(address who) external view returns (uint256);
+    }
+}
+
+const PRICE: u64 = 1_000;
+const DEPOSIT: u64 = 1_000_000;
+const ADMIN: &str = "test-admin-token-0123456789";
+
+struct Gateway {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<eyre::Result<()>>,
+    url: String,
+}
+
+impl Gateway {
+    async fn start(config: Config) -> Self {
+        let url = format!("http://{}", config.listen);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(x402_node::gateway::run(config, async move {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::new();
+        for _ in 0..100 {
+            if client.get(format!("{url}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
+                return Self { stop: Some(stop), task, url };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gateway did not start");
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.expect("joins").expect("gateway ran cleanly");
+    }
+}
+
+fn free_port() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    l.local_addr().expect("addr")
+}
+
+async fn paid(client: &reqwest::Client, url: &str, header: String) -> reqwest::Response {
+    client.get(url).header(wire::PAYMENT_SIGNATURE, header).send().await.expect("request")
+}
+
+fn required(resp: &reqwest::Response) -> PaymentRequired {
+    wire::decode_header(resp.headers()[wire::PAYMENT_REQUIRED].as_bytes()).expect("PAYMENT-REQUIRED")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_charges_refuses_restarts_and_settles() {
+    let anvil = anvil();
+    let provider_key = account(&anvil, 0);
+    let payer = account(&anvil, 1);
+    let node_chain: DynProvider = provider(&anvil, provider_key.clone());
+    let payer_chain: DynProvider = provider(&anvil, payer.clone());
+
+    let contract = deploy_channel(&node_chain).await.expect("deploys channel");
+    let usd = deploy_stablecoin(&node_chain).await.expect("deploys token");
+    let token = ITestStablecoin::new(usd, &payer_chain);
+    token.mint(payer.address(), U256::from(10 * DEPOSIT)).send().await.unwrap().get_receipt().await.unwrap();
+    token.approve(contract, U256::MAX).send().await.unwrap().get_receipt().await.unwrap();
+    let channels = IPaymentChannel::new(contract, &payer_chain);
+    let params = IPaymentChannel::OpenParams {
+        payee: provider_key.address(),
+        token: usd,
+        signer: Address::ZERO,
+        challengePeriod: 86_400,
+        deposit: U256::from(DEPOSIT),
+        salt: B256::repeat_byte(1),
+    };
+    let id = channels.computeChannelId(payer.address(), params.clone()).call().await.unwrap();
+    channels.open(params).send().await.unwrap().get_receipt().await.unwrap();
+
+    let api = upstream().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        listen: free_port(),
+        upstream: format!("http://{api}"),
+        data_dir: data.path().into(),
+        ..Config::default()
+    };
+    config.admin_token = Some(ADMIN.into());
+    config.chain.rpc_url = anvil.endpoint();
+    config.chain.contract = Some(contract);
+    config.payment.asset = usd;
+    config.provider.address = Some(provider_key.address());
+    config.provider.key_env = "X402_E2E_UNSET".into();
+    config.routes.push(RouteConfig {
+        path: "/weather".into(),
+        price: U256::from(PRICE),
+        pricing: Default::default(),
+        description: Some("Current weather".into()),
+        mime_type: Some("application/json".into()),
+    });
+
+    let gw = Gateway::start(config.clone()).await;
+    let client = reqwest::Client::new();
+    let weather = format!("{}/weather", gw.url);
+
+    // Unpaid: a 402 with the terms.
+    let resp = client.get(&weather).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYMENT_REQUIRED);
+    let terms: PaymentRequirements = required(&resp).accepts.remove(0);
+    assert_eq!((terms.asset, terms.pay_to, terms.extra.contract), (usd, provider_key.address(), contract));
+    assert_eq!(terms.network.chain_id, anvil.chain_id());
+
+    let domain = ChannelDomain::new(anvil.chain_id(), contract);
+    let sign = |key: &PrivateKeySigner, nonce: u64, amount: u64| -> SignedVoucher {
+        domain.sign(key, Voucher { channelId: id, nonce, cumulativeAmount: U256::from(amount) }).unwrap()
+    };
+    let header = |v: &SignedVoucher| wire::encode_header(&PaymentPayload::new(&terms, v));
+
+    // Paid.
+    let resp = paid(&client, &weather, header(&sign(&payer, 1, PRICE))).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let s: SettlementResponse =
+        wire::decode_header(resp.headers()[wire::PAYMENT_RESPONSE].as_bytes()).unwrap();
+    assert_eq!((s.payer, s.extra.nonce, s.extra.total_charged), (payer.address(), 1, U256::from(PRICE)));
+    assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["forecast"], "sunny");
+
+    // Payment headers never reach the upstream.
+    let echo = paid(&client, &format!("{}/echo", gw.url), header(&sign(&payer, 1, PRICE))).await;
+    assert_eq!(echo.text().await.unwrap(), "payment-header-seen=false");
+
+    // Every kind of bad payment.
+    let stranger = PrivateKeySigner::random();
+    let mut wrong_network = PaymentPayload::new(&terms, &sign(&payer, 2, 2 * PRICE));
+    wrong_network.accepted.as_mut().unwrap().network = "eip155:1".into();
+    let mut unknown = PaymentPayload::new(&terms, &sign(&payer, 2, 2 * PRICE));
+    unknown.payload.channel_id = B256::repeat_byte(0x77);
+    let bad: Vec<(&str, String, StatusCode, ErrorCode)> = vec![
+        ("garbage", "not base64!".into(), StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload),
+        (
+            "network",
+            wire::encode_header(&wrong_network),
+            StatusCode::PAYMENT_REQUIRED,
+            ErrorCode::InvalidNetwork,
+        ),
+        (
+            "unknown channel",
+            wire::encode_header(&unknown),
+            StatusCode::PAYMENT_REQUIRED,
+            ErrorCode::ChannelUnknown,
+        ),
+        ("replay", header(&sign(&payer, 1, PRICE)), StatusCode::PAYMENT_REQUIRED, ErrorCode::NonceTooLow),
+        (
+            "underpaid",
+            header(&sign(&payer, 2, PRICE + 1)),
+            StatusCode::PAYMENT_REQUIRED,
+            ErrorCode::AmountBelowPrice,
+        ),
+        (
+            "over deposit",
+            header(&sign(&payer, 2, DEPOSIT + 1)),
+            StatusCode::PAYMENT_REQUIRED,
+            ErrorCode::InsufficientDeposit,
+        ),
+        (
+            "wrong signer",
+            header(&sign(&stranger, 2, 2 * PRICE)),
+            StatusCode::PAYMENT_REQUIRED,
+            ErrorCode::InvalidSignature,
+        ),
+    ];
+    for (name, h, status, code) in bad {
+        let resp = paid(&client, &weather, h).await;
+        assert_eq!(resp.status(), status, "{name}");
+        assert_eq!(required(&resp).error, Some(code), "{name}");
+    }
+
+    // Admin needs the token.
+    let admin = format!("{}/admin/channels", gw.url);
+    assert_eq!(client.get(&admin).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let listed: serde_json::Value =
+        client.get(&admin).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed[0]["charged"], PRICE.to_string());
+    let metrics = client.get(format!("{}/metrics", gw.url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("x402_requests_paid_total 1"), "{metrics}");
+
+    // Restart: the node continues the channel where it stopped.
+    gw.stop().await;
+    let gw = Gateway::start(config).await;
+    let weather = format!("{}/weather", gw.url);
+    assert_eq!(
+        required(&paid(&client, &weather, header(&sign(&payer, 1, 2 * PRICE))).await).error,
+        Some(ErrorCode::NonceTooLow)
+    );
+    let last = sign(&payer, 2, 2 * PRICE);
+    assert_eq!(paid(&client, &weather, header(&last)).await.status(), StatusCode::OK);
+    gw.stop().await;
+
+    // What the node accepted is redeemable on-chain, for exactly what it charged.
+    let node_channels = IPaymentChannel::new(contract, &node_chain);
+    let claim = IPaymentChannel::Claim {
+        channelId: id,
+        nonce: last.nonce(),
+        cumulativeAmount: last.cumulative_amount(),
+        claimed: last.cumulative_amount(),
+        signature: last.signature.clone(),
+    };
+    node_channels.close(claim).send().await.unwrap().get_receipt().await.unwrap();
+    let balance =
+        ITestStablecoin::new(usd, &payer_chain).balanceOf(provider_key.address()).call().await.unwrap();
+    assert_eq!(balance, U256::from(2 * PRICE));
+}

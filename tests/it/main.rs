@@ -1,0 +1,3 @@
+//! End-to-end tests on anvil, compiled as one binary.
+
+mod gateway;
