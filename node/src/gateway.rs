@@ -248,7 +248,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         min_deposit: config.payment.min_deposit,
         max_timeout_seconds: config.max_timeout_seconds,
     };
-    let engine = Engine::new(terms, store, RpcChain::new(provider, contract), Metrics::new());
+    let metrics = Metrics::new();
+    let engine = Engine::new(terms, Arc::clone(&store), RpcChain::new(provider, contract), metrics.clone());
+    // Group-commit statistics for /metrics.
+    let stats_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            metrics.set_store_stats(store.stats());
+        }
+    });
     let mut paywall = Paywall::new(engine.clone());
     for route in &config.routes {
         paywall = paywall.route(route.path.clone(), route.price());
@@ -267,7 +276,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         routes = config.routes.len(),
         "gateway started"
     );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    stats_task.abort();
+    served?;
     info!(target: "node::gateway", "gateway stopped");
     Ok(())
 }

@@ -1,8 +1,10 @@
 //! Prometheus metrics of the node.
 
 use prometheus::{
-    CounterVec, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
+use x402_store::CommitStats;
 
 /// The node's metrics, registered in their own registry.
 #[derive(Clone, Debug)]
@@ -16,6 +18,12 @@ pub struct Metrics {
     pub verify_seconds: Histogram,
     /// Revenue charged, in token base units, by token.
     pub revenue: CounterVec,
+    /// Group commits (flush + fsync) of the store.
+    pub store_flushes: IntGauge,
+    /// Writes made durable by those commits.
+    pub store_synced_writes: IntGauge,
+    /// The largest group commit, in writes.
+    pub store_max_batch: IntGauge,
 }
 
 impl Default for Metrics {
@@ -44,20 +52,45 @@ impl Metrics {
             &["token"],
         )
         .expect("valid metric");
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
+        let store_flushes = gauge("x402_store_flushes", "Group commits (flush + fsync) of the store");
+        let store_synced_writes = gauge("x402_store_synced_writes", "Writes made durable by group commits");
+        let store_max_batch = gauge("x402_store_max_batch", "Largest group commit, in writes");
         for c in [
             Box::new(paid.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(refused.clone()),
             Box::new(verify_seconds.clone()),
             Box::new(revenue.clone()),
+            Box::new(store_flushes.clone()),
+            Box::new(store_synced_writes.clone()),
+            Box::new(store_max_batch.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
-        Self { registry, paid, refused, verify_seconds, revenue }
+        Self {
+            registry,
+            paid,
+            refused,
+            verify_seconds,
+            revenue,
+            store_flushes,
+            store_synced_writes,
+            store_max_batch,
+        }
     }
 
     /// Registers another collector (e.g. storage statistics) in the node's registry.
     pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) -> prometheus::Result<()> {
         self.registry.register(collector)
+    }
+
+    /// Records the store's group-commit statistics. The mean batch size is
+    /// `synced_writes / flushes`.
+    pub fn set_store_stats(&self, stats: CommitStats) {
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.store_flushes.set(clamp(stats.flushes));
+        self.store_synced_writes.set(clamp(stats.synced_writes));
+        self.store_max_batch.set(clamp(stats.max_batch));
     }
 
     /// The metrics in the Prometheus text format.

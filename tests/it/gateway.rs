@@ -64,6 +64,37 @@ impl Gateway {
     }
 }
 
+/// A gateway configuration for `contract` on `anvil`, charging `PRICE` in `asset` on `/weather`.
+fn gateway_config(
+    anvil: &alloy::node_bindings::AnvilInstance,
+    contract: Address,
+    asset: Address,
+    payee: Address,
+    upstream: std::net::SocketAddr,
+    data: &std::path::Path,
+) -> Config {
+    let mut config = Config {
+        listen: free_port(),
+        upstream: format!("http://{upstream}"),
+        data_dir: data.into(),
+        ..Config::default()
+    };
+    config.admin_token = Some(ADMIN.into());
+    config.chain.rpc_url = anvil.endpoint();
+    config.chain.contract = Some(contract);
+    config.payment.asset = asset;
+    config.provider.address = Some(payee);
+    config.provider.key_env = "X402_E2E_UNSET".into();
+    config.routes.push(RouteConfig {
+        path: "/weather".into(),
+        price: U256::from(PRICE),
+        pricing: Default::default(),
+        description: Some("Current weather".into()),
+        mime_type: Some("application/json".into()),
+    });
+    config
+}
+
 fn free_port() -> std::net::SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
     l.local_addr().expect("addr")
@@ -104,25 +135,7 @@ async fn gateway_charges_refuses_restarts_and_settles() {
 
     let api = upstream().await;
     let data = tempfile::tempdir().unwrap();
-    let mut config = Config {
-        listen: free_port(),
-        upstream: format!("http://{api}"),
-        data_dir: data.path().into(),
-        ..Config::default()
-    };
-    config.admin_token = Some(ADMIN.into());
-    config.chain.rpc_url = anvil.endpoint();
-    config.chain.contract = Some(contract);
-    config.payment.asset = usd;
-    config.provider.address = Some(provider_key.address());
-    config.provider.key_env = "X402_E2E_UNSET".into();
-    config.routes.push(RouteConfig {
-        path: "/weather".into(),
-        price: U256::from(PRICE),
-        pricing: Default::default(),
-        description: Some("Current weather".into()),
-        mime_type: Some("application/json".into()),
-    });
+    let config = gateway_config(&anvil, contract, usd, provider_key.address(), api, data.path());
 
     let gw = Gateway::start(config.clone()).await;
     let client = reqwest::Client::new();
@@ -233,4 +246,92 @@ async fn gateway_charges_refuses_restarts_and_settles() {
     let balance =
         ITestStablecoin::new(usd, &payer_chain).balanceOf(provider_key.address()).call().await.unwrap();
     assert_eq!(balance, U256::from(2 * PRICE));
+}
+
+sol! {
+    #[sol(rpc)]
+    interface IERC1271Wallet {
+        function owner() external view returns (address);
+    }
+}
+
+/// A smart-wallet payer (EIP-1271, no session key): the node verifies its vouchers by asking the
+/// wallet on-chain, exactly as the contract does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_accepts_eip1271_wallet_vouchers() {
+    use alloy::{
+        network::TransactionBuilder,
+        providers::{Provider, ProviderBuilder},
+        rpc::types::TransactionRequest,
+        sol_types::{SolCall, SolValue},
+    };
+
+    let anvil = anvil();
+    let provider_key = account(&anvil, 0);
+    let owner = PrivateKeySigner::random();
+    let node_chain = provider(&anvil, provider_key.clone());
+    let contract = deploy_channel(&node_chain).await.unwrap();
+    let wallet = x402_e2e::deploy(
+        &node_chain,
+        x402_e2e::creation_code("ERC1271Wallet.sol", "ERC1271Wallet"),
+        &owner.address().abi_encode(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(IERC1271Wallet::new(wallet, &node_chain).owner().call().await.unwrap(), owner.address());
+
+    // The wallet opens a native-token channel (anvil lets the test act as the wallet).
+    let unsigned = ProviderBuilder::new().connect_http(anvil.endpoint_url());
+    let _: () = unsigned.raw_request("anvil_impersonateAccount".into(), (wallet,)).await.unwrap();
+    let _: () =
+        unsigned.raw_request("anvil_setBalance".into(), (wallet, U256::from(10u128.pow(20)))).await.unwrap();
+    let params = IPaymentChannel::OpenParams {
+        payee: provider_key.address(),
+        token: Address::ZERO,
+        signer: Address::ZERO,
+        challengePeriod: 86_400,
+        deposit: U256::from(DEPOSIT),
+        salt: B256::repeat_byte(9),
+    };
+    let id = IPaymentChannel::new(contract, &node_chain)
+        .computeChannelId(wallet, params.clone())
+        .call()
+        .await
+        .unwrap();
+    let open = TransactionRequest::default()
+        .with_from(wallet)
+        .with_to(contract)
+        .with_value(U256::from(DEPOSIT))
+        .with_input(IPaymentChannel::openCall { params }.abi_encode());
+    let receipt = unsigned.send_transaction(open).await.unwrap().get_receipt().await.unwrap();
+    assert!(receipt.status(), "the wallet opened the channel");
+
+    let api = upstream().await;
+    let data = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(gateway_config(
+        &anvil,
+        contract,
+        Address::ZERO,
+        provider_key.address(),
+        api,
+        data.path(),
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let weather = format!("{}/weather", gw.url);
+    let terms: PaymentRequirements = required(&client.get(&weather).send().await.unwrap()).accepts.remove(0);
+    let domain = ChannelDomain::new(anvil.chain_id(), contract);
+    let header = |key: &PrivateKeySigner, nonce: u64| {
+        let v = domain
+            .sign(key, Voucher { channelId: id, nonce, cumulativeAmount: U256::from(nonce * PRICE) })
+            .unwrap();
+        wire::encode_header(&PaymentPayload::new(&terms, &v))
+    };
+
+    // The owner's signature is the wallet's; anyone else's is not.
+    let resp = paid(&client, &weather, header(&PrivateKeySigner::random(), 1)).await;
+    assert_eq!(required(&resp).error, Some(ErrorCode::InvalidSignature));
+    assert_eq!(paid(&client, &weather, header(&owner, 1)).await.status(), StatusCode::OK);
+    assert_eq!(paid(&client, &weather, header(&owner, 2)).await.status(), StatusCode::OK);
+    gw.stop().await;
 }

@@ -1,4 +1,5 @@
 //! Integration tests of the node, compiled as one binary.
 
+mod cli;
 mod differential;
 mod paywall;

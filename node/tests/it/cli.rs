@@ -1,0 +1,77 @@
+//! The `x402-node` binary as a process: help, configuration errors, effective configuration.
+
+use std::process::Command;
+
+fn node() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_x402-node"));
+    // Keep the environment from leaking settings into these tests.
+    for var in ["X402_CONFIG", "X402_CONTRACT", "X402_ADMIN_TOKEN", "X402_PROVIDER_KEY", "X402_LISTEN"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+#[test]
+fn help_documents_every_option_with_defaults() {
+    let out = node().arg("--help").output().expect("runs");
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).expect("utf-8");
+    for flag in [
+        "--config",
+        "--listen",
+        "--upstream",
+        "--rpc-url",
+        "--contract",
+        "--asset",
+        "--data-dir",
+        "--min-challenge-period",
+        "--admin-token",
+        "--provider-key-file",
+    ] {
+        assert!(help.contains(flag), "--help lists {flag}:\n{help}");
+    }
+    for default in ["127.0.0.1:8402", "http://127.0.0.1:8080", "http://127.0.0.1:8545", "3600", "X402_LISTEN"]
+    {
+        assert!(help.contains(default), "--help shows {default}");
+    }
+}
+
+#[test]
+fn config_prints_effective_settings_with_overrides() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("node.toml");
+    std::fs::write(
+        &file,
+        "admin_token = \"0123456789abcdef-secret\"\n[[routes]]\npath = \"/a\"\nprice = \"5\"\n",
+    )
+    .expect("writes");
+    let out = node()
+        .args(["--config", file.to_str().expect("utf-8"), "config"])
+        .env("X402_UPSTREAM", "http://api.internal:9000")
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(text.contains("upstream = \"http://api.internal:9000\""), "{text}");
+    assert!(text.contains("path = \"/a\""), "{text}");
+    assert!(!text.contains("secret"), "the admin token must not be printed: {text}");
+}
+
+#[test]
+fn bad_configuration_fails_with_a_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "listen = 5\n").expect("writes");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--config", file.to_str().expect("utf-8")], "invalid config"),
+        (vec!["--config", "/nonexistent/x402.toml"], "cannot read config"),
+        // No contract configured.
+        (vec!["run"], "chain.contract is required"),
+    ];
+    for (args, expected) in cases {
+        let out = node().args(&args).output().expect("runs");
+        assert!(!out.status.success(), "{args:?} must fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
