@@ -135,21 +135,6 @@ contract PaymentChannelTest is ChannelFixture {
         vm.stopPrank();
     }
 
-    function _partial(uint256 key, bytes32 id, uint64 nonce, uint256 cumulative, uint256 claimed)
-        internal
-        view
-        returns (IPaymentChannel.Claim memory c)
-    {
-        c = _claim(key, id, nonce, cumulative);
-        c.claimed = claimed;
-    }
-
-    function _requestExit(bytes32 id) internal returns (uint256 exitAt) {
-        vm.prank(payer);
-        channel.requestExit(id);
-        exitAt = channel.getChannel(id).exitAt;
-    }
-
     function _split(bytes memory sig) internal pure returns (bytes32 r, bytes32 s, uint8 v) {
         assembly {
             r := mload(add(sig, 0x20))

@@ -18,21 +18,6 @@ contract PaymentChannelFuzzTest is ChannelFixture {
         id = channel.open(_params(address(usd), deposit, address(0), salt));
     }
 
-    function _partial(uint256 key, bytes32 id, uint64 nonce, uint256 cumulative, uint256 claimed)
-        internal
-        view
-        returns (IPaymentChannel.Claim memory c)
-    {
-        c = _claim(key, id, nonce, cumulative);
-        c.claimed = claimed;
-    }
-
-    function _requestExit(bytes32 id) internal returns (uint256 exitAt) {
-        vm.prank(payer);
-        channel.requestExit(id);
-        exitAt = channel.getChannel(id).exitAt;
-    }
-
     function _transfersFrom(Vm.Log[] memory logs, address token, address from)
         internal
         pure

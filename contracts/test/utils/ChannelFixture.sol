@@ -129,6 +129,23 @@ abstract contract ChannelFixture is Test {
         });
     }
 
+    /// A claim of `claimed` (below the voucher's ceiling), signed with `key`.
+    function _partial(uint256 key, bytes32 id, uint64 nonce, uint256 cumulative, uint256 claimed)
+        internal
+        view
+        returns (IPaymentChannel.Claim memory c)
+    {
+        c = _claim(key, id, nonce, cumulative);
+        c.claimed = claimed;
+    }
+
+    /// The payer requests an exit; returns when it may withdraw.
+    function _requestExit(bytes32 id) internal returns (uint256 exitAt) {
+        vm.prank(payer);
+        channel.requestExit(id);
+        exitAt = channel.getChannel(id).exitAt;
+    }
+
     /// A claim with no voucher (close at the amount already paid).
     function _noVoucher(bytes32 id) internal pure returns (IPaymentChannel.Claim memory) {
         return IPaymentChannel.Claim({
