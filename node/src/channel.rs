@@ -175,6 +175,18 @@ impl ChannelRecord {
         Ok(())
     }
 
+    /// Takes fresh on-chain facts, keeping the node's vouchers. The status follows the chain:
+    /// an exit makes the channel `Closing`, a top-up that cancels the exit makes it `Open`
+    /// again, and a close is final.
+    pub fn sync_chain(&mut self, chain: OnchainChannel) {
+        if self.status == ChannelStatus::Closed {
+            return;
+        }
+        let fresh = Self::new(self.id, chain);
+        self.status = fresh.status;
+        self.chain = fresh.chain;
+    }
+
     /// Records an accepted voucher and what this request cost.
     pub fn apply(&mut self, voucher: &Voucher, signature: Bytes, cost: U256) {
         self.charged = self.charged().saturating_add(cost).min(voucher.cumulativeAmount);
@@ -256,6 +268,27 @@ mod tests {
         assert_eq!(rec.charged(), U256::from(500));
         assert!(rec.admit(&voucher(10, 550), U256::from(50)).is_ok());
         assert!(rec.admit(&voucher(9, 550), U256::from(50)).is_err());
+    }
+
+    #[test]
+    fn chain_sync_follows_exits_and_their_cancellation() {
+        let mut rec = ChannelRecord::new(B256::ZERO, onchain(1000));
+        rec.apply(&voucher(1, 100), Bytes::new(), U256::from(100));
+        let mut exiting = onchain(1000);
+        exiting.exit_at = 99;
+        rec.sync_chain(exiting);
+        assert_eq!(rec.status, ChannelStatus::Closing);
+        // A top-up cancels the exit: the channel accepts vouchers again, keeping its state.
+        rec.sync_chain(onchain(2000));
+        assert_eq!(rec.status, ChannelStatus::Open);
+        assert_eq!((rec.nonce(), rec.charged()), (1, U256::from(100)));
+        assert!(rec.admit(&voucher(2, 1500), U256::from(100)).is_ok());
+        // A close is final, whatever is read later.
+        let mut closed = onchain(2000);
+        closed.open = false;
+        rec.sync_chain(closed);
+        rec.sync_chain(onchain(2000));
+        assert_eq!(rec.status, ChannelStatus::Closed);
     }
 
     #[test]

@@ -26,19 +26,14 @@ use x402_protocol::{
 };
 use x402_store::KvStore;
 
-use crate::{
-    Refusal,
-    chain::ChainReader,
-    channel::{ChannelRecord, ChannelStatus},
-    metrics::Metrics,
-    verify::VoucherVerifier,
-};
+use crate::{Refusal, chain::ChainReader, channel::ChannelRecord, metrics::Metrics, verify::VoucherVerifier};
 
 /// The store namespace holding one [`ChannelRecord`] per channel id.
 pub const CHANNELS: &str = "channels";
 
 /// How often at most a channel's on-chain facts are re-read after a voucher exceeded the
-/// deposit the node knows (the payer may have topped up).
+/// deposit the node knows, or arrived on a channel it believes is closing (the payer may have
+/// topped up, which also cancels an exit).
 const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The node's payment terms.
@@ -257,10 +252,11 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         self.check_terms(record)?;
 
         let mut admitted = record.admit(&signed.voucher, price.amount);
-        if matches!(&admitted, Err(r) if r.code == ErrorCode::InsufficientDeposit)
+        if matches!(&admitted, Err(r) if matches!(r.code, ErrorCode::InsufficientDeposit | ErrorCode::ChannelClosing))
             && guard.refreshed.is_none_or(|t| t.elapsed() >= REFRESH_INTERVAL)
         {
-            // The payer may have topped up since the node last looked.
+            // The payer may have topped up since the node last looked, which also cancels a
+            // pending exit. Rate-limited per channel, and never on the paid path.
             self.refresh(id, &mut guard).await?;
             let record = guard.record.as_ref().ok_or_else(|| Refusal::unknown(id))?;
             admitted = record.admit(&signed.voucher, price.amount);
@@ -302,20 +298,10 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
             return Err(Refusal::unknown(id));
         };
         if let Some(record) = slot.record.as_mut() {
-            self.apply_chain(record, chain);
+            record.sync_chain(chain);
             self.persist(record)?;
         }
         Ok(())
-    }
-
-    /// Merges fresh on-chain facts into a record.
-    pub(crate) fn apply_chain(&self, record: &mut ChannelRecord, chain: crate::channel::OnchainChannel) {
-        let fresh = ChannelRecord::new(record.id, chain);
-        // The node's own view only ever tightens: a close it requested stays requested.
-        if record.status == ChannelStatus::Open || fresh.status == ChannelStatus::Closed {
-            record.status = fresh.status;
-        }
-        record.chain = fresh.chain;
     }
 
     fn check_terms(&self, record: &ChannelRecord) -> Result<(), Refusal> {

@@ -298,6 +298,16 @@ async fn top_up_is_picked_up_and_exit_refused() {
     let resp = f.pay("/paid", 3, 21 * PRICE).await;
     assert_eq!(required(&resp).error, Some(ErrorCode::ChannelClosing));
     assert_eq!(required(&f.pay("/paid", 3, 12 * PRICE).await).error, Some(ErrorCode::ChannelClosing));
+
+    // The payer tops up, which cancels the exit on-chain: once the node re-reads the channel
+    // (here on the over-deposit path), it accepts vouchers again.
+    f.chain.update(f.id, |c| {
+        c.exit_at = 0;
+        c.deposit = U256::from(30 * PRICE);
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(required(&f.pay("/paid", 3, 31 * PRICE).await).error, Some(ErrorCode::InsufficientDeposit));
+    assert_eq!(f.pay("/paid", 3, 13 * PRICE).await.status(), StatusCode::OK);
 }
 
 #[tokio::test]
