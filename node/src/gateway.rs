@@ -57,10 +57,12 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Proxies to `base` (e.g. `http://127.0.0.1:8080`).
-    pub fn new(base: impl Into<String>) -> Self {
+    /// Proxies to `base` (e.g. `http://127.0.0.1:8080`), giving up on a request after `timeout`
+    /// (answered with 502, which is not charged for).
+    pub fn new(base: impl Into<String>, timeout: std::time::Duration) -> Self {
         let base = base.into().trim_end_matches('/').to_owned();
-        Self { client: reqwest::Client::new(), base }
+        let client = reqwest::Client::builder().timeout(timeout).build().unwrap_or_default();
+        Self { client, base }
     }
 }
 
@@ -262,7 +264,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     for route in &config.routes {
         paywall = paywall.route(route.path.clone(), route.price());
     }
-    let app = router(engine, paywall, Upstream::new(&config.upstream), config.admin_token.clone());
+    let app = router(
+        engine,
+        paywall,
+        Upstream::new(&config.upstream, std::time::Duration::from_secs(config.max_timeout_seconds)),
+        config.admin_token.clone(),
+    );
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .wrap_err_with(|| format!("cannot listen on {}", config.listen))?;

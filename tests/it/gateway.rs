@@ -135,7 +135,15 @@ async fn gateway_charges_refuses_restarts_and_settles() {
 
     let api = upstream().await;
     let data = tempfile::tempdir().unwrap();
-    let config = gateway_config(&anvil, contract, usd, provider_key.address(), api, data.path());
+    let mut config = gateway_config(&anvil, contract, usd, provider_key.address(), api, data.path());
+    config.max_timeout_seconds = 1;
+    config.routes.push(RouteConfig {
+        path: "/slow".into(),
+        price: U256::from(PRICE),
+        pricing: Default::default(),
+        description: None,
+        mime_type: None,
+    });
 
     let gw = Gateway::start(config.clone()).await;
     let client = reqwest::Client::new();
@@ -161,6 +169,11 @@ async fn gateway_charges_refuses_restarts_and_settles() {
         wire::decode_header(resp.headers()[wire::PAYMENT_RESPONSE].as_bytes()).unwrap();
     assert_eq!((s.payer, s.extra.nonce, s.extra.total_charged), (payer.address(), 1, U256::from(PRICE)));
     assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["forecast"], "sunny");
+
+    // An upstream slower than maxTimeoutSeconds gets a 502, and the voucher is not consumed.
+    let slow = paid(&client, &format!("{}/slow", gw.url), header(&sign(&payer, 2, 2 * PRICE))).await;
+    assert_eq!(slow.status(), StatusCode::BAD_GATEWAY);
+    assert!(slow.headers().get(wire::PAYMENT_RESPONSE).is_none());
 
     // Payment headers never reach the upstream.
     let echo = paid(&client, &format!("{}/echo", gw.url), header(&sign(&payer, 1, PRICE))).await;

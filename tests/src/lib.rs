@@ -67,11 +67,18 @@ pub async fn deploy_stablecoin(provider: &DynProvider) -> eyre::Result<Address> 
     deploy(provider, creation_code("TestStablecoin.sol", "TestStablecoin"), &[]).await
 }
 
-/// Serves a small JSON API on a free loopback port: `/weather` and `/echo`.
+/// Serves a small JSON API on a free loopback port: `/weather`, `/echo` and `/slow` (5 s).
 pub async fn upstream() -> SocketAddr {
     use axum::{Router, routing::get};
     let app = Router::new()
         .route("/weather", get(|| async { axum::Json(serde_json::json!({"forecast": "sunny"})) }))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                "too late"
+            }),
+        )
         .route(
             "/echo",
             get(|headers: axum::http::HeaderMap| async move {
