@@ -253,11 +253,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let metrics = Metrics::new();
     let engine = Engine::new(terms, Arc::clone(&store), RpcChain::new(provider, contract), metrics.clone());
     // Group-commit statistics for /metrics.
+    let stats_store = Arc::clone(&store);
     let stats_task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tick.tick().await;
-            metrics.set_store_stats(store.stats());
+            metrics.set_store_stats(stats_store.stats());
         }
     });
     let mut paywall = Paywall::new(engine.clone());
@@ -284,7 +285,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         "gateway started"
     );
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    // The task holds the store: wait until it is really gone, so that the store is closed (and
+    // its file lock released) when this function returns.
     stats_task.abort();
+    let _ = stats_task.await;
+    // Connection tasks may hold the engine a moment longer; close the store (final flush, file
+    // lock released) only once this is the last reference, so a restart can open it at once.
+    for _ in 0..500 {
+        if Arc::strong_count(&store) == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    if Arc::strong_count(&store) > 1 {
+        warn!(target: "node::gateway", "store still in use at shutdown; it closes when the last user ends");
+    }
+    drop(store);
     served?;
     info!(target: "node::gateway", "gateway stopped");
     Ok(())

@@ -47,13 +47,16 @@ impl Gateway {
             let _ = stopped.await;
         }));
         let client = reqwest::Client::new();
-        for _ in 0..100 {
+        for _ in 0..200 {
             if client.get(format!("{url}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
                 return Self { stop: Some(stop), task, url };
             }
+            if task.is_finished() {
+                panic!("gateway exited: {:?}", task.await);
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("gateway did not start");
+        panic!("gateway did not start within 10 s");
     }
 
     async fn stop(mut self) {
