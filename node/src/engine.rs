@@ -36,6 +36,13 @@ pub const CHANNELS: &str = "channels";
 /// topped up, which also cancels an exit).
 const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
 
+/// How long a channel id the chain did not know is refused without asking again.
+const UNKNOWN_TTL: Duration = Duration::from_secs(2);
+/// The most channel ids remembered as unknown.
+const UNKNOWN_CAPACITY: usize = 65_536;
+/// The most chain lookups in flight at once.
+const MAX_CONCURRENT_LOOKUPS: usize = 32;
+
 /// The node's payment terms.
 #[derive(Clone, Debug)]
 pub struct Terms {
@@ -101,6 +108,9 @@ struct Inner<S, C> {
     store: Arc<S>,
     chain: C,
     channels: DashMap<B256, Arc<Mutex<Slot>>>,
+    /// Ids the chain recently said do not exist: requests naming random ids cost no RPC call.
+    unknown: parking_lot::Mutex<std::collections::HashMap<B256, Instant>>,
+    lookups: tokio::sync::Semaphore,
     metrics: Metrics,
 }
 
@@ -134,6 +144,8 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
                 store,
                 chain,
                 channels: DashMap::new(),
+                unknown: parking_lot::Mutex::default(),
+                lookups: tokio::sync::Semaphore::new(MAX_CONCURRENT_LOOKUPS),
                 metrics,
             }),
         }
@@ -244,6 +256,9 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         }
         let signed = SignedVoucher::from(payload.payload);
         let id = signed.channel_id();
+        if self.recently_unknown(id) {
+            return Err(Refusal::unknown(id));
+        }
 
         let slot = Arc::clone(&*self.inner.channels.entry(id).or_default());
         let mut guard = slot.lock_owned().await;
@@ -278,9 +293,14 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
             slot.record = Some(record);
             return Ok(());
         }
-        let Some(chain) = self.inner.chain.channel(id).await.map_err(Refusal::chain)? else {
-            // Do not keep slots for ids that do not exist.
+        let chain = {
+            let _permit = self.inner.lookups.acquire().await.map_err(|_| Refusal::unknown(id))?;
+            self.inner.chain.channel(id).await.map_err(Refusal::chain)?
+        };
+        let Some(chain) = chain else {
+            // Do not keep slots for ids that do not exist, and do not ask again for a while.
             self.inner.channels.remove(&id);
+            self.remember_unknown(id);
             return Err(Refusal::unknown(id));
         };
         debug!(target: "node::engine", %id, payer = %chain.payer, "channel loaded from chain");
@@ -289,6 +309,21 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         slot.record = Some(record);
         slot.refreshed = Some(Instant::now());
         Ok(())
+    }
+
+    fn recently_unknown(&self, id: B256) -> bool {
+        self.inner.unknown.lock().get(&id).is_some_and(|seen| seen.elapsed() < UNKNOWN_TTL)
+    }
+
+    fn remember_unknown(&self, id: B256) {
+        let mut unknown = self.inner.unknown.lock();
+        if unknown.len() >= UNKNOWN_CAPACITY {
+            unknown.retain(|_, seen| seen.elapsed() < UNKNOWN_TTL);
+            if unknown.len() >= UNKNOWN_CAPACITY {
+                unknown.clear();
+            }
+        }
+        unknown.insert(id, Instant::now());
     }
 
     /// Re-reads a channel's on-chain facts, keeping the node's vouchers.

@@ -393,3 +393,25 @@ async fn concurrent_requests_on_one_channel_are_serialised() {
     assert_eq!(state.nonce, best);
     assert_eq!(state.charged, U256::from(ok * PRICE));
 }
+
+#[tokio::test]
+async fn unknown_channels_cost_one_lookup_until_they_exist() {
+    let f = fixture(Arc::new(MemoryStore::new()));
+    let other = B256::repeat_byte(0x42);
+    let signed = f
+        .domain
+        .sign(&f.payer, Voucher { channelId: other, nonce: 1, cumulativeAmount: U256::from(PRICE) })
+        .expect("signs");
+    let header = wire::encode_header(&PaymentPayload::new(&f.requirements, &signed));
+    for _ in 0..5 {
+        let resp = f.send("/paid", Some((wire::PAYMENT_SIGNATURE, header.clone()))).await;
+        assert_eq!(required(&resp).error, Some(ErrorCode::ChannelUnknown));
+    }
+    assert_eq!(f.chain.lookups(), 1, "a flood of unknown ids must not flood the RPC");
+    // Once the channel exists on-chain, it is accepted after the short negative-cache window.
+    f.chain.set(other, onchain(f.payer.address(), 10 * PRICE));
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let resp = f.send("/paid", Some((wire::PAYMENT_SIGNATURE, header))).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(f.chain.lookups(), 2);
+}
