@@ -6,6 +6,7 @@ use std::{
     fs::{self, File},
     io,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use parking_lot::RwLock;
@@ -51,8 +52,9 @@ impl Default for SledConfig {
 /// [`sync`](KvStore::sync) calls share one commit. A failed commit poisons the
 /// store (see [`Error::CommitFailed`]).
 ///
-/// Dropping the store runs a final commit, joins the committer thread and
-/// releases sled's lock on the directory, so the path can be reopened at once.
+/// Dropping the store runs a final commit and joins the committer thread; sled's
+/// own background threads then release the directory's lock, and a reopen in the
+/// same process waits for that (see [`SledStore::open_with`]).
 pub struct SledStore {
     // Declared first so it drops first: final commit, then join, while the
     // database is still open.
@@ -86,15 +88,16 @@ impl SledStore {
     /// Opens (or creates) the database in directory `path`.
     ///
     /// Fails if another process (or another `SledStore` in this process) has it
-    /// open: sled holds an exclusive lock on `<path>/db`.
+    /// open: sled holds an exclusive lock on `<path>/db`. A lock held by a store
+    /// that is being dropped is waited for, up to 5 seconds.
     pub fn open_with(path: impl AsRef<Path>, config: SledConfig) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         fs::create_dir_all(&path).map_err(|e| Error::io("create dir", &path, e))?;
-        let db = sled::Config::new()
+        let sled_config = sled::Config::new()
             .path(&path)
             .cache_capacity(config.cache_capacity_bytes)
-            .flush_every_ms((config.flush_every_ms > 0).then_some(config.flush_every_ms))
-            .open()?;
+            .flush_every_ms((config.flush_every_ms > 0).then_some(config.flush_every_ms));
+        let db = open_waiting_for_lock(&sled_config)?;
 
         // Make whatever creation or recovery wrote durable before reporting success.
         db.flush()?;
@@ -324,6 +327,29 @@ fn dir_entries(dir: &Path) -> Result<BTreeSet<OsString>> {
     fs::read_dir(dir)
         .and_then(|entries| entries.map(|e| e.map(|e| e.file_name())).collect())
         .map_err(|e| Error::io("read dir", dir, e))
+}
+
+/// How long [`SledStore::open`] waits for another handle of the same directory to let go of
+/// sled's file lock.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens sled, waiting up to [`LOCK_WAIT`] while the directory's file lock is held. sled's
+/// background threads release the lock shortly *after* the last handle is dropped, so an
+/// in-process reopen (a restarted node in the same process, tests) can otherwise fail
+/// spuriously. Another process holding the store still fails, after the wait.
+fn open_waiting_for_lock(config: &sled::Config) -> Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return Ok(other?),
+        }
+    }
 }
 
 #[cfg(test)]
