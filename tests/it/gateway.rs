@@ -139,7 +139,7 @@ async fn gateway_charges_refuses_restarts_and_settles() {
     let api = upstream().await;
     let data = tempfile::tempdir().unwrap();
     let mut config = gateway_config(&anvil, contract, usd, provider_key.address(), api, data.path());
-    config.max_timeout_seconds = 1;
+    config.max_timeout_seconds = 2;
     config.routes.push(RouteConfig {
         path: "/slow".into(),
         price: U256::from(PRICE),
