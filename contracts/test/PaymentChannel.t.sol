@@ -5,12 +5,12 @@ import {Vm} from "forge-std/Vm.sol";
 import {ERC20} from "@openzeppelin/contracts/token/ERC20/ERC20.sol";
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {IERC20Errors} from "@openzeppelin/contracts/interfaces/draft-IERC6093.sol";
-import {IERC1271} from "@openzeppelin/contracts/interfaces/IERC1271.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 
 import {PaymentChannel} from "../src/PaymentChannel.sol";
 import {TestStablecoin} from "../src/TestStablecoin.sol";
 import {IPaymentChannel} from "../src/interfaces/IPaymentChannel.sol";
+import {ERC1271Wallet} from "./mocks/ERC1271Wallet.sol";
 import {ChannelFixture} from "./utils/ChannelFixture.sol";
 
 /// @notice Refuses every native-token transfer.
@@ -75,31 +75,8 @@ contract UnitQuirkyToken is ERC20 {
     }
 }
 
-/// @notice A minimal EIP-1271 smart wallet owned by one ECDSA key.
-contract UnitWallet is IERC1271 {
-    address public immutable owner;
-
-    constructor(address owner_) {
-        owner = owner_;
-    }
-
-    function isValidSignature(bytes32 hash, bytes calldata signature)
-        external
-        view
-        returns (bytes4)
-    {
-        (address recovered, ECDSA.RecoverError err,) = ECDSA.tryRecover(hash, signature);
-        if (err == ECDSA.RecoverError.NoError && recovered == owner) {
-            return IERC1271.isValidSignature.selector;
-        }
-        return 0xffffffff;
-    }
-}
-
 /// @notice Unit tests of every external function and every revert path of {PaymentChannel}.
 contract PaymentChannelTest is ChannelFixture {
-    bytes32 internal constant TRANSFER_TOPIC = keccak256("Transfer(address,address,uint256)");
-
     address internal alice;
     uint256 internal aliceKey;
 
@@ -186,23 +163,6 @@ contract PaymentChannelTest is ChannelFixture {
 
     function _badSig(bytes32 id, address signer) internal pure returns (bytes memory) {
         return abi.encodeWithSelector(IPaymentChannel.InvalidSignature.selector, id, signer);
-    }
-
-    /// Transfer logs of `token` sent by `from`.
-    function _transfersFrom(Vm.Log[] memory logs, address token, address from)
-        internal
-        pure
-        returns (uint256 n)
-    {
-        for (uint256 i; i < logs.length; ++i) {
-            Vm.Log memory l = logs[i];
-            if (
-                l.emitter == token && l.topics.length == 3 && l.topics[0] == TRANSFER_TOPIC
-                    && address(uint160(uint256(l.topics[1]))) == from
-            ) {
-                ++n;
-            }
-        }
     }
 
     // =========================================================================================
@@ -699,7 +659,7 @@ contract PaymentChannelTest is ChannelFixture {
     }
 
     function test_openWithPermit_eip1271WalletPayer() public {
-        UnitWallet wallet = new UnitWallet(alice);
+        ERC1271Wallet wallet = new ERC1271Wallet(alice);
         usd.mint(address(wallet), DEPOSIT);
         vm.prank(address(wallet));
         usd.approve(address(channel), DEPOSIT);
@@ -1115,7 +1075,7 @@ contract PaymentChannelTest is ChannelFixture {
     }
 
     function test_settle_eip1271WalletPayer() public {
-        UnitWallet wallet = new UnitWallet(alice);
+        ERC1271Wallet wallet = new ERC1271Wallet(alice);
         usd.mint(address(wallet), DEPOSIT);
         bytes32 id = _openUsdFrom(address(wallet), DEPOSIT, 0);
         IPaymentChannel.Claim memory good = _claim(aliceKey, id, 1, 100e6);

@@ -9,29 +9,11 @@ import {ChannelFixture} from "./utils/ChannelFixture.sol";
 /// @notice Property tests of {PaymentChannel}: amounts, nonce orderings, timings and signers
 /// are fuzzed with `bound()`; each test checks exact balances or exact revert data.
 contract PaymentChannelFuzzTest is ChannelFixture {
-    bytes32 internal constant TRANSFER_TOPIC = keccak256("Transfer(address,address,uint256)");
-
     // ----- helpers -----
 
     function _openUsdWith(uint256 deposit, bytes32 salt) internal returns (bytes32 id) {
         vm.prank(payer);
         id = channel.open(_params(address(usd), deposit, address(0), salt));
-    }
-
-    function _transfersFrom(Vm.Log[] memory logs, address token, address from)
-        internal
-        pure
-        returns (uint256 n)
-    {
-        for (uint256 i; i < logs.length; ++i) {
-            Vm.Log memory l = logs[i];
-            if (
-                l.emitter == token && l.topics.length == 3 && l.topics[0] == TRANSFER_TOPIC
-                    && address(uint160(uint256(l.topics[1]))) == from
-            ) {
-                ++n;
-            }
-        }
     }
 
     // ----- open, computeChannelId, topUp -----

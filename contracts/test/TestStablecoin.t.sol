@@ -150,19 +150,15 @@ contract TestStablecoinTest is ChannelFixture {
         uint256 validBefore,
         bytes32 nonce
     ) internal view returns (uint8 v, bytes32 r, bytes32 s) {
-        bytes32 structHash = keccak256(
-            abi.encode(
-                usd.TRANSFER_WITH_AUTHORIZATION_TYPEHASH(),
-                payer,
-                to,
-                VALUE,
-                validAfter,
-                validBefore,
-                nonce
-            )
-        );
-        (v, r, s) = vm.sign(
-            key, keccak256(abi.encodePacked("\x19\x01", usd.DOMAIN_SEPARATOR(), structHash))
+        return _authorizationSig(
+            key,
+            usd.TRANSFER_WITH_AUTHORIZATION_TYPEHASH(),
+            payer,
+            to,
+            VALUE,
+            validAfter,
+            validBefore,
+            nonce
         );
     }
 }

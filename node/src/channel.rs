@@ -48,21 +48,6 @@ pub struct OnchainChannel {
     pub paid: U256,
 }
 
-impl OnchainChannel {
-    /// What the contract would pay the payee for `voucher` (claiming its full amount), or
-    /// `None` if it would refuse it, given whether the signature is valid. Mirrors
-    /// `PaymentChannel._redeem` for a settlement by the payee before any exit deadline.
-    pub fn payable(&self, voucher: &Voucher, signature_valid: bool, now: u64) -> Option<U256> {
-        let accepted = self.open
-            && (self.exit_at == 0 || now < self.exit_at)
-            && voucher.nonce > self.nonce
-            && voucher.cumulativeAmount <= self.deposit
-            && voucher.cumulativeAmount >= self.paid
-            && signature_valid;
-        accepted.then(|| voucher.cumulativeAmount - self.paid)
-    }
-}
-
 /// The latest voucher the node holds for a channel.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredVoucher {

@@ -104,6 +104,10 @@ struct Slot {
 struct Inner<S, C> {
     terms: Terms,
     network: Network,
+    /// `network` as sent on the wire, compared against every payment.
+    network_id: String,
+    /// The revenue counter of the node's token, resolved once.
+    revenue: prometheus::Counter,
     verifier: VoucherVerifier,
     store: Arc<S>,
     chain: C,
@@ -136,10 +140,13 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
     pub fn new(terms: Terms, store: Arc<S>, chain: C, metrics: Metrics) -> Self {
         let verifier = VoucherVerifier::new(terms.chain_id, terms.contract);
         let network = Network::new(terms.chain_id);
+        let revenue = metrics.revenue.with_label_values(&[terms.asset.to_string().as_str()]);
         Self {
             inner: Arc::new(Inner {
                 terms,
                 network,
+                network_id: network.to_string(),
+                revenue,
                 verifier,
                 store,
                 chain,
@@ -213,7 +220,7 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
     /// Every channel the node has in memory or in its store.
     pub fn channels(&self) -> Result<Vec<ChannelRecord>, Refusal> {
         let entries = self.inner.store.list(CHANNELS).map_err(Refusal::storage)?;
-        Ok(entries.into_iter().filter_map(|(_, v)| serde_json::from_slice(&v).ok()).collect())
+        entries.iter().map(|(_, v)| decode_record(v)).collect()
     }
 
     /// Checks a payment header (base64 JSON) for a request priced `price`. On success the
@@ -247,8 +254,8 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
                 ));
             }
         }
-        let network = self.inner.network.to_string();
-        if payload.network() != Some(network.as_str()) {
+        let network = self.inner.network_id.as_str();
+        if payload.network() != Some(network) {
             return Err(Refusal::new(
                 ErrorCode::InvalidNetwork,
                 format!("network {:?} is not this node's {network}", payload.network()),
@@ -288,12 +295,11 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
             return Ok(());
         }
         if let Some(bytes) = self.inner.store.get(CHANNELS, id.as_slice()).map_err(Refusal::storage)? {
-            let record: ChannelRecord = serde_json::from_slice(&bytes)
-                .map_err(|e| Refusal::new(ErrorCode::Unavailable, format!("corrupt channel record: {e}")))?;
-            slot.record = Some(record);
+            slot.record = Some(decode_record(&bytes)?);
             return Ok(());
         }
         let chain = {
+            // The semaphore is never closed.
             let _permit = self.inner.lookups.acquire().await.map_err(|_| Refusal::unknown(id))?;
             self.inner.chain.channel(id).await.map_err(Refusal::chain)?
         };
@@ -374,12 +380,12 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
                 .map_err(Refusal::chain)?
         } else {
             // CPU-bound: off the async workers.
-            let verifier = self.inner.verifier.clone();
+            let engine = self.clone();
             let voucher = signed.voucher.clone();
             let signature = signed.signature.clone();
             let mut key = slot.key;
             let (valid, key) = tokio::task::spawn_blocking(move || {
-                let valid = verifier.verify_eoa(&voucher, &signature, signer, &mut key);
+                let valid = engine.inner.verifier.verify_eoa(&voucher, &signature, signer, &mut key);
                 (valid, key)
             })
             .await
@@ -403,6 +409,11 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
             serde_json::to_vec(record).map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
         self.inner.store.put(CHANNELS, record.id.as_slice(), &bytes).map_err(Refusal::storage)
     }
+}
+
+fn decode_record(bytes: &[u8]) -> Result<ChannelRecord, Refusal> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Refusal::new(ErrorCode::Unavailable, format!("corrupt channel record: {e}")))
 }
 
 /// An authorised payment whose channel is locked until it is committed or dropped.
@@ -458,9 +469,9 @@ impl<S: KvStore, C: ChainReader> Pending<S, C> {
         let record = self.guard.record.as_mut().ok_or_else(|| Refusal::unknown(id))?;
         let before = record.clone();
         record.apply(&self.signed.voucher, self.signed.signature.clone(), cost);
-        let after = record.clone();
+        let (payer, total_charged) = (record.chain.payer, record.charged());
 
-        if let Err(e) = self.engine.persist(&after) {
+        if let Err(e) = self.engine.persist(record) {
             self.guard.record = Some(before);
             return Err(e);
         }
@@ -472,22 +483,20 @@ impl<S: KvStore, C: ChainReader> Pending<S, C> {
             return Err(Refusal::storage(e));
         }
 
-        let m = &inner.metrics;
-        m.paid.inc();
-        let token = inner.terms.asset.to_string();
-        m.revenue.with_label_values(&[token.as_str()]).inc_by(f64::from(cost));
+        inner.metrics.paid.inc();
+        inner.revenue.inc_by(f64::from(cost));
         debug!(target: "node::engine", %id, nonce = self.signed.nonce(), %cost, "voucher stored");
         Ok(SettlementResponse {
             success: true,
             transaction: String::new(),
             network: inner.network,
-            payer: after.chain.payer,
+            payer,
             extra: SettlementExtra {
                 channel_id: id,
                 nonce: self.signed.nonce(),
                 cumulative_amount: self.signed.cumulative_amount(),
                 charged: cost,
-                total_charged: after.charged(),
+                total_charged,
             },
         })
     }

@@ -139,19 +139,11 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let Some(price) = self.paywall.routes.get(req.uri().path()).cloned() else {
-            return Box::pin(Self::pass(inner, req));
+            let mut inner = inner;
+            return Box::pin(inner.call(req));
         };
         let engine = self.paywall.engine.clone();
         Box::pin(async move { Ok(paid(engine, inner, req, price).await) })
-    }
-}
-
-impl<Svc, S, C> PaywallService<Svc, S, C>
-where
-    Svc: Service<Request<Body>, Response = Response, Error = Infallible>,
-{
-    async fn pass(mut inner: Svc, req: Request<Body>) -> Result<Response, Infallible> {
-        inner.call(req).await
     }
 }
 

@@ -1,4 +1,4 @@
-//! Test helpers: an in-memory chain.
+//! Test helpers: an in-memory chain, and a store whose durable syncs can be made to fail.
 
 use std::{
     collections::HashMap,
@@ -59,5 +59,50 @@ impl ChainReader for MemoryChain {
 
     async fn is_valid_contract_signature(&self, _: Address, _: B256, _: Bytes) -> Result<bool, ChainError> {
         Ok(false)
+    }
+}
+
+/// A [`MemoryStore`](x402_store::MemoryStore) whose `sync` fails while [`FlakyStore::fail`] is
+/// set, as a disk that stopped accepting writes would.
+#[derive(Debug, Default)]
+pub struct FlakyStore {
+    inner: x402_store::MemoryStore,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl FlakyStore {
+    /// Makes every following `sync` fail (or succeed again).
+    pub fn fail(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> x402_store::Result<()> {
+        if self.failing.load(Ordering::SeqCst) { Err(x402_store::Error::Closed) } else { Ok(()) }
+    }
+}
+
+impl x402_store::KvStore for FlakyStore {
+    fn get(&self, ns: &str, key: &[u8]) -> x402_store::Result<Option<Vec<u8>>> {
+        self.inner.get(ns, key)
+    }
+
+    fn put(&self, ns: &str, key: &[u8], value: &[u8]) -> x402_store::Result<()> {
+        self.inner.put(ns, key, value)
+    }
+
+    fn remove(&self, ns: &str, key: &[u8]) -> x402_store::Result<()> {
+        self.inner.remove(ns, key)
+    }
+
+    fn list(&self, ns: &str) -> x402_store::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.list(ns)
+    }
+
+    async fn sync(&self) -> x402_store::Result<()> {
+        self.check()
+    }
+
+    fn sync_blocking(&self) -> x402_store::Result<()> {
+        self.check()
     }
 }

@@ -2,6 +2,7 @@
 pragma solidity ^0.8.24;
 
 import {Test} from "forge-std/Test.sol";
+import {Vm} from "forge-std/Vm.sol";
 
 import {PaymentChannel} from "../../src/PaymentChannel.sol";
 import {IPaymentChannel} from "../../src/interfaces/IPaymentChannel.sol";
@@ -21,6 +22,8 @@ abstract contract ChannelFixture is Test {
     /// secp256k1 order, for building high-s signatures.
     uint256 internal constant SECP256K1_N =
         0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141;
+
+    bytes32 internal constant TRANSFER_TOPIC = keccak256("Transfer(address,address,uint256)");
 
     PaymentChannel internal channel;
     TestStablecoin internal usd;
@@ -201,20 +204,52 @@ abstract contract ChannelFixture is Test {
         uint256 validBefore,
         bytes32 nonce
     ) internal view returns (uint8 v, bytes32 r, bytes32 s) {
+        return _authorizationSig(
+            key,
+            usd.RECEIVE_WITH_AUTHORIZATION_TYPEHASH(),
+            from,
+            address(channel),
+            value,
+            validAfter,
+            validBefore,
+            nonce
+        );
+    }
+
+    /// EIP-3009 signature of `from` over an authorisation of type `typehash` on the test token.
+    function _authorizationSig(
+        uint256 key,
+        bytes32 typehash,
+        address from,
+        address to,
+        uint256 value,
+        uint256 validAfter,
+        uint256 validBefore,
+        bytes32 nonce
+    ) internal view returns (uint8 v, bytes32 r, bytes32 s) {
         bytes32 structHash = keccak256(
-            abi.encode(
-                usd.RECEIVE_WITH_AUTHORIZATION_TYPEHASH(),
-                from,
-                address(channel),
-                value,
-                validAfter,
-                validBefore,
-                nonce
-            )
+            abi.encode(typehash, from, to, value, validAfter, validBefore, nonce)
         );
         (v, r, s) = vm.sign(
             key, keccak256(abi.encodePacked("\x19\x01", usd.DOMAIN_SEPARATOR(), structHash))
         );
+    }
+
+    /// Transfer logs of `token` sent by `from`.
+    function _transfersFrom(Vm.Log[] memory logs, address token, address from)
+        internal
+        pure
+        returns (uint256 n)
+    {
+        for (uint256 i; i < logs.length; ++i) {
+            Vm.Log memory l = logs[i];
+            if (
+                l.emitter == token && l.topics.length == 3 && l.topics[0] == TRANSFER_TOPIC
+                    && address(uint160(uint256(l.topics[1]))) == from
+            ) {
+                ++n;
+            }
+        }
     }
 
     function _array(IPaymentChannel.Claim memory c)

@@ -2,10 +2,11 @@
 //!
 //! The compiled `PaymentChannel` bytecode (from `forge build`, in `out/`) is deployed into an
 //! in-process revm. For random vouchers — valid, stale, over the deposit, signed by the wrong
-//! key, tampered, high-s, for another channel — the node's verdict
-//! ([`OnchainChannel::payable`] with [`VoucherVerifier::verify_eoa`]) must equal the
-//! contract's: `settle` succeeds exactly when the node accepts, and pays exactly what the node
-//! says. This guards the EIP-712 encoding and the acceptance rules on both sides.
+//! key, tampered, high-s, for another channel — the node's own admission path on a record
+//! fresh from the chain ([`ChannelRecord::admit`] at price zero, then
+//! [`VoucherVerifier::verify_eoa`]) must equal the contract's verdict: `settle` succeeds
+//! exactly when the node accepts, and pays exactly the amount above what the node counts as
+//! charged. This guards the EIP-712 encoding and the acceptance rules on both sides.
 
 use alloy::{
     primitives::{Address, B256, Bytes, U256},
@@ -20,7 +21,10 @@ use revm::{
     primitives::TxKind,
     state::AccountInfo,
 };
-use x402_node::{channel::OnchainChannel, verify::VoucherVerifier};
+use x402_node::{
+    channel::{ChannelRecord, OnchainChannel},
+    verify::VoucherVerifier,
+};
 use x402_protocol::{Voucher, bindings::IPaymentChannel};
 
 const CHAIN_ID: u64 = 31337;
@@ -215,9 +219,11 @@ fn node_and_contract_agree_on_random_vouchers() {
         }
         let target = chain.channel(voucher.channelId, payer.address());
 
-        // The node's verdict.
-        let valid = verifier.verify_eoa(&voucher, &sig, payer.address(), &mut None);
-        let node = target.payable(&voucher, valid, 0);
+        // The node's verdict, through the code it runs on every request.
+        let record = ChannelRecord::new(voucher.channelId, target.clone());
+        let admitted = record.admit(&voucher, U256::ZERO).is_ok()
+            && verifier.verify_eoa(&voucher, &sig, payer.address(), &mut None);
+        let node = admitted.then(|| voucher.cumulativeAmount - record.charged());
 
         // The contract's.
         let claim = IPaymentChannel::Claim {

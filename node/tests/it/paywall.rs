@@ -16,7 +16,7 @@ use x402_node::{
     channel::OnchainChannel,
     metrics::Metrics,
     middleware::{Charge, PAYMENT_CHANNEL, Paywall},
-    test_utils::MemoryChain,
+    test_utils::{FlakyStore, MemoryChain},
 };
 use x402_protocol::{
     ChannelDomain, Voucher,
@@ -414,4 +414,75 @@ async fn unknown_channels_cost_one_lookup_until_they_exist() {
     let resp = f.send("/paid", Some((wire::PAYMENT_SIGNATURE, header))).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(f.chain.lookups(), 2);
+}
+
+#[tokio::test]
+async fn chain_down_is_unavailable_not_unknown() {
+    let f = fixture(Arc::new(MemoryStore::new()));
+    f.chain.set_down(true);
+    let resp = f.pay("/paid", 1, PRICE).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(required(&resp).error, Some(ErrorCode::Unavailable));
+    // Nothing was remembered about the channel: once the chain is back it is served.
+    f.chain.set_down(false);
+    assert_eq!(f.pay("/paid", 1, PRICE).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_voucher_that_is_not_durable_is_not_served() {
+    let store = Arc::new(FlakyStore::default());
+    let f = fixture(Arc::clone(&store));
+    assert_eq!(f.pay("/paid", 1, PRICE).await.status(), StatusCode::OK);
+
+    store.fail(true);
+    let resp = f.pay("/paid", 2, 2 * PRICE).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(required(&resp).error, Some(ErrorCode::Unavailable));
+    assert!(resp.headers().get(wire::PAYMENT_RESPONSE).is_none());
+    // Memory and store were rolled back: the node still stands at the last durable voucher,
+    // so the same voucher is accepted once the disk works again.
+    let state = required(&f.send("/paid", Some((PAYMENT_CHANNEL, f.id.to_string()))).await).accepts[0]
+        .extra
+        .channel
+        .clone()
+        .expect("known channel");
+    assert_eq!((state.nonce, state.charged), (1, U256::from(PRICE)));
+    store.fail(false);
+    let resp = f.pay("/paid", 2, 2 * PRICE).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(settlement(&resp).extra.total_charged, U256::from(2 * PRICE));
+}
+
+#[tokio::test]
+async fn admin_endpoints_need_the_token_and_report_revenue() {
+    use x402_node::gateway::{Upstream, router};
+
+    let store = Arc::new(MemoryStore::new());
+    let f = fixture(Arc::clone(&store));
+    assert_eq!(f.pay("/paid", 1, PRICE).await.status(), StatusCode::OK);
+    let engine = Engine::new(terms(), store, f.chain.clone(), Metrics::new());
+    let token = "admin-token-0123456789";
+    let get = |app: Router, path: &'static str, bearer: Option<&'static str>| async move {
+        let mut req = Request::get(path);
+        if let Some(b) = bearer {
+            req = req.header("authorization", format!("Bearer {b}"));
+        }
+        app.oneshot(req.body(Body::empty()).expect("request")).await.expect("infallible")
+    };
+    let upstream = Upstream::new("http://127.0.0.1:9", std::time::Duration::from_secs(1));
+    let app = router(engine.clone(), Paywall::new(engine.clone()), upstream.clone(), Some(token.into()));
+    assert_eq!(get(app.clone(), "/admin/revenue", None).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(get(app.clone(), "/admin/revenue", Some("wrong")).await.status(), StatusCode::UNAUTHORIZED);
+    let revenue = body_json(get(app.clone(), "/admin/revenue", Some(token)).await).await;
+    assert_eq!(revenue[0]["token"], serde_json::json!(terms().asset));
+    assert_eq!(
+        (revenue[0]["charged"].as_str(), revenue[0]["unsettled"].as_str()),
+        (Some("1000"), Some("1000"))
+    );
+    let channels = body_json(get(app, "/admin/channels", Some(token)).await).await;
+    assert_eq!(channels[0]["nonce"], 1);
+
+    // Without a configured token the admin endpoints do not exist.
+    let closed = router(engine.clone(), Paywall::new(engine), upstream, None);
+    assert_eq!(get(closed, "/admin/channels", Some(token)).await.status(), StatusCode::NOT_FOUND);
 }
