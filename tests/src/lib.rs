@@ -1,6 +1,8 @@
 //! Helpers of the end-to-end tests: anvil from the project's npm-installed Foundry, contract
 //! deployment from forge's artifacts, a small upstream API.
 
+pub mod cheats;
+
 use std::{net::SocketAddr, path::PathBuf};
 
 use alloy::{
