@@ -3,7 +3,8 @@
 use std::future::Future;
 
 use alloy::{
-    primitives::{Address, B256, Bytes},
+    eips::BlockId,
+    primitives::{Address, B256, Bytes, U256},
     providers::{DynProvider, Provider},
 };
 use x402_protocol::bindings::IPaymentChannel;
@@ -20,7 +21,8 @@ pub enum ChainError {
 
 /// What the node needs from the chain on the request path.
 pub trait ChainReader: Send + Sync + 'static {
-    /// The channel's on-chain facts, or `None` if it never existed.
+    /// The channel's on-chain facts as the node may rely on them (see
+    /// [`OnchainChannel::confirmed_view`]), or `None` if it does not exist in a confirmed block.
     fn channel(&self, id: B256) -> impl Future<Output = Result<Option<OnchainChannel>, ChainError>> + Send;
 
     /// EIP-1271: whether the contract `signer` accepts `signature` over `digest`.
@@ -37,13 +39,66 @@ pub trait ChainReader: Send + Sync + 'static {
 pub struct RpcChain {
     provider: DynProvider,
     contract: Address,
+    confirmations: u64,
 }
 
 impl RpcChain {
-    /// Reads the `PaymentChannel` at `contract` through `provider`.
+    /// Reads the `PaymentChannel` at `contract` through `provider`, relying on blocks as soon as
+    /// they are mined.
     pub const fn new(provider: DynProvider, contract: Address) -> Self {
-        Self { provider, contract }
+        Self { provider, contract, confirmations: 0 }
     }
+
+    /// Relies on what increases a channel's spendable balance only once it is `confirmations`
+    /// blocks deep.
+    pub const fn with_confirmations(mut self, confirmations: u64) -> Self {
+        self.confirmations = confirmations;
+        self
+    }
+
+    /// The confirmation depth.
+    pub const fn confirmations(&self) -> u64 {
+        self.confirmations
+    }
+
+    /// The provider.
+    pub const fn provider(&self) -> &DynProvider {
+        &self.provider
+    }
+
+    /// The contract.
+    pub const fn contract(&self) -> Address {
+        self.contract
+    }
+
+    /// The channel as stored in `block`, or `None` if it does not exist there.
+    pub async fn channel_at(&self, id: B256, block: BlockId) -> Result<Option<OnchainChannel>, ChainError> {
+        let contract = IPaymentChannel::new(self.contract, &self.provider);
+        let ch = contract.getChannel(id).block(block).call().await.map_err(rpc)?;
+        if ch.status == IPaymentChannel::Status::None {
+            return Ok(None);
+        }
+        let signer = if ch.signer.is_zero() { ch.payer } else { ch.signer };
+        let code = self.provider.get_code_at(signer).block_id(block).await.map_err(rpc)?;
+        Ok(Some(OnchainChannel {
+            payer: ch.payer,
+            payee: ch.payee,
+            token: ch.token,
+            signer,
+            signer_is_contract: !code.is_empty(),
+            deposit: U256::from(ch.deposit),
+            challenge_period: u64::from(ch.challengePeriod),
+            exit_at: ch.exitAt.to::<u64>(),
+            open: ch.status == IPaymentChannel::Status::Open,
+            nonce: ch.nonce,
+            paid: U256::from(ch.paid),
+            pending_close: false,
+        }))
+    }
+}
+
+fn rpc(e: impl std::fmt::Display) -> ChainError {
+    ChainError::Rpc(e.to_string())
 }
 
 alloy::sol! {
@@ -55,26 +110,17 @@ alloy::sol! {
 
 impl ChainReader for RpcChain {
     async fn channel(&self, id: B256) -> Result<Option<OnchainChannel>, ChainError> {
-        let contract = IPaymentChannel::new(self.contract, &self.provider);
-        let ch = contract.getChannel(id).call().await.map_err(|e| ChainError::Rpc(e.to_string()))?;
-        if ch.status == IPaymentChannel::Status::None {
-            return Ok(None);
+        let head = self.provider.get_block_number().await.map_err(rpc)?;
+        let latest = self.channel_at(id, BlockId::number(head)).await?;
+        if self.confirmations == 0 {
+            return Ok(latest);
         }
-        let signer = if ch.signer.is_zero() { ch.payer } else { ch.signer };
-        let code = self.provider.get_code_at(signer).await.map_err(|e| ChainError::Rpc(e.to_string()))?;
-        Ok(Some(OnchainChannel {
-            payer: ch.payer,
-            payee: ch.payee,
-            token: ch.token,
-            signer,
-            signer_is_contract: !code.is_empty(),
-            deposit: alloy::primitives::U256::from(ch.deposit),
-            challenge_period: u64::from(ch.challengePeriod),
-            exit_at: ch.exitAt.to::<u64>(),
-            open: ch.status == IPaymentChannel::Status::Open,
-            nonce: ch.nonce,
-            paid: alloy::primitives::U256::from(ch.paid),
-        }))
+        let confirmed = self.channel_at(id, BlockId::number(head.saturating_sub(self.confirmations))).await?;
+        Ok(match (confirmed, latest) {
+            (Some(confirmed), Some(latest)) => Some(OnchainChannel::confirmed_view(confirmed, &latest)),
+            // Opened in a block not yet confirmed, or undone by a reorg.
+            _ => None,
+        })
     }
 
     async fn is_valid_contract_signature(

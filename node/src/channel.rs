@@ -46,6 +46,45 @@ pub struct OnchainChannel {
     pub nonce: u64,
     /// Paid to the payee on-chain so far.
     pub paid: U256,
+    /// Closed in a block that is not yet confirmed: the node accepts nothing more, but keeps
+    /// the record open in case a reorg undoes the close.
+    #[serde(default)]
+    pub pending_close: bool,
+}
+
+impl OnchainChannel {
+    /// What the node may rely on, from a channel read at a confirmed block and at the chain
+    /// head: whatever lets the node accept *more* (a larger deposit, a cancelled exit) counts
+    /// only once confirmed; whatever makes it accept *less* (an exit, a close, a payment on
+    /// chain) counts at once. A reorg can therefore never leave the node serving against a
+    /// deposit that is gone.
+    pub fn confirmed_view(confirmed: Self, latest: &Self) -> Self {
+        let mut view = confirmed;
+        if !view.open {
+            return view;
+        }
+        if latest.open {
+            view.deposit = view.deposit.min(latest.deposit);
+            if view.exit_at == 0 {
+                view.exit_at = latest.exit_at;
+            }
+            view.nonce = view.nonce.max(latest.nonce);
+            view.paid = view.paid.max(latest.paid);
+        } else {
+            view.pending_close = true;
+        }
+        view
+    }
+}
+
+/// A cooperative close the node agreed to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseState {
+    /// When the client asked (unix seconds).
+    pub requested_at: u64,
+    /// The latest deadline of a close authorisation the node signed (0: none signed). The node
+    /// accepts no vouchers on the channel until it has passed, whatever the chain says.
+    pub authorization_deadline: u64,
 }
 
 /// The latest voucher the node holds for a channel.
@@ -72,18 +111,31 @@ pub struct ChannelRecord {
     pub charged: U256,
     /// The node's status of the channel.
     pub status: ChannelStatus,
+    /// The cooperative close the client requested, if any: the channel accepts no more
+    /// vouchers and is closed in the next batch.
+    #[serde(default)]
+    pub close: Option<CloseState>,
+    /// When the node last settled this channel on-chain, or first saw it (unix seconds).
+    #[serde(default)]
+    pub settled_at: u64,
 }
 
 impl ChannelRecord {
     /// A record for a channel just read from the chain.
     pub fn new(id: B256, chain: OnchainChannel) -> Self {
-        let status = match (chain.open, chain.exit_at) {
-            (false, _) => ChannelStatus::Closed,
-            (true, 0) => ChannelStatus::Open,
-            (true, _) => ChannelStatus::Closing,
-        };
+        let status = Self::status_of(&chain);
         let charged = chain.paid;
-        Self { id, chain, latest: None, charged, status }
+        Self { id, chain, latest: None, charged, status, close: None, settled_at: 0 }
+    }
+
+    fn status_of(chain: &OnchainChannel) -> ChannelStatus {
+        if !chain.open {
+            ChannelStatus::Closed
+        } else if chain.exit_at != 0 || chain.pending_close {
+            ChannelStatus::Closing
+        } else {
+            ChannelStatus::Open
+        }
     }
 
     /// The nonce a new voucher must exceed.
@@ -162,14 +214,53 @@ impl ChannelRecord {
 
     /// Takes fresh on-chain facts, keeping the node's vouchers. The status follows the chain:
     /// an exit makes the channel `Closing`, a top-up that cancels the exit makes it `Open`
-    /// again, and a close is final.
-    pub fn sync_chain(&mut self, chain: OnchainChannel) {
+    /// again, and a close is final. A channel whose close the client requested stays
+    /// `Closing` until it is closed on-chain. Returns whether anything changed.
+    pub fn sync_chain(&mut self, chain: OnchainChannel) -> bool {
+        if self.status == ChannelStatus::Closed || (chain == self.chain && self.close.is_none()) {
+            return false;
+        }
+        let mut status = Self::status_of(&chain);
+        if status == ChannelStatus::Open && self.close.is_some() {
+            status = ChannelStatus::Closing;
+        }
+        let changed = status != self.status || chain != self.chain;
+        self.status = status;
+        self.chain = chain;
+        changed
+    }
+
+    /// The channel disappeared from the confirmed chain (a reorg undid its opening): accept
+    /// nothing until it is seen again.
+    pub fn vanish(&mut self) -> bool {
+        if self.status == ChannelStatus::Open {
+            self.status = ChannelStatus::Closing;
+            self.chain.pending_close = true;
+            return true;
+        }
+        false
+    }
+
+    /// Records the client's cooperative close request: no more vouchers from now on.
+    pub fn request_close(&mut self, now: u64) {
         if self.status == ChannelStatus::Closed {
             return;
         }
-        let fresh = Self::new(self.id, chain);
-        self.status = fresh.status;
-        self.chain = fresh.chain;
+        self.status = ChannelStatus::Closing;
+        let requested_at = self.close.map_or(now, |c| c.requested_at);
+        let authorization_deadline = self.close.map_or(0, |c| c.authorization_deadline);
+        self.close = Some(CloseState { requested_at, authorization_deadline });
+    }
+
+    /// What the provider is owed when the channel closes now: everything charged.
+    pub fn final_amount(&self) -> U256 {
+        self.charged()
+    }
+
+    /// The voucher to claim on-chain for what is unsettled, if any: the latest voucher, if the
+    /// chain has not used it yet and the node charged more than was paid.
+    pub fn claimable(&self) -> Option<&StoredVoucher> {
+        self.latest.as_ref().filter(|v| v.nonce > self.chain.nonce && self.charged() > self.chain.paid)
     }
 
     /// Records an accepted voucher and what this request cost.
@@ -184,7 +275,7 @@ impl ChannelRecord {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
@@ -202,6 +293,7 @@ mod tests {
             open: true,
             nonce: 0,
             paid: U256::ZERO,
+            pending_close: false,
         }
     }
 

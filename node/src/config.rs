@@ -11,6 +11,25 @@
 //! rpc_url = "http://127.0.0.1:8545"  # default
 //! contract = "0x5FbDB2315678afecb367f032d93F642f64180aa3"   # required
 //! # chain_id = 31337                 # default: asked from the RPC
+//! confirmations = 2                  # default: blocks before a deposit or top-up is spendable
+//! poll_interval_ms = 1000            # default: how often the event follower polls
+//!
+//! [settlement]                       # needs the provider's key
+//! enabled = true                     # default
+//! interval_secs = 60                 # default: time between background rounds
+//! threshold = "0"                    # default: settle a channel once it owes this (0: off)
+//! max_age_secs = 86400               # default: settle anything owed for this long
+//! exit_margin_secs = 3600            # default: gas cap ignored for exits ending this soon
+//! max_batch = 100                    # default: channels per transaction
+//! # max_fee_per_gas = 50000000000    # default none: wei; above it only urgent exits settle
+//! resend_after_secs = 120            # default: replace a stuck transaction with higher fees
+//! close_authorization_ttl_secs = 600 # default: validity of signed close authorisations
+//!
+//! [[watchers]]                       # default none: watchtowers to push vouchers to
+//! url = "http://watcher:8403"
+//! token = "a-long-random-secret"     # the watcher's bearer token
+//! every = 1                          # default: push after this many new vouchers
+//! interval_secs = 5                  # default: and at least this often while any are new
 //!
 //! [payment]
 //! asset = "0x0000000000000000000000000000000000000000"      # default: native token
@@ -86,6 +105,10 @@ pub struct Config {
     pub provider: ProviderConfig,
     /// Priced routes. Default none (everything passes through unpaid).
     pub routes: Vec<RouteConfig>,
+    /// Batch settlement.
+    pub settlement: SettlementConfig,
+    /// Watchtowers the node pushes its latest vouchers to. Default none.
+    pub watchers: Vec<WatcherTarget>,
 }
 
 impl Default for Config {
@@ -100,6 +123,8 @@ impl Default for Config {
             payment: PaymentConfig::default(),
             provider: ProviderConfig::default(),
             routes: Vec::new(),
+            settlement: SettlementConfig::default(),
+            watchers: Vec::new(),
         }
     }
 }
@@ -114,12 +139,108 @@ pub struct ChainConfig {
     pub chain_id: Option<u64>,
     /// The `PaymentChannel` contract. Required.
     pub contract: Option<Address>,
+    /// Blocks a deposit or top-up must be buried under before it is spendable. Exits and
+    /// closes count at once. Default 2.
+    pub confirmations: u64,
+    /// How often the event follower polls, in milliseconds. Default 1000.
+    pub poll_interval_ms: u64,
 }
 
 impl Default for ChainConfig {
     fn default() -> Self {
-        Self { rpc_url: "http://127.0.0.1:8545".into(), chain_id: None, contract: None }
+        Self {
+            rpc_url: "http://127.0.0.1:8545".into(),
+            chain_id: None,
+            contract: None,
+            confirmations: 2,
+            poll_interval_ms: 1000,
+        }
     }
+}
+
+/// Batch settlement settings (see [`crate::settle`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SettlementConfig {
+    /// Whether the gateway settles in the background (it needs the provider's key). Default true.
+    pub enabled: bool,
+    /// Seconds between background rounds. Default 60.
+    pub interval_secs: u64,
+    /// Settle a channel once its unsettled amount reaches this, in base units; 0 turns the
+    /// rule off. Default `"0"`.
+    #[serde(with = "u256_dec")]
+    pub threshold: U256,
+    /// Settle a channel that owes anything once it was last settled this many seconds ago.
+    /// Default 86400.
+    pub max_age_secs: u64,
+    /// Exits whose challenge period ends within this many seconds are settled even above the
+    /// gas cap. Default 3600.
+    pub exit_margin_secs: u64,
+    /// The most channels in one transaction. Default 100.
+    pub max_batch: usize,
+    /// The gas cap: above this `maxFeePerGas` (wei) only urgent exits are settled. Default none.
+    pub max_fee_per_gas: Option<u64>,
+    /// Replace a settlement transaction not mined after this many seconds. Default 120.
+    pub resend_after_secs: u64,
+    /// How long a close authorisation signed for a client stays valid, seconds. Default 600.
+    pub close_authorization_ttl_secs: u64,
+}
+
+impl Default for SettlementConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_secs: 60,
+            threshold: U256::ZERO,
+            max_age_secs: 86_400,
+            exit_margin_secs: 3600,
+            max_batch: 100,
+            max_fee_per_gas: None,
+            resend_after_secs: 120,
+            close_authorization_ttl_secs: 600,
+        }
+    }
+}
+
+impl SettlementConfig {
+    /// The settlement policy these settings describe.
+    pub fn policy(&self) -> crate::settle::SettlementPolicy {
+        use std::time::Duration;
+        crate::settle::SettlementPolicy {
+            threshold: self.threshold,
+            max_age: Duration::from_secs(self.max_age_secs),
+            exit_margin: Duration::from_secs(self.exit_margin_secs),
+            max_batch: self.max_batch,
+            max_fee_per_gas: self.max_fee_per_gas.map(u128::from),
+            interval: Duration::from_secs(self.interval_secs),
+            resend_after: Duration::from_secs(self.resend_after_secs),
+            receipt_poll: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A watchtower the node pushes its latest vouchers to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatcherTarget {
+    /// The watcher's base URL.
+    pub url: String,
+    /// The watcher's bearer token.
+    pub token: String,
+    /// Push once this many new vouchers were stored. Default 1 (every voucher).
+    #[serde(default = "one")]
+    pub every: u64,
+    /// And at least this often, in seconds, while any voucher is unpushed. Default 5.
+    #[serde(default = "five")]
+    pub interval_secs: u64,
+}
+
+const fn one() -> u64 {
+    1
+}
+
+const fn five() -> u64 {
+    5
 }
 
 /// Payment terms.
@@ -259,6 +380,32 @@ impl Config {
         }
         if self.admin_token.as_deref().is_some_and(|t| t.len() < 16) {
             return Err(ConfigError::Invalid("admin_token must be at least 16 characters".into()));
+        }
+        if self.chain.poll_interval_ms == 0 {
+            return Err(ConfigError::Invalid("chain.poll_interval_ms must be positive".into()));
+        }
+        let s = &self.settlement;
+        if s.max_batch == 0 || s.interval_secs == 0 || s.resend_after_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "settlement.max_batch, interval_secs and resend_after_secs must be positive".into(),
+            ));
+        }
+        for w in &self.watchers {
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!("watcher url {:?} must be http(s)", w.url)));
+            }
+            if w.token.len() < 16 {
+                return Err(ConfigError::Invalid(format!(
+                    "the token of watcher {} must be at least 16 characters",
+                    w.url
+                )));
+            }
+            if w.every == 0 || w.interval_secs == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "watcher {}: every and interval_secs must be positive",
+                    w.url
+                )));
+            }
         }
         Ok(())
     }

@@ -7,7 +7,11 @@
 //! wait for the group commit to make it durable. Only then is the response released.
 
 use std::{
-    sync::Arc,
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -15,9 +19,10 @@ use alloy::primitives::{Address, B256, U256};
 use dashmap::DashMap;
 use secp256k1::PublicKey;
 use tokio::sync::{Mutex, OwnedMutexGuard};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use x402_protocol::{
     Network, SignedVoucher,
+    close::{CloseRequestBody, CloseResponse, SignedCloseAuthorization},
     voucher::{DOMAIN_NAME, DOMAIN_VERSION},
     wire::{
         self, ChannelExtra, ChannelState, ErrorCode, PaymentPayload, PaymentRequired, PaymentRequirements,
@@ -26,15 +31,16 @@ use x402_protocol::{
 };
 use x402_store::KvStore;
 
-use crate::{Refusal, chain::ChainReader, channel::ChannelRecord, metrics::Metrics, verify::VoucherVerifier};
+use crate::{
+    Refusal,
+    chain::ChainReader,
+    channel::{ChannelRecord, ChannelStatus, OnchainChannel},
+    metrics::Metrics,
+    verify::VoucherVerifier,
+};
 
 /// The store namespace holding one [`ChannelRecord`] per channel id.
 pub const CHANNELS: &str = "channels";
-
-/// How often at most a channel's on-chain facts are re-read after a voucher exceeded the
-/// deposit the node knows, or arrived on a channel it believes is closing (the payer may have
-/// topped up, which also cancels an exit).
-const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How long a channel id the chain did not know is refused without asking again.
 const UNKNOWN_TTL: Duration = Duration::from_secs(2);
@@ -98,7 +104,46 @@ impl Price {
 struct Slot {
     record: Option<ChannelRecord>,
     key: Option<PublicKey>,
-    refreshed: Option<Instant>,
+}
+
+/// Channels whose latest voucher changed, for pushing to watchers. Off until
+/// [`VoucherFeed::enable`] is called, so a node without watchers keeps no set.
+#[derive(Debug, Default)]
+pub struct VoucherFeed {
+    on: AtomicBool,
+    dirty: parking_lot::Mutex<HashSet<B256>>,
+    count: AtomicU64,
+    notify: tokio::sync::Notify,
+}
+
+impl VoucherFeed {
+    /// Starts recording changed channels.
+    pub fn enable(&self) {
+        self.on.store(true, Ordering::Release);
+    }
+
+    fn record(&self, id: B256) {
+        if self.on.load(Ordering::Acquire) {
+            self.dirty.lock().insert(id);
+            self.count.fetch_add(1, Ordering::AcqRel);
+            self.notify.notify_one();
+        }
+    }
+
+    /// How many vouchers were stored since the feed was enabled.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Takes the set of channels changed since the last call.
+    pub fn drain(&self) -> HashSet<B256> {
+        std::mem::take(&mut *self.dirty.lock())
+    }
+
+    /// Waits until a voucher is stored.
+    pub async fn changed(&self) {
+        self.notify.notified().await;
+    }
 }
 
 struct Inner<S, C> {
@@ -116,6 +161,7 @@ struct Inner<S, C> {
     unknown: parking_lot::Mutex<std::collections::HashMap<B256, Instant>>,
     lookups: tokio::sync::Semaphore,
     metrics: Metrics,
+    feed: VoucherFeed,
 }
 
 /// The payment engine. Cheap to clone.
@@ -154,6 +200,7 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
                 unknown: parking_lot::Mutex::default(),
                 lookups: tokio::sync::Semaphore::new(MAX_CONCURRENT_LOOKUPS),
                 metrics,
+                feed: VoucherFeed::default(),
             }),
         }
     }
@@ -171,6 +218,201 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
     /// The store.
     pub fn store(&self) -> &Arc<S> {
         &self.inner.store
+    }
+
+    /// The chain reader.
+    pub fn chain(&self) -> &C {
+        &self.inner.chain
+    }
+
+    /// The EIP-712 domain of the node's contract.
+    pub fn domain(&self) -> &x402_protocol::ChannelDomain {
+        self.inner.verifier.domain()
+    }
+
+    /// The feed of channels whose latest voucher changed.
+    pub fn voucher_feed(&self) -> &VoucherFeed {
+        &self.inner.feed
+    }
+
+    /// Whether the node has a record of the channel.
+    pub fn knows(&self, id: B256) -> Result<bool, Refusal> {
+        if self.inner.channels.contains_key(&id) {
+            return Ok(true);
+        }
+        Ok(self.inner.store.get(CHANNELS, id.as_slice()).map_err(Refusal::storage)?.is_some())
+    }
+
+    /// One channel's record, from the store.
+    pub fn channel(&self, id: B256) -> Result<Option<ChannelRecord>, Refusal> {
+        self.inner
+            .store
+            .get(CHANNELS, id.as_slice())
+            .map_err(Refusal::storage)?
+            .map(|b| decode_record(&b))
+            .transpose()
+    }
+
+    /// Applies fresh on-chain facts of a channel (from the event follower or after a
+    /// settlement). `None` means the channel does not exist in a confirmed block. A channel the
+    /// node has no record of is recorded if `adopt` is set. Returns the status after the
+    /// update, if the node has a record. The change is written to the store but not synced:
+    /// call [`KvStore::sync`] after a batch of updates.
+    pub async fn sync_channel(
+        &self,
+        id: B256,
+        chain: Option<OnchainChannel>,
+        adopt: bool,
+    ) -> Result<Option<ChannelStatus>, Refusal> {
+        let slot = Arc::clone(&*self.inner.channels.entry(id).or_default());
+        let mut guard = slot.lock().await;
+        self.load_stored(id, &mut guard)?;
+        let status = match (guard.record.as_mut(), chain) {
+            (Some(record), Some(chain)) => {
+                let before = record.status;
+                if record.sync_chain(chain) {
+                    self.persist(record)?;
+                    if record.status != before {
+                        debug!(target: "node::engine", %id, from = ?before, to = ?record.status, "channel status changed");
+                    }
+                }
+                Some(record.status)
+            }
+            (Some(record), None) => {
+                if record.vanish() {
+                    warn!(target: "node::engine", %id, "channel no longer on the confirmed chain; refusing vouchers");
+                    self.persist(record)?;
+                }
+                Some(record.status)
+            }
+            (None, Some(chain)) if adopt => {
+                let mut record = ChannelRecord::new(id, chain);
+                record.settled_at = crate::unix_now();
+                self.persist(&record)?;
+                let status = record.status;
+                guard.record = Some(record);
+                Some(status)
+            }
+            (None, _) => None,
+        };
+        if status.is_none() || status == Some(ChannelStatus::Closed) {
+            // Closed channels are forgotten in memory; their tombstone stays in the store.
+            drop(guard);
+            self.inner.channels.remove(&id);
+        }
+        Ok(status)
+    }
+
+    /// Changes a stored channel's record under its lock; `f` returns whether it changed
+    /// anything, and only then is the record written (not synced).
+    pub async fn update_channel(
+        &self,
+        id: B256,
+        f: impl FnOnce(&mut ChannelRecord) -> bool,
+    ) -> Result<Option<ChannelRecord>, Refusal> {
+        let slot = Arc::clone(&*self.inner.channels.entry(id).or_default());
+        let mut guard = slot.lock().await;
+        self.load_stored(id, &mut guard)?;
+        let Some(record) = guard.record.as_mut() else {
+            drop(guard);
+            self.inner.channels.remove(&id);
+            return Ok(None);
+        };
+        if f(record) {
+            self.persist(record)?;
+        }
+        Ok(Some(record.clone()))
+    }
+
+    /// A client's cooperative close request: checks the signature of the channel's signer,
+    /// stops accepting vouchers on the channel, and, given the provider's key, signs a close
+    /// authorisation at what the node charged, valid for `ttl` seconds. Durable before it
+    /// returns.
+    pub async fn request_close(
+        &self,
+        body: &CloseRequestBody,
+        authorizer: Option<&(dyn alloy::signers::SignerSync + Send + Sync)>,
+        ttl: u64,
+        queued: bool,
+    ) -> Result<CloseResponse, Refusal> {
+        let now = crate::unix_now();
+        if body.deadline < now {
+            return Err(Refusal::new(
+                ErrorCode::InvalidPayload,
+                format!("the close request expired at {}", body.deadline),
+            ));
+        }
+        let id = body.channel_id;
+        if self.recently_unknown(id) {
+            return Err(Refusal::unknown(id));
+        }
+        let slot = Arc::clone(&*self.inner.channels.entry(id).or_default());
+        let mut guard = slot.lock_owned().await;
+        self.load(id, &mut guard).await?;
+        let record = guard.record.as_ref().ok_or_else(|| Refusal::unknown(id))?;
+        self.check_terms(record)?;
+        if record.status == ChannelStatus::Closed {
+            return Err(
+                Refusal::new(ErrorCode::ChannelClosed, "the channel is closed").with_state(record.state())
+            );
+        }
+        let digest = body.digest(self.domain());
+        let signer = record.chain.signer;
+        let valid = if record.chain.signer_is_contract {
+            self.inner
+                .chain
+                .is_valid_contract_signature(signer, digest, body.signature.clone())
+                .await
+                .map_err(Refusal::chain)?
+        } else {
+            crate::verify::recover(&digest, &body.signature)
+                .is_some_and(|key| crate::verify::address_of(&key) == signer)
+        };
+        if !valid {
+            return Err(Refusal::new(
+                ErrorCode::InvalidSignature,
+                format!("the close request is not signed by the channel's signer {signer}"),
+            ));
+        }
+
+        let record = guard.record.as_mut().ok_or_else(|| Refusal::unknown(id))?;
+        let before = record.clone();
+        record.request_close(now);
+        let final_amount = record.final_amount();
+        let authorization = match authorizer {
+            Some(key) => {
+                let deadline = now + ttl;
+                if let Some(close) = record.close.as_mut() {
+                    close.authorization_deadline = close.authorization_deadline.max(deadline);
+                }
+                Some(
+                    SignedCloseAuthorization::sign(self.domain(), key, id, final_amount, deadline)
+                        .map_err(|e| Refusal::new(ErrorCode::Unavailable, format!("cannot sign: {e}")))?,
+                )
+            }
+            None => None,
+        };
+        let response = CloseResponse {
+            channel_id: id,
+            final_amount,
+            refund: record.chain.deposit.saturating_sub(final_amount),
+            queued,
+            authorization,
+        };
+        let record = record.clone();
+        if let Err(e) = self.persist(&record) {
+            guard.record = Some(before);
+            return Err(e);
+        }
+        // The authorisation must not leave the node before the promise it implies (no more
+        // vouchers on this channel) is durable.
+        if let Err(e) = self.inner.store.sync().await {
+            let _ = self.persist(&before);
+            guard.record = Some(before);
+            return Err(Refusal::storage(e));
+        }
+        info!(target: "node::engine", %id, %final_amount, queued, "cooperative close requested");
+        Ok(response)
     }
 
     /// The payment requirements of a route.
@@ -273,29 +515,27 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         let record = guard.record.as_ref().ok_or_else(|| Refusal::unknown(id))?;
         self.check_terms(record)?;
 
-        let mut admitted = record.admit(&signed.voucher, price.amount);
-        if matches!(&admitted, Err(r) if matches!(r.code, ErrorCode::InsufficientDeposit | ErrorCode::ChannelClosing))
-            && guard.refreshed.is_none_or(|t| t.elapsed() >= REFRESH_INTERVAL)
-        {
-            // The payer may have topped up since the node last looked, which also cancels a
-            // pending exit. Rate-limited per channel, and never on the paid path.
-            self.refresh(id, &mut guard).await?;
-            let record = guard.record.as_ref().ok_or_else(|| Refusal::unknown(id))?;
-            admitted = record.admit(&signed.voucher, price.amount);
-        }
-        admitted?;
+        // Top-ups, exits and closes reach the record through the event follower.
+        record.admit(&signed.voucher, price.amount)?;
 
         self.verify_signature(&signed, &mut guard).await?;
         Ok(Pending { engine: self.clone(), guard, signed, max: price.amount })
     }
 
+    /// Loads a stored channel into the slot, if the store has it.
+    fn load_stored(&self, id: B256, slot: &mut Slot) -> Result<(), Refusal> {
+        if slot.record.is_none() {
+            if let Some(bytes) = self.inner.store.get(CHANNELS, id.as_slice()).map_err(Refusal::storage)? {
+                slot.record = Some(decode_record(&bytes)?);
+            }
+        }
+        Ok(())
+    }
+
     /// Loads the channel into the slot: from the store, or else (once) from the chain.
     async fn load(&self, id: B256, slot: &mut Slot) -> Result<(), Refusal> {
+        self.load_stored(id, slot)?;
         if slot.record.is_some() {
-            return Ok(());
-        }
-        if let Some(bytes) = self.inner.store.get(CHANNELS, id.as_slice()).map_err(Refusal::storage)? {
-            slot.record = Some(decode_record(&bytes)?);
             return Ok(());
         }
         let chain = {
@@ -310,10 +550,10 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
             return Err(Refusal::unknown(id));
         };
         debug!(target: "node::engine", %id, payer = %chain.payer, "channel loaded from chain");
-        let record = ChannelRecord::new(id, chain);
+        let mut record = ChannelRecord::new(id, chain);
+        record.settled_at = crate::unix_now();
         self.persist(&record)?;
         slot.record = Some(record);
-        slot.refreshed = Some(Instant::now());
         Ok(())
     }
 
@@ -330,19 +570,6 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
             }
         }
         unknown.insert(id, Instant::now());
-    }
-
-    /// Re-reads a channel's on-chain facts, keeping the node's vouchers.
-    async fn refresh(&self, id: B256, slot: &mut Slot) -> Result<(), Refusal> {
-        slot.refreshed = Some(Instant::now());
-        let Some(chain) = self.inner.chain.channel(id).await.map_err(Refusal::chain)? else {
-            return Err(Refusal::unknown(id));
-        };
-        if let Some(record) = slot.record.as_mut() {
-            record.sync_chain(chain);
-            self.persist(record)?;
-        }
-        Ok(())
     }
 
     fn check_terms(&self, record: &ChannelRecord) -> Result<(), Refusal> {
@@ -483,6 +710,7 @@ impl<S: KvStore, C: ChainReader> Pending<S, C> {
             return Err(Refusal::storage(e));
         }
 
+        inner.feed.record(id);
         inner.metrics.paid.inc();
         inner.revenue.inc_by(f64::from(cost));
         debug!(target: "node::engine", %id, nonce = self.signed.nonce(), %cost, "voucher stored");

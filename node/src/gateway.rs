@@ -3,38 +3,48 @@
 //! Routes served by the node itself:
 //! - `GET /healthz`: liveness.
 //! - `GET /metrics`: Prometheus metrics.
-//! - `GET /admin/channels`, `GET /admin/revenue`: need `Authorization: Bearer <admin_token>`.
+//! - `GET /admin/channels`, `GET /admin/revenue`, `POST /admin/settle[?force=true]`: need
+//!   `Authorization: Bearer <admin_token>`.
+//! - `POST /x402/close`: a client's cooperative close request ([`x402_protocol::close`]).
 //!
-//! Everything else goes through the [`Paywall`] to the upstream.
+//! Everything else goes through the [`Paywall`] to the upstream. In the background the
+//! gateway runs the event [`Follower`], the [`Settler`] (given the provider's key) and the
+//! [`push`](crate::push) of vouchers to watchers.
 
 use std::{future::Future, sync::Arc};
 
+use alloy::signers::local::PrivateKeySigner;
 use alloy::{
     primitives::{Address, U256},
     providers::{Provider, ProviderBuilder},
 };
 use axum::{
     Json, Router,
-    body::Body,
-    extract::{Request, State},
+    body::{Body, Bytes},
+    extract::{Query, Request, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 use eyre::WrapErr;
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
-use x402_protocol::wire;
+use x402_protocol::{
+    close::{CLOSE_PATH, CloseRequestBody},
+    wire::{self, ErrorCode},
+};
 use x402_store::{KvStore, SledStore};
 
 use crate::{
-    Engine, Terms,
+    Engine, Refusal, Terms,
     chain::{ChainReader, RpcChain},
     channel::ChannelRecord,
     config::Config,
+    follower::{Follower, FollowerConfig},
     metrics::Metrics,
     middleware::Paywall,
+    settle::Settler,
 };
 
 /// Headers that belong to one connection, not to the proxied message (RFC 9110 §7.6.1).
@@ -136,19 +146,25 @@ impl<S, C> Clone for AdminState<S, C> {
 impl<S, C> AdminState<S, C> {
     /// `None` if the request carries the admin bearer token.
     fn deny(&self, headers: &HeaderMap) -> Option<Response> {
-        let Some(token) = &self.token else {
-            return Some(StatusCode::NOT_FOUND.into_response());
-        };
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
-            None
-        } else {
-            Some((StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")]).into_response())
-        }
+        deny_without_bearer(self.token.as_deref(), headers)
+    }
+}
+
+/// `None` if `headers` carry `Authorization: Bearer <token>`; 404 if no token is configured
+/// (the endpoint is disabled), 401 otherwise. Compared in constant time.
+pub fn deny_without_bearer(token: Option<&str>, headers: &HeaderMap) -> Option<Response> {
+    let Some(token) = token else {
+        return Some(StatusCode::NOT_FOUND.into_response());
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
+        None
+    } else {
+        Some((StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")]).into_response())
     }
 }
 
@@ -226,9 +242,115 @@ async fn admin_revenue<S: KvStore, C: ChainReader>(
     Json(body).into_response()
 }
 
-/// Runs the gateway described by `config` until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> eyre::Result<()> {
+/// What the close endpoint needs besides the engine.
+#[derive(Clone)]
+pub struct CloseService {
+    /// The provider's key, to sign close authorisations; `None`: only queue the close.
+    pub key: Option<Arc<PrivateKeySigner>>,
+    /// Validity of signed authorisations, seconds.
+    pub ttl: u64,
+    /// Called after a close was accepted (wakes the settler); `None`: no batch will close it.
+    pub on_close: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for CloseService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloseService")
+            .field("signs", &self.key.is_some())
+            .field("ttl", &self.ttl)
+            .field("queues", &self.on_close.is_some())
+            .finish()
+    }
+}
+
+/// The cooperative close endpoint, `POST` [`CLOSE_PATH`].
+pub fn close_router<S: KvStore, C: ChainReader>(engine: Engine<S, C>, service: CloseService) -> Router {
+    Router::new().route(CLOSE_PATH, post(close_channel::<S, C>)).with_state((engine, service))
+}
+
+async fn close_channel<S: KvStore, C: ChainReader>(
+    State((engine, service)): State<(Engine<S, C>, CloseService)>,
+    body: Bytes,
+) -> Response {
+    let request: CloseRequestBody = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return api_error(&Refusal::new(
+                ErrorCode::InvalidPayload,
+                format!("malformed close request: {e}"),
+            ));
+        }
+    };
+    let key = service.key.as_deref().map(|k| k as &(dyn alloy::signers::SignerSync + Send + Sync));
+    match engine.request_close(&request, key, service.ttl, service.on_close.is_some()).await {
+        Ok(response) => {
+            if let Some(wake) = &service.on_close {
+                wake();
+            }
+            Json(response).into_response()
+        }
+        Err(refusal) => api_error(&refusal),
+    }
+}
+
+/// A JSON error `{"error": code, "message": …}` with a status fitting a non-payment endpoint.
+fn api_error(refusal: &Refusal) -> Response {
+    let status = match refusal.code {
+        ErrorCode::InvalidPayload => StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidSignature | ErrorCode::ChannelMismatch => StatusCode::FORBIDDEN,
+        ErrorCode::ChannelUnknown => StatusCode::NOT_FOUND,
+        ErrorCode::ChannelClosed => StatusCode::CONFLICT,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let body = serde_json::json!({ "error": refusal.code.as_str(), "message": refusal.message });
+    (status, Json(body)).into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct SettleQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /admin/settle[?force=true]`: runs a settlement round now and returns its report.
+pub fn settle_router<S: KvStore>(settler: Arc<Settler<S>>, admin_token: Option<String>) -> Router {
+    let token: Option<Arc<str>> = admin_token.map(Arc::from);
+    Router::new().route(
+        "/admin/settle",
+        post(move |headers: HeaderMap, Query(q): Query<SettleQuery>| async move {
+            if let Some(denied) = deny_without_bearer(token.as_deref(), &headers) {
+                return denied;
+            }
+            match settler.round(q.force).await {
+                Ok(report) => Json(report).into_response(),
+                Err(e) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(serde_json::json!({ "error": "unavailable", "message": e.to_string() })),
+                )
+                    .into_response(),
+            }
+        }),
+    )
+}
+
+/// Runs one settlement round for the node described by `config` (which must not be running:
+/// the store is opened here), after catching up with the chain's events. With `force`, every
+/// channel that owes anything is settled, whatever the policy.
+pub async fn settle_once(config: Config, force: bool) -> eyre::Result<crate::settle::RoundReport> {
     config.validate()?;
+    let key = config.provider.signer()?.ok_or_else(|| {
+        eyre::eyre!("settling needs the provider's key ({} or provider.key_file)", config.provider.key_env)
+    })?;
+    let (engine, _) = open_engine(&config).await?;
+    let mut follower = Follower::new(engine.clone(), FollowerConfig::default());
+    follower.poll_once().await.wrap_err("cannot catch up with the chain")?;
+    let settler = Settler::new(engine, key, config.settlement.policy());
+    Ok(settler.round(force).await?)
+}
+
+/// Opens the store and builds the engine of `config`.
+async fn open_engine(config: &Config) -> eyre::Result<(Engine<SledStore, RpcChain>, Arc<SledStore>)> {
     let contract = config.chain.contract.ok_or_else(|| eyre::eyre!("chain.contract is required"))?;
     let payee = config.provider.address()?;
     let provider = ProviderBuilder::new()
@@ -240,7 +362,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     };
     std::fs::create_dir_all(&config.data_dir)
         .wrap_err_with(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-    let store = Arc::new(SledStore::open(&config.data_dir).wrap_err("cannot open the store")?);
+    let store = Arc::new(SledStore::open(&config.data_dir).wrap_err_with(|| {
+        format!("cannot open the store in {} (is a gateway running on it?)", config.data_dir.display())
+    })?);
     let terms = Terms {
         chain_id,
         contract,
@@ -250,27 +374,76 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         min_deposit: config.payment.min_deposit,
         max_timeout_seconds: config.max_timeout_seconds,
     };
-    let metrics = Metrics::new();
-    let engine = Engine::new(terms, Arc::clone(&store), RpcChain::new(provider, contract), metrics.clone());
+    let chain = RpcChain::new(provider, contract).with_confirmations(config.chain.confirmations);
+    let engine = Engine::new(terms, Arc::clone(&store), chain, Metrics::new());
+    Ok((engine, store))
+}
+
+/// Runs the gateway described by `config` until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> eyre::Result<()> {
+    config.validate()?;
+    let key = config.provider.signer()?;
+    let (engine, store) = open_engine(&config).await?;
+    let metrics = engine.metrics().clone();
+    let (contract, chain_id, payee) =
+        (engine.terms().contract, engine.terms().chain_id, engine.terms().payee);
+    let mut tasks = Vec::new();
+    let follower = Follower::new(
+        engine.clone(),
+        FollowerConfig {
+            poll_interval: std::time::Duration::from_millis(config.chain.poll_interval_ms),
+            ..FollowerConfig::default()
+        },
+    );
+    tasks.push(tokio::spawn(follower.run(std::future::pending())));
+    let settler = match (&key, config.settlement.enabled) {
+        (Some(key), true) => {
+            let settler = Arc::new(Settler::new(engine.clone(), key.clone(), config.settlement.policy()));
+            tasks.push(tokio::spawn(Arc::clone(&settler).run(std::future::pending())));
+            Some(settler)
+        }
+        (None, true) => {
+            warn!(target: "node::gateway", "no provider key: vouchers are stored but not settled; run `x402-node settle` with the key");
+            None
+        }
+        (_, false) => None,
+    };
+    if !config.watchers.is_empty() {
+        engine.voucher_feed().enable();
+        tasks.push(tokio::spawn(crate::push::run(engine.clone(), config.watchers.clone())));
+    }
     // Group-commit statistics for /metrics.
     let stats_store = Arc::clone(&store);
-    let stats_task = tokio::spawn(async move {
+    tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tick.tick().await;
             metrics.set_store_stats(stats_store.stats());
         }
-    });
+    }));
     let mut paywall = Paywall::new(engine.clone());
     for route in &config.routes {
         paywall = paywall.route(route.path.clone(), route.price());
     }
-    let app = router(
-        engine,
+    let close = CloseService {
+        key: key.map(Arc::new),
+        ttl: config.settlement.close_authorization_ttl_secs,
+        on_close: settler.as_ref().map(|s| {
+            let s = Arc::clone(s);
+            Arc::new(move || s.wake()) as Arc<dyn Fn() + Send + Sync>
+        }),
+    };
+    let mut app = router(
+        engine.clone(),
         paywall,
         Upstream::new(&config.upstream, std::time::Duration::from_secs(config.max_timeout_seconds)),
         config.admin_token.clone(),
-    );
+    )
+    .merge(close_router(engine.clone(), close));
+    if let Some(settler) = &settler {
+        app = app.merge(settle_router(Arc::clone(settler), config.admin_token.clone()));
+    }
+    drop((engine, settler));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .wrap_err_with(|| format!("cannot listen on {}", config.listen))?;
@@ -285,10 +458,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         "gateway started"
     );
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
-    // The task holds the store: wait until it is really gone, so that the store is closed (and
-    // its file lock released) when this function returns.
-    stats_task.abort();
-    let _ = stats_task.await;
+    // The background tasks hold the store: wait until they are really gone, so that the store
+    // is closed (and its file lock released) when this function returns. Stopping the settler
+    // mid-round is safe: a transaction in flight is stored before it is sent, and resolved on
+    // the next start.
+    for task in &tasks {
+        task.abort();
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
     // Connection tasks may hold the engine a moment longer; close the store (final flush, file
     // lock released) only once this is the last reference, so a restart can open it at once.
     for _ in 0..500 {

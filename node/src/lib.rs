@@ -11,6 +11,9 @@
 //! - [`channel`]: a channel's record and the rules a voucher must pass.
 //! - [`verify`]: ECDSA verification with exactly the contract's rules.
 //! - [`chain`]: reading channels from the chain.
+//! - [`follower`]: follows the contract's events into the channel records.
+//! - [`push`]: pushes the latest vouchers to watchtowers.
+//! - [`settle`]: batch settlement of stored vouchers on-chain.
 //! - [`middleware`]: the axum/tower layer.
 //! - [`gateway`], [`config`]: the binary's reverse proxy and its TOML configuration.
 //! - [`metrics`]: Prometheus metrics.
@@ -22,9 +25,12 @@ pub mod chain;
 pub mod channel;
 pub mod config;
 pub mod engine;
+pub mod follower;
 pub mod gateway;
 pub mod metrics;
 pub mod middleware;
+pub mod push;
+pub mod settle;
 pub mod verify;
 
 #[cfg(any(test, feature = "test-utils"))]
@@ -34,6 +40,11 @@ use http::StatusCode;
 use x402_protocol::wire::{ChannelState, ErrorCode};
 
 pub use engine::{Engine, Payment, Price, Terms};
+
+/// The current unix time in seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
 
 /// Why a payment was refused: an x402 error code, a message, and the node's channel state when
 /// it helps the client resynchronise.

@@ -62,6 +62,16 @@ enum Command {
     Run,
     /// Print the effective configuration (after overrides) as TOML and exit.
     Config,
+    /// Catch up with the chain and run one settlement round now, then exit. The gateway must
+    /// not be running on the same data_dir (use `POST /admin/settle` on a running gateway).
+    Settle {
+        /// Settle every channel that owes anything, whatever the settlement policy says.
+        #[arg(long)]
+        force: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Overrides {
@@ -110,10 +120,27 @@ async fn main() -> eyre::Result<()> {
     cli.overrides.apply(&mut config);
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => x402_node::gateway::run(config, shutdown_signal()).await,
+        Command::Settle { force, json } => {
+            let report = x402_node::gateway::settle_once(config, force).await?;
+            let text = if json {
+                serde_json::to_string_pretty(&report).wrap_err("cannot render the report")?
+            } else {
+                render_report(&report)
+            };
+            // The report is this command's output.
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{text}");
+            }
+            Ok(())
+        }
         Command::Config => {
             let mut shown = config.clone();
             if shown.admin_token.is_some() {
                 shown.admin_token = Some("<redacted>".into());
+            }
+            for w in &mut shown.watchers {
+                w.token = "<redacted>".into();
             }
             let text = toml::to_string_pretty(&shown).wrap_err("cannot render the config")?;
             // The configuration is this command's output.
@@ -124,6 +151,34 @@ async fn main() -> eyre::Result<()> {
             Ok(())
         }
     }
+}
+
+fn render_report(report: &x402_node::settle::RoundReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if report.batches.is_empty() {
+        out.push_str("nothing to settle");
+    }
+    for b in &report.batches {
+        let _ = write!(
+            out,
+            "{:?} tx {}: {} channel(s){}, {} skipped, gas {}{}\n",
+            b.kind,
+            b.tx,
+            b.applied.len(),
+            if b.success { "" } else { " (FAILED)" },
+            b.skipped.len(),
+            b.gas_used,
+            if b.recovered { " (recovered from an earlier run)" } else { "" },
+        );
+    }
+    if !report.dropped.is_empty() {
+        let _ = write!(out, "\n{} claim(s) left out after a failed simulation", report.dropped.len());
+    }
+    if report.postponed > 0 {
+        let _ = write!(out, "\n{} claim(s) postponed: gas above the cap", report.postponed);
+    }
+    out.trim_end().to_owned()
 }
 
 async fn shutdown_signal() {

@@ -24,6 +24,16 @@ pub struct Metrics {
     pub store_synced_writes: IntGauge,
     /// The largest group commit, in writes.
     pub store_max_batch: IntGauge,
+    /// The last block the event follower has processed as confirmed.
+    pub follower_block: IntGauge,
+    /// Reorgs the event follower detected below its confirmation depth.
+    pub reorgs: IntCounter,
+    /// Settlement transactions sent (including fee bumps), by kind (`settle`, `close`).
+    pub settlement_txs: IntCounterVec,
+    /// Channels settled or closed on-chain by the node.
+    pub channels_settled: IntCounter,
+    /// Batch items dropped because their simulation failed.
+    pub claims_dropped: IntCounter,
 }
 
 impl Default for Metrics {
@@ -56,6 +66,18 @@ impl Metrics {
         let store_flushes = gauge("x402_store_flushes", "Group commits (flush + fsync) of the store");
         let store_synced_writes = gauge("x402_store_synced_writes", "Writes made durable by group commits");
         let store_max_batch = gauge("x402_store_max_batch", "Largest group commit, in writes");
+        let follower_block =
+            gauge("x402_follower_block", "Last block processed as confirmed by the event follower");
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        let reorgs = counter("x402_reorgs_total", "Reorgs detected below the confirmation depth");
+        let settlement_txs = IntCounterVec::new(
+            Opts::new("x402_settlement_transactions_total", "Settlement transactions sent, by kind"),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let channels_settled = counter("x402_channels_settled_total", "Channels settled or closed on-chain");
+        let claims_dropped =
+            counter("x402_claims_dropped_total", "Batch items dropped after a failed simulation");
         for c in [
             Box::new(paid.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(refused.clone()),
@@ -64,6 +86,11 @@ impl Metrics {
             Box::new(store_flushes.clone()),
             Box::new(store_synced_writes.clone()),
             Box::new(store_max_batch.clone()),
+            Box::new(follower_block.clone()),
+            Box::new(reorgs.clone()),
+            Box::new(settlement_txs.clone()),
+            Box::new(channels_settled.clone()),
+            Box::new(claims_dropped.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -76,6 +103,11 @@ impl Metrics {
             store_flushes,
             store_synced_writes,
             store_max_batch,
+            follower_block,
+            reorgs,
+            settlement_txs,
+            channels_settled,
+            claims_dropped,
         }
     }
 

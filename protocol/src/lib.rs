@@ -6,13 +6,16 @@
 //!   `PAYMENT-SIGNATURE` / `X-PAYMENT`, `PAYMENT-RESPONSE`) and its error codes.
 //! - [`bindings`]: alloy `sol!` bindings of `IPaymentChannel`, generated from the Solidity
 //!   interface in `contracts/src/interfaces/`, so the ABI cannot drift.
+//! - [`close`]: the cooperative close request and the provider's close authorisation.
 //! - [`network`]: CAIP-2 network identifiers (`eip155:<chainId>`).
 //!
 //! This crate has no feature flags.
 
 pub mod bindings;
+pub mod close;
 pub mod network;
 pub mod voucher;
+pub mod watch;
 pub mod wire;
 
 mod error;

@@ -76,6 +76,12 @@ impl ChannelDomain {
         alloy::primitives::keccak256(buf)
     }
 
+    /// The EIP-712 digest of any typed struct under this domain (close requests and
+    /// authorisations; vouchers use the faster [`Self::signing_hash`]).
+    pub fn hash_typed<T: SolStruct>(&self, value: &T) -> B256 {
+        value.eip712_signing_hash(&self.domain)
+    }
+
     /// Signs `voucher` with `signer`, producing a 65-byte `r ‖ s ‖ v` signature (`v` ∈ {27, 28},
     /// low `s`), the form the contract accepts.
     pub fn sign<S: SignerSync + ?Sized>(&self, signer: &S, voucher: Voucher) -> Result<SignedVoucher> {

@@ -2,8 +2,6 @@
 //! front of a small upstream, refuse each kind of bad payment, restart the node and continue
 //! the channel where it stopped, then redeem the last voucher on-chain.
 
-use std::time::Duration;
-
 use alloy::{
     primitives::{Address, B256, U256},
     providers::DynProvider,
@@ -11,105 +9,19 @@ use alloy::{
     sol,
 };
 use reqwest::StatusCode;
-use tokio::sync::oneshot;
-use x402_e2e::{account, anvil, deploy_channel, deploy_stablecoin, provider, upstream};
-use x402_node::config::{Config, RouteConfig};
+use x402_e2e::{
+    account, anvil, deploy_channel, deploy_stablecoin,
+    harness::{ADMIN, Gateway, ITestStablecoin, PRICE, gateway_config, paid, required},
+    provider, upstream,
+};
+use x402_node::config::RouteConfig;
 use x402_protocol::{
     ChannelDomain, SignedVoucher, Voucher,
     bindings::IPaymentChannel,
-    wire::{self, ErrorCode, PaymentPayload, PaymentRequired, PaymentRequirements, SettlementResponse},
+    wire::{self, ErrorCode, PaymentPayload, PaymentRequirements, SettlementResponse},
 };
 
-sol! {
-    #[sol(rpc)]
-    interface ITestStablecoin {
-        function mint(address to, uint256 amount) external;
-        function approve(address spender, uint256 amount) external returns (bool);
-        function balanceOf(address who) external view returns (uint256);
-    }
-}
-
-const PRICE: u64 = 1_000;
 const DEPOSIT: u64 = 1_000_000;
-const ADMIN: &str = "test-admin-token-0123456789";
-
-struct Gateway {
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<eyre::Result<()>>,
-    url: String,
-}
-
-impl Gateway {
-    async fn start(config: Config) -> Self {
-        let url = format!("http://{}", config.listen);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(x402_node::gateway::run(config, async move {
-            let _ = stopped.await;
-        }));
-        let client = reqwest::Client::new();
-        for _ in 0..200 {
-            if client.get(format!("{url}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
-                return Self { stop: Some(stop), task, url };
-            }
-            if task.is_finished() {
-                panic!("gateway exited: {:?}", task.await);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("gateway did not start within 10 s");
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.await.expect("joins").expect("gateway ran cleanly");
-    }
-}
-
-/// A gateway configuration for `contract` on `anvil`, charging `PRICE` in `asset` on `/weather`.
-fn gateway_config(
-    anvil: &alloy::node_bindings::AnvilInstance,
-    contract: Address,
-    asset: Address,
-    payee: Address,
-    upstream: std::net::SocketAddr,
-    data: &std::path::Path,
-) -> Config {
-    let mut config = Config {
-        listen: free_port(),
-        upstream: format!("http://{upstream}"),
-        data_dir: data.into(),
-        ..Config::default()
-    };
-    config.admin_token = Some(ADMIN.into());
-    config.chain.rpc_url = anvil.endpoint();
-    config.chain.contract = Some(contract);
-    config.payment.asset = asset;
-    config.provider.address = Some(payee);
-    config.provider.key_env = "X402_E2E_UNSET".into();
-    config.routes.push(RouteConfig {
-        path: "/weather".into(),
-        price: U256::from(PRICE),
-        pricing: Default::default(),
-        description: Some("Current weather".into()),
-        mime_type: Some("application/json".into()),
-    });
-    config
-}
-
-fn free_port() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
-    l.local_addr().expect("addr")
-}
-
-async fn paid(client: &reqwest::Client, url: &str, header: String) -> reqwest::Response {
-    client.get(url).header(wire::PAYMENT_SIGNATURE, header).send().await.expect("request")
-}
-
-fn required(resp: &reqwest::Response) -> PaymentRequired {
-    wire::decode_header(resp.headers()[wire::PAYMENT_REQUIRED].as_bytes()).expect("PAYMENT-REQUIRED")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_charges_refuses_restarts_and_settles() {

@@ -2,6 +2,7 @@
 //! deployment from forge's artifacts, a small upstream API.
 
 pub mod cheats;
+pub mod harness;
 
 use std::{net::SocketAddr, path::PathBuf};
 

@@ -122,6 +122,7 @@ impl Chain {
             open: c.status == IPaymentChannel::Status::Open,
             nonce: c.nonce,
             paid: U256::from(c.paid),
+            pending_close: false,
         }
     }
 }

@@ -29,6 +29,7 @@ const PRICE: u64 = 1_000;
 
 struct Fixture<S> {
     app: Router,
+    engine: Engine<S, MemoryChain>,
     chain: MemoryChain,
     payer: PrivateKeySigner,
     id: B256,
@@ -62,11 +63,11 @@ fn onchain(payer: Address, deposit: u64) -> OnchainChannel {
         open: true,
         nonce: 0,
         paid: U256::ZERO,
+        pending_close: false,
     }
 }
 
-fn app<S: KvStore>(store: Arc<S>, chain: MemoryChain) -> Router {
-    let engine = Engine::new(terms(), store, chain, Metrics::new());
+fn app<S: KvStore>(engine: Engine<S, MemoryChain>) -> Router {
     Router::new()
         .route("/paid", get(|Extension(p): Extension<Payment>| async move { format!("hello {}", p.payer) }))
         .route(
@@ -91,15 +92,7 @@ fn fixture<S: KvStore>(store: Arc<S>) -> Fixture<S> {
     let domain = ChannelDomain::new(CHAIN_ID, terms().contract);
     let engine = Engine::new(terms(), Arc::clone(&store), chain.clone(), Metrics::new());
     let requirements = engine.requirements(&Price::exact(U256::from(PRICE)), None);
-    Fixture {
-        app: app(Arc::clone(&store), chain.clone()),
-        chain,
-        payer,
-        id,
-        domain,
-        requirements,
-        _store: store,
-    }
+    Fixture { app: app(engine.clone()), engine, chain, payer, id, domain, requirements, _store: store }
 }
 
 impl<S: KvStore> Fixture<S> {
@@ -278,36 +271,51 @@ async fn every_refusal_has_its_code() {
     assert_eq!(required(&named).accepts[0].extra.channel.as_ref().map(|s| s.nonce), Some(6));
 }
 
+impl<S: KvStore> Fixture<S> {
+    /// Delivers the chain's current view of the channel, as the event follower does.
+    async fn follow(&self) {
+        let view = x402_node::chain::ChainReader::channel(&self.chain, self.id).await.expect("chain up");
+        self.engine.sync_channel(self.id, view, false).await.expect("synced");
+    }
+}
+
 #[tokio::test]
-async fn top_up_is_picked_up_and_exit_refused() {
+async fn chain_updates_reach_admission() {
     let f = fixture(Arc::new(MemoryStore::new()));
     assert_eq!(f.pay("/paid", 1, 10 * PRICE).await.status(), StatusCode::OK);
     let over = f.pay("/paid", 2, 11 * PRICE).await;
     assert_eq!(required(&over).error, Some(ErrorCode::InsufficientDeposit));
+    // A top-up counts only once the follower delivers it; refusals do not ask the chain.
     f.chain.update(f.id, |c| c.deposit = U256::from(20 * PRICE));
-    // Within the refresh interval the node does not ask the chain again.
+    let lookups = f.chain.lookups();
     assert_eq!(required(&f.pay("/paid", 2, 11 * PRICE).await).error, Some(ErrorCode::InsufficientDeposit));
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(f.chain.lookups(), lookups);
+    f.follow().await;
     assert_eq!(f.pay("/paid", 2, 11 * PRICE).await.status(), StatusCode::OK);
 
-    f.chain.update(f.id, |c| {
-        c.exit_at = 10;
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    // Refreshed on the over-deposit path: the exit is now known and the channel refused.
-    let resp = f.pay("/paid", 3, 21 * PRICE).await;
-    assert_eq!(required(&resp).error, Some(ErrorCode::ChannelClosing));
+    // An exit stops vouchers at once.
+    f.chain.update(f.id, |c| c.exit_at = 10);
+    f.follow().await;
     assert_eq!(required(&f.pay("/paid", 3, 12 * PRICE).await).error, Some(ErrorCode::ChannelClosing));
 
-    // The payer tops up, which cancels the exit on-chain: once the node re-reads the channel
-    // (here on the over-deposit path), it accepts vouchers again.
+    // The payer tops up, which cancels the exit on-chain: the channel accepts vouchers again,
+    // up to the new deposit.
     f.chain.update(f.id, |c| {
         c.exit_at = 0;
         c.deposit = U256::from(30 * PRICE);
     });
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    f.follow().await;
     assert_eq!(required(&f.pay("/paid", 3, 31 * PRICE).await).error, Some(ErrorCode::InsufficientDeposit));
     assert_eq!(f.pay("/paid", 3, 13 * PRICE).await.status(), StatusCode::OK);
+
+    // A close is final and the record is kept as a tombstone.
+    f.chain.update(f.id, |c| c.open = false);
+    f.follow().await;
+    f.chain.update(f.id, |c| c.open = true);
+    f.follow().await;
+    assert_eq!(required(&f.pay("/paid", 4, 14 * PRICE).await).error, Some(ErrorCode::ChannelClosed));
+    let record = f.engine.channel(f.id).expect("store").expect("tombstone");
+    assert_eq!(record.status, x402_node::channel::ChannelStatus::Closed);
 }
 
 #[tokio::test]
@@ -343,8 +351,10 @@ async fn restart_resumes_from_the_store() {
     // A new node over the same directory continues the channel where it stopped, without
     // asking the chain again.
     let store = Arc::new(SledStore::open(dir.path()).expect("reopens"));
+    let engine = Engine::new(terms(), Arc::clone(&store), chain.clone(), Metrics::new());
     let f = Fixture {
-        app: app(Arc::clone(&store), chain.clone()),
+        app: app(engine.clone()),
+        engine,
         chain,
         payer,
         id,

@@ -1,0 +1,739 @@
+//! Batch settlement: turns the vouchers the node stored into money on-chain.
+//!
+//! A round:
+//! 1. finishes any settlement transaction left in flight (by a crash, or still pending);
+//! 2. [`plan`]s what to settle or close from the channel records and the
+//!    [`SettlementPolicy`]: channels with a pending exit (closed first, before their
+//!    challenge period ends), channels whose client asked for a cooperative close, channels
+//!    whose unsettled amount reached the threshold or that were not settled for too long;
+//! 3. simulates every item (`eth_call` of `close`/`settle` from the provider) and drops those
+//!    that would fail, so one bad channel cannot sink a batch;
+//! 4. signs one `closeMany` and one `settleMany` transaction, stores it (raw bytes, hash,
+//!    nonce) durably *before* broadcasting it, and waits for its receipt, re-broadcasting a
+//!    dropped transaction and replacing a stuck one with higher fees (same nonce, so at most
+//!    one of them can be mined).
+//!
+//! A node killed at any point finds its in-flight transaction in the store on restart and
+//! resolves it before planning anything new; vouchers already used on-chain are never claimed
+//! again, because a claim is only made for a voucher above the channel's on-chain nonce.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use alloy::{
+    network::{EthereumWallet, NetworkTransactionBuilder, TransactionBuilder, eip2718::Encodable2718},
+    primitives::{Address, B256, Bytes, U256},
+    providers::Provider,
+    rpc::types::{TransactionReceipt, TransactionRequest},
+    signers::local::PrivateKeySigner,
+    sol_types::{SolCall, SolEvent},
+};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+use x402_protocol::bindings::IPaymentChannel::{self, Claim};
+use x402_store::KvStore;
+
+use crate::{
+    Engine, Refusal,
+    chain::{ChainError, ChainReader, RpcChain},
+    channel::{ChannelRecord, ChannelStatus},
+    unix_now,
+};
+
+/// The store namespace of settlement transactions in flight, keyed by account nonce.
+pub const SETTLEMENTS: &str = "settlements";
+/// Simulations in flight at once.
+const SIMULATION_CONCURRENCY: usize = 8;
+
+/// Errors of a settlement round.
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    /// The RPC failed.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// Reading or updating channel records failed.
+    #[error("{0}")]
+    Node(#[from] Refusal),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] x402_store::Error),
+    /// A stored in-flight transaction is corrupt.
+    #[error("corrupt settlement record: {0}")]
+    Codec(#[from] serde_json::Error),
+    /// Signing the transaction failed.
+    #[error("cannot sign the settlement transaction: {0}")]
+    Sign(String),
+    /// A test stopped the round here, as a crash would (`test-utils` only).
+    #[error("injected crash at {0:?}")]
+    InjectedCrash(CrashPoint),
+}
+
+/// Where a test may make a round stop as if the node had been killed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// After the transaction was stored, before it was broadcast.
+    BeforeBroadcast,
+    /// After it was broadcast, before its receipt was seen.
+    AfterBroadcast,
+}
+
+/// When the node settles, and how much it may spend doing so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettlementPolicy {
+    /// Settle a channel once what it owes reaches this (0: never for this reason).
+    pub threshold: U256,
+    /// Settle a channel that owes anything once it was last settled this long ago.
+    pub max_age: Duration,
+    /// A pending exit whose challenge period ends within this margin is settled even when gas
+    /// is above the cap.
+    pub exit_margin: Duration,
+    /// The most channels in one transaction.
+    pub max_batch: usize,
+    /// Above this `maxFeePerGas` (wei) only urgent exits are settled; `None`: no cap.
+    pub max_fee_per_gas: Option<u128>,
+    /// Time between background rounds.
+    pub interval: Duration,
+    /// Replace a transaction not mined after this long with one paying higher fees.
+    pub resend_after: Duration,
+    /// How often to look for a receipt.
+    pub receipt_poll: Duration,
+}
+
+impl Default for SettlementPolicy {
+    fn default() -> Self {
+        Self {
+            threshold: U256::ZERO,
+            max_age: Duration::from_secs(24 * 3600),
+            exit_margin: Duration::from_secs(3600),
+            max_batch: 100,
+            max_fee_per_gas: None,
+            interval: Duration::from_secs(60),
+            resend_after: Duration::from_secs(60),
+            receipt_poll: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The two kinds of batch transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchKind {
+    /// `closeMany`: claim (if anything is owed) and close, refunding the payer.
+    Close,
+    /// `settleMany`: claim; the channel stays open.
+    Settle,
+}
+
+impl BatchKind {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Self::Close => "close",
+            Self::Settle => "settle",
+        }
+    }
+}
+
+/// Why a channel is in a batch, most urgent first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The payer requested an exit: claim before the challenge period ends.
+    Exit,
+    /// The client asked for a cooperative close.
+    CloseRequested,
+    /// The unsettled amount reached the threshold.
+    Threshold,
+    /// Not settled for longer than the policy's maximum age.
+    Age,
+    /// A round run on demand with `force`.
+    Forced,
+}
+
+/// One channel in a planned batch.
+#[derive(Clone, Debug)]
+pub struct Item {
+    /// Why.
+    pub reason: Reason,
+    /// The claim sent on-chain.
+    pub claim: Claim,
+    /// When its exit's challenge period ends (0: no exit).
+    pub exit_at: u64,
+}
+
+/// What a round would send.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// Channels to close, most urgent first.
+    pub close: Vec<Item>,
+    /// Channels to settle, largest amount first.
+    pub settle: Vec<Item>,
+}
+
+/// Decides which channels to settle or close at unix time `now`. With `force`, every channel
+/// that owes anything is settled.
+pub fn plan(records: &[ChannelRecord], policy: &SettlementPolicy, now: u64, force: bool) -> Plan {
+    let mut close = Vec::new();
+    let mut settle = Vec::new();
+    for r in records {
+        if r.status == ChannelStatus::Closed || !r.chain.open || r.chain.pending_close {
+            continue;
+        }
+        let claim = r.claimable().map(|v| Claim {
+            channelId: r.id,
+            nonce: v.nonce,
+            cumulativeAmount: v.cumulative_amount,
+            claimed: r.charged(),
+            signature: v.signature.clone(),
+        });
+        let exit_at = r.chain.exit_at;
+        if exit_at != 0 {
+            // Nothing can be claimed once the period is over; nothing owed, nothing to do.
+            if let Some(claim) = claim.filter(|_| exit_at > now) {
+                close.push(Item { reason: Reason::Exit, claim, exit_at });
+            }
+        } else if r.close.is_some() {
+            // Closing without a voucher pays what was already paid and refunds the rest.
+            let claim = claim.unwrap_or(Claim {
+                channelId: r.id,
+                nonce: 0,
+                cumulativeAmount: U256::ZERO,
+                claimed: U256::ZERO,
+                signature: Bytes::new(),
+            });
+            close.push(Item { reason: Reason::CloseRequested, claim, exit_at });
+        } else if let Some(claim) = claim {
+            let unsettled = r.unsettled();
+            let reason = if force {
+                Some(Reason::Forced)
+            } else if !policy.threshold.is_zero() && unsettled >= policy.threshold {
+                Some(Reason::Threshold)
+            } else if now.saturating_sub(r.settled_at) >= policy.max_age.as_secs() {
+                Some(Reason::Age)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                settle.push(Item { reason, claim, exit_at });
+            }
+        }
+    }
+    close.sort_by_key(|i| (i.reason, if i.exit_at == 0 { u64::MAX } else { i.exit_at }));
+    settle.sort_by(|a, b| (b.claim.claimed).cmp(&a.claim.claimed));
+    close.truncate(policy.max_batch);
+    settle.truncate(policy.max_batch);
+    Plan { close, settle }
+}
+
+/// A signed transaction as broadcast.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SentTx {
+    hash: B256,
+    raw: Bytes,
+    max_fee_per_gas: u128,
+    max_priority_fee_per_gas: u128,
+    sent_at: u64,
+}
+
+/// A settlement transaction in flight: every signed version of it (fee bumps share the
+/// nonce), stored before the first broadcast.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct InFlight {
+    kind: BatchKind,
+    nonce: u64,
+    request: TransactionRequest,
+    channels: Vec<B256>,
+    txs: Vec<SentTx>,
+}
+
+/// The outcome of one batch transaction.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchReport {
+    /// `close` or `settle`.
+    pub kind: BatchKind,
+    /// The mined transaction (zero if it was replaced by another use of its nonce).
+    pub tx: B256,
+    /// Whether it succeeded.
+    pub success: bool,
+    /// Channels settled or closed.
+    pub applied: Vec<B256>,
+    /// Channels the contract skipped.
+    pub skipped: Vec<B256>,
+    /// Gas used.
+    pub gas_used: u64,
+    /// Wei paid for it.
+    pub fee: u128,
+    /// Whether it was found in flight from an earlier round (e.g. before a crash).
+    pub recovered: bool,
+}
+
+/// What a round did.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoundReport {
+    /// Transactions mined.
+    pub batches: Vec<BatchReport>,
+    /// Items dropped because their simulation failed.
+    pub dropped: Vec<B256>,
+    /// Items postponed because gas was above the cap.
+    pub postponed: usize,
+}
+
+/// Settles channels on-chain from the provider's key. Rounds are serialised.
+#[derive(Debug)]
+pub struct Settler<S> {
+    engine: Engine<S, RpcChain>,
+    wallet: EthereumWallet,
+    address: Address,
+    chain_id: u64,
+    policy: SettlementPolicy,
+    round: tokio::sync::Mutex<()>,
+    wake: Notify,
+    crash: Option<CrashPoint>,
+}
+
+impl<S: KvStore> Settler<S> {
+    /// A settler for `engine`'s channels, paying gas from `key` (the payee's key).
+    pub fn new(engine: Engine<S, RpcChain>, key: PrivateKeySigner, policy: SettlementPolicy) -> Self {
+        let address = key.address();
+        let chain_id = engine.terms().chain_id;
+        Self {
+            engine,
+            wallet: EthereumWallet::from(key),
+            address,
+            chain_id,
+            policy,
+            round: tokio::sync::Mutex::new(()),
+            wake: Notify::new(),
+            crash: None,
+        }
+    }
+
+    /// Makes rounds stop at `point` as if the node had been killed there.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub const fn crash_at(mut self, point: Option<CrashPoint>) -> Self {
+        self.crash = point;
+        self
+    }
+
+    /// The policy.
+    pub const fn policy(&self) -> &SettlementPolicy {
+        &self.policy
+    }
+
+    /// Asks the background loop for a round now (e.g. after a close request).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs rounds every `policy.interval` (or when woken) until `shutdown` resolves.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            match self.round(false).await {
+                Ok(report) if !report.batches.is_empty() || !report.dropped.is_empty() => {
+                    info!(target: "node::settle", batches = report.batches.len(), dropped = report.dropped.len(), postponed = report.postponed, "settlement round");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(target: "node::settle", error = %e, "settlement round failed; retrying later")
+                }
+            }
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.policy.interval) => {}
+            }
+        }
+    }
+
+    /// One round: resolves transactions in flight, then settles what the policy selects
+    /// (everything owed, with `force`).
+    pub async fn round(&self, force: bool) -> Result<RoundReport, SettleError> {
+        let _exclusive = self.round.lock().await;
+        let mut report = RoundReport::default();
+        for record in self.in_flight()? {
+            report.batches.push(self.await_mined(record, true).await?);
+        }
+
+        let now = unix_now();
+        let records = self.engine.channels()?;
+        let Plan { mut close, mut settle } = plan(&records, &self.policy, now, force);
+        if close.is_empty() && settle.is_empty() {
+            return Ok(report);
+        }
+        let fees = self.provider().estimate_eip1559_fees().await.map_err(rpc)?;
+        if let Some(cap) = self.policy.max_fee_per_gas.filter(|cap| fees.max_fee_per_gas > *cap) {
+            let margin = self.policy.exit_margin.as_secs();
+            let before = close.len() + settle.len();
+            close.retain(|i| i.reason == Reason::Exit && i.exit_at <= now + margin);
+            settle.clear();
+            report.postponed = before - close.len();
+            warn!(target: "node::settle", max_fee_per_gas = fees.max_fee_per_gas, cap, postponed = report.postponed, "gas above the cap; settling only exits about to end");
+        }
+        for (kind, items) in [(BatchKind::Close, close), (BatchKind::Settle, settle)] {
+            let (claims, dropped) = self.simulate(kind, items).await;
+            report.dropped.extend(dropped);
+            if claims.is_empty() {
+                continue;
+            }
+            let record = self.send(kind, claims).await?;
+            report.batches.push(self.await_mined(record, false).await?);
+        }
+        Ok(report)
+    }
+
+    fn provider(&self) -> &alloy::providers::DynProvider {
+        self.engine.chain().provider()
+    }
+
+    fn contract(&self) -> IPaymentChannel::IPaymentChannelInstance<&alloy::providers::DynProvider> {
+        IPaymentChannel::new(self.engine.chain().contract(), self.provider())
+    }
+
+    fn in_flight(&self) -> Result<Vec<InFlight>, SettleError> {
+        let mut records = self
+            .engine
+            .store()
+            .list(SETTLEMENTS)?
+            .into_iter()
+            .map(|(_, v)| serde_json::from_slice::<InFlight>(&v))
+            .collect::<Result<Vec<_>, _>>()?;
+        records.sort_by_key(|r| r.nonce);
+        Ok(records)
+    }
+
+    /// Keeps the items whose `close`/`settle` call succeeds on its own.
+    async fn simulate(&self, kind: BatchKind, items: Vec<Item>) -> (Vec<Claim>, Vec<B256>) {
+        let contract = self.contract();
+        let contract = &contract;
+        let results: Vec<(Item, Result<(), String>)> = futures::stream::iter(items)
+            .map(|item| async move {
+                let result = match kind {
+                    BatchKind::Close => {
+                        contract.close(item.claim.clone()).from(self.address).call().await.map(drop)
+                    }
+                    BatchKind::Settle => {
+                        contract.settle(item.claim.clone()).from(self.address).call().await.map(drop)
+                    }
+                };
+                (item, result.map_err(|e| revert_reason(&e)))
+            })
+            .buffer_unordered(SIMULATION_CONCURRENCY)
+            .collect()
+            .await;
+        let mut claims = Vec::new();
+        let mut dropped = Vec::new();
+        for (item, result) in results {
+            match result {
+                Ok(()) => claims.push(item.claim),
+                Err(reason) => {
+                    warn!(target: "node::settle", channel = %item.claim.channelId, ?kind, %reason, "claim would fail; left out of the batch");
+                    self.engine.metrics().claims_dropped.inc();
+                    dropped.push(item.claim.channelId);
+                }
+            }
+        }
+        (claims, dropped)
+    }
+
+    /// Signs the batch, stores it durably, then broadcasts it.
+    async fn send(&self, kind: BatchKind, claims: Vec<Claim>) -> Result<InFlight, SettleError> {
+        let provider = self.provider();
+        let channels = claims.iter().map(|c| c.channelId).collect();
+        let input = match kind {
+            BatchKind::Close => IPaymentChannel::closeManyCall { claims }.abi_encode(),
+            BatchKind::Settle => IPaymentChannel::settleManyCall { claims }.abi_encode(),
+        };
+        let nonce = provider.get_transaction_count(self.address).pending().await.map_err(rpc)?;
+        let request = TransactionRequest::default()
+            .with_from(self.address)
+            .with_to(self.engine.chain().contract())
+            .with_input(input)
+            .with_nonce(nonce)
+            .with_chain_id(self.chain_id);
+        let gas = provider.estimate_gas(request.clone()).await.map_err(rpc)?;
+        let request = request.with_gas_limit(gas.saturating_mul(5) / 4 + 20_000);
+        let fees = provider.estimate_eip1559_fees().await.map_err(rpc)?;
+        let tx = self.sign(&request, fees.max_fee_per_gas, fees.max_priority_fee_per_gas).await?;
+        let record = InFlight { kind, nonce, request, channels, txs: vec![tx] };
+        self.persist(&record).await?;
+        if self.crash == Some(CrashPoint::BeforeBroadcast) {
+            return Err(SettleError::InjectedCrash(CrashPoint::BeforeBroadcast));
+        }
+        self.broadcast(&record.txs[0]).await;
+        self.engine.metrics().settlement_txs.with_label_values(&[kind.as_str()]).inc();
+        info!(target: "node::settle", kind = kind.as_str(), nonce, tx = %record.txs[0].hash, channels = record.channels.len(), "settlement sent");
+        if self.crash == Some(CrashPoint::AfterBroadcast) {
+            return Err(SettleError::InjectedCrash(CrashPoint::AfterBroadcast));
+        }
+        Ok(record)
+    }
+
+    async fn sign(
+        &self,
+        request: &TransactionRequest,
+        max_fee: u128,
+        priority: u128,
+    ) -> Result<SentTx, SettleError> {
+        let envelope = request
+            .clone()
+            .with_max_fee_per_gas(max_fee)
+            .with_max_priority_fee_per_gas(priority)
+            .build(&self.wallet)
+            .await
+            .map_err(|e| SettleError::Sign(e.to_string()))?;
+        Ok(SentTx {
+            hash: *envelope.tx_hash(),
+            raw: Bytes::from(envelope.encoded_2718()),
+            max_fee_per_gas: max_fee,
+            max_priority_fee_per_gas: priority,
+            sent_at: unix_now(),
+        })
+    }
+
+    async fn persist(&self, record: &InFlight) -> Result<(), SettleError> {
+        let store = self.engine.store();
+        store.put(SETTLEMENTS, &record.nonce.to_be_bytes(), &serde_json::to_vec(record)?)?;
+        store.sync().await?;
+        Ok(())
+    }
+
+    /// Broadcasts a signed transaction. Errors are logged, not returned: the transaction may
+    /// already be known, mined, or replaced, which waiting for its receipt sorts out.
+    async fn broadcast(&self, tx: &SentTx) {
+        if let Err(e) = self.provider().send_raw_transaction(&tx.raw).await {
+            warn!(target: "node::settle", tx = %tx.hash, error = %e, "broadcast refused (may already be known)");
+        }
+    }
+
+    /// Waits until one version of the transaction is mined, re-broadcasting it if it was
+    /// dropped and replacing it with higher fees if it is stuck; then updates the channels.
+    async fn await_mined(&self, mut record: InFlight, recovered: bool) -> Result<BatchReport, SettleError> {
+        let provider = self.provider();
+        if recovered {
+            info!(target: "node::settle", nonce = record.nonce, txs = record.txs.len(), "resolving a settlement left in flight");
+        }
+        loop {
+            for tx in record.txs.iter().rev() {
+                if let Some(receipt) = provider.get_transaction_receipt(tx.hash).await.map_err(rpc)? {
+                    return self.finish(record, &receipt, recovered).await;
+                }
+            }
+            let mined_nonce = provider.get_transaction_count(self.address).latest().await.map_err(rpc)?;
+            if mined_nonce > record.nonce {
+                // The nonce was used, but by none of our versions (receipts are looked up by
+                // every hash above): another transaction from this key replaced the batch.
+                warn!(target: "node::settle", nonce = record.nonce, "settlement nonce used by another transaction; the batch will be planned again");
+                return self.finish_replaced(record, recovered).await;
+            }
+            let last = record
+                .txs
+                .last()
+                .cloned()
+                .ok_or_else(|| SettleError::Sign("no signed transaction".into()))?;
+            if unix_now().saturating_sub(last.sent_at) >= self.policy.resend_after.as_secs() {
+                let fees = provider.estimate_eip1559_fees().await.map_err(rpc)?;
+                // Replacements must raise both fees by at least 10% (geth, reth); use 12.5%.
+                let bump = |old: u128| old + old / 8 + 1;
+                let max_fee = bump(last.max_fee_per_gas).max(fees.max_fee_per_gas);
+                let priority =
+                    bump(last.max_priority_fee_per_gas).max(fees.max_priority_fee_per_gas).min(max_fee);
+                let tx = self.sign(&record.request, max_fee, priority).await?;
+                record.txs.push(tx.clone());
+                self.persist(&record).await?;
+                warn!(target: "node::settle", nonce = record.nonce, tx = %tx.hash, max_fee_per_gas = max_fee, "settlement not mined in time; replaced with higher fees");
+                self.broadcast(&tx).await;
+                self.engine.metrics().settlement_txs.with_label_values(&[record.kind.as_str()]).inc();
+            } else if provider.get_transaction_by_hash(last.hash).await.map_err(rpc)?.is_none() {
+                // Dropped from the mempool (or never sent, if the node died before): send again.
+                self.broadcast(&last).await;
+            }
+            tokio::time::sleep(self.policy.receipt_poll).await;
+        }
+    }
+
+    async fn finish(
+        &self,
+        record: InFlight,
+        receipt: &TransactionReceipt,
+        recovered: bool,
+    ) -> Result<BatchReport, SettleError> {
+        let mut applied = HashSet::new();
+        let mut skipped = Vec::new();
+        for log in receipt.inner.logs() {
+            let topics = log.topics();
+            match topics.first() {
+                Some(sig) if *sig == IPaymentChannel::Closed::SIGNATURE_HASH => {
+                    applied.extend(topics.get(1).copied());
+                }
+                Some(sig)
+                    if *sig == IPaymentChannel::Settled::SIGNATURE_HASH
+                        && record.kind == BatchKind::Settle =>
+                {
+                    applied.extend(topics.get(1).copied());
+                }
+                Some(sig) if *sig == IPaymentChannel::ClaimSkipped::SIGNATURE_HASH => {
+                    skipped.extend(topics.get(1).copied());
+                }
+                _ => {}
+            }
+        }
+        let now = unix_now();
+        for id in &record.channels {
+            let view = self.engine.chain().channel(*id).await?;
+            self.engine.sync_channel(*id, view, false).await?;
+            if applied.contains(id) {
+                self.engine
+                    .update_channel(*id, |r| {
+                        r.settled_at = now;
+                        true
+                    })
+                    .await?;
+            }
+        }
+        let store = self.engine.store();
+        store.remove(SETTLEMENTS, &record.nonce.to_be_bytes())?;
+        store.sync().await?;
+        let success = receipt.status();
+        self.engine.metrics().channels_settled.inc_by(applied.len() as u64);
+        let report = BatchReport {
+            kind: record.kind,
+            tx: receipt.transaction_hash,
+            success,
+            applied: record.channels.iter().copied().filter(|id| applied.contains(id)).collect(),
+            skipped,
+            gas_used: receipt.gas_used,
+            fee: u128::from(receipt.gas_used) * receipt.effective_gas_price,
+            recovered,
+        };
+        info!(target: "node::settle", kind = record.kind.as_str(), tx = %report.tx, success, applied = report.applied.len(), skipped = report.skipped.len(), gas_used = report.gas_used, recovered, "settlement mined");
+        Ok(report)
+    }
+
+    async fn finish_replaced(&self, record: InFlight, recovered: bool) -> Result<BatchReport, SettleError> {
+        let store = self.engine.store();
+        store.remove(SETTLEMENTS, &record.nonce.to_be_bytes())?;
+        store.sync().await?;
+        Ok(BatchReport {
+            kind: record.kind,
+            tx: B256::ZERO,
+            success: false,
+            applied: Vec::new(),
+            skipped: Vec::new(),
+            gas_used: 0,
+            fee: 0,
+            recovered,
+        })
+    }
+}
+
+fn rpc(e: impl std::fmt::Display) -> ChainError {
+    ChainError::Rpc(e.to_string())
+}
+
+/// The decoded custom error of a failed simulation, or the RPC's message.
+fn revert_reason(e: &alloy::contract::Error) -> String {
+    match e.as_decoded_interface_error::<IPaymentChannel::IPaymentChannelErrors>() {
+        Some(err) => format!("{err:?}"),
+        None => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::{CloseState, StoredVoucher};
+
+    fn record(id: u8, charged: u64, voucher: Option<(u64, u64)>) -> ChannelRecord {
+        let mut chain = crate::channel::tests::onchain(10_000);
+        chain.paid = U256::ZERO;
+        let mut r = ChannelRecord::new(B256::repeat_byte(id), chain);
+        r.latest = voucher.map(|(nonce, amount)| StoredVoucher {
+            nonce,
+            cumulative_amount: U256::from(amount),
+            signature: Bytes::from_static(&[1; 65]),
+        });
+        r.charged = U256::from(charged);
+        r.settled_at = 1_000;
+        r
+    }
+
+    fn ids(items: &[Item]) -> Vec<u8> {
+        items.iter().map(|i| i.claim.channelId.0[0]).collect()
+    }
+
+    #[test]
+    fn plan_follows_the_policy() {
+        let policy = SettlementPolicy {
+            threshold: U256::from(500),
+            max_age: Duration::from_secs(100),
+            ..SettlementPolicy::default()
+        };
+        let now = 1_050;
+        let small = record(1, 100, Some((3, 100)));
+        let big = record(2, 600, Some((9, 700)));
+        let mut old = record(3, 50, Some((1, 50)));
+        old.settled_at = 900;
+        let idle = record(4, 0, None);
+        let mut exiting_late = record(5, 200, Some((2, 200)));
+        exiting_late.chain.exit_at = 5_000;
+        exiting_late.status = ChannelStatus::Closing;
+        let mut exiting_soon = record(6, 10, Some((1, 10)));
+        exiting_soon.chain.exit_at = 2_000;
+        exiting_soon.status = ChannelStatus::Closing;
+        let mut exit_over = record(7, 10, Some((1, 10)));
+        exit_over.chain.exit_at = 1_000;
+        let mut exit_nothing_owed = record(8, 0, None);
+        exit_nothing_owed.chain.exit_at = 2_000;
+        let mut close_requested = record(9, 0, None);
+        close_requested.request_close(1_010);
+        let mut settled_onchain = record(10, 300, Some((4, 300)));
+        settled_onchain.chain.nonce = 4;
+        settled_onchain.chain.paid = U256::from(300);
+        let mut closed = record(11, 900, Some((4, 900)));
+        closed.status = ChannelStatus::Closed;
+        let records = [
+            small,
+            big,
+            old,
+            idle,
+            exiting_late,
+            exiting_soon,
+            exit_over,
+            exit_nothing_owed,
+            close_requested,
+            settled_onchain,
+            closed,
+        ];
+
+        let p = plan(&records, &policy, now, false);
+        assert_eq!(ids(&p.close), vec![6, 5, 9], "exits first, soonest first, then close requests");
+        assert_eq!(ids(&p.settle), vec![2, 3], "threshold, then age; largest first");
+        let claim = &p.settle[0].claim;
+        assert_eq!(
+            (claim.nonce, claim.cumulativeAmount, claim.claimed),
+            (9, U256::from(700), U256::from(600))
+        );
+        assert!(p.close[2].claim.signature.is_empty(), "nothing owed: close without a voucher");
+        assert_eq!(p.close[2].reason, Reason::CloseRequested);
+
+        let forced = plan(&records, &policy, now, true);
+        assert_eq!(ids(&forced.settle), vec![2, 1, 3]);
+        assert!(forced.settle.iter().all(|i| i.reason == Reason::Forced));
+
+        let capped = plan(&records, &SettlementPolicy { max_batch: 1, ..policy }, now, true);
+        assert_eq!((ids(&capped.close), ids(&capped.settle)), (vec![6], vec![2]));
+    }
+
+    #[test]
+    fn close_requested_with_a_voucher_claims_it() {
+        let mut r = record(1, 400, Some((7, 450)));
+        r.close = Some(CloseState { requested_at: 1, authorization_deadline: 0 });
+        let p = plan(&[r], &SettlementPolicy::default(), 2, false);
+        let c = &p.close[0].claim;
+        assert_eq!((c.nonce, c.claimed, c.cumulativeAmount), (7, U256::from(400), U256::from(450)));
+        assert!(p.settle.is_empty());
+    }
+}

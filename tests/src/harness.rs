@@ -1,0 +1,284 @@
+//! A deployed contract, funded payers and the `x402-node` gateway, for the end-to-end tests.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use alloy::{
+    node_bindings::AnvilInstance,
+    primitives::{Address, B256, U256},
+    providers::DynProvider,
+    signers::local::PrivateKeySigner,
+    sol,
+};
+use tokio::sync::oneshot;
+use x402_node::config::{Config, RouteConfig};
+use x402_protocol::{
+    ChannelDomain, SignedVoucher, Voucher,
+    bindings::IPaymentChannel,
+    wire::{self, PaymentPayload, PaymentRequired, PaymentRequirements},
+};
+
+use crate::{account, anvil, deploy_channel, deploy_stablecoin, provider};
+
+sol! {
+    /// The test stablecoin's functions the tests use.
+    #[sol(rpc)]
+    interface ITestStablecoin {
+        function mint(address to, uint256 amount) external;
+        function approve(address spender, uint256 amount) external returns (bool);
+        function balanceOf(address who) external view returns (uint256);
+    }
+}
+
+/// The price of `/weather` in the gateway configurations below.
+pub const PRICE: u64 = 1_000;
+/// The admin token of those configurations.
+pub const ADMIN: &str = "test-admin-token-0123456789";
+
+/// Anvil with `PaymentChannel` and the test stablecoin deployed; anvil account 0 is the
+/// provider.
+#[derive(Debug)]
+pub struct Env {
+    /// The chain.
+    pub anvil: AnvilInstance,
+    /// The provider's key (anvil account 0).
+    pub provider_key: PrivateKeySigner,
+    /// A provider signing as the provider.
+    pub node_chain: DynProvider,
+    /// The `PaymentChannel` contract.
+    pub contract: Address,
+    /// The test stablecoin.
+    pub usd: Address,
+}
+
+impl Env {
+    /// Starts anvil and deploys.
+    pub async fn new() -> Self {
+        let anvil = anvil();
+        let provider_key = account(&anvil, 0);
+        let node_chain = provider(&anvil, provider_key.clone());
+        let contract = deploy_channel(&node_chain).await.expect("deploys channel");
+        let usd = deploy_stablecoin(&node_chain).await.expect("deploys token");
+        Self { anvil, provider_key, node_chain, contract, usd }
+    }
+
+    /// The voucher domain.
+    pub fn domain(&self) -> ChannelDomain {
+        ChannelDomain::new(self.anvil.chain_id(), self.contract)
+    }
+
+    /// The token balance of `who`.
+    pub async fn balance(&self, who: Address) -> U256 {
+        ITestStablecoin::new(self.usd, &self.node_chain).balanceOf(who).call().await.expect("balanceOf")
+    }
+
+    /// The on-chain state of a channel.
+    pub async fn channel(&self, id: B256) -> IPaymentChannel::Channel {
+        IPaymentChannel::new(self.contract, &self.node_chain).getChannel(id).call().await.expect("getChannel")
+    }
+
+    /// A payer with `funds` of the stablecoin, approved for the contract.
+    pub async fn payer(&self, key: PrivateKeySigner, funds: u64) -> Payer {
+        let chain = provider(&self.anvil, key.clone());
+        let token = ITestStablecoin::new(self.usd, &chain);
+        token.mint(key.address(), U256::from(funds)).send().await.unwrap().get_receipt().await.unwrap();
+        token.approve(self.contract, U256::MAX).send().await.unwrap().get_receipt().await.unwrap();
+        Payer { key, chain, contract: self.contract, usd: self.usd, domain: self.domain() }
+    }
+
+    /// A funded payer from a fresh key (given ETH for gas by anvil account 1).
+    pub async fn fresh_payer(&self, funds: u64) -> Payer {
+        use alloy::{network::TransactionBuilder, providers::Provider, rpc::types::TransactionRequest};
+        let key = PrivateKeySigner::random();
+        let bank = provider(&self.anvil, account(&self.anvil, 1));
+        let tx = TransactionRequest::default().with_to(key.address()).with_value(U256::from(10u128.pow(18)));
+        bank.send_transaction(tx).await.unwrap().get_receipt().await.unwrap();
+        self.payer(key, funds).await
+    }
+
+    /// A gateway configuration charging `PRICE` in the stablecoin on `/weather`, following the
+    /// chain with no confirmation depth, polling every 100 ms, not settling.
+    pub fn gateway_config(&self, upstream: SocketAddr, data: &Path) -> Config {
+        gateway_config(&self.anvil, self.contract, self.usd, self.provider_key.address(), upstream, data)
+    }
+
+    /// Gives `config` the provider's key (in a file under `dir`) and turns settlement on.
+    pub fn with_provider_key(&self, mut config: Config, dir: &Path) -> Config {
+        let path = dir.join("provider.key");
+        std::fs::write(&path, alloy::hex::encode(self.provider_key.to_bytes())).expect("writes key");
+        config.provider.key_file = Some(path);
+        config.settlement.enabled = true;
+        config
+    }
+}
+
+/// A payer: its key, a provider signing as it, and helpers.
+#[derive(Debug)]
+pub struct Payer {
+    /// Its key (signs vouchers too).
+    pub key: PrivateKeySigner,
+    /// A provider signing as the payer.
+    pub chain: DynProvider,
+    contract: Address,
+    usd: Address,
+    domain: ChannelDomain,
+}
+
+impl Payer {
+    /// The payer's address.
+    pub fn address(&self) -> Address {
+        self.key.address()
+    }
+
+    /// The contract, as the payer.
+    pub fn channels(&self) -> IPaymentChannel::IPaymentChannelInstance<&DynProvider> {
+        IPaymentChannel::new(self.contract, &self.chain)
+    }
+
+    /// Opens a stablecoin channel to `payee` with a challenge period of one day.
+    pub async fn open(&self, payee: Address, deposit: u64, salt: u8) -> B256 {
+        let params = IPaymentChannel::OpenParams {
+            payee,
+            token: self.usd,
+            signer: Address::ZERO,
+            challengePeriod: 86_400,
+            deposit: U256::from(deposit),
+            salt: B256::repeat_byte(salt),
+        };
+        let channels = self.channels();
+        let id = channels.computeChannelId(self.address(), params.clone()).call().await.unwrap();
+        let receipt = channels.open(params).send().await.unwrap().get_receipt().await.unwrap();
+        assert!(receipt.status(), "channel opened");
+        id
+    }
+
+    /// Signs a voucher.
+    pub fn sign(&self, id: B256, nonce: u64, amount: u64) -> SignedVoucher {
+        self.domain
+            .sign(&self.key, Voucher { channelId: id, nonce, cumulativeAmount: U256::from(amount) })
+            .expect("signs")
+    }
+}
+
+/// The gateway, run in-process.
+#[derive(Debug)]
+pub struct Gateway {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<eyre::Result<()>>,
+    /// Its base URL.
+    pub url: String,
+}
+
+impl Gateway {
+    /// Starts the gateway and waits until it answers.
+    pub async fn start(config: Config) -> Self {
+        let url = format!("http://{}", config.listen);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(x402_node::gateway::run(config, async move {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if client.get(format!("{url}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
+                return Self { stop: Some(stop), task, url };
+            }
+            if task.is_finished() {
+                panic!("gateway exited: {:?}", task.await);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gateway did not start within 10 s");
+    }
+
+    /// Stops the gateway and waits until its store is closed.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.expect("joins").expect("gateway ran cleanly");
+    }
+
+    /// The payment terms of `/weather`.
+    pub async fn terms(&self, client: &reqwest::Client) -> PaymentRequirements {
+        let resp = client.get(format!("{}/weather", self.url)).send().await.expect("request");
+        required(&resp).accepts.remove(0)
+    }
+
+    /// `GET /weather` paid with `voucher`.
+    pub async fn pay(
+        &self,
+        client: &reqwest::Client,
+        terms: &PaymentRequirements,
+        voucher: &SignedVoucher,
+    ) -> reqwest::Response {
+        let header = wire::encode_header(&PaymentPayload::new(terms, voucher));
+        paid(client, &format!("{}/weather", self.url), header).await
+    }
+}
+
+/// A gateway configuration for `contract` on `anvil`, charging `PRICE` in `asset` on
+/// `/weather` for `payee`, following the chain with no confirmation depth, polling every
+/// 100 ms, not settling.
+pub fn gateway_config(
+    anvil: &AnvilInstance,
+    contract: Address,
+    asset: Address,
+    payee: Address,
+    upstream: SocketAddr,
+    data: &Path,
+) -> Config {
+    let mut config = Config {
+        listen: free_port(),
+        upstream: format!("http://{upstream}"),
+        data_dir: data.into(),
+        ..Config::default()
+    };
+    config.admin_token = Some(ADMIN.into());
+    config.chain.rpc_url = anvil.endpoint();
+    config.chain.contract = Some(contract);
+    config.chain.confirmations = 0;
+    config.chain.poll_interval_ms = 100;
+    config.payment.asset = asset;
+    config.provider.address = Some(payee);
+    config.provider.key_env = "X402_E2E_UNSET".into();
+    config.settlement.enabled = false;
+    config.routes.push(RouteConfig {
+        path: "/weather".into(),
+        price: U256::from(PRICE),
+        pricing: Default::default(),
+        description: Some("Current weather".into()),
+        mime_type: Some("application/json".into()),
+    });
+    config
+}
+
+/// A free loopback address.
+pub fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    l.local_addr().expect("addr")
+}
+
+/// `GET url` with a `PAYMENT-SIGNATURE` header.
+pub async fn paid(client: &reqwest::Client, url: &str, header: String) -> reqwest::Response {
+    client.get(url).header(wire::PAYMENT_SIGNATURE, header).send().await.expect("request")
+}
+
+/// The `PAYMENT-REQUIRED` header of a 402.
+pub fn required(resp: &reqwest::Response) -> PaymentRequired {
+    wire::decode_header(resp.headers()[wire::PAYMENT_REQUIRED].as_bytes()).expect("PAYMENT-REQUIRED")
+}
+
+/// Polls `check` every 50 ms until it holds, for at most `secs` seconds.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {secs} s waiting for: {what}");
+}
