@@ -220,6 +220,12 @@ impl ChannelRecord {
         if self.status == ChannelStatus::Closed || (chain == self.chain && self.close.is_none()) {
             return false;
         }
+        if !chain.open {
+            // The contract zeroes a closed channel's fields: keep the facts the node knew.
+            self.chain.open = false;
+            self.status = ChannelStatus::Closed;
+            return true;
+        }
         let mut status = Self::status_of(&chain);
         if status == ChannelStatus::Open && self.close.is_some() {
             status = ChannelStatus::Closing;
@@ -360,12 +366,64 @@ pub(crate) mod tests {
         assert_eq!(rec.status, ChannelStatus::Open);
         assert_eq!((rec.nonce(), rec.charged()), (1, U256::from(100)));
         assert!(rec.admit(&voucher(2, 1500), U256::from(100)).is_ok());
-        // A close is final, whatever is read later.
-        let mut closed = onchain(2000);
-        closed.open = false;
-        rec.sync_chain(closed);
-        rec.sync_chain(onchain(2000));
+        // A close is final, whatever is read later, and the tombstone keeps the channel's
+        // facts although the contract zeroes them.
+        let closed = OnchainChannel { payee: Address::ZERO, deposit: U256::ZERO, open: false, ..onchain(0) };
+        assert!(rec.sync_chain(closed));
+        assert!(!rec.sync_chain(onchain(2000)));
         assert_eq!(rec.status, ChannelStatus::Closed);
+        assert_eq!((rec.chain.payee, rec.chain.deposit), (Address::repeat_byte(2), U256::from(2000)));
+    }
+
+    #[test]
+    fn confirmed_view_is_conservative() {
+        let confirmed = onchain(1000);
+        // A top-up not yet confirmed does not count; an exit counts at once.
+        let mut latest = onchain(1500);
+        latest.exit_at = 77;
+        latest.nonce = 3;
+        latest.paid = U256::from(40);
+        let view = OnchainChannel::confirmed_view(confirmed.clone(), &latest);
+        assert_eq!(
+            (view.deposit, view.exit_at, view.nonce, view.paid),
+            (U256::from(1000), 77, 3, U256::from(40))
+        );
+        // A reorg that removed a confirmed top-up: the smaller deposit wins.
+        let view = OnchainChannel::confirmed_view(onchain(1500), &onchain(1000));
+        assert_eq!(view.deposit, U256::from(1000));
+        // A confirmed exit that a newer, unconfirmed top-up cancelled still counts.
+        let mut exiting = onchain(1000);
+        exiting.exit_at = 9;
+        assert_eq!(OnchainChannel::confirmed_view(exiting, &onchain(2000)).exit_at, 9);
+        // Closed in an unconfirmed block: no more vouchers, but not tombstoned yet.
+        let mut closed = onchain(0);
+        closed.open = false;
+        let view = OnchainChannel::confirmed_view(confirmed, &closed);
+        assert!(view.open && view.pending_close);
+        assert_eq!(ChannelRecord::new(B256::ZERO, view).status, ChannelStatus::Closing);
+    }
+
+    #[test]
+    fn a_requested_close_holds_whatever_the_chain_says() {
+        let mut rec = ChannelRecord::new(B256::ZERO, onchain(1000));
+        rec.apply(&voucher(1, 100), Bytes::new(), U256::from(60));
+        rec.request_close(5);
+        assert_eq!(rec.status, ChannelStatus::Closing);
+        assert_eq!(rec.final_amount(), U256::from(60));
+        // A top-up (which would reopen an exiting channel) does not reopen it.
+        rec.sync_chain(onchain(3000));
+        assert_eq!(rec.status, ChannelStatus::Closing);
+        assert_eq!(rec.admit(&voucher(2, 200), U256::from(10)).unwrap_err().code, ErrorCode::ChannelClosing);
+        // Asking again keeps the first request time.
+        rec.request_close(9);
+        assert_eq!(rec.close.map(|c| c.requested_at), Some(5));
+        // The latest voucher is claimable until the chain has used it.
+        assert_eq!(rec.claimable().map(|v| v.nonce), Some(1));
+        let mut settled = onchain(3000);
+        settled.nonce = 1;
+        settled.paid = U256::from(60);
+        rec.sync_chain(settled);
+        assert!(rec.claimable().is_none());
     }
 
     #[test]

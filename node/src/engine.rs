@@ -513,6 +513,11 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         let mut guard = slot.lock_owned().await;
         self.load(id, &mut guard).await?;
         let record = guard.record.as_ref().ok_or_else(|| Refusal::unknown(id))?;
+        if record.status == ChannelStatus::Closed {
+            return Err(
+                Refusal::new(ErrorCode::ChannelClosed, "the channel is closed").with_state(record.state())
+            );
+        }
         self.check_terms(record)?;
 
         // Top-ups, exits and closes reach the record through the event follower.

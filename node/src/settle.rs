@@ -266,6 +266,8 @@ pub struct BatchReport {
     pub fee: u128,
     /// Whether it was found in flight from an earlier round (e.g. before a crash).
     pub recovered: bool,
+    /// How many times it was replaced with higher fees before one version was mined.
+    pub replacements: usize,
 }
 
 /// What a round did.
@@ -516,15 +518,20 @@ impl<S: KvStore> Settler<S> {
             info!(target: "node::settle", nonce = record.nonce, txs = record.txs.len(), "resolving a settlement left in flight");
         }
         loop {
-            for tx in record.txs.iter().rev() {
-                if let Some(receipt) = provider.get_transaction_receipt(tx.hash).await.map_err(rpc)? {
-                    return self.finish(record, &receipt, recovered).await;
-                }
+            if let Some(receipt) = self.receipt(&record).await? {
+                return self.finish(record, &receipt, recovered).await;
             }
             let mined_nonce = provider.get_transaction_count(self.address).latest().await.map_err(rpc)?;
             if mined_nonce > record.nonce {
-                // The nonce was used, but by none of our versions (receipts are looked up by
-                // every hash above): another transaction from this key replaced the batch.
+                // The nonce was used. The block may have landed between the receipt lookup and
+                // the nonce read, so look again before concluding that another transaction
+                // from this key replaced the batch.
+                for _ in 0..5 {
+                    if let Some(receipt) = self.receipt(&record).await? {
+                        return self.finish(record, &receipt, recovered).await;
+                    }
+                    tokio::time::sleep(self.policy.receipt_poll).await;
+                }
                 warn!(target: "node::settle", nonce = record.nonce, "settlement nonce used by another transaction; the batch will be planned again");
                 return self.finish_replaced(record, recovered).await;
             }
@@ -552,6 +559,16 @@ impl<S: KvStore> Settler<S> {
             }
             tokio::time::sleep(self.policy.receipt_poll).await;
         }
+    }
+
+    /// The receipt of whichever version of the transaction was mined, if any.
+    async fn receipt(&self, record: &InFlight) -> Result<Option<TransactionReceipt>, SettleError> {
+        for tx in record.txs.iter().rev() {
+            if let Some(receipt) = self.provider().get_transaction_receipt(tx.hash).await.map_err(rpc)? {
+                return Ok(Some(receipt));
+            }
+        }
+        Ok(None)
     }
 
     async fn finish(
@@ -607,6 +624,7 @@ impl<S: KvStore> Settler<S> {
             gas_used: receipt.gas_used,
             fee: u128::from(receipt.gas_used) * receipt.effective_gas_price,
             recovered,
+            replacements: record.txs.len() - 1,
         };
         info!(target: "node::settle", kind = record.kind.as_str(), tx = %report.tx, success, applied = report.applied.len(), skipped = report.skipped.len(), gas_used = report.gas_used, recovered, "settlement mined");
         Ok(report)
@@ -625,6 +643,7 @@ impl<S: KvStore> Settler<S> {
             gas_used: 0,
             fee: 0,
             recovered,
+            replacements: record.txs.len().saturating_sub(1),
         })
     }
 }

@@ -1,3 +1,4 @@
 //! End-to-end tests on anvil, compiled as one binary.
 
 mod gateway;
+mod settlement;

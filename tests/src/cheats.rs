@@ -48,3 +48,9 @@ pub async fn drop_transaction(provider: &impl Provider, hash: B256) -> eyre::Res
     let _: serde_json::Value = provider.raw_request("anvil_dropTransaction".into(), (hash,)).await?;
     Ok(())
 }
+
+/// Removes every pending transaction from the mempool.
+pub async fn drop_all_transactions(provider: &impl Provider) -> eyre::Result<()> {
+    let _: serde_json::Value = provider.raw_request("anvil_dropAllTransactions".into(), ()).await?;
+    Ok(())
+}

@@ -282,3 +282,30 @@ where
     }
     panic!("timed out after {secs} s waiting for: {what}");
 }
+
+impl Gateway {
+    /// A counter or gauge from `/metrics` (0 if absent).
+    pub async fn metric(&self, client: &reqwest::Client, name: &str) -> f64 {
+        let text = client
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until the event follower has processed block `block` as confirmed.
+    pub async fn followed(&self, client: &reqwest::Client, block: u64) {
+        eventually(20, "the follower to reach the block", || async {
+            self.metric(client, "x402_follower_block").await >= block as f64
+        })
+        .await;
+    }
+}

@@ -1,0 +1,396 @@
+//! Settlement and chain following on anvil: many clients batch-settled and closed to the exact
+//! unit, top-ups spendable only once confirmed, a reorg that removes a top-up, cooperative
+//! close by a provider-signed authorisation, and a node killed in the middle of a settlement
+//! round.
+
+use std::{sync::Arc, time::Duration};
+
+use alloy::{
+    primitives::{B256, U256},
+    providers::Provider,
+};
+use reqwest::StatusCode;
+use x402_e2e::{
+    account, cheats,
+    harness::{ADMIN, Env, Gateway, PRICE, eventually, required},
+    upstream,
+};
+use x402_node::{
+    Engine, Terms,
+    chain::RpcChain,
+    metrics::Metrics,
+    settle::{CrashPoint, SettleError, SettlementPolicy, Settler},
+};
+use x402_protocol::{
+    bindings::IPaymentChannel,
+    close::{CLOSE_PATH, CloseRequestBody, CloseResponse},
+    wire::ErrorCode,
+};
+use x402_store::SledStore;
+
+const DEPOSIT: u64 = 100 * PRICE;
+const FUNDS: u64 = 1_000 * PRICE;
+
+fn in_ten_minutes() -> u64 {
+    x402_node::unix_now() + 600
+}
+
+async fn close_request(client: &reqwest::Client, gw: &Gateway, body: &CloseRequestBody) -> reqwest::Response {
+    client.post(format!("{}{CLOSE_PATH}", gw.url)).json(body).send().await.expect("request")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_are_batch_settled_and_closed_to_the_unit() {
+    let env = Env::new().await;
+    let api = upstream().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = env.with_provider_key(env.gateway_config(api, data.path()), data.path());
+    // Rounds run on demand here, and when a client asks for a close.
+    config.settlement.interval_secs = 3600;
+    let gw = Gateway::start(config).await;
+    let client = reqwest::Client::new();
+    let terms = gw.terms(&client).await;
+    let provider = env.provider_key.address();
+    let provider_before = env.balance(provider).await;
+
+    // Six clients, each with its own channel and a different number of paid requests.
+    let mut clients = Vec::new();
+    for i in 0..6u64 {
+        let payer = env.payer(account(&env.anvil, 2 + i as usize), FUNDS).await;
+        let id = payer.open(provider, DEPOSIT, i as u8 + 1).await;
+        let requests = 3 + 2 * i;
+        for n in 1..=requests {
+            let resp = gw.pay(&client, &terms, &payer.sign(id, n, n * PRICE)).await;
+            assert_eq!(resp.status(), StatusCode::OK, "client {i} request {n}");
+        }
+        clients.push((payer, id, requests));
+    }
+    let charged = |requests: u64| requests * PRICE;
+    let total: u64 = clients.iter().map(|c| charged(c.2)).sum();
+
+    // One forced round settles every channel in one settleMany.
+    let settle = |force: bool| {
+        let client = client.clone();
+        let url = format!("{}/admin/settle?force={force}", gw.url);
+        async move {
+            let resp = client.post(url).bearer_auth(ADMIN).send().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            resp.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    assert_eq!(
+        client.post(format!("{}/admin/settle", gw.url)).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let report = settle(true).await;
+    let batches = report["batches"].as_array().unwrap();
+    assert_eq!(batches.len(), 1, "{report}");
+    assert_eq!(batches[0]["kind"], "settle");
+    assert_eq!(batches[0]["applied"].as_array().unwrap().len(), 6, "{report}");
+    assert_eq!(env.balance(provider).await - provider_before, U256::from(total));
+    for (_, id, requests) in &clients {
+        let ch = env.channel(*id).await;
+        assert_eq!((ch.nonce, U256::from(ch.paid)), (*requests, U256::from(charged(*requests))));
+    }
+    // Nothing is claimed twice.
+    let again = settle(true).await;
+    assert!(again["batches"].as_array().unwrap().is_empty(), "{again}");
+
+    // Two more requests each, then every client asks for a cooperative close.
+    let mut total = total;
+    let mut finals = Vec::new();
+    for (payer, id, requests) in &clients {
+        for n in requests + 1..=requests + 2 {
+            let resp = gw.pay(&client, &terms, &payer.sign(*id, n, n * PRICE)).await;
+            assert_eq!(resp.status(), StatusCode::OK);
+        }
+        total += 2 * PRICE;
+        finals.push(charged(requests + 2));
+    }
+    for ((payer, id, requests), final_amount) in clients.iter().zip(&finals) {
+        let body = CloseRequestBody::sign(&env.domain(), &payer.key, *id, in_ten_minutes()).unwrap();
+        let resp = close_request(&client, &gw, &body).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let answer: CloseResponse = resp.json().await.unwrap();
+        assert_eq!(answer.final_amount, U256::from(*final_amount));
+        assert_eq!(answer.refund, U256::from(DEPOSIT - final_amount));
+        assert!(answer.queued && answer.authorization.is_some());
+        // No more vouchers once a close was requested.
+        let late = gw.pay(&client, &terms, &payer.sign(*id, requests + 3, final_amount + PRICE)).await;
+        assert_eq!(required(&late).error, Some(ErrorCode::ChannelClosing));
+    }
+
+    // The settler closes them all (woken by the requests); every balance is exact.
+    for (_, id, _) in &clients {
+        eventually(30, "the channel to be closed on-chain", || async {
+            env.channel(*id).await.status == IPaymentChannel::Status::Closed
+        })
+        .await;
+    }
+    assert_eq!(env.balance(provider).await - provider_before, U256::from(total));
+    for ((payer, _, _), final_amount) in clients.iter().zip(&finals) {
+        assert_eq!(env.balance(payer.address()).await, U256::from(FUNDS - final_amount));
+    }
+    // The settler records the closes once it has seen the receipt.
+    eventually(10, "12 settlements in the metrics", || async {
+        gw.metric(&client, "x402_channels_settled_total").await == 12.0
+    })
+    .await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_up_is_spendable_only_once_confirmed_and_close_by_authorization() {
+    let env = Env::new().await;
+    let api = upstream().await;
+    let data = tempfile::tempdir().unwrap();
+    // The provider's key signs close authorisations, but this node does not settle.
+    let mut config = env.with_provider_key(env.gateway_config(api, data.path()), data.path());
+    config.settlement.enabled = false;
+    config.chain.confirmations = 2;
+    let gw = Gateway::start(config).await;
+    let client = reqwest::Client::new();
+    let terms = gw.terms(&client).await;
+    let chain = &env.node_chain;
+    let payer = env.fresh_payer(FUNDS).await;
+    let id = payer.open(env.provider_key.address(), DEPOSIT, 1).await;
+
+    // Not spendable before the open is two blocks deep.
+    let resp = gw.pay(&client, &terms, &payer.sign(id, 1, DEPOSIT)).await;
+    assert_eq!(required(&resp).error, Some(ErrorCode::ChannelUnknown));
+    cheats::mine(chain, 2).await.unwrap();
+    eventually(10, "the open to be confirmed", || async {
+        gw.pay(&client, &terms, &payer.sign(id, 1, DEPOSIT)).await.status() == StatusCode::OK
+    })
+    .await;
+    let over = payer.sign(id, 2, DEPOSIT + PRICE);
+    assert_eq!(required(&gw.pay(&client, &terms, &over).await).error, Some(ErrorCode::InsufficientDeposit));
+
+    // A top-up: refused while it has fewer than two confirmations.
+    payer.channels().topUp(id, U256::from(10 * PRICE)).send().await.unwrap().get_receipt().await.unwrap();
+    let head = chain.get_block_number().await.unwrap();
+    gw.followed(&client, head - 2).await;
+    assert_eq!(required(&gw.pay(&client, &terms, &over).await).error, Some(ErrorCode::InsufficientDeposit));
+    cheats::mine(chain, 1).await.unwrap();
+    gw.followed(&client, head - 1).await;
+    assert_eq!(required(&gw.pay(&client, &terms, &over).await).error, Some(ErrorCode::InsufficientDeposit));
+    cheats::mine(chain, 1).await.unwrap();
+    gw.followed(&client, head).await;
+    assert_eq!(gw.pay(&client, &terms, &over).await.status(), StatusCode::OK);
+
+    // Bad close requests.
+    let stranger = alloy::signers::local::PrivateKeySigner::random();
+    let forged = CloseRequestBody::sign(&env.domain(), &stranger, id, in_ten_minutes()).unwrap();
+    let expired = CloseRequestBody::sign(&env.domain(), &payer.key, id, 1).unwrap();
+    let unknown =
+        CloseRequestBody::sign(&env.domain(), &payer.key, B256::repeat_byte(9), in_ten_minutes()).unwrap();
+    for (name, body, status, code) in [
+        ("forged", &forged, StatusCode::FORBIDDEN, "invalid_signature"),
+        ("expired", &expired, StatusCode::BAD_REQUEST, "invalid_payload"),
+        ("unknown", &unknown, StatusCode::NOT_FOUND, "channel_unknown"),
+    ] {
+        let resp = close_request(&client, &gw, body).await;
+        assert_eq!(resp.status(), status, "{name}");
+        assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["error"], code, "{name}");
+    }
+    let malformed =
+        client.post(format!("{}{CLOSE_PATH}", gw.url)).body("{\"channelId\": 1}").send().await.unwrap();
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+
+    // A cooperative close: the node signs an authorisation at what it charged, and the client
+    // submits it itself, getting the rest back at once.
+    let body = CloseRequestBody::sign(&env.domain(), &payer.key, id, in_ten_minutes()).unwrap();
+    let answer: CloseResponse = close_request(&client, &gw, &body).await.json().await.unwrap();
+    assert!(!answer.queued, "this node does not settle");
+    assert_eq!(answer.final_amount, U256::from(2 * PRICE));
+    let auth = answer.authorization.expect("the node holds the provider key");
+    let next = payer.sign(id, 3, 3 * PRICE);
+    assert_eq!(required(&gw.pay(&client, &terms, &next).await).error, Some(ErrorCode::ChannelClosing));
+    let provider_before = env.balance(env.provider_key.address()).await;
+    let receipt = payer
+        .channels()
+        .closeWithAuthorization(id, auth.final_amount, U256::from(auth.deadline), auth.signature)
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(receipt.status());
+    assert_eq!(env.balance(env.provider_key.address()).await - provider_before, U256::from(2 * PRICE));
+    assert_eq!(env.balance(payer.address()).await, U256::from(FUNDS - 2 * PRICE));
+    cheats::mine(chain, 2).await.unwrap();
+    eventually(10, "the close to reach the node", || async {
+        required(&gw.pay(&client, &terms, &next).await).error == Some(ErrorCode::ChannelClosed)
+    })
+    .await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reorg_that_removes_a_top_up_shrinks_the_spendable_deposit() {
+    let env = Env::new().await;
+    let api = upstream().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = env.gateway_config(api, data.path());
+    config.chain.confirmations = 1;
+    let gw = Gateway::start(config).await;
+    let client = reqwest::Client::new();
+    let terms = gw.terms(&client).await;
+    let chain = &env.node_chain;
+    let payer = env.fresh_payer(FUNDS).await;
+    let id = payer.open(env.provider_key.address(), DEPOSIT, 1).await;
+    cheats::mine(chain, 1).await.unwrap();
+    eventually(10, "the open to be confirmed", || async {
+        gw.pay(&client, &terms, &payer.sign(id, 1, DEPOSIT)).await.status() == StatusCode::OK
+    })
+    .await;
+
+    let fork = cheats::snapshot(chain).await.unwrap();
+    payer.channels().topUp(id, U256::from(10 * PRICE)).send().await.unwrap().get_receipt().await.unwrap();
+    cheats::mine(chain, 2).await.unwrap();
+    let head = chain.get_block_number().await.unwrap();
+    gw.followed(&client, head - 1).await;
+    assert_eq!(gw.pay(&client, &terms, &payer.sign(id, 2, DEPOSIT + PRICE)).await.status(), StatusCode::OK);
+
+    // The blocks with the top-up are disconnected; the new chain grows past the old head.
+    cheats::revert(chain, &fork).await.unwrap();
+    cheats::mine(chain, 5).await.unwrap();
+    assert_eq!(env.channel(id).await.deposit, DEPOSIT as u128);
+    eventually(10, "the reorg to be detected", || async {
+        gw.metric(&client, "x402_reorgs_total").await >= 1.0
+    })
+    .await;
+    let resp = gw.pay(&client, &terms, &payer.sign(id, 3, DEPOSIT + 2 * PRICE)).await;
+    let refusal = required(&resp);
+    assert_eq!(refusal.error, Some(ErrorCode::InsufficientDeposit));
+    assert_eq!(refusal.accepts[0].extra.channel.as_ref().unwrap().deposit, U256::from(DEPOSIT));
+    gw.stop().await;
+}
+
+/// Builds the node's engine and settler over the data directory, as a restarted node would.
+fn node(env: &Env, data: &std::path::Path, policy: SettlementPolicy) -> Settler<SledStore> {
+    let store = Arc::new(SledStore::open(data).expect("opens the store"));
+    let terms = Terms {
+        chain_id: env.anvil.chain_id(),
+        contract: env.contract,
+        payee: env.provider_key.address(),
+        asset: env.usd,
+        min_challenge_period: 3600,
+        min_deposit: U256::ZERO,
+        max_timeout_seconds: 30,
+    };
+    let chain = RpcChain::new(x402_e2e::provider(&env.anvil, env.provider_key.clone()), env.contract);
+    let engine = Engine::new(terms, store, chain, Metrics::new());
+    Settler::new(engine, env.provider_key.clone(), policy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_during_settlement_neither_loses_nor_doubles() {
+    let env = Env::new().await;
+    let api = upstream().await;
+    let data = tempfile::tempdir().unwrap();
+    let config = env.gateway_config(api, data.path());
+    let client = reqwest::Client::new();
+    let chain = &env.node_chain;
+    let provider = env.provider_key.address();
+    let provider_before = env.balance(provider).await;
+    let a = env.payer(account(&env.anvil, 2), FUNDS).await;
+    let b = env.payer(account(&env.anvil, 3), FUNDS).await;
+    let ida = a.open(provider, DEPOSIT, 1).await;
+    let idb = b.open(provider, DEPOSIT, 2).await;
+    let mut nonce = 0;
+    let mut pay_round = |requests: u64| {
+        let config = config.clone();
+        let client = client.clone();
+        let (a, b) = (&a, &b);
+        let first = nonce + 1;
+        nonce += requests;
+        async move {
+            let gw = Gateway::start(config).await;
+            let terms = gw.terms(&client).await;
+            for n in first..first + requests {
+                for (payer, id) in [(a, ida), (b, idb)] {
+                    assert_eq!(
+                        gw.pay(&client, &terms, &payer.sign(id, n, n * PRICE)).await.status(),
+                        StatusCode::OK
+                    );
+                }
+            }
+            gw.stop().await;
+        }
+    };
+    let policy = SettlementPolicy {
+        resend_after: Duration::from_secs(2),
+        receipt_poll: Duration::from_millis(100),
+        ..SettlementPolicy::default()
+    };
+    let paid_onchain = || async { env.balance(provider).await - provider_before };
+
+    // 1. Killed after the transaction was stored, before it was broadcast.
+    pay_round(3).await;
+    let settler = node(&env, data.path(), policy.clone()).crash_at(Some(CrashPoint::BeforeBroadcast));
+    assert!(matches!(settler.round(true).await, Err(SettleError::InjectedCrash(_))));
+    drop(settler);
+    assert_eq!(paid_onchain().await, U256::ZERO, "nothing was sent");
+    // The restarted node sends the stored transaction, even though the policy (no threshold,
+    // a day's age) would not settle these channels now.
+    let report = node(&env, data.path(), policy.clone()).round(false).await.unwrap();
+    assert_eq!(report.batches.len(), 1);
+    assert!(report.batches[0].recovered && report.batches[0].success);
+    assert_eq!(report.batches[0].applied.len(), 2);
+    assert_eq!(paid_onchain().await, U256::from(2 * 3 * PRICE));
+
+    // 2. Killed after broadcasting; the transaction is then dropped from the mempool while the
+    // node is down. The restarted node broadcasts it again.
+    pay_round(2).await;
+    cheats::set_automine(chain, false).await.unwrap();
+    let settler = node(&env, data.path(), policy.clone()).crash_at(Some(CrashPoint::AfterBroadcast));
+    assert!(matches!(settler.round(true).await, Err(SettleError::InjectedCrash(_))));
+    drop(settler);
+    cheats::drop_all_transactions(chain).await.unwrap();
+    let report = settle_while_mining(node(&env, data.path(), policy.clone()), chain, Duration::ZERO).await;
+    assert!(report.batches[0].recovered && report.batches[0].success);
+    assert_eq!(report.batches[0].replacements, 0);
+    assert_eq!(paid_onchain().await, U256::from(2 * 5 * PRICE));
+
+    // 3. Killed after broadcasting; the transaction stays pending longer than `resend_after`,
+    // so the restarted node replaces it with higher fees. Only one of them can be mined.
+    pay_round(2).await;
+    let settler = node(&env, data.path(), policy.clone()).crash_at(Some(CrashPoint::AfterBroadcast));
+    assert!(matches!(settler.round(true).await, Err(SettleError::InjectedCrash(_))));
+    drop(settler);
+    let report =
+        settle_while_mining(node(&env, data.path(), policy.clone()), chain, Duration::from_secs(4)).await;
+    assert!(report.batches[0].recovered && report.batches[0].success);
+    assert!(report.batches[0].replacements >= 1, "{report:?}");
+    cheats::set_automine(chain, true).await.unwrap();
+    assert_eq!(paid_onchain().await, U256::from(2 * 7 * PRICE));
+
+    // Nothing is left to claim, and nothing is claimed twice.
+    let report = node(&env, data.path(), policy).round(true).await.unwrap();
+    assert!(report.batches.is_empty(), "{report:?}");
+    for id in [ida, idb] {
+        let ch = env.channel(id).await;
+        assert_eq!((ch.nonce, ch.paid), (7, 7 * PRICE as u128));
+    }
+}
+
+/// Runs a round while a block is mined every 300 ms, starting after `quiet`.
+async fn settle_while_mining(
+    settler: Settler<SledStore>,
+    chain: &alloy::providers::DynProvider,
+    quiet: Duration,
+) -> x402_node::settle::RoundReport {
+    let miner = async {
+        tokio::time::sleep(quiet).await;
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            cheats::mine(chain, 1).await.unwrap();
+        }
+    };
+    tokio::select! {
+        report = settler.round(false) => report.unwrap(),
+        () = miner => unreachable!("the miner never stops"),
+    }
+}
