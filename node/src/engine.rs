@@ -529,10 +529,10 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
 
     /// Loads a stored channel into the slot, if the store has it.
     fn load_stored(&self, id: B256, slot: &mut Slot) -> Result<(), Refusal> {
-        if slot.record.is_none() {
-            if let Some(bytes) = self.inner.store.get(CHANNELS, id.as_slice()).map_err(Refusal::storage)? {
-                slot.record = Some(decode_record(&bytes)?);
-            }
+        if slot.record.is_none()
+            && let Some(bytes) = self.inner.store.get(CHANNELS, id.as_slice()).map_err(Refusal::storage)?
+        {
+            slot.record = Some(decode_record(&bytes)?);
         }
         Ok(())
     }

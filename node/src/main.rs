@@ -160,9 +160,9 @@ fn render_report(report: &x402_node::settle::RoundReport) -> String {
         out.push_str("nothing to settle");
     }
     for b in &report.batches {
-        let _ = write!(
+        let _ = writeln!(
             out,
-            "{:?} tx {}: {} channel(s){}, {} skipped, gas {}{}\n",
+            "{:?} tx {}: {} channel(s){}, {} skipped, gas {}{}",
             b.kind,
             b.tx,
             b.applied.len(),

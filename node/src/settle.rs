@@ -219,7 +219,7 @@ pub fn plan(records: &[ChannelRecord], policy: &SettlementPolicy, now: u64, forc
         }
     }
     close.sort_by_key(|i| (i.reason, if i.exit_at == 0 { u64::MAX } else { i.exit_at }));
-    settle.sort_by(|a, b| (b.claim.claimed).cmp(&a.claim.claimed));
+    settle.sort_by_key(|i| std::cmp::Reverse(i.claim.claimed));
     close.truncate(policy.max_batch);
     settle.truncate(policy.max_batch);
     Plan { close, settle }

@@ -386,11 +386,11 @@ async fn settle_while_mining(
         tokio::time::sleep(quiet).await;
         loop {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            cheats::mine(chain, 1).await.unwrap();
+            cheats::mine(chain, 1).await.expect("mines");
         }
     };
     tokio::select! {
-        report = settler.round(false) => report.unwrap(),
+        report = settler.round(false) => report.expect("the round succeeds"),
         () = miner => unreachable!("the miner never stops"),
     }
 }

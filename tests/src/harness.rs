@@ -80,8 +80,22 @@ impl Env {
     pub async fn payer(&self, key: PrivateKeySigner, funds: u64) -> Payer {
         let chain = provider(&self.anvil, key.clone());
         let token = ITestStablecoin::new(self.usd, &chain);
-        token.mint(key.address(), U256::from(funds)).send().await.unwrap().get_receipt().await.unwrap();
-        token.approve(self.contract, U256::MAX).send().await.unwrap().get_receipt().await.unwrap();
+        token
+            .mint(key.address(), U256::from(funds))
+            .send()
+            .await
+            .expect("anvil call succeeds")
+            .get_receipt()
+            .await
+            .expect("anvil call succeeds");
+        token
+            .approve(self.contract, U256::MAX)
+            .send()
+            .await
+            .expect("anvil call succeeds")
+            .get_receipt()
+            .await
+            .expect("anvil call succeeds");
         Payer { key, chain, contract: self.contract, usd: self.usd, domain: self.domain() }
     }
 
@@ -91,7 +105,12 @@ impl Env {
         let key = PrivateKeySigner::random();
         let bank = provider(&self.anvil, account(&self.anvil, 1));
         let tx = TransactionRequest::default().with_to(key.address()).with_value(U256::from(10u128.pow(18)));
-        bank.send_transaction(tx).await.unwrap().get_receipt().await.unwrap();
+        bank.send_transaction(tx)
+            .await
+            .expect("anvil call succeeds")
+            .get_receipt()
+            .await
+            .expect("anvil call succeeds");
         self.payer(key, funds).await
     }
 
@@ -145,8 +164,19 @@ impl Payer {
             salt: B256::repeat_byte(salt),
         };
         let channels = self.channels();
-        let id = channels.computeChannelId(self.address(), params.clone()).call().await.unwrap();
-        let receipt = channels.open(params).send().await.unwrap().get_receipt().await.unwrap();
+        let id = channels
+            .computeChannelId(self.address(), params.clone())
+            .call()
+            .await
+            .expect("anvil call succeeds");
+        let receipt = channels
+            .open(params)
+            .send()
+            .await
+            .expect("anvil call succeeds")
+            .get_receipt()
+            .await
+            .expect("anvil call succeeds");
         assert!(receipt.status(), "channel opened");
         id
     }

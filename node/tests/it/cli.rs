@@ -42,7 +42,8 @@ fn config_prints_effective_settings_with_overrides() {
     let file = dir.path().join("node.toml");
     std::fs::write(
         &file,
-        "admin_token = \"0123456789abcdef-secret\"\n[[routes]]\npath = \"/a\"\nprice = \"5\"\n",
+        "admin_token = \"0123456789abcdef-secret\"\n[[routes]]\npath = \"/a\"\nprice = \"5\"\n\
+         [[watchers]]\nurl = \"http://w:8403\"\ntoken = \"watcher-token-secret-1234\"\n",
     )
     .expect("writes");
     let out = node()
@@ -67,6 +68,12 @@ fn bad_configuration_fails_with_a_message() {
         (vec!["--config", "/nonexistent/x402.toml"], "cannot read config"),
         // No contract configured.
         (vec!["run"], "chain.contract is required"),
+        (vec!["settle"], "chain.contract is required"),
+        // Settling needs the key.
+        (
+            vec!["--contract", "0x5FbDB2315678afecb367f032d93F642f64180aa3", "settle"],
+            "settling needs the provider's key",
+        ),
     ];
     for (args, expected) in cases {
         let out = node().args(&args).output().expect("runs");
