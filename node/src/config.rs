@@ -468,6 +468,45 @@ mod tests {
     }
 
     #[test]
+    fn settlement_and_watchers() {
+        let c = Config::parse(
+            r#"
+            [chain]
+            contract = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+            confirmations = 6
+            [settlement]
+            threshold = "5000000"
+            max_fee_per_gas = 50000000000
+            max_batch = 20
+            [[watchers]]
+            url = "https://w.example"
+            token = "0123456789abcdef"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let policy = c.settlement.policy();
+        assert_eq!(
+            (policy.threshold, policy.max_fee_per_gas, policy.max_batch),
+            (U256::from(5_000_000), Some(50_000_000_000), 20)
+        );
+        assert_eq!(policy.max_age.as_secs(), 86_400);
+        assert_eq!((c.chain.confirmations, c.watchers[0].every, c.watchers[0].interval_secs), (6, 1, 5));
+
+        let bad = [
+            ("short watcher token", "[[watchers]]\nurl = \"http://w\"\ntoken = \"short\""),
+            ("watcher url", "[[watchers]]\nurl = \"w:1\"\ntoken = \"0123456789abcdef\""),
+            ("zero batch", "[settlement]\nmax_batch = 0"),
+            ("zero poll", "[chain]\npoll_interval_ms = 0"),
+        ];
+        for (name, text) in bad {
+            let mut c = Config::parse(text).unwrap();
+            c.chain.contract = Some(Address::repeat_byte(1));
+            assert!(c.validate().is_err(), "{name}");
+        }
+    }
+
+    #[test]
     fn provider_identity() {
         let p = ProviderConfig { key_env: "X402_TEST_NO_SUCH_VAR".into(), ..Default::default() };
         assert!(p.address().is_err());
