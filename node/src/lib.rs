@@ -17,6 +17,7 @@
 //! - [`middleware`]: the axum/tower layer.
 //! - [`gateway`], [`config`]: the binary's reverse proxy and its TOML configuration.
 //! - [`metrics`]: Prometheus metrics.
+//! - [`watcher`]: the watchtower: takes pushed vouchers and settles them if a payer exits.
 //!
 //! Feature flags:
 //! - `test-utils`: an in-memory [`ChainReader`](chain::ChainReader) and fixtures for tests.
@@ -32,6 +33,7 @@ pub mod middleware;
 pub mod push;
 pub mod settle;
 pub mod verify;
+pub mod watcher;
 
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;

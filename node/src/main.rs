@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 
 use alloy::primitives::Address;
+use alloy::signers::local::PrivateKeySigner;
 use clap::{Parser, Subcommand};
 use eyre::WrapErr;
 use tracing_subscriber::EnvFilter;
-use x402_node::config::Config;
+use x402_node::{config::Config, watcher::WatcherConfig};
 
 /// The x402 Channels provider node: charges for HTTP API requests through payment channels.
 #[derive(Debug, Parser)]
@@ -62,6 +63,10 @@ enum Command {
     Run,
     /// Print the effective configuration (after overrides) as TOML and exit.
     Config,
+    /// Run a watchtower: take vouchers pushed by provider nodes and, if a payer starts an
+    /// exit, settle the best one before the challenge period ends. Uses --listen (default
+    /// 127.0.0.1:8403), --data-dir (default x402-watcher), --rpc-url and --contract.
+    Watch(WatchArgs),
     /// Catch up with the chain and run one settlement round now, then exit. The gateway must
     /// not be running on the same data_dir (use `POST /admin/settle` on a running gateway).
     Settle {
@@ -72,6 +77,63 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Settings of `x402-node watch`.
+#[derive(Debug, clap::Args)]
+struct WatchArgs {
+    /// Bearer token provider nodes must present, at least 16 characters.
+    #[arg(long, env = "X402_WATCHER_TOKEN", hide_env_values = true)]
+    token: String,
+    /// File holding the watcher's hex private key (it pays the gas of settlements) [default:
+    /// the X402_WATCHER_KEY environment variable].
+    #[arg(long, env = "X402_WATCHER_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    /// Seconds between polls of the chain.
+    #[arg(long, default_value_t = 4)]
+    poll_interval_secs: u64,
+    /// Seconds to leave the provider to settle an exit by itself before the watcher does
+    /// (capped at half the challenge period).
+    #[arg(long, default_value_t = 0)]
+    submit_delay_secs: u64,
+}
+
+impl WatchArgs {
+    fn config(
+        self,
+        overrides: &WatchDefaults,
+        config: &Config,
+    ) -> eyre::Result<(WatcherConfig, PrivateKeySigner)> {
+        let raw = match &self.key_file {
+            Some(path) => std::fs::read_to_string(path)
+                .wrap_err_with(|| format!("cannot read the watcher key file {}", path.display()))?,
+            None => std::env::var("X402_WATCHER_KEY")
+                .map_err(|_| eyre::eyre!("the watcher needs a key: set X402_WATCHER_KEY or --key-file"))?,
+        };
+        // Never echo the key material.
+        let key: PrivateKeySigner =
+            raw.trim().parse().map_err(|_| eyre::eyre!("the watcher key is not a valid hex private key"))?;
+        let defaults = WatcherConfig::default();
+        let watcher = WatcherConfig {
+            listen: overrides.listen.unwrap_or(defaults.listen),
+            data_dir: overrides.data_dir.clone().unwrap_or(defaults.data_dir.clone()),
+            rpc_url: config.chain.rpc_url.clone(),
+            chain_id: config.chain.chain_id,
+            contract: config.chain.contract.ok_or_else(|| eyre::eyre!("the watcher needs --contract"))?,
+            token: self.token,
+            poll_interval: std::time::Duration::from_secs(self.poll_interval_secs.max(1)),
+            submit_delay: std::time::Duration::from_secs(self.submit_delay_secs),
+            ..defaults
+        };
+        Ok((watcher, key))
+    }
+}
+
+/// The watcher's own listen address and store, when given.
+#[derive(Debug)]
+struct WatchDefaults {
+    listen: Option<std::net::SocketAddr>,
+    data_dir: Option<PathBuf>,
 }
 
 impl Overrides {
@@ -117,8 +179,14 @@ async fn main() -> eyre::Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    let watch_defaults =
+        WatchDefaults { listen: cli.overrides.listen, data_dir: cli.overrides.data_dir.clone() };
     cli.overrides.apply(&mut config);
     match cli.command.unwrap_or(Command::Run) {
+        Command::Watch(args) => {
+            let (watcher, key) = args.config(&watch_defaults, &config)?;
+            x402_node::watcher::run(watcher, key, shutdown_signal()).await
+        }
         Command::Run => x402_node::gateway::run(config, shutdown_signal()).await,
         Command::Settle { force, json } => {
             let report = x402_node::gateway::settle_once(config, force).await?;

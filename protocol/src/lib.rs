@@ -8,6 +8,7 @@
 //!   interface in `contracts/src/interfaces/`, so the ABI cannot drift.
 //! - [`close`]: the cooperative close request and the provider's close authorisation.
 //! - [`network`]: CAIP-2 network identifiers (`eip155:<chainId>`).
+//! - [`watch`]: the push API of the watcher (watchtower) that guards channels during exits.
 //!
 //! This crate has no feature flags.
 

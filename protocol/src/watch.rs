@@ -6,8 +6,9 @@
 //!
 //! - `POST` [`WATCH_PATH`] with `Authorization: Bearer <token>` and a [`WatchRequest`] body:
 //!   `200` with a [`WatchResponse`] holding one [`WatchResult`] per voucher, in request order,
-//!   once every stored voucher is durable. `400` for a malformed body, `401` without the
-//!   token, `503` if the watcher's storage failed; each with an [`ApiError`] body.
+//!   once every stored voucher is durable. `400` for a malformed body (`413` above 1 MiB),
+//!   `401` without the token, `503` if the watcher's storage failed; each with an
+//!   [`ApiError`] body.
 //! - `GET` [`CHANNELS_PATH`] with the token: `200` with a list of [`WatchedChannel`].
 //!
 //! Amounts are decimal strings of token base units, as in the x402 wire format.
@@ -258,7 +259,7 @@ pub struct ApiError {
 pub enum ApiErrorCode {
     /// The bearer token is missing or wrong (`401`).
     Unauthorized,
-    /// The body is not a valid request (`400`).
+    /// The body is not a valid request (`400`, or `413` when too large).
     InvalidRequest,
     /// The watcher cannot store vouchers durably right now (`503`); retry later.
     Unavailable,

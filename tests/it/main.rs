@@ -2,3 +2,4 @@
 
 mod gateway;
 mod settlement;
+mod watcher;

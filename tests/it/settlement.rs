@@ -394,3 +394,74 @@ async fn settle_while_mining(
         () = miner => unreachable!("the miner never stops"),
     }
 }
+
+/// The provider's node pushes its vouchers to a watcher, then goes down. The payer starts an
+/// exit; the watcher settles the latest voucher within the challenge period; after it the payer
+/// withdraws. The provider holds exactly what was signed, the payer the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exit_while_the_node_is_down_is_defended_by_the_watcher() {
+    use x402_node::{config::WatcherTarget, watcher::WatcherConfig};
+
+    const TOKEN: &str = "watcher-token-0123456789";
+    let env = Env::new().await;
+    let api = upstream().await;
+    let data = tempfile::tempdir().unwrap();
+    let watcher_data = tempfile::tempdir().unwrap();
+    let watcher_listen = x402_e2e::harness::free_port();
+    let watcher_config = WatcherConfig {
+        listen: watcher_listen,
+        data_dir: watcher_data.path().into(),
+        rpc_url: env.anvil.endpoint(),
+        chain_id: Some(env.anvil.chain_id()),
+        contract: env.contract,
+        token: TOKEN.into(),
+        poll_interval: Duration::from_millis(200),
+        ..WatcherConfig::default()
+    };
+    let (stop_watcher, watcher_stopped) = tokio::sync::oneshot::channel::<()>();
+    let watcher = tokio::spawn(x402_node::watcher::run(watcher_config, account(&env.anvil, 9), async move {
+        let _ = watcher_stopped.await;
+    }));
+
+    let mut config = env.gateway_config(api, data.path());
+    config.watchers.push(WatcherTarget {
+        url: format!("http://{watcher_listen}"),
+        token: TOKEN.into(),
+        every: 1,
+        interval_secs: 1,
+    });
+    let gw = Gateway::start(config).await;
+    let client = reqwest::Client::new();
+    let terms = gw.terms(&client).await;
+    let payer = env.fresh_payer(FUNDS).await;
+    let provider = env.provider_key.address();
+    let id = payer.open(provider, DEPOSIT, 1).await;
+    for n in 1..=5 {
+        assert_eq!(gw.pay(&client, &terms, &payer.sign(id, n, n * PRICE)).await.status(), StatusCode::OK);
+    }
+    // The watcher holds the latest voucher once the node has pushed it.
+    let watched = format!("http://{watcher_listen}{}", x402_protocol::watch::CHANNELS_PATH);
+    eventually(20, "the watcher to hold the latest voucher", || async {
+        let resp = client.get(&watched).bearer_auth(TOKEN).send().await;
+        let Ok(list) = resp else { return false };
+        let list: serde_json::Value = list.json().await.unwrap_or_default();
+        list.as_array().is_some_and(|l| l.iter().any(|c| c["nonce"] == 5))
+    })
+    .await;
+    gw.stop().await;
+
+    // The node is down. The payer exits; the watcher settles within the period.
+    let provider_before = env.balance(provider).await;
+    payer.channels().requestExit(id).send().await.unwrap().get_receipt().await.unwrap();
+    eventually(30, "the watcher to settle", || async { env.channel(id).await.paid == 5 * PRICE as u128 })
+        .await;
+    assert_eq!(env.balance(provider).await - provider_before, U256::from(5 * PRICE));
+    cheats::increase_time(&env.node_chain, 86_400 + 1).await.unwrap();
+    payer.channels().withdraw(id).send().await.unwrap().get_receipt().await.unwrap();
+    assert_eq!(env.channel(id).await.status, IPaymentChannel::Status::Closed);
+    assert_eq!(env.balance(payer.address()).await, U256::from(FUNDS - 5 * PRICE));
+    assert_eq!(env.balance(provider).await - provider_before, U256::from(5 * PRICE));
+
+    let _ = stop_watcher.send(());
+    watcher.await.unwrap().unwrap();
+}

@@ -5,7 +5,15 @@ use std::process::Command;
 fn node() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_x402-node"));
     // Keep the environment from leaking settings into these tests.
-    for var in ["X402_CONFIG", "X402_CONTRACT", "X402_ADMIN_TOKEN", "X402_PROVIDER_KEY", "X402_LISTEN"] {
+    for var in [
+        "X402_CONFIG",
+        "X402_CONTRACT",
+        "X402_ADMIN_TOKEN",
+        "X402_PROVIDER_KEY",
+        "X402_LISTEN",
+        "X402_WATCHER_KEY",
+        "X402_WATCHER_TOKEN",
+    ] {
         cmd.env_remove(var);
     }
     cmd
@@ -69,6 +77,7 @@ fn bad_configuration_fails_with_a_message() {
         // No contract configured.
         (vec!["run"], "chain.contract is required"),
         (vec!["settle"], "chain.contract is required"),
+        (vec!["watch", "--token", "0123456789abcdef"], "the watcher needs a key"),
         // Settling needs the key.
         (
             vec!["--contract", "0x5FbDB2315678afecb367f032d93F642f64180aa3", "settle"],

@@ -1,0 +1,730 @@
+//! The guard: follows the chain and settles watched channels whose payer is exiting.
+//!
+//! One round ([`Guard::tick`]):
+//! 1. read the head block (number and timestamp);
+//! 2. scan the contract's `ExitRequested`, `ExitCancelled` and `Closed` logs from the stored
+//!    cursor towards the head, in ranges of at most `max_log_range` blocks (halved on RPC
+//!    errors, at most 64 ranges a round), queueing the watched channels they name for a
+//!    re-check, and advance the cursor;
+//! 3. re-read every queued channel with `getChannel` (at start-up: every open watched channel,
+//!    since an exit may have been requested while the watcher was down; after a channel's
+//!    first voucher: that channel, since its exit may predate it);
+//! 4. for every channel whose exit is pending and whose held voucher pays more than what was
+//!    paid on-chain: re-read it, simulate `settle` with `eth_call` (a claim that would revert
+//!    is logged with its decoded reason and retried on a later round, not sent), then send
+//!    the claims that pass, `settle` for one and `settleMany` for several, and wait for the
+//!    receipt.
+//!
+//! Nothing here needs to survive a crash beyond the store: a restart re-reads every channel.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    future::Future,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use alloy::{
+    eips::BlockNumberOrTag,
+    network::ReceiptResponse,
+    primitives::{Address, B256, U256},
+    providers::{DynProvider, Provider},
+    rpc::types::Filter,
+    sol_types::{SolEvent, SolInterface},
+};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+use x402_protocol::bindings::IPaymentChannel::{self, IPaymentChannelErrors};
+use x402_store::KvStore;
+
+use super::{WatchRecord, Watcher, WatcherError};
+use crate::chain::ChainReader;
+
+/// The most `eth_getLogs` calls in one round.
+const MAX_LOG_REQUESTS_PER_ROUND: usize = 64;
+
+/// Settings of the [`Guard`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuardSettings {
+    /// The most blocks asked for in one `eth_getLogs`.
+    pub max_log_range: u64,
+    /// How long after `requestExit` to leave the provider to settle by itself, capped at half
+    /// of each channel's challenge period. Zero: submit as soon as the exit is seen.
+    pub submit_delay: Duration,
+    /// How long to wait for a settlement's receipt before retrying on a later round.
+    pub receipt_timeout: Duration,
+    /// The most claims in one `settleMany`.
+    pub max_batch: usize,
+    /// The most channel reads or simulations in flight at once.
+    pub concurrency: usize,
+}
+
+impl GuardSettings {
+    /// The defaults: 2,000-block log ranges, no submit delay, 120 s receipt timeout, batches of
+    /// 50 claims, 16 reads in flight.
+    pub const DEFAULT: Self = Self {
+        max_log_range: 2_000,
+        submit_delay: Duration::ZERO,
+        receipt_timeout: Duration::from_secs(120),
+        max_batch: 50,
+        concurrency: 16,
+    };
+}
+
+impl Default for GuardSettings {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// What one round of the guard did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TickReport {
+    /// The head block.
+    pub head: u64,
+    /// Its timestamp.
+    pub timestamp: u64,
+    /// The last block whose logs are processed (below the head while a backlog is caught
+    /// up), if the scan succeeded.
+    pub scanned_to: Option<u64>,
+    /// Channels re-read because of a log, a first voucher or a start-up.
+    pub rechecked: usize,
+    /// Vouchers settled on-chain this round.
+    pub settled: Vec<Settlement>,
+    /// Channels whose settlement failed this round (retried on a later round), plus failed
+    /// scans and re-reads.
+    pub failures: usize,
+}
+
+/// A voucher the guard got paid on-chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settlement {
+    /// The channel.
+    pub channel_id: B256,
+    /// The transaction.
+    pub tx: B256,
+    /// The voucher's nonce.
+    pub nonce: u64,
+    /// The payee's total paid after it.
+    pub paid: U256,
+    /// What this settlement paid the payee.
+    pub payout: U256,
+}
+
+/// Why a watched channel needs no settlement now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Idle {
+    /// Closed on-chain.
+    Closed,
+    /// No exit pending.
+    NoExit,
+    /// The challenge period has ended: nothing can be settled any more.
+    PeriodOver,
+    /// What was paid on-chain already covers the held voucher.
+    Covered,
+    /// The held voucher's nonce was used on-chain by the payee.
+    NonceUsed,
+    /// The held voucher exceeds the deposit as last read (cannot happen for a voucher the
+    /// watcher accepted: deposits only grow).
+    OverDeposit,
+    /// Leaving the provider time to settle by itself, until this timestamp.
+    Waiting(u64),
+}
+
+impl fmt::Display for Idle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Closed => f.write_str("the channel is closed"),
+            Self::NoExit => f.write_str("no exit is pending"),
+            Self::PeriodOver => f.write_str("the challenge period has ended"),
+            Self::Covered => f.write_str("the held voucher is already paid on-chain"),
+            Self::NonceUsed => f.write_str("the held voucher's nonce was used on-chain"),
+            Self::OverDeposit => f.write_str("the held voucher exceeds the deposit"),
+            Self::Waiting(until) => write!(f, "leaving the provider to settle until {until}"),
+        }
+    }
+}
+
+/// Whether the held voucher of `record` should be submitted at chain time `now`.
+pub(crate) fn due(record: &WatchRecord, now: u64, delay: Duration) -> Result<(), Idle> {
+    let c = &record.chain;
+    let v = &record.voucher;
+    if !c.open {
+        return Err(Idle::Closed);
+    }
+    if c.exit_at == 0 {
+        return Err(Idle::NoExit);
+    }
+    if now >= c.exit_at {
+        return Err(Idle::PeriodOver);
+    }
+    if v.cumulative_amount <= c.paid {
+        return Err(Idle::Covered);
+    }
+    if v.nonce <= c.nonce {
+        return Err(Idle::NonceUsed);
+    }
+    if v.cumulative_amount > c.deposit {
+        return Err(Idle::OverDeposit);
+    }
+    let requested = c.exit_at.saturating_sub(c.challenge_period);
+    let until = requested.saturating_add(delay.as_secs().min(c.challenge_period / 2));
+    if now < until {
+        return Err(Idle::Waiting(until));
+    }
+    Ok(())
+}
+
+/// Why a claim was not settled this round.
+#[derive(Debug)]
+enum Failure {
+    /// The contract would revert (decoded reason).
+    Reverted(String),
+    /// The RPC failed.
+    Rpc(String),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Reverted(reason) => write!(f, "would revert: {reason}"),
+            Self::Rpc(e) => write!(f, "rpc: {e}"),
+        }
+    }
+}
+
+fn contract_failure(e: &alloy::contract::Error) -> Failure {
+    if let Some(decoded) = e.as_decoded_interface_error::<IPaymentChannelErrors>() {
+        return Failure::Reverted(format!("{decoded:?}"));
+    }
+    if let Some(data) = e.as_revert_data() {
+        return Failure::Reverted(format!("revert data {data}"));
+    }
+    Failure::Rpc(e.to_string())
+}
+
+/// Follows the chain and settles watched channels whose payer is exiting.
+pub struct Guard<S, C> {
+    watcher: Watcher<S, C>,
+    provider: DynProvider,
+    contract: Address,
+    from: Address,
+    settings: GuardSettings,
+    /// The current `eth_getLogs` range: halved on errors, doubled back on success.
+    span: AtomicU64,
+    /// The last failure logged per channel, so a failure repeated every round is logged once.
+    failures: parking_lot::Mutex<HashMap<B256, String>>,
+}
+
+impl<S, C> fmt::Debug for Guard<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guard")
+            .field("contract", &self.contract)
+            .field("from", &self.from)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: KvStore, C: ChainReader> Guard<S, C> {
+    /// A guard for `watcher`'s channels. `provider` must sign for `from` (the watcher's
+    /// account, which pays the gas): build it with [`settlement_provider`](super::settlement_provider).
+    pub fn new(
+        watcher: Watcher<S, C>,
+        provider: DynProvider,
+        from: Address,
+        settings: GuardSettings,
+    ) -> Self {
+        let contract = watcher.domain().contract();
+        let span = AtomicU64::new(settings.max_log_range.max(1));
+        Self { watcher, provider, contract, from, settings, span, failures: parking_lot::Mutex::default() }
+    }
+
+    /// The watcher's account.
+    pub const fn from(&self) -> Address {
+        self.from
+    }
+
+    /// Runs rounds every `poll_interval` (and early when a push asks for it) until `shutdown`
+    /// resolves. A round in progress is abandoned at shutdown; the next start re-reads every
+    /// channel, so nothing is lost.
+    pub async fn run(&self, poll_interval: Duration, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        info!(
+            target: "node::watcher",
+            watcher = %self.from,
+            contract = %self.contract,
+            ?poll_interval,
+            "guard started"
+        );
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                result = self.tick() => match result {
+                    Ok(report) if !report.settled.is_empty() || report.failures > 0 => info!(
+                        target: "node::watcher",
+                        head = report.head,
+                        rechecked = report.rechecked,
+                        settled = report.settled.len(),
+                        failures = report.failures,
+                        "guard round"
+                    ),
+                    Ok(report) => debug!(
+                        target: "node::watcher",
+                        head = report.head,
+                        scanned_to = ?report.scanned_to,
+                        rechecked = report.rechecked,
+                        "guard round"
+                    ),
+                    Err(e) => warn!(target: "node::watcher", error = %e, "guard round failed; retrying"),
+                },
+            }
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                () = self.watcher.woken() => {}
+                () = tokio::time::sleep(poll_interval) => {}
+            }
+        }
+        info!(target: "node::watcher", "guard stopped");
+    }
+
+    /// One round: scan, re-check, settle what is due. Fails only if the head block cannot be
+    /// read or the store fails; other failures are counted in the report and retried on the
+    /// next round.
+    pub async fn tick(&self) -> Result<TickReport, WatcherError> {
+        let (head, timestamp) = self.head().await?;
+        let mut report = TickReport { head, timestamp, ..TickReport::default() };
+
+        match self.scan(head).await {
+            Ok(to) => report.scanned_to = Some(to),
+            Err(e) => {
+                report.failures += 1;
+                warn!(target: "node::watcher", head, error = %e, "log scan failed; retrying next round");
+            }
+        }
+
+        let ids = self.watcher.take_rechecks();
+        report.rechecked = ids.len();
+        let failed = self.refresh_all(&ids).await;
+        if !failed.is_empty() {
+            report.failures += failed.len();
+            self.watcher.mark_for_recheck(failed);
+        }
+
+        let delay = self.settings.submit_delay;
+        let candidates: Vec<B256> = self
+            .watcher
+            .channels()?
+            .into_iter()
+            .filter(|r| due(r, timestamp, delay).is_ok())
+            .map(|r| r.id)
+            .collect();
+        if !candidates.is_empty() {
+            let ready = self.prepare(&candidates, timestamp, &mut report).await;
+            for batch in ready.chunks(self.settings.max_batch.max(1)) {
+                self.submit(batch, &mut report).await?;
+            }
+        }
+        // The cursor and refreshed records.
+        self.watcher.store().sync().await?;
+        Ok(report)
+    }
+
+    async fn head(&self) -> Result<(u64, u64), WatcherError> {
+        let block = self
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Latest)
+            .await
+            .map_err(|e| WatcherError::Rpc(format!("cannot read the head block: {e}")))?
+            .ok_or_else(|| WatcherError::Rpc("the node has no latest block".into()))?;
+        Ok((block.header.number, block.header.timestamp))
+    }
+
+    /// Processes the contract's logs up to `head`; returns the new cursor.
+    async fn scan(&self, head: u64) -> Result<u64, WatcherError> {
+        let Some(mut cursor) = self.watcher.cursor()? else {
+            // First start: channels watched from now on are re-read after their first voucher,
+            // so nothing before the head concerns them.
+            self.watcher.set_cursor(head)?;
+            return Ok(head);
+        };
+        if cursor > head {
+            // The chain is shorter than what was processed: a deep reorg or a reset dev chain.
+            warn!(
+                target: "node::watcher",
+                cursor,
+                head,
+                "chain head behind the cursor; re-reading every channel"
+            );
+            let open = self.watcher.channels()?.into_iter().filter(|r| r.chain.open).map(|r| r.id);
+            self.watcher.mark_for_recheck(open);
+            self.watcher.set_cursor(head)?;
+            return Ok(head);
+        }
+        let topics = vec![
+            IPaymentChannel::ExitRequested::SIGNATURE_HASH,
+            IPaymentChannel::ExitCancelled::SIGNATURE_HASH,
+            IPaymentChannel::Closed::SIGNATURE_HASH,
+        ];
+        // A long backlog (a watcher down for days) is caught up over several rounds, so that
+        // settlements of exits already known are never held up behind it; the start-up re-read
+        // of every channel already covers what the backlog holds.
+        let mut requests = 0;
+        while cursor < head && requests < MAX_LOG_REQUESTS_PER_ROUND {
+            requests += 1;
+            let span = self.span.load(Ordering::Relaxed).max(1);
+            let to = head.min(cursor.saturating_add(span));
+            let filter = Filter::new()
+                .address(self.contract)
+                .event_signature(topics.clone())
+                .from_block(cursor + 1)
+                .to_block(to);
+            match self.provider.get_logs(&filter).await {
+                Ok(logs) => {
+                    let mut hits = HashSet::new();
+                    for log in &logs {
+                        if log.inner.address != self.contract {
+                            continue;
+                        }
+                        if let Some(&id) = log.topics().get(1)
+                            && self.watcher.watches_open(id)?
+                        {
+                            hits.insert(id);
+                        }
+                    }
+                    if !hits.is_empty() {
+                        debug!(
+                            target: "node::watcher",
+                            from = cursor + 1,
+                            to,
+                            channels = hits.len(),
+                            "channel events"
+                        );
+                        self.watcher.mark_for_recheck(hits);
+                    }
+                    cursor = to;
+                    self.watcher.set_cursor(cursor)?;
+                    let max = self.settings.max_log_range.max(1);
+                    self.span.store(span.saturating_mul(2).min(max), Ordering::Relaxed);
+                }
+                Err(e) if span > 1 => {
+                    debug!(
+                        target: "node::watcher",
+                        from = cursor + 1,
+                        to,
+                        error = %e,
+                        "eth_getLogs failed; halving the range"
+                    );
+                    self.span.store(span / 2, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    return Err(WatcherError::Rpc(format!("eth_getLogs {}..={to}: {e}", cursor + 1)));
+                }
+            }
+        }
+        Ok(cursor)
+    }
+
+    /// Re-reads `ids` with bounded concurrency; returns those that failed.
+    async fn refresh_all(&self, ids: &[B256]) -> Vec<B256> {
+        let mut failed = Vec::new();
+        for chunk in ids.chunks(self.settings.concurrency.max(1)) {
+            // Whatever does not report success (an error or a panicked task) is retried.
+            let mut unfinished: HashSet<B256> = chunk.iter().copied().collect();
+            let mut tasks = JoinSet::new();
+            for &id in chunk {
+                let watcher = self.watcher.clone();
+                tasks.spawn(async move { (id, watcher.refresh(id).await) });
+            }
+            while let Some(joined) = tasks.join_next().await {
+                match joined {
+                    Ok((id, Ok(_))) => {
+                        unfinished.remove(&id);
+                    }
+                    Ok((id, Err(e))) => {
+                        warn!(
+                            target: "node::watcher",
+                            %id,
+                            error = %e,
+                            "cannot re-read channel; retrying next round"
+                        );
+                    }
+                    Err(e) => warn!(target: "node::watcher", error = %e, "re-read task failed"),
+                }
+            }
+            failed.extend(unfinished);
+        }
+        failed
+    }
+
+    /// Re-reads each candidate and simulates its claim; returns the records whose claim
+    /// passes.
+    async fn prepare(&self, ids: &[B256], now: u64, report: &mut TickReport) -> Vec<WatchRecord> {
+        let mut ready = Vec::new();
+        for chunk in ids.chunks(self.settings.concurrency.max(1)) {
+            let mut tasks = JoinSet::new();
+            for &id in chunk {
+                let watcher = self.watcher.clone();
+                let provider = self.provider.clone();
+                let (contract, from, delay) = (self.contract, self.from, self.settings.submit_delay);
+                tasks.spawn(async move {
+                    let record = match watcher.refresh(id).await {
+                        Ok(Some(record)) => record,
+                        Ok(None) => return (id, Ok(None)),
+                        Err(e) => return (id, Err(Failure::Rpc(e.to_string()))),
+                    };
+                    if let Err(idle) = due(&record, now, delay) {
+                        debug!(
+                            target: "node::watcher",
+                            %id,
+                            reason = %idle,
+                            "nothing to settle after re-reading"
+                        );
+                        return (id, Ok(None));
+                    }
+                    let channels = IPaymentChannel::new(contract, &provider);
+                    match channels.settle(record.claim()).from(from).call().await {
+                        Ok(_) => (id, Ok(Some(record))),
+                        Err(e) => (id, Err(contract_failure(&e))),
+                    }
+                });
+            }
+            while let Some(joined) = tasks.join_next().await {
+                match joined {
+                    Ok((id, Ok(Some(record)))) => {
+                        self.failures.lock().remove(&id);
+                        ready.push(record);
+                    }
+                    Ok((_, Ok(None))) => {}
+                    Ok((id, Err(failure))) => {
+                        report.failures += 1;
+                        self.note_failure(id, &failure);
+                    }
+                    Err(e) => {
+                        report.failures += 1;
+                        warn!(target: "node::watcher", error = %e, "settlement check task failed");
+                    }
+                }
+            }
+        }
+        ready.sort_by_key(|r| r.id);
+        ready
+    }
+
+    /// Logs a failure to settle `id`: at `warn` when it is new, at `debug` when it repeats.
+    fn note_failure(&self, id: B256, failure: &Failure) {
+        let message = failure.to_string();
+        let repeated = self.failures.lock().insert(id, message.clone()).is_some_and(|last| last == message);
+        if repeated {
+            debug!(
+                target: "node::watcher",
+                %id,
+                error = %message,
+                "settlement still failing; retrying next round"
+            );
+        } else {
+            warn!(target: "node::watcher", %id, error = %message, "cannot settle; retrying next round");
+        }
+    }
+
+    /// Sends one batch of claims and waits for its receipt. Errors only if the store fails.
+    async fn submit(&self, batch: &[WatchRecord], report: &mut TickReport) -> Result<(), WatcherError> {
+        let channels = IPaymentChannel::new(self.contract, &self.provider);
+        let sent = match batch {
+            [one] => channels.settle(one.claim()).send().await,
+            many => channels.settleMany(many.iter().map(WatchRecord::claim).collect()).send().await,
+        };
+        let pending = match sent {
+            Ok(pending) => pending,
+            Err(e) => {
+                let failure = contract_failure(&e);
+                report.failures += batch.len();
+                for record in batch {
+                    self.note_failure(record.id, &failure);
+                }
+                return Ok(());
+            }
+        };
+        let tx = *pending.tx_hash();
+        for record in batch {
+            info!(
+                target: "node::watcher",
+                id = %record.id,
+                %tx,
+                nonce = record.voucher.nonce,
+                amount = %record.voucher.cumulative_amount,
+                paid_before = %record.chain.paid,
+                exit_at = record.chain.exit_at,
+                "settlement sent"
+            );
+            self.watcher.update(record.id, |r| r.last_tx = Some(tx)).await?;
+        }
+        self.watcher.store().sync().await?;
+
+        let receipt = match pending.with_timeout(Some(self.settings.receipt_timeout)).get_receipt().await {
+            Ok(receipt) => receipt,
+            Err(e) => {
+                report.failures += batch.len();
+                warn!(
+                    target: "node::watcher",
+                    %tx,
+                    error = %e,
+                    "no receipt for the settlement; re-checking next round"
+                );
+                return Ok(());
+            }
+        };
+        if !receipt.status() {
+            report.failures += batch.len();
+            warn!(
+                target: "node::watcher",
+                %tx,
+                block = ?receipt.block_number(),
+                channels = batch.len(),
+                "settlement reverted; retrying next round"
+            );
+            return Ok(());
+        }
+        let mut settled = HashSet::new();
+        for log in receipt.inner.logs() {
+            if log.inner.address != self.contract {
+                continue;
+            }
+            if let Ok(event) = log.log_decode::<IPaymentChannel::Settled>() {
+                let e = event.inner.data;
+                let s = Settlement {
+                    channel_id: e.channelId,
+                    tx,
+                    nonce: e.nonce,
+                    paid: e.paid,
+                    payout: e.payout,
+                };
+                info!(
+                    target: "node::watcher",
+                    id = %s.channel_id,
+                    %tx,
+                    nonce = s.nonce,
+                    paid = %s.paid,
+                    payout = %s.payout,
+                    gas_used = receipt.gas_used,
+                    "voucher settled"
+                );
+                self.watcher
+                    .update(s.channel_id, |r| {
+                        r.chain.paid = r.chain.paid.max(s.paid);
+                    })
+                    .await?;
+                settled.insert(s.channel_id);
+                report.settled.push(s);
+            } else if let Ok(event) = log.log_decode::<IPaymentChannel::ClaimSkipped>() {
+                let e = event.inner.data;
+                let reason = IPaymentChannelErrors::abi_decode(&e.reason)
+                    .map_or_else(|_| format!("revert data {}", e.reason), |d| format!("{d:?}"));
+                self.note_failure(e.channelId, &Failure::Reverted(reason));
+            }
+        }
+        let missing = batch.iter().filter(|r| !settled.contains(&r.id)).count();
+        report.failures += missing;
+        if missing > 0 {
+            warn!(
+                target: "node::watcher",
+                %tx,
+                missing,
+                "claims not settled by the transaction; retrying next round"
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloy::primitives::Bytes;
+
+    use super::*;
+    use crate::channel::{OnchainChannel, StoredVoucher};
+
+    fn record(exit_at: u64, paid: u64, onchain_nonce: u64, nonce: u64, amount: u64) -> WatchRecord {
+        WatchRecord {
+            id: B256::repeat_byte(7),
+            chain: OnchainChannel {
+                payer: Address::repeat_byte(1),
+                payee: Address::repeat_byte(2),
+                token: Address::repeat_byte(3),
+                signer: Address::repeat_byte(1),
+                signer_is_contract: false,
+                deposit: U256::from(1_000),
+                challenge_period: 3_600,
+                exit_at,
+                open: true,
+                nonce: onchain_nonce,
+                paid: U256::from(paid),
+            },
+            voucher: StoredVoucher { nonce, cumulative_amount: U256::from(amount), signature: Bytes::new() },
+            last_tx: None,
+        }
+    }
+
+    #[test]
+    fn due_table() {
+        // Exit requested at 10_000, ends at 13_600.
+        let exit = 13_600;
+        let mut closed = record(exit, 0, 0, 5, 500);
+        closed.chain.open = false;
+        let mut over_deposit = record(exit, 0, 0, 5, 500);
+        over_deposit.chain.deposit = U256::from(400);
+        let none = Duration::ZERO;
+        let cases = [
+            ("pending exit, unpaid", record(exit, 0, 0, 5, 500), 10_000, none, Ok(())),
+            ("partly paid by the payee", record(exit, 300, 4, 5, 500), 13_599, none, Ok(())),
+            ("closed", closed, 10_000, none, Err(Idle::Closed)),
+            ("no exit", record(0, 0, 0, 5, 500), 10_000, none, Err(Idle::NoExit)),
+            ("period over", record(exit, 0, 0, 5, 500), 13_600, none, Err(Idle::PeriodOver)),
+            ("covered", record(exit, 500, 0, 5, 500), 10_000, none, Err(Idle::Covered)),
+            ("nonce used", record(exit, 100, 5, 5, 500), 10_000, none, Err(Idle::NonceUsed)),
+            ("over deposit", over_deposit, 10_000, none, Err(Idle::OverDeposit)),
+            (
+                "delay",
+                record(exit, 0, 0, 5, 500),
+                10_599,
+                Duration::from_secs(600),
+                Err(Idle::Waiting(10_600)),
+            ),
+            ("delay passed", record(exit, 0, 0, 5, 500), 10_600, Duration::from_secs(600), Ok(())),
+            // The delay never eats more than half the period.
+            ("delay capped", record(exit, 0, 0, 5, 500), 11_800, Duration::from_secs(86_400), Ok(())),
+            (
+                "delay capped, waiting",
+                record(exit, 0, 0, 5, 500),
+                11_799,
+                Duration::from_secs(86_400),
+                Err(Idle::Waiting(11_800)),
+            ),
+        ];
+        for (name, rec, now, delay, expected) in cases {
+            assert_eq!(due(&rec, now, delay), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn claims_the_full_amount() {
+        let rec = record(13_600, 100, 0, 5, 500);
+        let claim = rec.claim();
+        assert_eq!(
+            (claim.nonce, claim.cumulativeAmount, claim.claimed),
+            (5, U256::from(500), U256::from(500))
+        );
+        assert_eq!(claim.channelId, rec.id);
+    }
+
+    #[test]
+    fn revert_reasons_decode() {
+        let err = IPaymentChannelErrors::NonceTooLow(IPaymentChannel::NonceTooLow { nonce: 1, current: 2 });
+        let decoded = IPaymentChannelErrors::abi_decode(&err.abi_encode()).unwrap();
+        assert_eq!(format!("{decoded:?}"), format!("{err:?}"));
+        assert!(format!("{decoded:?}").contains("NonceTooLow"));
+    }
+}

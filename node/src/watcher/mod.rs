@@ -1,0 +1,779 @@
+//! The watcher (watchtower): guards a provider's channels while the provider is offline.
+//!
+//! A provider pushes the vouchers it accepted to the watcher (`POST /v1/vouchers`, see
+//! [`x402_protocol::watch`]). The watcher verifies each one against the chain exactly as the
+//! contract would, and keeps durably, per channel, the voucher that pays the payee the most.
+//! Its [`Guard`] follows the chain; when a payer starts a unilateral exit (`requestExit`) on a
+//! watched channel, the guard submits the held voucher with `settle` (or `settleMany` for
+//! several channels at once) before the challenge period ends, from the watcher's own key. The
+//! payout goes to the payee; the watcher only pays the gas.
+//!
+//! A claim by anyone but the payee must claim the voucher's full amount and does not consume
+//! the on-chain nonce, so the voucher paying the most always wins, whoever submits what.
+//!
+//! Pieces:
+//! - [`Watcher`]: the push API's logic and the store of watched channels ([`Watcher::router`]
+//!   serves it over HTTP).
+//! - [`Guard`]: the chain follower; [`Guard::tick`] is one round, [`Guard::run`] the loop.
+//! - [`run`]: both, as the `x402-node watch` subcommand runs them.
+//!
+//! Storage (its own store, not the gateway's): namespace [`WATCHED`] holds one
+//! [`WatchRecord`] per channel id; namespace [`META`] holds the deployment the store belongs
+//! to and the guard's cursor (the last block whose events it processed).
+//!
+//! Tracing target: `node::watcher`.
+
+mod api;
+mod guard;
+
+use std::{
+    collections::HashSet, fmt, future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration,
+};
+
+use alloy::{
+    network::EthereumWallet,
+    primitives::{Address, B256, U256, keccak256},
+    providers::{DynProvider, Provider, ProviderBuilder},
+    signers::local::PrivateKeySigner,
+};
+use eyre::WrapErr;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+use x402_protocol::{
+    ChannelDomain, SignedVoucher,
+    bindings::IPaymentChannel,
+    watch::{
+        RejectCode, WatchOutcome, WatchRequest, WatchResponse, WatchResult, WatchedChannel, WatchedStatus,
+    },
+};
+use x402_store::{KvStore, SledStore};
+
+pub use self::guard::{Guard, GuardSettings, Settlement, TickReport};
+use crate::{
+    chain::{ChainError, ChainReader, RpcChain},
+    channel::{OnchainChannel, StoredVoucher},
+    verify::VoucherVerifier,
+};
+
+/// The store namespace holding one [`WatchRecord`] (JSON) per channel id.
+pub const WATCHED: &str = "watched";
+/// The store namespace of the watcher's own metadata: deployment and cursor.
+pub const META: &str = "watcher_meta";
+/// The shortest bearer token accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+const DEPLOYMENT_KEY: &[u8] = b"deployment";
+const CURSOR_KEY: &[u8] = b"cursor";
+/// Channels are locked in stripes: a fixed set of locks, chosen by the id's first byte.
+const LOCK_STRIPES: usize = 64;
+
+/// Errors of the watcher.
+#[derive(Debug, thiserror::Error)]
+pub enum WatcherError {
+    /// A setting is missing or invalid.
+    #[error("invalid watcher configuration: {0}")]
+    Config(String),
+    /// The store failed.
+    #[error("storage: {0}")]
+    Storage(#[from] x402_store::Error),
+    /// A stored value could not be decoded.
+    #[error("corrupt {what} in the watcher's store: {source}")]
+    Corrupt {
+        /// What was being read.
+        what: String,
+        /// Why it did not decode.
+        source: serde_json::Error,
+    },
+    /// The data directory was created for another deployment: its vouchers are meaningless here.
+    #[error(
+        "the store belongs to contract {stored_contract} on chain {stored_chain_id}, not {contract} on \
+         chain {chain_id}: use another data directory"
+    )]
+    DeploymentMismatch {
+        /// The chain id the store was created for.
+        stored_chain_id: u64,
+        /// The contract the store was created for.
+        stored_contract: Address,
+        /// The configured chain id.
+        chain_id: u64,
+        /// The configured contract.
+        contract: Address,
+    },
+    /// Reading a channel failed.
+    #[error("chain: {0}")]
+    Chain(#[from] ChainError),
+    /// Another RPC call (head, logs, transactions) failed.
+    #[error("rpc: {0}")]
+    Rpc(String),
+}
+
+/// The watcher's configuration. The watcher's key is passed to [`run`] separately.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WatcherConfig {
+    /// Address of the push API. Default `127.0.0.1:8403`.
+    pub listen: SocketAddr,
+    /// Directory of the watcher's store (never the gateway's). Default `x402-watcher`.
+    pub data_dir: PathBuf,
+    /// Chain JSON-RPC URL. Default `http://127.0.0.1:8545`.
+    pub rpc_url: String,
+    /// The chain id; checked against the RPC's. Default: asked from the RPC.
+    pub chain_id: Option<u64>,
+    /// The `PaymentChannel` contract. Required.
+    pub contract: Address,
+    /// Bearer token of the push API, at least [`MIN_TOKEN_LEN`] characters. Required.
+    pub token: String,
+    /// How often the guard follows the chain. Default 4 s.
+    pub poll_interval: Duration,
+    /// How long after `requestExit` the guard leaves the provider to settle by itself before
+    /// it submits (saving the watcher's gas), capped at half of each channel's challenge
+    /// period. Default zero: submit as soon as the exit is seen.
+    pub submit_delay: Duration,
+    /// The most blocks asked for in one `eth_getLogs`. Default 2,000.
+    pub max_log_range: u64,
+    /// How long to wait for a settlement's receipt before retrying on a later round.
+    /// Default 120 s.
+    pub receipt_timeout: Duration,
+}
+
+impl Default for WatcherConfig {
+    fn default() -> Self {
+        let guard = GuardSettings::default();
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8403)),
+            data_dir: PathBuf::from("x402-watcher"),
+            rpc_url: "http://127.0.0.1:8545".into(),
+            chain_id: None,
+            contract: Address::ZERO,
+            token: String::new(),
+            poll_interval: Duration::from_secs(4),
+            submit_delay: guard.submit_delay,
+            max_log_range: guard.max_log_range,
+            receipt_timeout: guard.receipt_timeout,
+        }
+    }
+}
+
+impl fmt::Debug for WatcherConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WatcherConfig")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("rpc_url", &self.rpc_url)
+            .field("chain_id", &self.chain_id)
+            .field("contract", &self.contract)
+            .field("token", &"<redacted>")
+            .field("poll_interval", &self.poll_interval)
+            .field("submit_delay", &self.submit_delay)
+            .field("max_log_range", &self.max_log_range)
+            .field("receipt_timeout", &self.receipt_timeout)
+            .finish()
+    }
+}
+
+impl WatcherConfig {
+    /// Checks that every required setting is present and sane.
+    pub fn validate(&self) -> Result<(), WatcherError> {
+        let invalid = |m: &str| Err(WatcherError::Config(m.into()));
+        if self.contract.is_zero() {
+            return invalid("the PaymentChannel contract address is required");
+        }
+        check_token(&self.token)?;
+        if self.poll_interval.is_zero() {
+            return invalid("poll_interval must be above zero");
+        }
+        if self.max_log_range == 0 {
+            return invalid("max_log_range must be at least 1");
+        }
+        if self.receipt_timeout.is_zero() {
+            return invalid("receipt_timeout must be above zero");
+        }
+        if self.rpc_url.trim().is_empty() {
+            return invalid("rpc_url is required");
+        }
+        Ok(())
+    }
+
+    /// The guard's settings.
+    pub const fn guard_settings(&self) -> GuardSettings {
+        GuardSettings {
+            max_log_range: self.max_log_range,
+            submit_delay: self.submit_delay,
+            receipt_timeout: self.receipt_timeout,
+            ..GuardSettings::DEFAULT
+        }
+    }
+}
+
+fn check_token(token: &str) -> Result<(), WatcherError> {
+    if token.chars().count() < MIN_TOKEN_LEN {
+        return Err(WatcherError::Config(format!(
+            "the bearer token needs at least {MIN_TOKEN_LEN} characters"
+        )));
+    }
+    if !token.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(WatcherError::Config("the bearer token must be printable ASCII without spaces".into()));
+    }
+    Ok(())
+}
+
+/// What the watcher stores about one channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchRecord {
+    /// The channel id.
+    pub id: B256,
+    /// The contract's facts, as last read.
+    pub chain: OnchainChannel,
+    /// The verified voucher paying the payee the most.
+    pub voucher: StoredVoucher,
+    /// The watcher's last settlement transaction on this channel.
+    pub last_tx: Option<B256>,
+}
+
+impl WatchRecord {
+    /// The claim the watcher submits: the full amount, as the contract requires of anyone but
+    /// the payee.
+    pub fn claim(&self) -> IPaymentChannel::Claim {
+        IPaymentChannel::Claim {
+            channelId: self.id,
+            nonce: self.voucher.nonce,
+            cumulativeAmount: self.voucher.cumulative_amount,
+            claimed: self.voucher.cumulative_amount,
+            signature: self.voucher.signature.clone(),
+        }
+    }
+
+    /// The channel as the listing shows it.
+    pub fn summary(&self) -> WatchedChannel {
+        let c = &self.chain;
+        let status = match (c.open, c.exit_at) {
+            (false, _) => WatchedStatus::Closed,
+            (true, 0) => WatchedStatus::Open,
+            (true, _) => WatchedStatus::Exiting,
+        };
+        WatchedChannel {
+            channel_id: self.id,
+            payer: c.payer,
+            payee: c.payee,
+            token: c.token,
+            status,
+            deposit: c.deposit,
+            paid: c.paid,
+            onchain_nonce: c.nonce,
+            exit_at: c.exit_at,
+            nonce: self.voucher.nonce,
+            cumulative_amount: self.voucher.cumulative_amount,
+            last_tx: self.last_tx,
+        }
+    }
+
+    /// Whether an exit is pending on the channel, as last read (its period may have ended).
+    pub const fn exiting(&self) -> bool {
+        self.chain.open && self.chain.exit_at != 0
+    }
+}
+
+/// The deployment a store belongs to.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Deployment {
+    chain_id: u64,
+    contract: Address,
+}
+
+struct Inner<S, C> {
+    verifier: VoucherVerifier,
+    store: Arc<S>,
+    chain: C,
+    /// keccak256 of the bearer token: compared in constant time, and of fixed length, so
+    /// neither the token nor its length leaks through timing.
+    token_hash: B256,
+    locks: Box<[tokio::sync::Mutex<()>]>,
+    /// Channels the guard must re-read with `getChannel` on its next round.
+    recheck: parking_lot::Mutex<HashSet<B256>>,
+    /// Wakes the guard early: a voucher arrived for a channel that may need it now.
+    wake: tokio::sync::Notify,
+}
+
+/// The push API's logic and the store of watched channels. Cheap to clone.
+pub struct Watcher<S, C> {
+    inner: Arc<Inner<S, C>>,
+}
+
+impl<S, C> Clone for Watcher<S, C> {
+    fn clone(&self) -> Self {
+        Self { inner: Arc::clone(&self.inner) }
+    }
+}
+
+impl<S, C> fmt::Debug for Watcher<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let domain = self.inner.verifier.domain();
+        f.debug_struct("Watcher")
+            .field("chain_id", &domain.chain_id())
+            .field("contract", &domain.contract())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a pushed voucher fared before it is compared with the held one.
+type Verdict = Result<(), (RejectCode, String)>;
+
+impl<S: KvStore, C: ChainReader> Watcher<S, C> {
+    /// A watcher of the contract `contract` on chain `chain_id`, accepting pushes with the
+    /// bearer `token`, keeping its state in `store` and reading channels through `chain`.
+    ///
+    /// Refuses a store created for another deployment. Every open channel in the store is
+    /// queued for a `getChannel` re-check on the guard's first round: an exit may have been
+    /// requested while the watcher was down.
+    pub fn new(
+        chain_id: u64,
+        contract: Address,
+        token: &str,
+        store: Arc<S>,
+        chain: C,
+    ) -> Result<Self, WatcherError> {
+        check_token(token)?;
+        let deployment = Deployment { chain_id, contract };
+        match store.get(META, DEPLOYMENT_KEY)? {
+            Some(bytes) => {
+                let stored: Deployment = decode(&bytes, "deployment")?;
+                if stored != deployment {
+                    return Err(WatcherError::DeploymentMismatch {
+                        stored_chain_id: stored.chain_id,
+                        stored_contract: stored.contract,
+                        chain_id,
+                        contract,
+                    });
+                }
+            }
+            None => store.put(META, DEPLOYMENT_KEY, &encode(&deployment))?,
+        }
+        let watcher = Self {
+            inner: Arc::new(Inner {
+                verifier: VoucherVerifier::new(chain_id, contract),
+                store,
+                chain,
+                token_hash: keccak256(token.as_bytes()),
+                locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+                recheck: parking_lot::Mutex::default(),
+                wake: tokio::sync::Notify::new(),
+            }),
+        };
+        let open: HashSet<B256> =
+            watcher.channels()?.into_iter().filter(|r| r.chain.open).map(|r| r.id).collect();
+        debug!(target: "node::watcher", channels = open.len(), "watched channels loaded");
+        *watcher.inner.recheck.lock() = open;
+        Ok(watcher)
+    }
+
+    /// The EIP-712 domain vouchers are checked under.
+    pub fn domain(&self) -> &ChannelDomain {
+        self.inner.verifier.domain()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<S> {
+        &self.inner.store
+    }
+
+    /// The chain reader.
+    pub fn chain(&self) -> &C {
+        &self.inner.chain
+    }
+
+    /// Whether `presented` is the bearer token, compared in constant time.
+    pub fn authorized(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(keccak256(presented.as_bytes()).as_slice().ct_eq(self.inner.token_hash.as_slice()))
+    }
+
+    /// Every watched channel, in id order.
+    pub fn channels(&self) -> Result<Vec<WatchRecord>, WatcherError> {
+        self.inner.store.list(WATCHED)?.iter().map(|(_, v)| decode(v, "channel record")).collect()
+    }
+
+    /// The record of one channel, if watched.
+    pub fn record(&self, id: B256) -> Result<Option<WatchRecord>, WatcherError> {
+        self.load(id)
+    }
+
+    /// Takes a batch of pushed vouchers: checks each, keeps per channel the one paying the
+    /// most, and returns once every stored voucher is durable. One result per voucher, in
+    /// order; an error only if the store failed (then nothing may be assumed durable).
+    pub async fn watch(&self, request: WatchRequest) -> Result<WatchResponse, WatcherError> {
+        let mut results = Vec::with_capacity(request.vouchers.len());
+        for pushed in request.vouchers {
+            let signed = SignedVoucher::from(pushed);
+            let outcome = self.watch_one(&signed).await?;
+            results.push(WatchResult {
+                channel_id: signed.channel_id(),
+                nonce: signed.nonce(),
+                cumulative_amount: signed.cumulative_amount(),
+                outcome,
+            });
+        }
+        // Also when nothing new was written: an identical voucher stored by an earlier request
+        // whose sync failed is reported as stored, so it must be made durable now.
+        self.inner.store.sync().await?;
+        Ok(WatchResponse { results })
+    }
+
+    /// Checks one voucher and stores it if it pays more than the held one. Not yet durable.
+    async fn watch_one(&self, signed: &SignedVoucher) -> Result<WatchOutcome, WatcherError> {
+        let id = signed.channel_id();
+        let _lock = self.lock(id).await;
+        let held = self.load(id)?;
+        let (nonce, amount) = (signed.nonce(), signed.cumulative_amount());
+
+        // The chain's facts: cached for a watched channel, read for a new one.
+        let mut chain = match &held {
+            Some(record) => record.chain.clone(),
+            None => match self.inner.chain.channel(id).await {
+                Ok(Some(chain)) => chain,
+                Ok(None) => {
+                    return Ok(rejected(
+                        RejectCode::ChannelUnknown,
+                        format!("channel {id} does not exist at the watcher's contract"),
+                    ));
+                }
+                Err(e) => return Ok(unavailable(e)),
+            },
+        };
+        if let Some(record) = &held
+            && chain.open
+            && amount > chain.deposit
+        {
+            // The payer may have topped up since the watcher last looked.
+            match self.inner.chain.channel(id).await {
+                Ok(Some(fresh)) => {
+                    chain = fresh;
+                    if chain != record.chain {
+                        let mut updated = record.clone();
+                        updated.chain = chain.clone();
+                        self.persist(&updated)?;
+                    }
+                }
+                Ok(None) => warn!(target: "node::watcher", %id, "watched channel no longer exists"),
+                Err(e) => return Ok(unavailable(e)),
+            }
+        }
+
+        if let Err((code, message)) = self.check(signed, &chain).await {
+            debug!(target: "node::watcher", %id, nonce, %amount, %code, %message, "voucher rejected");
+            return Ok(rejected(code, message));
+        }
+
+        if let Some(record) = &held {
+            let kept = (record.voucher.cumulative_amount, record.voucher.nonce);
+            if kept == (amount, nonce) {
+                return Ok(WatchOutcome::Stored);
+            }
+            if kept > (amount, nonce) {
+                return Ok(WatchOutcome::Kept { held_nonce: kept.1, held_amount: kept.0 });
+            }
+        }
+        let record = WatchRecord {
+            id,
+            chain,
+            voucher: StoredVoucher { nonce, cumulative_amount: amount, signature: signed.signature.clone() },
+            last_tx: held.as_ref().and_then(|r| r.last_tx),
+        };
+        self.persist(&record)?;
+        if held.is_none() {
+            info!(
+                target: "node::watcher",
+                %id,
+                nonce,
+                %amount,
+                exiting = record.exiting(),
+                "watching a new channel"
+            );
+            // The guard may have scanned past this channel's `ExitRequested` before the channel
+            // was watched: it re-reads the channel after this write.
+            self.inner.recheck.lock().insert(id);
+            self.inner.wake.notify_one();
+        } else if record.exiting() {
+            info!(target: "node::watcher", %id, nonce, %amount, "voucher stored during an exit");
+            // Submit it without waiting for the next poll.
+            self.inner.wake.notify_one();
+        } else {
+            debug!(target: "node::watcher", %id, nonce, %amount, "voucher stored");
+        }
+        Ok(WatchOutcome::Stored)
+    }
+
+    /// The checks a voucher must pass, cheapest first, against `chain` (possibly cached: its
+    /// nonce, paid and status only move forward, so a stale view never refuses a good voucher
+    /// for those; the deposit is re-read before refusing).
+    async fn check(&self, signed: &SignedVoucher, chain: &OnchainChannel) -> Verdict {
+        let (nonce, amount) = (signed.nonce(), signed.cumulative_amount());
+        if !chain.open {
+            return Err((RejectCode::ChannelClosed, "the channel is closed on-chain".into()));
+        }
+        if amount > chain.deposit {
+            return Err((
+                RejectCode::ExceedsDeposit,
+                format!("cumulative amount {amount} exceeds the deposit {}", chain.deposit),
+            ));
+        }
+        if nonce <= chain.nonce {
+            return Err((
+                RejectCode::Stale,
+                format!("nonce {nonce} is not above the nonce {} used on-chain", chain.nonce),
+            ));
+        }
+        if amount <= chain.paid {
+            return Err((
+                RejectCode::Stale,
+                format!(
+                    "cumulative amount {amount} does not exceed the {} already paid on-chain",
+                    chain.paid
+                ),
+            ));
+        }
+        let signer = chain.signer;
+        let valid = if chain.signer_is_contract {
+            let digest = self.inner.verifier.digest(&signed.voucher);
+            match self.inner.chain.is_valid_contract_signature(signer, digest, signed.signature.clone()).await
+            {
+                Ok(valid) => valid,
+                Err(e) => return Err((RejectCode::Unavailable, format!("chain unavailable: {e}"))),
+            }
+        } else {
+            // CPU-bound: off the async workers.
+            let inner = Arc::clone(&self.inner);
+            let signed = signed.clone();
+            tokio::task::spawn_blocking(move || {
+                inner.verifier.verify_eoa(&signed.voucher, &signed.signature, signer, &mut None)
+            })
+            .await
+            .map_err(|e| (RejectCode::Unavailable, format!("verification task failed: {e}")))?
+        };
+        if !valid {
+            return Err((
+                RejectCode::InvalidSignature,
+                format!(
+                    "not signed by the channel's signer {signer} under chain {} contract {}",
+                    self.domain().chain_id(),
+                    self.domain().contract()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Re-reads a watched channel from the chain and stores what changed. `None` if the
+    /// channel is not watched.
+    pub async fn refresh(&self, id: B256) -> Result<Option<WatchRecord>, WatcherError> {
+        let _lock = self.lock(id).await;
+        let Some(mut record) = self.load(id)? else { return Ok(None) };
+        match self.inner.chain.channel(id).await? {
+            Some(chain) if chain != record.chain => {
+                debug!(
+                    target: "node::watcher",
+                    %id,
+                    open = chain.open,
+                    exit_at = chain.exit_at,
+                    nonce = chain.nonce,
+                    paid = %chain.paid,
+                    "channel changed on-chain"
+                );
+                record.chain = chain;
+                self.persist(&record)?;
+            }
+            Some(_) => {}
+            // Only a reorg can un-open a channel; keep what we know.
+            None => warn!(target: "node::watcher", %id, "watched channel not found on-chain"),
+        }
+        Ok(Some(record))
+    }
+
+    /// Applies `f` to a watched channel's record and stores it (not yet durable).
+    pub(crate) async fn update(
+        &self,
+        id: B256,
+        f: impl FnOnce(&mut WatchRecord),
+    ) -> Result<Option<WatchRecord>, WatcherError> {
+        let _lock = self.lock(id).await;
+        let Some(mut record) = self.load(id)? else { return Ok(None) };
+        f(&mut record);
+        self.persist(&record)?;
+        Ok(Some(record))
+    }
+
+    /// Queues channels for a `getChannel` re-check on the guard's next round.
+    pub fn mark_for_recheck(&self, ids: impl IntoIterator<Item = B256>) {
+        self.inner.recheck.lock().extend(ids);
+    }
+
+    /// Takes the channels queued for a re-check.
+    pub(crate) fn take_rechecks(&self) -> Vec<B256> {
+        let mut ids: Vec<B256> = self.inner.recheck.lock().drain().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Resolves when a push asks the guard to run early.
+    pub(crate) async fn woken(&self) {
+        self.inner.wake.notified().await;
+    }
+
+    /// The last block whose events the guard processed.
+    pub(crate) fn cursor(&self) -> Result<Option<u64>, WatcherError> {
+        Ok(self
+            .inner
+            .store
+            .get(META, CURSOR_KEY)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_be_bytes))
+    }
+
+    pub(crate) fn set_cursor(&self, block: u64) -> Result<(), WatcherError> {
+        Ok(self.inner.store.put(META, CURSOR_KEY, &block.to_be_bytes())?)
+    }
+
+    /// Whether the channel is watched and still open as last read.
+    pub(crate) fn watches_open(&self, id: B256) -> Result<bool, WatcherError> {
+        Ok(self.load(id)?.is_some_and(|r| r.chain.open))
+    }
+
+    async fn lock(&self, id: B256) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.locks[usize::from(id.0[0]) % LOCK_STRIPES].lock().await
+    }
+
+    fn load(&self, id: B256) -> Result<Option<WatchRecord>, WatcherError> {
+        self.inner.store.get(WATCHED, id.as_slice())?.map(|b| decode(&b, "channel record")).transpose()
+    }
+
+    fn persist(&self, record: &WatchRecord) -> Result<(), WatcherError> {
+        Ok(self.inner.store.put(WATCHED, record.id.as_slice(), &encode(record))?)
+    }
+}
+
+fn rejected(code: RejectCode, message: String) -> WatchOutcome {
+    WatchOutcome::Rejected { code, message }
+}
+
+fn unavailable(e: ChainError) -> WatchOutcome {
+    rejected(RejectCode::Unavailable, format!("chain unavailable: {e}"))
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Plain structs of primitives: serialising cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, WatcherError> {
+    serde_json::from_slice(bytes).map_err(|source| WatcherError::Corrupt { what: what.into(), source })
+}
+
+/// A provider that sends the guard's transactions from `key`'s account: gas estimation, chain
+/// id, and the nonce read from the node before each transaction. (alloy's default nonce cache
+/// would leave a gap after a transaction the node refused, e.g. while the account had no
+/// funds, and every later settlement would wait behind it forever.)
+pub fn settlement_provider(rpc_url: &str, key: PrivateKeySigner) -> Result<DynProvider, WatcherError> {
+    let url =
+        rpc_url.parse().map_err(|e| WatcherError::Config(format!("invalid rpc_url {rpc_url:?}: {e}")))?;
+    Ok(ProviderBuilder::default()
+        .with_gas_estimation()
+        .with_simple_nonce_management()
+        .fetch_chain_id()
+        .wallet(EthereumWallet::from(key))
+        .connect_http(url)
+        .erased())
+}
+
+/// Runs the watcher described by `config`, settling from `key`'s account, until `shutdown`
+/// resolves: the push API on `config.listen` and the guard following the chain.
+///
+/// `key` pays the gas of settlements (it needs native tokens); payouts go to the payees.
+pub async fn run(
+    config: WatcherConfig,
+    key: PrivateKeySigner,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> eyre::Result<()> {
+    config.validate()?;
+    let from = key.address();
+    let provider = settlement_provider(&config.rpc_url, key)?;
+    let rpc_chain_id = provider.get_chain_id().await.wrap_err("cannot reach the chain RPC")?;
+    if let Some(configured) = config.chain_id {
+        eyre::ensure!(
+            configured == rpc_chain_id,
+            "the RPC serves chain {rpc_chain_id}, not the configured chain {configured}"
+        );
+    }
+    let code = provider.get_code_at(config.contract).await.wrap_err("cannot reach the chain RPC")?;
+    eyre::ensure!(!code.is_empty(), "no contract at {} on chain {rpc_chain_id}", config.contract);
+    match provider.get_balance(from).await {
+        Ok(balance) if balance == U256::ZERO => {
+            warn!(
+                target: "node::watcher",
+                watcher = %from,
+                "the watcher's account has no funds: it cannot pay for settlements"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            warn!(target: "node::watcher", watcher = %from, error = %e, "cannot read the watcher's balance")
+        }
+    }
+
+    std::fs::create_dir_all(&config.data_dir)
+        .wrap_err_with(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let store = Arc::new(SledStore::open(&config.data_dir).wrap_err("cannot open the watcher's store")?);
+    let watcher = Watcher::new(
+        rpc_chain_id,
+        config.contract,
+        &config.token,
+        Arc::clone(&store),
+        RpcChain::new(provider.clone(), config.contract),
+    )?;
+    let guard = Guard::new(watcher.clone(), provider, from, config.guard_settings());
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .wrap_err_with(|| format!("cannot listen on {}", config.listen))?;
+    info!(
+        target: "node::watcher",
+        listen = %listener.local_addr()?,
+        contract = %config.contract,
+        chain_id = rpc_chain_id,
+        watcher = %from,
+        channels = watcher.channels()?.len(),
+        "watcher started"
+    );
+
+    let (stop_guard, guard_stopped) = tokio::sync::oneshot::channel::<()>();
+    let poll = config.poll_interval;
+    let guard_task = tokio::spawn(async move {
+        guard
+            .run(poll, async move {
+                let _ = guard_stopped.await;
+            })
+            .await;
+    });
+    let served = axum::serve(listener, watcher.router()).with_graceful_shutdown(shutdown).await;
+    let _ = stop_guard.send(());
+    if let Err(e) = guard_task.await {
+        warn!(target: "node::watcher", error = %e, "guard task failed");
+    }
+    drop(watcher);
+    // Connection tasks may hold the watcher a moment longer; close the store (final flush, file
+    // lock released) only once this is the last reference, so a restart can open it at once.
+    for _ in 0..500 {
+        if Arc::strong_count(&store) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if Arc::strong_count(&store) > 1 {
+        warn!(target: "node::watcher", "store still in use at shutdown; it closes when the last user ends");
+    }
+    drop(store);
+    served?;
+    info!(target: "node::watcher", "watcher stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

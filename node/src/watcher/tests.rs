@@ -1,0 +1,397 @@
+//! Unit tests of the watcher's push side, over an in-memory chain and store.
+
+use std::sync::Arc;
+
+use alloy::{
+    primitives::{Address, B256, U256},
+    signers::local::PrivateKeySigner,
+};
+use axum::body::Body;
+use http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+use x402_protocol::{
+    ChannelDomain, Voucher,
+    watch::{
+        ApiError, ApiErrorCode, CHANNELS_PATH, MAX_VOUCHERS_PER_REQUEST, RejectCode, WATCH_PATH,
+        WatchOutcome, WatchRequest, WatchResponse, WatchedChannel, WatchedStatus, WatchedVoucher,
+    },
+};
+use x402_store::MemoryStore;
+
+use super::*;
+use crate::test_utils::{FlakyStore, MemoryChain};
+
+const TOKEN: &str = "watcher-test-token-0123456789";
+const CHAIN_ID: u64 = 31_337;
+
+fn contract() -> Address {
+    Address::repeat_byte(0xcc)
+}
+
+fn onchain(signer: Address, deposit: u64) -> OnchainChannel {
+    OnchainChannel {
+        payer: signer,
+        payee: Address::repeat_byte(2),
+        token: Address::repeat_byte(3),
+        signer,
+        signer_is_contract: false,
+        deposit: U256::from(deposit),
+        challenge_period: 3_600,
+        exit_at: 0,
+        open: true,
+        nonce: 0,
+        paid: U256::ZERO,
+    }
+}
+
+struct Fixture<S: KvStore = MemoryStore> {
+    watcher: Watcher<S, MemoryChain>,
+    chain: MemoryChain,
+    store: Arc<S>,
+    payer: PrivateKeySigner,
+    id: B256,
+}
+
+fn fixture() -> Fixture {
+    fixture_with(Arc::new(MemoryStore::new()))
+}
+
+fn fixture_with<S: KvStore>(store: Arc<S>) -> Fixture<S> {
+    let chain = MemoryChain::default();
+    let payer = PrivateKeySigner::random();
+    let id = B256::repeat_byte(0x42);
+    chain.set(id, onchain(payer.address(), 1_000));
+    let watcher = Watcher::new(CHAIN_ID, contract(), TOKEN, Arc::clone(&store), chain.clone()).unwrap();
+    Fixture { watcher, chain, store, payer, id }
+}
+
+impl<S: KvStore> Fixture<S> {
+    fn sign(&self, nonce: u64, amount: u64) -> WatchedVoucher {
+        sign_for(&self.payer, ChannelDomain::new(CHAIN_ID, contract()), self.id, nonce, amount)
+    }
+
+    async fn push(&self, vouchers: Vec<WatchedVoucher>) -> Vec<WatchOutcome> {
+        let response = self.watcher.watch(WatchRequest { vouchers }).await.unwrap();
+        response.results.into_iter().map(|r| r.outcome).collect()
+    }
+
+    async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: String,
+    ) -> (StatusCode, Vec<u8>) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            req = req.header(header::AUTHORIZATION, token);
+        }
+        let resp = self.watcher.router().oneshot(req.body(Body::from(body)).unwrap()).await.unwrap();
+        let status = resp.status();
+        (status, resp.into_body().collect().await.unwrap().to_bytes().to_vec())
+    }
+
+    fn held(&self) -> (u64, U256) {
+        let record = self.watcher.record(self.id).unwrap().expect("watched");
+        (record.voucher.nonce, record.voucher.cumulative_amount)
+    }
+}
+
+fn sign_for(
+    key: &PrivateKeySigner,
+    domain: ChannelDomain,
+    id: B256,
+    nonce: u64,
+    amount: u64,
+) -> WatchedVoucher {
+    let signed =
+        domain.sign(key, Voucher { channelId: id, nonce, cumulativeAmount: U256::from(amount) }).unwrap();
+    WatchedVoucher::from(&signed)
+}
+
+fn body(vouchers: Vec<WatchedVoucher>) -> String {
+    serde_json::to_string(&WatchRequest { vouchers }).unwrap()
+}
+
+fn code(outcome: &WatchOutcome) -> Option<RejectCode> {
+    match outcome {
+        WatchOutcome::Rejected { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+fn kept(nonce: u64, amount: u64) -> WatchOutcome {
+    WatchOutcome::Kept { held_nonce: nonce, held_amount: U256::from(amount) }
+}
+
+#[tokio::test]
+async fn api_needs_the_bearer_token() {
+    let f = fixture();
+    let bearer = format!("Bearer {TOKEN}");
+    let refused = [
+        None,
+        Some("Bearer wrong-token-wrong-token".to_owned()),
+        Some(format!("bearer {TOKEN}")),
+        Some(TOKEN.to_owned()),
+        Some(format!("Bearer {}", &TOKEN[..TOKEN.len() - 1])),
+        Some(format!("Bearer {TOKEN}x")),
+        Some("Bearer ".to_owned()),
+    ];
+    for token in &refused {
+        for (method, path) in [("POST", WATCH_PATH), ("GET", CHANNELS_PATH)] {
+            let (status, bytes) = f.http(method, path, token.as_deref(), body(vec![f.sign(1, 100)])).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path} with {token:?}");
+            let err: ApiError = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(err.error, ApiErrorCode::Unauthorized);
+        }
+    }
+    // Nothing was stored by the refused pushes.
+    assert!(f.watcher.channels().unwrap().is_empty());
+
+    let (status, bytes) = f.http("POST", WATCH_PATH, Some(&bearer), body(vec![f.sign(1, 100)])).await;
+    assert_eq!(status, StatusCode::OK);
+    let response: WatchResponse = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(response.results[0].outcome, WatchOutcome::Stored);
+    let (status, bytes) = f.http("GET", CHANNELS_PATH, Some(&bearer), String::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    let listed: Vec<WatchedChannel> = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].channel_id, listed[0].nonce, listed[0].status), (f.id, 1, WatchedStatus::Open));
+
+    let (status, _) = f.http("GET", "/healthz", None, String::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(f.watcher.authorized(TOKEN));
+    assert!(!f.watcher.authorized(""));
+}
+
+#[tokio::test]
+async fn keeps_the_voucher_paying_the_most() {
+    let f = fixture();
+    assert_eq!(
+        f.push(vec![f.sign(1, 100), f.sign(3, 300)]).await,
+        [WatchOutcome::Stored, WatchOutcome::Stored]
+    );
+    assert_eq!(f.held(), (3, U256::from(300)));
+    // An older voucher arriving late does not replace the better one.
+    assert_eq!(f.push(vec![f.sign(2, 200)]).await, [kept(3, 300)]);
+    // A higher nonce that pays less loses: a watcher claim pays the full amount, so the
+    // highest amount is what protects the payee.
+    assert_eq!(f.push(vec![f.sign(9, 250)]).await, [kept(3, 300)]);
+    // Same amount, higher nonce: taken.
+    assert_eq!(f.push(vec![f.sign(4, 300)]).await, [WatchOutcome::Stored]);
+    assert_eq!(f.held(), (4, U256::from(300)));
+    // The same voucher again: idempotent.
+    assert_eq!(f.push(vec![f.sign(4, 300)]).await, [WatchOutcome::Stored]);
+    // A lower nonce that pays more wins.
+    assert_eq!(f.push(vec![f.sign(2, 600)]).await, [WatchOutcome::Stored]);
+    assert_eq!(f.held(), (2, U256::from(600)));
+    // Within one batch too, whatever the order.
+    assert_eq!(f.push(vec![f.sign(7, 900), f.sign(6, 800)]).await, [WatchOutcome::Stored, kept(7, 900)]);
+    assert_eq!(f.held(), (7, U256::from(900)));
+    assert_eq!(f.watcher.channels().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn bad_bodies_are_400_with_a_json_error() {
+    let f = fixture();
+    let bearer = format!("Bearer {TOKEN}");
+    let mut bad_amount = serde_json::to_value(f.sign(1, 100)).unwrap();
+    bad_amount["cumulativeAmount"] = serde_json::json!(100);
+    let too_many = body(vec![f.sign(1, 100); MAX_VOUCHERS_PER_REQUEST + 1]);
+    let cases = [
+        ("not json", "{nope".to_owned()),
+        ("empty", String::new()),
+        ("wrong shape", r#"{"voucher":[]}"#.to_owned()),
+        ("number amount", serde_json::json!({ "vouchers": [bad_amount] }).to_string()),
+        ("too many", too_many),
+    ];
+    for (name, text) in cases {
+        let (status, bytes) = f.http("POST", WATCH_PATH, Some(&bearer), text).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{name}");
+        let err: ApiError = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(err.error, ApiErrorCode::InvalidRequest, "{name}");
+    }
+    let (status, bytes) = f.http("POST", WATCH_PATH, Some(&bearer), "x".repeat(2 * 1024 * 1024)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(serde_json::from_slice::<ApiError>(&bytes).unwrap().error, ApiErrorCode::InvalidRequest);
+    assert!(f.watcher.channels().unwrap().is_empty());
+    // An empty batch is fine.
+    let (status, _) = f.http("POST", WATCH_PATH, Some(&bearer), body(vec![])).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn rejections_are_reported_per_voucher() {
+    let f = fixture();
+    let domain = ChannelDomain::new(CHAIN_ID, contract());
+    // Channels in every state.
+    let paid = B256::repeat_byte(1);
+    let mut c = onchain(f.payer.address(), 1_000);
+    c.nonce = 5;
+    c.paid = U256::from(500);
+    f.chain.set(paid, c);
+    let closed = B256::repeat_byte(2);
+    let mut c = onchain(f.payer.address(), 1_000);
+    c.open = false;
+    f.chain.set(closed, c);
+
+    let stranger = PrivateKeySigner::random();
+    let vouchers = vec![
+        sign_for(&f.payer, domain.clone(), B256::repeat_byte(0x99), 1, 100),
+        sign_for(&stranger, domain.clone(), f.id, 1, 100),
+        sign_for(&f.payer, ChannelDomain::new(CHAIN_ID + 1, contract()), f.id, 1, 100),
+        sign_for(&f.payer, ChannelDomain::new(CHAIN_ID, Address::repeat_byte(0xdd)), f.id, 1, 100),
+        f.sign(1, 1_001),
+        sign_for(&f.payer, domain.clone(), paid, 5, 900),
+        sign_for(&f.payer, domain.clone(), paid, 6, 500),
+        sign_for(&f.payer, domain.clone(), closed, 1, 100),
+        f.sign(1, 1_000),
+    ];
+    let outcomes = f.push(vouchers).await;
+    let codes: Vec<_> = outcomes.iter().map(code).collect();
+    assert_eq!(
+        codes,
+        [
+            Some(RejectCode::ChannelUnknown),
+            Some(RejectCode::InvalidSignature),
+            Some(RejectCode::InvalidSignature),
+            Some(RejectCode::InvalidSignature),
+            Some(RejectCode::ExceedsDeposit),
+            Some(RejectCode::Stale),
+            Some(RejectCode::Stale),
+            Some(RejectCode::ChannelClosed),
+            None,
+        ]
+    );
+    assert_eq!(outcomes[8], WatchOutcome::Stored);
+    // Only the good voucher's channel is watched.
+    let watched: Vec<B256> = f.watcher.channels().unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(watched, [f.id]);
+
+    // A chain outage is reported as retryable, and nothing is stored.
+    let other = B256::repeat_byte(3);
+    f.chain.set(other, onchain(f.payer.address(), 1_000));
+    f.chain.set_down(true);
+    let outcomes = f.push(vec![sign_for(&f.payer, domain, other, 1, 100)]).await;
+    assert_eq!(code(&outcomes[0]), Some(RejectCode::Unavailable));
+    assert!(f.watcher.record(other).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn deposit_is_reread_before_refusing() {
+    let f = fixture();
+    assert_eq!(f.push(vec![f.sign(1, 100)]).await, [WatchOutcome::Stored]);
+    // The payer tops up; the watcher's cached deposit is 1,000.
+    f.chain.update(f.id, |c| c.deposit = U256::from(2_000));
+    assert_eq!(f.push(vec![f.sign(2, 1_500)]).await, [WatchOutcome::Stored]);
+    assert_eq!(f.watcher.record(f.id).unwrap().unwrap().chain.deposit, U256::from(2_000));
+    let lookups = f.chain.lookups();
+    assert_eq!(code(&f.push(vec![f.sign(3, 2_001)]).await[0]), Some(RejectCode::ExceedsDeposit));
+    assert_eq!(f.chain.lookups(), lookups + 1, "one re-read before refusing");
+    // Within the cached deposit: no chain read at all.
+    assert_eq!(f.push(vec![f.sign(3, 1_600)]).await, [WatchOutcome::Stored]);
+    assert_eq!(f.chain.lookups(), lookups + 1);
+}
+
+#[tokio::test]
+async fn storage_failure_is_503() {
+    let f = fixture_with(Arc::new(FlakyStore::default()));
+    f.store.fail(true);
+    assert!(matches!(
+        f.watcher.watch(WatchRequest { vouchers: vec![f.sign(1, 100)] }).await,
+        Err(WatcherError::Storage(_))
+    ));
+    let (status, bytes) =
+        f.http("POST", WATCH_PATH, Some(&format!("Bearer {TOKEN}")), body(vec![f.sign(1, 100)])).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let err: ApiError = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(err.error, ApiErrorCode::Unavailable);
+    // Once the disk is back, the retried push is answered (and made durable).
+    f.store.fail(false);
+    assert_eq!(f.push(vec![f.sign(1, 100)]).await, [WatchOutcome::Stored]);
+}
+
+#[tokio::test]
+async fn restart_keeps_vouchers_and_rechecks_open_channels() {
+    let f = fixture();
+    let closed = B256::repeat_byte(5);
+    f.chain.set(closed, onchain(f.payer.address(), 1_000));
+    let domain = ChannelDomain::new(CHAIN_ID, contract());
+    f.push(vec![f.sign(3, 300), sign_for(&f.payer, domain, closed, 1, 100)]).await;
+    // First vouchers queue their channel for a re-read; later ones do not.
+    assert_eq!(f.watcher.take_rechecks(), {
+        let mut ids = vec![f.id, closed];
+        ids.sort();
+        ids
+    });
+    f.push(vec![f.sign(4, 400)]).await;
+    assert!(f.watcher.take_rechecks().is_empty());
+    f.chain.update(closed, |c| c.open = false);
+    f.watcher.refresh(closed).await.unwrap();
+
+    let restarted = Watcher::new(CHAIN_ID, contract(), TOKEN, Arc::clone(&f.store), f.chain.clone()).unwrap();
+    let record = restarted.record(f.id).unwrap().unwrap();
+    assert_eq!((record.voucher.nonce, record.voucher.cumulative_amount), (4, U256::from(400)));
+    // Every open channel is re-read on the guard's first round; closed ones are done.
+    assert_eq!(restarted.take_rechecks(), [f.id]);
+    assert_eq!(restarted.record(closed).unwrap().unwrap().summary().status, WatchedStatus::Closed);
+    // An older voucher pushed after the restart does not replace the better one.
+    let again =
+        Fixture { watcher: restarted, chain: f.chain.clone(), store: f.store, payer: f.payer, id: f.id };
+    assert_eq!(again.push(vec![again.sign(2, 200)]).await, [kept(4, 400)]);
+}
+
+#[tokio::test]
+async fn refuses_a_store_of_another_deployment() {
+    let f = fixture();
+    let other =
+        Watcher::new(CHAIN_ID, Address::repeat_byte(0xdd), TOKEN, Arc::clone(&f.store), f.chain.clone());
+    assert!(matches!(other, Err(WatcherError::DeploymentMismatch { .. })));
+    let other = Watcher::new(1, contract(), TOKEN, Arc::clone(&f.store), f.chain.clone());
+    assert!(matches!(other, Err(WatcherError::DeploymentMismatch { .. })));
+    assert!(Watcher::new(CHAIN_ID, contract(), TOKEN, Arc::clone(&f.store), f.chain.clone()).is_ok());
+    assert!(matches!(
+        Watcher::new(CHAIN_ID, contract(), "short", Arc::clone(&f.store), f.chain.clone()),
+        Err(WatcherError::Config(_))
+    ));
+}
+
+#[tokio::test]
+async fn refresh_follows_the_chain() {
+    let f = fixture();
+    assert!(f.watcher.refresh(f.id).await.unwrap().is_none(), "not watched yet");
+    f.push(vec![f.sign(1, 100)]).await;
+    f.chain.update(f.id, |c| c.exit_at = 99_999);
+    let record = f.watcher.refresh(f.id).await.unwrap().unwrap();
+    assert!(record.exiting());
+    assert_eq!(record.summary().status, WatchedStatus::Exiting);
+    assert_eq!(f.watcher.record(f.id).unwrap().unwrap(), record, "stored");
+    // An outage is an error, and the record is unchanged.
+    f.chain.set_down(true);
+    assert!(matches!(f.watcher.refresh(f.id).await, Err(WatcherError::Chain(_))));
+    assert_eq!(f.watcher.record(f.id).unwrap().unwrap(), record);
+}
+
+#[test]
+fn config_validates_and_redacts_the_token() {
+    let good = WatcherConfig { contract: contract(), token: TOKEN.into(), ..WatcherConfig::default() };
+    good.validate().unwrap();
+    let debug = format!("{good:?}");
+    assert!(!debug.contains(TOKEN), "{debug}");
+    assert!(debug.contains("<redacted>"));
+
+    let bad = [
+        ("no contract", WatcherConfig { contract: Address::ZERO, ..good.clone() }),
+        ("short token", WatcherConfig { token: "0123456789abcde".into(), ..good.clone() }),
+        ("spaces in token", WatcherConfig { token: "0123456789 abcdef".into(), ..good.clone() }),
+        ("zero poll", WatcherConfig { poll_interval: Duration::ZERO, ..good.clone() }),
+        ("zero log range", WatcherConfig { max_log_range: 0, ..good.clone() }),
+        ("zero receipt timeout", WatcherConfig { receipt_timeout: Duration::ZERO, ..good.clone() }),
+        ("no rpc", WatcherConfig { rpc_url: " ".into(), ..good.clone() }),
+    ];
+    for (name, config) in bad {
+        assert!(matches!(config.validate(), Err(WatcherError::Config(_))), "{name}");
+    }
+    assert_eq!(good.guard_settings().max_log_range, 2_000);
+}

@@ -1,0 +1,388 @@
+//! The watcher on anvil, with no provider node running: vouchers pushed to it are settled when
+//! the payer exits, whatever the order of pushes and exits, and survive a restart.
+
+use std::{sync::Arc, time::Duration};
+
+use alloy::{
+    node_bindings::AnvilInstance,
+    primitives::{Address, B256, U256},
+    providers::{DynProvider, Provider},
+    signers::local::PrivateKeySigner,
+    sol,
+};
+use reqwest::StatusCode;
+use tokio::sync::oneshot;
+use x402_e2e::{account, anvil, cheats, deploy_channel, deploy_stablecoin, provider};
+use x402_node::{
+    chain::RpcChain,
+    test_utils::FlakyStore,
+    watcher::{Guard, GuardSettings, Watcher, WatcherConfig, settlement_provider},
+};
+use x402_protocol::{
+    ChannelDomain, Voucher,
+    bindings::IPaymentChannel,
+    watch::{
+        ApiError, ApiErrorCode, CHANNELS_PATH, WATCH_PATH, WatchOutcome, WatchRequest, WatchResponse,
+        WatchedChannel, WatchedStatus, WatchedVoucher,
+    },
+};
+
+sol! {
+    #[sol(rpc)]
+    interface ITestStablecoin {
+        function mint(address to, uint256 amount) external;
+        function approve(address spender, uint256 amount) external returns (bool);
+        function balanceOf(address who) external view returns (uint256);
+    }
+}
+
+const DEPOSIT: u64 = 1_000_000;
+const PERIOD: u32 = 3_600;
+const TOKEN: &str = "watcher-e2e-token-0123456789";
+
+/// A deployment with a funded payer.
+struct World {
+    anvil: AnvilInstance,
+    contract: Address,
+    usd: Address,
+    payee: PrivateKeySigner,
+    payer: PrivateKeySigner,
+    payer_chain: DynProvider,
+}
+
+impl World {
+    async fn new() -> Self {
+        let anvil = anvil();
+        let payee = account(&anvil, 0);
+        let payer = account(&anvil, 1);
+        let deployer = provider(&anvil, payee.clone());
+        let payer_chain = provider(&anvil, payer.clone());
+        let contract = deploy_channel(&deployer).await.expect("deploys channel");
+        let usd = deploy_stablecoin(&deployer).await.expect("deploys token");
+        let token = ITestStablecoin::new(usd, &payer_chain);
+        token
+            .mint(payer.address(), U256::from(10 * DEPOSIT))
+            .send()
+            .await
+            .expect("mint sent")
+            .get_receipt()
+            .await
+            .expect("mint mined");
+        token
+            .approve(contract, U256::MAX)
+            .send()
+            .await
+            .expect("approve sent")
+            .get_receipt()
+            .await
+            .expect("approve mined");
+        Self { anvil, contract, usd, payee, payer, payer_chain }
+    }
+
+    fn channels(&self) -> IPaymentChannel::IPaymentChannelInstance<&DynProvider> {
+        IPaymentChannel::new(self.contract, &self.payer_chain)
+    }
+
+    /// Opens a token channel paying the payee, with a 1-hour challenge period.
+    async fn open(&self, salt: u8) -> B256 {
+        let params = IPaymentChannel::OpenParams {
+            payee: self.payee.address(),
+            token: self.usd,
+            signer: Address::ZERO,
+            challengePeriod: PERIOD,
+            deposit: U256::from(DEPOSIT),
+            salt: B256::repeat_byte(salt),
+        };
+        let id = self
+            .channels()
+            .computeChannelId(self.payer.address(), params.clone())
+            .call()
+            .await
+            .expect("channel id");
+        self.channels()
+            .open(params)
+            .send()
+            .await
+            .expect("open sent")
+            .get_receipt()
+            .await
+            .expect("open mined");
+        id
+    }
+
+    async fn request_exit(&self, id: B256) {
+        let receipt = self
+            .channels()
+            .requestExit(id)
+            .send()
+            .await
+            .expect("exit sent")
+            .get_receipt()
+            .await
+            .expect("exit mined");
+        assert!(receipt.status());
+    }
+
+    async fn paid(&self, id: B256) -> U256 {
+        U256::from(self.channels().getChannel(id).call().await.expect("getChannel").paid)
+    }
+
+    async fn balance(&self, who: Address) -> U256 {
+        ITestStablecoin::new(self.usd, &self.payer_chain).balanceOf(who).call().await.expect("balanceOf")
+    }
+
+    fn sign(&self, id: B256, nonce: u64, amount: u64) -> WatchedVoucher {
+        let domain = ChannelDomain::new(self.anvil.chain_id(), self.contract);
+        let signed = domain
+            .sign(&self.payer, Voucher { channelId: id, nonce, cumulativeAmount: U256::from(amount) })
+            .expect("signs");
+        WatchedVoucher::from(&signed)
+    }
+}
+
+/// A watcher run by [`x402_node::watcher::run`], as the `x402-node watch` subcommand runs it.
+struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<eyre::Result<()>>,
+    url: String,
+}
+
+impl Running {
+    async fn start(config: WatcherConfig, key: PrivateKeySigner) -> Self {
+        let url = format!("http://{}", config.listen);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(x402_node::watcher::run(config, key, async move {
+            let _ = stopped.await;
+        }));
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if client.get(format!("{url}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
+                return Self { stop: Some(stop), task, url };
+            }
+            if task.is_finished() {
+                panic!("watcher exited: {:?}", task.await);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("watcher did not start within 10 s");
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.expect("joins").expect("watcher ran cleanly");
+    }
+
+    async fn push(&self, token: Option<&str>, vouchers: Vec<WatchedVoucher>) -> reqwest::Response {
+        let mut req = reqwest::Client::new().post(format!("{}{WATCH_PATH}", self.url));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.json(&WatchRequest { vouchers }).send().await.expect("push")
+    }
+
+    async fn push_ok(&self, vouchers: Vec<WatchedVoucher>) -> Vec<WatchOutcome> {
+        let resp = self.push(Some(TOKEN), vouchers).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.json::<WatchResponse>()
+            .await
+            .expect("a WatchResponse")
+            .results
+            .into_iter()
+            .map(|r| r.outcome)
+            .collect()
+    }
+
+    async fn channels(&self) -> Vec<WatchedChannel> {
+        let resp = reqwest::Client::new()
+            .get(format!("{}{CHANNELS_PATH}", self.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("listing");
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.json().await.expect("a channel list")
+    }
+}
+
+fn free_port() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
+    l.local_addr().expect("addr")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watcher_settles_the_best_voucher_when_the_payer_exits() {
+    let world = World::new().await;
+    let id = world.open(1).await;
+    let watcher_key = account(&world.anvil, 2);
+    let data = tempfile::tempdir().unwrap();
+    let config = WatcherConfig {
+        listen: free_port(),
+        data_dir: data.path().into(),
+        rpc_url: world.anvil.endpoint(),
+        chain_id: Some(world.anvil.chain_id()),
+        contract: world.contract,
+        token: TOKEN.into(),
+        poll_interval: Duration::from_millis(100),
+        ..WatcherConfig::default()
+    };
+    let watcher = Running::start(config.clone(), watcher_key.clone()).await;
+
+    // Without the token, or with a wrong one: 401, and nothing is stored.
+    for token in [None, Some("not-the-token-not-the-token")] {
+        let resp = watcher.push(token, vec![world.sign(id, 1, 1_000)]).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{token:?}");
+        assert_eq!(resp.json::<ApiError>().await.unwrap().error, ApiErrorCode::Unauthorized);
+    }
+    assert!(watcher.channels().await.is_empty());
+
+    // The provider pushes its vouchers as it accepts them.
+    let outcomes = watcher
+        .push_ok(vec![world.sign(id, 1, 1_000), world.sign(id, 2, 2_000), world.sign(id, 3, 3_000)])
+        .await;
+    assert_eq!(outcomes, [WatchOutcome::Stored, WatchOutcome::Stored, WatchOutcome::Stored]);
+
+    // A restart on the same data directory keeps them; a late, older voucher does not replace
+    // the best one.
+    watcher.stop().await;
+    let watcher = Running::start(config, watcher_key.clone()).await;
+    let listed = watcher.channels().await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].nonce, listed[0].cumulative_amount), (3, U256::from(3_000)));
+    assert_eq!(listed[0].status, WatchedStatus::Open);
+    assert_eq!(
+        watcher.push_ok(vec![world.sign(id, 2, 2_000)]).await,
+        [WatchOutcome::Kept { held_nonce: 3, held_amount: U256::from(3_000) }]
+    );
+
+    // The provider is gone; the payer tries to leave without paying.
+    world.request_exit(id).await;
+    let mut settled = false;
+    for _ in 0..200 {
+        if world.paid(id).await == U256::from(3_000) {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(settled, "the watcher settled the best voucher within 10 s");
+    let mut listed = watcher.channels().await;
+    for _ in 0..100 {
+        if listed[0].paid == U256::from(3_000) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        listed = watcher.channels().await;
+    }
+    assert_eq!(listed[0].status, WatchedStatus::Exiting);
+    assert_eq!(listed[0].paid, U256::from(3_000));
+    assert!(listed[0].last_tx.is_some());
+    watcher.stop().await;
+
+    // After the challenge period the payer withdraws the rest.
+    cheats::increase_time(&world.payer_chain, u64::from(PERIOD) + 1).await.unwrap();
+    let receipt = world.channels().withdraw(id).send().await.unwrap().get_receipt().await.unwrap();
+    assert!(receipt.status());
+    assert_eq!(world.balance(world.payee.address()).await, U256::from(3_000));
+    assert_eq!(world.balance(world.payer.address()).await, U256::from(10 * DEPOSIT - 3_000));
+    assert_eq!(world.balance(world.contract).await, U256::ZERO);
+    // The watcher paid the gas and got nothing.
+    assert_eq!(world.balance(watcher_key.address()).await, U256::ZERO);
+    let eth = world.payer_chain.get_balance(watcher_key.address()).await.unwrap();
+    assert!(eth < U256::from(10_000u64) * U256::from(10u64).pow(U256::from(18)), "gas was paid");
+}
+
+/// The guard driven round by round: a voucher pushed after its channel's exit was already
+/// scanned is still settled, a failed settlement is retried, several channels go in one
+/// `settleMany`, and nothing is sent once the challenge period is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guard_settles_late_pushes_retries_and_batches() {
+    let world = World::new().await;
+    let (a, b, c) = (world.open(1).await, world.open(2).await, world.open(3).await);
+
+    // A watcher account without funds: its first settlement cannot be paid for.
+    let key = PrivateKeySigner::random();
+    let chain = settlement_provider(&world.anvil.endpoint(), key.clone()).unwrap();
+    // The in-memory store of the node's test utilities.
+    let store = Arc::new(FlakyStore::default());
+    let new_watcher = || {
+        Watcher::new(
+            world.anvil.chain_id(),
+            world.contract,
+            TOKEN,
+            Arc::clone(&store),
+            RpcChain::new(chain.clone(), world.contract),
+        )
+        .unwrap()
+    };
+    let watcher = new_watcher();
+    let guard = Guard::new(watcher.clone(), chain.clone(), key.address(), GuardSettings::default());
+    let push = |vouchers: Vec<WatchedVoucher>| {
+        let watcher = watcher.clone();
+        async move {
+            let response = watcher.watch(WatchRequest { vouchers }).await.unwrap();
+            response.results.into_iter().map(|r| r.outcome).collect::<Vec<_>>()
+        }
+    };
+
+    assert_eq!(push(vec![world.sign(a, 1, 1_000)]).await, [WatchOutcome::Stored]);
+    let report = guard.tick().await.unwrap();
+    assert_eq!((report.settled.len(), report.failures), (0, 0));
+    assert_eq!(report.rechecked, 1, "a's first voucher queues a re-read");
+
+    // Both payers exit; only a is watched so far.
+    world.request_exit(a).await;
+    world.request_exit(b).await;
+    let report = guard.tick().await.unwrap();
+    assert!(report.settled.is_empty());
+    assert_eq!(report.failures, 1, "a is due, but the watcher cannot pay for gas");
+    assert_eq!(report.scanned_to, Some(report.head));
+    assert_eq!(world.paid(a).await, U256::ZERO);
+
+    // b's voucher arrives after its exit was scanned; the watcher is funded.
+    assert_eq!(push(vec![world.sign(b, 2, 2_000)]).await, [WatchOutcome::Stored]);
+    let _: () = chain
+        .raw_request("anvil_setBalance".into(), (key.address(), U256::from(10u128.pow(18))))
+        .await
+        .unwrap();
+    let report = guard.tick().await.unwrap();
+    assert_eq!(report.failures, 0);
+    let mut settled: Vec<_> = report.settled.iter().map(|s| (s.channel_id, s.paid, s.payout)).collect();
+    settled.sort();
+    let mut expected =
+        vec![(a, U256::from(1_000), U256::from(1_000)), (b, U256::from(2_000), U256::from(2_000))];
+    expected.sort();
+    assert_eq!(settled, expected);
+    assert_eq!(report.settled[0].tx, report.settled[1].tx, "one settleMany for both");
+    assert_eq!((world.paid(a).await, world.paid(b).await), (U256::from(1_000), U256::from(2_000)));
+
+    // Nothing more to do for them.
+    let report = guard.tick().await.unwrap();
+    assert_eq!((report.settled.len(), report.failures), (0, 0));
+
+    // A better voucher for a, pushed late in the period, is settled on top.
+    assert_eq!(push(vec![world.sign(a, 5, 1_500)]).await, [WatchOutcome::Stored]);
+    let report = guard.tick().await.unwrap();
+    assert_eq!(report.settled.len(), 1);
+    assert_eq!((report.settled[0].paid, report.settled[0].payout), (U256::from(1_500), U256::from(500)));
+
+    // c exits and its period ends before the watcher hears of it: nothing can be sent.
+    world.request_exit(c).await;
+    cheats::increase_time(&world.payer_chain, u64::from(PERIOD) + 1).await.unwrap();
+    assert_eq!(push(vec![world.sign(c, 1, 700)]).await, [WatchOutcome::Stored]);
+    let report = guard.tick().await.unwrap();
+    assert_eq!((report.settled.len(), report.failures), (0, 0));
+    assert_eq!(world.paid(c).await, U256::ZERO);
+
+    // A restarted watcher re-reads every open channel and knows where it stopped.
+    drop(guard);
+    let restarted = new_watcher();
+    let guard = Guard::new(restarted.clone(), chain.clone(), key.address(), GuardSettings::default());
+    let report = guard.tick().await.unwrap();
+    assert_eq!(report.rechecked, 3);
+    assert_eq!((report.settled.len(), report.failures), (0, 0));
+    let records = restarted.channels().unwrap();
+    assert!(records.iter().all(|r| r.exiting()));
+    assert_eq!(world.balance(world.payee.address()).await, U256::from(3_500));
+}
