@@ -662,6 +662,7 @@ mod tests {
                 open: true,
                 nonce: onchain_nonce,
                 paid: U256::from(paid),
+                pending_close: false,
             },
             voucher: StoredVoucher { nonce, cumulative_amount: U256::from(amount), signature: Bytes::new() },
             last_tx: None,

@@ -42,6 +42,7 @@ fn onchain(signer: Address, deposit: u64) -> OnchainChannel {
         open: true,
         nonce: 0,
         paid: U256::ZERO,
+        pending_close: false,
     }
 }
 
