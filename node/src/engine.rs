@@ -343,19 +343,8 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
             ));
         }
         let id = body.channel_id;
-        if self.recently_unknown(id) {
-            return Err(Refusal::unknown(id));
-        }
-        let slot = Arc::clone(&*self.inner.channels.entry(id).or_default());
-        let mut guard = slot.lock_owned().await;
-        self.load(id, &mut guard).await?;
+        let mut guard = self.lock_live(id).await?;
         let record = guard.record.as_ref().ok_or_else(|| Refusal::unknown(id))?;
-        self.check_terms(record)?;
-        if record.status == ChannelStatus::Closed {
-            return Err(
-                Refusal::new(ErrorCode::ChannelClosed, "the channel is closed").with_state(record.state())
-            );
-        }
         let digest = body.digest(self.domain());
         let signer = record.chain.signer;
         let valid = if record.chain.signer_is_contract {
@@ -505,10 +494,21 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         }
         let signed = SignedVoucher::from(payload.payload);
         let id = signed.channel_id();
+        let mut guard = self.lock_live(id).await?;
+        let record = guard.record.as_ref().ok_or_else(|| Refusal::unknown(id))?;
+        // Top-ups, exits and closes reach the record through the event follower.
+        record.admit(&signed.voucher, price.amount)?;
+
+        self.verify_signature(&signed, &mut guard).await?;
+        Ok(Pending { engine: self.clone(), guard, signed, max: price.amount })
+    }
+
+    /// Locks a channel with its record loaded (from memory, the store, or once the chain),
+    /// refusing ids the chain does not know, closed channels, and channels on other terms.
+    async fn lock_live(&self, id: B256) -> Result<OwnedMutexGuard<Slot>, Refusal> {
         if self.recently_unknown(id) {
             return Err(Refusal::unknown(id));
         }
-
         let slot = Arc::clone(&*self.inner.channels.entry(id).or_default());
         let mut guard = slot.lock_owned().await;
         self.load(id, &mut guard).await?;
@@ -519,12 +519,7 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
             );
         }
         self.check_terms(record)?;
-
-        // Top-ups, exits and closes reach the record through the event follower.
-        record.admit(&signed.voucher, price.amount)?;
-
-        self.verify_signature(&signed, &mut guard).await?;
-        Ok(Pending { engine: self.clone(), guard, signed, max: price.amount })
+        Ok(guard)
     }
 
     /// Loads a stored channel into the slot, if the store has it.

@@ -161,7 +161,6 @@ impl<S: KvStore> Follower<S> {
             previous => {
                 if let Some(c) = previous {
                     warn!(target: "node::follower", cursor = c.block, %c.hash, head, "reorg below the confirmation depth; re-reading every channel");
-                    self.engine.metrics().reorgs.inc();
                     progress.reorg = true;
                 } else {
                     info!(target: "node::follower", head, safe, "no cursor yet; reading every known channel");
@@ -232,7 +231,12 @@ impl<S: KvStore> Follower<S> {
         // One durable write for the records and the cursor: a crash before it replays the
         // range, which is harmless because records are re-read, not incremented.
         store.sync().await?;
-        self.engine.metrics().follower_block.set(i64::try_from(safe).unwrap_or(i64::MAX));
+        let metrics = self.engine.metrics();
+        metrics.follower_block.set(i64::try_from(safe).unwrap_or(i64::MAX));
+        if progress.reorg {
+            // Counted once handled: every channel has been re-read.
+            metrics.reorgs.inc();
+        }
         self.cursor = Some(cursor);
         Ok(progress)
     }

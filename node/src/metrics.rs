@@ -26,7 +26,7 @@ pub struct Metrics {
     pub store_max_batch: IntGauge,
     /// The last block the event follower has processed as confirmed.
     pub follower_block: IntGauge,
-    /// Reorgs the event follower detected below its confirmation depth.
+    /// Reorgs below the confirmation depth, counted once the follower re-read every channel.
     pub reorgs: IntCounter,
     /// Settlement transactions sent (including fee bumps), by kind (`settle`, `close`).
     pub settlement_txs: IntCounterVec,
@@ -69,7 +69,10 @@ impl Metrics {
         let follower_block =
             gauge("x402_follower_block", "Last block processed as confirmed by the event follower");
         let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
-        let reorgs = counter("x402_reorgs_total", "Reorgs detected below the confirmation depth");
+        let reorgs = counter(
+            "x402_reorgs_total",
+            "Reorgs below the confirmation depth, counted once every channel was re-read",
+        );
         let settlement_txs = IntCounterVec::new(
             Opts::new("x402_settlement_transactions_total", "Settlement transactions sent, by kind"),
             &["kind"],

@@ -151,20 +151,11 @@ impl Running {
     async fn start(config: WatcherConfig, key: PrivateKeySigner) -> Self {
         let url = format!("http://{}", config.listen);
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(x402_node::watcher::run(config, key, async move {
+        let mut task = tokio::spawn(x402_node::watcher::run(config, key, async move {
             let _ = stopped.await;
         }));
-        let client = reqwest::Client::new();
-        for _ in 0..200 {
-            if client.get(format!("{url}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
-                return Self { stop: Some(stop), task, url };
-            }
-            if task.is_finished() {
-                panic!("watcher exited: {:?}", task.await);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("watcher did not start within 10 s");
+        x402_e2e::harness::wait_until_serving(&url, "watcher", &mut task).await;
+        Self { stop: Some(stop), task, url }
     }
 
     async fn stop(mut self) {

@@ -203,20 +203,11 @@ impl Gateway {
     pub async fn start(config: Config) -> Self {
         let url = format!("http://{}", config.listen);
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(x402_node::gateway::run(config, async move {
+        let mut task = tokio::spawn(x402_node::gateway::run(config, async move {
             let _ = stopped.await;
         }));
-        let client = reqwest::Client::new();
-        for _ in 0..200 {
-            if client.get(format!("{url}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
-                return Self { stop: Some(stop), task, url };
-            }
-            if task.is_finished() {
-                panic!("gateway exited: {:?}", task.await);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("gateway did not start within 10 s");
+        wait_until_serving(&url, "gateway", &mut task).await;
+        Self { stop: Some(stop), task, url }
     }
 
     /// Stops the gateway and waits until its store is closed.
@@ -279,6 +270,22 @@ pub fn gateway_config(
         mime_type: Some("application/json".into()),
     });
     config
+}
+
+/// Waits until the server run by `task` answers `GET {url}/healthz`, for at most 10 s;
+/// panics with its error if it exits first.
+pub async fn wait_until_serving(url: &str, what: &str, task: &mut tokio::task::JoinHandle<eyre::Result<()>>) {
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if client.get(format!("{url}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        if task.is_finished() {
+            panic!("{what} exited: {:?}", task.await);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not start within 10 s");
 }
 
 /// A free loopback address.
