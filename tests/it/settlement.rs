@@ -178,6 +178,17 @@ async fn top_up_is_spendable_only_once_confirmed_and_close_by_authorization() {
     gw.followed(&client, head).await;
     assert_eq!(gw.pay(&client, &terms, &over).await.status(), StatusCode::OK);
 
+    // A top-up while the node is down: the restarted node catches up from its stored cursor.
+    let config = gw.config.clone();
+    gw.stop().await;
+    payer.channels().topUp(id, U256::from(10 * PRICE)).send().await.unwrap().get_receipt().await.unwrap();
+    cheats::mine(chain, 2).await.unwrap();
+    let head = chain.get_block_number().await.unwrap();
+    let gw = Gateway::start(config).await;
+    gw.followed(&client, head - 2).await;
+    let more = payer.sign(id, 3, DEPOSIT + 11 * PRICE);
+    assert_eq!(gw.pay(&client, &terms, &more).await.status(), StatusCode::OK);
+
     // Bad close requests.
     let stranger = alloy::signers::local::PrivateKeySigner::random();
     let forged = CloseRequestBody::sign(&env.domain(), &stranger, id, in_ten_minutes()).unwrap();
@@ -202,9 +213,9 @@ async fn top_up_is_spendable_only_once_confirmed_and_close_by_authorization() {
     let body = CloseRequestBody::sign(&env.domain(), &payer.key, id, in_ten_minutes()).unwrap();
     let answer: CloseResponse = close_request(&client, &gw, &body).await.json().await.unwrap();
     assert!(!answer.queued, "this node does not settle");
-    assert_eq!(answer.final_amount, U256::from(2 * PRICE));
+    assert_eq!(answer.final_amount, U256::from(3 * PRICE));
     let auth = answer.authorization.expect("the node holds the provider key");
-    let next = payer.sign(id, 3, 3 * PRICE);
+    let next = payer.sign(id, 4, 4 * PRICE);
     assert_eq!(required(&gw.pay(&client, &terms, &next).await).error, Some(ErrorCode::ChannelClosing));
     let provider_before = env.balance(env.provider_key.address()).await;
     let receipt = payer
@@ -217,8 +228,8 @@ async fn top_up_is_spendable_only_once_confirmed_and_close_by_authorization() {
         .await
         .unwrap();
     assert!(receipt.status());
-    assert_eq!(env.balance(env.provider_key.address()).await - provider_before, U256::from(2 * PRICE));
-    assert_eq!(env.balance(payer.address()).await, U256::from(FUNDS - 2 * PRICE));
+    assert_eq!(env.balance(env.provider_key.address()).await - provider_before, U256::from(3 * PRICE));
+    assert_eq!(env.balance(payer.address()).await, U256::from(FUNDS - 3 * PRICE));
     cheats::mine(chain, 2).await.unwrap();
     eventually(10, "the close to reach the node", || async {
         required(&gw.pay(&client, &terms, &next).await).error == Some(ErrorCode::ChannelClosed)
@@ -368,12 +379,19 @@ async fn a_node_killed_during_settlement_neither_loses_nor_doubles() {
     assert_eq!(paid_onchain().await, U256::from(2 * 7 * PRICE));
 
     // Nothing is left to claim, and nothing is claimed twice.
-    let report = node(&env, data.path(), policy).round(true).await.unwrap();
+    let report = node(&env, data.path(), policy.clone()).round(true).await.unwrap();
     assert!(report.batches.is_empty(), "{report:?}");
     for id in [ida, idb] {
         let ch = env.channel(id).await;
         assert_eq!((ch.nonce, ch.paid), (7, 7 * PRICE as u128));
     }
+
+    // Gas above the cap postpones settlement (no exit is pending).
+    pay_round(1).await;
+    let capped = SettlementPolicy { max_fee_per_gas: Some(1), ..policy };
+    let report = node(&env, data.path(), capped).round(true).await.unwrap();
+    assert!(report.batches.is_empty() && report.postponed == 2, "{report:?}");
+    assert_eq!(paid_onchain().await, U256::from(2 * 7 * PRICE));
 }
 
 /// Runs a round while a block is mined every 300 ms, starting after `quiet`.

@@ -196,6 +196,8 @@ pub struct Gateway {
     task: tokio::task::JoinHandle<eyre::Result<()>>,
     /// Its base URL.
     pub url: String,
+    /// Its configuration, to restart it.
+    pub config: Config,
 }
 
 impl Gateway {
@@ -203,11 +205,11 @@ impl Gateway {
     pub async fn start(config: Config) -> Self {
         let url = format!("http://{}", config.listen);
         let (stop, stopped) = oneshot::channel::<()>();
-        let mut task = tokio::spawn(x402_node::gateway::run(config, async move {
+        let mut task = tokio::spawn(x402_node::gateway::run(config.clone(), async move {
             let _ = stopped.await;
         }));
         wait_until_serving(&url, "gateway", &mut task).await;
-        Self { stop: Some(stop), task, url }
+        Self { stop: Some(stop), task, url, config }
     }
 
     /// Stops the gateway and waits until its store is closed.
