@@ -392,6 +392,12 @@ async fn a_node_killed_during_settlement_neither_loses_nor_doubles() {
     let report = node(&env, data.path(), capped).round(true).await.unwrap();
     assert!(report.batches.is_empty() && report.postponed == 2, "{report:?}");
     assert_eq!(paid_onchain().await, U256::from(2 * 7 * PRICE));
+
+    // What `x402-node settle --force` runs: catch up with the chain, then one round.
+    let report =
+        x402_node::gateway::settle_once(env.with_provider_key(config, data.path()), true).await.unwrap();
+    assert_eq!(report.batches.len(), 1, "{report:?}");
+    assert_eq!(paid_onchain().await, U256::from(2 * 8 * PRICE));
 }
 
 /// Runs a round while a block is mined every 300 ms, starting after `quiet`.
