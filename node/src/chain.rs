@@ -110,11 +110,12 @@ alloy::sol! {
 
 impl ChainReader for RpcChain {
     async fn channel(&self, id: B256) -> Result<Option<OnchainChannel>, ChainError> {
+        if self.confirmations == 0 {
+            return self.channel_at(id, BlockId::latest()).await;
+        }
+        // Both reads at one head, so that they are consistent with each other.
         let head = self.provider.get_block_number().await.map_err(rpc)?;
         let latest = self.channel_at(id, BlockId::number(head)).await?;
-        if self.confirmations == 0 {
-            return Ok(latest);
-        }
         let confirmed = self.channel_at(id, BlockId::number(head.saturating_sub(self.confirmations))).await?;
         Ok(match (confirmed, latest) {
             (Some(confirmed), Some(latest)) => Some(OnchainChannel::confirmed_view(confirmed, &latest)),

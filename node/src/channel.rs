@@ -77,6 +77,23 @@ impl OnchainChannel {
     }
 }
 
+impl OnchainChannel {
+    /// Takes a fresh read of the same channel; returns whether anything changed. A close is
+    /// final, and the contract zeroes a closed channel's fields, so a read of a closed channel
+    /// only marks it closed and keeps the facts known before.
+    pub fn update_from(&mut self, fresh: Self) -> bool {
+        if !self.open || *self == fresh {
+            return false;
+        }
+        if fresh.open {
+            *self = fresh;
+        } else {
+            self.open = false;
+        }
+        true
+    }
+}
+
 /// A cooperative close the node agreed to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CloseState {
@@ -217,22 +234,16 @@ impl ChannelRecord {
     /// again, and a close is final. A channel whose close the client requested stays
     /// `Closing` until it is closed on-chain. Returns whether anything changed.
     pub fn sync_chain(&mut self, chain: OnchainChannel) -> bool {
-        if self.status == ChannelStatus::Closed || (chain == self.chain && self.close.is_none()) {
+        if self.status == ChannelStatus::Closed {
             return false;
         }
-        if !chain.open {
-            // The contract zeroes a closed channel's fields: keep the facts the node knew.
-            self.chain.open = false;
-            self.status = ChannelStatus::Closed;
-            return true;
-        }
-        let mut status = Self::status_of(&chain);
+        let changed = self.chain.update_from(chain);
+        let mut status = Self::status_of(&self.chain);
         if status == ChannelStatus::Open && self.close.is_some() {
             status = ChannelStatus::Closing;
         }
-        let changed = status != self.status || chain != self.chain;
+        let changed = changed || status != self.status;
         self.status = status;
-        self.chain = chain;
         changed
     }
 

@@ -378,8 +378,8 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("route {} has a zero price", r.path)));
             }
         }
-        if self.admin_token.as_deref().is_some_and(|t| t.len() < 16) {
-            return Err(ConfigError::Invalid("admin_token must be at least 16 characters".into()));
+        if let Some(token) = &self.admin_token {
+            crate::auth::check_token(token).map_err(|e| ConfigError::Invalid(format!("admin_token: {e}")))?;
         }
         if self.chain.poll_interval_ms == 0 {
             return Err(ConfigError::Invalid("chain.poll_interval_ms must be positive".into()));
@@ -394,12 +394,8 @@ impl Config {
             if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
                 return Err(ConfigError::Invalid(format!("watcher url {:?} must be http(s)", w.url)));
             }
-            if w.token.len() < 16 {
-                return Err(ConfigError::Invalid(format!(
-                    "the token of watcher {} must be at least 16 characters",
-                    w.url
-                )));
-            }
+            crate::auth::check_token(&w.token)
+                .map_err(|e| ConfigError::Invalid(format!("the token of watcher {}: {e}", w.url)))?;
             if w.every == 0 || w.interval_secs == 0 {
                 return Err(ConfigError::Invalid(format!(
                     "watcher {}: every and interval_secs must be positive",

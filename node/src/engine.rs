@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use alloy::primitives::{Address, B256, U256};
+use alloy::primitives::{Address, B256, Bytes, U256};
 use dashmap::DashMap;
 use secp256k1::PublicKey;
 use tokio::sync::{Mutex, OwnedMutexGuard};
@@ -36,7 +36,7 @@ use crate::{
     chain::ChainReader,
     channel::{ChannelRecord, ChannelStatus, OnchainChannel},
     metrics::Metrics,
-    verify::VoucherVerifier,
+    verify::{VoucherVerifier, signed_by_channel_signer},
 };
 
 /// The store namespace holding one [`ChannelRecord`] per channel id.
@@ -344,25 +344,7 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         }
         let id = body.channel_id;
         let mut guard = self.lock_live(id).await?;
-        let record = guard.record.as_ref().ok_or_else(|| Refusal::unknown(id))?;
-        let digest = body.digest(self.domain());
-        let signer = record.chain.signer;
-        let valid = if record.chain.signer_is_contract {
-            self.inner
-                .chain
-                .is_valid_contract_signature(signer, digest, body.signature.clone())
-                .await
-                .map_err(Refusal::chain)?
-        } else {
-            crate::verify::recover(&digest, &body.signature)
-                .is_some_and(|key| crate::verify::address_of(&key) == signer)
-        };
-        if !valid {
-            return Err(Refusal::new(
-                ErrorCode::InvalidSignature,
-                format!("the close request is not signed by the channel's signer {signer}"),
-            ));
-        }
+        self.check_signer(&mut guard, body.digest(self.domain()), &body.signature, "close request").await?;
 
         let record = guard.record.as_mut().ok_or_else(|| Refusal::unknown(id))?;
         let before = record.clone();
@@ -499,7 +481,8 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         // Top-ups, exits and closes reach the record through the event follower.
         record.admit(&signed.voucher, price.amount)?;
 
-        self.verify_signature(&signed, &mut guard).await?;
+        let digest = self.inner.verifier.digest(&signed.voucher);
+        self.check_signer(&mut guard, digest, &signed.signature, "voucher").await?;
         Ok(Pending { engine: self.clone(), guard, signed, max: price.amount })
     }
 
@@ -595,40 +578,28 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         }
     }
 
-    async fn verify_signature(&self, signed: &SignedVoucher, slot: &mut Slot) -> Result<(), Refusal> {
-        let record = slot.record.as_ref().ok_or_else(|| Refusal::unknown(signed.channel_id()))?;
-        let signer = record.chain.signer;
-        let valid = if record.chain.signer_is_contract {
-            let digest = self.inner.verifier.digest(&signed.voucher);
-            self.inner
-                .chain
-                .is_valid_contract_signature(signer, digest, signed.signature.clone())
+    /// Refuses unless `signature` over `digest` is the channel signer's.
+    async fn check_signer(
+        &self,
+        slot: &mut Slot,
+        digest: B256,
+        signature: &Bytes,
+        what: &str,
+    ) -> Result<(), Refusal> {
+        let record =
+            slot.record.as_ref().ok_or_else(|| Refusal::new(ErrorCode::Unavailable, "no record loaded"))?;
+        let valid =
+            signed_by_channel_signer(&self.inner.chain, &record.chain, digest, signature, &mut slot.key)
                 .await
-                .map_err(Refusal::chain)?
-        } else {
-            // CPU-bound: off the async workers.
-            let engine = self.clone();
-            let voucher = signed.voucher.clone();
-            let signature = signed.signature.clone();
-            let mut key = slot.key;
-            let (valid, key) = tokio::task::spawn_blocking(move || {
-                let valid = engine.inner.verifier.verify_eoa(&voucher, &signature, signer, &mut key);
-                (valid, key)
-            })
-            .await
-            .map_err(|e| Refusal::new(ErrorCode::Unavailable, format!("verification task failed: {e}")))?;
-            slot.key = key;
-            valid
-        };
+                .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
         if valid {
-            Ok(())
-        } else {
-            Err(Refusal::new(
-                ErrorCode::InvalidSignature,
-                format!("the voucher is not signed by the channel's signer {signer}"),
-            )
-            .with_state(record.state()))
+            return Ok(());
         }
+        Err(Refusal::new(
+            ErrorCode::InvalidSignature,
+            format!("the {what} is not signed by the channel's signer {}", record.chain.signer),
+        )
+        .with_state(record.state()))
     }
 
     fn persist(&self, record: &ChannelRecord) -> Result<(), Refusal> {

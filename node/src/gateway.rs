@@ -28,7 +28,6 @@ use axum::{
 };
 use eyre::WrapErr;
 use serde::Serialize;
-use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 use x402_protocol::{
     close::{CLOSE_PATH, CloseRequestBody},
@@ -38,6 +37,7 @@ use x402_store::{KvStore, SledStore};
 
 use crate::{
     Engine, Refusal, Terms,
+    auth::BearerToken,
     chain::{ChainReader, RpcChain},
     channel::ChannelRecord,
     config::Config,
@@ -83,7 +83,7 @@ pub fn router<S: KvStore, C: ChainReader>(
     upstream: Upstream,
     admin_token: Option<String>,
 ) -> Router {
-    let admin = AdminState { engine: engine.clone(), token: admin_token.map(Arc::from) };
+    let admin = AdminState { engine: engine.clone(), token: admin_token.as_deref().map(BearerToken::new) };
     let metrics = engine.metrics().clone();
     Router::new()
         .fallback(proxy)
@@ -134,7 +134,7 @@ async fn proxy(State(upstream): State<Upstream>, req: Request) -> Response {
 
 struct AdminState<S, C> {
     engine: Engine<S, C>,
-    token: Option<Arc<str>>,
+    token: Option<BearerToken>,
 }
 
 impl<S, C> Clone for AdminState<S, C> {
@@ -146,25 +146,17 @@ impl<S, C> Clone for AdminState<S, C> {
 impl<S, C> AdminState<S, C> {
     /// `None` if the request carries the admin bearer token.
     fn deny(&self, headers: &HeaderMap) -> Option<Response> {
-        deny_without_bearer(self.token.as_deref(), headers)
+        deny_without_bearer(self.token.as_ref(), headers)
     }
 }
 
 /// `None` if `headers` carry `Authorization: Bearer <token>`; 404 if no token is configured
-/// (the endpoint is disabled), 401 otherwise. Compared in constant time.
-pub fn deny_without_bearer(token: Option<&str>, headers: &HeaderMap) -> Option<Response> {
-    let Some(token) = token else {
-        return Some(StatusCode::NOT_FOUND.into_response());
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
-        None
-    } else {
-        Some((StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")]).into_response())
+/// (the endpoint is disabled), 401 otherwise.
+pub fn deny_without_bearer(token: Option<&BearerToken>, headers: &HeaderMap) -> Option<Response> {
+    match token {
+        None => Some(StatusCode::NOT_FOUND.into_response()),
+        Some(token) if token.authorizes(headers) => None,
+        Some(_) => Some((StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")]).into_response()),
     }
 }
 
@@ -315,11 +307,11 @@ struct SettleQuery {
 
 /// `POST /admin/settle[?force=true]`: runs a settlement round now and returns its report.
 pub fn settle_router<S: KvStore>(settler: Arc<Settler<S>>, admin_token: Option<String>) -> Router {
-    let token: Option<Arc<str>> = admin_token.map(Arc::from);
+    let token = admin_token.as_deref().map(BearerToken::new);
     Router::new().route(
         "/admin/settle",
         post(move |headers: HeaderMap, Query(q): Query<SettleQuery>| async move {
-            if let Some(denied) = deny_without_bearer(token.as_deref(), &headers) {
+            if let Some(denied) = deny_without_bearer(token.as_ref(), &headers) {
                 return denied;
             }
             match settler.round(q.force).await {
@@ -360,8 +352,6 @@ async fn open_engine(config: &Config) -> eyre::Result<(Engine<SledStore, RpcChai
         Some(id) => id,
         None => provider.get_chain_id().await.wrap_err("cannot reach the chain RPC")?,
     };
-    std::fs::create_dir_all(&config.data_dir)
-        .wrap_err_with(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let store = Arc::new(SledStore::open(&config.data_dir).wrap_err_with(|| {
         format!("cannot open the store in {} (is a gateway running on it?)", config.data_dir.display())
     })?);
@@ -468,8 +458,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     for task in tasks {
         let _ = task.await;
     }
-    // Connection tasks may hold the engine a moment longer; close the store (final flush, file
-    // lock released) only once this is the last reference, so a restart can open it at once.
+    close_store(store).await;
+    served?;
+    info!(target: "node::gateway", "gateway stopped");
+    Ok(())
+}
+
+/// Closes a store at shutdown (final flush, file lock released) once this is its last
+/// reference: connection tasks may hold it a moment longer, and a restart must be able to open
+/// it at once. Waits at most 5 s.
+pub(crate) async fn close_store(store: Arc<SledStore>) {
     for _ in 0..500 {
         if Arc::strong_count(&store) == 1 {
             break;
@@ -477,10 +475,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     if Arc::strong_count(&store) > 1 {
-        warn!(target: "node::gateway", "store still in use at shutdown; it closes when the last user ends");
+        warn!(target: "node::shutdown", "store still in use at shutdown; it closes when the last user ends");
     }
-    drop(store);
-    served?;
-    info!(target: "node::gateway", "gateway stopped");
-    Ok(())
 }

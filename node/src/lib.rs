@@ -10,6 +10,7 @@
 //! - [`engine`]: the request path: decode, check, verify, commit.
 //! - [`channel`]: a channel's record and the rules a voucher must pass.
 //! - [`verify`]: ECDSA verification with exactly the contract's rules.
+//! - [`auth`]: bearer tokens of the admin and watcher endpoints.
 //! - [`chain`]: reading channels from the chain.
 //! - [`follower`]: follows the contract's events into the channel records.
 //! - [`push`]: pushes the latest vouchers to watchtowers.
@@ -22,6 +23,7 @@
 //! Feature flags:
 //! - `test-utils`: an in-memory [`ChainReader`](chain::ChainReader) and fixtures for tests.
 
+pub mod auth;
 pub mod chain;
 pub mod channel;
 pub mod config;

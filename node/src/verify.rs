@@ -13,12 +13,17 @@
 //! libsecp256k1, and less than half of k256 verification or alloy's k256 recovery. The per-channel cache keeps the recovered *public key*, so every voucher after
 //! the first is a recovery plus a 64-byte compare, without the keccak256 of address derivation.
 
-use alloy::primitives::{Address, B256, keccak256};
+use alloy::primitives::{Address, B256, Bytes, keccak256};
 use secp256k1::{
     Message, PublicKey, SECP256K1,
     ecdsa::{RecoverableSignature, RecoveryId},
 };
 use x402_protocol::{ChannelDomain, Voucher};
+
+use crate::{
+    chain::{ChainError, ChainReader},
+    channel::OnchainChannel,
+};
 
 /// `n / 2` for secp256k1: the largest `s` the contract accepts.
 const HALF_N: [u8; 32] = [
@@ -58,16 +63,65 @@ impl VoucherVerifier {
         signer: Address,
         cache: &mut Option<PublicKey>,
     ) -> bool {
-        let Some(key) = recover(&self.digest(voucher), signature) else { return false };
-        match cache {
-            Some(known) => *known == key,
-            None if address_of(&key) == signer => {
-                *cache = Some(key);
-                true
-            }
-            None => false,
-        }
+        verify_digest(&self.digest(voucher), signature, signer, cache)
     }
+}
+
+/// Whether `signature` over `digest` is a valid signature of the EOA `signer` under the
+/// contract's rules; `cache` as in [`VoucherVerifier::verify_eoa`].
+pub fn verify_digest(
+    digest: &B256,
+    signature: &[u8],
+    signer: Address,
+    cache: &mut Option<PublicKey>,
+) -> bool {
+    let Some(key) = recover(digest, signature) else { return false };
+    match cache {
+        Some(known) => *known == key,
+        None if address_of(&key) == signer => {
+            *cache = Some(key);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Why a signature could not be checked (as opposed to being invalid).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The EIP-1271 wallet could not be asked.
+    #[error("chain unavailable: {0}")]
+    Chain(#[from] ChainError),
+    /// The verification task died.
+    #[error("verification task failed: {0}")]
+    Task(String),
+}
+
+/// Whether `signature` over `digest` is the signer's of `channel`, exactly as the contract
+/// decides: an EIP-1271 wallet is asked on-chain; an EOA signature is recovered on the
+/// blocking pool (it is CPU-bound) and compared with `cache` (see
+/// [`VoucherVerifier::verify_eoa`]).
+pub async fn signed_by_channel_signer(
+    chain: &impl ChainReader,
+    channel: &OnchainChannel,
+    digest: B256,
+    signature: &Bytes,
+    cache: &mut Option<PublicKey>,
+) -> Result<bool, CheckError> {
+    let signer = channel.signer;
+    if channel.signer_is_contract {
+        return Ok(chain.is_valid_contract_signature(signer, digest, signature.clone()).await?);
+    }
+    let signature = signature.clone();
+    let mut key = *cache;
+    let (valid, key) = tokio::task::spawn_blocking(move || {
+        let valid = verify_digest(&digest, &signature, signer, &mut key);
+        (valid, key)
+    })
+    .await
+    .map_err(|e| CheckError::Task(e.to_string()))?;
+    *cache = key;
+    Ok(valid)
 }
 
 /// Recovers the public key of a 65-byte `r ‖ s ‖ v` signature under the contract's rules, or

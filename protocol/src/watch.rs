@@ -31,10 +31,10 @@
 
 use std::fmt;
 
-use alloy::primitives::{Address, B256, Bytes, U256};
+use alloy::primitives::{Address, B256, U256};
 use serde::{Deserialize, Serialize};
 
-use crate::{SignedVoucher, Voucher, wire::u256_dec};
+use crate::wire::{VoucherPayload, u256_dec};
 
 /// Path of the push endpoint (`POST`).
 pub const WATCH_PATH: &str = "/v1/vouchers";
@@ -51,44 +51,8 @@ pub struct WatchRequest {
     pub vouchers: Vec<WatchedVoucher>,
 }
 
-/// One voucher pushed to a watcher.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct WatchedVoucher {
-    /// The channel.
-    pub channel_id: B256,
-    /// The voucher's nonce.
-    pub nonce: u64,
-    /// The voucher's cumulative amount.
-    #[serde(with = "u256_dec")]
-    pub cumulative_amount: U256,
-    /// The channel signer's signature, hex.
-    pub signature: Bytes,
-}
-
-impl From<&SignedVoucher> for WatchedVoucher {
-    fn from(v: &SignedVoucher) -> Self {
-        Self {
-            channel_id: v.voucher.channelId,
-            nonce: v.voucher.nonce,
-            cumulative_amount: v.voucher.cumulativeAmount,
-            signature: v.signature.clone(),
-        }
-    }
-}
-
-impl From<WatchedVoucher> for SignedVoucher {
-    fn from(v: WatchedVoucher) -> Self {
-        Self {
-            voucher: Voucher {
-                channelId: v.channel_id,
-                nonce: v.nonce,
-                cumulativeAmount: v.cumulative_amount,
-            },
-            signature: v.signature,
-        }
-    }
-}
+/// One voucher pushed to a watcher: the same object as the voucher of a payment header.
+pub type WatchedVoucher = VoucherPayload;
 
 /// The answer to a [`WatchRequest`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,7 +231,10 @@ pub enum ApiErrorCode {
 
 #[cfg(test)]
 mod tests {
+    use alloy::primitives::Bytes;
+
     use super::*;
+    use crate::SignedVoucher;
 
     fn voucher() -> WatchedVoucher {
         WatchedVoucher {

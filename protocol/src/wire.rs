@@ -271,9 +271,10 @@ impl PaymentPayload {
     }
 }
 
-/// The voucher inside a [`PaymentPayload`].
+/// The voucher inside a [`PaymentPayload`] (and pushed to watchers). Unknown fields are
+/// refused: a field the node does not understand must not be silently ignored.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VoucherPayload {
     /// The channel.
     pub channel_id: B256,

@@ -64,10 +64,10 @@ impl KvStore for MemoryStore {
     }
 
     fn remove(&self, ns: &str, key: &[u8]) -> Result<()> {
-        if let Some(map) = self.namespaces.write().get_mut(ns) {
-            map.remove(key);
+        let removed = self.namespaces.write().get_mut(ns).is_some_and(|map| map.remove(key).is_some());
+        if removed {
+            self.record_write();
         }
-        self.record_write();
         Ok(())
     }
 

@@ -187,10 +187,12 @@ impl KvStore for SledStore {
 
     fn remove(&self, ns: &str, key: &[u8]) -> Result<()> {
         self.commit.ensure_writable()?;
-        if let Some(tree) = self.tree(ns) {
-            tree.remove(key)?;
+        // Removing what is not there changes nothing: no write for the next sync to flush.
+        if let Some(tree) = self.tree(ns)
+            && tree.remove(key)?.is_some()
+        {
+            self.commit.record_write();
         }
-        self.commit.record_write();
         Ok(())
     }
 

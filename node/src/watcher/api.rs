@@ -39,12 +39,7 @@ impl<S: KvStore, C: ChainReader> Watcher<S, C> {
 
     /// `None` if the request carries the bearer token, else the 401 to answer.
     fn deny(&self, headers: &HeaderMap) -> Option<Response> {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if self.authorized(presented) {
+        if self.token().authorizes(headers) {
             return None;
         }
         let mut resp = api_error(

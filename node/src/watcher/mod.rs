@@ -32,7 +32,7 @@ use std::{
 
 use alloy::{
     network::EthereumWallet,
-    primitives::{Address, B256, U256, keccak256},
+    primitives::{Address, B256, U256},
     providers::{DynProvider, Provider, ProviderBuilder},
     signers::local::PrivateKeySigner,
 };
@@ -50,6 +50,7 @@ use x402_store::{KvStore, SledStore};
 
 pub use self::guard::{Guard, GuardSettings, Settlement, TickReport};
 use crate::{
+    auth::BearerToken,
     chain::{ChainError, ChainReader, RpcChain},
     channel::{OnchainChannel, StoredVoucher},
     verify::VoucherVerifier,
@@ -59,8 +60,7 @@ use crate::{
 pub const WATCHED: &str = "watched";
 /// The store namespace of the watcher's own metadata: deployment and cursor.
 pub const META: &str = "watcher_meta";
-/// The shortest bearer token accepted.
-pub const MIN_TOKEN_LEN: usize = 16;
+pub use crate::auth::MIN_TOKEN_LEN;
 
 const DEPLOYMENT_KEY: &[u8] = b"deployment";
 const CURSOR_KEY: &[u8] = b"cursor";
@@ -205,15 +205,7 @@ impl WatcherConfig {
 }
 
 fn check_token(token: &str) -> Result<(), WatcherError> {
-    if token.chars().count() < MIN_TOKEN_LEN {
-        return Err(WatcherError::Config(format!(
-            "the bearer token needs at least {MIN_TOKEN_LEN} characters"
-        )));
-    }
-    if !token.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(WatcherError::Config("the bearer token must be printable ASCII without spaces".into()));
-    }
-    Ok(())
+    crate::auth::check_token(token).map_err(WatcherError::Config)
 }
 
 /// What the watcher stores about one channel.
@@ -284,9 +276,8 @@ struct Inner<S, C> {
     verifier: VoucherVerifier,
     store: Arc<S>,
     chain: C,
-    /// keccak256 of the bearer token: compared in constant time, and of fixed length, so
-    /// neither the token nor its length leaks through timing.
-    token_hash: B256,
+    /// The bearer token of the push API.
+    token: BearerToken,
     locks: Box<[tokio::sync::Mutex<()>]>,
     /// Channels the guard must re-read with `getChannel` on its next round.
     recheck: parking_lot::Mutex<HashSet<B256>>,
@@ -353,7 +344,7 @@ impl<S: KvStore, C: ChainReader> Watcher<S, C> {
                 verifier: VoucherVerifier::new(chain_id, contract),
                 store,
                 chain,
-                token_hash: keccak256(token.as_bytes()),
+                token: BearerToken::new(token),
                 locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
                 recheck: parking_lot::Mutex::default(),
                 wake: tokio::sync::Notify::new(),
@@ -383,8 +374,12 @@ impl<S: KvStore, C: ChainReader> Watcher<S, C> {
 
     /// Whether `presented` is the bearer token, compared in constant time.
     pub fn authorized(&self, presented: &str) -> bool {
-        use subtle::ConstantTimeEq;
-        bool::from(keccak256(presented.as_bytes()).as_slice().ct_eq(self.inner.token_hash.as_slice()))
+        self.inner.token.matches(presented)
+    }
+
+    /// The bearer token of the push API.
+    pub(crate) fn token(&self) -> &BearerToken {
+        &self.inner.token
     }
 
     /// Every watched channel, in id order.
@@ -532,23 +527,16 @@ impl<S: KvStore, C: ChainReader> Watcher<S, C> {
             ));
         }
         let signer = chain.signer;
-        let valid = if chain.signer_is_contract {
-            let digest = self.inner.verifier.digest(&signed.voucher);
-            match self.inner.chain.is_valid_contract_signature(signer, digest, signed.signature.clone()).await
-            {
-                Ok(valid) => valid,
-                Err(e) => return Err((RejectCode::Unavailable, format!("chain unavailable: {e}"))),
-            }
-        } else {
-            // CPU-bound: off the async workers.
-            let inner = Arc::clone(&self.inner);
-            let signed = signed.clone();
-            tokio::task::spawn_blocking(move || {
-                inner.verifier.verify_eoa(&signed.voucher, &signed.signature, signer, &mut None)
-            })
-            .await
-            .map_err(|e| (RejectCode::Unavailable, format!("verification task failed: {e}")))?
-        };
+        let digest = self.inner.verifier.digest(&signed.voucher);
+        let valid = crate::verify::signed_by_channel_signer(
+            &self.inner.chain,
+            chain,
+            digest,
+            &signed.signature,
+            &mut None,
+        )
+        .await
+        .map_err(|e| (RejectCode::Unavailable, e.to_string()))?;
         if !valid {
             return Err((
                 RejectCode::InvalidSignature,
@@ -568,20 +556,21 @@ impl<S: KvStore, C: ChainReader> Watcher<S, C> {
         let _lock = self.lock(id).await;
         let Some(mut record) = self.load(id)? else { return Ok(None) };
         match self.inner.chain.channel(id).await? {
-            Some(chain) if chain != record.chain => {
-                debug!(
-                    target: "node::watcher",
-                    %id,
-                    open = chain.open,
-                    exit_at = chain.exit_at,
-                    nonce = chain.nonce,
-                    paid = %chain.paid,
-                    "channel changed on-chain"
-                );
-                record.chain = chain;
-                self.persist(&record)?;
+            Some(chain) => {
+                if record.chain.update_from(chain) {
+                    let chain = &record.chain;
+                    debug!(
+                        target: "node::watcher",
+                        %id,
+                        open = chain.open,
+                        exit_at = chain.exit_at,
+                        nonce = chain.nonce,
+                        paid = %chain.paid,
+                        "channel changed on-chain"
+                    );
+                    self.persist(&record)?;
+                }
             }
-            Some(_) => {}
             // Only a reorg can un-open a channel; keep what we know.
             None => warn!(target: "node::watcher", %id, "watched channel not found on-chain"),
         }
@@ -718,8 +707,6 @@ pub async fn run(
         }
     }
 
-    std::fs::create_dir_all(&config.data_dir)
-        .wrap_err_with(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let store = Arc::new(SledStore::open(&config.data_dir).wrap_err("cannot open the watcher's store")?);
     let watcher = Watcher::new(
         rpc_chain_id,
@@ -758,18 +745,7 @@ pub async fn run(
         warn!(target: "node::watcher", error = %e, "guard task failed");
     }
     drop(watcher);
-    // Connection tasks may hold the watcher a moment longer; close the store (final flush, file
-    // lock released) only once this is the last reference, so a restart can open it at once.
-    for _ in 0..500 {
-        if Arc::strong_count(&store) == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    if Arc::strong_count(&store) > 1 {
-        warn!(target: "node::watcher", "store still in use at shutdown; it closes when the last user ends");
-    }
-    drop(store);
+    crate::gateway::close_store(store).await;
     served?;
     info!(target: "node::watcher", "watcher stopped");
     Ok(())

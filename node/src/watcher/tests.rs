@@ -372,6 +372,17 @@ async fn refresh_follows_the_chain() {
     f.chain.set_down(true);
     assert!(matches!(f.watcher.refresh(f.id).await, Err(WatcherError::Chain(_))));
     assert_eq!(f.watcher.record(f.id).unwrap().unwrap(), record);
+    f.chain.set_down(false);
+    // The contract zeroes a closed channel: the record keeps what it knew, marked closed.
+    f.chain.update(f.id, |c| {
+        c.open = false;
+        c.payee = Address::ZERO;
+        c.deposit = U256::ZERO;
+        c.exit_at = 0;
+    });
+    let closed = f.watcher.refresh(f.id).await.unwrap().unwrap();
+    assert!(!closed.chain.open);
+    assert_eq!((closed.chain.payee, closed.chain.deposit), (record.chain.payee, record.chain.deposit));
 }
 
 #[test]

@@ -496,3 +496,104 @@ async fn admin_endpoints_need_the_token_and_report_revenue() {
     let closed = router(engine.clone(), Paywall::new(engine), upstream, None);
     assert_eq!(get(closed, "/admin/channels", Some(token)).await.status(), StatusCode::NOT_FOUND);
 }
+
+/// The cooperative close endpoint, in-process: every answer, the authorisation it signs, and a
+/// close that cannot be made durable.
+#[tokio::test]
+async fn close_endpoint_answers_and_signs() {
+    use alloy::sol_types::SolStruct;
+    use x402_node::gateway::{CloseService, close_router};
+    use x402_protocol::close::{CLOSE_PATH, CloseAuthorization, CloseRequestBody, CloseResponse};
+
+    let store = Arc::new(FlakyStore::default());
+    let f = fixture(Arc::clone(&store));
+    assert_eq!(f.pay("/paid", 1, 3 * PRICE).await.status(), StatusCode::OK);
+    let provider_key = PrivateKeySigner::random();
+    let woken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let service = |key: Option<PrivateKeySigner>| {
+        let woken = Arc::clone(&woken);
+        CloseService {
+            key: key.map(Arc::new),
+            ttl: 600,
+            on_close: Some(Arc::new(move || {
+                woken.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })),
+        }
+    };
+    let app = close_router(f.engine.clone(), service(Some(provider_key.clone())));
+    let post = |app: Router, body: String| async move {
+        let req = Request::post(CLOSE_PATH).header("content-type", "application/json").body(Body::from(body));
+        app.oneshot(req.expect("request")).await.expect("infallible")
+    };
+    let later = x402_node::unix_now() + 600;
+    let request = |key: &PrivateKeySigner, id: B256, deadline: u64| {
+        serde_json::to_string(&CloseRequestBody::sign(&f.domain, key, id, deadline).expect("signs"))
+            .expect("json")
+    };
+
+    // A channel of another provider.
+    let foreign = B256::repeat_byte(0x66);
+    let mut other = onchain(f.payer.address(), 10 * PRICE);
+    other.payee = Address::repeat_byte(0x01);
+    f.chain.set(foreign, other);
+    // A closed channel.
+    let closed = B256::repeat_byte(0x67);
+    let mut gone = onchain(f.payer.address(), 10 * PRICE);
+    gone.open = false;
+    f.chain.set(closed, gone);
+
+    let cases = [
+        ("malformed", "{\"channelId\": 1}".to_owned(), StatusCode::BAD_REQUEST, "invalid_payload"),
+        ("expired", request(&f.payer, f.id, 1), StatusCode::BAD_REQUEST, "invalid_payload"),
+        ("forged", request(&provider_key, f.id, later), StatusCode::FORBIDDEN, "invalid_signature"),
+        ("other provider", request(&f.payer, foreign, later), StatusCode::FORBIDDEN, "channel_mismatch"),
+        (
+            "unknown",
+            request(&f.payer, B256::repeat_byte(0x68), later),
+            StatusCode::NOT_FOUND,
+            "channel_unknown",
+        ),
+        ("closed", request(&f.payer, closed, later), StatusCode::CONFLICT, "channel_closed"),
+    ];
+    for (name, body, status, code) in cases {
+        let resp = post(app.clone(), body).await;
+        assert_eq!(resp.status(), status, "{name}");
+        assert_eq!(body_json(resp).await["error"], code, "{name}");
+    }
+    assert_eq!(woken.load(std::sync::atomic::Ordering::SeqCst), 0, "refusals queue nothing");
+
+    // The disk fails: 503, and the channel still takes vouchers (nothing half-written).
+    store.fail(true);
+    let resp = post(app.clone(), request(&f.payer, f.id, later)).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    store.fail(false);
+    assert_eq!(f.engine.channel(f.id).expect("store").expect("record").close, None);
+    assert_eq!(f.pay("/paid", 2, 4 * PRICE).await.status(), StatusCode::OK);
+
+    // Accepted: the node signs an authorisation at what it charged, recoverable to the
+    // provider's key over the contract's CloseAuthorization, and refuses vouchers from now on.
+    let resp = post(app, request(&f.payer, f.id, later)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let answer: CloseResponse = serde_json::from_value(body_json(resp).await).expect("CloseResponse");
+    assert_eq!((answer.final_amount, answer.refund), (U256::from(2 * PRICE), U256::from(8 * PRICE)));
+    assert!(answer.queued);
+    assert_eq!(woken.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let auth = answer.authorization.expect("signed");
+    let digest = CloseAuthorization {
+        channelId: f.id,
+        finalAmount: auth.final_amount,
+        deadline: U256::from(auth.deadline),
+    }
+    .eip712_signing_hash(f.domain.domain());
+    let sig = alloy::primitives::Signature::from_raw(&auth.signature).expect("65 bytes");
+    assert_eq!(sig.recover_address_from_prehash(&digest).expect("recovers"), provider_key.address());
+    let record = f.engine.channel(f.id).expect("store").expect("record");
+    assert_eq!(record.close.map(|c| c.authorization_deadline), Some(auth.deadline));
+    assert_eq!(required(&f.pay("/paid", 3, 5 * PRICE).await).error, Some(ErrorCode::ChannelClosing));
+
+    // Without the provider's key the node only queues the close.
+    let unsigned = close_router(f.engine.clone(), CloseService { key: None, ttl: 600, on_close: None });
+    let resp = post(unsigned, request(&f.payer, f.id, later)).await;
+    let answer: CloseResponse = serde_json::from_value(body_json(resp).await).expect("CloseResponse");
+    assert!(answer.authorization.is_none() && !answer.queued);
+}
