@@ -127,3 +127,107 @@ pub async fn push<S: KvStore, C: ChainReader>(
     }
     Ok(vouchers.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use alloy::primitives::{Address, Bytes, U256};
+    use axum::{Json, Router, http::HeaderMap, routing::post};
+    use x402_protocol::watch::{WatchOutcome, WatchResult};
+    use x402_store::MemoryStore;
+
+    use super::*;
+    use crate::{
+        Terms,
+        channel::{ChannelRecord, StoredVoucher},
+        engine::CHANNELS,
+        metrics::Metrics,
+        test_utils::MemoryChain,
+    };
+
+    const TOKEN: &str = "push-test-token-0123456789";
+
+    /// A watcher stub that takes pushes with `TOKEN` and remembers them.
+    async fn stub() -> (String, Arc<parking_lot::Mutex<Vec<WatchedVoucher>>>) {
+        let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let seen2 = Arc::clone(&seen);
+        let app = Router::new().route(
+            WATCH_PATH,
+            post(move |headers: HeaderMap, Json(req): Json<WatchRequest>| async move {
+                if !crate::auth::BearerToken::new(TOKEN).authorizes(&headers) {
+                    return Err(axum::http::StatusCode::UNAUTHORIZED);
+                }
+                let results = req
+                    .vouchers
+                    .iter()
+                    .map(|v| WatchResult {
+                        channel_id: v.channel_id,
+                        nonce: v.nonce,
+                        cumulative_amount: v.cumulative_amount,
+                        outcome: WatchOutcome::Stored,
+                    })
+                    .collect();
+                seen2.lock().extend(req.vouchers);
+                Ok(Json(WatchResponse { results }))
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn pushes_the_latest_voucher_and_reports_failures() {
+        let store = Arc::new(MemoryStore::new());
+        let terms = Terms {
+            chain_id: 1,
+            contract: Address::repeat_byte(1),
+            payee: Address::repeat_byte(2),
+            asset: Address::ZERO,
+            min_challenge_period: 0,
+            min_deposit: U256::ZERO,
+            max_timeout_seconds: 1,
+        };
+        let engine = Engine::new(terms, Arc::clone(&store), MemoryChain::default(), Metrics::new());
+        let id = B256::repeat_byte(7);
+        let mut record = ChannelRecord::new(id, crate::channel::tests::onchain(1000));
+        let latest = StoredVoucher {
+            nonce: 4,
+            cumulative_amount: U256::from(40),
+            signature: Bytes::from(vec![1; 65]),
+        };
+        record.latest = Some(latest.clone());
+        store.put(CHANNELS, id.as_slice(), &serde_json::to_vec(&record).unwrap()).unwrap();
+        // A channel without a voucher sends nothing.
+        let empty = B256::repeat_byte(8);
+        let bare = ChannelRecord::new(empty, crate::channel::tests::onchain(1000));
+        store.put(CHANNELS, empty.as_slice(), &serde_json::to_vec(&bare).unwrap()).unwrap();
+
+        let (url, seen) = stub().await;
+        let client = reqwest::Client::new();
+        let channels: HashSet<B256> = [id, empty].into();
+        let target = |url: &str, token: &str| WatcherTarget {
+            url: url.into(),
+            token: token.into(),
+            every: 1,
+            interval_secs: 1,
+        };
+
+        let wrong = push(&engine, &client, &target(&url, "wrong-token-0123456789"), &channels).await;
+        assert!(
+            matches!(&wrong, Err(PushError::Watcher { message, .. }) if message.contains("401")),
+            "{wrong:?}"
+        );
+        assert!(seen.lock().is_empty());
+        let down = push(&engine, &client, &target("http://127.0.0.1:9", TOKEN), &channels).await;
+        assert!(down.is_err());
+
+        assert_eq!(push(&engine, &client, &target(&url, TOKEN), &channels).await.unwrap(), 1);
+        let seen = seen.lock();
+        assert_eq!(seen.len(), 1);
+        assert_eq!((seen[0].channel_id, seen[0].nonce, seen[0].cumulative_amount), (id, 4, U256::from(40)));
+        assert_eq!(seen[0].signature, latest.signature);
+    }
+}

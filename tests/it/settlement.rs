@@ -159,10 +159,7 @@ async fn top_up_is_spendable_only_once_confirmed_and_close_by_authorization() {
     let resp = gw.pay(&client, &terms, &payer.sign(id, 1, DEPOSIT)).await;
     assert_eq!(required(&resp).error, Some(ErrorCode::ChannelUnknown));
     cheats::mine(chain, 2).await.unwrap();
-    eventually(10, "the open to be confirmed", || async {
-        gw.pay(&client, &terms, &payer.sign(id, 1, DEPOSIT)).await.status() == StatusCode::OK
-    })
-    .await;
+    pay_once_confirmed(&gw, &client, &terms, &payer, id).await;
     let over = payer.sign(id, 2, DEPOSIT + PRICE);
     assert_eq!(required(&gw.pay(&client, &terms, &over).await).error, Some(ErrorCode::InsufficientDeposit));
 
@@ -252,10 +249,7 @@ async fn a_reorg_that_removes_a_top_up_shrinks_the_spendable_deposit() {
     let payer = env.fresh_payer(FUNDS).await;
     let id = payer.open(env.provider_key.address(), DEPOSIT, 1).await;
     cheats::mine(chain, 1).await.unwrap();
-    eventually(10, "the open to be confirmed", || async {
-        gw.pay(&client, &terms, &payer.sign(id, 1, DEPOSIT)).await.status() == StatusCode::OK
-    })
-    .await;
+    pay_once_confirmed(&gw, &client, &terms, &payer, id).await;
 
     let fork = cheats::snapshot(chain).await.unwrap();
     payer.channels().topUp(id, U256::from(10 * PRICE)).send().await.unwrap().get_receipt().await.unwrap();
@@ -277,6 +271,21 @@ async fn a_reorg_that_removes_a_top_up_shrinks_the_spendable_deposit() {
     assert_eq!(refusal.error, Some(ErrorCode::InsufficientDeposit));
     assert_eq!(refusal.accepts[0].extra.channel.as_ref().unwrap().deposit, U256::from(DEPOSIT));
     gw.stop().await;
+}
+
+/// Pays voucher 1 (the whole deposit) as soon as the node counts the channel's opening as
+/// confirmed.
+async fn pay_once_confirmed(
+    gw: &Gateway,
+    client: &reqwest::Client,
+    terms: &x402_protocol::wire::PaymentRequirements,
+    payer: &x402_e2e::harness::Payer,
+    id: B256,
+) {
+    eventually(10, "the open to be confirmed", || async {
+        gw.pay(client, terms, &payer.sign(id, 1, DEPOSIT)).await.status() == StatusCode::OK
+    })
+    .await;
 }
 
 /// Builds the node's engine and settler over the data directory, as a restarted node would.
@@ -393,6 +402,28 @@ async fn a_node_killed_during_settlement_neither_loses_nor_doubles() {
     assert!(report.batches.is_empty() && report.postponed == 2, "{report:?}");
     assert_eq!(paid_onchain().await, U256::from(2 * 7 * PRICE));
 
+    // 4. Killed after broadcasting; while it is down the transaction is dropped and its nonce
+    // is used by another transaction from the same key. The restarted node finds the nonce
+    // taken by none of its versions, reports the batch replaced and plans it again later.
+    cheats::set_automine(chain, false).await.unwrap();
+    let settler = node(&env, data.path(), policy.clone()).crash_at(Some(CrashPoint::AfterBroadcast));
+    assert!(matches!(settler.round(true).await, Err(SettleError::InjectedCrash(_))));
+    drop(settler);
+    cheats::drop_all_transactions(chain).await.unwrap();
+    {
+        use alloy::{network::TransactionBuilder, rpc::types::TransactionRequest};
+        let nonce = chain.get_transaction_count(provider).pending().await.unwrap();
+        let other = TransactionRequest::default().with_to(provider).with_value(U256::ZERO).with_nonce(nonce);
+        let _pending = chain.send_transaction(other).await.unwrap();
+        cheats::mine(chain, 1).await.unwrap();
+    }
+    let report = node(&env, data.path(), policy.clone()).round(false).await.unwrap();
+    cheats::set_automine(chain, true).await.unwrap();
+    assert_eq!(report.batches.len(), 1, "{report:?}");
+    let replaced = &report.batches[0];
+    assert!(replaced.recovered && !replaced.success && replaced.tx == B256::ZERO, "{report:?}");
+    assert_eq!(paid_onchain().await, U256::from(2 * 7 * PRICE));
+
     // What `x402-node settle --force` runs: catch up with the chain, then one round.
     let report =
         x402_node::gateway::settle_once(env.with_provider_key(config, data.path()), true).await.unwrap();
@@ -442,10 +473,7 @@ async fn an_exit_while_the_node_is_down_is_defended_by_the_watcher() {
         poll_interval: Duration::from_millis(200),
         ..WatcherConfig::default()
     };
-    let (stop_watcher, watcher_stopped) = tokio::sync::oneshot::channel::<()>();
-    let watcher = tokio::spawn(x402_node::watcher::run(watcher_config, account(&env.anvil, 9), async move {
-        let _ = watcher_stopped.await;
-    }));
+    let watcher = x402_e2e::harness::Watchtower::start(watcher_config, account(&env.anvil, 9)).await;
 
     let mut config = env.gateway_config(api, data.path());
     config.watchers.push(WatcherTarget {
@@ -464,12 +492,8 @@ async fn an_exit_while_the_node_is_down_is_defended_by_the_watcher() {
         assert_eq!(gw.pay(&client, &terms, &payer.sign(id, n, n * PRICE)).await.status(), StatusCode::OK);
     }
     // The watcher holds the latest voucher once the node has pushed it.
-    let watched = format!("http://{watcher_listen}{}", x402_protocol::watch::CHANNELS_PATH);
     eventually(20, "the watcher to hold the latest voucher", || async {
-        let resp = client.get(&watched).bearer_auth(TOKEN).send().await;
-        let Ok(list) = resp else { return false };
-        let list: serde_json::Value = list.json().await.unwrap_or_default();
-        list.as_array().is_some_and(|l| l.iter().any(|c| c["nonce"] == 5))
+        watcher.channels(TOKEN).await.iter().any(|c| c.nonce == 5)
     })
     .await;
     gw.stop().await;
@@ -486,6 +510,5 @@ async fn an_exit_while_the_node_is_down_is_defended_by_the_watcher() {
     assert_eq!(env.balance(payer.address()).await, U256::from(FUNDS - 5 * PRICE));
     assert_eq!(env.balance(provider).await - provider_before, U256::from(5 * PRICE));
 
-    let _ = stop_watcher.send(());
-    watcher.await.unwrap().unwrap();
+    watcher.stop().await;
 }

@@ -4,114 +4,49 @@
 use std::{sync::Arc, time::Duration};
 
 use alloy::{
-    node_bindings::AnvilInstance,
-    primitives::{Address, B256, U256},
-    providers::{DynProvider, Provider},
+    primitives::{B256, U256},
+    providers::Provider,
     signers::local::PrivateKeySigner,
-    sol,
 };
 use reqwest::StatusCode;
-use tokio::sync::oneshot;
-use x402_e2e::{account, anvil, cheats, deploy_channel, deploy_stablecoin, provider};
+use x402_e2e::{
+    account, cheats,
+    harness::{Env, Payer, Watchtower, eventually, free_port},
+};
 use x402_node::{
     chain::RpcChain,
-    test_utils::FlakyStore,
     watcher::{Guard, GuardSettings, Watcher, WatcherConfig, settlement_provider},
 };
-use x402_protocol::{
-    ChannelDomain, Voucher,
-    bindings::IPaymentChannel,
-    watch::{
-        ApiError, ApiErrorCode, CHANNELS_PATH, WATCH_PATH, WatchOutcome, WatchRequest, WatchResponse,
-        WatchedChannel, WatchedStatus, WatchedVoucher,
-    },
+use x402_protocol::watch::{
+    ApiError, ApiErrorCode, WatchOutcome, WatchRequest, WatchedStatus, WatchedVoucher,
 };
-
-sol! {
-    #[sol(rpc)]
-    interface ITestStablecoin {
-        function mint(address to, uint256 amount) external;
-        function approve(address spender, uint256 amount) external returns (bool);
-        function balanceOf(address who) external view returns (uint256);
-    }
-}
+use x402_store::MemoryStore;
 
 const DEPOSIT: u64 = 1_000_000;
 const PERIOD: u32 = 3_600;
 const TOKEN: &str = "watcher-e2e-token-0123456789";
 
-/// A deployment with a funded payer.
+/// A deployment (anvil account 0 is the payee) and a funded payer (account 1).
 struct World {
-    anvil: AnvilInstance,
-    contract: Address,
-    usd: Address,
-    payee: PrivateKeySigner,
-    payer: PrivateKeySigner,
-    payer_chain: DynProvider,
+    env: Env,
+    payer: Payer,
 }
 
 impl World {
     async fn new() -> Self {
-        let anvil = anvil();
-        let payee = account(&anvil, 0);
-        let payer = account(&anvil, 1);
-        let deployer = provider(&anvil, payee.clone());
-        let payer_chain = provider(&anvil, payer.clone());
-        let contract = deploy_channel(&deployer).await.expect("deploys channel");
-        let usd = deploy_stablecoin(&deployer).await.expect("deploys token");
-        let token = ITestStablecoin::new(usd, &payer_chain);
-        token
-            .mint(payer.address(), U256::from(10 * DEPOSIT))
-            .send()
-            .await
-            .expect("mint sent")
-            .get_receipt()
-            .await
-            .expect("mint mined");
-        token
-            .approve(contract, U256::MAX)
-            .send()
-            .await
-            .expect("approve sent")
-            .get_receipt()
-            .await
-            .expect("approve mined");
-        Self { anvil, contract, usd, payee, payer, payer_chain }
-    }
-
-    fn channels(&self) -> IPaymentChannel::IPaymentChannelInstance<&DynProvider> {
-        IPaymentChannel::new(self.contract, &self.payer_chain)
+        let env = Env::new().await;
+        let payer = env.payer(account(&env.anvil, 1), 10 * DEPOSIT).await;
+        Self { env, payer }
     }
 
     /// Opens a token channel paying the payee, with a 1-hour challenge period.
     async fn open(&self, salt: u8) -> B256 {
-        let params = IPaymentChannel::OpenParams {
-            payee: self.payee.address(),
-            token: self.usd,
-            signer: Address::ZERO,
-            challengePeriod: PERIOD,
-            deposit: U256::from(DEPOSIT),
-            salt: B256::repeat_byte(salt),
-        };
-        let id = self
-            .channels()
-            .computeChannelId(self.payer.address(), params.clone())
-            .call()
-            .await
-            .expect("channel id");
-        self.channels()
-            .open(params)
-            .send()
-            .await
-            .expect("open sent")
-            .get_receipt()
-            .await
-            .expect("open mined");
-        id
+        self.payer.open_with_period(self.env.provider_key.address(), DEPOSIT, salt, PERIOD).await
     }
 
     async fn request_exit(&self, id: B256) {
         let receipt = self
+            .payer
             .channels()
             .requestExit(id)
             .send()
@@ -124,101 +59,31 @@ impl World {
     }
 
     async fn paid(&self, id: B256) -> U256 {
-        U256::from(self.channels().getChannel(id).call().await.expect("getChannel").paid)
-    }
-
-    async fn balance(&self, who: Address) -> U256 {
-        ITestStablecoin::new(self.usd, &self.payer_chain).balanceOf(who).call().await.expect("balanceOf")
+        U256::from(self.env.channel(id).await.paid)
     }
 
     fn sign(&self, id: B256, nonce: u64, amount: u64) -> WatchedVoucher {
-        let domain = ChannelDomain::new(self.anvil.chain_id(), self.contract);
-        let signed = domain
-            .sign(&self.payer, Voucher { channelId: id, nonce, cumulativeAmount: U256::from(amount) })
-            .expect("signs");
-        WatchedVoucher::from(&signed)
+        WatchedVoucher::from(&self.payer.sign(id, nonce, amount))
     }
-}
-
-/// A watcher run by [`x402_node::watcher::run`], as the `x402-node watch` subcommand runs it.
-struct Running {
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<eyre::Result<()>>,
-    url: String,
-}
-
-impl Running {
-    async fn start(config: WatcherConfig, key: PrivateKeySigner) -> Self {
-        let url = format!("http://{}", config.listen);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let mut task = tokio::spawn(x402_node::watcher::run(config, key, async move {
-            let _ = stopped.await;
-        }));
-        x402_e2e::harness::wait_until_serving(&url, "watcher", &mut task).await;
-        Self { stop: Some(stop), task, url }
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.await.expect("joins").expect("watcher ran cleanly");
-    }
-
-    async fn push(&self, token: Option<&str>, vouchers: Vec<WatchedVoucher>) -> reqwest::Response {
-        let mut req = reqwest::Client::new().post(format!("{}{WATCH_PATH}", self.url));
-        if let Some(token) = token {
-            req = req.bearer_auth(token);
-        }
-        req.json(&WatchRequest { vouchers }).send().await.expect("push")
-    }
-
-    async fn push_ok(&self, vouchers: Vec<WatchedVoucher>) -> Vec<WatchOutcome> {
-        let resp = self.push(Some(TOKEN), vouchers).await;
-        assert_eq!(resp.status(), StatusCode::OK);
-        resp.json::<WatchResponse>()
-            .await
-            .expect("a WatchResponse")
-            .results
-            .into_iter()
-            .map(|r| r.outcome)
-            .collect()
-    }
-
-    async fn channels(&self) -> Vec<WatchedChannel> {
-        let resp = reqwest::Client::new()
-            .get(format!("{}{CHANNELS_PATH}", self.url))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("listing");
-        assert_eq!(resp.status(), StatusCode::OK);
-        resp.json().await.expect("a channel list")
-    }
-}
-
-fn free_port() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
-    l.local_addr().expect("addr")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watcher_settles_the_best_voucher_when_the_payer_exits() {
     let world = World::new().await;
     let id = world.open(1).await;
-    let watcher_key = account(&world.anvil, 2);
+    let watcher_key = account(&world.env.anvil, 2);
     let data = tempfile::tempdir().unwrap();
     let config = WatcherConfig {
         listen: free_port(),
         data_dir: data.path().into(),
-        rpc_url: world.anvil.endpoint(),
-        chain_id: Some(world.anvil.chain_id()),
-        contract: world.contract,
+        rpc_url: world.env.anvil.endpoint(),
+        chain_id: Some(world.env.anvil.chain_id()),
+        contract: world.env.contract,
         token: TOKEN.into(),
         poll_interval: Duration::from_millis(100),
         ..WatcherConfig::default()
     };
-    let watcher = Running::start(config.clone(), watcher_key.clone()).await;
+    let watcher = Watchtower::start(config.clone(), watcher_key.clone()).await;
 
     // Without the token, or with a wrong one: 401, and nothing is stored.
     for token in [None, Some("not-the-token-not-the-token")] {
@@ -226,61 +91,53 @@ async fn watcher_settles_the_best_voucher_when_the_payer_exits() {
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{token:?}");
         assert_eq!(resp.json::<ApiError>().await.unwrap().error, ApiErrorCode::Unauthorized);
     }
-    assert!(watcher.channels().await.is_empty());
+    assert!(watcher.channels(TOKEN).await.is_empty());
 
     // The provider pushes its vouchers as it accepts them.
     let outcomes = watcher
-        .push_ok(vec![world.sign(id, 1, 1_000), world.sign(id, 2, 2_000), world.sign(id, 3, 3_000)])
+        .push_ok(TOKEN, vec![world.sign(id, 1, 1_000), world.sign(id, 2, 2_000), world.sign(id, 3, 3_000)])
         .await;
     assert_eq!(outcomes, [WatchOutcome::Stored, WatchOutcome::Stored, WatchOutcome::Stored]);
 
     // A restart on the same data directory keeps them; a late, older voucher does not replace
     // the best one.
     watcher.stop().await;
-    let watcher = Running::start(config, watcher_key.clone()).await;
-    let listed = watcher.channels().await;
+    let watcher = Watchtower::start(config, watcher_key.clone()).await;
+    let listed = watcher.channels(TOKEN).await;
     assert_eq!(listed.len(), 1);
     assert_eq!((listed[0].nonce, listed[0].cumulative_amount), (3, U256::from(3_000)));
     assert_eq!(listed[0].status, WatchedStatus::Open);
     assert_eq!(
-        watcher.push_ok(vec![world.sign(id, 2, 2_000)]).await,
+        watcher.push_ok(TOKEN, vec![world.sign(id, 2, 2_000)]).await,
         [WatchOutcome::Kept { held_nonce: 3, held_amount: U256::from(3_000) }]
     );
 
     // The provider is gone; the payer tries to leave without paying.
     world.request_exit(id).await;
-    let mut settled = false;
-    for _ in 0..200 {
-        if world.paid(id).await == U256::from(3_000) {
-            settled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(settled, "the watcher settled the best voucher within 10 s");
-    let mut listed = watcher.channels().await;
-    for _ in 0..100 {
-        if listed[0].paid == U256::from(3_000) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        listed = watcher.channels().await;
-    }
+    eventually(10, "the watcher to settle the best voucher", || async {
+        world.paid(id).await == U256::from(3_000)
+    })
+    .await;
+    eventually(5, "the watcher to record the settlement", || async {
+        watcher.channels(TOKEN).await[0].paid == U256::from(3_000)
+    })
+    .await;
+    let listed = watcher.channels(TOKEN).await;
     assert_eq!(listed[0].status, WatchedStatus::Exiting);
     assert_eq!(listed[0].paid, U256::from(3_000));
     assert!(listed[0].last_tx.is_some());
     watcher.stop().await;
 
     // After the challenge period the payer withdraws the rest.
-    cheats::increase_time(&world.payer_chain, u64::from(PERIOD) + 1).await.unwrap();
-    let receipt = world.channels().withdraw(id).send().await.unwrap().get_receipt().await.unwrap();
+    cheats::increase_time(&world.payer.chain, u64::from(PERIOD) + 1).await.unwrap();
+    let receipt = world.payer.channels().withdraw(id).send().await.unwrap().get_receipt().await.unwrap();
     assert!(receipt.status());
-    assert_eq!(world.balance(world.payee.address()).await, U256::from(3_000));
-    assert_eq!(world.balance(world.payer.address()).await, U256::from(10 * DEPOSIT - 3_000));
-    assert_eq!(world.balance(world.contract).await, U256::ZERO);
+    assert_eq!(world.env.balance(world.env.provider_key.address()).await, U256::from(3_000));
+    assert_eq!(world.env.balance(world.payer.address()).await, U256::from(10 * DEPOSIT - 3_000));
+    assert_eq!(world.env.balance(world.env.contract).await, U256::ZERO);
     // The watcher paid the gas and got nothing.
-    assert_eq!(world.balance(watcher_key.address()).await, U256::ZERO);
-    let eth = world.payer_chain.get_balance(watcher_key.address()).await.unwrap();
+    assert_eq!(world.env.balance(watcher_key.address()).await, U256::ZERO);
+    let eth = world.payer.chain.get_balance(watcher_key.address()).await.unwrap();
     assert!(eth < U256::from(10_000u64) * U256::from(10u64).pow(U256::from(18)), "gas was paid");
 }
 
@@ -294,16 +151,15 @@ async fn guard_settles_late_pushes_retries_and_batches() {
 
     // A watcher account without funds: its first settlement cannot be paid for.
     let key = PrivateKeySigner::random();
-    let chain = settlement_provider(&world.anvil.endpoint(), key.clone()).unwrap();
-    // The in-memory store of the node's test utilities.
-    let store = Arc::new(FlakyStore::default());
+    let chain = settlement_provider(&world.env.anvil.endpoint(), key.clone()).unwrap();
+    let store = Arc::new(MemoryStore::new());
     let new_watcher = || {
         Watcher::new(
-            world.anvil.chain_id(),
-            world.contract,
+            world.env.anvil.chain_id(),
+            world.env.contract,
             TOKEN,
             Arc::clone(&store),
-            RpcChain::new(chain.clone(), world.contract),
+            RpcChain::new(chain.clone(), world.env.contract),
         )
         .unwrap()
     };
@@ -360,7 +216,7 @@ async fn guard_settles_late_pushes_retries_and_batches() {
 
     // c exits and its period ends before the watcher hears of it: nothing can be sent.
     world.request_exit(c).await;
-    cheats::increase_time(&world.payer_chain, u64::from(PERIOD) + 1).await.unwrap();
+    cheats::increase_time(&world.payer.chain, u64::from(PERIOD) + 1).await.unwrap();
     assert_eq!(push(vec![world.sign(c, 1, 700)]).await, [WatchOutcome::Stored]);
     let report = guard.tick().await.unwrap();
     assert_eq!((report.settled.len(), report.failures), (0, 0));
@@ -375,5 +231,5 @@ async fn guard_settles_late_pushes_retries_and_batches() {
     assert_eq!((report.settled.len(), report.failures), (0, 0));
     let records = restarted.channels().unwrap();
     assert!(records.iter().all(|r| r.exiting()));
-    assert_eq!(world.balance(world.payee.address()).await, U256::from(3_500));
+    assert_eq!(world.env.balance(world.env.provider_key.address()).await, U256::from(3_500));
 }

@@ -10,10 +10,16 @@ use alloy::{
     sol,
 };
 use tokio::sync::oneshot;
-use x402_node::config::{Config, RouteConfig};
+use x402_node::{
+    config::{Config, RouteConfig},
+    watcher::WatcherConfig,
+};
 use x402_protocol::{
     ChannelDomain, SignedVoucher, Voucher,
     bindings::IPaymentChannel,
+    watch::{
+        CHANNELS_PATH, WATCH_PATH, WatchOutcome, WatchRequest, WatchResponse, WatchedChannel, WatchedVoucher,
+    },
     wire::{self, PaymentPayload, PaymentRequired, PaymentRequirements},
 };
 
@@ -155,11 +161,16 @@ impl Payer {
 
     /// Opens a stablecoin channel to `payee` with a challenge period of one day.
     pub async fn open(&self, payee: Address, deposit: u64, salt: u8) -> B256 {
+        self.open_with_period(payee, deposit, salt, 86_400).await
+    }
+
+    /// Opens a stablecoin channel to `payee` with a challenge period of `period` seconds.
+    pub async fn open_with_period(&self, payee: Address, deposit: u64, salt: u8, period: u32) -> B256 {
         let params = IPaymentChannel::OpenParams {
             payee,
             token: self.usd,
             signer: Address::ZERO,
-            challengePeriod: 86_400,
+            challengePeriod: period,
             deposit: U256::from(deposit),
             salt: B256::repeat_byte(salt),
         };
@@ -272,6 +283,65 @@ pub fn gateway_config(
         mime_type: Some("application/json".into()),
     });
     config
+}
+
+/// A watcher run by [`x402_node::watcher::run`], as the `x402-node watch` subcommand runs it.
+#[derive(Debug)]
+pub struct Watchtower {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<eyre::Result<()>>,
+    /// Its base URL.
+    pub url: String,
+}
+
+impl Watchtower {
+    /// Starts a watcher paying gas from `key` and waits until it answers.
+    pub async fn start(config: WatcherConfig, key: PrivateKeySigner) -> Self {
+        let url = format!("http://{}", config.listen);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let mut task = tokio::spawn(x402_node::watcher::run(config, key, async move {
+            let _ = stopped.await;
+        }));
+        wait_until_serving(&url, "watcher", &mut task).await;
+        Self { stop: Some(stop), task, url }
+    }
+
+    /// Stops the watcher and waits until its store is closed.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.expect("joins").expect("watcher ran cleanly");
+    }
+
+    /// Pushes `vouchers`, with the bearer `token` if any.
+    pub async fn push(&self, token: Option<&str>, vouchers: Vec<WatchedVoucher>) -> reqwest::Response {
+        let mut req = reqwest::Client::new().post(format!("{}{WATCH_PATH}", self.url));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.json(&WatchRequest { vouchers }).send().await.expect("push")
+    }
+
+    /// Pushes `vouchers` with `token`, expecting 200, and returns the outcomes.
+    pub async fn push_ok(&self, token: &str, vouchers: Vec<WatchedVoucher>) -> Vec<WatchOutcome> {
+        let resp = self.push(Some(token), vouchers).await;
+        assert_eq!(resp.status(), reqwest::StatusCode::OK);
+        let answer: WatchResponse = resp.json().await.expect("a WatchResponse");
+        answer.results.into_iter().map(|r| r.outcome).collect()
+    }
+
+    /// The watched channels, listed with `token`.
+    pub async fn channels(&self, token: &str) -> Vec<WatchedChannel> {
+        let resp = reqwest::Client::new()
+            .get(format!("{}{CHANNELS_PATH}", self.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("listing");
+        assert_eq!(resp.status(), reqwest::StatusCode::OK);
+        resp.json().await.expect("a channel list")
+    }
 }
 
 /// Waits until the server run by `task` answers `GET {url}/healthz`, for at most 10 s;
