@@ -240,7 +240,7 @@ contract PaymentChannel is IPaymentChannel, EIP712, ReentrancyGuardTransient {
         Channel storage ch = _channels[channelId];
         if (ch.status != Status.Open) revert ChannelNotOpen(channelId, ch.status);
         address payer = ch.payer;
-        if (msg.sender != payer && (ch.signer == address(0) || msg.sender != ch.signer)) {
+        if (msg.sender != payer && msg.sender != ch.signer) {
             revert NotPayer(msg.sender, payer);
         }
         uint256 exitAt = ch.exitAt;
@@ -260,7 +260,7 @@ contract PaymentChannel is IPaymentChannel, EIP712, ReentrancyGuardTransient {
         }
 
         address token = ch.token;
-        _tombstone(channelId, payer);
+        _tombstone(ch);
         // `paid <= finalAmount <= deposit` was checked above.
         uint256 refund = deposit - finalAmount;
         emit Closed(channelId, finalAmount, refund);
@@ -295,7 +295,7 @@ contract PaymentChannel is IPaymentChannel, EIP712, ReentrancyGuardTransient {
         uint256 paid = ch.paid;
         // `paid <= deposit` holds for every open channel.
         uint256 refund = ch.deposit - paid;
-        _tombstone(channelId, payer);
+        _tombstone(ch);
         emit Closed(channelId, paid, refund);
 
         _pay(token, payer, refund);
@@ -469,9 +469,12 @@ contract PaymentChannel is IPaymentChannel, EIP712, ReentrancyGuardTransient {
             // already paid, submit it "as a watcher" and void the payee's latest voucher. A
             // claim by anyone else must pay the voucher's full amount and leaves the nonce
             // alone: the voucher paying the payee the most always wins.
-            if (byPayee) ch.nonce = claim.nonce;
-            // forge-lint: disable-next-line(unsafe-typecast) newPaid <= cumulativeAmount <= deposit
-            ch.paid = uint128(newPaid);
+            // A channel being closed is tombstoned below, which clears both fields anyway.
+            if (!closing) {
+                if (byPayee) ch.nonce = claim.nonce;
+                // forge-lint: disable-next-line(unsafe-typecast) newPaid <= cumulativeAmount <= deposit
+                ch.paid = uint128(newPaid);
+            }
             emit Settled(channelId, msg.sender, claim.nonce, newPaid, newPaid - paid);
         } else if (!closing) {
             o.err = abi.encodeWithSelector(MissingSignature.selector, channelId);
@@ -484,7 +487,7 @@ contract PaymentChannel is IPaymentChannel, EIP712, ReentrancyGuardTransient {
         if (closing) {
             o.payer = ch.payer;
             o.refund = ch.deposit - newPaid;
-            _tombstone(channelId, o.payer);
+            _tombstone(ch);
             emit Closed(channelId, newPaid, o.refund);
         }
     }
@@ -529,19 +532,17 @@ contract PaymentChannel is IPaymentChannel, EIP712, ReentrancyGuardTransient {
     }
 
     /// @dev Marks a channel closed forever, keeping only its payer; clearing the rest refunds gas.
-    function _tombstone(bytes32 channelId, address payer) private {
-        _channels[channelId] = Channel({
-            payer: payer,
-            status: Status.Closed,
-            challengePeriod: 0,
-            exitAt: 0,
-            payee: address(0),
-            nonce: 0,
-            token: address(0),
-            signer: address(0),
-            deposit: 0,
-            paid: 0
-        });
+    /// Field by field: the payer's slot is rewritten in place, the other slots only cleared.
+    function _tombstone(Channel storage ch) private {
+        ch.status = Status.Closed;
+        ch.challengePeriod = 0;
+        ch.exitAt = 0;
+        ch.payee = address(0);
+        ch.nonce = 0;
+        ch.token = address(0);
+        ch.signer = address(0);
+        ch.deposit = 0;
+        ch.paid = 0;
     }
 
     /// @dev Adds `amount` for (`to`, `token`) to the first `count` entries of `payouts`,

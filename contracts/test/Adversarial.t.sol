@@ -640,25 +640,6 @@ contract AdversarialTest is ChannelFixture {
     // Malleable and wrong-domain signatures
     // =========================================================================================
 
-    function test_settle_highSSignatureRefused() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
-        IPaymentChannel.Claim memory malleated = _claim(payerKey, id, 1, 100e6);
-        malleated.signature = _highS(c.signature);
-        assertTrue(keccak256(malleated.signature) != keccak256(c.signature));
-
-        vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.InvalidSignature.selector, id, payer)
-        );
-        vm.prank(payee);
-        channel.settle(malleated);
-
-        // The original, low-s signature is fine.
-        vm.prank(payee);
-        channel.settle(c);
-        assertEq(channel.getChannel(id).paid, 100e6);
-    }
-
     function test_closeWithAuthorization_highSSignatureRefused() public {
         bytes32 id = _openUsd(DEPOSIT);
         bytes memory sig = _highS(_closeAuthSig(payeeKey, id, 100e6));
@@ -682,89 +663,6 @@ contract AdversarialTest is ChannelFixture {
         );
         vm.prank(payee);
         channel.settle(c);
-    }
-
-    function test_settle_voucherForOtherDeploymentRefused() public {
-        PaymentChannel other = new PaymentChannel(MIN_PERIOD, MAX_PERIOD);
-        bytes32 id = _openUsd(DEPOSIT);
-        assertTrue(other.voucherDigest(id, 1, 100e6) != channel.voucherDigest(id, 1, 100e6));
-
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
-        c.signature = _sign(payerKey, other.voucherDigest(id, 1, 100e6));
-        vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.InvalidSignature.selector, id, payer)
-        );
-        vm.prank(payee);
-        channel.settle(c);
-    }
-
-    function test_closeWithAuthorization_otherDeploymentRefused() public {
-        PaymentChannel other = new PaymentChannel(MIN_PERIOD, MAX_PERIOD);
-        bytes32 id = _openUsd(DEPOSIT);
-        bytes memory sig =
-            _sign(payeeKey, other.closeAuthorizationDigest(id, 100e6, CLOSE_DEADLINE));
-
-        vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.InvalidCloseAuthorization.selector, id)
-        );
-        vm.prank(payer);
-        channel.closeWithAuthorization(id, 100e6, CLOSE_DEADLINE, sig);
-    }
-
-    function test_settle_voucherForOtherChainIdRefused() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        uint256 chainId = block.chainid;
-        bytes32 here = channel.voucherDigest(id, 1, 100e6);
-
-        vm.chainId(chainId + 1);
-        bytes32 there = channel.voucherDigest(id, 1, 100e6);
-        bytes memory sig = _sign(payerKey, there);
-        vm.chainId(chainId);
-        assertTrue(here != there, "the domain binds the chain id");
-
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
-        c.signature = sig;
-        vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.InvalidSignature.selector, id, payer)
-        );
-        vm.prank(payee);
-        channel.settle(c);
-    }
-
-    function test_open_channelIdDiffersAcrossChains() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
-        bytes32 here = channel.computeChannelId(payer, p);
-        vm.chainId(block.chainid + 1);
-        assertTrue(channel.computeChannelId(payer, p) != here);
-    }
-
-    // =========================================================================================
-    // Regressions
-    // =========================================================================================
-
-    /// Regression: during an exit anyone may {settle}, and the payer holds the signing key. It
-    /// used to be able to sign a fresh voucher with a higher nonce for the amount already paid,
-    /// submit it right after {requestExit}, and make the payee's real latest voucher fail with
-    /// `NonceTooLow`. Only the payee's own claims consume nonces now.
-    function test_settle_payerCannotVoidLatestVoucherDuringExit() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        // The payee served 300 and holds the latest voucher, not yet redeemed.
-        IPaymentChannel.Claim memory latest = _claim(payerKey, id, 5, 300e6);
-        IPaymentChannel.Claim memory empty = _claim(payerKey, id, 6, 0);
-
-        vm.startPrank(payer);
-        channel.requestExit(id);
-        channel.settle(empty); // same block: pays nothing, burns the nonce
-        vm.stopPrank();
-
-        vm.prank(payee);
-        (bool ok,) = address(channel).call(abi.encodeCall(IPaymentChannel.settle, (latest)));
-        assertTrue(ok, "payee's latest voucher refused after the payer's settle");
-
-        vm.warp(block.timestamp + PERIOD);
-        channel.withdraw(id);
-        assertEq(usd.balanceOf(payee), 300e6, "payee paid for the service");
-        assertEq(usd.balanceOf(payer), FUNDS - 300e6, "payer refunded only the rest");
     }
 
     // =========================================================================================

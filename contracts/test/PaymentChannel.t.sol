@@ -1415,11 +1415,11 @@ contract PaymentChannelTest is ChannelFixture {
         // The payee answers well within the challenge period, as the threat model prescribes.
         vm.warp(exitAt - PERIOD / 2);
         vm.prank(payee);
-        try channel.settle(latest) {} catch {}
+        channel.settle(latest);
         vm.warp(exitAt);
         channel.withdraw(id);
 
-        // Expected: the payee holds what the payer signed for. Actual: 0, the payer got it all.
+        // The payee holds what the payer signed for; the payer gets only the rest.
         assertEq(usd.balanceOf(payee), 400e6, "payee lost its latest voucher");
         assertEq(usd.balanceOf(payer), FUNDS - 400e6);
     }
@@ -2058,18 +2058,28 @@ contract PaymentChannelTest is ChannelFixture {
         _assertUsd(FUNDS - 500e6, 500e6, 0);
     }
 
-    /// Questionable (see the report): a close authorisation has no nonce or deadline, so one the
-    /// payee signed earlier stays usable for as long as `paid` has not passed it.
-    function test_closeWithAuthorization_oldAuthorizationStaysValidWhilePaidBelowIt() public {
+    /// A close authorisation signed earlier stays usable while `paid` has not passed it, but
+    /// only until its deadline: the node refuses vouchers on the channel until then.
+    function test_closeWithAuthorization_oldAuthorizationUsableOnlyUntilItsDeadline() public {
         bytes32 id = _openUsd(DEPOSIT);
-        bytes memory oldAuth = _closeAuthSig(payeeKey, id, 100e6);
+        uint256 deadline = block.timestamp + 1 hours;
+        bytes memory oldAuth =
+            _sign(payeeKey, channel.closeAuthorizationDigest(id, 100e6, deadline));
         // The payee keeps serving and settles 80e6 of a 600e6 voucher...
         IPaymentChannel.Claim memory c = _partial(payerKey, id, 1, 600e6, 80e6);
         vm.prank(payee);
         channel.settle(c);
-        // ...and the payer closes with the old authorisation at 100e6.
+        // ...after the deadline the old authorisation is void...
+        vm.warp(deadline + 1);
+        vm.expectRevert(
+            abi.encodeWithSelector(IPaymentChannel.AuthorizationExpired.selector, deadline)
+        );
         vm.prank(payer);
-        channel.closeWithAuthorization(id, 100e6, CLOSE_DEADLINE, oldAuth);
+        channel.closeWithAuthorization(id, 100e6, deadline, oldAuth);
+        // ...and until it, the payer may close with it at 100e6.
+        vm.warp(deadline);
+        vm.prank(payer);
+        channel.closeWithAuthorization(id, 100e6, deadline, oldAuth);
         _assertUsd(FUNDS - 100e6, 100e6, 0);
     }
 

@@ -153,7 +153,8 @@ interface IPaymentChannel {
     event ExitCancelled(bytes32 indexed channelId);
 
     /// @notice A voucher was redeemed: the payee has now been paid `paid` in total, `payout` of
-    /// it in this call.
+    /// it in this call. `nonce` is the voucher's; it became the channel's nonce only if the
+    /// submitter is the payee (other submitters' claims do not consume nonces).
     event Settled(
         bytes32 indexed channelId,
         address indexed submitter,
