@@ -1,0 +1,3 @@
+//! The `x402` command-line tool.
+
+fn main() {}

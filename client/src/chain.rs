@@ -1,0 +1,374 @@
+//! The payer's on-chain side: open, top up, exit, withdraw, and close with the provider's
+//! authorisation.
+//!
+//! Every transaction is checked before it is sent (network, balance, allowance) so that a
+//! failure is a clear [`Error`], not a reverted transaction, and waits for the configured
+//! confirmations. A [`TxObserver`] sees each transaction sent and confirmed (the CLI shows a
+//! progress indicator with it).
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use alloy::{
+    network::EthereumWallet,
+    primitives::{Address, B256, TxHash, U256},
+    providers::{DynProvider, PendingTransactionBuilder, Provider, ProviderBuilder},
+    rpc::types::TransactionReceipt,
+    signers::local::PrivateKeySigner,
+    sol,
+};
+use async_trait::async_trait;
+use x402_protocol::{
+    bindings::IPaymentChannel::{self, IPaymentChannelErrors, OpenParams},
+    close::SignedCloseAuthorization,
+};
+
+use crate::{Error, Result};
+
+sol! {
+    /// The part of ERC-20 the client uses.
+    #[sol(rpc)]
+    interface IERC20 {
+        function balanceOf(address owner) external view returns (uint256);
+        function allowance(address owner, address spender) external view returns (uint256);
+        function approve(address spender, uint256 value) external returns (bool);
+    }
+}
+
+/// A transaction's progress, as reported to a [`TxObserver`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxEvent {
+    /// Sent; waiting for `confirmations` blocks.
+    Sent {
+        /// What the transaction does (`"open"`, `"approve"`, ...).
+        what: &'static str,
+        /// Its hash.
+        hash: TxHash,
+        /// How many confirmations are awaited.
+        confirmations: u64,
+    },
+    /// Mined with enough confirmations.
+    Confirmed {
+        /// What the transaction does.
+        what: &'static str,
+        /// Its hash.
+        hash: TxHash,
+        /// The block it is in.
+        block: u64,
+    },
+}
+
+/// Sees every transaction the client sends.
+pub type TxObserver = Arc<dyn Fn(TxEvent) + Send + Sync>;
+
+/// What opening and topping up channels needs; [`ChainClient`] is the real one. Abstract so
+/// that the payment logic can be tested without a chain.
+#[async_trait]
+pub trait Funding: Send + Sync + fmt::Debug + 'static {
+    /// The chain id of the RPC endpoint.
+    fn chain_id(&self) -> u64;
+
+    /// The depositor.
+    fn payer(&self) -> Address;
+
+    /// Opens a channel, returning its id and the deposit the contract credited.
+    async fn open(&self, contract: Address, params: OpenParams) -> Result<(B256, U256)>;
+
+    /// Adds `amount` to a channel's deposit, returning the new deposit.
+    async fn top_up(&self, contract: Address, channel: B256, amount: U256) -> Result<U256>;
+}
+
+/// The payer's connection to the chain: a provider that signs as the depositor.
+#[derive(Clone)]
+pub struct ChainClient {
+    provider: DynProvider,
+    payer: Address,
+    chain_id: u64,
+    confirmations: u64,
+    receipt_timeout: Duration,
+    auto_approve: bool,
+    observer: Option<TxObserver>,
+}
+
+impl fmt::Debug for ChainClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChainClient")
+            .field("payer", &self.payer)
+            .field("chain_id", &self.chain_id)
+            .field("confirmations", &self.confirmations)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChainClient {
+    /// Connects to `rpc_url`, signing transactions with `payer`. Asks the endpoint for its chain
+    /// id once.
+    pub async fn connect(rpc_url: &str, payer: PrivateKeySigner) -> Result<Self> {
+        let url = rpc_url.parse().map_err(|e| Error::Chain(format!("invalid RPC URL {rpc_url:?}: {e}")))?;
+        let address = payer.address();
+        let provider = ProviderBuilder::new().wallet(EthereumWallet::from(payer)).connect_http(url).erased();
+        let chain_id = provider
+            .get_chain_id()
+            .await
+            .map_err(|e| Error::Chain(format!("cannot reach the RPC endpoint {rpc_url}: {e}")))?;
+        Ok(Self::new(provider, address, chain_id))
+    }
+
+    /// Wraps a provider that signs as `payer`, on chain `chain_id`.
+    pub fn new(provider: DynProvider, payer: Address, chain_id: u64) -> Self {
+        Self {
+            provider,
+            payer,
+            chain_id,
+            confirmations: 1,
+            receipt_timeout: Duration::from_secs(120),
+            auto_approve: true,
+            observer: None,
+        }
+    }
+
+    /// Waits for `n` confirmations per transaction (default 1: mined).
+    pub fn with_confirmations(mut self, n: u64) -> Self {
+        self.confirmations = n.max(1);
+        self
+    }
+
+    /// Whether to approve the channel contract for a deposit when the allowance is short
+    /// (default on). Off, a short allowance is [`Error::InsufficientAllowance`].
+    pub fn with_auto_approve(mut self, on: bool) -> Self {
+        self.auto_approve = on;
+        self
+    }
+
+    /// Reports every transaction to `observer`.
+    pub fn with_observer(mut self, observer: TxObserver) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// The provider.
+    pub fn provider(&self) -> &DynProvider {
+        &self.provider
+    }
+
+    /// The depositor's address.
+    pub fn payer(&self) -> Address {
+        self.payer
+    }
+
+    /// The chain id.
+    pub fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    /// Fails with [`Error::WrongNetwork`] unless the endpoint is on `chain_id`.
+    pub fn ensure_chain(&self, chain_id: u64) -> Result<()> {
+        if chain_id != self.chain_id {
+            return Err(Error::WrongNetwork { rpc: self.chain_id, wanted: chain_id });
+        }
+        Ok(())
+    }
+
+    /// A channel's on-chain state.
+    pub async fn channel(&self, contract: Address, id: B256) -> Result<IPaymentChannel::Channel> {
+        IPaymentChannel::new(contract, &self.provider).getChannel(id).call().await.map_err(contract_error)
+    }
+
+    /// `owner`'s balance of `token` (`0x0`: the native token).
+    pub async fn balance(&self, token: Address, owner: Address) -> Result<U256> {
+        if token == Address::ZERO {
+            return self.provider.get_balance(owner).await.map_err(Error::chain);
+        }
+        IERC20::new(token, &self.provider).balanceOf(owner).call().await.map_err(Error::chain)
+    }
+
+    /// The latest block's timestamp.
+    pub async fn now(&self) -> Result<u64> {
+        let block = self
+            .provider
+            .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+            .await
+            .map_err(Error::chain)?
+            .ok_or_else(|| Error::Chain("no latest block".into()))?;
+        Ok(block.header.timestamp)
+    }
+
+    /// The id `params` would give a channel opened by the payer.
+    pub async fn channel_id(&self, contract: Address, params: &OpenParams) -> Result<B256> {
+        IPaymentChannel::new(contract, &self.provider)
+            .computeChannelId(self.payer, params.clone())
+            .call()
+            .await
+            .map_err(contract_error)
+    }
+
+    /// Makes sure the payer holds `amount` of `token` and, for an ERC-20, that the contract
+    /// may pull it (approving it if allowed).
+    async fn fund(&self, contract: Address, token: Address, amount: U256) -> Result<()> {
+        let balance = self.balance(token, self.payer).await?;
+        if balance < amount {
+            return Err(Error::InsufficientBalance { token, balance, needed: amount });
+        }
+        if token == Address::ZERO {
+            return Ok(());
+        }
+        let erc20 = IERC20::new(token, &self.provider);
+        let allowance = erc20.allowance(self.payer, contract).call().await.map_err(Error::chain)?;
+        if allowance >= amount {
+            return Ok(());
+        }
+        if !self.auto_approve {
+            return Err(Error::InsufficientAllowance { token, spender: contract, allowance, needed: amount });
+        }
+        let pending = erc20.approve(contract, amount).send().await.map_err(Error::chain)?;
+        self.confirm("approve", pending).await?;
+        Ok(())
+    }
+
+    /// Waits for a sent transaction, reporting it to the observer.
+    async fn confirm(
+        &self,
+        what: &'static str,
+        pending: PendingTransactionBuilder<alloy::network::Ethereum>,
+    ) -> Result<TransactionReceipt> {
+        let hash = *pending.tx_hash();
+        tracing::info!(target: "x402_client::chain", what, %hash, "transaction sent");
+        if let Some(observer) = &self.observer {
+            observer(TxEvent::Sent { what, hash, confirmations: self.confirmations });
+        }
+        let receipt = pending
+            .with_required_confirmations(self.confirmations)
+            .with_timeout(Some(self.receipt_timeout))
+            .get_receipt()
+            .await
+            .map_err(|e| Error::Chain(format!("{what} transaction {hash}: {e}")))?;
+        if !receipt.status() {
+            return Err(Error::Reverted(hash));
+        }
+        let block = receipt.block_number.unwrap_or_default();
+        tracing::info!(target: "x402_client::chain", what, %hash, block, "transaction confirmed");
+        if let Some(observer) = &self.observer {
+            observer(TxEvent::Confirmed { what, hash, block });
+        }
+        Ok(receipt)
+    }
+
+    /// Opens a channel; returns its id and the deposit credited.
+    pub async fn open_channel(&self, contract: Address, params: OpenParams) -> Result<(B256, U256)> {
+        self.fund(contract, params.token, params.deposit).await?;
+        let id = self.channel_id(contract, &params).await?;
+        let value = if params.token == Address::ZERO { params.deposit } else { U256::ZERO };
+        let pending = IPaymentChannel::new(contract, &self.provider)
+            .open(params)
+            .value(value)
+            .send()
+            .await
+            .map_err(contract_error)?;
+        self.confirm("open", pending).await?;
+        let deposit = U256::from(self.channel(contract, id).await?.deposit);
+        Ok((id, deposit))
+    }
+
+    /// Adds `amount` to a channel's deposit (cancelling a pending exit); returns the new
+    /// deposit.
+    pub async fn top_up_channel(&self, contract: Address, id: B256, amount: U256) -> Result<U256> {
+        let ch = self.channel(contract, id).await?;
+        if ch.status != IPaymentChannel::Status::Open {
+            return Err(Error::ChannelState {
+                channel: id,
+                status: status_name(ch.status),
+                what: "a top-up",
+            });
+        }
+        self.fund(contract, ch.token, amount).await?;
+        let value = if ch.token == Address::ZERO { amount } else { U256::ZERO };
+        let pending = IPaymentChannel::new(contract, &self.provider)
+            .topUp(id, amount)
+            .value(value)
+            .send()
+            .await
+            .map_err(contract_error)?;
+        self.confirm("top-up", pending).await?;
+        Ok(U256::from(self.channel(contract, id).await?.deposit))
+    }
+
+    /// Starts a unilateral exit; returns when the payer may withdraw (unix seconds).
+    pub async fn request_exit(&self, contract: Address, id: B256) -> Result<u64> {
+        let channels = IPaymentChannel::new(contract, &self.provider);
+        let pending = channels.requestExit(id).send().await.map_err(contract_error)?;
+        self.confirm("exit", pending).await?;
+        Ok(self.channel(contract, id).await?.exitAt.to::<u64>())
+    }
+
+    /// Withdraws the unspent deposit after the challenge period; returns the refund.
+    pub async fn withdraw(&self, contract: Address, id: B256) -> Result<U256> {
+        let ch = self.channel(contract, id).await?;
+        let refund = U256::from(ch.deposit).saturating_sub(U256::from(ch.paid));
+        let pending = IPaymentChannel::new(contract, &self.provider)
+            .withdraw(id)
+            .send()
+            .await
+            .map_err(contract_error)?;
+        self.confirm("withdraw", pending).await?;
+        Ok(refund)
+    }
+
+    /// Closes a channel at once with the provider's signed authorisation; returns the refund.
+    pub async fn close_with_authorization(
+        &self,
+        contract: Address,
+        id: B256,
+        authorization: &SignedCloseAuthorization,
+    ) -> Result<U256> {
+        let ch = self.channel(contract, id).await?;
+        let refund = U256::from(ch.deposit).saturating_sub(authorization.final_amount);
+        let pending = IPaymentChannel::new(contract, &self.provider)
+            .closeWithAuthorization(
+                id,
+                authorization.final_amount,
+                U256::from(authorization.deadline),
+                authorization.signature.clone(),
+            )
+            .send()
+            .await
+            .map_err(contract_error)?;
+        self.confirm("close", pending).await?;
+        Ok(refund)
+    }
+}
+
+#[async_trait]
+impl Funding for ChainClient {
+    fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    fn payer(&self) -> Address {
+        self.payer
+    }
+
+    async fn open(&self, contract: Address, params: OpenParams) -> Result<(B256, U256)> {
+        self.open_channel(contract, params).await
+    }
+
+    async fn top_up(&self, contract: Address, channel: B256, amount: U256) -> Result<U256> {
+        self.top_up_channel(contract, channel, amount).await
+    }
+}
+
+/// The name of an on-chain status.
+pub(crate) fn status_name(status: IPaymentChannel::Status) -> &'static str {
+    match status {
+        IPaymentChannel::Status::None => "unknown on-chain",
+        IPaymentChannel::Status::Open => "open",
+        IPaymentChannel::Status::Closed => "closed",
+        _ => "in an unknown state",
+    }
+}
+
+/// A contract call's error, with the contract's custom error decoded when there is one.
+fn contract_error(e: alloy::contract::Error) -> Error {
+    match e.as_decoded_interface_error::<IPaymentChannelErrors>() {
+        Some(decoded) => Error::Chain(format!("the channel contract refused: {decoded:?}")),
+        None => Error::chain(e),
+    }
+}

@@ -1,0 +1,947 @@
+//! [`Client`]: pays 402 `channel` payments by itself and manages the payer's channels.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use alloy::{
+    primitives::{Address, B256, U256},
+    signers::{SignerSync, local::PrivateKeySigner},
+};
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use reqwest::{Request, Response, StatusCode, header::HeaderValue};
+use x402_protocol::{
+    ChannelDomain, Network,
+    bindings::IPaymentChannel::OpenParams,
+    close::{CLOSE_PATH, CloseRequestBody, CloseResponse},
+    wire::{
+        self, ErrorCode, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, PaymentPayload,
+        PaymentRequired, PaymentRequirements, SCHEME, SettlementResponse,
+    },
+};
+
+use crate::{
+    ChainClient, ChannelStatus, ChannelTerms, ClientChannel, DepositPolicy, Error, Funding, Limits, Result,
+    StateStore,
+};
+
+/// What a paid request cost, attached to the response's extensions
+/// (`response.extensions().get::<Payment>()`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Payment {
+    /// The channel that paid.
+    pub channel_id: B256,
+    /// The voucher's nonce.
+    pub nonce: u64,
+    /// The voucher's cumulative amount.
+    pub cumulative_amount: U256,
+    /// What this request was charged.
+    pub charged: U256,
+    /// What the channel has been charged in total.
+    pub total_charged: U256,
+    /// The channel's deposit, as the client knows it.
+    pub deposit: U256,
+    /// The token.
+    pub asset: Address,
+    /// How many vouchers were sent for this request (1 unless it had to resynchronise).
+    pub attempts: u32,
+}
+
+/// What a cooperative close achieved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Closed {
+    /// The channel.
+    pub channel_id: B256,
+    /// What the provider is paid in total.
+    pub final_amount: U256,
+    /// What the payer gets back.
+    pub refund: U256,
+    /// Whether the client closed it on-chain at once with the provider's authorisation
+    /// (otherwise the node closes it in its next settlement round).
+    pub closed_on_chain: bool,
+}
+
+/// Tuning of the payment loop.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// How many vouchers one request may try before giving up. Default 32 (races between
+    /// many concurrent requests on one channel are resolved by retrying).
+    pub max_attempts: u32,
+    /// How long to wait for the node to see a channel just opened or topped up (it follows
+    /// the chain with some confirmations), or to come back from `unavailable`. Default 60 s.
+    pub node_wait: Duration,
+    /// Pause between such waits. Default 250 ms.
+    pub backoff: Duration,
+    /// Lifetime of a cooperative close request's signature. Default 300 s.
+    pub close_deadline: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 32,
+            node_wait: Duration::from_secs(60),
+            backoff: Duration::from_millis(250),
+            close_deadline: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Builds a [`Client`].
+#[derive(Debug)]
+pub struct ClientBuilder {
+    signer: PrivateKeySigner,
+    session_key: Option<PrivateKeySigner>,
+    rpc: Option<String>,
+    chain: Option<ChainClient>,
+    funding: Option<Arc<dyn Funding>>,
+    limits: Option<Limits>,
+    policy: DepositPolicy,
+    settings: Settings,
+    state_dir: Option<PathBuf>,
+    store: Option<StateStore>,
+    http: Option<reqwest::Client>,
+}
+
+impl ClientBuilder {
+    /// The chain's RPC endpoint (transactions are signed with the depositor's key).
+    pub fn rpc(mut self, url: impl Into<String>) -> Self {
+        self.rpc = Some(url.into());
+        self
+    }
+
+    /// An already connected chain client (confirmations, observer, ...).
+    pub fn chain(mut self, chain: ChainClient) -> Self {
+        self.chain = Some(chain);
+        self
+    }
+
+    /// Funding without a chain client (tests). Lifecycle operations then fail.
+    pub fn funding(mut self, funding: Arc<dyn Funding>) -> Self {
+        self.funding = Some(funding);
+        self
+    }
+
+    /// Signs vouchers with `key` instead of the depositor's key. New channels name it as
+    /// their signer, so it can only spend what those channels hold.
+    pub fn session_key(mut self, key: PrivateKeySigner) -> Self {
+        self.session_key = Some(key);
+        self
+    }
+
+    /// The spending limits. Required.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
+    /// How new channels are funded.
+    pub fn deposit_policy(mut self, policy: DepositPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Tuning of the payment loop.
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Keeps the client's state durably in `dir`. Without it (or [`Self::store`]) the state
+    /// lives in memory and a restarted client cannot continue its channels.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
+        self
+    }
+
+    /// Uses an opened state store.
+    pub fn store(mut self, store: StateStore) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The HTTP client used for requests and close requests.
+    pub fn http_client(mut self, http: reqwest::Client) -> Self {
+        self.http = Some(http);
+        self
+    }
+
+    /// Connects (if an RPC URL was given), opens the state and loads the channels.
+    pub async fn build(self) -> Result<Client> {
+        let limits =
+            self.limits.ok_or_else(|| Error::Chain("Client::builder: limits are required".into()))?;
+        let chain = match (self.chain, &self.rpc) {
+            (Some(chain), _) => Some(chain),
+            (None, Some(url)) => Some(ChainClient::connect(url, self.signer.clone()).await?),
+            (None, None) => None,
+        };
+        let funding: Arc<dyn Funding> = match (self.funding, &chain) {
+            (Some(f), _) => f,
+            (None, Some(chain)) => Arc::new(chain.clone()),
+            (None, None) => {
+                return Err(Error::Chain("Client::builder: an RPC URL or a chain client is required".into()));
+            }
+        };
+        let store = match (self.store, self.state_dir) {
+            (Some(store), _) => store,
+            (None, Some(dir)) => StateStore::open(dir)?,
+            (None, None) => StateStore::in_memory(),
+        };
+        let voucher_signer = self.session_key.unwrap_or_else(|| self.signer.clone());
+        let mut known = store.channels()?;
+        // The latest opened usable channel per provider is the one payments go to.
+        known.sort_by_key(|ch| ch.opened_at);
+        let mut active = HashMap::new();
+        for ch in &known {
+            if ch.status == ChannelStatus::Open
+                && ch.signer == voucher_signer.address()
+                && ch.payer == funding.payer()
+                && ch.terms.network.chain_id == funding.chain_id()
+            {
+                active.insert(ch.terms.clone(), ch.id);
+            }
+        }
+        let channels = known.into_iter().map(|ch| (ch.id, Arc::new(tokio::sync::Mutex::new(ch)))).collect();
+        Ok(Client {
+            inner: Arc::new(Inner {
+                funding,
+                chain,
+                signer: voucher_signer,
+                store,
+                limits,
+                policy: self.policy,
+                settings: self.settings,
+                http: self.http.unwrap_or_default(),
+                channels: Mutex::new(channels),
+                active: Mutex::new(active),
+                opening: tokio::sync::Mutex::new(()),
+                offers: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+/// Pays HTTP 402 `channel` payments by itself, and manages the payer's channels.
+///
+/// Cheap to clone (all clones share channels and state). Use [`Client::http`] for a
+/// `reqwest`-compatible client that pays, or [`Client::execute`].
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+type Slot = Arc<tokio::sync::Mutex<ClientChannel>>;
+
+#[derive(Debug)]
+struct Inner {
+    funding: Arc<dyn Funding>,
+    chain: Option<ChainClient>,
+    signer: PrivateKeySigner,
+    store: StateStore,
+    limits: Limits,
+    policy: DepositPolicy,
+    settings: Settings,
+    http: reqwest::Client,
+    /// Every channel the client knows, each behind the lock that serialises its signing.
+    channels: Mutex<HashMap<B256, Slot>>,
+    /// The channel new payments go to, per provider.
+    active: Mutex<HashMap<ChannelTerms, B256>>,
+    /// Serialises opening and topping up, so concurrent requests open one channel, not many.
+    opening: tokio::sync::Mutex<()>,
+    /// The requirements last accepted per request target, so repeated requests pay at once
+    /// instead of first collecting a 402.
+    offers: Mutex<HashMap<String, PaymentRequirements>>,
+}
+
+/// A voucher ready to be sent.
+#[derive(Clone, Debug)]
+struct Prepared {
+    channel: B256,
+    header: HeaderValue,
+}
+
+impl Client {
+    /// Starts building a client whose depositor (and, unless a session key is set, voucher
+    /// signer) is `signer`.
+    pub fn builder(signer: PrivateKeySigner) -> ClientBuilder {
+        ClientBuilder {
+            signer,
+            session_key: None,
+            rpc: None,
+            chain: None,
+            funding: None,
+            limits: None,
+            policy: DepositPolicy::default(),
+            settings: Settings::default(),
+            state_dir: None,
+            store: None,
+            http: None,
+        }
+    }
+
+    /// A `reqwest` client that pays 402s with this client.
+    pub fn http(&self) -> reqwest_middleware::ClientWithMiddleware {
+        reqwest_middleware::ClientBuilder::new(self.inner.http.clone())
+            .with(crate::PaymentMiddleware::new(self.clone()))
+            .build()
+    }
+
+    /// Sends `request`, paying if the server answers 402. The [`Payment`] is in the response's
+    /// extensions.
+    pub async fn execute(&self, request: Request) -> Result<Response> {
+        let http = self.inner.http.clone();
+        self.execute_with(request, move |r| {
+            let http = http.clone();
+            Box::pin(async move {
+                let url = r.url().to_string();
+                http.execute(r).await.map_err(|source| unreachable_or_http(url, source))
+            })
+        })
+        .await
+    }
+
+    /// The voucher signer's address.
+    pub fn signer(&self) -> Address {
+        self.inner.signer.address()
+    }
+
+    /// The depositor's address.
+    pub fn payer(&self) -> Address {
+        self.inner.funding.payer()
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// The chain client, if the client has one.
+    pub fn chain(&self) -> Option<&ChainClient> {
+        self.inner.chain.as_ref()
+    }
+
+    /// Every known channel, in id order.
+    pub async fn channels(&self) -> Vec<ClientChannel> {
+        let slots: Vec<Slot> = {
+            let map = self.inner.channels.lock();
+            let mut ids: Vec<_> = map.keys().copied().collect();
+            ids.sort();
+            ids.iter().filter_map(|id| map.get(id).cloned()).collect()
+        };
+        let mut out = Vec::with_capacity(slots.len());
+        for slot in slots {
+            out.push(slot.lock().await.clone());
+        }
+        out
+    }
+
+    /// One channel.
+    pub async fn channel(&self, id: B256) -> Result<ClientChannel> {
+        Ok(self.slot(id)?.lock().await.clone())
+    }
+
+    fn slot(&self, id: B256) -> Result<Slot> {
+        self.inner.channels.lock().get(&id).cloned().ok_or(Error::UnknownChannel(id))
+    }
+
+    fn chain_client(&self) -> Result<&ChainClient> {
+        self.inner.chain.as_ref().ok_or_else(|| Error::Chain("this client has no chain connection".into()))
+    }
+
+    /// The core loop: `send` performs one HTTP exchange.
+    pub(crate) async fn execute_with<'a, F>(&self, request: Request, mut send: F) -> Result<Response>
+    where
+        F: FnMut(Request) -> BoxFuture<'a, Result<Response>>,
+    {
+        let target = format!("{} {}", request.method(), request.url());
+        let origin = request.url().origin().ascii_serialization();
+        let mut offer = self.inner.offers.lock().get(&target).cloned();
+        if offer.is_none() {
+            let response = send(try_clone(&request)?).await?;
+            if response.status() != StatusCode::PAYMENT_REQUIRED {
+                return Ok(response);
+            }
+            let required = read_402(response).await?;
+            offer = Some(self.choose(&required)?);
+        }
+        let mut offer = offer.ok_or_else(|| Error::Malformed("no payment requirements".into()))?;
+        let mut resend: Option<Prepared> = None;
+        let mut waiting_since: Option<Instant> = None;
+        let mut last = ErrorCode::PaymentRequired;
+        for attempt in 1..=self.inner.settings.max_attempts {
+            let prepared = match resend.take() {
+                Some(p) => p,
+                None => self.prepare(&offer, &origin).await?,
+            };
+            let mut paid = try_clone(&request)?;
+            paid.headers_mut().insert(PAYMENT_SIGNATURE, prepared.header.clone());
+            let mut response = send(paid).await?;
+            if response.status() != StatusCode::PAYMENT_REQUIRED {
+                let payment = self.receipt(&prepared, &response, &offer, attempt).await?;
+                self.inner.offers.lock().insert(target, offer);
+                if let Some(payment) = payment {
+                    tracing::debug!(
+                        target: "x402_client::pay",
+                        channel = %payment.channel_id,
+                        nonce = payment.nonce,
+                        charged = %payment.charged,
+                        attempts = attempt,
+                        "paid"
+                    );
+                    response.extensions_mut().insert(payment);
+                }
+                return Ok(response);
+            }
+            let required = read_402(response).await?;
+            let code = required.error.unwrap_or(ErrorCode::PaymentRequired);
+            last = code;
+            tracing::debug!(target: "x402_client::pay", channel = %prepared.channel, %code, attempt, "payment refused");
+            match code {
+                ErrorCode::NonceTooLow | ErrorCode::AmountBelowPrice => {
+                    let state = required
+                        .accepts
+                        .iter()
+                        .find_map(|a| a.extra.channel.as_ref().filter(|s| s.channel_id == prepared.channel))
+                        .ok_or_else(|| Error::Malformed(format!("{code} without the channel's state")))?;
+                    let slot = self.slot(prepared.channel)?;
+                    let mut ch = slot.lock().await;
+                    ch.resync(state)?;
+                    self.inner.store.put(&ch)?;
+                    drop(ch);
+                    // The price may have changed.
+                    offer = self.choose(&required)?;
+                }
+                ErrorCode::ChannelUnknown | ErrorCode::InsufficientDeposit | ErrorCode::Unavailable => {
+                    // The node has not seen the channel (or its latest deposit) yet, or is
+                    // briefly down: send the same voucher again in a moment. Nothing new is
+                    // signed, so nothing more is put at risk.
+                    let since = *waiting_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.inner.settings.node_wait {
+                        return Err(Error::Refused { code, message: required.message });
+                    }
+                    tokio::time::sleep(self.inner.settings.backoff).await;
+                    resend = Some(prepared);
+                }
+                ErrorCode::ChannelClosing | ErrorCode::ChannelClosed => {
+                    self.retire(prepared.channel, code).await?;
+                }
+                _ => return Err(Error::Refused { code, message: required.message }),
+            }
+        }
+        Err(Error::TooManyAttempts { attempts: self.inner.settings.max_attempts, last })
+    }
+
+    /// Picks the requirement to pay: scheme `channel` on the client's chain, within the price
+    /// limit.
+    fn choose(&self, required: &PaymentRequired) -> Result<PaymentRequirements> {
+        let chain_id = self.inner.funding.chain_id();
+        let ours: Vec<&PaymentRequirements> =
+            required.accepts.iter().filter(|a| a.scheme == SCHEME).collect();
+        if ours.is_empty() {
+            let schemes: Vec<&str> = required.accepts.iter().map(|a| a.scheme.as_str()).collect();
+            return Err(Error::NoAcceptableRequirements(format!("no `channel` scheme among {schemes:?}")));
+        }
+        let Some(on_chain) = ours.iter().find(|a| a.network.chain_id == chain_id) else {
+            return Err(Error::WrongNetwork { rpc: chain_id, wanted: ours[0].network.chain_id });
+        };
+        self.inner.limits.check_price(on_chain.amount)?;
+        Ok((*on_chain).clone())
+    }
+
+    /// Signs the next voucher for `offer`, opening or topping up a channel if needed. The
+    /// voucher is durable before this returns.
+    async fn prepare(&self, offer: &PaymentRequirements, origin: &str) -> Result<Prepared> {
+        let terms = terms_of(offer);
+        let price = offer.amount;
+        let domain = ChannelDomain::new(offer.network.chain_id, offer.extra.contract);
+        for _ in 0..4 {
+            let slot = match self.active_slot(&terms) {
+                Some(slot) => slot,
+                None => self.open_for(offer, origin).await?,
+            };
+            let mut ch = slot.lock().await;
+            match ch.next_voucher(price) {
+                Ok(voucher) => {
+                    let signed = domain.sign(&self.inner.signer, voucher)?;
+                    ch.signed(signed.signature.clone());
+                    let payload = PaymentPayload::new(offer, &signed);
+                    self.inner.store.put(&ch)?;
+                    drop(ch);
+                    // Group commit: concurrent requests share one fsync.
+                    self.inner.store.sync().await?;
+                    let header = HeaderValue::from_str(&wire::encode_header(&payload))
+                        .map_err(|e| Error::Malformed(e.to_string()))?;
+                    return Ok(Prepared { channel: signed.channel_id(), header });
+                }
+                Err(Error::ChannelExhausted { .. }) => {
+                    let id = ch.id;
+                    drop(ch);
+                    self.replenish(id, offer, origin).await?;
+                }
+                Err(Error::ChannelState { .. }) => {
+                    let id = ch.id;
+                    drop(ch);
+                    self.inner.active.lock().retain(|_, active| *active != id);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Chain("could not find, open or top up a channel for this payment".into()))
+    }
+
+    fn active_slot(&self, terms: &ChannelTerms) -> Option<Slot> {
+        let id = *self.inner.active.lock().get(terms)?;
+        self.inner.channels.lock().get(&id).cloned()
+    }
+
+    /// Opens a channel for `offer` (unless a concurrent request just did).
+    async fn open_for(&self, offer: &PaymentRequirements, origin: &str) -> Result<Slot> {
+        let _opening = self.inner.opening.lock().await;
+        let terms = terms_of(offer);
+        if let Some(slot) = self.active_slot(&terms) {
+            return Ok(slot);
+        }
+        let deposit = self.inner.policy.deposit(offer.amount, offer.extra.min_deposit, &self.inner.limits)?;
+        self.open_channel(offer, deposit, Some(origin.to_owned())).await
+    }
+
+    /// Opens a channel for `offer` with `deposit`, within the limits, and makes it the active
+    /// one for its provider.
+    async fn open_channel(
+        &self,
+        offer: &PaymentRequirements,
+        deposit: U256,
+        node: Option<String>,
+    ) -> Result<Slot> {
+        let limits = &self.inner.limits;
+        if deposit > limits.max_deposit {
+            return Err(Error::DepositAboveLimit { deposit, limit: limits.max_deposit });
+        }
+        let terms = terms_of(offer);
+        let total = self.locked_total(terms.asset).await.saturating_add(deposit);
+        if total > limits.max_total_deposit {
+            return Err(Error::TotalDepositAboveLimit {
+                asset: terms.asset,
+                total,
+                limit: limits.max_total_deposit,
+            });
+        }
+        let chain_id = self.inner.funding.chain_id();
+        if terms.network.chain_id != chain_id {
+            return Err(Error::WrongNetwork { rpc: chain_id, wanted: terms.network.chain_id });
+        }
+        let min_period = u32::try_from(offer.extra.min_challenge_period).unwrap_or(u32::MAX);
+        let period = self.inner.policy.challenge_period.unwrap_or(min_period).max(min_period);
+        let params = OpenParams {
+            payee: terms.payee,
+            token: terms.asset,
+            signer: self.inner.signer.address(),
+            challengePeriod: period,
+            deposit,
+            salt: B256::from(rand::random::<[u8; 32]>()),
+        };
+        tracing::info!(target: "x402_client::channel", payee = %terms.payee, %deposit, "opening a channel");
+        let (id, credited) = self.inner.funding.open(terms.contract, params).await?;
+        let ch = ClientChannel::new(
+            id,
+            terms.clone(),
+            self.inner.funding.payer(),
+            self.inner.signer.address(),
+            period,
+            credited,
+            node,
+            unix_now(),
+        );
+        self.inner.store.save(&ch).await?;
+        let slot = Arc::new(tokio::sync::Mutex::new(ch));
+        self.inner.channels.lock().insert(id, slot.clone());
+        self.inner.active.lock().insert(terms, id);
+        tracing::info!(target: "x402_client::channel", channel = %id, deposit = %credited, "channel opened");
+        Ok(slot)
+    }
+
+    /// The deposits of all channels in `asset` that are not closed.
+    async fn locked_total(&self, asset: Address) -> U256 {
+        let slots: Vec<Slot> = self.inner.channels.lock().values().cloned().collect();
+        let mut total = U256::ZERO;
+        for slot in slots {
+            let ch = slot.lock().await;
+            if ch.terms.asset == asset && ch.status != ChannelStatus::Closed {
+                total = total.saturating_add(ch.deposit);
+            }
+        }
+        total
+    }
+
+    /// An exhausted channel: top it up within the limits, or else open a new one.
+    async fn replenish(&self, id: B256, offer: &PaymentRequirements, origin: &str) -> Result<()> {
+        let _opening = self.inner.opening.lock().await;
+        let slot = self.slot(id)?;
+        let (deposit, needed) = {
+            let ch = slot.lock().await;
+            if ch.can_pay(offer.amount) {
+                return Ok(()); // a concurrent request topped it up
+            }
+            if self.inner.active.lock().get(&ch.terms) != Some(&id) {
+                return Ok(()); // a concurrent request replaced it
+            }
+            (ch.deposit, ch.cumulative.saturating_add(offer.amount))
+        };
+        let limits = &self.inner.limits;
+        let policy = &self.inner.policy;
+        if !policy.auto_top_up {
+            return Err(Error::ChannelExhausted { channel: id, needed, deposit });
+        }
+        let wanted = policy.deposit(offer.amount, U256::ZERO, limits)?;
+        let amount = wanted.max(needed - deposit);
+        if deposit.saturating_add(amount) <= limits.max_deposit {
+            let total = self.locked_total(offer.asset).await.saturating_add(amount);
+            if total > limits.max_total_deposit {
+                return Err(Error::TotalDepositAboveLimit {
+                    asset: offer.asset,
+                    total,
+                    limit: limits.max_total_deposit,
+                });
+            }
+            tracing::info!(target: "x402_client::channel", channel = %id, %amount, "topping up");
+            let new_deposit = self.inner.funding.top_up(offer.extra.contract, id, amount).await?;
+            let mut ch = slot.lock().await;
+            let added = new_deposit.saturating_sub(ch.deposit);
+            ch.topped_up(added);
+            self.inner.store.save(&ch).await?;
+            return Ok(());
+        }
+        // The channel is at its limit: continue on a new one.
+        self.inner.active.lock().retain(|_, active| *active != id);
+        let deposit = policy.deposit(offer.amount, offer.extra.min_deposit, limits)?;
+        self.open_channel(offer, deposit, Some(origin.to_owned())).await?;
+        Ok(())
+    }
+
+    /// The node says the channel is closing or closed: stop using it.
+    async fn retire(&self, id: B256, code: ErrorCode) -> Result<()> {
+        let slot = self.slot(id)?;
+        let mut ch = slot.lock().await;
+        if ch.status == ChannelStatus::Open {
+            ch.status =
+                if code == ErrorCode::ChannelClosed { ChannelStatus::Closed } else { ChannelStatus::Closing };
+            self.inner.store.save(&ch).await?;
+        }
+        self.inner.active.lock().retain(|_, active| *active != id);
+        tracing::info!(target: "x402_client::channel", channel = %id, %code, "channel no longer usable");
+        Ok(())
+    }
+
+    /// Takes the `PAYMENT-RESPONSE` of a paid request.
+    async fn receipt(
+        &self,
+        prepared: &Prepared,
+        response: &Response,
+        offer: &PaymentRequirements,
+        attempts: u32,
+    ) -> Result<Option<Payment>> {
+        let Some(value) = response.headers().get(PAYMENT_RESPONSE) else {
+            // Not served (e.g. the upstream failed): the node does not charge.
+            return Ok(None);
+        };
+        let settled: SettlementResponse = wire::decode_header(value.as_bytes())
+            .map_err(|e| Error::Malformed(format!("PAYMENT-RESPONSE: {e}")))?;
+        let extra = settled.extra;
+        if extra.channel_id != prepared.channel {
+            return Err(Error::Malformed(format!(
+                "PAYMENT-RESPONSE for channel {} to a voucher of channel {}",
+                extra.channel_id, prepared.channel
+            )));
+        }
+        let slot = self.slot(prepared.channel)?;
+        let mut ch = slot.lock().await;
+        ch.receipt(&extra)?;
+        self.inner.store.put(&ch)?;
+        Ok(Some(Payment {
+            channel_id: extra.channel_id,
+            nonce: extra.nonce,
+            cumulative_amount: extra.cumulative_amount,
+            charged: extra.charged,
+            total_charged: extra.total_charged,
+            deposit: ch.deposit,
+            asset: offer.asset,
+            attempts,
+        }))
+    }
+
+    // -------------------------------------------------------------------------------------
+    // Channel lifecycle
+    // -------------------------------------------------------------------------------------
+
+    /// Opens a channel for the route `offer` (from a 402) with `deposit`, without paying.
+    /// `node` is the base URL of the provider's node (for cooperative closes).
+    pub async fn open(
+        &self,
+        offer: &PaymentRequirements,
+        deposit: U256,
+        node: Option<String>,
+    ) -> Result<ClientChannel> {
+        let _opening = self.inner.opening.lock().await;
+        let offer = PaymentRequirements { amount: U256::ZERO, ..offer.clone() };
+        let slot = self.open_channel(&offer, deposit, node).await?;
+        let ch = slot.lock().await.clone();
+        Ok(ch)
+    }
+
+    /// Adds `amount` to a channel's deposit (within the limits).
+    pub async fn top_up(&self, id: B256, amount: U256) -> Result<ClientChannel> {
+        let _opening = self.inner.opening.lock().await;
+        let slot = self.slot(id)?;
+        let (terms, deposit) = {
+            let ch = slot.lock().await;
+            (ch.terms.clone(), ch.deposit)
+        };
+        let limits = &self.inner.limits;
+        let after = deposit.saturating_add(amount);
+        if after > limits.max_deposit {
+            return Err(Error::DepositAboveLimit { deposit: after, limit: limits.max_deposit });
+        }
+        let total = self.locked_total(terms.asset).await.saturating_add(amount);
+        if total > limits.max_total_deposit {
+            return Err(Error::TotalDepositAboveLimit {
+                asset: terms.asset,
+                total,
+                limit: limits.max_total_deposit,
+            });
+        }
+        let new_deposit = self.inner.funding.top_up(terms.contract, id, amount).await?;
+        let mut ch = slot.lock().await;
+        let added = new_deposit.saturating_sub(ch.deposit);
+        ch.topped_up(added);
+        self.inner.store.save(&ch).await?;
+        Ok(ch.clone())
+    }
+
+    /// Asks the channel's node to close cooperatively. With the provider's signed
+    /// authorisation in the answer the client closes on-chain at once (refund now); otherwise
+    /// the node closes it in its next settlement round. `node` overrides the node URL the
+    /// channel was opened for.
+    pub async fn close(&self, id: B256, node: Option<&str>) -> Result<Closed> {
+        let slot = self.slot(id)?;
+        let mut ch = slot.lock().await;
+        if ch.status == ChannelStatus::Closed {
+            return Err(ch.state_error("a close"));
+        }
+        let base = node
+            .map(str::to_owned)
+            .or_else(|| ch.node.clone())
+            .ok_or_else(|| Error::Chain(format!("no node URL known for channel {id}: pass one")))?;
+        let domain = ChannelDomain::new(ch.terms.network.chain_id, ch.terms.contract);
+        let deadline = unix_now() + self.inner.settings.close_deadline.as_secs();
+        let body = CloseRequestBody::sign(&domain, &self.inner.signer, id, deadline)?;
+        let url = format!("{}{CLOSE_PATH}", base.trim_end_matches('/'));
+        let response = self
+            .inner
+            .http
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|source| unreachable_or_http(url.clone(), source))?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+                .unwrap_or(text);
+            return Err(Error::CloseRefused { status: status.as_u16(), message });
+        }
+        let answer: CloseResponse =
+            response.json().await.map_err(|e| Error::Malformed(format!("close response: {e}")))?;
+        if answer.channel_id != id || answer.final_amount > ch.max_signed {
+            return Err(Error::NodeClaimsUnsigned {
+                channel: id,
+                node_nonce: ch.nonce,
+                node_amount: answer.final_amount,
+                signed_nonce: ch.nonce,
+                signed_amount: ch.max_signed,
+            });
+        }
+        ch.status = ChannelStatus::Closing;
+        ch.spent = ch.spent.max(answer.final_amount);
+        self.inner.store.save(&ch).await?;
+        self.inner.active.lock().retain(|_, active| *active != id);
+        let mut closed = Closed {
+            channel_id: id,
+            final_amount: answer.final_amount,
+            refund: answer.refund,
+            closed_on_chain: false,
+        };
+        if let (Some(auth), Some(chain)) = (&answer.authorization, &self.inner.chain) {
+            chain.ensure_chain(ch.terms.network.chain_id)?;
+            closed.refund = chain.close_with_authorization(ch.terms.contract, id, auth).await?;
+            closed.closed_on_chain = true;
+            ch.status = ChannelStatus::Closed;
+            self.inner.store.save(&ch).await?;
+        }
+        Ok(closed)
+    }
+
+    /// Starts a unilateral exit (when the provider does not cooperate). Returns when
+    /// [`Self::withdraw`] becomes possible (unix seconds).
+    pub async fn exit(&self, id: B256) -> Result<u64> {
+        let chain = self.chain_client()?;
+        let slot = self.slot(id)?;
+        let mut ch = slot.lock().await;
+        chain.ensure_chain(ch.terms.network.chain_id)?;
+        if matches!(ch.status, ChannelStatus::Closed | ChannelStatus::Exiting { .. }) {
+            return Err(ch.state_error("an exit"));
+        }
+        // No voucher may be signed from here on: mark it before the transaction.
+        let before = ch.status;
+        ch.status = ChannelStatus::Closing;
+        self.inner.store.save(&ch).await?;
+        self.inner.active.lock().retain(|_, active| *active != id);
+        match chain.request_exit(ch.terms.contract, id).await {
+            Ok(exit_at) => {
+                ch.status = ChannelStatus::Exiting { exit_at };
+                self.inner.store.save(&ch).await?;
+                Ok(exit_at)
+            }
+            Err(e) => {
+                ch.status = before;
+                self.inner.store.save(&ch).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Withdraws the unspent deposit after an exit's challenge period; returns the refund.
+    pub async fn withdraw(&self, id: B256) -> Result<U256> {
+        let chain = self.chain_client()?;
+        let slot = self.slot(id)?;
+        let mut ch = slot.lock().await;
+        chain.ensure_chain(ch.terms.network.chain_id)?;
+        let onchain = chain.channel(ch.terms.contract, id).await?;
+        if onchain.status != x402_protocol::bindings::IPaymentChannel::Status::Open {
+            return Err(Error::ChannelState {
+                channel: id,
+                status: crate::chain::status_name(onchain.status),
+                what: "a withdrawal",
+            });
+        }
+        let exit_at = onchain.exitAt.to::<u64>();
+        if exit_at == 0 {
+            return Err(Error::ChannelState {
+                channel: id,
+                status: "open without an exit",
+                what: "a withdrawal",
+            });
+        }
+        let now = chain.now().await?;
+        if now < exit_at {
+            return Err(Error::ChannelState {
+                channel: id,
+                status: "in its challenge period",
+                what: "a withdrawal",
+            });
+        }
+        let refund = chain.withdraw(ch.terms.contract, id).await?;
+        ch.status = ChannelStatus::Closed;
+        ch.spent = ch.spent.max(U256::from(onchain.paid));
+        self.inner.store.save(&ch).await?;
+        Ok(refund)
+    }
+
+    /// Re-reads a channel's status from the chain (closed by the node, exit started
+    /// elsewhere) and stores it.
+    pub async fn refresh(&self, id: B256) -> Result<ClientChannel> {
+        let chain = self.chain_client()?;
+        let slot = self.slot(id)?;
+        let mut ch = slot.lock().await;
+        chain.ensure_chain(ch.terms.network.chain_id)?;
+        let onchain = chain.channel(ch.terms.contract, id).await?;
+        use x402_protocol::bindings::IPaymentChannel::Status;
+        let status = match onchain.status {
+            Status::Closed => ChannelStatus::Closed,
+            Status::Open if onchain.exitAt.to::<u64>() != 0 => {
+                ChannelStatus::Exiting { exit_at: onchain.exitAt.to() }
+            }
+            _ => ch.status,
+        };
+        if status != ch.status {
+            ch.status = status;
+            if status == ChannelStatus::Closed {
+                self.inner.active.lock().retain(|_, active| *active != id);
+            }
+            self.inner.store.save(&ch).await?;
+        }
+        if onchain.status == Status::Open {
+            ch.deposit = ch.deposit.max(U256::from(onchain.deposit));
+            ch.spent = ch.spent.max(U256::from(onchain.paid));
+        }
+        Ok(ch.clone())
+    }
+
+    /// Imports a channel opened elsewhere (e.g. by a gasless open) so that payments use it.
+    pub async fn adopt(&self, channel: ClientChannel) -> Result<()> {
+        if channel.signer != self.inner.signer.address() {
+            return Err(Error::ChannelState {
+                channel: channel.id,
+                status: "signed by another key",
+                what: "adoption",
+            });
+        }
+        self.inner.store.save(&channel).await?;
+        let id = channel.id;
+        let terms = channel.terms.clone();
+        let open = channel.status == ChannelStatus::Open;
+        self.inner.channels.lock().insert(id, Arc::new(tokio::sync::Mutex::new(channel)));
+        if open {
+            self.inner.active.lock().insert(terms, id);
+        }
+        Ok(())
+    }
+
+    /// Signs with the voucher signer (for gasless opens by a session key holder).
+    pub fn voucher_signer(&self) -> &(dyn SignerSync + Send + Sync) {
+        &self.inner.signer
+    }
+}
+
+/// The terms a requirement pays under.
+pub(crate) fn terms_of(offer: &PaymentRequirements) -> ChannelTerms {
+    ChannelTerms {
+        network: Network::new(offer.network.chain_id),
+        contract: offer.extra.contract,
+        payee: offer.pay_to,
+        asset: offer.asset,
+    }
+}
+
+fn try_clone(request: &Request) -> Result<Request> {
+    request.try_clone().ok_or(Error::RequestNotCloneable)
+}
+
+/// Reads a 402's requirements: the `PAYMENT-REQUIRED` header, or else the JSON body.
+pub(crate) async fn read_402(response: Response) -> Result<PaymentRequired> {
+    if let Some(value) = response.headers().get(PAYMENT_REQUIRED) {
+        return wire::decode_header(value.as_bytes())
+            .map_err(|e| Error::Malformed(format!("PAYMENT-REQUIRED: {e}")));
+    }
+    let body = response.bytes().await?;
+    serde_json::from_slice(&body)
+        .map_err(|e| Error::Malformed(format!("402 without PAYMENT-REQUIRED, body: {e}")))
+}
+
+fn unreachable_or_http(url: String, source: reqwest::Error) -> Error {
+    if source.is_connect() || source.is_timeout() {
+        Error::Unreachable { url, source }
+    } else {
+        Error::Http(source)
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}

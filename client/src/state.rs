@@ -1,0 +1,468 @@
+//! The client's view of one channel: what it has signed, what the node says it charged, and
+//! the rules for signing the next voucher and for believing the node.
+//!
+//! This module is pure (no I/O); [`crate::Client`] keeps each [`ClientChannel`] behind a
+//! per-channel lock and persists it before any voucher leaves the process.
+
+use alloy::primitives::{Address, B256, Bytes, U256};
+use serde::{Deserialize, Serialize};
+use x402_protocol::{
+    Network, Voucher,
+    wire::{ChannelState, SettlementExtra, u256_dec},
+};
+
+use crate::{Error, Result};
+
+/// What identifies "the same provider" for reusing a channel: a channel is reused for a 402
+/// only if all four match.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelTerms {
+    /// The chain.
+    pub network: Network,
+    /// The `PaymentChannel` contract.
+    pub contract: Address,
+    /// The provider (payee).
+    pub payee: Address,
+    /// The token (`0x0` for the native token).
+    pub asset: Address,
+}
+
+/// Where a channel stands, as far as the client knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", rename_all_fields = "camelCase", tag = "status")]
+pub enum ChannelStatus {
+    /// Open: vouchers can be signed.
+    Open,
+    /// A cooperative close was requested from the node; no more vouchers.
+    Closing,
+    /// A unilateral exit is pending; [`withdraw`](crate::Client::withdraw) is possible from
+    /// `exit_at` (unix seconds) on.
+    Exiting {
+        /// When the challenge period ends.
+        exit_at: u64,
+    },
+    /// Closed on-chain.
+    Closed,
+}
+
+impl ChannelStatus {
+    /// A short name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Closing => "closing",
+            Self::Exiting { .. } => "exiting",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+/// One channel as the client keeps it (persisted as JSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientChannel {
+    /// The channel id.
+    pub id: B256,
+    /// Who and what it pays.
+    pub terms: ChannelTerms,
+    /// The depositor (receives refunds).
+    pub payer: Address,
+    /// The voucher signer (the payer, or a session key).
+    pub signer: Address,
+    /// The challenge period in seconds.
+    pub challenge_period: u32,
+    /// The deposit, as far as the client knows (its own opens and top-ups).
+    #[serde(with = "u256_dec")]
+    pub deposit: U256,
+    /// The nonce of the latest voucher signed (0: none).
+    pub nonce: u64,
+    /// The cumulative amount of the latest voucher signed.
+    #[serde(with = "u256_dec")]
+    pub cumulative: U256,
+    /// The highest cumulative amount ever signed: the most the provider could be paid.
+    #[serde(with = "u256_dec")]
+    pub max_signed: U256,
+    /// What the node reported as charged in total (from `PAYMENT-RESPONSE` or a corrective
+    /// 402).
+    #[serde(with = "u256_dec")]
+    pub spent: U256,
+    /// The latest signed voucher's signature.
+    pub signature: Option<Bytes>,
+    /// The base URL of the node the channel was opened for (for cooperative closes).
+    pub node: Option<String>,
+    /// The status.
+    #[serde(flatten)]
+    pub status: ChannelStatus,
+    /// When the channel was opened (unix seconds).
+    pub opened_at: u64,
+}
+
+/// What [`ClientChannel::resync`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resync {
+    /// The node holds the client's latest voucher; the next one builds on what it charged.
+    Rebased,
+    /// Vouchers of the client are still in flight; the next one goes above all of them.
+    Ahead,
+}
+
+impl ClientChannel {
+    /// A freshly opened channel.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: B256,
+        terms: ChannelTerms,
+        payer: Address,
+        signer: Address,
+        challenge_period: u32,
+        deposit: U256,
+        node: Option<String>,
+        opened_at: u64,
+    ) -> Self {
+        Self {
+            id,
+            terms,
+            payer,
+            signer,
+            challenge_period,
+            deposit,
+            nonce: 0,
+            cumulative: U256::ZERO,
+            max_signed: U256::ZERO,
+            spent: U256::ZERO,
+            signature: None,
+            node,
+            status: ChannelStatus::Open,
+            opened_at,
+        }
+    }
+
+    /// The deposit not yet committed to the provider by any signed voucher.
+    pub fn remaining(&self) -> U256 {
+        self.deposit.saturating_sub(self.max_signed)
+    }
+
+    /// Whether a voucher for `price` more can be signed without a top-up.
+    pub fn can_pay(&self, price: U256) -> bool {
+        self.status == ChannelStatus::Open && self.cumulative.saturating_add(price) <= self.deposit
+    }
+
+    /// Advances to the next voucher, paying `price` on top of the latest one. The caller must
+    /// persist the channel (with [`Self::signed`]) before the voucher is sent.
+    pub fn next_voucher(&mut self, price: U256) -> Result<Voucher> {
+        if self.status != ChannelStatus::Open {
+            return Err(self.state_error("signing a voucher"));
+        }
+        let needed = self.cumulative.saturating_add(price);
+        if needed > self.deposit {
+            return Err(Error::ChannelExhausted { channel: self.id, needed, deposit: self.deposit });
+        }
+        let nonce = self.nonce.checked_add(1).ok_or_else(|| self.state_error("another voucher (nonce)"))?;
+        self.nonce = nonce;
+        self.cumulative = needed;
+        self.max_signed = self.max_signed.max(needed);
+        Ok(Voucher { channelId: self.id, nonce, cumulativeAmount: needed })
+    }
+
+    /// Records the signature of the voucher [`Self::next_voucher`] returned.
+    pub fn signed(&mut self, signature: Bytes) {
+        self.signature = Some(signature);
+    }
+
+    /// Takes the node's view from a corrective 402, if it is consistent with what was signed.
+    ///
+    /// The node may hold an older voucher than the client's latest (requests in flight, or a
+    /// request that lost a race), never a newer one, and never more than the client signed.
+    /// On an inconsistency nothing changes and [`Error::NodeClaimsUnsigned`] is returned.
+    pub fn resync(&mut self, node: &ChannelState) -> Result<Resync> {
+        if node.channel_id != self.id {
+            return Err(Error::Malformed(format!(
+                "channel state for {} sent for channel {}",
+                node.channel_id, self.id
+            )));
+        }
+        let claimed = node.cumulative_amount.max(node.charged);
+        if node.nonce > self.nonce || claimed > self.max_signed {
+            return Err(Error::NodeClaimsUnsigned {
+                channel: self.id,
+                node_nonce: node.nonce,
+                node_amount: claimed,
+                signed_nonce: self.nonce,
+                signed_amount: self.max_signed,
+            });
+        }
+        self.spent = self.spent.max(node.charged);
+        if node.nonce == self.nonce {
+            // The node holds the latest voucher: anything signed before it is dead, so the
+            // next voucher only needs to cover what the node charged.
+            self.cumulative = node.charged;
+            Ok(Resync::Rebased)
+        } else {
+            self.cumulative = self.cumulative.max(node.charged);
+            Ok(Resync::Ahead)
+        }
+    }
+
+    /// Takes the node's receipt of a paid request (`PAYMENT-RESPONSE`).
+    pub fn receipt(&mut self, paid: &SettlementExtra) -> Result<()> {
+        if paid.channel_id != self.id {
+            return Err(Error::Malformed(format!("receipt for {} on channel {}", paid.channel_id, self.id)));
+        }
+        if paid.nonce > self.nonce
+            || paid.total_charged > self.max_signed
+            || paid.cumulative_amount > self.max_signed
+        {
+            return Err(Error::NodeClaimsUnsigned {
+                channel: self.id,
+                node_nonce: paid.nonce,
+                node_amount: paid.total_charged.max(paid.cumulative_amount),
+                signed_nonce: self.nonce,
+                signed_amount: self.max_signed,
+            });
+        }
+        self.spent = self.spent.max(paid.total_charged);
+        if paid.nonce == self.nonce && paid.total_charged <= self.cumulative {
+            // Upto pricing charges less than the ceiling: the next voucher builds on the charge.
+            self.cumulative = paid.total_charged;
+        }
+        Ok(())
+    }
+
+    /// Records a top-up of `amount`.
+    pub fn topped_up(&mut self, amount: U256) {
+        self.deposit = self.deposit.saturating_add(amount);
+        if let ChannelStatus::Exiting { .. } = self.status {
+            // A payer top-up cancels a pending exit on-chain.
+            self.status = ChannelStatus::Open;
+        }
+    }
+
+    pub(crate) fn state_error(&self, what: &'static str) -> Error {
+        Error::ChannelState { channel: self.id, status: self.status.as_str(), what }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn channel(deposit: u64) -> ClientChannel {
+        ClientChannel::new(
+            B256::repeat_byte(9),
+            ChannelTerms {
+                network: Network::new(31337),
+                contract: Address::repeat_byte(1),
+                payee: Address::repeat_byte(2),
+                asset: Address::repeat_byte(3),
+            },
+            Address::repeat_byte(4),
+            Address::repeat_byte(4),
+            3600,
+            U256::from(deposit),
+            None,
+            0,
+        )
+    }
+
+    fn state(c: &ClientChannel, nonce: u64, cumulative: u64, charged: u64) -> ChannelState {
+        ChannelState {
+            channel_id: c.id,
+            nonce,
+            cumulative_amount: U256::from(cumulative),
+            charged: U256::from(charged),
+            deposit: c.deposit,
+        }
+    }
+
+    #[test]
+    fn vouchers_accumulate_until_the_deposit() {
+        let mut c = channel(250);
+        let p = U256::from(100);
+        assert_eq!(c.next_voucher(p).unwrap().cumulativeAmount, U256::from(100));
+        let v = c.next_voucher(p).unwrap();
+        assert_eq!((v.nonce, v.cumulativeAmount), (2, U256::from(200)));
+        assert!(matches!(c.next_voucher(p), Err(Error::ChannelExhausted { .. })));
+        // A refusal leaves the state alone.
+        assert_eq!((c.nonce, c.cumulative), (2, U256::from(200)));
+        c.topped_up(U256::from(100));
+        assert_eq!(c.next_voucher(p).unwrap().nonce, 3);
+    }
+
+    #[test]
+    fn no_voucher_unless_open() {
+        for status in [ChannelStatus::Closing, ChannelStatus::Exiting { exit_at: 1 }, ChannelStatus::Closed] {
+            let mut c = channel(1000);
+            c.status = status;
+            assert!(matches!(c.next_voucher(U256::from(1)), Err(Error::ChannelState { .. })), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn resync_rebases_or_refuses() {
+        let mut c = channel(1000);
+        for _ in 0..3 {
+            c.next_voucher(U256::from(100)).unwrap();
+        }
+        // The node holds nonce 3 but charged only 250 (upto): rebase.
+        assert_eq!(c.resync(&state(&c, 3, 300, 250)).unwrap(), Resync::Rebased);
+        assert_eq!(c.next_voucher(U256::from(100)).unwrap().cumulativeAmount, U256::from(350));
+        // Nonce 2 landed after 4 was signed: stay ahead.
+        assert_eq!(c.resync(&state(&c, 2, 200, 200)).unwrap(), Resync::Ahead);
+        assert_eq!(
+            c.next_voucher(U256::from(100)).unwrap(),
+            Voucher { channelId: c.id, nonce: 5, cumulativeAmount: U256::from(450) }
+        );
+        let before = c.clone();
+        for (nonce, cum, charged) in [(6, 450, 450), (5, 451, 400), (5, 450, 451), (1, 10_000, 0)] {
+            assert!(
+                matches!(c.resync(&state(&c, nonce, cum, charged)), Err(Error::NodeClaimsUnsigned { .. })),
+                "{nonce} {cum} {charged}"
+            );
+            assert_eq!(c, before);
+        }
+        let mut other = state(&c, 1, 1, 1);
+        other.channel_id = B256::ZERO;
+        assert!(matches!(c.resync(&other), Err(Error::Malformed(_))));
+    }
+
+    #[test]
+    fn receipts_track_spending_and_rebase() {
+        let mut c = channel(1000);
+        c.next_voucher(U256::from(100)).unwrap();
+        let id = c.id;
+        let extra = |nonce, cum: u64, total: u64| SettlementExtra {
+            channel_id: id,
+            nonce,
+            cumulative_amount: U256::from(cum),
+            charged: U256::from(40),
+            total_charged: U256::from(total),
+        };
+        c.receipt(&extra(1, 100, 40)).unwrap();
+        assert_eq!((c.spent, c.cumulative, c.max_signed), (U256::from(40), U256::from(40), U256::from(100)));
+        assert!(matches!(c.receipt(&extra(1, 100, 101)), Err(Error::NodeClaimsUnsigned { .. })));
+        assert!(matches!(c.receipt(&extra(2, 100, 40)), Err(Error::NodeClaimsUnsigned { .. })));
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let mut c = channel(1000);
+        c.status = ChannelStatus::Exiting { exit_at: 77 };
+        c.signature = Some(Bytes::from_static(&[1, 2, 3]));
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(json.contains(r#""status":"exiting","exitAt":77"#), "{json}");
+        assert_eq!(serde_json::from_str::<ClientChannel>(&json).unwrap(), c);
+    }
+
+    /// A model of the node's acceptance rule (`x402-node`'s `ChannelRecord::admit` + `apply`)
+    /// for a fixed price.
+    #[derive(Debug, Default)]
+    struct ModelNode {
+        nonce: u64,
+        cumulative: U256,
+        charged: U256,
+        accepted: u64,
+    }
+
+    impl ModelNode {
+        fn offer(&mut self, v: &Voucher, price: U256, deposit: U256) -> Result<(), ChannelState> {
+            if v.nonce <= self.nonce
+                || v.cumulativeAmount < self.charged + price
+                || v.cumulativeAmount > deposit
+            {
+                return Err(ChannelState {
+                    channel_id: v.channelId,
+                    nonce: self.nonce,
+                    cumulative_amount: self.cumulative,
+                    charged: self.charged,
+                    deposit,
+                });
+            }
+            self.nonce = v.nonce;
+            self.cumulative = v.cumulativeAmount;
+            self.charged += price;
+            self.accepted += 1;
+            Ok(())
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Sign a voucher and put it in flight.
+        Sign,
+        /// Deliver the in-flight voucher at this index (mod len) to the node.
+        Deliver(usize),
+        /// The node lies: it claims this much more than the client signed.
+        Lie(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![4 => Just(Op::Sign), 4 => any::<usize>().prop_map(Op::Deliver), 1 => (1u64..1000).prop_map(Op::Lie)]
+    }
+
+    proptest! {
+        /// Vouchers signed concurrently and delivered in any order: every request is paid
+        /// exactly once (the node charges `price` per accepted voucher and every refused one is
+        /// retried after a resync until accepted), nonces only grow, nothing above the deposit
+        /// is ever signed, and a lying node is always refused without changing the state.
+        #[test]
+        fn concurrent_requests_are_paid_exactly_once(ops in prop::collection::vec(op(), 1..200)) {
+            let price = U256::from(7);
+            let mut c = channel(1_000_000);
+            let mut node = ModelNode::default();
+            let mut in_flight: Vec<Voucher> = Vec::new();
+            let mut requests = 0u64;
+            let mut last_nonce = 0;
+            let sign = |c: &mut ClientChannel, last_nonce: &mut u64| {
+                let v = c.next_voucher(price).unwrap();
+                prop_assert!(v.nonce > *last_nonce);
+                prop_assert!(v.cumulativeAmount <= c.deposit && v.cumulativeAmount <= c.max_signed);
+                *last_nonce = v.nonce;
+                Ok(v)
+            };
+            for op in ops {
+                match op {
+                    Op::Sign => {
+                        requests += 1;
+                        in_flight.push(sign(&mut c, &mut last_nonce)?);
+                    }
+                    Op::Deliver(i) if !in_flight.is_empty() => {
+                        let v = in_flight.remove(i % in_flight.len());
+                        if let Err(st) = node.offer(&v, price, c.deposit) {
+                            c.resync(&st).unwrap();
+                            in_flight.push(sign(&mut c, &mut last_nonce)?);
+                        }
+                    }
+                    Op::Deliver(_) => {}
+                    Op::Lie(extra) => {
+                        let before = c.clone();
+                        let lie = ChannelState {
+                            channel_id: c.id,
+                            nonce: node.nonce,
+                            cumulative_amount: c.max_signed + U256::from(extra),
+                            charged: node.charged,
+                            deposit: c.deposit,
+                        };
+                        prop_assert!(c.resync(&lie).is_err());
+                        prop_assert_eq!(&c, &before);
+                    }
+                }
+            }
+            // Drain: every request is eventually paid.
+            let mut rounds = 0;
+            while let Some(v) = in_flight.pop() {
+                rounds += 1;
+                prop_assert!(rounds < 10_000);
+                if let Err(st) = node.offer(&v, price, c.deposit) {
+                    c.resync(&st).unwrap();
+                    in_flight.insert(0, sign(&mut c, &mut last_nonce)?);
+                }
+            }
+            prop_assert_eq!(node.accepted, requests);
+            prop_assert_eq!(node.charged, price * U256::from(requests));
+            prop_assert!(node.cumulative <= c.max_signed);
+        }
+    }
+}
