@@ -779,7 +779,18 @@ impl Client {
         };
         if let (Some(auth), Some(chain)) = (&answer.authorization, &self.inner.chain) {
             chain.ensure_chain(ch.terms.network.chain_id)?;
-            closed.refund = chain.close_with_authorization(ch.terms.contract, id, auth).await?;
+            match chain.close_with_authorization(ch.terms.contract, id, auth).await {
+                Ok(refund) => closed.refund = refund,
+                // The node's settler may close the channel first (it was queued): the same
+                // close at the same amount, so the refund is the node's figure.
+                Err(e) => {
+                    let onchain = chain.channel(ch.terms.contract, id).await?;
+                    if onchain.status != x402_protocol::bindings::IPaymentChannel::Status::Closed {
+                        return Err(e);
+                    }
+                    tracing::info!(target: "x402_client::channel", channel = %id, "the node closed the channel first");
+                }
+            }
             closed.closed_on_chain = true;
             ch.status = ChannelStatus::Closed;
             self.inner.store.save(&ch).await?;

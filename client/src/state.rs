@@ -367,12 +367,13 @@ mod tests {
     }
 
     impl ModelNode {
-        fn offer(&mut self, v: &Voucher, price: U256, deposit: U256) -> Result<(), ChannelState> {
+        /// The refusal's channel state, or `None` when accepted.
+        fn offer(&mut self, v: &Voucher, price: U256, deposit: U256) -> Option<ChannelState> {
             if v.nonce <= self.nonce
                 || v.cumulativeAmount < self.charged + price
                 || v.cumulativeAmount > deposit
             {
-                return Err(ChannelState {
+                return Some(ChannelState {
                     channel_id: v.channelId,
                     nonce: self.nonce,
                     cumulative_amount: self.cumulative,
@@ -384,7 +385,7 @@ mod tests {
             self.cumulative = v.cumulativeAmount;
             self.charged += price;
             self.accepted += 1;
-            Ok(())
+            None
         }
     }
 
@@ -430,7 +431,7 @@ mod tests {
                     }
                     Op::Deliver(i) if !in_flight.is_empty() => {
                         let v = in_flight.remove(i % in_flight.len());
-                        if let Err(st) = node.offer(&v, price, c.deposit) {
+                        if let Some(st) = node.offer(&v, price, c.deposit) {
                             c.resync(&st).unwrap();
                             in_flight.push(sign(&mut c, &mut last_nonce)?);
                         }
@@ -455,7 +456,7 @@ mod tests {
             while let Some(v) = in_flight.pop() {
                 rounds += 1;
                 prop_assert!(rounds < 10_000);
-                if let Err(st) = node.offer(&v, price, c.deposit) {
+                if let Some(st) = node.offer(&v, price, c.deposit) {
                     c.resync(&st).unwrap();
                     in_flight.insert(0, sign(&mut c, &mut last_nonce)?);
                 }

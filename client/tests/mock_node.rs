@@ -35,7 +35,8 @@ use x402_protocol::{
     bindings::IPaymentChannel::OpenParams,
     wire::{
         self, ChannelExtra, ChannelState, ErrorCode, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE,
-        PaymentPayload, PaymentRequired, PaymentRequirements, Pricing, Resource, SettlementExtra, SettlementResponse,
+        PaymentPayload, PaymentRequired, PaymentRequirements, Pricing, Resource, SettlementExtra,
+        SettlementResponse,
     },
 };
 
@@ -277,7 +278,8 @@ async fn serve(node: Arc<MockNode>) -> SocketAddr {
     async fn paid(State(node): State<Arc<MockNode>>, headers: HeaderMap) -> Response {
         node.handle(&headers)
     }
-    let app = Router::new().route("/paid", get(paid)).route("/free", get(|| async { "free" })).with_state(node);
+    let app =
+        Router::new().route("/paid", get(paid)).route("/free", get(|| async { "free" })).with_state(node);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
     let addr = listener.local_addr().expect("has an address");
     tokio::spawn(async move { axum::serve(listener, app).await.expect("serves") });
@@ -381,7 +383,10 @@ async fn limits_refuse_before_anything_is_paid() {
 
     // A provider minimum above the per-channel limit.
     let s = setup().await;
-    let node = Arc::new(MockNode { min_deposit: U256::from(2_000_000), ..Arc::try_unwrap(MockNode::new(s.chain.clone())).unwrap() });
+    let node = Arc::new(MockNode {
+        min_deposit: U256::from(2_000_000),
+        ..Arc::try_unwrap(MockNode::new(s.chain.clone())).unwrap()
+    });
     let addr = serve(node).await;
     let err = get_paid(&s.client().await, &format!("http://{addr}/paid")).await.unwrap_err();
     assert!(matches!(err, Error::DepositAboveLimit { .. }), "{err}");
@@ -389,7 +394,10 @@ async fn limits_refuse_before_anything_is_paid() {
 
     // The total over all channels: two providers, room for one deposit.
     let s = setup().await;
-    let other = Arc::new(MockNode { payee: Address::repeat_byte(0xCC), ..Arc::try_unwrap(MockNode::new(s.chain.clone())).unwrap() });
+    let other = Arc::new(MockNode {
+        payee: Address::repeat_byte(0xCC),
+        ..Arc::try_unwrap(MockNode::new(s.chain.clone())).unwrap()
+    });
     let other_url = format!("http://{}/paid", serve(other).await);
     let client =
         s.builder().limits(Limits::from_units(u128::from(PRICE), 100_000, 150_000)).build().await.unwrap();

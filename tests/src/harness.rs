@@ -107,6 +107,13 @@ impl Env {
 
     /// A funded payer from a fresh key (given ETH for gas by anvil account 1).
     pub async fn fresh_payer(&self, funds: u64) -> Payer {
+        let key = self.fresh_key(0).await;
+        self.payer(key, funds).await
+    }
+
+    /// A fresh key with 1 ETH for gas (from anvil account 1) and `funds` of the stablecoin,
+    /// approved for nothing.
+    pub async fn fresh_key(&self, funds: u64) -> PrivateKeySigner {
         use alloy::{network::TransactionBuilder, providers::Provider, rpc::types::TransactionRequest};
         let key = PrivateKeySigner::random();
         let bank = provider(&self.anvil, account(&self.anvil, 1));
@@ -117,7 +124,17 @@ impl Env {
             .get_receipt()
             .await
             .expect("anvil call succeeds");
-        self.payer(key, funds).await
+        if funds > 0 {
+            ITestStablecoin::new(self.usd, &bank)
+                .mint(key.address(), U256::from(funds))
+                .send()
+                .await
+                .expect("anvil call succeeds")
+                .get_receipt()
+                .await
+                .expect("anvil call succeeds");
+        }
+        key
     }
 
     /// A gateway configuration charging `PRICE` in the stablecoin on `/weather`, following the

@@ -1,0 +1,197 @@
+//! The client SDK (`x402-client`) against the real node on anvil: 1,000 paid requests and a
+//! cooperative close to the exact unit, 64 concurrent requests on one channel, a client
+//! restarted mid-channel, a unilateral exit and withdrawal, and limits refusing an over-priced
+//! route.
+
+use std::time::Duration;
+
+use alloy::{primitives::U256, providers::Provider, signers::local::PrivateKeySigner};
+use reqwest::StatusCode;
+use x402_client::{ChainClient, ChannelStatus, Client, DepositPolicy, Error, Limits, Payment, Settings};
+use x402_e2e::{
+    cheats,
+    harness::{Env, Gateway, PRICE},
+    upstream,
+};
+use x402_protocol::bindings::IPaymentChannel;
+
+const FUNDS: u64 = 10_000 * PRICE;
+
+fn limits() -> Limits {
+    Limits::from_units(u128::from(PRICE) * 10, u128::from(FUNDS), u128::from(FUNDS))
+}
+
+fn builder(env: &Env, key: PrivateKeySigner, requests: u64) -> x402_client::ClientBuilder {
+    Client::builder(key)
+        .rpc(env.anvil.endpoint())
+        .limits(limits())
+        .deposit_policy(DepositPolicy { requests, ..DepositPolicy::default() })
+        .settings(Settings { backoff: Duration::from_millis(50), ..Settings::default() })
+}
+
+async fn get(client: &Client, url: &str) -> Payment {
+    let response = client.http().get(url).send().await.expect("paid request");
+    assert_eq!(response.status(), StatusCode::OK);
+    response.extensions().get::<Payment>().cloned().expect("a payment")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_paid_requests_then_a_cooperative_close_to_the_unit() {
+    let env = Env::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let config = env.with_provider_key(env.gateway_config(upstream().await, data.path()), data.path());
+    let gw = Gateway::start(config).await;
+    let provider = env.provider_key.address();
+    let provider_before = env.balance(provider).await;
+
+    let key = env.fresh_key(FUNDS).await;
+    let payer = key.address();
+    let client = builder(&env, key, 2_000).build().await.unwrap();
+    let url = format!("{}/weather", gw.url);
+    for n in 1..=1_000u64 {
+        let payment = get(&client, &url).await;
+        assert_eq!((payment.nonce, payment.total_charged), (n, U256::from(n * PRICE)));
+    }
+    let channel = client.channels().await.pop().unwrap();
+    assert_eq!(client.channels().await.len(), 1, "one channel for all requests");
+    assert_eq!((channel.deposit, channel.spent), (U256::from(2_000 * PRICE), U256::from(1_000 * PRICE)));
+    assert_eq!(
+        env.balance(payer).await,
+        U256::from(FUNDS - 2_000 * PRICE),
+        "the client approved and deposited"
+    );
+
+    let closed = client.close(channel.id, None).await.unwrap();
+    assert!(closed.closed_on_chain, "closed at once with the provider's authorisation");
+    assert_eq!((closed.final_amount, closed.refund), (U256::from(1_000 * PRICE), U256::from(1_000 * PRICE)));
+    assert_eq!(env.channel(channel.id).await.status, IPaymentChannel::Status::Closed);
+    assert_eq!(env.balance(payer).await, U256::from(FUNDS - 1_000 * PRICE));
+    assert_eq!(env.balance(provider).await - provider_before, U256::from(1_000 * PRICE));
+    assert_eq!(client.channel(channel.id).await.unwrap().status, ChannelStatus::Closed);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_concurrent_requests_on_one_channel_are_each_paid_once() {
+    let env = Env::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let config = env.with_provider_key(env.gateway_config(upstream().await, data.path()), data.path());
+    let gw = Gateway::start(config).await;
+    let provider = env.provider_key.address();
+    let provider_before = env.balance(provider).await;
+    let key = env.fresh_key(FUNDS).await;
+    let payer = key.address();
+    let client = builder(&env, key, 1_000).build().await.unwrap();
+    let url = format!("{}/weather", gw.url);
+    get(&client, &url).await; // opens the channel
+
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move { get(&client, &url).await })
+        })
+        .collect();
+    let mut nonces = Vec::new();
+    for task in tasks {
+        nonces.push(task.await.unwrap().nonce);
+    }
+    nonces.sort_unstable();
+    nonces.dedup();
+    assert_eq!(nonces.len(), 64, "every request was paid by its own voucher");
+    let channel = client.channels().await.pop().unwrap();
+    assert_eq!(channel.spent, U256::from(65 * PRICE));
+
+    // Settled and closed on-chain: the provider got exactly one price per request.
+    client.close(channel.id, None).await.unwrap();
+    assert_eq!(env.balance(provider).await - provider_before, U256::from(65 * PRICE));
+    assert_eq!(env.balance(payer).await, U256::from(FUNDS - 65 * PRICE));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_client_continues_its_channel_without_overpaying() {
+    let env = Env::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let config = env.with_provider_key(env.gateway_config(upstream().await, data.path()), data.path());
+    let gw = Gateway::start(config).await;
+    let key = env.fresh_key(FUNDS).await;
+    let payer = key.address();
+    let url = format!("{}/weather", gw.url);
+    let id = {
+        let client = builder(&env, key.clone(), 100).state_dir(state.path()).build().await.unwrap();
+        for _ in 0..10 {
+            get(&client, &url).await;
+        }
+        client.channels().await[0].id
+        // The client is dropped here, as if the process ended.
+    };
+    let client = builder(&env, key, 100).state_dir(state.path()).build().await.unwrap();
+    for n in 11..=20 {
+        let payment = get(&client, &url).await;
+        assert_eq!(
+            (payment.channel_id, payment.nonce, payment.attempts),
+            (id, n, 1),
+            "no refusal, same channel"
+        );
+    }
+    assert_eq!(client.channels().await.len(), 1);
+    client.close(id, None).await.unwrap();
+    assert_eq!(env.balance(payer).await, U256::from(FUNDS - 20 * PRICE));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exit_returns_the_unspent_deposit_after_the_challenge_period() {
+    let env = Env::new().await;
+    let data = tempfile::tempdir().unwrap();
+    // The node follows the chain but holds no key: it cannot settle, so the exit decides.
+    let gw = Gateway::start(env.gateway_config(upstream().await, data.path())).await;
+    let key = env.fresh_key(FUNDS).await;
+    let payer = key.address();
+    let chain = ChainClient::connect(&env.anvil.endpoint(), key.clone()).await.unwrap();
+    let client = builder(&env, key, 50).chain(chain).build().await.unwrap();
+    let url = format!("{}/weather", gw.url);
+    for _ in 0..7 {
+        get(&client, &url).await;
+    }
+    let id = client.channels().await[0].id;
+    let exit_at = client.exit(id).await.unwrap();
+    assert!(
+        matches!(client.channel(id).await.unwrap().status, ChannelStatus::Exiting { exit_at: at } if at == exit_at)
+    );
+    let err = client.withdraw(id).await.unwrap_err();
+    assert!(matches!(err, Error::ChannelState { .. }), "{err}");
+
+    let now = client.chain().unwrap().now().await.unwrap();
+    cheats::increase_time(&env.node_chain, exit_at - now + 1).await.unwrap();
+    let refund = client.withdraw(id).await.unwrap();
+    // Nobody submitted a voucher in the period: the whole deposit comes back.
+    assert_eq!(refund, U256::from(50 * PRICE));
+    assert_eq!(env.balance(payer).await, U256::from(FUNDS));
+    assert_eq!(client.channel(id).await.unwrap().status, ChannelStatus::Closed);
+    assert_eq!(env.channel(id).await.status, IPaymentChannel::Status::Closed);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_refuse_an_over_priced_route() {
+    let env = Env::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(env.gateway_config(upstream().await, data.path())).await;
+    let key = env.fresh_key(FUNDS).await;
+    let payer = key.address();
+    let client = builder(&env, key, 10)
+        .limits(Limits::from_units(u128::from(PRICE) - 1, u128::from(FUNDS), u128::from(FUNDS)))
+        .build()
+        .await
+        .unwrap();
+    let err = client.http().get(format!("{}/weather", gw.url)).send().await.unwrap_err();
+    let reqwest_middleware::Error::Middleware(err) = err else { panic!("a payment error") };
+    assert!(matches!(err.downcast_ref::<Error>(), Some(Error::PriceAboveLimit { .. })), "{err}");
+    assert!(client.channels().await.is_empty(), "no channel opened");
+    assert_eq!(env.balance(payer).await, U256::from(FUNDS), "nothing spent");
+    let nonce = env.node_chain.get_transaction_count(payer).await.unwrap();
+    assert_eq!(nonce, 0, "no transaction sent");
+    gw.stop().await;
+}
