@@ -304,6 +304,26 @@ impl Client {
         .await
     }
 
+    /// The payment requirement this client would pay for `GET url` (from an unpaid request),
+    /// checked against the network and the price limit. A route that answers without a 402 is
+    /// [`Error::NoAcceptableRequirements`].
+    pub async fn offer_for(&self, url: &str) -> Result<PaymentRequirements> {
+        let response = self
+            .inner
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|source| unreachable_or_http(url.to_owned(), source))?;
+        if response.status() != StatusCode::PAYMENT_REQUIRED {
+            return Err(Error::NoAcceptableRequirements(format!(
+                "{url} answered {} without asking for payment",
+                response.status()
+            )));
+        }
+        self.choose(&read_402(response).await?)
+    }
+
     /// The voucher signer's address.
     pub fn signer(&self) -> Address {
         self.inner.signer.address()
