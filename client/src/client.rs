@@ -369,7 +369,7 @@ impl Client {
     }
 
     fn chain_client(&self) -> Result<&ChainClient> {
-        self.inner.chain.as_ref().ok_or_else(|| Error::Chain("this client has no chain connection".into()))
+        self.inner.chain.as_ref().ok_or_else(|| Error::Config("this client has no chain connection".into()))
     }
 
     /// The core loop: `send` performs one HTTP exchange.
@@ -617,8 +617,10 @@ impl Client {
             return Err(Error::ChannelExhausted { channel: id, needed, deposit });
         }
         let wanted = policy.deposit(offer.amount, U256::ZERO, limits)?;
-        let amount = wanted.max(needed - deposit);
-        if deposit.saturating_add(amount) <= limits.max_deposit {
+        let missing = needed.saturating_sub(deposit);
+        // As much as the policy wants, as far as the per-channel limit allows.
+        let amount = wanted.max(missing).min(limits.max_deposit.saturating_sub(deposit));
+        if !amount.is_zero() && amount >= missing {
             let total = self.locked_total(offer.asset).await.saturating_add(amount);
             if total > limits.max_total_deposit {
                 return Err(Error::TotalDepositAboveLimit {
@@ -754,7 +756,7 @@ impl Client {
         let base = node
             .map(str::to_owned)
             .or_else(|| ch.node.clone())
-            .ok_or_else(|| Error::Chain(format!("no node URL known for channel {id}: pass one")))?;
+            .ok_or_else(|| Error::Config(format!("no node URL known for channel {id}: pass one")))?;
         let domain = ChannelDomain::new(ch.terms.network.chain_id, ch.terms.contract);
         let deadline = unix_now() + self.inner.settings.close_deadline.as_secs();
         let body = CloseRequestBody::sign(&domain, &self.inner.signer, id, deadline)?;

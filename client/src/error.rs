@@ -159,6 +159,9 @@ pub enum Error {
         /// The node's error message.
         message: String,
     },
+    /// The client is not configured for this (no limits, no RPC, no node URL, ...).
+    #[error("configuration: {0}")]
+    Config(String),
     /// A chain call or transaction failed.
     #[error("chain: {0}")]
     Chain(String),

@@ -9,11 +9,14 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use x402_client::{Client, Limits};
-//! let key: alloy::signers::local::PrivateKeySigner = std::env::var("X402_PRIVATE_KEY")?.parse()?;
-//! let client = Client::builder(key).rpc("http://127.0.0.1:8545").limits(Limits::from_units(10_000, 1_000_000, 5_000_000)).state_dir("x402-state").build().await?;
+//! let key = std::env::var("X402_PRIVATE_KEY")?.parse()?;
+//! let limits = Limits::from_units(10_000, 1_000_000, 5_000_000); // max per request, per channel, in total
+//! let client = Client::builder(key).rpc("http://127.0.0.1:8545").limits(limits).state_dir("x402-state").build().await?;
 //! let weather = client.http().get("http://127.0.0.1:8402/weather").send().await?.text().await?;
-//! # Ok(()) }
+//! # let _ = weather; Ok(()) }
 //! ```
+//!
+//! (The same five lines are in the README.)
 //!
 //! - Concurrency: signing is serialised per channel; requests in flight at once each carry
 //!   their own voucher, and one that lost a race (the node answers with a *corrective* 402)
