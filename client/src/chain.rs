@@ -9,10 +9,10 @@
 use std::{fmt, sync::Arc, time::Duration};
 
 use alloy::{
-    network::EthereumWallet,
+    network::{EthereumWallet, TransactionBuilder},
     primitives::{Address, B256, TxHash, U256},
     providers::{DynProvider, PendingTransactionBuilder, Provider, ProviderBuilder},
-    rpc::types::TransactionReceipt,
+    rpc::types::{TransactionReceipt, TransactionRequest},
     signers::local::PrivateKeySigner,
     sol,
 };
@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use x402_protocol::{
     bindings::IPaymentChannel::{self, IPaymentChannelErrors, OpenParams},
     close::SignedCloseAuthorization,
+    open::{GaslessOpen, IERC20Permit, IERC5267, TokenDomain},
 };
 
 use crate::{Error, Result};
@@ -31,6 +32,12 @@ sol! {
         function balanceOf(address owner) external view returns (uint256);
         function allowance(address owner, address spender) external view returns (uint256);
         function approve(address spender, uint256 value) external returns (bool);
+    }
+
+    /// EIP-3009's view of used authorisations (its presence tells that a token has EIP-3009).
+    #[sol(rpc)]
+    interface IERC3009State {
+        function authorizationState(address authorizer, bytes32 nonce) external view returns (bool);
     }
 }
 
@@ -310,6 +317,52 @@ impl ChainClient {
             .map_err(contract_error)?;
         self.confirm("withdraw", pending).await?;
         Ok(refund)
+    }
+
+    /// The EIP-712 domain of `token` (ERC-5267 `eip712Domain()`), for permits and EIP-3009
+    /// authorisations.
+    pub async fn token_domain(&self, token: Address) -> Result<TokenDomain> {
+        let d = IERC5267::new(token, &self.provider).eip712Domain().call().await.map_err(|e| {
+            Error::Config(format!("token {token} does not report its EIP-712 domain (ERC-5267), so it cannot be used gaslessly: {e}"))
+        })?;
+        if d.verifyingContract != token {
+            return Err(Error::Config(format!(
+                "token {token} reports the EIP-712 domain of {}",
+                d.verifyingContract
+            )));
+        }
+        Ok(TokenDomain::new(d.name, d.version, d.chainId.to::<u64>(), token))
+    }
+
+    /// `owner`'s EIP-2612 nonce at `token`.
+    pub async fn permit_nonce(&self, token: Address, owner: Address) -> Result<U256> {
+        IERC20Permit::new(token, &self.provider)
+            .nonces(owner)
+            .call()
+            .await
+            .map_err(|e| Error::Config(format!("token {token} has no EIP-2612 permit: {e}")))
+    }
+
+    /// Whether `token` implements EIP-3009 (it answers `authorizationState`).
+    pub async fn supports_eip3009(&self, token: Address, owner: Address) -> bool {
+        IERC3009State::new(token, &self.provider).authorizationState(owner, B256::ZERO).call().await.is_ok()
+    }
+
+    /// Submits a payer's gasless open, paying the gas as this client's account (the relayer);
+    /// returns the channel id and the deposit credited. Simulated first, so a refused open
+    /// costs no gas.
+    pub async fn submit_gasless(&self, contract: Address, open: &GaslessOpen) -> Result<(B256, U256)> {
+        let channels = IPaymentChannel::new(contract, &self.provider);
+        let id =
+            channels.computeChannelId(open.payer, open.open_params()).call().await.map_err(contract_error)?;
+        let tx = TransactionRequest::default().with_to(contract).with_input(open.calldata()?);
+        self.provider
+            .call(tx.clone())
+            .await
+            .map_err(|e| Error::Chain(format!("the gasless open would fail: {e}")))?;
+        let pending = self.provider.send_transaction(tx).await.map_err(Error::chain)?;
+        self.confirm("gasless open", pending).await?;
+        Ok((id, U256::from(self.channel(contract, id).await?.deposit)))
     }
 
     /// Closes a channel at once with the provider's signed authorisation; returns the refund.

@@ -173,7 +173,7 @@ impl ClientBuilder {
     /// Connects (if an RPC URL was given), opens the state and loads the channels.
     pub async fn build(self) -> Result<Client> {
         let limits =
-            self.limits.ok_or_else(|| Error::Chain("Client::builder: limits are required".into()))?;
+            self.limits.ok_or_else(|| Error::Config("Client::builder: limits are required".into()))?;
         let chain = match (self.chain, &self.rpc) {
             (Some(chain), _) => Some(chain),
             (None, Some(url)) => Some(ChainClient::connect(url, self.signer.clone()).await?),
@@ -191,6 +191,7 @@ impl ClientBuilder {
             (None, Some(dir)) => StateStore::open(dir)?,
             (None, None) => StateStore::in_memory(),
         };
+        let depositor = self.signer.clone();
         let voucher_signer = self.session_key.unwrap_or_else(|| self.signer.clone());
         let mut known = store.channels()?;
         // The latest opened usable channel per provider is the one payments go to.
@@ -210,6 +211,7 @@ impl ClientBuilder {
             inner: Arc::new(Inner {
                 funding,
                 chain,
+                depositor,
                 signer: voucher_signer,
                 store,
                 limits,
@@ -240,6 +242,9 @@ type Slot = Arc<tokio::sync::Mutex<ClientChannel>>;
 struct Inner {
     funding: Arc<dyn Funding>,
     chain: Option<ChainClient>,
+    /// The depositor's key (signs gasless opens).
+    depositor: PrivateKeySigner,
+    /// The voucher signer (the depositor or a session key).
     signer: PrivateKeySigner,
     store: StateStore,
     limits: Limits,
@@ -537,6 +542,16 @@ impl Client {
         deposit: U256,
         node: Option<String>,
     ) -> Result<Slot> {
+        let params = self.new_channel_params(offer, deposit).await?;
+        let terms = terms_of(offer);
+        tracing::info!(target: "x402_client::channel", payee = %terms.payee, %deposit, "opening a channel");
+        let (id, credited) = self.inner.funding.open(terms.contract, params.clone()).await?;
+        self.register(id, terms, params.challengePeriod, credited, node).await
+    }
+
+    /// The parameters of a new channel for `offer` with `deposit`, checked against the limits
+    /// and the network.
+    async fn new_channel_params(&self, offer: &PaymentRequirements, deposit: U256) -> Result<OpenParams> {
         let limits = &self.inner.limits;
         if deposit > limits.max_deposit {
             return Err(Error::DepositAboveLimit { deposit, limit: limits.max_deposit });
@@ -556,16 +571,25 @@ impl Client {
         }
         let min_period = u32::try_from(offer.extra.min_challenge_period).unwrap_or(u32::MAX);
         let period = self.inner.policy.challenge_period.unwrap_or(min_period).max(min_period);
-        let params = OpenParams {
+        Ok(OpenParams {
             payee: terms.payee,
             token: terms.asset,
             signer: self.inner.signer.address(),
             challengePeriod: period,
             deposit,
             salt: B256::from(rand::random::<[u8; 32]>()),
-        };
-        tracing::info!(target: "x402_client::channel", payee = %terms.payee, %deposit, "opening a channel");
-        let (id, credited) = self.inner.funding.open(terms.contract, params).await?;
+        })
+    }
+
+    /// Records a channel just opened on-chain and makes it the active one for its provider.
+    async fn register(
+        &self,
+        id: B256,
+        terms: ChannelTerms,
+        period: u32,
+        credited: U256,
+        node: Option<String>,
+    ) -> Result<Slot> {
         let ch = ClientChannel::new(
             id,
             terms.clone(),
@@ -714,6 +738,110 @@ impl Client {
         Ok(ch)
     }
 
+    /// Opens a channel for the route `offer` with `deposit` *gaslessly*: the depositor signs an
+    /// EIP-2612 permit plus an open authorisation, or an EIP-3009 authorisation (by `kind`),
+    /// and `relayer` submits it and pays the gas. The depositor needs the tokens but no native
+    /// gas. The channel is checked on-chain before it is used, so a relayer cannot make the
+    /// client pay into a channel other than the one it signed.
+    pub async fn open_gasless(
+        &self,
+        offer: &PaymentRequirements,
+        deposit: U256,
+        kind: GaslessKind,
+        relayer: &Relayer,
+        node: Option<String>,
+    ) -> Result<ClientChannel> {
+        use x402_protocol::{ChannelDomain, open::GaslessOpen};
+        let _opening = self.inner.opening.lock().await;
+        let chain = self.chain_client()?;
+        let offer = PaymentRequirements { amount: U256::ZERO, ..offer.clone() };
+        let params = self.new_channel_params(&offer, deposit).await?;
+        let terms = terms_of(&offer);
+        if terms.asset.is_zero() {
+            return Err(Error::Config(
+                "a gasless open needs an ERC-20 token; this route takes the native token".into(),
+            ));
+        }
+        let payer = self.inner.depositor.address();
+        let balance = chain.balance(terms.asset, payer).await?;
+        if balance < deposit {
+            return Err(Error::InsufficientBalance { token: terms.asset, balance, needed: deposit });
+        }
+        let id = chain.channel_id(terms.contract, &params).await?;
+        let token = chain.token_domain(terms.asset).await?;
+        let channels = ChannelDomain::new(terms.network.chain_id, terms.contract);
+        let now = chain.now().await?;
+        let ttl = self.inner.settings.close_deadline.as_secs().max(60);
+        let kind = match kind {
+            GaslessKind::Auto if chain.supports_eip3009(terms.asset, payer).await => GaslessKind::Transfer,
+            GaslessKind::Auto => GaslessKind::Permit,
+            kind => kind,
+        };
+        let open = match kind {
+            GaslessKind::Transfer => GaslessOpen::sign_transfer(
+                &channels,
+                &token,
+                &self.inner.depositor,
+                &params,
+                id,
+                0,
+                now + ttl,
+            )?,
+            _ => {
+                let nonce = chain.permit_nonce(terms.asset, payer).await?;
+                GaslessOpen::sign_permit(
+                    &channels,
+                    &token,
+                    &self.inner.depositor,
+                    &params,
+                    id,
+                    nonce,
+                    now + ttl,
+                )?
+            }
+        };
+        tracing::info!(target: "x402_client::channel", channel = %id, kind = open.authorization.kind(), %deposit, "opening a channel gaslessly");
+        match relayer {
+            Relayer::Chain(relay) => {
+                relay.ensure_chain(terms.network.chain_id)?;
+                relay.submit_gasless(terms.contract, &open).await?;
+            }
+            Relayer::Node(base) => self.relay_via_node(base, &open).await?,
+        }
+        // Trust the chain, not the relayer.
+        let onchain = chain.channel(terms.contract, id).await?;
+        if onchain.status != x402_protocol::bindings::IPaymentChannel::Status::Open || onchain.payer != payer
+        {
+            return Err(Error::Chain(format!(
+                "the relayer reported an open, but channel {id} is not open for {payer}"
+            )));
+        }
+        let slot =
+            self.register(id, terms, params.challengePeriod, U256::from(onchain.deposit), node).await?;
+        let ch = slot.lock().await.clone();
+        Ok(ch)
+    }
+
+    async fn relay_via_node(&self, base: &str, open: &x402_protocol::open::GaslessOpen) -> Result<()> {
+        let url = format!("{}{}", base.trim_end_matches('/'), x402_protocol::open::OPEN_PATH);
+        let response = self
+            .inner
+            .http
+            .post(&url)
+            .json(open)
+            .send()
+            .await
+            .map_err(|source| unreachable_or_http(url.clone(), source))?;
+        let status = response.status();
+        if !status.is_success() {
+            let (code, message) = error_body(response).await;
+            return Err(Error::RelayRefused { status: status.as_u16(), code, message });
+        }
+        let _: x402_protocol::open::OpenResponse =
+            response.json().await.map_err(|e| Error::Malformed(format!("relay response: {e}")))?;
+        Ok(())
+    }
+
     /// Adds `amount` to a channel's deposit (within the limits).
     pub async fn top_up(&self, id: B256, amount: U256) -> Result<ClientChannel> {
         let _opening = self.inner.opening.lock().await;
@@ -771,11 +899,7 @@ impl Client {
             .map_err(|source| unreachable_or_http(url.clone(), source))?;
         let status = response.status();
         if !status.is_success() {
-            let text = response.text().await.unwrap_or_default();
-            let message = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-                .unwrap_or(text);
+            let (_, message) = error_body(response).await;
             return Err(Error::CloseRefused { status: status.as_u16(), message });
         }
         let answer: CloseResponse =
@@ -950,6 +1074,35 @@ pub(crate) fn terms_of(offer: &PaymentRequirements) -> ChannelTerms {
         payee: offer.pay_to,
         asset: offer.asset,
     }
+}
+
+/// The `{"error": code, "message": …}` of a node's JSON error answer (the raw text otherwise).
+async fn error_body(response: Response) -> (Option<String>, String) {
+    let text = response.text().await.unwrap_or_default();
+    let json = serde_json::from_str::<serde_json::Value>(&text).ok();
+    let field = |name: &str| json.as_ref().and_then(|v| v.get(name)?.as_str().map(str::to_owned));
+    (field("error"), field("message").unwrap_or(text))
+}
+
+/// How a gasless open authorises the deposit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GaslessKind {
+    /// EIP-3009 if the token has it, else EIP-2612.
+    #[default]
+    Auto,
+    /// EIP-2612 `permit` plus the payer's `OpenAuthorization`.
+    Permit,
+    /// EIP-3009 `receiveWithAuthorization` with the channel id as nonce.
+    Transfer,
+}
+
+/// Who submits a gasless open (and pays its gas).
+#[derive(Clone, Debug)]
+pub enum Relayer {
+    /// The provider's node, at its base URL (`POST /x402/open`).
+    Node(String),
+    /// Any account with gas, through its own chain client.
+    Chain(ChainClient),
 }
 
 fn try_clone(request: &Request) -> Result<Request> {

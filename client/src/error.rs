@@ -159,6 +159,16 @@ pub enum Error {
         /// The node's error message.
         message: String,
     },
+    /// The relayer (the provider's node) refused to submit a gasless open.
+    #[error("the relayer refused the gasless open ({status}{}): {message}", code.as_deref().map(|c| format!(", {c}")).unwrap_or_default())]
+    RelayRefused {
+        /// The HTTP status.
+        status: u16,
+        /// The x402 error code, if the answer had one.
+        code: Option<String>,
+        /// The relayer's message.
+        message: String,
+    },
     /// The client is not configured for this (no limits, no RPC, no node URL, ...).
     #[error("configuration: {0}")]
     Config(String),

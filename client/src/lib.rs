@@ -27,6 +27,8 @@
 //!   signed.
 //! - Session keys: [`ClientBuilder::session_key`] signs vouchers with a key other than the
 //!   depositor's; channels name it as their signer.
+//! - Gasless opens: [`Client::open_gasless`] signs an EIP-2612 permit or an EIP-3009
+//!   authorisation, and a [`Relayer`] (the provider's node, or any funded account) submits it.
 //! - Lifecycle: [`Client::open`], [`Client::top_up`], [`Client::close`] (cooperative, via the
 //!   node), [`Client::exit`] and [`Client::withdraw`] (unilateral).
 //!
@@ -43,7 +45,7 @@ mod state;
 mod store;
 
 pub use chain::{ChainClient, Funding, IERC20, TxEvent, TxObserver};
-pub use client::{Client, ClientBuilder, Closed, Payment, Settings};
+pub use client::{Client, ClientBuilder, Closed, GaslessKind, Payment, Relayer, Settings};
 pub use error::{Error, Result};
 pub use limits::{DepositPolicy, Limits};
 pub use middleware::PaymentMiddleware;

@@ -41,6 +41,11 @@
 //! # key_file = "provider.key"        # or a file holding it
 //! # address = "0x…"                  # or only the address (verify-only node, no settlement)
 //!
+//! [relay]                          # gasless opens (EIP-2612 / EIP-3009) at POST /x402/open
+//! enabled = false                    # default
+//! key_env = "X402_RELAY_KEY"         # default: env var holding the relay's hex key (pays gas)
+//! # key_file = "relay.key"           # or a file holding it
+//!
 //! [[routes]]
 //! path = "/weather"
 //! price = "1000"                     # token base units
@@ -109,6 +114,8 @@ pub struct Config {
     pub settlement: SettlementConfig,
     /// Watchtowers the node pushes its latest vouchers to. Default none.
     pub watchers: Vec<WatcherTarget>,
+    /// The gasless-open relay.
+    pub relay: RelayConfig,
 }
 
 impl Default for Config {
@@ -125,6 +132,7 @@ impl Default for Config {
             routes: Vec::new(),
             settlement: SettlementConfig::default(),
             watchers: Vec::new(),
+            relay: RelayConfig::default(),
         }
     }
 }
@@ -280,24 +288,59 @@ impl Default for ProviderConfig {
     }
 }
 
+/// A hex private key from `key_file`, or else from the `key_env` variable, if either is set.
+/// The key material is never echoed in an error.
+fn load_key(
+    key_file: Option<&PathBuf>,
+    key_env: &str,
+    what: &str,
+) -> Result<Option<PrivateKeySigner>, ConfigError> {
+    let raw = if let Some(path) = key_file {
+        Some(
+            std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.clone(), source })?,
+        )
+    } else {
+        std::env::var(key_env).ok()
+    };
+    raw.map(|k| {
+        k.trim()
+            .parse::<PrivateKeySigner>()
+            .map_err(|_| ConfigError::Invalid(format!("the {what} key is not a valid hex private key")))
+    })
+    .transpose()
+}
+
+/// The relay of gasless opens: it submits payers' signed opens and pays their gas from its own
+/// key (never the provider's, whose transactions the settler owns).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Whether `POST /x402/open` relays gasless opens. Default false.
+    pub enabled: bool,
+    /// Environment variable holding the relay's hex private key. Default `X402_RELAY_KEY`.
+    pub key_env: String,
+    /// File holding the relay's hex private key. Default none.
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self { enabled: false, key_env: "X402_RELAY_KEY".into(), key_file: None }
+    }
+}
+
+impl RelayConfig {
+    /// The relay's key, from `key_file` or else the `key_env` variable, if either is set.
+    pub fn signer(&self) -> Result<Option<PrivateKeySigner>, ConfigError> {
+        load_key(self.key_file.as_ref(), &self.key_env, "relay")
+    }
+}
+
 impl ProviderConfig {
     /// The provider's key, from `key_file` or else the `key_env` variable, if either is set.
     pub fn signer(&self) -> Result<Option<PrivateKeySigner>, ConfigError> {
-        let raw = if let Some(path) = &self.key_file {
-            Some(
-                std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?,
-            )
-        } else {
-            std::env::var(&self.key_env).ok()
-        };
-        raw.map(|k| {
-            k.trim().parse::<PrivateKeySigner>().map_err(|_| {
-                // Never echo the key material.
-                ConfigError::Invalid("the provider key is not a valid hex private key".into())
-            })
-        })
-        .transpose()
+        load_key(self.key_file.as_ref(), &self.key_env, "provider")
     }
 
     /// The provider's address: the key's, or the configured one.
@@ -522,5 +565,28 @@ mod tests {
         let p = ProviderConfig { key_file: Some(dir.path().join("bad")), ..Default::default() };
         let err = p.address().unwrap_err().to_string();
         assert!(!err.contains("not a key"), "the key material must not be echoed: {err}");
+    }
+
+    #[test]
+    fn relay_settings_and_key() {
+        let c = Config::parse("[relay]\nenabled = true\nkey_file = \"relay.key\"").unwrap();
+        assert!(c.relay.enabled);
+        assert_eq!(c.relay.key_env, "X402_RELAY_KEY", "default kept");
+        assert!(Config::parse("[relay]\nkey = \"0x01\"").is_err(), "unknown field");
+        assert_eq!(Config::default().relay, RelayConfig::default());
+        assert!(!RelayConfig::default().enabled, "off unless asked for");
+
+        let dir = tempfile::tempdir().unwrap();
+        let key = PrivateKeySigner::random();
+        let path = dir.path().join("relay.key");
+        std::fs::write(&path, alloy::hex::encode(key.to_bytes())).unwrap();
+        let r = RelayConfig { key_file: Some(path), ..Default::default() };
+        assert_eq!(r.signer().unwrap().map(|k| k.address()), Some(key.address()));
+        let r = RelayConfig { key_env: "X402_TEST_NO_SUCH_VAR".into(), ..Default::default() };
+        assert!(r.signer().unwrap().is_none());
+        std::fs::write(dir.path().join("bad"), "0xdeadbeef-secret").unwrap();
+        let r = RelayConfig { key_file: Some(dir.path().join("bad")), ..Default::default() };
+        let err = r.signer().unwrap_err().to_string();
+        assert!(err.contains("relay key") && !err.contains("secret"), "{err}");
     }
 }

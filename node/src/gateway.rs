@@ -286,7 +286,7 @@ async fn close_channel<S: KvStore, C: ChainReader>(
 }
 
 /// A JSON error `{"error": code, "message": …}` with a status fitting a non-payment endpoint.
-fn api_error(refusal: &Refusal) -> Response {
+pub(crate) fn api_error(refusal: &Refusal) -> Response {
     let status = match refusal.code {
         ErrorCode::InvalidPayload => StatusCode::BAD_REQUEST,
         ErrorCode::InvalidSignature | ErrorCode::ChannelMismatch => StatusCode::FORBIDDEN,
@@ -430,6 +430,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         config.admin_token.clone(),
     )
     .merge(close_router(engine.clone(), close));
+    if config.relay.enabled {
+        let key = config.relay.signer()?.ok_or_else(|| {
+            eyre::eyre!("relay.enabled needs the relay's key ({} or relay.key_file)", config.relay.key_env)
+        })?;
+        let relay = crate::relay::Relay::new(&config.chain.rpc_url, key, engine.terms().clone())?;
+        info!(target: "node::gateway", relayer = %relay.relayer(), "relaying gasless opens");
+        app = app.merge(crate::relay::open_router(relay));
+    }
     if let Some(settler) = &settler {
         app = app.merge(settle_router(Arc::clone(settler), config.admin_token.clone()));
     }

@@ -14,6 +14,7 @@
 //! - [`chain`]: reading channels from the chain.
 //! - [`follower`]: follows the contract's events into the channel records.
 //! - [`push`]: pushes the latest vouchers to watchtowers.
+//! - [`relay`]: submits payers' gasless opens (EIP-2612 / EIP-3009), paying their gas.
 //! - [`settle`]: batch settlement of stored vouchers on-chain.
 //! - [`middleware`]: the axum/tower layer.
 //! - [`gateway`], [`config`]: the binary's reverse proxy and its TOML configuration.
@@ -33,6 +34,7 @@ pub mod gateway;
 pub mod metrics;
 pub mod middleware;
 pub mod push;
+pub mod relay;
 pub mod settle;
 pub mod verify;
 pub mod watcher;

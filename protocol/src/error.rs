@@ -21,6 +21,9 @@ pub enum Error {
     /// A signature was not 65 bytes.
     #[error("invalid signature length {0}: expected 65")]
     SignatureLength(usize),
+    /// A gasless open cannot be built from these inputs.
+    #[error("gasless open: {0}")]
+    Gasless(String),
     /// Signing failed.
     #[error("signing failed: {0}")]
     Signer(#[from] alloy::signers::Error),

@@ -7,6 +7,8 @@
 //! - [`bindings`]: alloy `sol!` bindings of `IPaymentChannel`, generated from the Solidity
 //!   interface in `contracts/src/interfaces/`, so the ABI cannot drift.
 //! - [`close`]: the cooperative close request and the provider's close authorisation.
+//! - [`open`]: gasless opens (EIP-2612 permit or EIP-3009 authorisation) submitted by a
+//!   relayer, and the node's relay endpoint.
 //! - [`network`]: CAIP-2 network identifiers (`eip155:<chainId>`).
 //! - [`watch`]: the push API of the watcher (watchtower) that guards channels during exits.
 //!
@@ -15,6 +17,7 @@
 pub mod bindings;
 pub mod close;
 pub mod network;
+pub mod open;
 pub mod voucher;
 pub mod watch;
 pub mod wire;

@@ -1,13 +1,15 @@
 //! The client SDK (`x402-client`) against the real node on anvil: 1,000 paid requests and a
 //! cooperative close to the exact unit, 64 concurrent requests on one channel, a client
 //! restarted mid-channel, a unilateral exit and withdrawal, and limits refusing an over-priced
-//! route.
+//! route, gasless opens relayed by the node or by any account.
 
 use std::time::Duration;
 
 use alloy::{primitives::U256, providers::Provider, signers::local::PrivateKeySigner};
 use reqwest::StatusCode;
-use x402_client::{ChainClient, ChannelStatus, Client, DepositPolicy, Error, Limits, Payment, Settings};
+use x402_client::{
+    ChainClient, ChannelStatus, Client, DepositPolicy, Error, GaslessKind, Limits, Payment, Relayer, Settings,
+};
 use x402_e2e::{
     cheats,
     harness::{Env, Gateway, PRICE},
@@ -193,5 +195,203 @@ async fn limits_refuse_an_over_priced_route() {
     assert_eq!(env.balance(payer).await, U256::from(FUNDS), "nothing spent");
     let nonce = env.node_chain.get_transaction_count(payer).await.unwrap();
     assert_eq!(nonce, 0, "no transaction sent");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payer_without_gas_opens_through_the_node_relay_by_permit_and_by_eip3009() {
+    let env = Env::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let config = env.with_relay(env.gateway_config(upstream().await, data.path()), data.path());
+    let gw = Gateway::start(config).await;
+    let url = format!("{}/weather", gw.url);
+    let relayer = x402_e2e::account(&env.anvil, 2).address();
+
+    for (kind, n) in [(GaslessKind::Permit, 3u64), (GaslessKind::Transfer, 4), (GaslessKind::Auto, 2)] {
+        let key = env.gasless_key(FUNDS).await;
+        let payer = key.address();
+        let client = builder(&env, key, 100).build().await.unwrap();
+        let offer = client.offer_for(&url).await.unwrap();
+        let relayer_eth = env.node_chain.get_balance(relayer).await.unwrap();
+        let deposit = U256::from(100 * PRICE);
+        let ch = client
+            .open_gasless(&offer, deposit, kind, &Relayer::Node(gw.url.clone()), Some(gw.url.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        assert_eq!(ch.deposit, deposit);
+        let onchain = env.channel(ch.id).await;
+        assert_eq!((onchain.payer, onchain.status), (payer, IPaymentChannel::Status::Open), "{kind:?}");
+        assert_eq!(env.balance(payer).await, U256::from(FUNDS) - deposit, "{kind:?}: the deposit was pulled");
+        assert!(
+            env.node_chain.get_balance(relayer).await.unwrap() < relayer_eth,
+            "{kind:?}: the relay paid gas"
+        );
+        assert_eq!(
+            env.node_chain.get_balance(payer).await.unwrap(),
+            U256::ZERO,
+            "{kind:?}: the payer has no gas"
+        );
+        assert_eq!(
+            env.node_chain.get_transaction_count(payer).await.unwrap(),
+            0,
+            "{kind:?}: the payer sent nothing"
+        );
+        for i in 1..=n {
+            let payment = get(&client, &url).await;
+            assert_eq!(
+                (payment.channel_id, payment.nonce),
+                (ch.id, i),
+                "{kind:?}: pays on the gasless channel"
+            );
+        }
+    }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_refuses_what_it_must_not_pay_gas_for() {
+    use x402_protocol::{
+        ChannelDomain,
+        bindings::IPaymentChannel::OpenParams,
+        open::{GaslessAuthorization, GaslessOpen, OPEN_PATH},
+    };
+    let env = Env::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let plain = Gateway::start(env.gateway_config(upstream().await, data.path())).await;
+    let http = reqwest::Client::new();
+    // No relay configured: no endpoint.
+    let resp = http.post(format!("{}{OPEN_PATH}", plain.url)).body("{}").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    plain.stop().await;
+
+    let data = tempfile::tempdir().unwrap();
+    let config = env.with_relay(env.gateway_config(upstream().await, data.path()), data.path());
+    let gw = Gateway::start(config).await;
+    let relayer = x402_e2e::account(&env.anvil, 2).address();
+    let relayer_nonce = env.node_chain.get_transaction_count(relayer).await.unwrap();
+    let key = env.gasless_key(FUNDS).await;
+    let chain = ChainClient::connect(&env.anvil.endpoint(), key.clone()).await.unwrap();
+    let tokens = chain.token_domain(env.usd).await.unwrap();
+    let channels = ChannelDomain::new(env.anvil.chain_id(), env.contract);
+    let now = chain.now().await.unwrap();
+    let params = |payee, deposit: u64, period: u32| OpenParams {
+        payee,
+        token: env.usd,
+        signer: key.address(),
+        challengePeriod: period,
+        deposit: U256::from(deposit),
+        salt: alloy::primitives::B256::repeat_byte(1),
+    };
+    let signed = async |p: &OpenParams, valid_before: u64| {
+        let id = chain.channel_id(env.contract, p).await.unwrap();
+        GaslessOpen::sign_transfer(&channels, &tokens, &key, p, id, 0, valid_before).unwrap()
+    };
+    let post = |body: String| {
+        let (http, url) = (http.clone(), format!("{}{OPEN_PATH}", gw.url));
+        async move {
+            let resp = http.post(url).body(body).send().await.unwrap();
+            let status = resp.status();
+            let json: serde_json::Value = resp.json().await.unwrap();
+            (status, json["error"].as_str().unwrap_or_default().to_owned())
+        }
+    };
+    let provider = env.provider_key.address();
+    let good = params(provider, 100 * PRICE, 3600);
+    let cases = [
+        ("malformed JSON", "{not json".to_owned(), StatusCode::BAD_REQUEST, "invalid_payload"),
+        (
+            "another payee",
+            serde_json::to_string(&signed(&params(relayer, 100 * PRICE, 3600), now + 600).await).unwrap(),
+            StatusCode::FORBIDDEN,
+            "channel_mismatch",
+        ),
+        (
+            "challenge period below the minimum",
+            serde_json::to_string(&signed(&params(provider, 100 * PRICE, 3599), now + 600).await).unwrap(),
+            StatusCode::FORBIDDEN,
+            "channel_mismatch",
+        ),
+        (
+            "expired",
+            serde_json::to_string(&signed(&good, now - 10).await).unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_payload",
+        ),
+        (
+            "valid for too long",
+            serde_json::to_string(&signed(&good, now + 10 * 86_400).await).unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_payload",
+        ),
+        (
+            "deposit above the payer's balance",
+            serde_json::to_string(&signed(&params(provider, FUNDS + 1, 3600), now + 600).await).unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_payload",
+        ),
+        (
+            "signed by another key",
+            {
+                let mut open = signed(&good, now + 600).await;
+                let other = GaslessOpen::sign_transfer(
+                    &channels,
+                    &tokens,
+                    &PrivateKeySigner::random(),
+                    &good,
+                    alloy::primitives::B256::ZERO,
+                    0,
+                    now + 600,
+                )
+                .unwrap();
+                open.authorization = other.authorization;
+                serde_json::to_string(&open).unwrap()
+            },
+            StatusCode::BAD_REQUEST,
+            "invalid_payload",
+        ),
+    ];
+    for (what, body, status, code) in cases {
+        assert_eq!(post(body).await, (status, code.to_owned()), "{what}");
+    }
+    assert_eq!(
+        env.node_chain.get_transaction_count(relayer).await.unwrap(),
+        relayer_nonce,
+        "no refused open cost the relay a transaction"
+    );
+    // The good one goes through, once.
+    let open = signed(&good, now + 600).await;
+    assert!(matches!(open.authorization, GaslessAuthorization::Transfer { .. }));
+    let body = serde_json::to_string(&open).unwrap();
+    let resp = http.post(format!("{}{OPEN_PATH}", gw.url)).body(body.clone()).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let answer: x402_protocol::open::OpenResponse = resp.json().await.unwrap();
+    assert_eq!(env.channel(answer.channel_id).await.payer, key.address());
+    assert_eq!(post(body).await, (StatusCode::BAD_REQUEST, "invalid_payload".to_owned()), "a replay");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_funded_account_can_relay_a_gasless_open() {
+    let env = Env::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(env.gateway_config(upstream().await, data.path())).await;
+    let url = format!("{}/weather", gw.url);
+    let key = env.gasless_key(FUNDS).await;
+    let client = builder(&env, key.clone(), 100).build().await.unwrap();
+    let offer = client.offer_for(&url).await.unwrap();
+    let relay = ChainClient::connect(&env.anvil.endpoint(), env.fresh_key(0).await).await.unwrap();
+    let ch = client
+        .open_gasless(&offer, U256::from(10 * PRICE), GaslessKind::Permit, &Relayer::Chain(relay), None)
+        .await
+        .unwrap();
+    assert_eq!(env.channel(ch.id).await.deposit, 10 * u128::from(PRICE));
+    assert_eq!(get(&client, &url).await.channel_id, ch.id);
+    // A deposit above the limit is refused before anything is signed.
+    let relay = ChainClient::connect(&env.anvil.endpoint(), env.fresh_key(0).await).await.unwrap();
+    let err = client
+        .open_gasless(&offer, U256::from(FUNDS + 1), GaslessKind::Permit, &Relayer::Chain(relay), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DepositAboveLimit { .. }), "{err}");
     gw.stop().await;
 }

@@ -137,6 +137,32 @@ impl Env {
         key
     }
 
+    /// A fresh key holding `funds` of the stablecoin and no native gas at all (a payer that can
+    /// only open gaslessly).
+    pub async fn gasless_key(&self, funds: u64) -> PrivateKeySigner {
+        let key = PrivateKeySigner::random();
+        let bank = provider(&self.anvil, account(&self.anvil, 1));
+        ITestStablecoin::new(self.usd, &bank)
+            .mint(key.address(), U256::from(funds))
+            .send()
+            .await
+            .expect("anvil call succeeds")
+            .get_receipt()
+            .await
+            .expect("anvil call succeeds");
+        key
+    }
+
+    /// Turns on the gasless-open relay of `config`, paying gas from anvil account 2 (its key in
+    /// a file under `dir`).
+    pub fn with_relay(&self, mut config: Config, dir: &Path) -> Config {
+        let path = dir.join("relay.key");
+        std::fs::write(&path, alloy::hex::encode(account(&self.anvil, 2).to_bytes())).expect("writes key");
+        config.relay.enabled = true;
+        config.relay.key_file = Some(path);
+        config
+    }
+
     /// A gateway configuration charging `PRICE` in the stablecoin on `/weather`, following the
     /// chain with no confirmation depth, polling every 100 ms, not settling.
     pub fn gateway_config(&self, upstream: SocketAddr, data: &Path) -> Config {

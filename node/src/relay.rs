@@ -1,0 +1,194 @@
+//! The gasless-open relay: `POST` [`OPEN_PATH`] takes a payer's signed [`GaslessOpen`] and
+//! submits it, paying the gas from the relay's own key.
+//!
+//! Only channels that pay this provider in its token on its terms are relayed, and each one is
+//! simulated first, so a bad signature, a used permit or a short balance costs the relay no gas.
+//! The relay key is separate from the provider's key: the settler's crash-safe nonce handling
+//! owns that key's transactions, and a second sender on it would race for nonces.
+
+use std::sync::Arc;
+
+use alloy::{
+    network::{EthereumWallet, TransactionBuilder},
+    primitives::{Address, U256},
+    providers::{DynProvider, Provider, ProviderBuilder},
+    rpc::types::TransactionRequest,
+    signers::local::PrivateKeySigner,
+};
+use axum::{Json, Router, extract::State, response::IntoResponse, routing::post};
+use bytes::Bytes;
+use tracing::{info, warn};
+use x402_protocol::{
+    bindings::IPaymentChannel,
+    open::{GaslessOpen, OPEN_PATH, OpenResponse},
+    wire::ErrorCode,
+};
+
+use crate::{Refusal, Terms};
+
+/// The longest an authorisation may stay valid, so that the relay is not asked to submit
+/// something a payer could still use elsewhere much later. 1 day.
+const MAX_AUTHORIZATION_LIFETIME: u64 = 86_400;
+
+/// Submits gasless opens for one provider.
+#[derive(Clone)]
+pub struct Relay {
+    chain: DynProvider,
+    relayer: Address,
+    terms: Terms,
+    /// One submission at a time: the wallet's nonce is read from the pending pool per send.
+    sending: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("relayer", &self.relayer)
+            .field("contract", &self.terms.contract)
+            .finish()
+    }
+}
+
+impl Relay {
+    /// A relay sending from `key` through the RPC at `rpc_url`, for channels on `terms`.
+    pub fn new(rpc_url: &str, key: PrivateKeySigner, terms: Terms) -> eyre::Result<Self> {
+        let relayer = key.address();
+        let chain = ProviderBuilder::new()
+            .wallet(EthereumWallet::from(key))
+            .connect_http(rpc_url.parse().map_err(|e| eyre::eyre!("invalid chain.rpc_url: {e}"))?)
+            .erased();
+        Ok(Self { chain, relayer, terms, sending: Arc::new(tokio::sync::Mutex::new(())) })
+    }
+
+    /// The relay's address (it pays the gas).
+    pub const fn relayer(&self) -> Address {
+        self.relayer
+    }
+
+    /// Checks `open` against the provider's terms, simulates it and submits it; returns once it
+    /// is mined.
+    pub async fn submit(&self, open: &GaslessOpen) -> Result<OpenResponse, Refusal> {
+        self.check_terms(open)?;
+        let now = self.now().await?;
+        let expires = open.authorization.expires();
+        if expires < now {
+            return Err(Refusal::new(
+                ErrorCode::InvalidPayload,
+                format!("the authorisation expired at {expires}"),
+            ));
+        }
+        if expires > now + MAX_AUTHORIZATION_LIFETIME {
+            return Err(Refusal::new(
+                ErrorCode::InvalidPayload,
+                format!("the authorisation is valid for more than {MAX_AUTHORIZATION_LIFETIME} s"),
+            ));
+        }
+        let channels = IPaymentChannel::new(self.terms.contract, &self.chain);
+        let params = open.open_params();
+        let id = channels.computeChannelId(open.payer, params).call().await.map_err(unavailable)?;
+        let calldata = open
+            .calldata()
+            .map_err(|e| Refusal::new(ErrorCode::InvalidPayload, format!("malformed authorisation: {e}")))?;
+        let tx = TransactionRequest::default().with_to(self.terms.contract).with_input(calldata);
+        let _sending = self.sending.lock().await;
+        // Simulate: whatever the contract refuses (bad signature, used permit, balance, an
+        // existing channel) is refused here, before any gas is spent.
+        if let Err(e) = self.chain.call(tx.clone()).await {
+            return Err(Refusal::new(
+                ErrorCode::InvalidPayload,
+                format!("the contract refuses this open: {}", revert(&e)),
+            ));
+        }
+        let pending = self.chain.send_transaction(tx).await.map_err(unavailable)?;
+        let hash = *pending.tx_hash();
+        info!(target: "node::relay", channel = %id, payer = %open.payer, kind = open.authorization.kind(), %hash, "relaying a gasless open");
+        let receipt = pending
+            .with_timeout(Some(std::time::Duration::from_secs(120)))
+            .get_receipt()
+            .await
+            .map_err(unavailable)?;
+        drop(_sending);
+        if !receipt.status() {
+            warn!(target: "node::relay", channel = %id, %hash, "gasless open reverted");
+            return Err(Refusal::new(
+                ErrorCode::Unavailable,
+                format!("the open transaction {hash} reverted"),
+            ));
+        }
+        let ch = channels.getChannel(id).call().await.map_err(unavailable)?;
+        Ok(OpenResponse { channel_id: id, transaction_hash: hash, deposit: U256::from(ch.deposit) })
+    }
+
+    fn check_terms(&self, open: &GaslessOpen) -> Result<(), Refusal> {
+        let p = &open.params;
+        let t = &self.terms;
+        let mismatch = |what: String| Err(Refusal::new(ErrorCode::ChannelMismatch, what));
+        if p.payee != t.payee {
+            return mismatch(format!("the channel pays {}, not this provider {}", p.payee, t.payee));
+        }
+        if p.token != t.asset {
+            return mismatch(format!("the channel is in token {}, this provider takes {}", p.token, t.asset));
+        }
+        if u64::from(p.challenge_period) < t.min_challenge_period {
+            return mismatch(format!(
+                "challenge period {} s is below the provider's minimum of {} s",
+                p.challenge_period, t.min_challenge_period
+            ));
+        }
+        if p.deposit.is_zero() || p.deposit < t.min_deposit {
+            return mismatch(format!(
+                "deposit {} is below the provider's minimum of {}",
+                p.deposit, t.min_deposit
+            ));
+        }
+        Ok(())
+    }
+
+    async fn now(&self) -> Result<u64, Refusal> {
+        let block = self
+            .chain
+            .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| Refusal::new(ErrorCode::Unavailable, "the chain has no latest block"))?;
+        Ok(block.header.timestamp)
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Refusal {
+    Refusal::new(ErrorCode::Unavailable, format!("chain: {e}"))
+}
+
+/// The contract's custom error, decoded when it is one of `IPaymentChannel`'s.
+fn revert(e: &alloy::transports::TransportError) -> String {
+    use alloy::sol_types::SolInterface;
+    let decoded = e
+        .as_error_resp()
+        .and_then(|r| r.as_revert_data())
+        .and_then(|data| IPaymentChannel::IPaymentChannelErrors::abi_decode(&data).ok());
+    match decoded {
+        Some(err) => format!("{err:?}"),
+        None => e.to_string(),
+    }
+}
+
+/// The relay endpoint, `POST` [`OPEN_PATH`].
+pub fn open_router(relay: Relay) -> Router {
+    Router::new().route(OPEN_PATH, post(open_channel)).with_state(relay)
+}
+
+async fn open_channel(State(relay): State<Relay>, body: Bytes) -> axum::response::Response {
+    let open: GaslessOpen = match serde_json::from_slice(&body) {
+        Ok(open) => open,
+        Err(e) => {
+            return crate::gateway::api_error(&Refusal::new(
+                ErrorCode::InvalidPayload,
+                format!("malformed gasless open: {e}"),
+            ));
+        }
+    };
+    match relay.submit(&open).await {
+        Ok(response) => Json(response).into_response(),
+        Err(refusal) => crate::gateway::api_error(&refusal),
+    }
+}
