@@ -3,7 +3,10 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -19,8 +22,8 @@ use x402_protocol::{
     bindings::IPaymentChannel::OpenParams,
     close::{CLOSE_PATH, CloseRequestBody, CloseResponse},
     wire::{
-        self, ErrorCode, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE, PaymentPayload,
-        PaymentRequired, PaymentRequirements, SCHEME, SettlementResponse,
+        self, ErrorCode, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SESSION, PAYMENT_SIGNATURE,
+        PaymentPayload, PaymentRequired, PaymentRequirements, SCHEME, SettlementResponse,
     },
 };
 
@@ -78,6 +81,11 @@ pub struct Settings {
     pub backoff: Duration,
     /// Lifetime of a cooperative close request's signature. Default 300 s.
     pub close_deadline: Duration,
+    /// The credit window: one voucher pays ahead for up to this many requests (bounded by the
+    /// node's `maxCreditWindow`), and the requests inside the window present the session token
+    /// the node grants instead of a new signature. What is prepaid is at risk until used, so
+    /// keep it small. Default 1: a voucher per request.
+    pub credit_window: u32,
 }
 
 impl Default for Settings {
@@ -87,6 +95,7 @@ impl Default for Settings {
             node_wait: Duration::from_secs(60),
             backoff: Duration::from_millis(250),
             close_deadline: Duration::from_secs(300),
+            credit_window: 1,
         }
     }
 }
@@ -221,6 +230,7 @@ impl ClientBuilder {
                 channels: Mutex::new(channels),
                 active: Mutex::new(active),
                 opening: tokio::sync::Mutex::new(()),
+                windows: Mutex::new(HashMap::new()),
                 offers: Mutex::new(HashMap::new()),
             }),
         })
@@ -257,16 +267,42 @@ struct Inner {
     active: Mutex<HashMap<ChannelTerms, B256>>,
     /// Serialises opening and topping up, so concurrent requests open one channel, not many.
     opening: tokio::sync::Mutex<()>,
+    /// One prepaying voucher in flight per channel (credit windows).
+    windows: Mutex<HashMap<B256, Arc<WindowGate>>>,
     /// The requirements last accepted per request target, so repeated requests pay at once
     /// instead of first collecting a 402.
     offers: Mutex<HashMap<String, PaymentRequirements>>,
 }
 
-/// A voucher ready to be sent.
+/// A voucher (or session token) ready to be sent.
 #[derive(Clone, Debug)]
 struct Prepared {
     channel: B256,
+    /// `PAYMENT-SIGNATURE`, or `PAYMENT-SESSION` for a request inside a prepaid window.
+    name: &'static str,
     header: HeaderValue,
+    /// Held while a prepaying voucher is in flight (until its receipt is taken or the request
+    /// ends).
+    _window: Option<Arc<WindowGuard>>,
+}
+
+/// Whether a prepaying voucher of a channel is in flight, and a wake-up for the requests
+/// waiting for its session.
+#[derive(Debug, Default)]
+struct WindowGate {
+    busy: AtomicBool,
+    done: tokio::sync::Notify,
+}
+
+/// Frees a [`WindowGate`] when dropped.
+#[derive(Debug)]
+struct WindowGuard(Arc<WindowGate>);
+
+impl Drop for WindowGuard {
+    fn drop(&mut self) {
+        self.0.busy.store(false, Ordering::Release);
+        self.0.done.notify_waiters();
+    }
 }
 
 impl Client {
@@ -403,7 +439,7 @@ impl Client {
                 None => self.prepare(&offer, &origin).await?,
             };
             let mut paid = try_clone(&request)?;
-            paid.headers_mut().insert(PAYMENT_SIGNATURE, prepared.header.clone());
+            paid.headers_mut().insert(prepared.name, prepared.header.clone());
             let mut response = send(paid).await?;
             if response.status() != StatusCode::PAYMENT_REQUIRED {
                 let payment = self.receipt(&prepared, &response, &offer, attempt).await?;
@@ -451,6 +487,21 @@ impl Client {
                     tokio::time::sleep(self.inner.settings.backoff).await;
                     resend = Some(prepared);
                 }
+                ErrorCode::SessionInvalid => {
+                    // The window is used up, or the node revoked or forgot the session: pay
+                    // with a voucher again, resynchronised to the node's state if it sent it.
+                    let slot = self.slot(prepared.channel)?;
+                    let mut ch = slot.lock().await;
+                    ch.session = None;
+                    let state = required
+                        .accepts
+                        .iter()
+                        .find_map(|a| a.extra.channel.as_ref().filter(|s| s.channel_id == prepared.channel));
+                    if let Some(state) = state {
+                        ch.resync(state)?;
+                        self.inner.store.put(&ch)?;
+                    }
+                }
                 ErrorCode::ChannelClosing | ErrorCode::ChannelClosed => {
                     self.retire(prepared.channel, code).await?;
                 }
@@ -483,13 +534,39 @@ impl Client {
         let terms = terms_of(offer);
         let price = offer.amount;
         let domain = ChannelDomain::new(offer.network.chain_id, offer.extra.contract);
-        for _ in 0..4 {
+        let window = self.inner.settings.credit_window.min(offer.extra.max_credit_window.unwrap_or(1)).max(1);
+        let mut tries = 0;
+        let waiting_since = Instant::now();
+        while tries < 4 {
             let slot = match self.active_slot(&terms) {
                 Some(slot) => slot,
                 None => self.open_for(offer, origin).await?,
             };
             let mut ch = slot.lock().await;
-            match ch.next_voucher(price) {
+            let mut gate = None;
+            if window > 1 {
+                if let Some(token) = ch.take_session_use() {
+                    // Inside the prepaid window: nothing is signed, nothing more is put at risk.
+                    let header = HeaderValue::from_str(&wire::encode_session(ch.id, token))
+                        .map_err(|e| Error::Malformed(e.to_string()))?;
+                    return Ok(Prepared { channel: ch.id, name: PAYMENT_SESSION, header, _window: None });
+                }
+                // One prepaying voucher at a time per channel: requests that find no session
+                // wait for the grant of the voucher in flight instead of each prepaying
+                // another window, which would multiply what is at risk.
+                let g = self.window_gate(ch.id);
+                let notified = g.done.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if g.busy.load(Ordering::Acquire) && waiting_since.elapsed() < self.inner.settings.node_wait {
+                    drop(ch);
+                    let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+                    continue;
+                }
+                g.busy.store(true, Ordering::Release);
+                gate = Some(Arc::new(WindowGuard(Arc::clone(&g))));
+            }
+            match ch.next_voucher_ahead(price, window) {
                 Ok(voucher) => {
                     let signed = domain.sign(&self.inner.signer, voucher)?;
                     ch.signed(signed.signature.clone());
@@ -500,22 +577,32 @@ impl Client {
                     self.inner.store.sync().await?;
                     let header = HeaderValue::from_str(&wire::encode_header(&payload))
                         .map_err(|e| Error::Malformed(e.to_string()))?;
-                    return Ok(Prepared { channel: signed.channel_id(), header });
+                    return Ok(Prepared {
+                        channel: signed.channel_id(),
+                        name: PAYMENT_SIGNATURE,
+                        header,
+                        _window: gate,
+                    });
                 }
                 Err(Error::ChannelExhausted { .. }) => {
                     let id = ch.id;
-                    drop(ch);
+                    drop((ch, gate));
                     self.replenish(id, offer, origin).await?;
                 }
                 Err(Error::ChannelState { .. }) => {
                     let id = ch.id;
-                    drop(ch);
+                    drop((ch, gate));
                     self.inner.active.lock().retain(|_, active| *active != id);
                 }
                 Err(e) => return Err(e),
             }
+            tries += 1;
         }
         Err(Error::Chain("could not find, open or top up a channel for this payment".into()))
+    }
+
+    fn window_gate(&self, id: B256) -> Arc<WindowGate> {
+        Arc::clone(self.inner.windows.lock().entry(id).or_default())
     }
 
     fn active_slot(&self, terms: &ChannelTerms) -> Option<Slot> {

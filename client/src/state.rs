@@ -8,7 +8,7 @@ use alloy::primitives::{Address, B256, Bytes, U256};
 use serde::{Deserialize, Serialize};
 use x402_protocol::{
     Network, Voucher,
-    wire::{ChannelState, SettlementExtra, u256_dec},
+    wire::{ChannelState, SessionGrant, SettlementExtra, u256_dec},
 };
 
 use crate::{Error, Result};
@@ -96,6 +96,10 @@ pub struct ClientChannel {
     pub status: ChannelStatus,
     /// When the channel was opened (unix seconds).
     pub opened_at: u64,
+    /// The session of the current prepaid credit window, if the node granted one. Memory only:
+    /// after a restart the client signs again.
+    #[serde(skip)]
+    pub session: Option<SessionGrant>,
 }
 
 /// What [`ClientChannel::resync`] did.
@@ -135,6 +139,7 @@ impl ClientChannel {
             node,
             status: ChannelStatus::Open,
             opened_at,
+            session: None,
         }
     }
 
@@ -151,6 +156,14 @@ impl ClientChannel {
     /// Advances to the next voucher, paying `price` on top of the latest one. The caller must
     /// persist the channel (with [`Self::signed`]) before the voucher is sent.
     pub fn next_voucher(&mut self, price: U256) -> Result<Voucher> {
+        self.next_voucher_ahead(price, 1)
+    }
+
+    /// Advances to the next voucher, paying `price` on top of the latest one and, with a credit
+    /// window `window > 1`, up to `window - 1` more requests ahead (as far as the deposit
+    /// allows). The prepaid rest is what the client risks until it is used. Any session of the
+    /// previous voucher is dropped: the node revokes it when the new voucher arrives.
+    pub fn next_voucher_ahead(&mut self, price: U256, window: u32) -> Result<Voucher> {
         if self.status != ChannelStatus::Open {
             return Err(self.state_error("signing a voucher"));
         }
@@ -158,11 +171,29 @@ impl ClientChannel {
         if needed > self.deposit {
             return Err(Error::ChannelExhausted { channel: self.id, needed, deposit: self.deposit });
         }
+        let ahead = price.saturating_mul(U256::from(window.max(1) - 1));
+        let amount = needed.saturating_add(ahead).min(self.deposit);
         let nonce = self.nonce.checked_add(1).ok_or_else(|| self.state_error("another voucher (nonce)"))?;
         self.nonce = nonce;
-        self.cumulative = needed;
-        self.max_signed = self.max_signed.max(needed);
-        Ok(Voucher { channelId: self.id, nonce, cumulativeAmount: needed })
+        self.cumulative = amount;
+        self.max_signed = self.max_signed.max(amount);
+        self.session = None;
+        Ok(Voucher { channelId: self.id, nonce, cumulativeAmount: amount })
+    }
+
+    /// Takes one use of the session, if there is one: the token to present instead of a new
+    /// voucher.
+    pub fn take_session_use(&mut self) -> Option<alloy::primitives::B256> {
+        if self.status != ChannelStatus::Open {
+            return None;
+        }
+        let session = self.session.as_mut().filter(|s| s.uses > 0)?;
+        session.uses -= 1;
+        let token = session.token;
+        if session.uses == 0 {
+            self.session = None;
+        }
+        Some(token)
     }
 
     /// Records the signature of the voucher [`Self::next_voucher`] returned.
@@ -222,8 +253,18 @@ impl ClientChannel {
             });
         }
         self.spent = self.spent.max(paid.total_charged);
-        if paid.nonce == self.nonce && paid.total_charged <= self.cumulative {
-            // Upto pricing charges less than the ceiling: the next voucher builds on the charge.
+        if let Some(grant) = paid.session {
+            match &mut self.session {
+                // The same session: the node's count may be older than the uses taken since.
+                Some(s) if s.token == grant.token => s.uses = s.uses.min(grant.uses),
+                // A grant for the latest voucher; one for an older voucher is dead already.
+                _ if paid.nonce == self.nonce => self.session = (grant.uses > 0).then_some(grant),
+                _ => {}
+            }
+        }
+        if paid.nonce == self.nonce {
+            // The node holds the latest voucher: the next one builds on what it charged, which
+            // is below the signed amount for upto pricing and grows through a prepaid window.
             self.cumulative = paid.total_charged;
         }
         Ok(())
@@ -329,6 +370,48 @@ mod tests {
     }
 
     #[test]
+    fn a_credit_window_prepays_within_the_deposit_and_sessions_follow_the_node() {
+        let mut c = channel(1_000);
+        let v = c.next_voucher_ahead(U256::from(100), 4).unwrap();
+        assert_eq!((v.nonce, v.cumulativeAmount), (1, U256::from(400)));
+        assert_eq!(c.max_signed, U256::from(400), "the prepaid rest is at risk");
+        assert_eq!(c.take_session_use(), None, "no session before the node grants one");
+        let token = B256::repeat_byte(0x77);
+        let id = c.id;
+        let receipt = |nonce, total: u64, uses| SettlementExtra {
+            channel_id: id,
+            nonce,
+            cumulative_amount: U256::from(400),
+            charged: U256::from(100),
+            total_charged: U256::from(total),
+            session: Some(SessionGrant { token, uses }),
+        };
+        let first = receipt(1, 100, 3);
+        c.receipt(&first).unwrap();
+        assert_eq!(c.session, Some(SessionGrant { token, uses: 3 }));
+        assert_eq!(c.take_session_use(), Some(token));
+        assert_eq!(c.take_session_use(), Some(token));
+        // A late receipt with an older count does not give uses back.
+        c.receipt(&receipt(1, 200, 2)).unwrap();
+        assert_eq!(c.session.map(|s| s.uses), Some(1));
+        assert_eq!(c.take_session_use(), Some(token));
+        assert_eq!(c.take_session_use(), None, "used up");
+        // The deposit caps what is prepaid; the minimum is one price.
+        let v = c.next_voucher_ahead(U256::from(100), 10).unwrap();
+        assert_eq!(v.cumulativeAmount, U256::from(1_000));
+        // A grant for an older voucher is dead on arrival.
+        c.receipt(&receipt(1, 400, 3)).unwrap();
+        assert_eq!(c.session, None);
+        c.status = ChannelStatus::Closing;
+        c.session = Some(SessionGrant { token, uses: 5 });
+        assert_eq!(c.take_session_use(), None, "no payments on a closing channel");
+        assert!(matches!(c.next_voucher_ahead(U256::from(1), 2), Err(Error::ChannelState { .. })));
+        let mut full = channel(100);
+        full.next_voucher(U256::from(100)).unwrap();
+        assert!(matches!(full.next_voucher_ahead(U256::from(1), 5), Err(Error::ChannelExhausted { .. })));
+    }
+
+    #[test]
     fn receipts_track_spending_and_rebase() {
         let mut c = channel(1000);
         c.next_voucher(U256::from(100)).unwrap();
@@ -339,6 +422,7 @@ mod tests {
             cumulative_amount: U256::from(cum),
             charged: U256::from(40),
             total_charged: U256::from(total),
+            session: None,
         };
         c.receipt(&extra(1, 100, 40)).unwrap();
         assert_eq!((c.spent, c.cumulative, c.max_signed), (U256::from(40), U256::from(40), U256::from(100)));

@@ -165,6 +165,7 @@ impl MockNode {
                 min_deposit: self.min_deposit,
                 pricing: Pricing::Exact,
                 channel: state,
+                max_credit_window: None,
             },
         }
     }
@@ -258,6 +259,7 @@ impl MockNode {
                 cumulative_amount: held.cumulative,
                 charged: price,
                 total_charged: held.charged,
+                session: None,
             },
         };
         drop(held_map);

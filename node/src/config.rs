@@ -35,6 +35,7 @@
 //! asset = "0x0000000000000000000000000000000000000000"      # default: native token
 //! min_challenge_period = 3600        # default, seconds
 //! min_deposit = "0"                  # default, token base units
+//! max_credit_window = 100            # default: requests one voucher may prepay (1: off)
 //!
 //! [provider]
 //! key_env = "X402_PROVIDER_KEY"      # default: env var holding the provider's hex key
@@ -262,11 +263,21 @@ pub struct PaymentConfig {
     /// The smallest deposit accepted, in token base units. Default `"0"`.
     #[serde(with = "u256_dec")]
     pub min_deposit: U256,
+    /// The most requests one voucher may pay ahead for (a credit window): the rest of a
+    /// prepaying voucher is spent with a session token instead of a signature per request.
+    /// What a client prepays is its own risk, bounded by its own setting. Default 100; 1 turns
+    /// sessions off.
+    pub max_credit_window: u32,
 }
 
 impl Default for PaymentConfig {
     fn default() -> Self {
-        Self { asset: Address::ZERO, min_challenge_period: 3600, min_deposit: U256::ZERO }
+        Self {
+            asset: Address::ZERO,
+            min_challenge_period: 3600,
+            min_deposit: U256::ZERO,
+            max_credit_window: 100,
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::{
     collections::HashSet,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -26,7 +26,7 @@ use x402_protocol::{
     voucher::{DOMAIN_NAME, DOMAIN_VERSION},
     wire::{
         self, ChannelExtra, ChannelState, ErrorCode, PaymentPayload, PaymentRequired, PaymentRequirements,
-        Pricing, Resource, SettlementExtra, SettlementResponse,
+        Pricing, Resource, SessionGrant, SettlementExtra, SettlementResponse,
     },
 };
 use x402_store::KvStore;
@@ -104,6 +104,16 @@ impl Price {
 struct Slot {
     record: Option<ChannelRecord>,
     key: Option<PublicKey>,
+    /// The session of the channel's prepaid credit window, in memory only: a restarted node
+    /// has none, and clients fall back to signing.
+    session: Option<Session>,
+}
+
+/// A granted session: the token and how many more requests it may pay for.
+#[derive(Debug)]
+struct Session {
+    token: [u8; 32],
+    uses: u32,
 }
 
 /// Channels whose latest voucher changed, for pushing to watchers. Off until
@@ -162,6 +172,8 @@ struct Inner<S, C> {
     lookups: tokio::sync::Semaphore,
     metrics: Metrics,
     feed: VoucherFeed,
+    /// The most requests one voucher may pay ahead for; 1: no sessions.
+    credit_window: AtomicU32,
 }
 
 /// The payment engine. Cheap to clone.
@@ -201,8 +213,22 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
                 lookups: tokio::sync::Semaphore::new(MAX_CONCURRENT_LOOKUPS),
                 metrics,
                 feed: VoucherFeed::default(),
+                credit_window: AtomicU32::new(1),
             }),
         }
+    }
+
+    /// Lets a voucher pay ahead for up to `k` requests (a credit window): the node then grants
+    /// a session token for the prepaid rest, and requests presenting it are served with a
+    /// constant-time compare instead of a signature check. `k <= 1` turns sessions off (the
+    /// default). What a client prepays is at its own risk, and small: it bounds `k` itself.
+    pub fn set_credit_window(&self, k: u32) {
+        self.inner.credit_window.store(k.max(1), Ordering::Relaxed);
+    }
+
+    /// The credit window (1: off).
+    pub fn credit_window(&self) -> u32 {
+        self.inner.credit_window.load(Ordering::Relaxed)
     }
 
     /// The terms.
@@ -404,6 +430,7 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
                 min_deposit: t.min_deposit,
                 pricing: price.pricing,
                 channel,
+                max_credit_window: Some(self.credit_window()).filter(|&k| k > 1),
             },
         }
     }
@@ -483,7 +510,62 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
 
         let digest = self.inner.verifier.digest(&signed.voucher);
         self.check_signer(&mut guard, digest, &signed.signature, "voucher").await?;
-        Ok(Pending { engine: self.clone(), guard, signed, max: price.amount })
+        Ok(Pending { engine: self.clone(), guard, signed: Some(signed), max: price.amount })
+    }
+
+    /// Checks a `PAYMENT-SESSION` header (a request paid from a prepaid credit window) for a
+    /// request priced `price`: no signature, a constant-time compare with the channel's token.
+    /// On success the channel stays locked until the returned [`Pending`] is committed or
+    /// dropped; only a committed request uses up the session.
+    pub async fn authorize_session(&self, header: &[u8], price: &Price) -> Result<Pending<S, C>, Refusal> {
+        let started = Instant::now();
+        let result = self.authorize_session_inner(header, price).await;
+        let m = &self.inner.metrics;
+        m.verify_seconds.observe(started.elapsed().as_secs_f64());
+        if let Err(r) = &result {
+            m.refused.with_label_values(&[r.code.as_str()]).inc();
+        }
+        result
+    }
+
+    async fn authorize_session_inner(&self, header: &[u8], price: &Price) -> Result<Pending<S, C>, Refusal> {
+        use subtle::ConstantTimeEq;
+        let (id, token) = wire::decode_session(header).ok_or_else(|| {
+            Refusal::new(ErrorCode::InvalidPayload, "malformed PAYMENT-SESSION: expected <channelId>:<token>")
+        })?;
+        let invalid = |message: &str, state: Option<ChannelState>| {
+            let refusal = Refusal::new(ErrorCode::SessionInvalid, message);
+            match state {
+                Some(state) => refusal.with_state(state),
+                None => refusal,
+            }
+        };
+        // Sessions live in memory only: a channel that is not loaded has none, and a random id
+        // costs no store or chain lookup.
+        let slot = self
+            .inner
+            .channels
+            .get(&id)
+            .map(|s| Arc::clone(&s))
+            .ok_or_else(|| invalid("no session", None))?;
+        let guard = slot.lock_owned().await;
+        let record = guard.record.as_ref().ok_or_else(|| invalid("no session", None))?;
+        let state = record.state();
+        let valid = guard.session.as_ref().is_some_and(|s| s.uses > 0 && bool::from(s.token.ct_eq(&token.0)));
+        if !valid {
+            return Err(invalid(
+                "the session token is unknown, used up or revoked; sign a new voucher",
+                Some(state),
+            ));
+        }
+        if record.status != ChannelStatus::Open {
+            return Err(invalid("the channel is closing: sessions are revoked", Some(state)));
+        }
+        let credit = record.cumulative_amount().saturating_sub(record.charged());
+        if credit < price.amount {
+            return Err(invalid("the prepaid credit does not cover this request", Some(state)));
+        }
+        Ok(Pending { engine: self.clone(), guard, signed: None, max: price.amount })
     }
 
     /// Locks a channel with its record loaded (from memory, the store, or once the chain),
@@ -618,7 +700,8 @@ fn decode_record(bytes: &[u8]) -> Result<ChannelRecord, Refusal> {
 pub struct Pending<S, C> {
     engine: Engine<S, C>,
     guard: OwnedMutexGuard<Slot>,
-    signed: SignedVoucher,
+    /// The voucher that pays; `None`: paid from the prepaid window of the latest voucher.
+    signed: Option<SignedVoucher>,
     max: U256,
 }
 
@@ -649,53 +732,101 @@ pub struct Payment {
 impl<S: KvStore, C: ChainReader> Pending<S, C> {
     /// The payment, for the handler.
     pub fn payment(&self) -> Payment {
+        let record = self.guard.record.as_ref();
+        let (channel_id, nonce, cumulative_amount) = match &self.signed {
+            Some(signed) => (signed.channel_id(), signed.nonce(), signed.cumulative_amount()),
+            None => (
+                record.map(|r| r.id).unwrap_or_default(),
+                record.map(ChannelRecord::nonce).unwrap_or_default(),
+                record.map(ChannelRecord::cumulative_amount).unwrap_or_default(),
+            ),
+        };
         Payment {
-            channel_id: self.signed.channel_id(),
-            payer: self.guard.record.as_ref().map(|r| r.chain.payer).unwrap_or_default(),
-            nonce: self.signed.nonce(),
-            cumulative_amount: self.signed.cumulative_amount(),
+            channel_id,
+            payer: record.map(|r| r.chain.payer).unwrap_or_default(),
+            nonce,
+            cumulative_amount,
             max_amount: self.max,
         }
     }
 
+    /// Whether this request is paid from a session (no new voucher).
+    pub const fn is_session(&self) -> bool {
+        self.signed.is_none()
+    }
+
     /// Records the voucher with this request's `cost` (capped at the route's maximum) and waits
     /// until it is durable. Only then may the response be released.
+    ///
+    /// A request paid from a session adds its cost to what the node charged without waiting
+    /// for the disk: the voucher that prepaid it is already durable, so a crash can only make
+    /// the node forget charges within the window (it then claims less, never more).
     pub async fn commit(mut self, cost: U256) -> Result<SettlementResponse, Refusal> {
         let cost = cost.min(self.max);
-        let inner = &self.engine.inner;
-        let id = self.signed.channel_id();
-        let record = self.guard.record.as_mut().ok_or_else(|| Refusal::unknown(id))?;
+        let engine = self.engine.clone();
+        let inner = &engine.inner;
+        let window = engine.credit_window();
+        let slot = &mut *self.guard;
+        let record = slot.record.as_mut().ok_or_else(|| Refusal::new(ErrorCode::Unavailable, "no record"))?;
+        let id = record.id;
         let before = record.clone();
-        record.apply(&self.signed.voucher, self.signed.signature.clone(), cost);
-        let (payer, total_charged) = (record.chain.payer, record.charged());
-
-        if let Err(e) = self.engine.persist(record) {
-            self.guard.record = Some(before);
-            return Err(e);
-        }
-        if let Err(e) = inner.store.sync().await {
-            warn!(target: "node::engine", %id, error = %e, "voucher not durable; refusing to serve");
-            // Put the previous state back so memory matches what a restart would see.
-            let _ = self.engine.persist(&before);
-            self.guard.record = Some(before);
-            return Err(Refusal::storage(e));
-        }
-
-        inner.feed.record(id);
+        let session = match &self.signed {
+            Some(signed) => {
+                record.apply(&signed.voucher, signed.signature.clone(), cost);
+                if let Err(e) = engine.persist(record) {
+                    slot.record = Some(before);
+                    return Err(e);
+                }
+                if let Err(e) = inner.store.sync().await {
+                    warn!(target: "node::engine", %id, error = %e, "voucher not durable; refusing to serve");
+                    // Put the previous state back so memory matches what a restart would see.
+                    let _ = engine.persist(&before);
+                    slot.record = Some(before);
+                    return Err(Refusal::storage(e));
+                }
+                inner.feed.record(id);
+                // A new voucher replaces any session; grant one for what it prepaid.
+                let credit = record.cumulative_amount().saturating_sub(record.charged());
+                let uses = if self.max.is_zero() { U256::ZERO } else { credit / self.max };
+                let uses = u32::try_from(uses).unwrap_or(u32::MAX).min(window - 1);
+                slot.session = (uses > 0).then(|| Session { token: rand::random(), uses });
+                slot.session.as_ref().map(|s| SessionGrant { token: B256::from(s.token), uses: s.uses })
+            }
+            None => {
+                record.charged = record.charged().saturating_add(cost).min(record.cumulative_amount());
+                if let Err(e) = engine.persist(record) {
+                    slot.record = Some(before);
+                    return Err(e);
+                }
+                inner.metrics.paid_by_session.inc();
+                let session = slot
+                    .session
+                    .as_mut()
+                    .ok_or_else(|| Refusal::new(ErrorCode::SessionInvalid, "no session"))?;
+                session.uses -= 1;
+                let grant = SessionGrant { token: B256::from(session.token), uses: session.uses };
+                if session.uses == 0 {
+                    slot.session = None;
+                }
+                Some(grant)
+            }
+        };
+        let record = slot.record.as_ref().ok_or_else(|| Refusal::new(ErrorCode::Unavailable, "no record"))?;
         inner.metrics.paid.inc();
         inner.revenue.inc_by(f64::from(cost));
-        debug!(target: "node::engine", %id, nonce = self.signed.nonce(), %cost, "voucher stored");
+        debug!(target: "node::engine", %id, nonce = record.nonce(), %cost, session = self.signed.is_none(), "payment recorded");
         Ok(SettlementResponse {
             success: true,
             transaction: String::new(),
             network: inner.network,
-            payer,
+            payer: record.chain.payer,
             extra: SettlementExtra {
                 channel_id: id,
-                nonce: self.signed.nonce(),
-                cumulative_amount: self.signed.cumulative_amount(),
+                nonce: record.nonce(),
+                cumulative_amount: record.cumulative_amount(),
                 charged: cost,
-                total_charged,
+                total_charged: record.charged(),
+                session,
             },
         })
     }

@@ -366,6 +366,7 @@ async fn open_engine(config: &Config) -> eyre::Result<(Engine<SledStore, RpcChai
     };
     let chain = RpcChain::new(provider, contract).with_confirmations(config.chain.confirmations);
     let engine = Engine::new(terms, Arc::clone(&store), chain, Metrics::new());
+    engine.set_credit_window(config.payment.max_credit_window);
     Ok((engine, store))
 }
 

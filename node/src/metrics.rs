@@ -12,6 +12,8 @@ pub struct Metrics {
     registry: Registry,
     /// Paid requests served.
     pub paid: IntCounter,
+    /// Of those, paid from a prepaid credit window with a session token (no signature).
+    pub paid_by_session: IntCounter,
     /// Refused payments, by x402 error code.
     pub refused: IntCounterVec,
     /// Time to authorise a payment (decode, checks, signature), in seconds.
@@ -47,6 +49,11 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let paid = IntCounter::new("x402_requests_paid_total", "Paid requests served").expect("valid metric");
+        let paid_by_session = IntCounter::new(
+            "x402_requests_paid_by_session_total",
+            "Paid requests served from a prepaid credit window (session token, no signature)",
+        )
+        .expect("valid metric");
         let refused = IntCounterVec::new(
             Opts::new("x402_requests_refused_total", "Refused payments by x402 error code"),
             &["reason"],
@@ -83,6 +90,7 @@ impl Metrics {
             counter("x402_claims_dropped_total", "Batch items dropped after a failed simulation");
         for c in [
             Box::new(paid.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(paid_by_session.clone()),
             Box::new(refused.clone()),
             Box::new(verify_seconds.clone()),
             Box::new(revenue.clone()),
@@ -100,6 +108,7 @@ impl Metrics {
         Self {
             registry,
             paid,
+            paid_by_session,
             refused,
             verify_seconds,
             revenue,

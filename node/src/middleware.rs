@@ -16,7 +16,8 @@
 //! handler with the verified [`Payment`] as a request extension; the handler of a
 //! [`Pricing::Upto`] route reports the actual cost with a
 //! [`Charge`] response extension. The voucher is stored durably before the response is
-//! released; a handler that fails with a 5xx is not charged for.
+//! released; a handler that fails with a 5xx is not charged for. A request inside a prepaid
+//! credit window presents `PAYMENT-SESSION` instead (see [`Engine::set_credit_window`]).
 
 use std::{
     collections::HashMap,
@@ -159,17 +160,23 @@ where
     C: ChainReader,
 {
     let url = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    let header = req.headers().get(wire::PAYMENT_SIGNATURE).or_else(|| req.headers().get(wire::X_PAYMENT));
-    let Some(header) = header else {
-        let state = match named_channel(&req) {
-            Some(id) => engine.channel_state(id).await,
-            None => None,
+    let authorized = if let Some(session) = req.headers().get(wire::PAYMENT_SESSION) {
+        engine.authorize_session(session.as_bytes(), &price).await
+    } else {
+        let header =
+            req.headers().get(wire::PAYMENT_SIGNATURE).or_else(|| req.headers().get(wire::X_PAYMENT));
+        let Some(header) = header else {
+            let state = match named_channel(&req) {
+                Some(id) => engine.channel_state(id).await,
+                None => None,
+            };
+            let refusal = state
+                .map(|s| Refusal::new(wire::ErrorCode::PaymentRequired, "payment required").with_state(s));
+            return payment_required(&engine, &url, &price, refusal.as_ref(), StatusCode::PAYMENT_REQUIRED);
         };
-        let refusal =
-            state.map(|s| Refusal::new(wire::ErrorCode::PaymentRequired, "payment required").with_state(s));
-        return payment_required(&engine, &url, &price, refusal.as_ref(), StatusCode::PAYMENT_REQUIRED);
+        engine.authorize(header.as_bytes(), &price).await
     };
-    let pending = match engine.authorize(header.as_bytes(), &price).await {
+    let pending = match authorized {
         Ok(p) => p,
         Err(refusal) => return payment_required(&engine, &url, &price, Some(&refusal), refusal.status()),
     };

@@ -5,6 +5,10 @@
 //! - The client pays with a [`PaymentPayload`] in `PAYMENT-SIGNATURE` (v2) or `X-PAYMENT` (the
 //!   v1 alias), base64 JSON.
 //! - A paid response carries a [`SettlementResponse`] in `PAYMENT-RESPONSE`, base64 JSON.
+//! - Credit windows: a voucher may pay ahead for several requests. The node then grants a
+//!   [`SessionGrant`] in the `PAYMENT-RESPONSE`, and the next requests inside the prepaid
+//!   window present `PAYMENT-SESSION: <channelId>:<token>` ([`encode_session`]) instead of a
+//!   new signature.
 //!
 //! Amounts are decimal strings of token base units, as in x402.
 
@@ -28,6 +32,9 @@ pub const PAYMENT_SIGNATURE: &str = "payment-signature";
 pub const X_PAYMENT: &str = "x-payment";
 /// Header of a paid response carrying a base64 [`SettlementResponse`].
 pub const PAYMENT_RESPONSE: &str = "payment-response";
+/// Header of a request paid from a prepaid credit window: `<channelId>:<token>`, both
+/// `0x`-prefixed hex (see [`SessionGrant`]).
+pub const PAYMENT_SESSION: &str = "payment-session";
 /// The longest payment header accepted, in bytes (before base64 decoding).
 pub const MAX_HEADER_LEN: usize = 8 * 1024;
 
@@ -64,6 +71,9 @@ pub enum ErrorCode {
     InsufficientDeposit,
     /// The voucher's signature is not the channel signer's.
     InvalidSignature,
+    /// The session token is unknown, used up or revoked (a new voucher, a close, an exit, a
+    /// node restart): pay with a new voucher (corrective: see the channel state).
+    SessionInvalid,
     /// The node could not process the payment (storage or chain unavailable); retry later.
     Unavailable,
 }
@@ -85,6 +95,7 @@ impl ErrorCode {
             Self::AmountBelowPrice => "amount_below_price",
             Self::InsufficientDeposit => "insufficient_deposit",
             Self::InvalidSignature => "invalid_signature",
+            Self::SessionInvalid => "session_invalid",
             Self::Unavailable => "unavailable",
         }
     }
@@ -92,7 +103,7 @@ impl ErrorCode {
     /// Whether a client can retry at once after resynchronising to the channel state in the
     /// 402 (a *corrective* refusal).
     pub const fn is_corrective(self) -> bool {
-        matches!(self, Self::NonceTooLow | Self::AmountBelowPrice)
+        matches!(self, Self::NonceTooLow | Self::AmountBelowPrice | Self::SessionInvalid)
     }
 }
 
@@ -176,6 +187,10 @@ pub struct ChannelExtra {
     /// The node's state of the channel the request named, if it knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channel: Option<ChannelState>,
+    /// The most requests one voucher may pay ahead for (a credit window; see
+    /// [`SessionGrant`]). Absent: one voucher per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_credit_window: Option<u32>,
 }
 
 /// How a route is priced.
@@ -344,6 +359,42 @@ pub struct SettlementExtra {
     /// What the node has charged on this channel in total.
     #[serde(with = "u256_dec")]
     pub total_charged: U256,
+    /// The session of the prepaid credit window, while it lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<SessionGrant>,
+}
+
+/// A session over a prepaid credit window: the voucher that paid covered more than this
+/// request, and the next `uses` requests may present `token` (in [`PAYMENT_SESSION`]) instead
+/// of a new signature. The token is random, bound to its channel, and dies when the window is
+/// used up, when a newer voucher arrives, or when the channel is closing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionGrant {
+    /// The bearer token.
+    pub token: B256,
+    /// How many more requests the token may pay for.
+    pub uses: u32,
+}
+
+/// The [`PAYMENT_SESSION`] header value of a session on `channel`.
+pub fn encode_session(channel: B256, token: B256) -> String {
+    format!("{channel}:{token}")
+}
+
+/// Parses a [`PAYMENT_SESSION`] header value into `(channel, token)`.
+pub fn decode_session(value: &[u8]) -> Option<(B256, B256)> {
+    // Exactly two 0x-prefixed 32-byte hex strings: 66 + 1 + 66 bytes.
+    if value.len() != 133 || value[66] != b':' {
+        return None;
+    }
+    let hex = |part: &[u8]| -> Option<B256> {
+        let digits = part.strip_prefix(b"0x")?;
+        let mut out = [0u8; 32];
+        alloy::hex::decode_to_slice(digits, &mut out).ok()?;
+        Some(B256::from(out))
+    };
+    Some((hex(&value[..66])?, hex(&value[67..])?))
 }
 
 /// Encodes `value` as a base64 JSON header value.
@@ -413,7 +464,34 @@ mod tests {
                 min_deposit: U256::from(1_000_000),
                 pricing: Pricing::Exact,
                 channel: None,
+                max_credit_window: None,
             },
+        }
+    }
+
+    #[test]
+    fn session_header_round_trips_and_refuses_anything_else() {
+        let (channel, token) = (B256::repeat_byte(0xab), B256::repeat_byte(0x01));
+        let value = encode_session(channel, token);
+        assert_eq!(decode_session(value.as_bytes()), Some((channel, token)));
+        let bad = [
+            String::new(),
+            value[..132].to_owned(),
+            format!("{value}0"),
+            value.replace(':', ";"),
+            value.replacen("0x", "0X", 1),
+            format!("{channel}:{}", "zz".repeat(33)),
+            format!("{}:{token}", &channel.to_string()[..64]),
+        ];
+        for b in bad {
+            assert_eq!(decode_session(b.as_bytes()), None, "{b:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn session_header_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_session(&bytes);
         }
     }
 

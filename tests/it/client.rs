@@ -395,3 +395,48 @@ async fn any_funded_account_can_relay_a_gasless_open() {
     assert!(matches!(err, Error::DepositAboveLimit { .. }), "{err}");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credit_window_pays_most_requests_without_a_signature_and_charges_exactly() {
+    let env = Env::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let config = env.with_provider_key(env.gateway_config(upstream().await, data.path()), data.path());
+    let gw = Gateway::start(config).await;
+    let provider = env.provider_key.address();
+    let provider_before = env.balance(provider).await;
+    let key = env.fresh_key(FUNDS).await;
+    let payer = key.address();
+    let client = builder(&env, key, 1_000)
+        .settings(Settings { backoff: Duration::from_millis(50), credit_window: 10, ..Settings::default() })
+        .build()
+        .await
+        .unwrap();
+    let url = format!("{}/weather", gw.url);
+    for n in 1..=100u64 {
+        let payment = get(&client, &url).await;
+        assert_eq!(payment.total_charged, U256::from(n * PRICE), "request {n}");
+        assert_eq!(payment.nonce, n.div_ceil(10), "one voucher per ten requests");
+    }
+    let http = reqwest::Client::new();
+    assert_eq!(gw.metric(&http, "x402_requests_paid_by_session_total").await, 90.0);
+
+    // Concurrent requests share the window; every one is paid exactly once.
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move { get(&client, &url).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let channel = client.channels().await.pop().unwrap();
+    assert_eq!(channel.spent, U256::from(164 * PRICE));
+    assert!(channel.max_signed - channel.spent <= U256::from(10 * PRICE), "at most one window at risk");
+
+    let closed = client.close(channel.id, None).await.unwrap();
+    assert_eq!(closed.final_amount, U256::from(164 * PRICE), "unused prepaid credit is refunded");
+    assert_eq!(env.balance(provider).await - provider_before, U256::from(164 * PRICE));
+    assert_eq!(env.balance(payer).await, U256::from(FUNDS - 164 * PRICE));
+    gw.stop().await;
+}

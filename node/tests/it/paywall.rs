@@ -597,3 +597,108 @@ async fn close_endpoint_answers_and_signs() {
     let answer: CloseResponse = serde_json::from_value(body_json(resp).await).expect("CloseResponse");
     assert!(answer.authorization.is_none() && !answer.queued);
 }
+
+impl<S: KvStore> Fixture<S> {
+    async fn session(&self, path: &str, token: B256) -> http::Response<Body> {
+        self.send(path, Some((wire::PAYMENT_SESSION, wire::encode_session(self.id, token)))).await
+    }
+}
+
+#[tokio::test]
+async fn a_credit_window_pays_later_requests_with_a_session_token() {
+    let f = fixture(Arc::new(MemoryStore::new()));
+    assert_eq!(
+        required(&f.send("/paid", None).await).accepts[0].extra.max_credit_window,
+        None,
+        "off by default"
+    );
+    let resp = f.pay("/paid", 1, 5 * PRICE).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(settlement(&resp).extra.session, None, "no session while the window is off");
+
+    f.engine.set_credit_window(5);
+    assert_eq!(required(&f.send("/paid", None).await).accepts[0].extra.max_credit_window, Some(5));
+    // The voucher pays for this request and four more.
+    let resp = f.pay("/paid", 2, 6 * PRICE).await;
+    let paid = settlement(&resp).extra;
+    assert_eq!((paid.charged, paid.total_charged), (U256::from(PRICE), U256::from(2 * PRICE)));
+    let grant = paid.session.expect("a session for the prepaid rest");
+    assert_eq!(grant.uses, 4);
+
+    let forged = f.session("/paid", B256::repeat_byte(0x01)).await;
+    assert_eq!(forged.status(), StatusCode::PAYMENT_REQUIRED);
+    let refusal = required(&forged);
+    assert_eq!(refusal.error, Some(ErrorCode::SessionInvalid));
+    assert_eq!(refusal.accepts[0].extra.channel.as_ref().map(|s| s.charged), Some(U256::from(2 * PRICE)));
+    // A failing handler is not charged and uses nothing.
+    assert_eq!(f.session("/broken", grant.token).await.status(), StatusCode::INTERNAL_SERVER_ERROR);
+
+    for left in (0..4u32).rev() {
+        let resp = f.session("/paid", grant.token).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{left} uses left");
+        let paid = settlement(&resp).extra;
+        assert_eq!(paid.nonce, 2, "no new voucher");
+        assert_eq!(paid.charged, U256::from(PRICE));
+        assert_eq!(paid.total_charged, U256::from(u64::from(6 - left) * PRICE));
+        assert_eq!(paid.session.map(|s| (s.token, s.uses)), Some((grant.token, left)));
+    }
+    let used_up = f.session("/paid", grant.token).await;
+    assert_eq!(required(&used_up).error, Some(ErrorCode::SessionInvalid));
+    let record = f.engine.channel(f.id).expect("store").expect("record");
+    assert_eq!(record.charged, U256::from(6 * PRICE), "exactly one price per request served");
+    let metrics = f.engine.metrics().render();
+    assert!(metrics.contains("x402_requests_paid_by_session_total 4"), "{metrics}");
+    assert!(metrics.contains("x402_requests_paid_total 6"), "{metrics}");
+    // The window is used up: the next request needs a voucher covering it.
+    assert_eq!(required(&f.pay("/paid", 3, 6 * PRICE).await).error, Some(ErrorCode::AmountBelowPrice));
+    assert_eq!(f.pay("/paid", 3, 7 * PRICE).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn sessions_die_with_a_new_voucher_an_exit_and_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SledStore::open(dir.path()).expect("opens"));
+    let f = fixture(Arc::clone(&store));
+    f.engine.set_credit_window(3);
+    // Prepaying beyond the node's window grants only the window.
+    let first = settlement(&f.pay("/paid", 1, 9 * PRICE).await).extra.session.expect("session");
+    assert_eq!(first.uses, 2);
+    // A new voucher revokes the old token and grants a new one.
+    let second = settlement(&f.pay("/paid", 2, 5 * PRICE).await).extra.session.expect("session");
+    assert_ne!(second.token, first.token);
+    assert_eq!(required(&f.session("/paid", first.token).await).error, Some(ErrorCode::SessionInvalid));
+    assert_eq!(f.session("/paid", second.token).await.status(), StatusCode::OK);
+
+    // Malformed and unknown: no lookups for random ids.
+    let lookups = f.chain.lookups();
+    let bad = f.send("/paid", Some((wire::PAYMENT_SESSION, "0x12:0x34".into()))).await;
+    assert_eq!(
+        (bad.status(), required(&bad).error),
+        (StatusCode::BAD_REQUEST, Some(ErrorCode::InvalidPayload))
+    );
+    let stranger = wire::encode_session(B256::repeat_byte(0x99), second.token);
+    let unknown = f.send("/paid", Some((wire::PAYMENT_SESSION, stranger))).await;
+    assert_eq!(required(&unknown).error, Some(ErrorCode::SessionInvalid));
+    assert_eq!(f.chain.lookups(), lookups);
+
+    // A restarted node has no sessions; the charges made with one are in the store.
+    let engine = Engine::new(terms(), Arc::clone(&store), f.chain.clone(), Metrics::new());
+    engine.set_credit_window(3);
+    let restarted = Fixture { app: app(engine.clone()), engine, ..f };
+    assert_eq!(
+        required(&restarted.session("/paid", second.token).await).error,
+        Some(ErrorCode::SessionInvalid)
+    );
+    store.sync().await.expect("syncs");
+    assert_eq!(
+        restarted.engine.channel(restarted.id).expect("store").expect("record").charged,
+        U256::from(3 * PRICE)
+    );
+    let third = settlement(&restarted.pay("/paid", 3, 7 * PRICE).await).extra.session.expect("session");
+
+    // An exit revokes it at once.
+    restarted.chain.update(restarted.id, |c| c.exit_at = 10);
+    restarted.follow().await;
+    let refused = restarted.session("/paid", third.token).await;
+    assert_eq!(required(&refused).error, Some(ErrorCode::SessionInvalid));
+}
