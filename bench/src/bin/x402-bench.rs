@@ -1,0 +1,318 @@
+//! `x402-bench`: the benchmark of x402 Channels. A thin CLI over the `x402_bench` library.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use clap::{Parser, Subcommand};
+use x402_bench::{
+    fixture::Vouchers,
+    load::{self, Plan, Server},
+    report::{Gas, LatencyReport, Results, Scale, Verify, note, say},
+    server::{self, ServeArgs},
+};
+
+/// Benchmarks the x402 Channels node: throughput, CPU, latency, durability, scale and gas.
+#[derive(Debug, Parser)]
+#[command(name = "x402-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs every measurement and writes docs/BENCHMARKS.md, docs/bench/results.json and
+    /// docs/bench/throughput.svg.
+    Run(RunArgs),
+    /// The node under test (started by `run`).
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        channels: u64,
+        #[arg(long, default_value_t = 1)]
+        window: u32,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Length of each timed run, seconds.
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// The most requests per timed run (their vouchers are signed beforehand).
+    #[arg(long, default_value_t = 120_000)]
+    requests: u64,
+    /// Channels of the main runs.
+    #[arg(long, default_value_t = 1_000)]
+    channels: u64,
+    /// Channels of the "many channels" run.
+    #[arg(long, default_value_t = 100_000)]
+    many_channels: u64,
+    /// Channels in the store of the scale run.
+    #[arg(long, default_value_t = 1_000_000)]
+    scale_channels: u64,
+    /// Requests per second of the latency run.
+    #[arg(long, default_value_t = 200)]
+    latency_rate: u64,
+    /// Length of the soak run, seconds.
+    #[arg(long, default_value_t = 180)]
+    soak_secs: u64,
+    /// Channels of the soak run.
+    #[arg(long, default_value_t = 10_000)]
+    soak_channels: u64,
+    /// Where BENCHMARKS.md and bench/ are written.
+    #[arg(long, default_value = "docs")]
+    out: PathBuf,
+    /// The gas snapshot.
+    #[arg(long, default_value = "snapshots/PaymentChannelGas.json")]
+    gas_snapshot: PathBuf,
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> eyre::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve { channels, window, data, listen } => {
+            server::serve(ServeArgs { channels, window, data, listen }).await
+        }
+        Command::Run(args) => run(args).await,
+    }
+}
+
+async fn run(args: RunArgs) -> eyre::Result<()> {
+    let command = format!("x402-bench run {}", std::env::args().skip(2).collect::<Vec<_>>().join(" "));
+    let gas = Gas::from_snapshot(&args.gas_snapshot)?;
+    let verify = measure_verify();
+    note(&format!(
+        "raw verification {:.1} µs, recovery {:.1} µs",
+        verify.verify_ns / 1e3,
+        verify.recover_ns / 1e3
+    ));
+
+    let tmp = tempdir()?;
+    let duration = Duration::from_secs(args.duration_secs);
+    let (c, n) = (args.concurrency, args.channels);
+    // Disjoint channel ranges, so every run starts its channels at nonce 1.
+    let mut next = 0u64;
+    let mut range = |count: u64| {
+        let first = next;
+        next += count;
+        first
+    };
+    let plan = |name: &str, paid, window, first, channels, warm_up| Plan {
+        name: name.into(),
+        paid,
+        window,
+        first,
+        channels,
+        concurrency: c,
+        duration,
+        requests: args.requests,
+        warm_up,
+        start: 0,
+    };
+    let plans = vec![
+        plan("unpaid", false, 1, 0, n, false),
+        plan("paid k=1", true, 1, range(n), n, true),
+        plan("paid k=10", true, 10, range(n), n, true),
+        plan("paid k=100", true, 100, range(n), n, true),
+        plan("paid, 10 channels", true, 1, range(10), 10, true),
+        plan(
+            &format!("paid, {} channels", thousands(args.many_channels)),
+            true,
+            1,
+            range(args.many_channels),
+            args.many_channels,
+            true,
+        ),
+    ];
+    let latency_first = range(args.latency_rate * args.duration_secs / 2);
+    let session_latency_first = range(args.latency_rate * args.duration_secs / 2);
+    let soak_first = range(args.soak_channels);
+    let total = next;
+
+    note(&format!("starting the node with {total} channels on its chain"));
+    let server = Server::start(total, 100, &tmp.path().join("node")).await?;
+    let vouchers = Arc::new(Vouchers::new(server.requirements().await?));
+    let mut runs = Vec::new();
+    for p in &plans {
+        note(&format!("run: {} ({} channels, {} connections)", p.name, p.channels, p.concurrency));
+        let r = load::run(&server, &vouchers, p).await?;
+        note(&format!(
+            "  {:.0} req/s, {:.1} µs server CPU per request, {} errors",
+            r.rps, r.cpu_us_per_request, r.errors
+        ));
+        runs.push(r);
+    }
+    note(&format!("latency at {} req/s", args.latency_rate));
+    let (paid, unpaid, errors) =
+        load::latency_at_rate(&server, &vouchers, latency_first, args.latency_rate, duration, false).await?;
+    let latency = LatencyReport { rate: args.latency_rate, paid, unpaid, errors };
+    let (paid, unpaid, errors) =
+        load::latency_at_rate(&server, &vouchers, session_latency_first, args.latency_rate, duration, true)
+            .await?;
+    let latency_session = LatencyReport { rate: args.latency_rate, paid, unpaid, errors };
+    note(&format!("soak: {} s over {} channels", args.soak_secs, args.soak_channels));
+    let soak = load::soak(
+        &server,
+        Arc::clone(&vouchers),
+        soak_first,
+        args.soak_channels,
+        c.min(32),
+        Duration::from_secs(args.soak_secs),
+        Duration::from_secs((args.soak_secs / 30).max(1)),
+    )
+    .await?;
+    server.stop().await?;
+
+    note(&format!("scale: writing {} channels into a store", args.scale_channels));
+    let scale_dir = tmp.path().join("scale");
+    let started = std::time::Instant::now();
+    {
+        let (dir, count) = (scale_dir.clone(), args.scale_channels);
+        tokio::task::spawn_blocking(move || server::prefill(&dir, count)).await??;
+    }
+    let prefill_seconds = started.elapsed().as_secs_f64();
+    let disk_bytes = x402_bench::sys::disk_usage(&scale_dir);
+    let server = Server::start(0, 100, &scale_dir).await?;
+    let startup_ms = server.startup.as_secs_f64() * 1e3;
+    let rss_start_kib = server.stats().await?.usage.rss_kib;
+    let scale_run = Plan {
+        name: format!("paid, store of {} channels", thousands(args.scale_channels)),
+        paid: true,
+        window: 1,
+        first: 0,
+        channels: args.scale_channels.min(10_000),
+        concurrency: c,
+        duration,
+        requests: args.requests,
+        warm_up: false,
+        // The prefilled channels already hold nonce 100.
+        start: 100,
+    };
+    let run = load::run(&server, &Vouchers::new(server.requirements().await?), &scale_run).await;
+    server.stop().await?;
+    let scale = Scale {
+        channels: args.scale_channels,
+        prefill_seconds,
+        disk_bytes,
+        startup_ms,
+        rss_start_kib,
+        run: run?,
+    };
+
+    let results = Results {
+        generated: now_rfc3339(),
+        command,
+        machine: machine(),
+        verify,
+        runs,
+        latency,
+        latency_session,
+        scale,
+        soak,
+        gas,
+    };
+    results.write(&args.out)?;
+    for t in results.targets() {
+        say(&format!("{}: {} — {} [{}]", t.name, t.goal, t.value, if t.met { "met" } else { "missed" }));
+    }
+    say(&format!("wrote {}", args.out.join("BENCHMARKS.md").display()));
+    Ok(())
+}
+
+/// One raw libsecp256k1 verification and one recovery, timed over many iterations.
+fn measure_verify() -> Verify {
+    use alloy::signers::SignerSync;
+    use secp256k1::{Message, SECP256K1, ecdsa::Signature};
+    let key = x402_bench::fixture::signer();
+    let digest = alloy::primitives::keccak256(b"x402-bench digest");
+    let sig = key.sign_hash_sync(&digest).expect("signs").as_bytes();
+    let pubkey = x402_node::verify::recover(&digest, &sig).expect("recovers");
+    let compact = Signature::from_compact(&sig[..64]).expect("a compact signature");
+    let msg = Message::from_digest(digest.0);
+    let time = |f: &dyn Fn() -> bool| {
+        let n = 5_000u32;
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            assert!(std::hint::black_box(f()));
+        }
+        started.elapsed().as_nanos() as f64 / f64::from(n)
+    };
+    let verify_ns = time(&|| SECP256K1.verify_ecdsa(&msg, &compact, &pubkey).is_ok());
+    let recover_ns = time(&|| x402_node::verify::recover(&digest, &sig).is_some());
+    Verify { verify_ns, recover_ns }
+}
+
+fn tempdir() -> eyre::Result<TempDir> {
+    let path = std::env::temp_dir().join(format!("x402-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&path)?;
+    Ok(TempDir(path))
+}
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cpus} logical CPUs, {model}")
+}
+
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}

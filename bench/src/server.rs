@@ -1,0 +1,125 @@
+//! The node under test: the real engine, paywall and sled store, with the chain in memory, as
+//! its own process (`x402-bench serve`), so that its CPU time and memory are its own.
+//!
+//! Routes: `/paid` (priced), `/free` (the same handler, unpriced), `/_bench/stats` (the
+//! process's [`Usage`] and the store's and engine's counters), `/healthz`.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use alloy::primitives::{Bytes, U256};
+use axum::{Json, Router, routing::get};
+use serde::{Deserialize, Serialize};
+use x402_node::{
+    Engine, Price,
+    channel::{ChannelRecord, StoredVoucher},
+    engine::CHANNELS,
+    metrics::Metrics,
+    middleware::Paywall,
+    test_utils::MemoryChain,
+};
+use x402_store::{KvStore, SledStore};
+
+use crate::{
+    fixture::{self, PRICE},
+    sys::{Usage, usage},
+};
+
+/// What the server is started with.
+#[derive(Clone, Debug)]
+pub struct ServeArgs {
+    /// Channels `0..channels` exist on the (in-memory) chain.
+    pub channels: u64,
+    /// The node's credit window (1: off).
+    pub window: u32,
+    /// The store's directory.
+    pub data: PathBuf,
+    /// Where to listen (port 0: any free port; the address is printed on stdout).
+    pub listen: SocketAddr,
+}
+
+/// The server's counters, from `/_bench/stats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// CPU time and memory of the server process.
+    pub usage: Usage,
+    /// Group commits (flush + fsync) of the store.
+    pub flushes: u64,
+    /// Writes made durable by them.
+    pub synced_writes: u64,
+    /// The largest group commit so far.
+    pub max_batch: u64,
+    /// Paid requests served.
+    pub paid: u64,
+    /// Of those, paid with a session token.
+    pub paid_by_session: u64,
+}
+
+/// Runs the server until stdin is closed (the load generator ends it by dropping the pipe).
+pub async fn serve(args: ServeArgs) -> eyre::Result<()> {
+    let chain = MemoryChain::default();
+    let signer = fixture::signer().address();
+    for i in 0..args.channels {
+        chain.set(fixture::channel_id(i), fixture::onchain(signer));
+    }
+    let store = Arc::new(SledStore::open(&args.data)?);
+    let engine = Engine::new(fixture::terms(), Arc::clone(&store), chain, Metrics::new());
+    engine.set_credit_window(args.window);
+    let stats_engine = engine.clone();
+    let stats_store = Arc::clone(&store);
+    let app = Router::new()
+        .route("/paid", get(handler))
+        .route("/free", get(handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/_bench/stats",
+            get(move || {
+                let (engine, store) = (stats_engine.clone(), Arc::clone(&stats_store));
+                async move {
+                    let commits = store.stats();
+                    let m = engine.metrics();
+                    Json(Stats {
+                        usage: usage(),
+                        flushes: commits.flushes,
+                        synced_writes: commits.synced_writes,
+                        max_batch: commits.max_batch,
+                        paid: m.paid.get(),
+                        paid_by_session: m.paid_by_session.get(),
+                    })
+                }
+            }),
+        )
+        .layer(Paywall::new(engine).route("/paid", Price::exact(U256::from(PRICE))));
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    crate::report::say(&format!("listening {}", listener.local_addr()?));
+    let stdin_closed = async {
+        // The parent holds our stdin; EOF means it is gone.
+        let _ =
+            tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink())).await;
+    };
+    axum::serve(listener, app).with_graceful_shutdown(stdin_closed).await?;
+    Ok(())
+}
+
+async fn handler() -> &'static str {
+    r#"{"forecast":"sunny"}"#
+}
+
+/// Writes `n` channels that have been paid a while (each with a stored voucher) into the store
+/// in `dir`, as a node with a million channels would have them.
+pub fn prefill(dir: &std::path::Path, n: u64) -> eyre::Result<()> {
+    let store = SledStore::open(dir)?;
+    let signer = fixture::signer().address();
+    for i in 0..n {
+        let id = fixture::channel_id(i);
+        let mut record = ChannelRecord::new(id, fixture::onchain(signer));
+        record.latest = Some(StoredVoucher {
+            nonce: 100,
+            cumulative_amount: U256::from(100 * PRICE),
+            signature: Bytes::from(vec![0x5a; 65]),
+        });
+        record.charged = U256::from(100 * PRICE);
+        store.put(CHANNELS, id.as_slice(), &serde_json::to_vec(&record)?)?;
+    }
+    store.sync_blocking()?;
+    Ok(())
+}
