@@ -1,47 +1,34 @@
 //! A deployed contract, funded payers and the `x402-node` gateway, for the end-to-end tests.
+//!
+//! The generic parts (anvil, deployment, funding, the gateway and the watcher) are
+//! `x402-devnet`'s; what is here is the tests' own: their account conventions, raw voucher
+//! signing and payment, and panicking signatures.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{net::SocketAddr, path::Path};
 
 use alloy::{
     node_bindings::AnvilInstance,
     primitives::{Address, B256, U256},
     providers::DynProvider,
     signers::local::PrivateKeySigner,
-    sol,
 };
-use tokio::sync::oneshot;
-use x402_node::{
-    config::{Config, RouteConfig},
-    watcher::WatcherConfig,
-};
+use x402_devnet::{Devnet, chain};
+pub use x402_devnet::{ITestStablecoin, PRICE};
+use x402_node::{config::Config, watcher::WatcherConfig};
 use x402_protocol::{
     ChannelDomain, SignedVoucher, Voucher,
     bindings::IPaymentChannel,
-    watch::{
-        CHANNELS_PATH, WATCH_PATH, WatchOutcome, WatchRequest, WatchResponse, WatchedChannel, WatchedVoucher,
-    },
+    watch::{WATCH_PATH, WatchOutcome, WatchRequest, WatchResponse, WatchedChannel, WatchedVoucher},
     wire::{self, PaymentPayload, PaymentRequired, PaymentRequirements},
 };
 
-use crate::{account, anvil, deploy_channel, deploy_stablecoin, provider};
+use crate::{account, provider};
 
-sol! {
-    /// The test stablecoin's functions the tests use.
-    #[sol(rpc)]
-    interface ITestStablecoin {
-        function mint(address to, uint256 amount) external;
-        function approve(address spender, uint256 amount) external returns (bool);
-        function balanceOf(address who) external view returns (uint256);
-    }
-}
-
-/// The price of `/weather` in the gateway configurations below.
-pub const PRICE: u64 = 1_000;
-/// The admin token of those configurations.
-pub const ADMIN: &str = "test-admin-token-0123456789";
+/// The admin token of the gateway configurations below.
+pub const ADMIN: &str = x402_devnet::ADMIN_TOKEN;
 
 /// Anvil with `PaymentChannel` and the test stablecoin deployed; anvil account 0 is the
-/// provider.
+/// provider. Nothing is minted: every balance is what a test gave.
 #[derive(Debug)]
 pub struct Env {
     /// The chain.
@@ -56,15 +43,15 @@ pub struct Env {
     pub usd: Address,
 }
 
+/// 1 ETH, in wei.
+const ONE_ETH: u128 = 10u128.pow(18);
+
 impl Env {
     /// Starts anvil and deploys.
     pub async fn new() -> Self {
-        let anvil = anvil();
-        let provider_key = account(&anvil, 0);
-        let node_chain = provider(&anvil, provider_key.clone());
-        let contract = deploy_channel(&node_chain).await.expect("deploys channel");
-        let usd = deploy_stablecoin(&node_chain).await.expect("deploys token");
-        Self { anvil, provider_key, node_chain, contract, usd }
+        let devnet = Devnet::builder().funds(U256::ZERO).start().await.unwrap_or_else(|e| panic!("{e}"));
+        let Devnet { anvil, provider_key, chain, contract, token } = devnet;
+        Self { anvil, provider_key, node_chain: chain, contract, usd: token }
     }
 
     /// The voucher domain.
@@ -74,34 +61,19 @@ impl Env {
 
     /// The token balance of `who`.
     pub async fn balance(&self, who: Address) -> U256 {
-        ITestStablecoin::new(self.usd, &self.node_chain).balanceOf(who).call().await.expect("balanceOf")
+        chain::token_balance(&self.node_chain, self.usd, who).await.expect("balanceOf")
     }
 
     /// The on-chain state of a channel.
     pub async fn channel(&self, id: B256) -> IPaymentChannel::Channel {
-        IPaymentChannel::new(self.contract, &self.node_chain).getChannel(id).call().await.expect("getChannel")
+        chain::channel(&self.node_chain, self.contract, id).await.expect("getChannel")
     }
 
     /// A payer with `funds` of the stablecoin, approved for the contract.
     pub async fn payer(&self, key: PrivateKeySigner, funds: u64) -> Payer {
         let chain = provider(&self.anvil, key.clone());
-        let token = ITestStablecoin::new(self.usd, &chain);
-        token
-            .mint(key.address(), U256::from(funds))
-            .send()
-            .await
-            .expect("anvil call succeeds")
-            .get_receipt()
-            .await
-            .expect("anvil call succeeds");
-        token
-            .approve(self.contract, U256::MAX)
-            .send()
-            .await
-            .expect("anvil call succeeds")
-            .get_receipt()
-            .await
-            .expect("anvil call succeeds");
+        chain::mint(&chain, self.usd, key.address(), U256::from(funds)).await.expect("anvil call succeeds");
+        chain::approve(&chain, self.usd, self.contract, U256::MAX).await.expect("anvil call succeeds");
         Payer { key, chain, contract: self.contract, usd: self.usd, domain: self.domain() }
     }
 
@@ -114,23 +86,11 @@ impl Env {
     /// A fresh key with 1 ETH for gas (from anvil account 1) and `funds` of the stablecoin,
     /// approved for nothing.
     pub async fn fresh_key(&self, funds: u64) -> PrivateKeySigner {
-        use alloy::{network::TransactionBuilder, providers::Provider, rpc::types::TransactionRequest};
         let key = PrivateKeySigner::random();
         let bank = provider(&self.anvil, account(&self.anvil, 1));
-        let tx = TransactionRequest::default().with_to(key.address()).with_value(U256::from(10u128.pow(18)));
-        bank.send_transaction(tx)
-            .await
-            .expect("anvil call succeeds")
-            .get_receipt()
-            .await
-            .expect("anvil call succeeds");
+        chain::send_eth(&bank, key.address(), U256::from(ONE_ETH)).await.expect("anvil call succeeds");
         if funds > 0 {
-            ITestStablecoin::new(self.usd, &bank)
-                .mint(key.address(), U256::from(funds))
-                .send()
-                .await
-                .expect("anvil call succeeds")
-                .get_receipt()
+            chain::mint(&bank, self.usd, key.address(), U256::from(funds))
                 .await
                 .expect("anvil call succeeds");
         }
@@ -142,22 +102,14 @@ impl Env {
     pub async fn gasless_key(&self, funds: u64) -> PrivateKeySigner {
         let key = PrivateKeySigner::random();
         let bank = provider(&self.anvil, account(&self.anvil, 1));
-        ITestStablecoin::new(self.usd, &bank)
-            .mint(key.address(), U256::from(funds))
-            .send()
-            .await
-            .expect("anvil call succeeds")
-            .get_receipt()
-            .await
-            .expect("anvil call succeeds");
+        chain::mint(&bank, self.usd, key.address(), U256::from(funds)).await.expect("anvil call succeeds");
         key
     }
 
     /// Turns on the gasless-open relay of `config`, paying gas from anvil account 2 (its key in
     /// a file under `dir`).
     pub fn with_relay(&self, mut config: Config, dir: &Path) -> Config {
-        let path = dir.join("relay.key");
-        std::fs::write(&path, alloy::hex::encode(account(&self.anvil, 2).to_bytes())).expect("writes key");
+        let path = x402_devnet::write_key(dir, "relay.key", &account(&self.anvil, 2)).expect("writes key");
         config.relay.enabled = true;
         config.relay.key_file = Some(path);
         config
@@ -170,12 +122,8 @@ impl Env {
     }
 
     /// Gives `config` the provider's key (in a file under `dir`) and turns settlement on.
-    pub fn with_provider_key(&self, mut config: Config, dir: &Path) -> Config {
-        let path = dir.join("provider.key");
-        std::fs::write(&path, alloy::hex::encode(self.provider_key.to_bytes())).expect("writes key");
-        config.provider.key_file = Some(path);
-        config.settlement.enabled = true;
-        config
+    pub fn with_provider_key(&self, config: Config, dir: &Path) -> Config {
+        x402_devnet::with_provider_key(config, &self.provider_key, dir).expect("writes key")
     }
 }
 
@@ -246,8 +194,7 @@ impl Payer {
 /// The gateway, run in-process.
 #[derive(Debug)]
 pub struct Gateway {
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<eyre::Result<()>>,
+    inner: x402_devnet::Gateway,
     /// Its base URL.
     pub url: String,
     /// Its configuration, to restart it.
@@ -257,21 +204,24 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the gateway and waits until it answers.
     pub async fn start(config: Config) -> Self {
-        let url = format!("http://{}", config.listen);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let mut task = tokio::spawn(x402_node::gateway::run(config.clone(), async move {
-            let _ = stopped.await;
-        }));
-        wait_until_serving(&url, "gateway", &mut task).await;
-        Self { stop: Some(stop), task, url, config }
+        let inner = x402_devnet::Gateway::start(config).await.unwrap_or_else(|e| panic!("{e}"));
+        Self { url: inner.url().into(), config: inner.config().clone(), inner }
     }
 
     /// Stops the gateway and waits until its store is closed.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.await.expect("joins").expect("gateway ran cleanly");
+    pub async fn stop(self) {
+        self.inner.stop().await.expect("gateway ran cleanly");
+    }
+
+    /// A counter or gauge from `/metrics` (0 if absent). (`_client` is the tests' own; the
+    /// devnet gateway has one.)
+    pub async fn metric(&self, _client: &reqwest::Client, name: &str) -> f64 {
+        self.inner.metric(name).await.expect("metrics")
+    }
+
+    /// Waits until the event follower has processed block `block` as confirmed.
+    pub async fn followed(&self, _client: &reqwest::Client, block: u64) {
+        self.inner.followed(block).await.unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// The payment terms of `/weather`.
@@ -303,36 +253,14 @@ pub fn gateway_config(
     upstream: SocketAddr,
     data: &Path,
 ) -> Config {
-    let mut config = Config {
-        listen: free_port(),
-        upstream: format!("http://{upstream}"),
-        data_dir: data.into(),
-        ..Config::default()
-    };
-    config.admin_token = Some(ADMIN.into());
-    config.chain.rpc_url = anvil.endpoint();
-    config.chain.contract = Some(contract);
-    config.chain.confirmations = 0;
-    config.chain.poll_interval_ms = 100;
-    config.payment.asset = asset;
-    config.provider.address = Some(payee);
-    config.provider.key_env = "X402_E2E_UNSET".into();
-    config.settlement.enabled = false;
-    config.routes.push(RouteConfig {
-        path: "/weather".into(),
-        price: U256::from(PRICE),
-        pricing: Default::default(),
-        description: Some("Current weather".into()),
-        mime_type: Some("application/json".into()),
-    });
-    config
+    x402_devnet::node_config(&anvil.endpoint(), contract, asset, payee, &format!("http://{upstream}"), data)
+        .expect("a free port")
 }
 
 /// A watcher run by [`x402_node::watcher::run`], as the `x402-node watch` subcommand runs it.
 #[derive(Debug)]
 pub struct Watchtower {
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<eyre::Result<()>>,
+    inner: x402_devnet::Watchtower,
     /// Its base URL.
     pub url: String,
 }
@@ -340,21 +268,13 @@ pub struct Watchtower {
 impl Watchtower {
     /// Starts a watcher paying gas from `key` and waits until it answers.
     pub async fn start(config: WatcherConfig, key: PrivateKeySigner) -> Self {
-        let url = format!("http://{}", config.listen);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let mut task = tokio::spawn(x402_node::watcher::run(config, key, async move {
-            let _ = stopped.await;
-        }));
-        wait_until_serving(&url, "watcher", &mut task).await;
-        Self { stop: Some(stop), task, url }
+        let inner = x402_devnet::Watchtower::start(config, key).await.unwrap_or_else(|e| panic!("{e}"));
+        Self { url: inner.url().into(), inner }
     }
 
     /// Stops the watcher and waits until its store is closed.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.await.expect("joins").expect("watcher ran cleanly");
+    pub async fn stop(self) {
+        self.inner.stop().await.expect("watcher ran cleanly");
     }
 
     /// Pushes `vouchers`, with the bearer `token` if any.
@@ -376,37 +296,13 @@ impl Watchtower {
 
     /// The watched channels, listed with `token`.
     pub async fn channels(&self, token: &str) -> Vec<WatchedChannel> {
-        let resp = reqwest::Client::new()
-            .get(format!("{}{CHANNELS_PATH}", self.url))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("listing");
-        assert_eq!(resp.status(), reqwest::StatusCode::OK);
-        resp.json().await.expect("a channel list")
+        self.inner.channels(token).await.expect("listing")
     }
-}
-
-/// Waits until the server run by `task` answers `GET {url}/healthz`, for at most 10 s;
-/// panics with its error if it exits first.
-pub async fn wait_until_serving(url: &str, what: &str, task: &mut tokio::task::JoinHandle<eyre::Result<()>>) {
-    let client = reqwest::Client::new();
-    for _ in 0..200 {
-        if client.get(format!("{url}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
-            return;
-        }
-        if task.is_finished() {
-            panic!("{what} exited: {:?}", task.await);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what} did not start within 10 s");
 }
 
 /// A free loopback address.
 pub fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binds");
-    l.local_addr().expect("addr")
+    x402_devnet::free_port().expect("a free port")
 }
 
 /// `GET url` with a `PAYMENT-SIGNATURE` header.
@@ -420,44 +316,10 @@ pub fn required(resp: &reqwest::Response) -> PaymentRequired {
 }
 
 /// Polls `check` every 50 ms until it holds, for at most `secs` seconds.
-pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+pub async fn eventually<F, Fut>(secs: u64, what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out after {secs} s waiting for: {what}");
-}
-
-impl Gateway {
-    /// A counter or gauge from `/metrics` (0 if absent).
-    pub async fn metric(&self, client: &reqwest::Client, name: &str) -> f64 {
-        let text = client
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    /// Waits until the event follower has processed block `block` as confirmed.
-    pub async fn followed(&self, client: &reqwest::Client, block: u64) {
-        eventually(20, "the follower to reach the block", || async {
-            self.metric(client, "x402_follower_block").await >= block as f64
-        })
-        .await;
-    }
+    x402_devnet::wait_for(secs, what, check).await.unwrap_or_else(|e| panic!("{e}"));
 }
