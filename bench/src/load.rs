@@ -337,6 +337,7 @@ async fn drive(
                 if sent.load(Ordering::Relaxed) >= limit {
                     break;
                 }
+                let mut by_voucher = false;
                 let header = if paid {
                     if lanes.is_empty() {
                         break;
@@ -349,7 +350,10 @@ async fn drive(
                             Some((wire::PAYMENT_SESSION, token.clone()))
                         }
                         _ => match lane.vouchers.pop_front() {
-                            Some(v) => Some((wire::PAYMENT_SIGNATURE, v)),
+                            Some(v) => {
+                                by_voucher = true;
+                                Some((wire::PAYMENT_SIGNATURE, v))
+                            }
                             None => {
                                 lanes.swap_remove(next);
                                 continue;
@@ -363,7 +367,10 @@ async fn drive(
                 match http.get(&url, header).await {
                     Ok((StatusCode::OK, receipt)) => {
                         ok.fetch_add(1, Ordering::Relaxed);
-                        if let Some(receipt) = receipt
+                        // Only a voucher's receipt can grant a new session; a client need not
+                        // decode the others.
+                        if by_voucher
+                            && let Some(receipt) = receipt
                             && let Ok(settled) = wire::decode_header::<SettlementResponse>(receipt.as_bytes())
                             && let Some(grant) = settled.extra.session
                             && let Some(lane) =

@@ -3,7 +3,7 @@
 //! Per request: decode → check version/scheme/network → lock the channel (requests on one
 //! channel are serialised, different channels run in parallel) → load the channel (memory,
 //! then the store, then — once — the chain) → check the voucher against the node's state →
-//! verify the signature on the blocking pool → on [`Pending::commit`], store the voucher and
+//! verify the signature → on [`Pending::commit`], store the voucher and
 //! wait for the group commit to make it durable. Only then is the response released.
 
 use std::{
@@ -107,6 +107,9 @@ struct Slot {
     /// The session of the channel's prepaid credit window, in memory only: a restarted node
     /// has none, and clients fall back to signing.
     session: Option<Session>,
+    /// The record in memory is ahead of the store (charges made with a session token, written
+    /// by [`Engine::flush_charges`]).
+    dirty: bool,
 }
 
 /// A granted session: the token and how many more requests it may pay for.
@@ -174,6 +177,8 @@ struct Inner<S, C> {
     feed: VoucherFeed,
     /// The most requests one voucher may pay ahead for; 1: no sessions.
     credit_window: AtomicU32,
+    /// Channels whose record in memory is ahead of the store.
+    dirty: parking_lot::Mutex<HashSet<B256>>,
 }
 
 /// The payment engine. Cheap to clone.
@@ -214,6 +219,7 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
                 metrics,
                 feed: VoucherFeed::default(),
                 credit_window: AtomicU32::new(1),
+                dirty: parking_lot::Mutex::default(),
             }),
         }
     }
@@ -269,8 +275,15 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         Ok(self.inner.store.get(CHANNELS, id.as_slice()).map_err(Refusal::storage)?.is_some())
     }
 
-    /// One channel's record, from the store.
+    /// One channel's record: the node's current one if it is in memory (and not locked by a
+    /// request right now), else the store's.
     pub fn channel(&self, id: B256) -> Result<Option<ChannelRecord>, Refusal> {
+        if let Some(slot) = self.inner.channels.get(&id).map(|s| Arc::clone(&s))
+            && let Ok(guard) = slot.try_lock()
+            && let Some(record) = guard.record.as_ref()
+        {
+            return Ok(Some(record.clone()));
+        }
         self.inner
             .store
             .get(CHANNELS, id.as_slice())
@@ -457,10 +470,41 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         guard.record.as_ref().map(ChannelRecord::state)
     }
 
-    /// Every channel the node has in memory or in its store.
-    pub fn channels(&self) -> Result<Vec<ChannelRecord>, Refusal> {
+    /// Every channel the node has in memory or in its store, with every charge made so far
+    /// (see [`Self::flush_charges`]).
+    pub async fn channels(&self) -> Result<Vec<ChannelRecord>, Refusal> {
+        self.flush_charges().await?;
         let entries = self.inner.store.list(CHANNELS).map_err(Refusal::storage)?;
         entries.iter().map(|(_, v)| decode_record(v)).collect()
+    }
+
+    /// Writes the charges made with session tokens since the last write to the store (not
+    /// synced: call [`KvStore::sync`] to make them durable). Requests paid from a prepaid
+    /// window update the record in memory only, so that they cost no store write; the
+    /// gateway calls this every second and before it stops, the settler before every round,
+    /// and any other write of the record (a voucher, a chain event, a close request) takes
+    /// them along. A crash can only lose charges inside windows the clients prepaid: the node
+    /// then claims less, never more.
+    pub async fn flush_charges(&self) -> Result<usize, Refusal> {
+        let mut ids: Vec<B256> = self.inner.dirty.lock().drain().collect();
+        let mut written = 0;
+        while let Some(id) = ids.pop() {
+            let Some(slot) = self.inner.channels.get(&id).map(|s| Arc::clone(&s)) else { continue };
+            let mut guard = slot.lock().await;
+            if !guard.dirty {
+                continue;
+            }
+            if let Some(record) = guard.record.as_ref() {
+                if let Err(e) = self.persist(record) {
+                    // Keep this one and the rest for the next flush.
+                    self.inner.dirty.lock().extend(ids.into_iter().chain([id]));
+                    return Err(e);
+                }
+                written += 1;
+            }
+            guard.dirty = false;
+        }
+        Ok(written)
     }
 
     /// Checks a payment header (base64 JSON) for a request priced `price`. On success the
@@ -769,9 +813,9 @@ impl<S: KvStore, C: ChainReader> Pending<S, C> {
         let slot = &mut *self.guard;
         let record = slot.record.as_mut().ok_or_else(|| Refusal::new(ErrorCode::Unavailable, "no record"))?;
         let id = record.id;
-        let before = record.clone();
         let session = match &self.signed {
             Some(signed) => {
+                let before = record.clone();
                 record.apply(&signed.voucher, signed.signature.clone(), cost);
                 if let Err(e) = engine.persist(record) {
                     slot.record = Some(before);
@@ -793,10 +837,11 @@ impl<S: KvStore, C: ChainReader> Pending<S, C> {
                 slot.session.as_ref().map(|s| SessionGrant { token: B256::from(s.token), uses: s.uses })
             }
             None => {
+                // In memory only: see `Engine::flush_charges`.
                 record.charged = record.charged().saturating_add(cost).min(record.cumulative_amount());
-                if let Err(e) = engine.persist(record) {
-                    slot.record = Some(before);
-                    return Err(e);
+                if !slot.dirty {
+                    slot.dirty = true;
+                    inner.dirty.lock().insert(id);
                 }
                 inner.metrics.paid_by_session.inc();
                 let session = slot

@@ -165,7 +165,7 @@ impl<S: KvStore> Follower<S> {
                 } else {
                     info!(target: "node::follower", head, safe, "no cursor yet; reading every known channel");
                 }
-                for record in self.engine.channels()? {
+                for record in self.engine.channels().await? {
                     if record.status != ChannelStatus::Closed {
                         touched.insert(record.id);
                     }

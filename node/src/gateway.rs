@@ -202,7 +202,7 @@ async fn admin_channels<S: KvStore, C: ChainReader>(
     if let Some(denied) = admin.deny(&headers) {
         return denied;
     }
-    match admin.engine.channels() {
+    match admin.engine.channels().await {
         Ok(channels) => Json(channels.iter().map(ChannelSummary::from).collect::<Vec<_>>()).into_response(),
         Err(r) => (r.status(), r.message).into_response(),
     }
@@ -215,7 +215,7 @@ async fn admin_revenue<S: KvStore, C: ChainReader>(
     if let Some(denied) = admin.deny(&headers) {
         return denied;
     }
-    let channels = match admin.engine.channels() {
+    let channels = match admin.engine.channels().await {
         Ok(c) => c,
         Err(r) => return (r.status(), r.message).into_response(),
     };
@@ -404,14 +404,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         tasks.push(tokio::spawn(crate::push::run(engine.clone(), config.watchers.clone())));
     }
     // Group-commit statistics for /metrics.
+    // and the charges made with session tokens, written (and synced) every second.
     let stats_store = Arc::clone(&store);
+    let charges = engine.clone();
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tick.tick().await;
             metrics.set_store_stats(stats_store.stats());
+            match charges.flush_charges().await {
+                Ok(0) => {}
+                Ok(_) => {
+                    if let Err(e) = stats_store.sync().await {
+                        warn!(target: "node::gateway", error = %e, "cannot sync session charges; retrying");
+                    }
+                }
+                Err(e) => warn!(target: "node::gateway", error = %e.message, "cannot write session charges; retrying"),
+            }
         }
     }));
+    let final_flush = engine.clone();
     let mut paywall = Paywall::new(engine.clone());
     for route in &config.routes {
         paywall = paywall.route(route.path.clone(), route.price());
@@ -466,6 +478,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
     for task in tasks {
         let _ = task.await;
+    }
+    if let Err(e) = final_flush.flush_charges().await {
+        warn!(target: "node::shutdown", error = %e.message, "session charges not written");
+    }
+    drop(final_flush);
+    if let Err(e) = store.sync().await {
+        warn!(target: "node::shutdown", error = %e, "final sync failed");
     }
     close_store(store).await;
     served?;

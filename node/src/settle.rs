@@ -360,7 +360,7 @@ impl<S: KvStore> Settler<S> {
         }
 
         let now = unix_now();
-        let records = self.engine.channels()?;
+        let records = self.engine.channels().await?;
         let Plan { mut close, mut settle } = plan(&records, &self.policy, now, force);
         if close.is_empty() && settle.is_empty() {
             return Ok(report);

@@ -92,14 +92,11 @@ pub enum CheckError {
     /// The EIP-1271 wallet could not be asked.
     #[error("chain unavailable: {0}")]
     Chain(#[from] ChainError),
-    /// The verification task died.
-    #[error("verification task failed: {0}")]
-    Task(String),
 }
 
 /// Whether `signature` over `digest` is the signer's of `channel`, exactly as the contract
-/// decides: an EIP-1271 wallet is asked on-chain; an EOA signature is recovered on the
-/// blocking pool (it is CPU-bound) and compared with `cache` (see
+/// decides: an EIP-1271 wallet is asked on-chain; an EOA signature is recovered (inline: it is
+/// short) and compared with `cache` (see
 /// [`VoucherVerifier::verify_eoa`]).
 pub async fn signed_by_channel_signer(
     chain: &impl ChainReader,
@@ -112,16 +109,10 @@ pub async fn signed_by_channel_signer(
     if channel.signer_is_contract {
         return Ok(chain.is_valid_contract_signature(signer, digest, signature.clone()).await?);
     }
-    let signature = signature.clone();
-    let mut key = *cache;
-    let (valid, key) = tokio::task::spawn_blocking(move || {
-        let valid = verify_digest(&digest, &signature, signer, &mut key);
-        (valid, key)
-    })
-    .await
-    .map_err(|e| CheckError::Task(e.to_string()))?;
-    *cache = key;
-    Ok(valid)
+    // Inline on the async worker: one recovery is ~40 µs of CPU, while a hop to the blocking
+    // pool and back costs two thread wake-ups, which the benchmark measured as the larger cost
+    // on a loaded machine (docs/BENCHMARKS.md).
+    Ok(verify_digest(&digest, signature, signer, cache))
 }
 
 /// Recovers the public key of a 65-byte `r ‖ s ‖ v` signature under the contract's rules, or

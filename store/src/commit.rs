@@ -20,7 +20,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use parking_lot::{Condvar, Mutex};
@@ -115,7 +115,17 @@ pub(crate) struct GroupCommit {
 impl GroupCommit {
     /// Starts the committer thread. `flush` must make every write applied before
     /// it was called durable; it runs on the committer thread only.
+    #[cfg(test)]
     pub(crate) fn start<F>(flush: F) -> Result<Self>
+    where
+        F: FnMut() -> Result<()> + Send + 'static,
+    {
+        Self::start_with_delay(Duration::ZERO, flush)
+    }
+
+    /// Like [`Self::start`], waiting `delay` before a flush whenever the previous one carried
+    /// more than one write (concurrent writers are about), so that more of them share it.
+    pub(crate) fn start_with_delay<F>(delay: Duration, flush: F) -> Result<Self>
     where
         F: FnMut() -> Result<()> + Send + 'static,
     {
@@ -131,7 +141,7 @@ impl GroupCommit {
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("x402-store-commit".into())
-            .spawn(move || run_committer(&thread_shared, flush))
+            .spawn(move || run_committer(&thread_shared, delay, flush))
             .map_err(|e| Error::io("spawn committer thread", "", e))?;
         Ok(Self { shared, thread: Some(thread) })
     }
@@ -218,11 +228,12 @@ impl Drop for CloseOnExit<'_> {
     }
 }
 
-fn run_committer<F>(shared: &Shared, mut flush: F)
+fn run_committer<F>(shared: &Shared, delay: Duration, mut flush: F)
 where
     F: FnMut() -> Result<()>,
 {
     let _close = CloseOnExit(shared);
+    let mut last_batch = 0;
     loop {
         let shutting_down = {
             let mut state = shared.state.lock();
@@ -234,6 +245,10 @@ where
             }
             state.shutdown
         };
+        if !delay.is_zero() && last_batch > 1 && !shutting_down {
+            // Writers are arriving together: let the ones just behind join this flush.
+            std::thread::sleep(delay);
+        }
 
         // Every write numbered <= seq was applied before this load, so the flush
         // below covers it.
@@ -247,6 +262,7 @@ where
         match result {
             Ok(()) => {
                 let batch = seq.saturating_sub(durable);
+                last_batch = batch;
                 if batch > 0 {
                     state.progress.durable = seq;
                     state.stats.record(batch);
@@ -268,7 +284,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::{sync::atomic::AtomicUsize, time::Duration};
+    use std::sync::atomic::AtomicUsize;
 
     use super::*;
 

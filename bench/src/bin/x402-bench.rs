@@ -72,6 +72,10 @@ struct RunArgs {
     /// The gas snapshot.
     #[arg(long, default_value = "snapshots/PaymentChannelGas.json")]
     gas_snapshot: PathBuf,
+    /// Only the timed runs whose name contains this (repeatable), then stop: no latency, soak,
+    /// scale or report (for profiling one run).
+    #[arg(long)]
+    only: Vec<String>,
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -146,14 +150,19 @@ async fn run(args: RunArgs) -> eyre::Result<()> {
     let server = Server::start(total, 100, &tmp.path().join("node")).await?;
     let vouchers = Arc::new(Vouchers::new(server.requirements().await?));
     let mut runs = Vec::new();
-    for p in &plans {
+    for p in
+        plans.iter().filter(|p| args.only.is_empty() || args.only.iter().any(|o| p.name.contains(o.as_str())))
+    {
         note(&format!("run: {} ({} channels, {} connections)", p.name, p.channels, p.concurrency));
         let r = load::run(&server, &vouchers, p).await?;
         note(&format!(
-            "  {:.0} req/s, {:.1} µs server CPU per request, {} errors",
-            r.rps, r.cpu_us_per_request, r.errors
+            "  {:.0} req/s, {:.1} µs server CPU per request, {:.3} fsyncs per paid request (mean batch {:.1}), {} errors",
+            r.rps, r.cpu_us_per_request, r.fsyncs_per_request, r.mean_batch, r.errors
         ));
         runs.push(r);
+    }
+    if !args.only.is_empty() {
+        return server.stop().await;
     }
     note(&format!("latency at {} req/s", args.latency_rate));
     let (paid, unpaid, errors) =

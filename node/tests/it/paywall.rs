@@ -646,6 +646,16 @@ async fn a_credit_window_pays_later_requests_with_a_session_token() {
     assert_eq!(required(&used_up).error, Some(ErrorCode::SessionInvalid));
     let record = f.engine.channel(f.id).expect("store").expect("record");
     assert_eq!(record.charged, U256::from(6 * PRICE), "exactly one price per request served");
+    // Session charges cost no store write per request; they are written in a batch.
+    let stored = |f: &Fixture<MemoryStore>| -> U256 {
+        let bytes =
+            f.engine.store().get(x402_node::engine::CHANNELS, f.id.as_slice()).expect("store").expect("row");
+        serde_json::from_slice::<x402_node::channel::ChannelRecord>(&bytes).expect("record").charged
+    };
+    assert_eq!(stored(&f), U256::from(2 * PRICE), "the voucher's charge only");
+    assert_eq!(f.engine.flush_charges().await.expect("flushes"), 1);
+    assert_eq!(stored(&f), U256::from(6 * PRICE));
+    assert_eq!(f.engine.flush_charges().await.expect("flushes"), 0, "nothing left to write");
     let metrics = f.engine.metrics().render();
     assert!(metrics.contains("x402_requests_paid_by_session_total 4"), "{metrics}");
     assert!(metrics.contains("x402_requests_paid_total 6"), "{metrics}");
@@ -681,7 +691,10 @@ async fn sessions_die_with_a_new_voucher_an_exit_and_a_restart() {
     assert_eq!(required(&unknown).error, Some(ErrorCode::SessionInvalid));
     assert_eq!(f.chain.lookups(), lookups);
 
-    // A restarted node has no sessions; the charges made with one are in the store.
+    // A restarted node has no sessions; the charges made with one are in the store once written
+    // (the gateway writes them every second and when it stops; the settler before each round).
+    let channels = f.engine.channels().await.expect("lists");
+    assert_eq!(channels[0].charged, U256::from(3 * PRICE), "listing takes the session charges along");
     let engine = Engine::new(terms(), Arc::clone(&store), f.chain.clone(), Metrics::new());
     engine.set_credit_window(3);
     let restarted = Fixture { app: app(engine.clone()), engine, ..f };
