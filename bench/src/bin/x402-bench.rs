@@ -126,7 +126,7 @@ async fn run(args: RunArgs) -> eyre::Result<()> {
         warm_up,
         start: 0,
     };
-    let plans = vec![
+    let plans = [
         plan("unpaid", false, 1, 0, n, false),
         plan("paid k=1", true, 1, range(n), n, true),
         plan("paid k=10", true, 10, range(n), n, true),
