@@ -146,6 +146,12 @@ impl ChainClient {
         self
     }
 
+    /// How long to wait for a transaction's receipt and confirmations (default 120 s).
+    pub fn with_receipt_timeout(mut self, timeout: Duration) -> Self {
+        self.receipt_timeout = timeout;
+        self
+    }
+
     /// Reports every transaction to `observer`.
     pub fn with_observer(mut self, observer: TxObserver) -> Self {
         self.observer = Some(observer);
@@ -242,11 +248,21 @@ impl ChainClient {
         if let Some(observer) = &self.observer {
             observer(TxEvent::Sent { what, hash, confirmations: self.confirmations });
         }
-        let receipt = pending
+        // alloy's own timeout covers the wait for the receipt, not for further confirmations
+        // (on a chain that mines nothing more that wait would never end): bound both.
+        let waiting = pending
             .with_required_confirmations(self.confirmations)
             .with_timeout(Some(self.receipt_timeout))
-            .get_receipt()
+            .get_receipt();
+        let receipt = tokio::time::timeout(self.receipt_timeout, waiting)
             .await
+            .map_err(|_| {
+                Error::Chain(format!(
+                    "{what} transaction {hash}: not confirmed by {} blocks within {} s",
+                    self.confirmations,
+                    self.receipt_timeout.as_secs()
+                ))
+            })?
             .map_err(|e| Error::Chain(format!("{what} transaction {hash}: {e}")))?;
         if !receipt.status() {
             return Err(Error::Reverted(hash));

@@ -1019,6 +1019,11 @@ impl Client {
                 Err(e) => {
                     let onchain = chain.channel(ch.terms.contract, id).await?;
                     if onchain.status != x402_protocol::bindings::IPaymentChannel::Status::Closed {
+                        if answer.queued {
+                            // E.g. a payer without gas: the node closes it in its next batch.
+                            tracing::warn!(target: "x402_client::channel", channel = %id, error = %e, "could not close on-chain; the node will close the channel");
+                            return Ok(closed);
+                        }
                         return Err(e);
                     }
                     tracing::info!(target: "x402_client::channel", channel = %id, "the node closed the channel first");

@@ -1,6 +1,10 @@
 //! A channel's whole life through the CLI, every figure checked on-chain.
 
-use alloy::{network::EthereumWallet, primitives::U256, providers::ProviderBuilder};
+use alloy::{
+    network::EthereumWallet,
+    primitives::U256,
+    providers::{Provider, ProviderBuilder},
+};
 use x402_e2e::{
     cheats,
     harness::{Env, Gateway, PRICE},
@@ -198,5 +202,54 @@ async fn channels_refresh_reads_what_happened_on_chain_without_the_key() {
     // Stored: a plain listing now says so too.
     let table = cli.run(&["channels"]).await.success().stdout;
     assert!(row(&table, channel).join(" ").contains(" exiting (withdraw from "), "{table}");
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payer_without_gas_opens_gaslessly_and_pays_through_a_credit_window() {
+    let env = Env::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let config = env.with_relay(env.gateway_config(upstream().await, data.path()), data.path());
+    let gw = Gateway::start(env.with_provider_key(config, data.path())).await;
+    let key = env.gasless_key(FUNDS).await;
+    let payer = key.address();
+    let cli = Cli::new(&env).key(&key);
+    let url = format!("{}/weather", gw.url);
+
+    // No ETH at all: the provider's node relays the open.
+    let opened = cli
+        .run(&["open", &url, "--deposit", "40000", "--gasless", "permit", "--json"])
+        .await
+        .success()
+        .json();
+    let channel = id(&opened["channel"]["id"]);
+    let onchain = env.channel(channel).await;
+    assert_eq!((onchain.payer, U256::from(onchain.deposit)), (payer, U256::from(40_000)));
+    assert_eq!(env.node_chain.get_transaction_count(payer).await.unwrap(), 0, "the payer sent nothing");
+    // A relay that is not there: exit 6; one that refuses (not this provider's relay): 8.
+    cli.run(&["open", &url, "--gasless", "--relay", "http://127.0.0.1:9"]).await.failure(6, "cannot reach");
+    let plain =
+        Gateway::start(env.gateway_config(upstream().await, tempfile::tempdir().unwrap().path())).await;
+    cli.run(&["open", &url, "--gasless", "--relay", &plain.url]).await.failure(8, "relayer refused");
+    plain.stop().await;
+
+    // A credit window of 5: one voucher per five requests, each request still paid once.
+    for n in 1..=10u64 {
+        let run = cli.run(&["get", &url, "--credit-window", "5", "--json"]).await.success();
+        let payment = &run.json()["payment"];
+        assert_eq!(payment["totalCharged"].as_str(), Some((n * PRICE).to_string().as_str()), "{run}");
+        // Sessions live in the process: each new process signs one voucher (prepaying 5).
+        assert_eq!(payment["nonce"].as_u64(), Some(n), "{run}");
+    }
+    let listed = cli.run(&["channels", "--json"]).await.success().json();
+    let ch = &listed["channels"][0];
+    assert_eq!(ch["spent"].as_str(), Some("10000"));
+    // Without gas the payer cannot submit the provider's authorisation; the node closes it.
+    cli.run(&["close", &channel.to_string()]).await.success();
+    x402_e2e::harness::eventually(30, "the node closes the channel", || async {
+        env.channel(channel).await.status == IPaymentChannel::Status::Closed
+    })
+    .await;
+    assert_eq!(env.balance(payer).await, U256::from(FUNDS - 10 * PRICE), "unused prepaid credit is refunded");
     gw.stop().await;
 }

@@ -109,6 +109,12 @@ pub(crate) struct SettingArgs {
         help_heading = "Limits"
     )]
     pub(crate) challenge_period: Option<u32>,
+    /// Credit window: one voucher pays ahead for up to this many requests (as far as the
+    /// provider allows) and the rest present the session token the node grants, with no
+    /// signature; what is prepaid is at risk until used [config: credit_window; default 1,
+    /// off].
+    #[arg(long, env = "X402_CREDIT_WINDOW", global = true, value_name = "REQUESTS", help_heading = "Limits")]
+    pub(crate) credit_window: Option<u32>,
 }
 
 /// Where the keys come from (files; the keys themselves only from the environment).
@@ -144,6 +150,15 @@ pub(crate) enum Command {
         /// Base URL of the provider's node, for cooperative closes [default: URL's origin].
         #[arg(long)]
         node: Option<String>,
+        /// Open without paying gas: sign an EIP-2612 permit (`permit`) or an EIP-3009
+        /// authorisation (`transfer`; `auto` picks it when the token has it) and let a relayer
+        /// submit it [default: a normal open, paying gas].
+        #[arg(long, value_name = "KIND", num_args = 0..=1, default_missing_value = "auto", value_parser = ["auto", "permit", "transfer"])]
+        gasless: Option<String>,
+        /// The relayer of a gasless open: the base URL of a node that relays opens
+        /// (`POST /x402/open`) [default: the provider's node, --node].
+        #[arg(long, requires = "gasless")]
+        relay: Option<String>,
     },
     /// Add to a channel's deposit (this also cancels a pending exit).
     Topup {

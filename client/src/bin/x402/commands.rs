@@ -8,7 +8,10 @@ use alloy::{
 };
 use reqwest::{Method, Request};
 use serde_json::json;
-use x402_client::{ChainClient, ChannelStatus, Client, ClientChannel, Error, Payment, StateStore};
+use x402_client::{
+    ChainClient, ChannelStatus, Client, ClientChannel, Error, GaslessKind, Payment, Relayer, Settings,
+    StateStore,
+};
 
 use crate::{
     args::{Cli, Command, GetArgs, RequestArgs},
@@ -40,7 +43,9 @@ pub(crate) async fn run(cli: Cli, out: Output, progress: Arc<Progress>) -> Resul
     let client = ctx.client(payer, session).await?;
     match job {
         Job::Request { request, fail } => ctx.request(&client, request, fail).await,
-        Job::Open { url, deposit, node } => ctx.open(&client, &url, deposit, node).await,
+        Job::Open { url, deposit, node, gasless, relay } => {
+            ctx.open(&client, &url, deposit, node, gasless, relay).await
+        }
         Job::Topup { channel, amount } => ctx.top_up(&client, channel, amount).await,
         Job::Close { channel, node } => ctx.close(&client, channel, node.as_deref()).await,
         Job::Exit { channel } => ctx.exit(&client, channel).await,
@@ -51,12 +56,31 @@ pub(crate) async fn run(cli: Cli, out: Output, progress: Arc<Progress>) -> Resul
 /// A command that needs the key and the chain, its input checked.
 #[derive(Debug)]
 enum Job {
-    Request { request: Request, fail: bool },
-    Open { url: url::Url, deposit: Option<U256>, node: Option<String> },
-    Topup { channel: B256, amount: U256 },
-    Close { channel: B256, node: Option<String> },
-    Exit { channel: B256 },
-    Withdraw { channel: B256 },
+    Request {
+        request: Request,
+        fail: bool,
+    },
+    Open {
+        url: url::Url,
+        deposit: Option<U256>,
+        node: Option<String>,
+        gasless: Option<GaslessKind>,
+        relay: Option<String>,
+    },
+    Topup {
+        channel: B256,
+        amount: U256,
+    },
+    Close {
+        channel: B256,
+        node: Option<String>,
+    },
+    Exit {
+        channel: B256,
+    },
+    Withdraw {
+        channel: B256,
+    },
 }
 
 impl Job {
@@ -68,7 +92,19 @@ impl Job {
             Command::Request(RequestArgs { get, method, data }) => {
                 Self::Request { request: build_request(&get, method, data.as_deref())?, fail: get.fail }
             }
-            Command::Open { url, deposit, node } => Self::Open { url: http_url(&url)?, deposit, node },
+            Command::Open { url, deposit, node, gasless, relay } => Self::Open {
+                url: http_url(&url)?,
+                deposit,
+                node,
+                gasless: gasless.map(|kind| match kind.as_str() {
+                    "permit" => GaslessKind::Permit,
+                    "transfer" => GaslessKind::Transfer,
+                    _ => GaslessKind::Auto,
+                }),
+                relay: relay
+                    .map(|r| http_url(&r).map(|u| u.as_str().trim_end_matches('/').to_owned()))
+                    .transpose()?,
+            },
             Command::Topup { channel, amount } => Self::Topup { channel, amount },
             Command::Close { channel, node } => Self::Close { channel, node },
             Command::Exit { channel } => Self::Exit { channel },
@@ -130,6 +166,7 @@ impl Ctx {
             .chain(chain)
             .limits(c.limits())
             .deposit_policy(c.deposit_policy())
+            .settings(Settings { credit_window: c.credit_window, ..Settings::default() })
             .state_dir(c.state_dir())
             .http_client(http);
         if let Some(session) = session {
@@ -176,6 +213,8 @@ impl Ctx {
         url: &url::Url,
         deposit: Option<U256>,
         node: Option<String>,
+        gasless: Option<GaslessKind>,
+        relay: Option<String>,
     ) -> Result<Outcome, CliError> {
         let offer = client.offer_for(url.as_str()).await?;
         let deposit = match deposit {
@@ -187,7 +226,13 @@ impl Ctx {
             )?,
         };
         let node = node.unwrap_or_else(|| url.origin().ascii_serialization());
-        let ch = client.open(&offer, deposit, Some(node)).await?;
+        let ch = match gasless {
+            Some(kind) => {
+                let relayer = Relayer::Node(relay.unwrap_or_else(|| node.clone()));
+                client.open_gasless(&offer, deposit, kind, &relayer, Some(node)).await?
+            }
+            None => client.open(&offer, deposit, Some(node)).await?,
+        };
         let human = format!(
             "{}\n  price      {} per request{}",
             output::channel_summary("opened", &ch),

@@ -29,6 +29,10 @@ pub(crate) struct Config {
     pub(crate) limits: LimitsConfig,
     /// How channels opened by `get` / `request` are funded.
     pub(crate) deposit: DepositConfig,
+    /// Credit window: one voucher pays ahead for up to this many requests (bounded by the
+    /// provider's maximum); the others present the node's session token instead of a
+    /// signature. What is prepaid is at risk until used. Default 1 (off).
+    pub(crate) credit_window: u32,
 }
 
 impl Default for Config {
@@ -40,6 +44,7 @@ impl Default for Config {
             auto_approve: true,
             limits: LimitsConfig::default(),
             deposit: DepositConfig::default(),
+            credit_window: 1,
         }
     }
 }
@@ -129,6 +134,11 @@ impl Config {
         if config.deposit.requests == 0 {
             return Err(CliError::Usage("deposit.requests must be at least 1".into()));
         }
+        if config.credit_window == 0 {
+            return Err(CliError::Usage(
+                "credit_window must be at least 1 (1: a voucher per request)".into(),
+            ));
+        }
         Ok(config)
     }
 
@@ -146,6 +156,7 @@ impl Config {
             deposit_requests,
             auto_top_up,
             challenge_period,
+            credit_window,
         } = args;
         set(&mut self.rpc_url, rpc_url.clone());
         if let Some(dir) = state_dir {
@@ -161,6 +172,7 @@ impl Config {
         if challenge_period.is_some() {
             self.deposit.challenge_period = *challenge_period;
         }
+        set(&mut self.credit_window, *credit_window);
     }
 
     /// The state directory (set by [`Self::resolve`]).
@@ -258,6 +270,7 @@ mod tests {
             state_dir = "/var/lib/x402"
             confirmations = 3
             auto_approve = false
+            credit_window = 10
             [limits]
             max_price = 5
             max_deposit = "1_000"
@@ -281,6 +294,7 @@ mod tests {
                     max_total_deposit: U256::from(10u128.pow(23)),
                 },
                 deposit: DepositConfig { requests: 7, auto_top_up: false, challenge_period: Some(7200) },
+                credit_window: 10,
             }
         );
         // The effective configuration printed by `x402 config` reads back the same.

@@ -63,6 +63,7 @@ impl CliError {
                 Error::Refused { .. }
                 | Error::TooManyAttempts { .. }
                 | Error::CloseRefused { .. }
+                | Error::RelayRefused { .. }
                 | Error::NoAcceptableRequirements(_)
                 | Error::NodeClaimsUnsigned { .. } => ExitKind::Refused,
                 Error::Config(_) => ExitKind::Usage,
@@ -97,6 +98,7 @@ impl CliError {
                 Error::Refused { .. } => "payment_refused",
                 Error::TooManyAttempts { .. } => "too_many_attempts",
                 Error::CloseRefused { .. } => "close_refused",
+                Error::RelayRefused { .. } => "relay_refused",
                 Error::NoAcceptableRequirements(_) => "no_acceptable_requirements",
                 Error::NodeClaimsUnsigned { .. } => "node_claims_unsigned",
                 Error::Config(_) => "config",
@@ -184,6 +186,16 @@ mod tests {
                 "too_many_attempts",
             ),
             (Error::CloseRefused { status: 409, message: "x".into() }.into(), 8, "close_refused"),
+            (
+                Error::RelayRefused {
+                    status: 403,
+                    code: Some("channel_mismatch".into()),
+                    message: "x".into(),
+                }
+                .into(),
+                8,
+                "relay_refused",
+            ),
             (Error::NoAcceptableRequirements("x".into()).into(), 8, "no_acceptable_requirements"),
             (
                 Error::NodeClaimsUnsigned {
