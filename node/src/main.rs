@@ -185,9 +185,9 @@ async fn main() -> eyre::Result<()> {
     match cli.command.unwrap_or(Command::Run) {
         Command::Watch(args) => {
             let (watcher, key) = args.config(&watch_defaults, &config)?;
-            x402_node::watcher::run(watcher, key, shutdown_signal()).await
+            x402_node::watcher::run(watcher, key, x402_node::shutdown_signal()).await
         }
-        Command::Run => x402_node::gateway::run(config, shutdown_signal()).await,
+        Command::Run => x402_node::gateway::run(config, x402_node::shutdown_signal()).await,
         Command::Settle { force, json } => {
             let report = x402_node::gateway::settle_once(config, force).await?;
             let text = if json {
@@ -249,20 +249,3 @@ fn render_report(report: &x402_node::settle::RoundReport) -> String {
     out.trim_end().to_owned()
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            s.recv().await;
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-}

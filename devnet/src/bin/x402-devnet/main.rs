@@ -120,7 +120,7 @@ async fn up(args: UpArgs, artifacts: Artifacts, anvil: Option<PathBuf>) -> eyre:
         ));
     }
     output::line("\nUp until interrupted (ctrl-c): then anvil is stopped and the files above removed.");
-    shutdown_signal().await;
+    x402_node::shutdown_signal().await;
     drop(devnet);
     let config = files.config.clone();
     files.remove()?;
@@ -161,7 +161,7 @@ async fn run_demo(args: DemoArgs, artifacts: Artifacts, anvil: Option<PathBuf>) 
             outcome.wrap_err("the demo failed")?;
             false
         }
-        () = shutdown_signal() => true,
+        () = x402_node::shutdown_signal() => true,
     };
     if interrupted {
         // The story was dropped with the select: everything it started is stopped and its
@@ -174,20 +174,3 @@ async fn run_demo(args: DemoArgs, artifacts: Artifacts, anvil: Option<PathBuf>) 
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            s.recv().await;
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-}
