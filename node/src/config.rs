@@ -76,13 +76,18 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// The file is not valid TOML for [`Config`].
-    #[error("invalid config {path}: {source}")]
+    /// The file is not valid TOML for [`Config`]. The message never quotes the file: a key
+    /// pasted into it by mistake must not end up in an error message or a log.
+    #[error("invalid config {path}: {message} (line {line}, column {column})")]
     Parse {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: Box<toml::de::Error>,
+        /// The line of the error (1-based; 0 if unknown).
+        line: usize,
+        /// The column of the error (1-based; 0 if unknown).
+        column: usize,
+        /// Why, with anything that looks like a private key redacted.
+        message: String,
     },
     /// A setting is missing or inconsistent.
     #[error("invalid config: {0}")]
@@ -409,14 +414,20 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.into(), source })?;
         Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { source, .. } => ConfigError::Parse { path: path.into(), source },
+            ConfigError::Parse { line, column, message, .. } => {
+                ConfigError::Parse { path: path.into(), line, column, message }
+            }
             other => other,
         })
     }
 
     /// Parses TOML text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::new(), source: Box::new(e) })
+        toml::from_str(text).map_err(|e| {
+            // Not `e.to_string()`: toml quotes the offending line of the file.
+            let (line, column) = e.span().map_or((0, 0), |span| position(text, span.start));
+            ConfigError::Parse { path: PathBuf::new(), line, column, message: redact_keys(e.message()) }
+        })
     }
 
     /// Checks settings that TOML types cannot express.
@@ -459,6 +470,39 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The 1-based line and column of byte `offset` in `text`.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// `text` with every run of 64 or more hex digits (a private key, with or without `0x`)
+/// replaced by `<redacted>`: parse errors may quote a value.
+fn redact_keys(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= 64 {
+            out.push_str("<redacted>");
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 #[cfg(test)]
@@ -576,6 +620,32 @@ mod tests {
         let p = ProviderConfig { key_file: Some(dir.path().join("bad")), ..Default::default() };
         let err = p.address().unwrap_err().to_string();
         assert!(!err.contains("not a key"), "the key material must not be echoed: {err}");
+    }
+
+    /// A key pasted into the file by mistake (a field that does not exist, a value of the wrong
+    /// type) is not quoted back in the error, which ends up in logs.
+    #[test]
+    fn parse_errors_do_not_quote_the_file() {
+        let key = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+        for (text, expected, line) in [
+            (format!("[provider]\nkey = \"0x{key}\""), "unknown field `key`", 2),
+            (format!("\n\n[provider]\nkey_env = 0x{key}\n"), "integer", 4),
+            (format!("[chain]\npoll_interval_ms = \"{}\"", key.to_uppercase()), "invalid type", 2),
+            (format!("max_timeout_seconds = \"{key}\""), "invalid type", 1),
+        ] {
+            let err = Config::parse(&text).unwrap_err();
+            let ConfigError::Parse { line: at, .. } = &err else { panic!("a parse error: {err}") };
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.to_lowercase().contains(&key[..32]), "{shown}");
+            assert!(!shown.to_lowercase().contains(&key[32..]), "{shown}");
+            assert!(shown.contains(expected), "{shown}");
+            assert_eq!(*at, line, "{shown}");
+        }
+        assert_eq!(redact_keys(&format!("a 0x{key}, b")), "a 0x<redacted>, b");
+        assert_eq!(
+            redact_keys("address 0x5FbDB2315678afecb367f032d93F642f64180aa3"),
+            "address 0x5FbDB2315678afecb367f032d93F642f64180aa3"
+        );
     }
 
     #[test]

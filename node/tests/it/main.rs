@@ -3,3 +3,5 @@
 mod cli;
 mod differential;
 mod paywall;
+mod process;
+mod secrets;
