@@ -5,7 +5,7 @@ use std::future::Future;
 use alloy::{
     eips::BlockId,
     primitives::{Address, B256, Bytes, U256},
-    providers::{DynProvider, Provider},
+    providers::{DynProvider, Provider, ProviderBuilder},
 };
 use x402_protocol::bindings::IPaymentChannel;
 
@@ -101,6 +101,14 @@ fn rpc(e: impl std::fmt::Display) -> ChainError {
     ChainError::Rpc(e.to_string())
 }
 
+/// A provider of the JSON-RPC endpoint at `url` whose calls fail after `timeout`. Without a
+/// timeout a call to an endpoint that accepts the connection but never answers waits forever,
+/// and with it whatever made the call: the follower, a settlement round, a payment's lookup.
+pub fn http_provider(url: reqwest::Url, timeout: std::time::Duration) -> Result<DynProvider, ChainError> {
+    let client = reqwest::Client::builder().timeout(timeout).build().map_err(rpc)?;
+    Ok(ProviderBuilder::new().connect_reqwest(client, url).erased())
+}
+
 alloy::sol! {
     #[sol(rpc)]
     interface IERC1271 {
@@ -131,10 +139,19 @@ impl ChainReader for RpcChain {
         signature: Bytes,
     ) -> Result<bool, ChainError> {
         // Mirrors OpenZeppelin's SignatureChecker: a reverting call or a malformed answer is
-        // simply "not valid".
+        // simply "not valid". A call that did not get an answer is not: the chain is
+        // unavailable, and the payment can be retried.
+        use alloy::{contract::Error, transports::RpcError};
         let wallet = IERC1271::new(signer, &self.provider);
-        Ok(
-            matches!(wallet.isValidSignature(digest, signature).call().await, Ok(magic) if magic.0 == [0x16, 0x26, 0xba, 0x7e]),
-        )
+        match wallet.isValidSignature(digest, signature).call().await {
+            Ok(magic) => Ok(magic.0 == [0x16, 0x26, 0xba, 0x7e]),
+            Err(Error::TransportError(RpcError::ErrorResp(e)))
+                if e.code == 3 || e.message.contains("revert") =>
+            {
+                Ok(false)
+            }
+            Err(Error::AbiError(_) | Error::ZeroData(..)) => Ok(false),
+            Err(e) => Err(rpc(e)),
+        }
     }
 }

@@ -13,6 +13,7 @@
 //! # chain_id = 31337                 # default: asked from the RPC
 //! confirmations = 2                  # default: blocks before a deposit or top-up is spendable
 //! poll_interval_ms = 1000            # default: how often the event follower polls
+//! rpc_timeout_ms = 10000             # default: an RPC call taking longer fails (and is retried)
 //!
 //! [settlement]                       # needs the provider's key
 //! enabled = true                     # default
@@ -158,6 +159,11 @@ pub struct ChainConfig {
     pub confirmations: u64,
     /// How often the event follower polls, in milliseconds. Default 1000.
     pub poll_interval_ms: u64,
+    /// How long one RPC call may take, in milliseconds, before it fails: the follower and the
+    /// settler then retry, and a payment that needs a chain lookup is refused as
+    /// `unavailable`. Without it an endpoint that accepts connections but never answers
+    /// would stop the node from following the chain for good. Default 10000.
+    pub rpc_timeout_ms: u64,
 }
 
 impl Default for ChainConfig {
@@ -168,6 +174,7 @@ impl Default for ChainConfig {
             contract: None,
             confirmations: 2,
             poll_interval_ms: 1000,
+            rpc_timeout_ms: 10_000,
         }
     }
 }
@@ -446,8 +453,10 @@ impl Config {
         if let Some(token) = &self.admin_token {
             crate::auth::check_token(token).map_err(|e| ConfigError::Invalid(format!("admin_token: {e}")))?;
         }
-        if self.chain.poll_interval_ms == 0 {
-            return Err(ConfigError::Invalid("chain.poll_interval_ms must be positive".into()));
+        if self.chain.poll_interval_ms == 0 || self.chain.rpc_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "chain.poll_interval_ms and chain.rpc_timeout_ms must be positive".into(),
+            ));
         }
         let s = &self.settlement;
         if s.max_batch == 0 || s.interval_secs == 0 || s.resend_after_secs == 0 {
@@ -586,12 +595,14 @@ mod tests {
         );
         assert_eq!(policy.max_age.as_secs(), 86_400);
         assert_eq!((c.chain.confirmations, c.watchers[0].every, c.watchers[0].interval_secs), (6, 1, 5));
+        assert_eq!(c.chain.rpc_timeout_ms, 10_000, "default");
 
         let bad = [
             ("short watcher token", "[[watchers]]\nurl = \"http://w\"\ntoken = \"short\""),
             ("watcher url", "[[watchers]]\nurl = \"w:1\"\ntoken = \"0123456789abcdef\""),
             ("zero batch", "[settlement]\nmax_batch = 0"),
             ("zero poll", "[chain]\npoll_interval_ms = 0"),
+            ("zero rpc timeout", "[chain]\nrpc_timeout_ms = 0"),
         ];
         for (name, text) in bad {
             let mut c = Config::parse(text).unwrap();

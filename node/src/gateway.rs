@@ -16,7 +16,7 @@ use std::{future::Future, sync::Arc};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::{
     primitives::{Address, U256},
-    providers::{Provider, ProviderBuilder},
+    providers::Provider,
 };
 use axum::{
     Json, Router,
@@ -345,9 +345,10 @@ pub async fn settle_once(config: Config, force: bool) -> eyre::Result<crate::set
 async fn open_engine(config: &Config) -> eyre::Result<(Engine<SledStore, RpcChain>, Arc<SledStore>)> {
     let contract = config.chain.contract.ok_or_else(|| eyre::eyre!("chain.contract is required"))?;
     let payee = config.provider.address()?;
-    let provider = ProviderBuilder::new()
-        .connect_http(config.chain.rpc_url.parse().wrap_err("invalid chain.rpc_url")?)
-        .erased();
+    let provider = crate::chain::http_provider(
+        config.chain.rpc_url.parse().wrap_err("invalid chain.rpc_url")?,
+        std::time::Duration::from_millis(config.chain.rpc_timeout_ms),
+    )?;
     let chain_id = match config.chain.chain_id {
         Some(id) => id,
         None => provider.get_chain_id().await.wrap_err("cannot reach the chain RPC")?,
