@@ -1,6 +1,7 @@
 //! Integration tests of the node, compiled as one binary.
 
 mod cli;
+mod crash;
 mod differential;
 mod paywall;
 mod process;
