@@ -130,14 +130,26 @@ fn kept(nonce: u64, amount: u64) -> WatchOutcome {
 async fn api_needs_the_bearer_token() {
     let f = fixture();
     let bearer = format!("Bearer {TOKEN}");
+    let basic = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("provider:{TOKEN}"))
+    };
+    // Missing, empty, wrong, and the right token in the wrong form or under the wrong scheme.
     let refused = [
         None,
+        Some(String::new()),
+        Some("Bearer".to_owned()),
+        Some("Bearer ".to_owned()),
         Some("Bearer wrong-token-wrong-token".to_owned()),
-        Some(format!("bearer {TOKEN}")),
-        Some(TOKEN.to_owned()),
         Some(format!("Bearer {}", &TOKEN[..TOKEN.len() - 1])),
         Some(format!("Bearer {TOKEN}x")),
-        Some("Bearer ".to_owned()),
+        Some(format!("bearer {TOKEN}")),
+        Some(format!("BEARER {TOKEN}")),
+        Some(format!("Bearer  {TOKEN}")),
+        Some(TOKEN.to_owned()),
+        Some(format!("Basic {basic}")),
+        Some(format!("Basic {TOKEN}")),
+        Some(format!("Token {TOKEN}")),
     ];
     for token in &refused {
         for (method, path) in [("POST", WATCH_PATH), ("GET", CHANNELS_PATH)] {
@@ -146,6 +158,18 @@ async fn api_needs_the_bearer_token() {
             let err: ApiError = serde_json::from_slice(&bytes).unwrap();
             assert_eq!(err.error, ApiErrorCode::Unauthorized);
         }
+    }
+    // The token anywhere but in `Authorization`.
+    for (method, path) in [("POST", WATCH_PATH), ("GET", CHANNELS_PATH)] {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("{path}?token={TOKEN}&access_token={TOKEN}"))
+            .header("x-watcher-token", TOKEN)
+            .body(Body::from(body(vec![f.sign(1, 100)])))
+            .unwrap();
+        let resp = f.watcher.router().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{method} {path}: token outside Authorization");
+        assert_eq!(resp.headers()[header::WWW_AUTHENTICATE], "Bearer");
     }
     // Nothing was stored by the refused pushes.
     assert!(f.watcher.channels().unwrap().is_empty());
@@ -395,6 +419,7 @@ fn config_validates_and_redacts_the_token() {
 
     let bad = [
         ("no contract", WatcherConfig { contract: Address::ZERO, ..good.clone() }),
+        ("no token", WatcherConfig { token: String::new(), ..good.clone() }),
         ("short token", WatcherConfig { token: "0123456789abcde".into(), ..good.clone() }),
         ("spaces in token", WatcherConfig { token: "0123456789 abcdef".into(), ..good.clone() }),
         ("zero poll", WatcherConfig { poll_interval: Duration::ZERO, ..good.clone() }),

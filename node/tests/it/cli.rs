@@ -71,7 +71,21 @@ fn bad_configuration_fails_with_a_message() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("bad.toml");
     std::fs::write(&file, "listen = 5\n").expect("writes");
+    let key_file = dir.path().join("watcher.key");
+    std::fs::write(
+        &key_file,
+        alloy::hex::encode(alloy::signers::local::PrivateKeySigner::random().to_bytes()),
+    )
+    .expect("writes");
+    let key_file = key_file.to_str().expect("utf-8");
+    let contract = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
     let cases: Vec<(Vec<&str>, &str)> = vec![
+        // An empty admin or watcher token is refused, not an open endpoint.
+        (vec!["--contract", contract, "--admin-token", "", "run"], "admin_token: a bearer token needs"),
+        (
+            vec!["--contract", contract, "watch", "--token", "", "--key-file", key_file],
+            "a bearer token needs",
+        ),
         (vec!["--config", file.to_str().expect("utf-8")], "invalid config"),
         (vec!["--config", "/nonexistent/x402.toml"], "cannot read config"),
         // No contract configured.

@@ -3,6 +3,8 @@
 mod cli;
 mod crash;
 mod differential;
+mod fixture;
+mod fuzz;
 mod paywall;
 mod process;
 mod secrets;

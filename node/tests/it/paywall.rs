@@ -7,130 +7,26 @@ use alloy::{
     primitives::{Address, B256, U256},
     signers::local::PrivateKeySigner,
 };
-use axum::{Extension, Router, body::Body, http::Request, response::IntoResponse, routing::get};
+use axum::{Router, body::Body, http::Request};
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use http::StatusCode;
 use tower::ServiceExt;
 use x402_node::{
-    Engine, Payment, Price, Terms,
+    Engine, Price,
     channel::OnchainChannel,
     metrics::Metrics,
-    middleware::{Charge, PAYMENT_CHANNEL, Paywall},
+    middleware::{PAYMENT_CHANNEL, Paywall},
     test_utils::{FlakyStore, MemoryChain},
 };
 use x402_protocol::{
     ChannelDomain, Voucher,
-    wire::{self, ErrorCode, PaymentPayload, PaymentRequired, PaymentRequirements, SettlementResponse},
+    wire::{self, ErrorCode, PaymentPayload},
 };
 use x402_store::{KvStore, MemoryStore, SledStore};
 
-const CHAIN_ID: u64 = 31337;
-const PRICE: u64 = 1_000;
-
-struct Fixture<S> {
-    app: Router,
-    engine: Engine<S, MemoryChain>,
-    chain: MemoryChain,
-    payer: PrivateKeySigner,
-    id: B256,
-    domain: ChannelDomain,
-    requirements: PaymentRequirements,
-    _store: Arc<S>,
-}
-
-fn terms() -> Terms {
-    Terms {
-        chain_id: CHAIN_ID,
-        contract: Address::repeat_byte(0xcc),
-        payee: Address::repeat_byte(0xbb),
-        asset: Address::repeat_byte(0xaa),
-        min_challenge_period: 3600,
-        min_deposit: U256::ZERO,
-        max_timeout_seconds: 30,
-    }
-}
-
-fn onchain(payer: Address, deposit: u64) -> OnchainChannel {
-    OnchainChannel {
-        payer,
-        payee: terms().payee,
-        token: terms().asset,
-        signer: payer,
-        signer_is_contract: false,
-        deposit: U256::from(deposit),
-        challenge_period: 86_400,
-        exit_at: 0,
-        open: true,
-        nonce: 0,
-        paid: U256::ZERO,
-        pending_close: false,
-    }
-}
-
-fn app<S: KvStore>(engine: Engine<S, MemoryChain>) -> Router {
-    Router::new()
-        .route("/paid", get(|Extension(p): Extension<Payment>| async move { format!("hello {}", p.payer) }))
-        .route(
-            "/llm",
-            get(|| async { ([("x-tokens", "42")], Charge(U256::from(420)), "completion").into_response() }),
-        )
-        .route("/broken", get(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
-        .route("/free", get(|| async { "free" }))
-        .layer(
-            Paywall::new(engine)
-                .route("/paid", Price::exact(U256::from(PRICE)))
-                .route("/broken", Price::exact(U256::from(PRICE)))
-                .route("/llm", Price::upto(U256::from(PRICE))),
-        )
-}
-
-fn fixture<S: KvStore>(store: Arc<S>) -> Fixture<S> {
-    let chain = MemoryChain::default();
-    let payer = PrivateKeySigner::random();
-    let id = B256::repeat_byte(0x11);
-    chain.set(id, onchain(payer.address(), 10 * PRICE));
-    let domain = ChannelDomain::new(CHAIN_ID, terms().contract);
-    let engine = Engine::new(terms(), Arc::clone(&store), chain.clone(), Metrics::new());
-    let requirements = engine.requirements(&Price::exact(U256::from(PRICE)), None);
-    Fixture { app: app(engine.clone()), engine, chain, payer, id, domain, requirements, _store: store }
-}
-
-impl<S: KvStore> Fixture<S> {
-    fn header(&self, nonce: u64, amount: u64) -> String {
-        let signed = self
-            .domain
-            .sign(&self.payer, Voucher { channelId: self.id, nonce, cumulativeAmount: U256::from(amount) })
-            .expect("signs");
-        wire::encode_header(&PaymentPayload::new(&self.requirements, &signed))
-    }
-
-    async fn send(&self, path: &str, header: Option<(&str, String)>) -> http::Response<Body> {
-        let mut req = Request::get(path);
-        if let Some((name, value)) = header {
-            req = req.header(name, value);
-        }
-        self.app.clone().oneshot(req.body(Body::empty()).expect("request")).await.expect("infallible")
-    }
-
-    async fn pay(&self, path: &str, nonce: u64, amount: u64) -> http::Response<Body> {
-        self.send(path, Some((wire::PAYMENT_SIGNATURE, self.header(nonce, amount)))).await
-    }
-}
-
-fn required(resp: &http::Response<Body>) -> PaymentRequired {
-    let h = resp.headers().get(wire::PAYMENT_REQUIRED).expect("PAYMENT-REQUIRED header");
-    wire::decode_header(h.as_bytes()).expect("decodes")
-}
-
-fn settlement(resp: &http::Response<Body>) -> SettlementResponse {
-    let h = resp.headers().get(wire::PAYMENT_RESPONSE).expect("PAYMENT-RESPONSE header");
-    wire::decode_header(h.as_bytes()).expect("decodes")
-}
-
-async fn body_json(resp: http::Response<Body>) -> serde_json::Value {
-    let bytes = http_body_util::BodyExt::collect(resp.into_body()).await.expect("body").to_bytes();
-    serde_json::from_slice(&bytes).expect("json body")
-}
+use crate::fixture::{
+    CHAIN_ID, Fixture, PRICE, app, body_json, fixture, onchain, required, settlement, terms,
+};
 
 #[tokio::test]
 async fn unpaid_request_gets_terms_in_header_and_body() {
@@ -173,102 +69,307 @@ async fn paid_request_is_served_with_payment_response_and_extension() {
     assert_eq!(f.chain.lookups(), 1);
 }
 
+/// Every way a payment can be wrong, each with its exact status and x402 code: the header's
+/// base64 and JSON (truncated, oversized, wrong types), the wire terms (version, scheme,
+/// network), the EIP-712 domain (contract, chain id), the voucher's nonce and amount against
+/// the node's state and the deposit, the signature (high-s, `v`, length, another key, another
+/// channel), the channel's state and terms, and sessions. Nothing refused changes the store.
 #[tokio::test]
 async fn every_refusal_has_its_code() {
+    use serde_json::{Value, json};
+    use x402_protocol::SignedVoucher;
+
     let f = fixture(Arc::new(MemoryStore::new()));
     // The client signs a generous ceiling; the node charges the price.
     assert_eq!(f.pay("/paid", 5, 5 * PRICE).await.status(), StatusCode::OK);
+    let before = f.engine.channel(f.id).expect("store").expect("record");
 
-    let signed = f
-        .domain
-        .sign(&f.payer, Voucher { channelId: f.id, nonce: 9, cumulativeAmount: U256::from(9 * PRICE) })
-        .expect("signs");
-    let mut wrong_scheme = PaymentPayload::new(&f.requirements, &signed);
-    wrong_scheme.accepted.as_mut().expect("accepted").scheme = "exact".into();
-    let mut wrong_network = PaymentPayload::new(&f.requirements, &signed);
-    wrong_network.accepted.as_mut().expect("accepted").network = "eip155:1".into();
-    let mut wrong_version = PaymentPayload::new(&f.requirements, &signed);
-    wrong_version.x402_version = 7;
-    let mut unknown = PaymentPayload::new(&f.requirements, &signed);
-    unknown.payload.channel_id = B256::repeat_byte(0x99);
+    // Channels in other states and on other terms, all paid by the fixture's payer.
+    let payer = f.payer.address();
+    let on = |byte: u8, change: fn(&mut OnchainChannel)| {
+        let id = B256::repeat_byte(byte);
+        let mut channel = onchain(payer, 10 * PRICE);
+        change(&mut channel);
+        f.chain.set(id, channel);
+        id
+    };
+    let closing = on(0x21, |c| c.exit_at = 99);
+    let closed = on(0x22, |c| c.open = false);
+    let native = on(0x23, |c| c.token = Address::ZERO);
+    let foreign = on(0x24, |c| c.payee = Address::repeat_byte(0x01));
+    let short = on(0x25, |c| c.challenge_period = 60);
+
+    let sign_in = |domain: &ChannelDomain, key: &PrivateKeySigner, id: B256, nonce: u64, amount: u64| {
+        domain
+            .sign(key, Voucher { channelId: id, nonce, cumulativeAmount: U256::from(amount) })
+            .expect("signs")
+    };
+    let encode = |v: &SignedVoucher| wire::encode_header(&PaymentPayload::new(&f.requirements, v));
+    let on_channel = |id: B256| encode(&sign_in(&f.domain, &f.payer, id, 1, PRICE));
+    // The voucher the node would accept next, and variants of it.
+    let next = f.sign(6, 2 * PRICE);
+    let json_of =
+        |v: &SignedVoucher| serde_json::to_value(PaymentPayload::new(&f.requirements, v)).expect("json");
+    let text = json_of(&next).to_string();
+    let b64 = |text: &str| STANDARD.encode(text);
+    let edit = |change: &dyn Fn(&mut Value)| {
+        let mut value = json_of(&next);
+        change(&mut value);
+        b64(&value.to_string())
+    };
+    let with_signature = |signature: Vec<u8>| {
+        encode(&SignedVoucher { voucher: next.voucher.clone(), signature: signature.into() })
+    };
+    // The same signature with s replaced by n - s and v flipped: as valid for ECDSA, refused by
+    // the contract (and the node) as malleable.
+    let high_s = {
+        const N: U256 =
+            alloy::primitives::uint!(0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141_U256);
+        let mut sig = next.signature.to_vec();
+        let s = U256::from_be_slice(&sig[32..64]);
+        sig[32..64].copy_from_slice(&(N - s).to_be_bytes::<32>());
+        sig[64] = 55 - sig[64];
+        let alloy_sig = alloy::primitives::Signature::from_raw(&sig).expect("65 bytes");
+        let digest = f.domain.signing_hash(&next.voucher);
+        assert_eq!(alloy_sig.recover_address_from_prehash(&digest).ok(), Some(payer), "same signer");
+        sig
+    };
+    let raw_v = {
+        let mut sig = next.signature.to_vec();
+        sig[64] -= 27;
+        sig
+    };
     let stranger = PrivateKeySigner::random();
-    let forged = f
-        .domain
-        .sign(&stranger, Voucher { channelId: f.id, nonce: 9, cumulativeAmount: U256::from(9 * PRICE) })
-        .expect("signs");
-    let mut bad_types = serde_json::to_value(PaymentPayload::new(&f.requirements, &signed)).expect("json");
-    bad_types["payload"]["nonce"] = serde_json::json!("nine");
+    let other_channel = sign_in(&f.domain, &f.payer, B256::repeat_byte(0x99), 6, 2 * PRICE);
+    let other_contract = ChannelDomain::new(CHAIN_ID, Address::repeat_byte(0xcd));
+    let other_chain = ChannelDomain::new(1, terms().contract);
+    let v1_without_network = edit(&|v| {
+        v.as_object_mut().expect("object").remove("accepted");
+        v["scheme"] = json!("channel");
+    });
 
-    let cases: Vec<(&str, String, StatusCode, ErrorCode)> = vec![
-        ("bad base64", "%%%".into(), StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload),
-        ("bad json", STANDARD.encode("{nope"), StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload),
+    use ErrorCode as E;
+    let bad = StatusCode::BAD_REQUEST;
+    let pay = StatusCode::PAYMENT_REQUIRED;
+    let sig = wire::PAYMENT_SIGNATURE;
+    let cases: Vec<(&str, &str, String, StatusCode, ErrorCode)> = vec![
+        // base64
+        ("base64: not base64", sig, "%%%".into(), bad, E::InvalidPayload),
         (
-            "wrong types",
-            STANDARD.encode(bad_types.to_string()),
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidPayload,
+            "base64: truncated",
+            sig,
+            encode(&next)[..encode(&next).len() - 1].to_owned(),
+            bad,
+            E::InvalidPayload,
         ),
-        ("huge", "A".repeat(wire::MAX_HEADER_LEN + 4), StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload),
+        ("base64: oversized", sig, "A".repeat(wire::MAX_HEADER_LEN + 4), bad, E::InvalidPayload),
         (
-            "version",
-            wire::encode_header(&wrong_version),
-            StatusCode::PAYMENT_REQUIRED,
-            ErrorCode::InvalidX402Version,
+            "base64: oversized valid JSON",
+            sig,
+            edit(&|v| v["padding"] = json!("x".repeat(wire::MAX_HEADER_LEN))),
+            bad,
+            E::InvalidPayload,
         ),
+        ("base64: empty", sig, String::new(), bad, E::InvalidPayload),
+        // JSON
+        ("json: truncated", sig, b64(&text[..text.len() / 2]), bad, E::InvalidPayload),
+        ("json: not JSON", sig, b64("{nope"), bad, E::InvalidPayload),
+        ("json: an array", sig, b64("[1,2]"), bad, E::InvalidPayload),
+        ("json: a string", sig, b64("\"channel\""), bad, E::InvalidPayload),
         (
-            "scheme",
-            wire::encode_header(&wrong_scheme),
-            StatusCode::PAYMENT_REQUIRED,
-            ErrorCode::InvalidScheme,
-        ),
-        (
-            "network",
-            wire::encode_header(&wrong_network),
-            StatusCode::PAYMENT_REQUIRED,
-            ErrorCode::InvalidNetwork,
-        ),
-        ("unknown", wire::encode_header(&unknown), StatusCode::PAYMENT_REQUIRED, ErrorCode::ChannelUnknown),
-        ("stale nonce", f.header(5, 6 * PRICE), StatusCode::PAYMENT_REQUIRED, ErrorCode::NonceTooLow),
-        (
-            "below price",
-            f.header(6, 2 * PRICE - 1),
-            StatusCode::PAYMENT_REQUIRED,
-            ErrorCode::AmountBelowPrice,
-        ),
-        (
-            "over deposit",
-            f.header(6, 10 * PRICE + 1),
-            StatusCode::PAYMENT_REQUIRED,
-            ErrorCode::InsufficientDeposit,
+            "json: nonce above u64",
+            sig,
+            b64(&text.replace("\"nonce\":6", "\"nonce\":18446744073709551616")),
+            bad,
+            E::InvalidPayload,
         ),
         (
-            "forged",
-            wire::encode_header(&PaymentPayload::new(&f.requirements, &forged)),
-            StatusCode::PAYMENT_REQUIRED,
-            ErrorCode::InvalidSignature,
+            "json: amount above u256",
+            sig,
+            edit(&|v| v["payload"]["cumulativeAmount"] = json!(format!("1{}", "0".repeat(78)))),
+            bad,
+            E::InvalidPayload,
+        ),
+        (
+            "json: nonce a string",
+            sig,
+            edit(&|v| v["payload"]["nonce"] = json!("six")),
+            bad,
+            E::InvalidPayload,
+        ),
+        (
+            "json: amount a number",
+            sig,
+            edit(&|v| v["payload"]["cumulativeAmount"] = json!(2 * PRICE)),
+            bad,
+            E::InvalidPayload,
+        ),
+        (
+            "json: signature a number",
+            sig,
+            edit(&|v| v["payload"]["signature"] = json!(7)),
+            bad,
+            E::InvalidPayload,
+        ),
+        (
+            "json: signature not hex",
+            sig,
+            edit(&|v| v["payload"]["signature"] = json!("0xzz")),
+            bad,
+            E::InvalidPayload,
+        ),
+        (
+            "json: short channel id",
+            sig,
+            edit(&|v| v["payload"]["channelId"] = json!("0x11")),
+            bad,
+            E::InvalidPayload,
+        ),
+        ("json: payload an array", sig, edit(&|v| v["payload"] = json!([])), bad, E::InvalidPayload),
+        ("json: version a string", sig, edit(&|v| v["x402Version"] = json!("2")), bad, E::InvalidPayload),
+        (
+            "json: network a number",
+            sig,
+            edit(&|v| v["accepted"]["network"] = json!(31337)),
+            bad,
+            E::InvalidPayload,
+        ),
+        (
+            "json: unknown voucher field",
+            sig,
+            edit(&|v| v["payload"]["extra"] = json!(1)),
+            bad,
+            E::InvalidPayload,
+        ),
+        (
+            "json: no signature",
+            sig,
+            edit(&|v| {
+                v["payload"].as_object_mut().expect("object").remove("signature");
+            }),
+            bad,
+            E::InvalidPayload,
+        ),
+        // The wire terms.
+        ("version 0", sig, edit(&|v| v["x402Version"] = json!(0)), pay, E::InvalidX402Version),
+        ("version 3", sig, edit(&|v| v["x402Version"] = json!(3)), pay, E::InvalidX402Version),
+        ("scheme exact", sig, edit(&|v| v["accepted"]["scheme"] = json!("exact")), pay, E::InvalidScheme),
+        (
+            "no scheme",
+            sig,
+            edit(&|v| {
+                v.as_object_mut().expect("object").remove("accepted");
+            }),
+            pay,
+            E::InvalidScheme,
+        ),
+        (
+            "network of another chain",
+            sig,
+            edit(&|v| v["accepted"]["network"] = json!("eip155:1")),
+            pay,
+            E::InvalidNetwork,
+        ),
+        (
+            "network not CAIP-2",
+            sig,
+            edit(&|v| v["accepted"]["network"] = json!("31337")),
+            pay,
+            E::InvalidNetwork,
+        ),
+        ("v1 without a network", sig, v1_without_network, pay, E::InvalidNetwork),
+        // The EIP-712 domain: the node cannot tell which domain was used, only that the
+        // signature does not recover to the channel's signer.
+        (
+            "signed for another contract",
+            sig,
+            encode(&sign_in(&other_contract, &f.payer, f.id, 6, 2 * PRICE)),
+            pay,
+            E::InvalidSignature,
+        ),
+        (
+            "signed for another chain id",
+            sig,
+            encode(&sign_in(&other_chain, &f.payer, f.id, 6, 2 * PRICE)),
+            pay,
+            E::InvalidSignature,
+        ),
+        // The voucher against the node's state (5, charged 1 price, ceiling 5) and the deposit.
+        ("replayed voucher", sig, f.header(5, 5 * PRICE), pay, E::NonceTooLow),
+        ("lower nonce", sig, f.header(4, 6 * PRICE), pay, E::NonceTooLow),
+        ("equal nonce, higher amount", sig, f.header(5, 7 * PRICE), pay, E::NonceTooLow),
+        ("nonce zero", sig, f.header(0, 2 * PRICE), pay, E::NonceTooLow),
+        ("amount below the price", sig, f.header(6, 2 * PRICE - 1), pay, E::AmountBelowPrice),
+        ("amount of what was charged", sig, f.header(6, PRICE), pay, E::AmountBelowPrice),
+        ("amount above the deposit", sig, f.header(6, 10 * PRICE + 1), pay, E::InsufficientDeposit),
+        // The signature.
+        ("high-s signature", sig, with_signature(high_s), pay, E::InvalidSignature),
+        ("v of 0/1", sig, with_signature(raw_v), pay, E::InvalidSignature),
+        ("64-byte signature", sig, with_signature(next.signature[..64].to_vec()), pay, E::InvalidSignature),
+        ("empty signature", sig, with_signature(Vec::new()), pay, E::InvalidSignature),
+        (
+            "signed by another key",
+            sig,
+            encode(&sign_in(&f.domain, &stranger, f.id, 6, 2 * PRICE)),
+            pay,
+            E::InvalidSignature,
+        ),
+        (
+            "signature of another channel",
+            sig,
+            with_signature(other_channel.signature.to_vec()),
+            pay,
+            E::InvalidSignature,
+        ),
+        // The channel.
+        ("unknown channel", sig, on_channel(B256::repeat_byte(0x99)), pay, E::ChannelUnknown),
+        ("exit pending", sig, on_channel(closing), pay, E::ChannelClosing),
+        ("closed", sig, on_channel(closed), pay, E::ChannelClosed),
+        ("native-token channel on a token route", sig, on_channel(native), pay, E::ChannelMismatch),
+        ("channel of another provider", sig, on_channel(foreign), pay, E::ChannelMismatch),
+        ("challenge period too short", sig, on_channel(short), pay, E::ChannelMismatch),
+        // The v1 header and sessions.
+        ("X-PAYMENT, bad JSON", wire::X_PAYMENT, b64("{nope"), bad, E::InvalidPayload),
+        ("X-PAYMENT, replayed", wire::X_PAYMENT, f.header(5, 5 * PRICE), pay, E::NonceTooLow),
+        ("session malformed", wire::PAYMENT_SESSION, "0x12:0x34".into(), bad, E::InvalidPayload),
+        (
+            "session unknown",
+            wire::PAYMENT_SESSION,
+            wire::encode_session(f.id, B256::repeat_byte(0x42)),
+            pay,
+            E::SessionInvalid,
         ),
     ];
-    for (name, header, status, code) in cases {
-        let resp = f.send("/paid", Some((wire::PAYMENT_SIGNATURE, header))).await;
+    for (name, header, value, status, code) in cases {
+        let resp = f.send("/paid", Some((header, value))).await;
         assert_eq!(resp.status(), status, "{name}");
         let pr = required(&resp);
-        assert_eq!(pr.error, Some(code), "{name}");
+        assert_eq!(pr.error, Some(code), "{name}: {:?}", pr.message);
         assert!(pr.message.as_deref().is_some_and(|m| !m.is_empty()), "{name}: has a message");
+        if code.is_corrective() {
+            assert_eq!(pr.accepts[0].extra.channel.as_ref().map(|s| s.nonce), Some(5), "{name}: node state");
+        }
         let body = body_json(resp).await;
         assert_eq!(body["error"], code.as_str(), "{name}: body carries the code");
     }
+    assert_eq!(f.engine.channel(f.id).expect("store").expect("record"), before, "refusals change nothing");
+    // The next voucher itself is fine.
+    assert_eq!(f.send("/paid", Some((sig, encode(&next)))).await.status(), StatusCode::OK);
 
     // Corrective refusals carry the node's state, so the client can resync at once.
     let resp = f.pay("/paid", 3, 3 * PRICE).await;
     let state = required(&resp).accepts[0].extra.channel.clone().expect("state in a corrective 402");
-    assert_eq!((state.nonce, state.charged, state.deposit), (5, U256::from(PRICE), U256::from(10 * PRICE)));
-    assert_eq!(state.cumulative_amount, U256::from(5 * PRICE));
+    assert_eq!(
+        (state.nonce, state.charged, state.deposit),
+        (6, U256::from(2 * PRICE), U256::from(10 * PRICE))
+    );
+    assert_eq!(state.cumulative_amount, U256::from(2 * PRICE));
     let resp = f.pay("/paid", state.nonce + 1, (state.charged + U256::from(PRICE)).to::<u64>()).await;
     assert_eq!(resp.status(), StatusCode::OK);
 
     // An unpaid request naming the channel gets the node's state in its 402.
     let named = f.send("/paid", Some((PAYMENT_CHANNEL, f.id.to_string()))).await;
-    assert_eq!(required(&named).accepts[0].extra.channel.as_ref().map(|s| s.nonce), Some(6));
+    assert_eq!(required(&named).accepts[0].extra.channel.as_ref().map(|s| s.nonce), Some(7));
 }
 
 impl<S: KvStore> Fixture<S> {
@@ -481,8 +582,6 @@ async fn admin_endpoints_need_the_token_and_report_revenue() {
     };
     let upstream = Upstream::new("http://127.0.0.1:9", std::time::Duration::from_secs(1));
     let app = router(engine.clone(), Paywall::new(engine.clone()), upstream.clone(), Some(token.into()));
-    assert_eq!(get(app.clone(), "/admin/revenue", None).await.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(get(app.clone(), "/admin/revenue", Some("wrong")).await.status(), StatusCode::UNAUTHORIZED);
     let revenue = body_json(get(app.clone(), "/admin/revenue", Some(token)).await).await;
     assert_eq!(revenue[0]["token"], serde_json::json!(terms().asset));
     assert_eq!(
@@ -491,10 +590,87 @@ async fn admin_endpoints_need_the_token_and_report_revenue() {
     );
     let channels = body_json(get(app, "/admin/channels", Some(token)).await).await;
     assert_eq!(channels[0]["nonce"], 1);
+}
 
-    // Without a configured token the admin endpoints do not exist.
-    let closed = router(engine.clone(), Paywall::new(engine), upstream, None);
-    assert_eq!(get(closed, "/admin/channels", Some(token)).await.status(), StatusCode::NOT_FOUND);
+/// Every admin endpoint (`/admin/channels`, `/admin/revenue`, `POST /admin/settle`) refuses every
+/// credential but `Authorization: Bearer <admin_token>` with 401 and a `WWW-Authenticate:
+/// Bearer` challenge, and does not exist without a configured token (404, whatever is sent).
+#[tokio::test]
+async fn admin_endpoints_refuse_every_wrong_credential() {
+    use alloy::providers::{Provider, ProviderBuilder};
+    use x402_node::{
+        chain::RpcChain,
+        gateway::{Upstream, router, settle_router},
+        settle::{SettlementPolicy, Settler},
+    };
+
+    const TOKEN: &str = "admin-token-0123456789";
+    let store = Arc::new(MemoryStore::new());
+    let f = fixture(Arc::clone(&store));
+    assert_eq!(f.pay("/paid", 1, PRICE).await.status(), StatusCode::OK);
+    // The settle endpoint needs a settler, hence an RPC chain: nothing reaches it here (a round
+    // with nothing due makes no call), so it may point nowhere.
+    let rpc = ProviderBuilder::new().connect_http("http://127.0.0.1:9".parse().expect("url")).erased();
+    let engine = Engine::new(terms(), store, RpcChain::new(rpc, terms().contract), Metrics::new());
+    let settler =
+        Arc::new(Settler::new(engine.clone(), PrivateKeySigner::random(), SettlementPolicy::default()));
+    let upstream = Upstream::new("http://127.0.0.1:9", std::time::Duration::from_secs(1));
+    let gateway = |token: Option<&str>| {
+        router(engine.clone(), Paywall::new(engine.clone()), upstream.clone(), token.map(str::to_owned))
+            .merge(settle_router(Arc::clone(&settler), token.map(str::to_owned)))
+    };
+    let endpoints = [("GET", "/admin/channels"), ("GET", "/admin/revenue"), ("POST", "/admin/settle")];
+    let send = |app: Router, method: &str, path: &str, headers: &[(&str, String)]| {
+        let mut req = Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            req = req.header(*name, value);
+        }
+        app.oneshot(req.body(Body::empty()).expect("request"))
+    };
+
+    let basic = STANDARD.encode(format!("admin:{TOKEN}"));
+    let auth = |v: String| vec![("authorization", v)];
+    // (name, headers, query string)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
+    let refused: Vec<Case<'_>> = vec![
+        ("missing", vec![], ""),
+        ("empty header", auth(String::new()), ""),
+        ("scheme only", auth("Bearer".into()), ""),
+        ("empty token", auth("Bearer ".into()), ""),
+        ("wrong token", auth("Bearer wrong-token-0123456789".into()), ""),
+        ("token with a suffix", auth(format!("Bearer {TOKEN}x")), ""),
+        ("token prefix", auth(format!("Bearer {}", &TOKEN[..TOKEN.len() - 1])), ""),
+        ("lower-case scheme", auth(format!("bearer {TOKEN}")), ""),
+        ("upper-case scheme", auth(format!("BEARER {TOKEN}")), ""),
+        ("two spaces", auth(format!("Bearer  {TOKEN}")), ""),
+        ("no scheme", auth(TOKEN.into()), ""),
+        ("basic", auth(format!("Basic {basic}")), ""),
+        ("basic, raw token", auth(format!("Basic {TOKEN}")), ""),
+        ("token scheme", auth(format!("Token {TOKEN}")), ""),
+        ("another header", vec![("x-admin-token", TOKEN.into())], ""),
+        ("query string", vec![], "?token=admin-token-0123456789&access_token=admin-token-0123456789"),
+    ];
+    let app = gateway(Some(TOKEN));
+    for (method, path) in endpoints {
+        for (name, headers, query) in &refused {
+            let resp =
+                send(app.clone(), method, &format!("{path}{query}"), headers).await.expect("infallible");
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{method} {path}: {name}");
+            assert_eq!(resp.headers()[http::header::WWW_AUTHENTICATE], "Bearer", "{method} {path}: {name}");
+        }
+        let resp =
+            send(app.clone(), method, path, &auth(format!("Bearer {TOKEN}"))).await.expect("infallible");
+        assert_eq!(resp.status(), StatusCode::OK, "{method} {path} with the token");
+    }
+
+    // Without a configured token the admin endpoints do not exist, for any credential.
+    let closed = gateway(None);
+    for (method, path) in endpoints {
+        for headers in [vec![], auth(format!("Bearer {TOKEN}")), auth("Bearer ".into())] {
+            let resp = send(closed.clone(), method, path, &headers).await.expect("infallible");
+            assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{method} {path} without a configured token");
+        }
+    }
 }
 
 /// The cooperative close endpoint, in-process: every answer, the authorisation it signs, and a
