@@ -248,4 +248,3 @@ fn render_report(report: &x402_node::settle::RoundReport) -> String {
     }
     out.trim_end().to_owned()
 }
-

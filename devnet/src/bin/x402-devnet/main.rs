@@ -173,4 +173,3 @@ async fn run_demo(args: DemoArgs, artifacts: Artifacts, anvil: Option<PathBuf>) 
     }
     Ok(())
 }
-
