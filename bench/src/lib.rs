@@ -14,6 +14,7 @@
 //!
 //! This crate has no feature flags.
 
+pub mod batch;
 pub mod fixture;
 pub mod load;
 pub mod report;
