@@ -41,6 +41,9 @@ sol! {
     }
 }
 
+/// How long one RPC call may take before it fails.
+pub(crate) const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A transaction's progress, as reported to a [`TxObserver`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TxEvent {
@@ -112,7 +115,13 @@ impl ChainClient {
     pub async fn connect(rpc_url: &str, payer: PrivateKeySigner) -> Result<Self> {
         let url = rpc_url.parse().map_err(|e| Error::Chain(format!("invalid RPC URL {rpc_url:?}: {e}")))?;
         let address = payer.address();
-        let provider = ProviderBuilder::new().wallet(EthereumWallet::from(payer)).connect_http(url).erased();
+        // Every call times out, so a hung endpoint is an error, not a hang.
+        let http = reqwest::Client::builder()
+            .timeout(RPC_TIMEOUT)
+            .build()
+            .map_err(|e| Error::Config(format!("cannot build the RPC client: {e}")))?;
+        let provider =
+            ProviderBuilder::new().wallet(EthereumWallet::from(payer)).connect_reqwest(http, url).erased();
         let chain_id = provider
             .get_chain_id()
             .await

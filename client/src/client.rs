@@ -231,6 +231,7 @@ impl ClientBuilder {
                 active: Mutex::new(active),
                 opening: tokio::sync::Mutex::new(()),
                 windows: Mutex::new(HashMap::new()),
+                unsent: Mutex::new(HashMap::new()),
                 offers: Mutex::new(HashMap::new()),
             }),
         })
@@ -269,6 +270,8 @@ struct Inner {
     opening: tokio::sync::Mutex<()>,
     /// One prepaying voucher in flight per channel (credit windows).
     windows: Mutex<HashMap<B256, Arc<WindowGate>>>,
+    /// Per channel, the latest voucher whose request failed in transport, to send again.
+    unsent: Mutex<HashMap<B256, Prepared>>,
     /// The requirements last accepted per request target, so repeated requests pay at once
     /// instead of first collecting a 402.
     offers: Mutex<HashMap<String, PaymentRequirements>>,
@@ -278,6 +281,8 @@ struct Inner {
 #[derive(Clone, Debug)]
 struct Prepared {
     channel: B256,
+    /// The voucher's nonce (for a session: the nonce of the voucher that prepaid it).
+    nonce: u64,
     /// `PAYMENT-SIGNATURE`, or `PAYMENT-SESSION` for a request inside a prepaid window.
     name: &'static str,
     header: HeaderValue,
@@ -440,7 +445,16 @@ impl Client {
             };
             let mut paid = try_clone(&request)?;
             paid.headers_mut().insert(prepared.name, prepared.header.clone());
-            let mut response = send(paid).await?;
+            let mut response = match send(paid).await {
+                Ok(response) => response,
+                Err(e) => {
+                    if prepared.name == PAYMENT_SIGNATURE {
+                        let keep = Prepared { _window: None, ..prepared };
+                        self.inner.unsent.lock().insert(keep.channel, keep);
+                    }
+                    return Err(e);
+                }
+            };
             if response.status() != StatusCode::PAYMENT_REQUIRED {
                 let payment = self.receipt(&prepared, &response, &offer, attempt).await?;
                 self.inner.offers.lock().insert(target, offer);
@@ -543,13 +557,26 @@ impl Client {
                 None => self.open_for(offer, origin).await?,
             };
             let mut ch = slot.lock().await;
+            // A voucher whose request failed in transport is sent again rather than replaced
+            // by a new one a price higher: the node may never have seen it, and raising the
+            // signed ceiling on every failed attempt would put more at risk each time.
+            let unsent = self.inner.unsent.lock().remove(&ch.id);
+            if let Some(unsent) = unsent.filter(|p| p.nonce == ch.nonce && ch.status == ChannelStatus::Open) {
+                return Ok(unsent);
+            }
             let mut gate = None;
             if window > 1 {
                 if let Some(token) = ch.take_session_use() {
                     // Inside the prepaid window: nothing is signed, nothing more is put at risk.
                     let header = HeaderValue::from_str(&wire::encode_session(ch.id, token))
                         .map_err(|e| Error::Malformed(e.to_string()))?;
-                    return Ok(Prepared { channel: ch.id, name: PAYMENT_SESSION, header, _window: None });
+                    return Ok(Prepared {
+                        channel: ch.id,
+                        nonce: ch.nonce,
+                        name: PAYMENT_SESSION,
+                        header,
+                        _window: None,
+                    });
                 }
                 // One prepaying voucher at a time per channel: requests that find no session
                 // wait for the grant of the voucher in flight instead of each prepaying
@@ -579,6 +606,7 @@ impl Client {
                         .map_err(|e| Error::Malformed(e.to_string()))?;
                     return Ok(Prepared {
                         channel: signed.channel_id(),
+                        nonce: signed.nonce(),
                         name: PAYMENT_SIGNATURE,
                         header,
                         _window: gate,
@@ -1213,7 +1241,8 @@ pub(crate) async fn read_402(response: Response) -> Result<PaymentRequired> {
 }
 
 fn unreachable_or_http(url: String, source: reqwest::Error) -> Error {
-    if source.is_connect() || source.is_timeout() {
+    // A refused connection, a timeout, or a connection lost while the request was sent.
+    if source.is_connect() || source.is_timeout() || source.is_request() {
         Error::Unreachable { url, source }
     } else {
         Error::Http(source)

@@ -277,15 +277,22 @@ impl MockNode {
 }
 
 async fn serve(node: Arc<MockNode>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    serve_on(node, listener).0
+}
+
+/// Serves `node` on `listener`; aborting the task takes the node off the network.
+fn serve_on(
+    node: Arc<MockNode>,
+    listener: tokio::net::TcpListener,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     async fn paid(State(node): State<Arc<MockNode>>, headers: HeaderMap) -> Response {
         node.handle(&headers)
     }
     let app =
         Router::new().route("/paid", get(paid)).route("/free", get(|| async { "free" })).with_state(node);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
     let addr = listener.local_addr().expect("has an address");
-    tokio::spawn(async move { axum::serve(listener, app).await.expect("serves") });
-    addr
+    (addr, tokio::spawn(async move { axum::serve(listener, app).await.expect("serves") }))
 }
 
 struct Setup {
@@ -596,4 +603,33 @@ async fn an_unreachable_server_is_a_clear_error() {
     let request = reqwest::Client::new().get(format!("http://127.0.0.1:{port}/x")).build().unwrap();
     let err = client.execute(request).await.unwrap_err();
     assert!(matches!(err, Error::Unreachable { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_voucher_lost_in_transport_is_sent_again_not_raised() {
+    let s = setup().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let (addr, server) = serve_on(s.node.clone(), listener);
+    let url = format!("http://{addr}/paid");
+    let client = s.client().await;
+    let request = || reqwest::Client::new().get(&url).build().expect("request");
+    assert_eq!(client.execute(request()).await.expect("paid").status(), StatusCode::OK);
+
+    // The node goes away: the next voucher (nonce 2) is signed and lost on the way.
+    server.abort();
+    let _ = server.await;
+    for _ in 0..3 {
+        let err = client.execute(request()).await.expect_err("the node is down");
+        assert!(matches!(err, x402_client::Error::Unreachable { .. }), "{err}");
+    }
+    let ch = &client.channels().await[0];
+    assert_eq!((ch.nonce, ch.max_signed), (2, U256::from(2 * PRICE)), "retries did not raise the ceiling");
+
+    // It comes back at the same address: the lost voucher is what pays.
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebinds");
+    let (_, _server) = serve_on(s.node.clone(), listener);
+    let response = client.execute(request()).await.expect("paid");
+    let payment = response.extensions().get::<x402_client::Payment>().cloned().expect("payment");
+    assert_eq!((payment.nonce, payment.total_charged, payment.attempts), (2, U256::from(2 * PRICE), 1));
+    assert_eq!(s.node.charged(), U256::from(2 * PRICE));
 }

@@ -171,7 +171,7 @@ struct Inner<S, C> {
     chain: C,
     channels: DashMap<B256, Arc<Mutex<Slot>>>,
     /// Ids the chain recently said do not exist: requests naming random ids cost no RPC call.
-    unknown: parking_lot::Mutex<std::collections::HashMap<B256, Instant>>,
+    unknown: parking_lot::Mutex<std::collections::HashMap<B256, (Instant, Option<Refusal>)>>,
     lookups: tokio::sync::Semaphore,
     metrics: Metrics,
     feed: VoucherFeed,
@@ -615,8 +615,8 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
     /// Locks a channel with its record loaded (from memory, the store, or once the chain),
     /// refusing ids the chain does not know, closed channels, and channels on other terms.
     async fn lock_live(&self, id: B256) -> Result<OwnedMutexGuard<Slot>, Refusal> {
-        if self.recently_unknown(id) {
-            return Err(Refusal::unknown(id));
+        if let Some(refusal) = self.recently_refused(id) {
+            return Err(refusal);
         }
         let slot = Arc::clone(&*self.inner.channels.entry(id).or_default());
         let mut guard = slot.lock_owned().await;
@@ -655,30 +655,41 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         let Some(chain) = chain else {
             // Do not keep slots for ids that do not exist, and do not ask again for a while.
             self.inner.channels.remove(&id);
-            self.remember_unknown(id);
+            self.remember_refused(id, None);
             return Err(Refusal::unknown(id));
         };
         debug!(target: "node::engine", %id, payer = %chain.payer, "channel loaded from chain");
         let mut record = ChannelRecord::new(id, chain);
         record.settled_at = crate::unix_now();
+        if let Err(refusal) = self.check_terms(&record) {
+            // Another provider's channel (or terms this node does not take): keep no record
+            // of it, so that naming other channels costs the node neither storage nor a place
+            // in what the follower re-reads, and do not ask the chain again for a while.
+            self.inner.channels.remove(&id);
+            self.remember_refused(id, Some(refusal.clone()));
+            return Err(refusal);
+        }
         self.persist(&record)?;
         slot.record = Some(record);
         Ok(())
     }
 
-    fn recently_unknown(&self, id: B256) -> bool {
-        self.inner.unknown.lock().get(&id).is_some_and(|seen| seen.elapsed() < UNKNOWN_TTL)
+    /// The refusal of an id the chain recently did not know (or that is not this provider's).
+    fn recently_refused(&self, id: B256) -> Option<Refusal> {
+        let unknown = self.inner.unknown.lock();
+        let (seen, refusal) = unknown.get(&id)?;
+        (seen.elapsed() < UNKNOWN_TTL).then(|| refusal.clone().unwrap_or_else(|| Refusal::unknown(id)))
     }
 
-    fn remember_unknown(&self, id: B256) {
+    fn remember_refused(&self, id: B256, refusal: Option<Refusal>) {
         let mut unknown = self.inner.unknown.lock();
         if unknown.len() >= UNKNOWN_CAPACITY {
-            unknown.retain(|_, seen| seen.elapsed() < UNKNOWN_TTL);
+            unknown.retain(|_, (seen, _)| seen.elapsed() < UNKNOWN_TTL);
             if unknown.len() >= UNKNOWN_CAPACITY {
                 unknown.clear();
             }
         }
-        unknown.insert(id, Instant::now());
+        unknown.insert(id, (Instant::now(), refusal));
     }
 
     fn check_terms(&self, record: &ChannelRecord) -> Result<(), Refusal> {

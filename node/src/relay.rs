@@ -53,9 +53,11 @@ impl Relay {
     /// A relay sending from `key` through the RPC at `rpc_url`, for channels on `terms`.
     pub fn new(rpc_url: &str, key: PrivateKeySigner, terms: Terms) -> eyre::Result<Self> {
         let relayer = key.address();
+        // Calls time out, so a hung endpoint cannot hold the relay's send lock forever.
+        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
         let chain = ProviderBuilder::new()
             .wallet(EthereumWallet::from(key))
-            .connect_http(rpc_url.parse().map_err(|e| eyre::eyre!("invalid chain.rpc_url: {e}"))?)
+            .connect_reqwest(http, rpc_url.parse().map_err(|e| eyre::eyre!("invalid chain.rpc_url: {e}"))?)
             .erased();
         Ok(Self { chain, relayer, terms, sending: Arc::new(tokio::sync::Mutex::new(())) })
     }

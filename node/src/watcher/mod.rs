@@ -656,19 +656,29 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T,
     serde_json::from_slice(bytes).map_err(|source| WatcherError::Corrupt { what: what.into(), source })
 }
 
+/// How long one RPC call of the watcher may take before it fails (and is retried).
+pub const RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A provider that sends the guard's transactions from `key`'s account: gas estimation, chain
 /// id, and the nonce read from the node before each transaction. (alloy's default nonce cache
 /// would leave a gap after a transaction the node refused, e.g. while the account had no
-/// funds, and every later settlement would wait behind it forever.)
+/// funds, and every later settlement would wait behind it forever.) Every call times out after
+/// [`RPC_TIMEOUT`].
 pub fn settlement_provider(rpc_url: &str, key: PrivateKeySigner) -> Result<DynProvider, WatcherError> {
     let url =
         rpc_url.parse().map_err(|e| WatcherError::Config(format!("invalid rpc_url {rpc_url:?}: {e}")))?;
+    // Every call times out: a connection that never answers must not keep the guard from
+    // settling before a challenge period ends.
+    let http = reqwest::Client::builder()
+        .timeout(RPC_TIMEOUT)
+        .build()
+        .map_err(|e| WatcherError::Config(format!("cannot build the RPC client: {e}")))?;
     Ok(ProviderBuilder::default()
         .with_gas_estimation()
         .with_simple_nonce_management()
         .fetch_chain_id()
         .wallet(EthereumWallet::from(key))
-        .connect_http(url)
+        .connect_reqwest(http, url)
         .erased())
 }
 

@@ -891,3 +891,26 @@ async fn sessions_die_with_a_new_voucher_an_exit_and_a_restart() {
     let refused = restarted.session("/paid", third.token).await;
     assert_eq!(required(&refused).error, Some(ErrorCode::SessionInvalid));
 }
+
+#[tokio::test]
+async fn another_providers_channel_leaves_no_record_and_costs_one_lookup() {
+    let f = fixture(Arc::new(MemoryStore::new()));
+    let foreign = B256::repeat_byte(0x77);
+    let mut other = onchain(f.payer.address(), 10 * PRICE);
+    other.payee = Address::repeat_byte(0x01);
+    f.chain.set(foreign, other);
+    let voucher = Voucher { channelId: foreign, nonce: 1, cumulativeAmount: U256::from(PRICE) };
+    let signed = f.domain.sign(&f.payer, voucher).expect("signs");
+    let header = wire::encode_header(&PaymentPayload::new(&f.requirements, &signed));
+    let lookups = f.chain.lookups();
+    for _ in 0..3 {
+        let resp = f.send("/paid", Some((wire::PAYMENT_SIGNATURE, header.clone()))).await;
+        assert_eq!(required(&resp).error, Some(ErrorCode::ChannelMismatch));
+    }
+    assert_eq!(f.chain.lookups(), lookups + 1, "the chain is asked once, then the refusal is remembered");
+    assert_eq!(f.engine.channel(foreign).expect("store"), None, "no record kept");
+    assert!(f.engine.channels().await.expect("lists").iter().all(|r| r.id != foreign));
+    // The node's own channel is recorded as before.
+    assert_eq!(f.pay("/paid", 1, PRICE).await.status(), StatusCode::OK);
+    assert!(f.engine.channel(f.id).expect("store").is_some());
+}
