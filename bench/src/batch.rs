@@ -317,7 +317,7 @@ fn wnaf(s: &Scalar, w: usize, out: &mut [i8; NAF_LEN]) -> usize {
 }
 
 /// Microseconds per signature for one batch size and one signer pattern.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Figures {
     /// Items per batch.
     pub n: usize,

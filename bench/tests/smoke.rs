@@ -72,8 +72,12 @@ fn a_tiny_run_measures_everything_and_writes_the_page() {
     assert!(results["scale"]["run"]["ok"].as_u64().unwrap() > 0);
     assert_eq!(results["scale"]["run"]["errors"], 0);
     assert!(results["gas"]["marginal_close"].as_f64().unwrap() > 0.0);
+    let batch = results["batch"].as_array().unwrap();
+    assert_eq!(batch.len(), 6, "16, 64, 256 signatures, distinct and repeated signers");
+    assert!(batch.iter().all(|b| b["batch_us"].as_f64().unwrap() > 0.0), "{batch:?}");
 
     let page = std::fs::read_to_string(out.path().join("BENCHMARKS.md")).unwrap();
     assert!(page.contains("## Targets") && page.contains("scripts/bench"));
+    assert!(page.contains("## Batch verification") && page.contains("| 256 | distinct |"), "{page}");
     assert!(std::fs::read_to_string(out.path().join("bench/throughput.svg")).unwrap().starts_with("<svg"));
 }

@@ -103,6 +103,11 @@ async fn run(args: RunArgs) -> eyre::Result<()> {
         verify.verify_ns / 1e3,
         verify.recover_ns / 1e3
     ));
+    note("batch verification: 16, 64 and 256 signatures, distinct and repeated signers");
+    let batch: Vec<x402_bench::batch::Figures> = [16, 64, 256]
+        .iter()
+        .flat_map(|&n| [x402_bench::batch::measure(n, true), x402_bench::batch::measure(n, false)])
+        .collect();
 
     let tmp = tempdir()?;
     let duration = Duration::from_secs(args.duration_secs);
@@ -232,6 +237,7 @@ async fn run(args: RunArgs) -> eyre::Result<()> {
         scale,
         soak,
         gas,
+        batch,
     };
     results.write(&args.out)?;
     for t in results.targets() {
