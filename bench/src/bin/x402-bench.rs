@@ -95,7 +95,9 @@ async fn main() -> eyre::Result<()> {
 }
 
 async fn run(args: RunArgs) -> eyre::Result<()> {
-    let command = format!("x402-bench run {}", std::env::args().skip(2).collect::<Vec<_>>().join(" "));
+    let command = format!("x402-bench run {}", std::env::args().skip(2).collect::<Vec<_>>().join(" "))
+        .trim_end()
+        .to_owned();
     let gas = Gas::from_snapshot(&args.gas_snapshot)?;
     let verify = measure_verify();
     note(&format!(
