@@ -681,4 +681,17 @@ mod tests {
         let err = r.signer().unwrap_err().to_string();
         assert!(err.contains("relay key") && !err.contains("secret"), "{err}");
     }
+
+    #[test]
+    fn the_readme_example_is_a_valid_config() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("# node.toml:").expect("the README's node.toml example");
+        let block = &readme[start..];
+        let block = &block[..block.find("```").expect("the end of the example")];
+        let config = Config::parse(block).expect("the README's node.toml parses");
+        config.validate().expect("and validates");
+        assert_eq!(config.payment.max_credit_window, 100);
+        assert!(!config.relay.enabled);
+        assert_eq!(config.chain.rpc_timeout_ms, 10_000);
+    }
 }
