@@ -20,15 +20,7 @@ pub const DEPOSIT: u64 = 1_000_000_000_000;
 
 /// The node's terms.
 pub fn terms() -> Terms {
-    Terms {
-        chain_id: CHAIN_ID,
-        contract: Address::repeat_byte(0xcc),
-        payee: Address::repeat_byte(0xbb),
-        asset: Address::repeat_byte(0xaa),
-        min_challenge_period: 3600,
-        min_deposit: U256::ZERO,
-        max_timeout_seconds: 30,
-    }
+    x402_node::test_utils::terms(CHAIN_ID)
 }
 
 /// The voucher signer of every channel. Verification costs the same whoever signs: the node
@@ -42,23 +34,9 @@ pub fn channel_id(i: u64) -> B256 {
     keccak256(i.to_be_bytes())
 }
 
-/// Channel `i` as the chain has it.
+/// A channel of `signer` as the chain has it.
 pub fn onchain(signer: Address) -> OnchainChannel {
-    let t = terms();
-    OnchainChannel {
-        payer: signer,
-        payee: t.payee,
-        token: t.asset,
-        signer,
-        signer_is_contract: false,
-        deposit: U256::from(DEPOSIT),
-        challenge_period: 86_400,
-        exit_at: 0,
-        open: true,
-        nonce: 0,
-        paid: U256::ZERO,
-        pending_close: false,
-    }
+    x402_node::test_utils::open_channel(&terms(), signer, U256::from(DEPOSIT))
 }
 
 /// Signs vouchers and turns them into `PAYMENT-SIGNATURE` values.

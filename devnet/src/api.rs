@@ -25,7 +25,10 @@ pub async fn sample_api() -> Result<SocketAddr> {
         .route(
             "/echo",
             get(|headers: HeaderMap| async move {
-                format!("payment-header-seen={}", headers.contains_key("payment-signature"))
+                format!(
+                    "payment-header-seen={}",
+                    headers.contains_key(x402_protocol::wire::PAYMENT_SIGNATURE)
+                )
             }),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(Error::io("127.0.0.1:0"))?;

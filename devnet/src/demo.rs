@@ -119,8 +119,6 @@ pub struct DemoOutcome {
     pub watcher_settlement: Option<Step>,
     /// What the channel contract holds at the end (nothing: both channels are closed).
     pub contract_balance: U256,
-    /// The gas of every transaction of the story.
-    pub total_gas: u64,
     /// What one ERC-20 transfer would cost instead (`eth_estimateGas`).
     pub transfer_gas: u64,
     /// anvil's process id (no longer running when the story returns).
@@ -133,6 +131,11 @@ impl DemoOutcome {
     /// Paid requests in all.
     pub fn requests(&self) -> u64 {
         self.alice.requests + self.bob.requests
+    }
+
+    /// The gas of every transaction of the story.
+    pub fn total_gas(&self) -> u64 {
+        self.steps.iter().map(|s| s.gas_used).sum()
     }
 }
 
@@ -426,7 +429,6 @@ async fn story(
         .await
         .map_err(|e| Error::chain("estimate a transfer", e))?;
     let outcome = DemoOutcome {
-        total_gas: steps.iter().map(|s| s.gas_used).sum(),
         provider: provider_party,
         alice,
         bob,
@@ -551,8 +553,8 @@ fn tell_accounts(o: &DemoOutcome, out: &mut (dyn Write + Send)) -> Result<()> {
             ),
         )?;
     }
-    say(out, format_args!("  {:<42} {:>9}\n", "total", gas(o.total_gas)))?;
-    let per_request = o.total_gas as f64 / o.requests().max(1) as f64;
+    say(out, format_args!("  {:<42} {:>9}\n", "total", gas(o.total_gas())))?;
+    let per_request = o.total_gas() as f64 / o.requests().max(1) as f64;
     say(
         out,
         format_args!(

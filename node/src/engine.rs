@@ -594,20 +594,19 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
             .ok_or_else(|| invalid("no session", None))?;
         let guard = slot.lock_owned().await;
         let record = guard.record.as_ref().ok_or_else(|| invalid("no session", None))?;
-        let state = record.state();
         let valid = guard.session.as_ref().is_some_and(|s| s.uses > 0 && bool::from(s.token.ct_eq(&token.0)));
         if !valid {
             return Err(invalid(
                 "the session token is unknown, used up or revoked; sign a new voucher",
-                Some(state),
+                Some(record.state()),
             ));
         }
         if record.status != ChannelStatus::Open {
-            return Err(invalid("the channel is closing: sessions are revoked", Some(state)));
+            return Err(invalid("the channel is closing: sessions are revoked", Some(record.state())));
         }
         let credit = record.cumulative_amount().saturating_sub(record.charged());
         if credit < price.amount {
-            return Err(invalid("the prepaid credit does not cover this request", Some(state)));
+            return Err(invalid("the prepaid credit does not cover this request", Some(record.state())));
         }
         Ok(Pending { engine: self.clone(), guard, signed: None, max: price.amount })
     }
@@ -805,11 +804,6 @@ impl<S: KvStore, C: ChainReader> Pending<S, C> {
         }
     }
 
-    /// Whether this request is paid from a session (no new voucher).
-    pub const fn is_session(&self) -> bool {
-        self.signed.is_none()
-    }
-
     /// Records the voucher with this request's `cost` (capped at the route's maximum) and waits
     /// until it is durable. Only then may the response be released.
     ///
@@ -839,6 +833,8 @@ impl<S: KvStore, C: ChainReader> Pending<S, C> {
                     slot.record = Some(before);
                     return Err(Refusal::storage(e));
                 }
+                // The record just written holds any session charges too.
+                slot.dirty = false;
                 inner.feed.record(id);
                 // A new voucher replaces any session; grant one for what it prepaid.
                 let credit = record.cumulative_amount().saturating_sub(record.charged());
@@ -848,13 +844,7 @@ impl<S: KvStore, C: ChainReader> Pending<S, C> {
                 slot.session.as_ref().map(|s| SessionGrant { token: B256::from(s.token), uses: s.uses })
             }
             None => {
-                // In memory only: see `Engine::flush_charges`.
-                record.charged = record.charged().saturating_add(cost).min(record.cumulative_amount());
-                if !slot.dirty {
-                    slot.dirty = true;
-                    inner.dirty.lock().insert(id);
-                }
-                inner.metrics.paid_by_session.inc();
+                // `authorize_session` checked the session under this same lock.
                 let session = slot
                     .session
                     .as_mut()
@@ -864,6 +854,13 @@ impl<S: KvStore, C: ChainReader> Pending<S, C> {
                 if session.uses == 0 {
                     slot.session = None;
                 }
+                // In memory only: see `Engine::flush_charges`.
+                record.charged = record.charged().saturating_add(cost).min(record.cumulative_amount());
+                if !slot.dirty {
+                    slot.dirty = true;
+                    inner.dirty.lock().insert(id);
+                }
+                inner.metrics.paid_by_session.inc();
                 Some(grant)
             }
         };

@@ -36,7 +36,7 @@ pub struct Relay {
     chain: DynProvider,
     relayer: Address,
     terms: Terms,
-    /// One submission at a time: the wallet's nonce is read from the pending pool per send.
+    /// One send at a time: the wallet's nonce is read from the pending pool per send.
     sending: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -92,7 +92,6 @@ impl Relay {
             .calldata()
             .map_err(|e| Refusal::new(ErrorCode::InvalidPayload, format!("malformed authorisation: {e}")))?;
         let tx = TransactionRequest::default().with_to(self.terms.contract).with_input(calldata);
-        let _sending = self.sending.lock().await;
         // Simulate: whatever the contract refuses (bad signature, used permit, balance, an
         // existing channel) is refused here, before any gas is spent.
         if let Err(e) = self.chain.call(tx.clone()).await {
@@ -101,7 +100,11 @@ impl Relay {
                 format!("the contract refuses this open: {}", revert(&e)),
             ));
         }
+        // Only the send takes the lock (the wallet reads the nonce from the pending pool);
+        // waiting for the receipt does not hold up other opens.
+        let sending = self.sending.lock().await;
         let pending = self.chain.send_transaction(tx).await.map_err(unavailable)?;
+        drop(sending);
         let hash = *pending.tx_hash();
         info!(target: "node::relay", channel = %id, payer = %open.payer, kind = open.authorization.kind(), %hash, "relaying a gasless open");
         let receipt = pending
@@ -109,7 +112,6 @@ impl Relay {
             .get_receipt()
             .await
             .map_err(unavailable)?;
-        drop(_sending);
         if !receipt.status() {
             warn!(target: "node::relay", channel = %id, %hash, "gasless open reverted");
             return Err(Refusal::new(

@@ -8,13 +8,47 @@ use std::{
     },
 };
 
-use alloy::primitives::{Address, B256, Bytes};
+use alloy::primitives::{Address, B256, Bytes, U256};
 use parking_lot::Mutex;
 
 use crate::{
+    Terms,
     chain::{ChainError, ChainReader},
     channel::OnchainChannel,
 };
+
+/// The terms of a test node on chain `chain_id`: contract `0xcc…`, payee `0xbb…`, token
+/// `0xaa…`, a challenge period of at least an hour, no minimum deposit, 30 s timeout.
+pub fn terms(chain_id: u64) -> Terms {
+    Terms {
+        chain_id,
+        contract: Address::repeat_byte(0xcc),
+        payee: Address::repeat_byte(0xbb),
+        asset: Address::repeat_byte(0xaa),
+        min_challenge_period: 3600,
+        min_deposit: U256::ZERO,
+        max_timeout_seconds: 30,
+    }
+}
+
+/// An open channel on `terms` of `payer` (who also signs its vouchers), holding `deposit`,
+/// with a day's challenge period and nothing paid yet.
+pub fn open_channel(terms: &Terms, payer: Address, deposit: U256) -> OnchainChannel {
+    OnchainChannel {
+        payer,
+        payee: terms.payee,
+        token: terms.asset,
+        signer: payer,
+        signer_is_contract: false,
+        deposit,
+        challenge_period: 86_400,
+        exit_at: 0,
+        open: true,
+        nonce: 0,
+        paid: U256::ZERO,
+        pending_close: false,
+    }
+}
 
 /// A [`ChainReader`] over a map, counting lookups.
 #[derive(Clone, Debug, Default)]

@@ -306,6 +306,30 @@ async fn the_relay_refuses_what_it_must_not_pay_gas_for() {
             "channel_mismatch",
         ),
         (
+            "another token",
+            serde_json::to_string(&{
+                let mut p = params(provider, 100 * PRICE, 3600);
+                p.token = alloy::primitives::Address::repeat_byte(9);
+                let id = chain.channel_id(env.contract, &p).await.unwrap();
+                let tokens = x402_protocol::open::TokenDomain::new(
+                    "Test USD".into(),
+                    "1".into(),
+                    env.anvil.chain_id(),
+                    p.token,
+                );
+                GaslessOpen::sign_transfer(&channels, &tokens, &key, &p, id, 0, now + 600).unwrap()
+            })
+            .unwrap(),
+            StatusCode::FORBIDDEN,
+            "channel_mismatch",
+        ),
+        (
+            "zero deposit",
+            serde_json::to_string(&signed(&params(provider, 0, 3600), now + 600).await).unwrap(),
+            StatusCode::FORBIDDEN,
+            "channel_mismatch",
+        ),
+        (
             "challenge period below the minimum",
             serde_json::to_string(&signed(&params(provider, 100 * PRICE, 3599), now + 600).await).unwrap(),
             StatusCode::FORBIDDEN,
@@ -438,5 +462,59 @@ async fn a_credit_window_pays_most_requests_without_a_signature_and_charges_exac
     assert_eq!(closed.final_amount, U256::from(164 * PRICE), "unused prepaid credit is refunded");
     assert_eq!(env.balance(provider).await - provider_before, U256::from(164 * PRICE));
     assert_eq!(env.balance(payer).await, U256::from(FUNDS - 164 * PRICE));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayer_that_lies_or_refuses_opens_nothing_for_the_client() {
+    use axum::{Json, Router, routing::post};
+    use x402_protocol::open::{OPEN_PATH, OpenResponse};
+    let env = Env::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(env.gateway_config(upstream().await, data.path())).await;
+    let url = format!("{}/weather", gw.url);
+    let key = env.gasless_key(FUNDS).await;
+    let client = builder(&env, key.clone(), 100).build().await.unwrap();
+    let offer = client.offer_for(&url).await.unwrap();
+
+    // A relay that answers "opened" without submitting anything.
+    let liar = Router::new().route(
+        OPEN_PATH,
+        post(|| async {
+            Json(OpenResponse {
+                channel_id: alloy::primitives::B256::repeat_byte(1),
+                transaction_hash: alloy::primitives::B256::repeat_byte(2),
+                deposit: U256::from(10 * PRICE),
+            })
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let liar_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, liar).await });
+    let deposit = U256::from(10 * PRICE);
+    let err = client
+        .open_gasless(&offer, deposit, GaslessKind::Permit, &Relayer::Node(liar_url), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, Error::Chain(m) if m.contains("is not open for")), "{err}");
+    assert!(client.channels().await.is_empty(), "nothing registered");
+
+    // A node without a relay: the refusal comes back with its status.
+    let err = client
+        .open_gasless(&offer, deposit, GaslessKind::Permit, &Relayer::Node(gw.url.clone()), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::RelayRefused { status: 404, .. }), "{err}");
+    // More than the payer holds is refused before anything is signed or sent.
+    let poor = env.gasless_key(5 * PRICE).await;
+    let poor_client = builder(&env, poor.clone(), 100).build().await.unwrap();
+    let err = poor_client
+        .open_gasless(&offer, deposit, GaslessKind::Permit, &Relayer::Node(gw.url.clone()), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InsufficientBalance { .. }), "{err}");
+    assert!(client.channels().await.is_empty() && poor_client.channels().await.is_empty());
+    assert_eq!(env.balance(poor.address()).await, U256::from(5 * PRICE), "nothing moved");
+    assert_eq!(env.balance(key.address()).await, U256::from(FUNDS), "nothing moved");
     gw.stop().await;
 }

@@ -136,7 +136,8 @@ async fn worker(
                     after_stop += 1;
                 }
             }
-            Err(Error::Unreachable { .. } | Error::Http(_)) => {
+            // A kill: the connection was refused, timed out or was cut mid-request.
+            Err(Error::Unreachable { .. }) => {
                 *ledger.lock().cut_off.entry(id).or_default() += 1;
                 until_up(&http, &url).await;
             }
@@ -285,6 +286,8 @@ async fn crash_under_load() {
     let stored = admin_channels(&http, &url).await;
     let checked = check_nothing_lost(&seen, &stored, "after the run");
     store_checks += seen.len();
+    assert_eq!(seen.len(), clients.len(), "every client was paid for");
+    assert_eq!(checked, received, "every paid response is in the ledger");
     let mut finals = HashMap::new();
     let mut revenue = U256::ZERO;
     for (client, payer) in &clients {

@@ -38,32 +38,11 @@ pub(crate) struct Fixture<S> {
 }
 
 pub(crate) fn terms() -> Terms {
-    Terms {
-        chain_id: CHAIN_ID,
-        contract: Address::repeat_byte(0xcc),
-        payee: Address::repeat_byte(0xbb),
-        asset: Address::repeat_byte(0xaa),
-        min_challenge_period: 3600,
-        min_deposit: U256::ZERO,
-        max_timeout_seconds: 30,
-    }
+    x402_node::test_utils::terms(CHAIN_ID)
 }
 
 pub(crate) fn onchain(payer: Address, deposit: u64) -> OnchainChannel {
-    OnchainChannel {
-        payer,
-        payee: terms().payee,
-        token: terms().asset,
-        signer: payer,
-        signer_is_contract: false,
-        deposit: U256::from(deposit),
-        challenge_period: 86_400,
-        exit_at: 0,
-        open: true,
-        nonce: 0,
-        paid: U256::ZERO,
-        pending_close: false,
-    }
+    x402_node::test_utils::open_channel(&terms(), payer, U256::from(deposit))
 }
 
 pub(crate) fn app<S: KvStore>(engine: Engine<S, MemoryChain>) -> Router {

@@ -914,3 +914,17 @@ async fn another_providers_channel_leaves_no_record_and_costs_one_lookup() {
     assert_eq!(f.pay("/paid", 1, PRICE).await.status(), StatusCode::OK);
     assert!(f.engine.channel(f.id).expect("store").is_some());
 }
+
+#[tokio::test]
+async fn a_voucher_write_takes_the_session_charges_along() {
+    let f = fixture(Arc::new(MemoryStore::new()));
+    f.engine.set_credit_window(3);
+    let grant = settlement(&f.pay("/paid", 1, 3 * PRICE).await).extra.session.expect("session");
+    assert_eq!(f.session("/paid", grant.token).await.status(), StatusCode::OK);
+    assert_eq!(f.pay("/paid", 2, 5 * PRICE).await.status(), StatusCode::OK);
+    assert_eq!(f.engine.flush_charges().await.expect("flushes"), 0, "the voucher's write held the charge");
+    let bytes =
+        f.engine.store().get(x402_node::engine::CHANNELS, f.id.as_slice()).expect("store").expect("row");
+    let stored: x402_node::channel::ChannelRecord = serde_json::from_slice(&bytes).expect("record");
+    assert_eq!(stored.charged, U256::from(3 * PRICE));
+}

@@ -153,8 +153,8 @@ pub(crate) enum Command {
         /// Open without paying gas: sign an EIP-2612 permit (`permit`) or an EIP-3009
         /// authorisation (`transfer`; `auto` picks it when the token has it) and let a relayer
         /// submit it [default: a normal open, paying gas].
-        #[arg(long, value_name = "KIND", num_args = 0..=1, default_missing_value = "auto", value_parser = ["auto", "permit", "transfer"])]
-        gasless: Option<String>,
+        #[arg(long, value_name = "KIND", num_args = 0..=1, default_missing_value = "auto")]
+        gasless: Option<GaslessArg>,
         /// The relayer of a gasless open: the base URL of a node that relays opens
         /// (`POST /x402/open`) [default: the provider's node, --node].
         #[arg(long, requires = "gasless")]
@@ -345,5 +345,26 @@ mod tests {
         assert_eq!(cli.settings.max_price, Some(U256::from(5)));
         let Command::Get(get) = cli.command else { panic!("get") };
         assert_eq!(get.headers.len(), 1);
+    }
+}
+
+/// `--gasless KIND`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum GaslessArg {
+    /// EIP-3009 when the token has it, else EIP-2612.
+    Auto,
+    /// EIP-2612 permit plus an open authorisation.
+    Permit,
+    /// EIP-3009 `receiveWithAuthorization`.
+    Transfer,
+}
+
+impl From<GaslessArg> for x402_client::GaslessKind {
+    fn from(arg: GaslessArg) -> Self {
+        match arg {
+            GaslessArg::Auto => Self::Auto,
+            GaslessArg::Permit => Self::Permit,
+            GaslessArg::Transfer => Self::Transfer,
+        }
     }
 }

@@ -9,8 +9,7 @@ use alloy::{
 use reqwest::{Method, Request};
 use serde_json::json;
 use x402_client::{
-    ChainClient, ChannelStatus, Client, ClientChannel, Error, GaslessKind, Payment, Relayer, Settings,
-    StateStore,
+    ChainClient, ChannelStatus, Client, Error, GaslessKind, Payment, Relayer, Settings, StateStore,
 };
 
 use crate::{
@@ -96,11 +95,7 @@ impl Job {
                 url: http_url(&url)?,
                 deposit,
                 node,
-                gasless: gasless.map(|kind| match kind.as_str() {
-                    "permit" => GaslessKind::Permit,
-                    "transfer" => GaslessKind::Transfer,
-                    _ => GaslessKind::Auto,
-                }),
+                gasless: gasless.map(GaslessKind::from),
                 relay: relay
                     .map(|r| http_url(&r).map(|u| u.as_str().trim_end_matches('/').to_owned()))
                     .transpose()?,
@@ -186,16 +181,17 @@ impl Ctx {
             // Refreshing only reads the chain: a throwaway signer stands in for the key, so
             // listing never needs it.
             let client = self.client(PrivateKeySigner::random(), None).await?;
-            let chain_id = client.chain().map(ChainClient::chain_id);
             for ch in client.channels().await {
                 if ch.status == ChannelStatus::Closed {
                     continue;
                 }
-                if Some(ch.terms.network.chain_id) != chain_id {
-                    tracing::warn!(target: "x402::cli", channel = %ch.id, chain = ch.terms.network.chain_id, "not refreshed: on another chain than the RPC endpoint");
-                    continue;
+                match client.refresh(ch.id).await {
+                    Ok(_) => {}
+                    Err(Error::WrongNetwork { .. }) => {
+                        tracing::warn!(target: "x402::cli", channel = %ch.id, chain = ch.terms.network.chain_id, "not refreshed: on another chain than the RPC endpoint");
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                client.refresh(ch.id).await?;
             }
             client.channels().await
         } else {
@@ -355,10 +351,9 @@ impl Ctx {
             }
             Err(e) => return Err(e.into()),
         };
-        let ch: Option<ClientChannel> = client.channel(id).await.ok();
+        // `Client::withdraw` marks the channel closed before it returns.
         let human = format!(
-            "withdrew from channel {id}\n  refunded   {refund}\n  status     {}{}",
-            ch.map_or("closed", |c| c.status.as_str()),
+            "withdrew from channel {id}\n  refunded   {refund}\n  status     closed{}",
             self.progress.text()
         );
         let json =
