@@ -306,6 +306,7 @@ pub fn node_config(
     config.settlement.enabled = false;
     config.routes.push(RouteConfig {
         path: "/weather".into(),
+        methods: Vec::new(),
         price: U256::from(PRICE),
         pricing: Default::default(),
         description: Some("Current weather".into()),

@@ -48,12 +48,20 @@
 //! key_env = "X402_RELAY_KEY"         # default: env var holding the relay's hex key (pays gas)
 //! # key_file = "relay.key"           # or a file holding it
 //!
+//! [cors]                             # browsers on other origins (default: no CORS headers)
+//! allowed_origins = ["https://app.example"]  # default none; ["*"]: any origin
+//! allowed_headers = ["content-type"] # default: request headers allowed besides the payment ones
+//! max_age_secs = 600                 # default: how long browsers cache a preflight
+//!
 //! [[routes]]
-//! path = "/weather"
+//! path = "/weather"                  # axum syntax: "/items/{id}", "/files/{*path}"
+//! methods = ["GET"]                  # default: every method (GET implies HEAD)
 //! price = "1000"                     # token base units
 //! pricing = "exact"                  # default; "upto": the upstream reports the actual cost
-//! description = "Current weather"
+//! description = "Current weather"    #   in the X402-Cost response header
 //! ```
+//!
+//! The most specific route wins; see [`crate::routes`].
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -64,7 +72,7 @@ use alloy::{
 use serde::{Deserialize, Serialize};
 use x402_protocol::wire::{Pricing, u256_dec};
 
-use crate::Price;
+use crate::{Price, routes::Routes};
 
 /// Configuration errors.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +131,8 @@ pub struct Config {
     pub watchers: Vec<WatcherTarget>,
     /// The gasless-open relay.
     pub relay: RelayConfig,
+    /// Cross-origin requests from browsers.
+    pub cors: CorsConfig,
 }
 
 impl Default for Config {
@@ -140,7 +150,31 @@ impl Default for Config {
             settlement: SettlementConfig::default(),
             watchers: Vec::new(),
             relay: RelayConfig::default(),
+            cors: CorsConfig::default(),
         }
+    }
+}
+
+/// Cross-origin resource sharing, for browser apps on other origins that pay. Preflights
+/// (`OPTIONS` with `Access-Control-Request-Method`) are answered by the node without payment;
+/// `PAYMENT-REQUIRED` and `PAYMENT-RESPONSE` are exposed to scripts, and the payment request
+/// headers are allowed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins allowed (`https://app.example`), or `["*"]` for any. Default none: no CORS
+    /// headers are sent and preflights go to the upstream like any request.
+    pub allowed_origins: Vec<String>,
+    /// Request headers allowed besides `PAYMENT-SIGNATURE`, `X-PAYMENT`, `PAYMENT-SESSION` and
+    /// `PAYMENT-CHANNEL`. Default `["content-type"]`.
+    pub allowed_headers: Vec<String>,
+    /// How long a browser may cache a preflight's answer, in seconds. Default 600.
+    pub max_age_secs: u64,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        Self { allowed_origins: Vec::new(), allowed_headers: vec!["content-type".into()], max_age_secs: 600 }
     }
 }
 
@@ -383,12 +417,15 @@ impl ProviderConfig {
     }
 }
 
-/// A priced route.
+/// A priced route (see [`crate::routes`] for the syntax and which route wins).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    /// The exact request path.
+    /// The path pattern, in axum's syntax: `/weather`, `/items/{id}`, `/files/{*path}`.
     pub path: String,
+    /// The methods priced. Default none: every method. `GET` prices `HEAD` too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
     /// The price in token base units (the maximum, for `upto`).
     #[serde(with = "u256_dec")]
     pub price: U256,
@@ -437,17 +474,44 @@ impl Config {
         })
     }
 
+    /// The table of priced routes.
+    pub fn route_table(&self) -> Result<Routes, ConfigError> {
+        let mut table = Routes::new();
+        for r in &self.routes {
+            if r.price.is_zero() {
+                return Err(ConfigError::Invalid(format!("route {} has a zero price", r.path)));
+            }
+            table.add(&r.path, &r.methods, r.price()).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        Ok(table)
+    }
+
     /// Checks settings that TOML types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.chain.contract.is_none() {
             return Err(ConfigError::Invalid("chain.contract is required".into()));
         }
-        for r in &self.routes {
-            if !r.path.starts_with('/') {
-                return Err(ConfigError::Invalid(format!("route path {:?} must start with '/'", r.path)));
+        self.route_table()?;
+        for origin in &self.cors.allowed_origins {
+            let valid = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.trim_end_matches('/').contains(|c: char| c.is_whitespace())
+                    && origin.matches('/').count() == 2
+                    && http::HeaderValue::from_str(origin).is_ok());
+            if !valid {
+                return Err(ConfigError::Invalid(format!(
+                    "cors.allowed_origins: {origin:?} is not \"*\" or an origin like \"https://app.example\""
+                )));
             }
-            if r.price.is_zero() {
-                return Err(ConfigError::Invalid(format!("route {} has a zero price", r.path)));
+        }
+        if self.cors.allowed_origins.len() > 1 && self.cors.allowed_origins.iter().any(|o| o == "*") {
+            return Err(ConfigError::Invalid("cors.allowed_origins: \"*\" must be alone".into()));
+        }
+        for h in &self.cors.allowed_headers {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "cors.allowed_headers: {h:?} is not a header name"
+                )));
             }
         }
         if let Some(token) = &self.admin_token {
@@ -562,6 +626,7 @@ mod tests {
         c.chain.contract = Some(Address::repeat_byte(1));
         c.routes.push(RouteConfig {
             path: "x".into(),
+            methods: Vec::new(),
             price: U256::from(1),
             pricing: Pricing::Exact,
             description: None,

@@ -17,6 +17,7 @@
 //! - [`relay`]: submits payers' gasless opens (EIP-2612 / EIP-3009), paying their gas.
 //! - [`settle`]: batch settlement of stored vouchers on-chain.
 //! - [`middleware`]: the axum/tower layer.
+//! - [`path`], [`routes`]: the canonical request path and the priced routes' patterns.
 //! - [`gateway`], [`config`]: the binary's reverse proxy and its TOML configuration.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`watcher`]: the watchtower: takes pushed vouchers and settles them if a payer exits.
@@ -33,8 +34,10 @@ pub mod follower;
 pub mod gateway;
 pub mod metrics;
 pub mod middleware;
+pub mod path;
 pub mod push;
 pub mod relay;
+pub mod routes;
 pub mod settle;
 pub mod verify;
 pub mod watcher;

@@ -61,7 +61,8 @@ struct Overrides {
 enum Command {
     /// Run the gateway in front of the upstream API (the default).
     Run,
-    /// Print the effective configuration (after overrides) as TOML and exit.
+    /// Check the effective configuration (after overrides) as `run` does, print it as TOML and
+    /// exit.
     Config,
     /// Run a watchtower: take vouchers pushed by provider nodes and, if a payer starts an
     /// exit, settle the best one before the challenge period ends. Uses --listen (default
@@ -203,6 +204,8 @@ async fn main() -> eyre::Result<()> {
             Ok(())
         }
         Command::Config => {
+            // The same checks as `run` makes before it starts.
+            config.validate()?;
             let mut shown = config.clone();
             if shown.admin_token.is_some() {
                 shown.admin_token = Some("<redacted>".into());

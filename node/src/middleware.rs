@@ -20,7 +20,6 @@
 //! credit window presents `PAYMENT-SESSION` instead (see [`Engine::set_credit_window`]).
 
 use std::{
-    collections::HashMap,
     convert::Infallible,
     future::Future,
     pin::Pin,
@@ -28,7 +27,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use alloy::primitives::{B256, U256};
+use alloy::primitives::U256;
 use axum::{
     body::Body,
     response::{IntoResponse, Response},
@@ -38,10 +37,12 @@ use tower::{Layer, Service};
 use x402_protocol::wire::{self, Pricing};
 use x402_store::KvStore;
 
-use crate::{Engine, Payment, Price, Refusal, chain::ChainReader};
+use crate::{Engine, Payment, Price, Refusal, chain::ChainReader, routes::Routes};
 
-/// Header an unpaid request may carry to name its channel, so that the 402 includes the node's
-/// state of it.
+/// Header an unpaid request may carry to name its channel. A bare channel id proves nothing, so
+/// the node discloses no state for it: a channel's state goes only to a request holding its
+/// signer key (in the refusal of a validly signed voucher, or of a valid session). The gateway
+/// strips it before the upstream, like every payment header.
 pub const PAYMENT_CHANNEL: &str = "payment-channel";
 
 /// The actual cost of a request to a dynamically priced route, set by the handler as a
@@ -63,10 +64,10 @@ impl axum::response::IntoResponseParts for Charge {
     }
 }
 
-/// A [`Layer`] charging for requests to priced routes. Routes are matched by exact path.
+/// A [`Layer`] charging for requests to priced routes, matched as [`crate::routes`] says.
 pub struct Paywall<S, C> {
     engine: Engine<S, C>,
-    routes: Arc<HashMap<String, Price>>,
+    routes: Arc<Routes>,
 }
 
 impl<S, C> Clone for Paywall<S, C> {
@@ -87,9 +88,30 @@ impl<S, C> Paywall<S, C> {
         Self { engine, routes: Arc::default() }
     }
 
-    /// Prices the route at `path`.
+    /// Prices the route `path` (a pattern in axum's syntax) for every method.
+    ///
+    /// # Panics
+    ///
+    /// If `path` is not a valid pattern or overlaps a route added before (as axum's
+    /// `Router::route` does); use [`Self::with_routes`] to handle the error.
     pub fn route(mut self, path: impl Into<String>, price: Price) -> Self {
-        Arc::make_mut(&mut self.routes).insert(path.into(), price);
+        let path = path.into();
+        let mut routes = (*self.routes).clone();
+        if let Err(e) = routes.add::<&str>(&path, &[], price) {
+            panic!("{e}");
+        }
+        self.routes = Arc::new(routes);
+        self
+    }
+
+    /// The priced routes.
+    pub fn routes(&self) -> &Arc<Routes> {
+        &self.routes
+    }
+
+    /// Prices the routes of `routes` (replacing any added before).
+    pub fn with_routes(mut self, routes: Routes) -> Self {
+        self.routes = Arc::new(routes);
         self
     }
 }
@@ -139,7 +161,8 @@ where
         // The ready service handles this request; a fresh clone takes its place.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let Some(price) = self.paywall.routes.get(req.uri().path()).cloned() else {
+        let Some(price) = self.paywall.routes.find(req.method(), req.uri().path()).map(|m| m.price.clone())
+        else {
             let mut inner = inner;
             return Box::pin(inner.call(req));
         };
@@ -166,13 +189,7 @@ where
         let header =
             req.headers().get(wire::PAYMENT_SIGNATURE).or_else(|| req.headers().get(wire::X_PAYMENT));
         let Some(header) = header else {
-            let state = match named_channel(&req) {
-                Some(id) => engine.channel_state(id).await,
-                None => None,
-            };
-            let refusal = state
-                .map(|s| Refusal::new(wire::ErrorCode::PaymentRequired, "payment required").with_state(s));
-            return payment_required(&engine, &url, &price, refusal.as_ref(), StatusCode::PAYMENT_REQUIRED);
+            return payment_required(&engine, &url, &price, None, StatusCode::PAYMENT_REQUIRED);
         };
         engine.authorize(header.as_bytes(), &price).await
     };
@@ -201,10 +218,6 @@ where
         }
         Err(refusal) => payment_required(&engine, &url, &price, Some(&refusal), refusal.status()),
     }
-}
-
-fn named_channel(req: &Request<Body>) -> Option<B256> {
-    req.headers().get(PAYMENT_CHANNEL)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// A 402 (or 400/503) with the terms in the `PAYMENT-REQUIRED` header and the body.

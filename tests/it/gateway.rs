@@ -54,6 +54,7 @@ async fn gateway_charges_refuses_restarts_and_settles() {
     config.max_timeout_seconds = 2;
     config.routes.push(RouteConfig {
         path: "/slow".into(),
+        methods: Vec::new(),
         price: U256::from(PRICE),
         pricing: Default::default(),
         description: None,

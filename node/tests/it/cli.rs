@@ -56,6 +56,7 @@ fn config_prints_effective_settings_with_overrides() {
     .expect("writes");
     let out = node()
         .args(["--config", file.to_str().expect("utf-8"), "config"])
+        .args(["--contract", "0x5FbDB2315678afecb367f032d93F642f64180aa3"])
         .env("X402_UPSTREAM", "http://api.internal:9000")
         .output()
         .expect("runs");
@@ -103,5 +104,42 @@ fn bad_configuration_fails_with_a_message() {
         assert!(!out.status.success(), "{args:?} must fail");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+/// `x402-node config` refuses what `run` would refuse: a route table that cannot be built, a
+/// bad CORS origin, a missing contract.
+#[test]
+fn config_validates_like_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let contract = "chain.contract = \"0x5FbDB2315678afecb367f032d93F642f64180aa3\"\n";
+    let route = |path: &str, methods: &str| {
+        format!("[[routes]]\npath = \"{path}\"\nmethods = [{methods}]\nprice = \"5\"\n")
+    };
+    for (name, text, ok) in [
+        (
+            "patterns",
+            format!("{contract}{}{}", route("/items/{id}", "\"GET\""), route("/files/{*p}", "")),
+            true,
+        ),
+        ("no contract", route("/a", ""), false),
+        (
+            "overlap",
+            format!("{contract}{}{}", route("/items/{id}", "\"GET\""), route("/items/{n}", "\"get\"")),
+            false,
+        ),
+        ("reserved", format!("{contract}{}", route("/admin/x", "")), false),
+        ("bad pattern", format!("{contract}{}", route("/a/{*p}/b", "")), false),
+        ("bad method", format!("{contract}{}", route("/a", "\"G T\"")), false),
+        ("bad origin", format!("{contract}[cors]\nallowed_origins = [\"app.example\"]\n"), false),
+        ("origin", format!("{contract}[cors]\nallowed_origins = [\"https://app.example\"]\n"), true),
+    ] {
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, text).expect("writes");
+        let out = node().args(["--config", file.to_str().expect("utf-8"), "config"]).output().expect("runs");
+        assert_eq!(out.status.success(), ok, "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        if !ok {
+            assert!(String::from_utf8_lossy(&out.stderr).contains("invalid config"), "{name}");
+        }
     }
 }
