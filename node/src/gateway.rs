@@ -7,9 +7,19 @@
 //!   `Authorization: Bearer <admin_token>`.
 //! - `POST /x402/close`: a client's cooperative close request ([`x402_protocol::close`]).
 //!
-//! Everything else goes through the [`Paywall`] to the upstream. In the background the
-//! gateway runs the event [`Follower`], the [`Settler`] (given the provider's key) and the
-//! [`push`](crate::push) of vouchers to watchers.
+//! Everything else under the node's reserved prefixes
+//! ([`RESERVED_PREFIXES`](crate::routes::RESERVED_PREFIXES)) is answered by
+//! the node too, never proxied: a JSON 404, or a 501 naming the setting of a disabled feature
+//! (`POST /x402/open` without the relay, `POST /admin/settle` without settlement).
+//!
+//! Everything else goes through the [`Paywall`] to the upstream, on the one canonical path of
+//! [`crate::path`] (a path without one is refused with 400 before anything else), and without
+//! the payment headers, nor the headers some servers let override the path or the method
+//! ([`STRIPPED_REQUEST_HEADERS`]). An `upto` route charges the cost the upstream reports in the
+//! [`COST_HEADER`] response header. [`harden`] adds the canonical path and CORS around the app.
+//!
+//! In the background the gateway runs the event [`Follower`], the [`Settler`] (given the
+//! provider's key) and the [`push`](crate::push) of vouchers to watchers.
 
 use std::{future::Future, sync::Arc};
 
@@ -22,7 +32,8 @@ use axum::{
     Json, Router,
     body::{Body, Bytes},
     extract::{Query, Request, State},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header},
+    middleware::Next,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -36,16 +47,42 @@ use x402_protocol::{
 use x402_store::{KvStore, SledStore};
 
 use crate::{
-    Engine, Refusal, Terms,
+    Engine, Payment, Refusal, Terms,
     auth::BearerToken,
     chain::{ChainReader, RpcChain},
     channel::ChannelRecord,
-    config::Config,
+    config::{Config, CorsConfig},
     follower::{Follower, FollowerConfig},
     metrics::Metrics,
-    middleware::Paywall,
+    middleware::{Charge, PAYMENT_CHANNEL, Paywall},
+    path::{canonical, match_key},
+    routes::{Routes, is_reserved},
     settle::Settler,
 };
+
+/// The response header in which the upstream reports the cost of a request to an `upto` route,
+/// in token base units as a decimal integer (`X402-Cost: 1250`). The gateway charges it,
+/// capped at the route's maximum, and removes the header before the response reaches the
+/// client. A missing or invalid report is charged the maximum, with a warning in the log.
+pub const COST_HEADER: &str = "x402-cost";
+
+/// Request headers the gateway never forwards: payment credentials (bearer credentials for
+/// the node, none of the upstream's business), and headers some frameworks let override the
+/// request's path or method, which would let a request priced as one route be served as
+/// another.
+pub const STRIPPED_REQUEST_HEADERS: [&str; 11] = [
+    wire::PAYMENT_SIGNATURE,
+    wire::X_PAYMENT,
+    wire::PAYMENT_SESSION,
+    PAYMENT_CHANNEL,
+    "x-original-url",
+    "x-rewrite-url",
+    "x-override-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-forwarded-prefix",
+];
 
 /// Headers that belong to one connection, not to the proxied message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -64,6 +101,8 @@ const HOP_BY_HOP: [&str; 8] = [
 pub struct Upstream {
     client: reqwest::Client,
     base: String,
+    /// The priced routes, to know which ones report their cost.
+    routes: Arc<Routes>,
 }
 
 impl Upstream {
@@ -72,7 +111,7 @@ impl Upstream {
     pub fn new(base: impl Into<String>, timeout: std::time::Duration) -> Self {
         let base = base.into().trim_end_matches('/').to_owned();
         let client = reqwest::Client::builder().timeout(timeout).build().unwrap_or_default();
-        Self { client, base }
+        Self { client, base, routes: Arc::default() }
     }
 }
 
@@ -85,10 +124,13 @@ pub fn router<S: KvStore, C: ChainReader>(
 ) -> Router {
     let admin = AdminState { engine: engine.clone(), token: admin_token.as_deref().map(BearerToken::new) };
     let metrics = engine.metrics().clone();
+    let upstream = Upstream { routes: Arc::clone(paywall.routes()), ..upstream };
     Router::new()
         .fallback(proxy)
         .with_state(upstream)
         .layer(paywall)
+        // Outside the paywall: the node's own paths are never priced nor proxied.
+        .layer(axum::middleware::from_fn(reserved))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(move || async move { metrics.render() }))
         .nest(
@@ -100,15 +142,148 @@ pub fn router<S: KvStore, C: ChainReader>(
         )
 }
 
+/// A JSON error of the node's own: `{"error": code, "message": …}`.
+fn node_error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": code, "message": message.into() }))).into_response()
+}
+
+/// Answers requests under the node's reserved prefixes that no route of the node took: they
+/// never reach the paywall or the upstream (an admin request's `Authorization` stays here).
+async fn reserved(req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if !is_reserved(path) {
+        return next.run(req).await;
+    }
+    match match_key(path).as_str() {
+        "/x402/open" => node_error(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_enabled",
+            "the gasless-open relay is not enabled on this node (relay.enabled)",
+        ),
+        "/admin/settle" => node_error(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_enabled",
+            "settlement is not enabled on this node (settlement.enabled and the provider's key)",
+        ),
+        _ => node_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{} {path} is not an endpoint of the node", req.method()),
+        ),
+    }
+}
+
+/// Wraps the gateway's app in what must run before its routing: the canonical path of
+/// [`crate::path`] (a request without one is refused with 400), and, if origins are
+/// configured, CORS (preflights are answered here, unpaid).
+pub fn harden(app: Router, cors: &CorsConfig) -> Router {
+    let mut outer = Router::new().fallback_service(app).layer(axum::middleware::from_fn(canonicalize));
+    if let Some(layer) = cors_layer(cors) {
+        outer = outer.layer(layer);
+    }
+    outer
+}
+
+/// Rewrites the request's target to its canonical origin form, or refuses it.
+async fn canonicalize(mut req: Request, next: Next) -> Response {
+    let uri = req.uri();
+    if let Some(authority) = uri.authority() {
+        // An absolute-form target: the gateway serves one upstream, so an authority other than
+        // the Host header's is a request meant for someone else.
+        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+        if host.is_some_and(|h| !h.eq_ignore_ascii_case(authority.as_str())) {
+            return node_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                "an absolute-form request target naming another host than the Host header",
+            );
+        }
+    }
+    let path = match canonical(uri.path()) {
+        Ok(path) => path,
+        Err(e) => return node_error(StatusCode::BAD_REQUEST, "invalid_path", e.reason()),
+    };
+    let target = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    match Uri::builder().path_and_query(target).build() {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(_) => return node_error(StatusCode::BAD_REQUEST, "invalid_path", "invalid request target"),
+    }
+    next.run(req).await
+}
+
+/// The CORS layer of `config`, if it allows any origin.
+fn cors_layer(config: &CorsConfig) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowMethods, AllowOrigin, CorsLayer};
+    if config.allowed_origins.is_empty() {
+        return None;
+    }
+    let origin = if config.allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(config.allowed_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    let headers = [wire::PAYMENT_SIGNATURE, wire::X_PAYMENT, wire::PAYMENT_SESSION, PAYMENT_CHANNEL]
+        .into_iter()
+        .map(HeaderName::from_static)
+        .chain(config.allowed_headers.iter().filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok()))
+        .collect::<Vec<_>>();
+    Some(
+        CorsLayer::new()
+            .allow_origin(origin)
+            .allow_methods(AllowMethods::mirror_request())
+            .allow_headers(headers)
+            .expose_headers([
+                HeaderName::from_static(wire::PAYMENT_REQUIRED),
+                HeaderName::from_static(wire::PAYMENT_RESPONSE),
+            ])
+            .max_age(std::time::Duration::from_secs(config.max_age_secs)),
+    )
+}
+
+/// The cost an upstream reported for a request to an `upto` route of maximum `max`: its
+/// [`COST_HEADER`], capped at `max`; `None` (the maximum is charged) if missing or invalid.
+fn reported_cost(value: Option<&HeaderValue>, method: &Method, route: &str, max: U256) -> Option<U256> {
+    let Some(value) = value else {
+        warn!(target: "node::gateway", %method, route, %max, "upstream reported no X402-Cost; charging the route's maximum");
+        return None;
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    let cost = (!text.is_empty() && text.len() <= 78 && text.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| U256::from_str_radix(text, 10).ok())
+        .flatten();
+    match cost {
+        None => {
+            warn!(target: "node::gateway", %method, route, %max, "upstream reported an invalid X402-Cost (not a decimal integer); charging the route's maximum");
+            None
+        }
+        Some(cost) if cost > max => {
+            warn!(target: "node::gateway", %method, route, %cost, %max, "upstream reported an X402-Cost above the route's maximum; charging the maximum");
+            Some(max)
+        }
+        Some(cost) => Some(cost),
+    }
+}
+
 async fn proxy(State(upstream): State<Upstream>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    // A paid request to an `upto` route: the upstream reports its cost.
+    let upto = parts.extensions.get::<Payment>().and_then(|_| {
+        let matched = upstream.routes.find(&parts.method, parts.uri.path())?;
+        (matched.price.pricing == wire::Pricing::Upto)
+            .then(|| (matched.pattern.to_owned(), matched.price.amount))
+    });
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let url = format!("{}{path}", upstream.base);
-    let mut out =
-        upstream.client.request(parts.method, &url).body(reqwest::Body::wrap_stream(body.into_data_stream()));
+    let mut out = upstream
+        .client
+        .request(parts.method.clone(), &url)
+        .body(reqwest::Body::wrap_stream(body.into_data_stream()));
     for (name, value) in &parts.headers {
         let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || n == "host" || n == wire::PAYMENT_SIGNATURE || n == wire::X_PAYMENT {
+        if HOP_BY_HOP.contains(&n) || n == "host" || STRIPPED_REQUEST_HEADERS.contains(&n) {
             continue;
         }
         out = out.header(name, value);
@@ -117,13 +292,20 @@ async fn proxy(State(upstream): State<Upstream>, req: Request) -> Response {
         Ok(resp) => {
             let mut builder = Response::builder().status(resp.status());
             for (name, value) in resp.headers() {
-                if !HOP_BY_HOP.contains(&name.as_str()) {
+                if !HOP_BY_HOP.contains(&name.as_str()) && name.as_str() != COST_HEADER {
                     builder = builder.header(name, value);
                 }
             }
-            builder
+            let charge = upto.and_then(|(route, max)| {
+                reported_cost(resp.headers().get(COST_HEADER), &parts.method, &route, max)
+            });
+            let mut response = builder
                 .body(Body::from_stream(resp.bytes_stream()))
-                .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+                .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response());
+            if let Some(cost) = charge {
+                response.extensions_mut().insert(Charge(cost));
+            }
+            response
         }
         Err(e) => {
             warn!(target: "node::gateway", error = %e, "upstream unreachable");
@@ -425,10 +607,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         }
     }));
     let final_flush = engine.clone();
-    let mut paywall = Paywall::new(engine.clone());
-    for route in &config.routes {
-        paywall = paywall.route(route.path.clone(), route.price());
-    }
+    let paywall = Paywall::new(engine.clone()).with_routes(config.route_table()?);
     let close = CloseService {
         key: key.map(Arc::new),
         ttl: config.settlement.close_authorization_ttl_secs,
@@ -455,6 +634,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     if let Some(settler) = &settler {
         app = app.merge(settle_router(Arc::clone(settler), config.admin_token.clone()));
     }
+    let app = harden(app, &config.cors);
     drop((engine, settler));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
