@@ -548,12 +548,13 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         let signed = SignedVoucher::from(payload.payload);
         let id = signed.channel_id();
         let mut guard = self.lock_live(id).await?;
+        // The signature first: a refusal below carries the channel's state, which only its
+        // signer may see.
+        let digest = self.inner.verifier.digest(&signed.voucher);
+        self.check_signer(&mut guard, digest, &signed.signature, "voucher").await?;
         let record = guard.record.as_ref().ok_or_else(|| Refusal::unknown(id))?;
         // Top-ups, exits and closes reach the record through the event follower.
         record.admit(&signed.voucher, price.amount)?;
-
-        let digest = self.inner.verifier.digest(&signed.voucher);
-        self.check_signer(&mut guard, digest, &signed.signature, "voucher").await?;
         Ok(Pending { engine: self.clone(), guard, signed: Some(signed), max: price.amount })
     }
 
@@ -596,9 +597,10 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         let record = guard.record.as_ref().ok_or_else(|| invalid("no session", None))?;
         let valid = guard.session.as_ref().is_some_and(|s| s.uses > 0 && bool::from(s.token.ct_eq(&token.0)));
         if !valid {
+            // No state: the token, not the channel id, proves the request is the payer's.
             return Err(invalid(
                 "the session token is unknown, used up or revoked; sign a new voucher",
-                Some(record.state()),
+                None,
             ));
         }
         if record.status != ChannelStatus::Open {
@@ -622,9 +624,7 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         self.load(id, &mut guard).await?;
         let record = guard.record.as_ref().ok_or_else(|| Refusal::unknown(id))?;
         if record.status == ChannelStatus::Closed {
-            return Err(
-                Refusal::new(ErrorCode::ChannelClosed, "the channel is closed").with_state(record.state())
-            );
+            return Err(Refusal::new(ErrorCode::ChannelClosed, "the channel is closed"));
         }
         self.check_terms(record)?;
         Ok(guard)
@@ -703,15 +703,13 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
                 "challenge period {}s is below the node's minimum {}s",
                 c.challenge_period, t.min_challenge_period
             ))
+        } else if c.deposit < t.min_deposit {
+            Some(format!("the deposit {} is below the node's minimum {}", c.deposit, t.min_deposit))
         } else {
             None
         };
-        match mismatch {
-            Some(message) => {
-                Err(Refusal::new(ErrorCode::ChannelMismatch, message).with_state(record.state()))
-            }
-            None => Ok(()),
-        }
+        // No state: anyone can name a channel id.
+        mismatch.map_or(Ok(()), |message| Err(Refusal::new(ErrorCode::ChannelMismatch, message)))
     }
 
     /// Refuses unless `signature` over `digest` is the channel signer's.
@@ -731,11 +729,11 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         if valid {
             return Ok(());
         }
+        // No state: the request did not prove it holds the signer's key.
         Err(Refusal::new(
             ErrorCode::InvalidSignature,
             format!("the {what} is not signed by the channel's signer {}", record.chain.signer),
-        )
-        .with_state(record.state()))
+        ))
     }
 
     fn persist(&self, record: &ChannelRecord) -> Result<(), Refusal> {
