@@ -208,6 +208,13 @@ impl Gateway {
         Self { url: inner.url().into(), config: inner.config().clone(), inner }
     }
 
+    /// Runs `x402-node run` from the binary `bin` (its `node.toml` and `node.log` in `dir`) and
+    /// waits until it answers.
+    pub async fn spawn(bin: &Path, config: Config, dir: &Path) -> Self {
+        let inner = x402_devnet::Gateway::spawn(bin, config, dir).await.unwrap_or_else(|e| panic!("{e}"));
+        Self { url: inner.url().into(), config: inner.config().clone(), inner }
+    }
+
     /// Stops the gateway and waits until its store is closed.
     pub async fn stop(self) {
         self.inner.stop().await.expect("gateway ran cleanly");

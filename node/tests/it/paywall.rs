@@ -346,8 +346,13 @@ async fn every_refusal_has_its_code() {
         let pr = required(&resp);
         assert_eq!(pr.error, Some(code), "{name}: {:?}", pr.message);
         assert!(pr.message.as_deref().is_some_and(|m| !m.is_empty()), "{name}: has a message");
-        if code.is_corrective() {
-            assert_eq!(pr.accepts[0].extra.channel.as_ref().map(|s| s.nonce), Some(5), "{name}: node state");
+        // The state goes only to a request proving it holds the signer's key: a forged session
+        // token does not.
+        let state = pr.accepts[0].extra.channel.as_ref().map(|s| s.nonce);
+        if matches!(code, E::SessionInvalid | E::InvalidSignature | E::ChannelMismatch | E::ChannelClosed) {
+            assert_eq!(state, None, "{name}: no state");
+        } else if code.is_corrective() {
+            assert_eq!(state, Some(5), "{name}: node state");
         }
         let body = body_json(resp).await;
         assert_eq!(body["error"], code.as_str(), "{name}: body carries the code");
@@ -367,9 +372,10 @@ async fn every_refusal_has_its_code() {
     let resp = f.pay("/paid", state.nonce + 1, (state.charged + U256::from(PRICE)).to::<u64>()).await;
     assert_eq!(resp.status(), StatusCode::OK);
 
-    // An unpaid request naming the channel gets the node's state in its 402.
+    // An unpaid request naming the channel gets no state: a bare id proves nothing.
     let named = f.send("/paid", Some((PAYMENT_CHANNEL, f.id.to_string()))).await;
-    assert_eq!(required(&named).accepts[0].extra.channel.as_ref().map(|s| s.nonce), Some(7));
+    assert_eq!(required(&named).accepts[0].extra.channel, None);
+    assert_eq!(f.engine.channel(f.id).expect("store").map(|r| r.nonce()), Some(7));
 }
 
 impl<S: KvStore> Fixture<S> {
@@ -496,11 +502,7 @@ async fn concurrent_requests_on_one_channel_are_serialised() {
         }
     }
     assert!(ok >= 1);
-    let state = required(&f.send("/paid", Some((PAYMENT_CHANNEL, f.id.to_string()))).await).accepts[0]
-        .extra
-        .channel
-        .clone()
-        .expect("known channel");
+    let state = f.engine.channel(f.id).expect("store").expect("known channel").state();
     assert_eq!(state.nonce, best);
     assert_eq!(state.charged, U256::from(ok * PRICE));
 }
@@ -552,11 +554,7 @@ async fn a_voucher_that_is_not_durable_is_not_served() {
     assert!(resp.headers().get(wire::PAYMENT_RESPONSE).is_none());
     // Memory and store were rolled back: the node still stands at the last durable voucher,
     // so the same voucher is accepted once the disk works again.
-    let state = required(&f.send("/paid", Some((PAYMENT_CHANNEL, f.id.to_string()))).await).accepts[0]
-        .extra
-        .channel
-        .clone()
-        .expect("known channel");
+    let state = f.engine.channel(f.id).expect("store").expect("known channel").state();
     assert_eq!((state.nonce, state.charged), (1, U256::from(PRICE)));
     store.fail(false);
     let resp = f.pay("/paid", 2, 2 * PRICE).await;
@@ -805,7 +803,7 @@ async fn a_credit_window_pays_later_requests_with_a_session_token() {
     assert_eq!(forged.status(), StatusCode::PAYMENT_REQUIRED);
     let refusal = required(&forged);
     assert_eq!(refusal.error, Some(ErrorCode::SessionInvalid));
-    assert_eq!(refusal.accepts[0].extra.channel.as_ref().map(|s| s.charged), Some(U256::from(2 * PRICE)));
+    assert_eq!(refusal.accepts[0].extra.channel, None, "a forged token sees no state");
     // A failing handler is not charged and uses nothing.
     assert_eq!(f.session("/broken", grant.token).await.status(), StatusCode::INTERNAL_SERVER_ERROR);
 
