@@ -548,6 +548,7 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         let signed = SignedVoucher::from(payload.payload);
         let id = signed.channel_id();
         let mut guard = self.lock_live(id).await?;
+        self.check_deposit(guard.record.as_ref().ok_or_else(|| Refusal::unknown(id))?)?;
         // The signature first: a refusal below carries the channel's state, which only its
         // signer may see.
         let digest = self.inner.verifier.digest(&signed.voucher);
@@ -703,13 +704,24 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
                 "challenge period {}s is below the node's minimum {}s",
                 c.challenge_period, t.min_challenge_period
             ))
-        } else if c.deposit < t.min_deposit {
-            Some(format!("the deposit {} is below the node's minimum {}", c.deposit, t.min_deposit))
         } else {
             None
         };
         // No state: anyone can name a channel id.
         mismatch.map_or(Ok(()), |message| Err(Refusal::new(ErrorCode::ChannelMismatch, message)))
+    }
+
+    /// Refuses a payment on a channel holding less than the node's `min_deposit`, however it
+    /// was opened (a cooperative close of it is still taken).
+    fn check_deposit(&self, record: &ChannelRecord) -> Result<(), Refusal> {
+        let (deposit, min) = (record.chain.deposit, self.inner.terms.min_deposit);
+        if deposit < min {
+            return Err(Refusal::new(
+                ErrorCode::ChannelMismatch,
+                format!("the channel's deposit {deposit} is below the node's minimum {min}; top it up"),
+            ));
+        }
+        Ok(())
     }
 
     /// Refuses unless `signature` over `digest` is the channel signer's.
