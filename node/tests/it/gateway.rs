@@ -119,7 +119,9 @@ async fn no_spelling_of_a_priced_path_is_served_free() {
     let gw = gateway(CorsConfig::default()).await;
     let own = gw.addr.to_string();
     let absolute = format!("http://{own}/weather");
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, u16)> = vec![
+    // (method, target, extra headers, expected status)
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, u16);
+    let cases: Vec<Case<'_>> = vec![
         ("GET", "/weather", vec![], 402),
         ("HEAD", "/weather", vec![], 402),
         ("get", "/weather", vec![], 402),
