@@ -55,7 +55,11 @@ fn routes() -> Routes {
 }
 
 async fn gateway(cors: CorsConfig) -> Gw {
-    let upstream = lenient::start().await;
+    gateway_to(lenient::start().await, cors).await
+}
+
+/// A gateway in front of `upstream`.
+async fn gateway_to(upstream: Lenient, cors: CorsConfig) -> Gw {
     let payer = PrivateKeySigner::random();
     let mut terms = terms(CHAIN_ID);
     terms.min_deposit = U256::from(10 * PRICE);
@@ -400,4 +404,66 @@ async fn min_deposit_and_state_disclosure() {
     assert_eq!(required(&resp).error, Some(ErrorCode::NonceTooLow));
     let state = state_of(&resp).expect("the signer sees its channel's state");
     assert_eq!((state.nonce, state.charged), (gw.nonce, U256::from(gw.charged)));
+}
+
+/// Python's `http.server` as the upstream, serving a file `weather` (it percent-decodes the
+/// whole path, `%2F` included, and resolves dot segments and double slashes): every trick on the
+/// priced `GET /weather` is charged or refused, none serves the file free.
+#[tokio::test]
+async fn python_http_server_serves_nothing_free() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("weather"), SECRET).expect("writes");
+    std::fs::create_dir(dir.path().join("free")).expect("mkdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("binds").local_addr().expect("addr").port();
+    let mut python = std::process::Command::new("python3")
+        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 runs");
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut up = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(up, "python's http.server did not start");
+    // The upstream itself serves every spelling.
+    for target in
+        ["/weather", "//weather", "/%77eather", "/free/../weather", "/%2e%2e/weather", "/free%2F..%2Fweather"]
+    {
+        assert!(send(addr, "GET", target, &[]).await.body.contains(SECRET), "python serves {target}");
+    }
+    let mut gw = gateway_to(Lenient { addr, seen: Default::default() }, CorsConfig::default()).await;
+    for target in [
+        "/weather",
+        "//weather",
+        "/%77eather",
+        "/./weather",
+        "/free/../weather",
+        "/free//..//weather",
+        "/%2e%2e/weather",
+        "/free/%2E%2E/weather",
+        "/free%2F..%2Fweather",
+        "/%2577eather",
+        "/weather%00",
+        "/weather?x",
+        "/weather#x",
+        "/WEATHER",
+        "/weather;x",
+        "/weather/",
+    ] {
+        let resp = send(gw.addr, "GET", target, &[]).await;
+        assert!(!resp.body.contains(SECRET), "{target} served free: {resp:?}");
+        assert!(matches!(resp.status, 400 | 402 | 404), "{target}: {resp:?}");
+    }
+    let resp = gw.pay("GET", "/free/..//%77eather", PRICE).await;
+    assert!(resp.status == 200 && resp.body.contains(SECRET), "{resp:?}");
+    assert_eq!(settled(&resp).extra.charged, U256::from(PRICE));
+    let _ = python.kill();
+    let _ = python.wait();
 }
