@@ -110,7 +110,13 @@ impl Upstream {
     /// (answered with 502, which is not charged for).
     pub fn new(base: impl Into<String>, timeout: std::time::Duration) -> Self {
         let base = base.into().trim_end_matches('/').to_owned();
-        let client = reqwest::Client::builder().timeout(timeout).build().unwrap_or_default();
+        // Redirects go back to the client: followed here, a free path redirecting to a priced
+        // one would be served under the free path's price.
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
         Self { client, base, routes: Arc::default() }
     }
 }

@@ -259,9 +259,10 @@ async fn the_relay_refuses_what_it_must_not_pay_gas_for() {
     let data = tempfile::tempdir().unwrap();
     let plain = Gateway::start(env.gateway_config(upstream().await, data.path())).await;
     let http = reqwest::Client::new();
-    // No relay configured: no endpoint.
+    // No relay configured: the node says so (501), and nothing reaches the upstream.
     let resp = http.post(format!("{}{OPEN_PATH}", plain.url)).body("{}").send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert_eq!(resp.status(), StatusCode::NOT_IMPLEMENTED);
+    assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["error"], "not_enabled");
     plain.stop().await;
 
     let data = tempfile::tempdir().unwrap();
@@ -504,7 +505,7 @@ async fn a_relayer_that_lies_or_refuses_opens_nothing_for_the_client() {
         .open_gasless(&offer, deposit, GaslessKind::Permit, &Relayer::Node(gw.url.clone()), None)
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::RelayRefused { status: 404, .. }), "{err}");
+    assert!(matches!(err, Error::RelayRefused { status: 501, .. }), "{err}");
     // More than the payer holds is refused before anything is signed or sent.
     let poor = env.gasless_key(5 * PRICE).await;
     let poor_client = builder(&env, poor.clone(), 100).build().await.unwrap();

@@ -168,6 +168,8 @@ async fn no_spelling_of_a_priced_path_is_served_free() {
         // Headers some servers let override the path or the method are not forwarded.
         ("GET", "/free", vec![("x-original-url", "/weather")], 200),
         ("GET", "/free", vec![("x-rewrite-url", "/weather")], 200),
+        // A redirect goes back to the client, which then asks for the priced path.
+        ("GET", "/moved", vec![], 302),
         ("POST", "/weather", vec![("x-http-method-override", "GET")], 404),
     ];
     for (method, target, headers, expected) in cases {

@@ -10,7 +10,8 @@
 //! - `/llm`: an `upto` route; reports the cost given in the query (`?cost=…`) in `X402-Cost`,
 //!   and with `?slow=ms` waits that long first;
 //! - `/echo`: answers with the method, raw target and headers it received, as JSON;
-//! - `/free`: unpriced.
+//! - `/free`: unpriced;
+//! - `/moved`: a redirect to `/weather`.
 //!
 //! Every raw request target it received is recorded.
 
@@ -104,6 +105,7 @@ async fn serve(seen: Arc<Mutex<Vec<String>>>, req: Request<Body>) -> axum::respo
                 .into_response()
         }
         (_, "/free") => "free".into_response(),
+        (_, "/moved") => (StatusCode::FOUND, [("location", "/weather")]).into_response(),
         _ => (StatusCode::NOT_FOUND, "no such page").into_response(),
     }
 }
