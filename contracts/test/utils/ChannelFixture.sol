@@ -64,6 +64,13 @@ abstract contract ChannelFixture is Test {
 
     // ----- opening -----
 
+    /// Gives `who` test dollars and lets the channel contract pull them.
+    function _fund(address who) internal {
+        usd.mint(who, FUNDS);
+        vm.prank(who);
+        usd.approve(address(channel), type(uint256).max);
+    }
+
     /// Parameters of a channel paid by `payer` to `payee`.
     function _params(address token, address signer, bytes32 salt)
         internal
