@@ -98,9 +98,10 @@ abstract contract ChannelFixture is Test {
         _remember(p);
     }
 
-    /// Records `p` so that helpers taking a channel id can find its parameters.
+    /// Records `p` so that helpers taking a channel id can find its parameters. Computes the
+    /// id locally (no call), so it can sit between a `vm.prank` and the call it is meant for.
     function _remember(IPaymentChannel.ChannelParams memory p) internal returns (bytes32 id) {
-        id = channel.computeChannelId(p);
+        id = keccak256(abi.encode(block.chainid, address(channel), p));
         _known[id] = p;
     }
 
