@@ -626,6 +626,7 @@ contract RevocationTest is ChannelFixture {
         vm.prank(payee);
         (bool ok, bytes memory reason) = address(channel).call(data);
         assertFalse(ok);
+        // forge-lint: disable-next-line(unsafe-typecast) the selector is the first 4 bytes
         assertEq(bytes4(reason), IPaymentChannel.ChannelNotOpen.selector);
         assertEq(channel.getChannel(id).paid, 0);
     }

@@ -71,13 +71,12 @@ abstract contract ChannelFixture is Test {
         usd.approve(address(channel), type(uint256).max);
     }
 
-    /// Parameters of a channel paid by `payer` to `payee`.
+    /// Parameters of a channel paid by `payer` to `payee`, remembered for the id-based helpers.
     function _params(address token, address signer, bytes32 salt)
         internal
-        view
-        returns (IPaymentChannel.ChannelParams memory)
+        returns (IPaymentChannel.ChannelParams memory p)
     {
-        return IPaymentChannel.ChannelParams({
+        p = IPaymentChannel.ChannelParams({
             payer: payer,
             payee: payee,
             token: token,
@@ -85,6 +84,23 @@ abstract contract ChannelFixture is Test {
             challengePeriod: PERIOD,
             salt: salt
         });
+        _remember(p);
+    }
+
+    /// Parameters of a channel paid by `from` to `to`, remembered for the id-based helpers.
+    function _paramsOf(address from, address to, address token, address signer, bytes32 salt)
+        internal
+        returns (IPaymentChannel.ChannelParams memory p)
+    {
+        p = IPaymentChannel.ChannelParams({
+            payer: from,
+            payee: to,
+            token: token,
+            signer: signer,
+            challengePeriod: PERIOD,
+            salt: salt
+        });
+        _remember(p);
     }
 
     /// Opens a channel with `p` from `p.payer` (sending `deposit` as value for the native
