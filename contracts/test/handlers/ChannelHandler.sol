@@ -273,7 +273,7 @@ contract ChannelHandler is Test {
         action("settleMany")
     {
         address sender = byWatcher ? watcher : address(payee);
-        IPaymentChannel.Claim[] memory claims = _batch(seedA, seedB, seedC, sender, false);
+        IPaymentChannel.Claim[] memory claims = _batch(seedA, seedB, seedC, false);
         Expectation memory e = _expectBatch(claims, sender, false, byWatcher);
         bytes[] memory auths = new bytes[](claims.length);
         for (uint256 i; i < claims.length; ++i) {
@@ -334,7 +334,7 @@ contract ChannelHandler is Test {
 
     /// @notice The payee closes up to three channels at once.
     function closeMany(uint256 seedA, uint256 seedB, uint256 seedC) external action("closeMany") {
-        IPaymentChannel.Claim[] memory claims = _batch(seedA, seedB, seedC, address(payee), true);
+        IPaymentChannel.Claim[] memory claims = _batch(seedA, seedB, seedC, true);
         Expectation memory e = _expectBatch(claims, address(payee), true, false);
         uint256[ACTORS * TOKENS] memory before = _observe(e.tokens);
         vm.prank(address(payee));
@@ -817,7 +817,7 @@ contract ChannelHandler is Test {
     }
 
     /// @dev Up to three distinct channels, each with its latest voucher (or none, for a close).
-    function _batch(uint256 seedA, uint256 seedB, uint256 seedC, address sender, bool closing)
+    function _batch(uint256 seedA, uint256 seedB, uint256 seedC, bool closing)
         internal
         returns (IPaymentChannel.Claim[] memory claims)
     {
