@@ -572,6 +572,34 @@ contract RevocationTest is ChannelFixture {
         assertEq(usd.balanceOf(payee), 30e6);
     }
 
+    function test_settleManyAuthorized_paysEachPayeeOncePerToken() public {
+        // Two providers, two tokens: each payee is paid once per token, whoever submits.
+        (address other, uint256 otherKey) = makeAddrAndKey("other provider");
+        bytes32 a = _openUsd(DEPOSIT);
+        bytes32 b = _open(_paramsOf(payer, other, address(usd), address(0), "b"), DEPOSIT);
+        bytes32 c = _open(_paramsOf(payer, other, address(0), address(0), "c"), 1 ether);
+        bytes32 d = _open(_params(address(usd), address(0), "d"), DEPOSIT);
+        IPaymentChannel.Claim[] memory claims = new IPaymentChannel.Claim[](4);
+        claims[0] = _partial(payerKey, a, 1, 110e6, 10e6);
+        claims[1] = _partial(payerKey, b, 1, 110e6, 20e6);
+        claims[2] = _partial(payerKey, c, 1, 0.5 ether, 0.1 ether);
+        claims[3] = _partial(payerKey, d, 1, 110e6, 30e6);
+        bytes[] memory sigs = new bytes[](4);
+        sigs[0] = _claimAuthSig(payeeKey, a, 1, 10e6);
+        sigs[1] = _claimAuthSig(otherKey, b, 1, 20e6);
+        sigs[2] = _claimAuthSig(otherKey, c, 1, 0.1 ether);
+        sigs[3] = _claimAuthSig(payeeKey, d, 1, 30e6);
+        vm.recordLogs();
+        vm.prank(watcher);
+        assertEq(channel.settleManyAuthorized(claims, sigs), 4);
+        // One USD transfer to each payee, one native transfer to the other provider.
+        assertEq(_transfersFrom(vm.getRecordedLogs(), address(usd), address(channel)), 2);
+        assertEq(usd.balanceOf(payee), 40e6);
+        assertEq(usd.balanceOf(other), 20e6);
+        assertEq(other.balance, 0.1 ether);
+        assertEq(usd.balanceOf(watcher), 0);
+    }
+
     function test_settleManyAuthorized_revertsOnLengthMismatch() public {
         IPaymentChannel.Claim[] memory claims = new IPaymentChannel.Claim[](2);
         vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.LengthMismatch.selector, 2, 1));
