@@ -103,7 +103,7 @@ pub enum CheckError {
 
 /// The gas the contract gives an ERC-1271 `isValidSignature` call (its public constant
 /// `ERC1271_GAS_STIPEND`; the differential test checks they agree).
-pub const ERC1271_GAS_STIPEND: u64 = 30_000;
+pub const ERC1271_GAS_STIPEND: u64 = 12_000;
 
 /// The ERC-1271 magic value, `isValidSignature.selector`.
 pub const ERC1271_MAGIC: [u8; 4] = [0x16, 0x26, 0xba, 0x7e];
