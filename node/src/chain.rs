@@ -156,10 +156,9 @@ impl RpcChain {
         if state.status == IPaymentChannel::Status::None {
             return Ok(None);
         }
-        let params = self
-            .params(id)
-            .await?
-            .ok_or_else(|| ChainError::Rpc(format!("channel {id} exists but its ChannelOpened log was not found")))?;
+        let params = self.params(id).await?.ok_or_else(|| {
+            ChainError::Rpc(format!("channel {id} exists but its ChannelOpened log was not found"))
+        })?;
         let code = self.provider.get_code_at(params.voucher_signer()).block_id(block).await.map_err(rpc)?;
         Ok(OnchainChannel::new(params, &state, SignerCode::of(&code) == SignerCode::Contract))
     }
@@ -248,5 +247,8 @@ impl ChainReader for RpcChain {
 
 fn is_execution_error(code: i64, message: &str) -> bool {
     let message = message.to_ascii_lowercase();
-    code == 3 || ["revert", "out of gas", "outofgas", "gas", "invalid opcode", "stack"].iter().any(|m| message.contains(m))
+    code == 3
+        || ["revert", "out of gas", "outofgas", "gas", "invalid opcode", "stack"]
+            .iter()
+            .any(|m| message.contains(m))
 }

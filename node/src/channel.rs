@@ -50,7 +50,11 @@ pub struct OnchainChannel {
 impl OnchainChannel {
     /// A channel from its parameters and its `getChannel` state, or `None` if the state is of
     /// an id never used.
-    pub fn new(params: ChannelParams, state: &IPaymentChannel::Channel, signer_is_contract: bool) -> Option<Self> {
+    pub fn new(
+        params: ChannelParams,
+        state: &IPaymentChannel::Channel,
+        signer_is_contract: bool,
+    ) -> Option<Self> {
         if state.status == IPaymentChannel::Status::None {
             return None;
         }
@@ -316,7 +320,9 @@ impl ChannelRecord {
     /// node charged more than was paid on-chain. A voucher already used on-chain can be used
     /// again for more: a claim moves `paid` up to what was charged, never beyond the voucher.
     pub fn claimable(&self) -> Option<&StoredVoucher> {
-        self.latest.as_ref().filter(|v| self.charged() > self.chain.paid && v.cumulative_amount >= self.charged())
+        self.latest
+            .as_ref()
+            .filter(|v| self.charged() > self.chain.paid && v.cumulative_amount >= self.charged())
     }
 
     /// Records an accepted voucher and what this request cost.

@@ -148,8 +148,8 @@ mod tests {
     use std::sync::Arc;
 
     use alloy::primitives::{Address, Bytes, U256};
-    use x402_protocol::ChannelDomain;
     use axum::{Json, Router, http::HeaderMap, routing::post};
+    use x402_protocol::ChannelDomain;
     use x402_protocol::watch::{WatchOutcome, WatchResult};
     use x402_store::MemoryStore;
 

@@ -423,10 +423,7 @@ mod tests {
             GaslessOpen::sign_transfer(&channels, &tokens, &key, &someone_else, U256::from(1), 0, 1),
             Err(Error::Gasless(_))
         ));
-        for bad in [
-            r#"{"params":{}}"#,
-            r#"{"params":{},"deposit":"1","authorization":{"kind":"permit"}}"#,
-        ] {
+        for bad in [r#"{"params":{}}"#, r#"{"params":{},"deposit":"1","authorization":{"kind":"permit"}}"#] {
             assert!(serde_json::from_str::<GaslessOpen>(bad).is_err(), "{bad}");
         }
         let short = GaslessOpen {

@@ -667,7 +667,11 @@ mod tests {
                 paid: U256::from(paid),
                 pending_close: false,
             },
-            voucher: StoredVoucher { nonce: 5, cumulative_amount: U256::from(amount), signature: Bytes::new() },
+            voucher: StoredVoucher {
+                nonce: 5,
+                cumulative_amount: U256::from(amount),
+                signature: Bytes::new(),
+            },
             claimed: U256::from(claimed),
             payee_signature: Bytes::from_static(&[9; 65]),
             last_tx: None,
@@ -720,7 +724,10 @@ mod tests {
     fn claims_what_the_payee_authorised() {
         let rec = record(13_600, 100, 300, 500);
         let claim = rec.claim();
-        assert_eq!((claim.nonce, claim.cumulativeAmount, claim.claimed), (5, U256::from(500), U256::from(300)));
+        assert_eq!(
+            (claim.nonce, claim.cumulativeAmount, claim.claimed),
+            (5, U256::from(500), U256::from(300))
+        );
         assert_eq!(claim.channel, rec.chain.params);
     }
 

@@ -579,9 +579,10 @@ impl<S: KvStore, C: ChainReader> Watcher<S, C> {
         }
         let digest = claim::digest(self.domain(), pushed.channel_id, pushed.nonce, claimed);
         let payee = chain.payee();
-        let valid = crate::verify::signed_by(chain_reader, payee, digest, &pushed.payee_signature, &mut None, true)
-            .await
-            .map_err(unavailable)?;
+        let valid =
+            crate::verify::signed_by(chain_reader, payee, digest, &pushed.payee_signature, &mut None, true)
+                .await
+                .map_err(unavailable)?;
         if !valid {
             return Err((
                 RejectCode::InvalidClaimAuthorization,

@@ -36,7 +36,9 @@ use revm::{
 use x402_node::{
     chain::{ChainError, ChainReader},
     channel::{ChannelRecord, OnchainChannel},
-    verify::{ERC1271_GAS_STIPEND, VoucherVerifier, erc1271_accepts, erc1271_call_gas, signed_by_channel_signer},
+    verify::{
+        ERC1271_GAS_STIPEND, VoucherVerifier, erc1271_accepts, erc1271_call_gas, signed_by_channel_signer,
+    },
 };
 use x402_protocol::{
     Voucher,
@@ -442,12 +444,12 @@ async fn node_and_contract_apply_the_same_signature_rule() {
     let wallets = &channels[1..];
     let verdicts = [
         // (the owner's signature, junk)
-        (true, false),   // ERC-1271 wallet: its owner's key
-        (false, false),  // says no
-        (true, true),    // says yes
-        (false, false),  // gas bomb: out of its stipend
-        (false, false),  // 4-byte answer: not a word
-        (true, true),    // long answer: only the first word is read
+        (true, false),  // ERC-1271 wallet: its owner's key
+        (false, false), // says no
+        (true, true),   // says yes
+        (false, false), // gas bomb: out of its stipend
+        (false, false), // 4-byte answer: not a word
+        (true, true),   // long answer: only the first word is read
     ];
     for ((label, params), (owner_ok, junk_ok)) in wallets.iter().zip(verdicts) {
         assert_eq!(world.check(label, params, &owner, false).await, owner_ok, "{label}, the owner");
@@ -467,7 +469,13 @@ struct World {
 impl World {
     /// Signs a voucher of the channel `params` (with `key`, or junk), asks the node's rule and
     /// the contract's `settle`, and requires them to agree; returns the verdict.
-    async fn check(&mut self, label: &str, params: &ChannelParams, key: &PrivateKeySigner, junk: bool) -> bool {
+    async fn check(
+        &mut self,
+        label: &str,
+        params: &ChannelParams,
+        key: &PrivateKeySigner,
+        junk: bool,
+    ) -> bool {
         self.nonce += 1;
         let nonce = self.nonce;
         let id = params.channel_id(CHAIN_ID, self.chain.contract);
