@@ -505,7 +505,9 @@ async fn an_exit_while_the_node_is_down_is_defended_by_the_watcher() {
     };
     let watcher = x402_e2e::harness::Watchtower::start(watcher_config, account(&env.anvil, 9)).await;
 
-    let mut config = env.gateway_config(api, data.path());
+    // The node needs the provider's key to authorise the watcher's claims (it does not settle).
+    let mut config = env.with_provider_key(env.gateway_config(api, data.path()), data.path());
+    config.settlement.enabled = false;
     config.watchers.push(WatcherTarget {
         url: format!("http://{watcher_listen}"),
         token: TOKEN.into(),
