@@ -8,7 +8,7 @@ use std::time::Duration;
 use alloy::{
     eips::eip7702::Authorization,
     network::{TransactionBuilder, TransactionBuilder7702},
-    primitives::{Address, U256},
+    primitives::{Address, B256, U256},
     providers::Provider,
     rpc::types::TransactionRequest,
     signers::SignerSync,
@@ -103,6 +103,19 @@ async fn a_7702_delegation_after_being_served_cannot_revoke_the_vouchers() {
     let payer_chain = provider(&env.anvil, payer.key.clone());
     let as_payer = IPaymentChannel::new(env.contract, &payer_chain);
 
+    // A channel the node first sees after the delegation is taken too: a delegated EOA is not
+    // a contract signer (which the node refuses by default).
+    let params = IPaymentChannel::ChannelParams { salt: B256::repeat_byte(3), ..payer.params(online) };
+    let receipt =
+        as_payer.open(params.clone(), U256::from(DEPOSIT)).send().await.unwrap().get_receipt().await.unwrap();
+    assert!(receipt.status());
+    let third = params.channel_id(env.anvil.chain_id(), env.contract);
+    let voucher = payer.sign(third, 1, PRICE);
+    eventually(10, "a paid request on a channel opened after the delegation", || async {
+        gw.pay(&client, &terms, &voucher).await.status() == StatusCode::OK
+    })
+    .await;
+
     // The payer exits the first channel; the node (online) closes it with its claim.
     as_payer.requestExit(payer.params(online)).send().await.unwrap().get_receipt().await.unwrap();
     eventually(10, "the node to see the exit", || async {
@@ -139,6 +152,7 @@ async fn a_7702_delegation_after_being_served_cannot_revoke_the_vouchers() {
     let receipt = as_payer.withdraw(payer.params(offline)).send().await.unwrap().get_receipt().await.unwrap();
     assert!(receipt.status());
     assert_eq!(env.balance(provider_addr).await - provider_before, U256::from(6 * PRICE));
-    assert_eq!(env.balance(payer.address()).await, U256::from(FUNDS - 6 * PRICE), "the payer keeps the rest");
-    assert_eq!(env.balance(env.contract).await, U256::ZERO);
+    // The payer keeps the rest (the third channel's deposit is still locked in it).
+    assert_eq!(env.balance(payer.address()).await, U256::from(FUNDS - 6 * PRICE - DEPOSIT));
+    assert_eq!(env.balance(env.contract).await, U256::from(DEPOSIT));
 }
