@@ -18,7 +18,7 @@ use alloy::{
 };
 use async_trait::async_trait;
 use x402_protocol::{
-    bindings::IPaymentChannel::{self, IPaymentChannelErrors, OpenParams},
+    bindings::IPaymentChannel::{self, ChannelParams, IPaymentChannelErrors},
     close::SignedCloseAuthorization,
     open::{GaslessOpen, IERC20Permit, IERC5267, TokenDomain},
 };
@@ -80,11 +80,12 @@ pub trait Funding: Send + Sync + fmt::Debug + 'static {
     /// The depositor.
     fn payer(&self) -> Address;
 
-    /// Opens a channel, returning its id and the deposit the contract credited.
-    async fn open(&self, contract: Address, params: OpenParams) -> Result<(B256, U256)>;
+    /// Opens the channel `params` with `deposit`, returning its id and the deposit the
+    /// contract credited.
+    async fn open(&self, contract: Address, params: ChannelParams, deposit: U256) -> Result<(B256, U256)>;
 
-    /// Adds `amount` to a channel's deposit, returning the new deposit.
-    async fn top_up(&self, contract: Address, channel: B256, amount: U256) -> Result<U256>;
+    /// Adds `amount` to the deposit of the channel `params`, returning the new deposit.
+    async fn top_up(&self, contract: Address, params: &ChannelParams, amount: U256) -> Result<U256>;
 }
 
 /// The payer's connection to the chain: a provider that signs as the depositor.
@@ -214,13 +215,9 @@ impl ChainClient {
         Ok(block.header.timestamp)
     }
 
-    /// The id `params` would give a channel opened by the payer.
-    pub async fn channel_id(&self, contract: Address, params: &OpenParams) -> Result<B256> {
-        IPaymentChannel::new(contract, &self.provider)
-            .computeChannelId(self.payer, params.clone())
-            .call()
-            .await
-            .map_err(contract_error)
+    /// The id of the channel `params` at `contract`.
+    pub fn channel_id(&self, contract: Address, params: &ChannelParams) -> B256 {
+        params.channel_id(self.chain_id, contract)
     }
 
     /// Makes sure the payer holds `amount` of `token` and, for an ERC-20, that the contract
@@ -284,13 +281,18 @@ impl ChainClient {
         Ok(receipt)
     }
 
-    /// Opens a channel; returns its id and the deposit credited.
-    pub async fn open_channel(&self, contract: Address, params: OpenParams) -> Result<(B256, U256)> {
-        self.fund(contract, params.token, params.deposit).await?;
-        let id = self.channel_id(contract, &params).await?;
-        let value = if params.token == Address::ZERO { params.deposit } else { U256::ZERO };
+    /// Opens the channel `params` with `deposit`; returns its id and the deposit credited.
+    pub async fn open_channel(
+        &self,
+        contract: Address,
+        params: ChannelParams,
+        deposit: U256,
+    ) -> Result<(B256, U256)> {
+        self.fund(contract, params.token, deposit).await?;
+        let id = self.channel_id(contract, &params);
+        let value = if params.token == Address::ZERO { deposit } else { U256::ZERO };
         let pending = IPaymentChannel::new(contract, &self.provider)
-            .open(params)
+            .open(params, deposit)
             .value(value)
             .send()
             .await
@@ -302,7 +304,13 @@ impl ChainClient {
 
     /// Adds `amount` to a channel's deposit (cancelling a pending exit); returns the new
     /// deposit.
-    pub async fn top_up_channel(&self, contract: Address, id: B256, amount: U256) -> Result<U256> {
+    pub async fn top_up_channel(
+        &self,
+        contract: Address,
+        params: &ChannelParams,
+        amount: U256,
+    ) -> Result<U256> {
+        let id = self.channel_id(contract, params);
         let ch = self.channel(contract, id).await?;
         if ch.status != IPaymentChannel::Status::Open {
             return Err(Error::ChannelState {
@@ -311,10 +319,10 @@ impl ChainClient {
                 what: "a top-up",
             });
         }
-        self.fund(contract, ch.token, amount).await?;
-        let value = if ch.token == Address::ZERO { amount } else { U256::ZERO };
+        self.fund(contract, params.token, amount).await?;
+        let value = if params.token == Address::ZERO { amount } else { U256::ZERO };
         let pending = IPaymentChannel::new(contract, &self.provider)
-            .topUp(id, amount)
+            .topUp(params.clone(), amount)
             .value(value)
             .send()
             .await
@@ -324,19 +332,20 @@ impl ChainClient {
     }
 
     /// Starts a unilateral exit; returns when the payer may withdraw (unix seconds).
-    pub async fn request_exit(&self, contract: Address, id: B256) -> Result<u64> {
+    pub async fn request_exit(&self, contract: Address, params: &ChannelParams) -> Result<u64> {
+        let id = self.channel_id(contract, params);
         let channels = IPaymentChannel::new(contract, &self.provider);
-        let pending = channels.requestExit(id).send().await.map_err(contract_error)?;
+        let pending = channels.requestExit(params.clone()).send().await.map_err(contract_error)?;
         self.confirm("exit", pending).await?;
         Ok(self.channel(contract, id).await?.exitAt.to::<u64>())
     }
 
     /// Withdraws the unspent deposit after the challenge period; returns the refund.
-    pub async fn withdraw(&self, contract: Address, id: B256) -> Result<U256> {
-        let ch = self.channel(contract, id).await?;
+    pub async fn withdraw(&self, contract: Address, params: &ChannelParams) -> Result<U256> {
+        let ch = self.channel(contract, self.channel_id(contract, params)).await?;
         let refund = U256::from(ch.deposit).saturating_sub(U256::from(ch.paid));
         let pending = IPaymentChannel::new(contract, &self.provider)
-            .withdraw(id)
+            .withdraw(params.clone())
             .send()
             .await
             .map_err(contract_error)?;
@@ -377,9 +386,7 @@ impl ChainClient {
     /// returns the channel id and the deposit credited. Simulated first, so a refused open
     /// costs no gas.
     pub async fn submit_gasless(&self, contract: Address, open: &GaslessOpen) -> Result<(B256, U256)> {
-        let channels = IPaymentChannel::new(contract, &self.provider);
-        let id =
-            channels.computeChannelId(open.payer, open.open_params()).call().await.map_err(contract_error)?;
+        let id = self.channel_id(contract, &open.params);
         let tx = TransactionRequest::default().with_to(contract).with_input(open.calldata()?);
         self.provider
             .call(tx.clone())
@@ -394,14 +401,14 @@ impl ChainClient {
     pub async fn close_with_authorization(
         &self,
         contract: Address,
-        id: B256,
+        params: &ChannelParams,
         authorization: &SignedCloseAuthorization,
     ) -> Result<U256> {
-        let ch = self.channel(contract, id).await?;
+        let ch = self.channel(contract, self.channel_id(contract, params)).await?;
         let refund = U256::from(ch.deposit).saturating_sub(authorization.final_amount);
         let pending = IPaymentChannel::new(contract, &self.provider)
             .closeWithAuthorization(
-                id,
+                params.clone(),
                 authorization.final_amount,
                 U256::from(authorization.deadline),
                 authorization.signature.clone(),
@@ -424,12 +431,12 @@ impl Funding for ChainClient {
         self.payer
     }
 
-    async fn open(&self, contract: Address, params: OpenParams) -> Result<(B256, U256)> {
-        self.open_channel(contract, params).await
+    async fn open(&self, contract: Address, params: ChannelParams, deposit: U256) -> Result<(B256, U256)> {
+        self.open_channel(contract, params, deposit).await
     }
 
-    async fn top_up(&self, contract: Address, channel: B256, amount: U256) -> Result<U256> {
-        self.top_up_channel(contract, channel, amount).await
+    async fn top_up(&self, contract: Address, params: &ChannelParams, amount: U256) -> Result<U256> {
+        self.top_up_channel(contract, params, amount).await
     }
 }
 

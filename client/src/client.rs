@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use reqwest::{Request, Response, StatusCode, header::HeaderValue};
 use x402_protocol::{
     ChannelDomain, Network,
-    bindings::IPaymentChannel::OpenParams,
+    bindings::IPaymentChannel::ChannelParams,
     close::{CLOSE_PATH, CloseRequestBody, CloseResponse},
     wire::{
         self, ErrorCode, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SESSION, PAYMENT_SIGNATURE,
@@ -660,13 +660,13 @@ impl Client {
         let params = self.new_channel_params(offer, deposit).await?;
         let terms = terms_of(offer);
         tracing::info!(target: "x402_client::channel", payee = %terms.payee, %deposit, "opening a channel");
-        let (id, credited) = self.inner.funding.open(terms.contract, params.clone()).await?;
-        self.register(id, terms, params.challengePeriod, credited, node).await
+        let (id, credited) = self.inner.funding.open(terms.contract, params.clone(), deposit).await?;
+        self.register(id, terms, &params, credited, node).await
     }
 
     /// The parameters of a new channel for `offer` with `deposit`, checked against the limits
     /// and the network.
-    async fn new_channel_params(&self, offer: &PaymentRequirements, deposit: U256) -> Result<OpenParams> {
+    async fn new_channel_params(&self, offer: &PaymentRequirements, deposit: U256) -> Result<ChannelParams> {
         let limits = &self.inner.limits;
         if deposit > limits.max_deposit {
             return Err(Error::DepositAboveLimit { deposit, limit: limits.max_deposit });
@@ -686,12 +686,12 @@ impl Client {
         }
         let min_period = u32::try_from(offer.extra.min_challenge_period).unwrap_or(u32::MAX);
         let period = self.inner.policy.challenge_period.unwrap_or(min_period).max(min_period);
-        Ok(OpenParams {
+        Ok(ChannelParams {
+            payer: self.inner.funding.payer(),
             payee: terms.payee,
             token: terms.asset,
             signer: self.inner.signer.address(),
             challengePeriod: period,
-            deposit,
             salt: B256::from(rand::random::<[u8; 32]>()),
         })
     }
@@ -701,20 +701,21 @@ impl Client {
         &self,
         id: B256,
         terms: ChannelTerms,
-        period: u32,
+        params: &ChannelParams,
         credited: U256,
         node: Option<String>,
     ) -> Result<Slot> {
-        let ch = ClientChannel::new(
+        let mut ch = ClientChannel::new(
             id,
             terms.clone(),
-            self.inner.funding.payer(),
-            self.inner.signer.address(),
-            period,
+            params.payer,
+            params.signer,
+            params.challengePeriod,
             credited,
             node,
             unix_now(),
         );
+        ch.salt = params.salt;
         self.inner.store.save(&ch).await?;
         let slot = Arc::new(tokio::sync::Mutex::new(ch));
         self.inner.channels.lock().insert(id, slot.clone());
@@ -740,7 +741,7 @@ impl Client {
     async fn replenish(&self, id: B256, offer: &PaymentRequirements, origin: &str) -> Result<()> {
         let _opening = self.inner.opening.lock().await;
         let slot = self.slot(id)?;
-        let (deposit, needed) = {
+        let (deposit, needed, params) = {
             let ch = slot.lock().await;
             if ch.can_pay(offer.amount) {
                 return Ok(()); // a concurrent request topped it up
@@ -748,7 +749,7 @@ impl Client {
             if self.inner.active.lock().get(&ch.terms) != Some(&id) {
                 return Ok(()); // a concurrent request replaced it
             }
-            (ch.deposit, ch.cumulative.saturating_add(offer.amount))
+            (ch.deposit, ch.cumulative.saturating_add(offer.amount), ch.params())
         };
         let limits = &self.inner.limits;
         let policy = &self.inner.policy;
@@ -769,7 +770,7 @@ impl Client {
                 });
             }
             tracing::info!(target: "x402_client::channel", channel = %id, %amount, "topping up");
-            let new_deposit = self.inner.funding.top_up(offer.extra.contract, id, amount).await?;
+            let new_deposit = self.inner.funding.top_up(offer.extra.contract, &params, amount).await?;
             let mut ch = slot.lock().await;
             let added = new_deposit.saturating_sub(ch.deposit);
             ch.topped_up(added);
@@ -882,7 +883,7 @@ impl Client {
         if balance < deposit {
             return Err(Error::InsufficientBalance { token: terms.asset, balance, needed: deposit });
         }
-        let id = chain.channel_id(terms.contract, &params).await?;
+        let id = chain.channel_id(terms.contract, &params);
         let token = chain.token_domain(terms.asset).await?;
         let channels = ChannelDomain::new(terms.network.chain_id, terms.contract);
         let now = chain.now().await?;
@@ -898,7 +899,7 @@ impl Client {
                 &token,
                 &self.inner.depositor,
                 &params,
-                id,
+                deposit,
                 0,
                 now + ttl,
             )?,
@@ -909,7 +910,7 @@ impl Client {
                     &token,
                     &self.inner.depositor,
                     &params,
-                    id,
+                    deposit,
                     nonce,
                     now + ttl,
                 )?
@@ -923,16 +924,14 @@ impl Client {
             }
             Relayer::Node(base) => self.relay_via_node(base, &open).await?,
         }
-        // Trust the chain, not the relayer.
+        // Trust the chain, not the relayer. The id binds every parameter, the payer included.
         let onchain = chain.channel(terms.contract, id).await?;
-        if onchain.status != x402_protocol::bindings::IPaymentChannel::Status::Open || onchain.payer != payer
-        {
+        if onchain.status != x402_protocol::bindings::IPaymentChannel::Status::Open {
             return Err(Error::Chain(format!(
                 "the relayer reported an open, but channel {id} is not open for {payer}"
             )));
         }
-        let slot =
-            self.register(id, terms, params.challengePeriod, U256::from(onchain.deposit), node).await?;
+        let slot = self.register(id, terms, &params, U256::from(onchain.deposit), node).await?;
         let ch = slot.lock().await.clone();
         Ok(ch)
     }
@@ -961,9 +960,9 @@ impl Client {
     pub async fn top_up(&self, id: B256, amount: U256) -> Result<ClientChannel> {
         let _opening = self.inner.opening.lock().await;
         let slot = self.slot(id)?;
-        let (terms, deposit) = {
+        let (terms, deposit, params) = {
             let ch = slot.lock().await;
-            (ch.terms.clone(), ch.deposit)
+            (ch.terms.clone(), ch.deposit, ch.params())
         };
         let limits = &self.inner.limits;
         let after = deposit.saturating_add(amount);
@@ -978,7 +977,7 @@ impl Client {
                 limit: limits.max_total_deposit,
             });
         }
-        let new_deposit = self.inner.funding.top_up(terms.contract, id, amount).await?;
+        let new_deposit = self.inner.funding.top_up(terms.contract, &params, amount).await?;
         let mut ch = slot.lock().await;
         let added = new_deposit.saturating_sub(ch.deposit);
         ch.topped_up(added);
@@ -1040,7 +1039,7 @@ impl Client {
         };
         if let (Some(auth), Some(chain)) = (&answer.authorization, &self.inner.chain) {
             chain.ensure_chain(ch.terms.network.chain_id)?;
-            match chain.close_with_authorization(ch.terms.contract, id, auth).await {
+            match chain.close_with_authorization(ch.terms.contract, &ch.params(), auth).await {
                 Ok(refund) => closed.refund = refund,
                 // The node's settler may close the channel first (it was queued): the same
                 // close at the same amount, so the refund is the node's figure.
@@ -1079,7 +1078,7 @@ impl Client {
         ch.status = ChannelStatus::Closing;
         self.inner.store.save(&ch).await?;
         self.inner.active.lock().retain(|_, active| *active != id);
-        match chain.request_exit(ch.terms.contract, id).await {
+        match chain.request_exit(ch.terms.contract, &ch.params()).await {
             Ok(exit_at) => {
                 ch.status = ChannelStatus::Exiting { exit_at };
                 self.inner.store.save(&ch).await?;
@@ -1123,7 +1122,7 @@ impl Client {
                 what: "a withdrawal",
             });
         }
-        let refund = chain.withdraw(ch.terms.contract, id).await?;
+        let refund = chain.withdraw(ch.terms.contract, &ch.params()).await?;
         ch.status = ChannelStatus::Closed;
         ch.spent = ch.spent.max(U256::from(onchain.paid));
         self.inner.store.save(&ch).await?;

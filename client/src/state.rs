@@ -8,6 +8,7 @@ use alloy::primitives::{Address, B256, Bytes, U256};
 use serde::{Deserialize, Serialize};
 use x402_protocol::{
     Network, Voucher,
+    bindings::IPaymentChannel::ChannelParams,
     wire::{ChannelState, SessionGrant, SettlementExtra, u256_dec},
 };
 
@@ -72,6 +73,10 @@ pub struct ClientChannel {
     pub signer: Address,
     /// The challenge period in seconds.
     pub challenge_period: u32,
+    /// The salt that made the channel id unique (with the fields above, the channel's
+    /// parameters, which every call about the channel passes again).
+    #[serde(default)]
+    pub salt: B256,
     /// The deposit, as far as the client knows (its own opens and top-ups).
     #[serde(with = "u256_dec")]
     pub deposit: U256,
@@ -112,6 +117,18 @@ pub enum Resync {
 }
 
 impl ClientChannel {
+    /// The channel's parameters, as the contract takes them.
+    pub fn params(&self) -> ChannelParams {
+        ChannelParams {
+            payer: self.payer,
+            payee: self.terms.payee,
+            token: self.terms.asset,
+            signer: self.signer,
+            challengePeriod: self.challenge_period,
+            salt: self.salt,
+        }
+    }
+
     /// A freshly opened channel.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -130,6 +147,7 @@ impl ClientChannel {
             payer,
             signer,
             challenge_period,
+            salt: B256::ZERO,
             deposit,
             nonce: 0,
             cumulative: U256::ZERO,

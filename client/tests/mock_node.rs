@@ -18,7 +18,7 @@ use std::{
 };
 
 use alloy::{
-    primitives::{Address, B256, Signature, U256, keccak256},
+    primitives::{Address, B256, Signature, U256},
     signers::local::PrivateKeySigner,
 };
 use axum::{
@@ -32,7 +32,7 @@ use parking_lot::Mutex;
 use x402_client::{ChannelStatus, Client, DepositPolicy, Error, Funding, Limits, Settings, StateStore};
 use x402_protocol::{
     ChannelDomain, Network, SignedVoucher,
-    bindings::IPaymentChannel::OpenParams,
+    bindings::IPaymentChannel::ChannelParams,
     wire::{
         self, ChannelExtra, ChannelState, ErrorCode, PAYMENT_REQUIRED, PAYMENT_RESPONSE, PAYMENT_SIGNATURE,
         PaymentPayload, PaymentRequired, PaymentRequirements, Pricing, Resource, SettlementExtra,
@@ -81,15 +81,26 @@ impl Funding for MockFunding {
         self.0.payer
     }
 
-    async fn open(&self, _contract: Address, params: OpenParams) -> x402_client::Result<(B256, U256)> {
-        let n = self.0.opens.fetch_add(1, Ordering::SeqCst);
-        let id = keccak256(n.to_be_bytes());
-        let ch = ChainChannel { signer: params.signer, payee: params.payee, deposit: params.deposit };
+    async fn open(
+        &self,
+        contract: Address,
+        params: ChannelParams,
+        deposit: U256,
+    ) -> x402_client::Result<(B256, U256)> {
+        self.0.opens.fetch_add(1, Ordering::SeqCst);
+        let id = params.channel_id(CHAIN, contract);
+        let ch = ChainChannel { signer: params.signer, payee: params.payee, deposit };
         self.0.channels.lock().insert(id, ch);
-        Ok((id, params.deposit))
+        Ok((id, deposit))
     }
 
-    async fn top_up(&self, _contract: Address, channel: B256, amount: U256) -> x402_client::Result<U256> {
+    async fn top_up(
+        &self,
+        contract: Address,
+        params: &ChannelParams,
+        amount: U256,
+    ) -> x402_client::Result<U256> {
+        let channel = params.channel_id(CHAIN, contract);
         self.0.top_ups.fetch_add(1, Ordering::SeqCst);
         let mut channels = self.0.channels.lock();
         let ch = channels.get_mut(&channel).ok_or(Error::UnknownChannel(channel))?;

@@ -5,7 +5,6 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {Vm} from "forge-std/Vm.sol";
 
-import {PaymentChannel} from "../src/PaymentChannel.sol";
 import {IPaymentChannel} from "../src/interfaces/IPaymentChannel.sol";
 import {BlacklistToken} from "./mocks/BlacklistToken.sol";
 import {ERC1271Wallet, RejectingWallet} from "./mocks/ERC1271Wallet.sol";
@@ -67,7 +66,7 @@ contract AdversarialTest is ChannelFixture {
         vm.expectEmit(address(channel));
         emit IPaymentChannel.ToppedUp(id, payer, net, 2 * net);
         vm.prank(payer);
-        channel.topUp(id, DEPOSIT);
+        channel.topUp(_p(id), DEPOSIT);
 
         assertEq(channel.getChannel(id).deposit, 2 * net);
         assertEq(feeToken.balanceOf(address(channel)), 2 * net);
@@ -89,7 +88,7 @@ contract AdversarialTest is ChannelFixture {
     function test_close_feeOnTransferBalanceCoversDepositMinusPaid() public {
         bytes32 id = _openToken(address(feeToken), DEPOSIT);
         vm.prank(payer);
-        channel.topUp(id, 500e6);
+        channel.topUp(_p(id), 500e6);
         _assertFeeTokenCovered(id);
 
         _settleAs(payee, _claim(payerKey, id, 1, 300e6));
@@ -112,11 +111,11 @@ contract AdversarialTest is ChannelFixture {
 
         vm.expectRevert(IPaymentChannel.ZeroAmount.selector);
         vm.prank(payer);
-        channel.topUp(id, DEPOSIT);
+        channel.topUp(_p(id), DEPOSIT);
 
         vm.expectRevert(IPaymentChannel.ZeroAmount.selector);
         vm.prank(payer);
-        channel.open(_params(address(feeToken), DEPOSIT, address(0), keccak256("2")));
+        channel.open(_params(address(feeToken), address(0), keccak256("2")), DEPOSIT);
     }
 
     // =========================================================================================
@@ -129,7 +128,7 @@ contract AdversarialTest is ChannelFixture {
             abi.encodeWithSelector(SafeERC20.SafeERC20FailedOperation.selector, falseToken)
         );
         vm.prank(payer);
-        channel.open(_params(address(falseToken), DEPOSIT, address(0), bytes32(0)));
+        channel.open(_params(address(falseToken), address(0), bytes32(0)), DEPOSIT);
     }
 
     function test_open_falseReturningTokenInsufficientBalanceReverts() public {
@@ -138,7 +137,7 @@ contract AdversarialTest is ChannelFixture {
             abi.encodeWithSelector(SafeERC20.SafeERC20FailedOperation.selector, falseToken)
         );
         vm.prank(payer);
-        channel.open(_params(address(falseToken), FUNDS + 1, address(0), bytes32(0)));
+        channel.open(_params(address(falseToken), address(0), bytes32(0)), FUNDS + 1);
         assertEq(falseToken.balanceOf(address(channel)), 0);
     }
 
@@ -150,7 +149,7 @@ contract AdversarialTest is ChannelFixture {
             abi.encodeWithSelector(SafeERC20.SafeERC20FailedOperation.selector, falseToken)
         );
         vm.prank(payer);
-        channel.topUp(id, DEPOSIT);
+        channel.topUp(_p(id), DEPOSIT);
         assertEq(channel.getChannel(id).deposit, DEPOSIT);
     }
 
@@ -203,7 +202,7 @@ contract AdversarialTest is ChannelFixture {
     function test_close_noReturnTokenEndToEnd() public {
         bytes32 id = _openToken(address(noReturn), DEPOSIT);
         vm.prank(payer);
-        channel.topUp(id, 500e6);
+        channel.topUp(_p(id), 500e6);
         assertEq(channel.getChannel(id).deposit, 1500e6);
 
         _settleAs(payee, _claim(payerKey, id, 1, 200e6));
@@ -218,11 +217,11 @@ contract AdversarialTest is ChannelFixture {
     function test_withdraw_noReturnTokenRefundsPayer() public {
         bytes32 id = _openToken(address(noReturn), DEPOSIT);
         vm.prank(payer);
-        channel.requestExit(id);
-        _settleAs(watcher, _claim(payerKey, id, 1, 100e6));
+        channel.requestExit(_p(id));
+        _settleAs(payee, _claim(payerKey, id, 1, 100e6));
         vm.warp(block.timestamp + PERIOD);
 
-        channel.withdraw(id);
+        channel.withdraw(_p(id));
         assertEq(noReturn.balanceOf(payee), 100e6);
         assertEq(noReturn.balanceOf(payer), FUNDS - 100e6);
         assertEq(noReturn.balanceOf(address(channel)), 0);
@@ -263,7 +262,7 @@ contract AdversarialTest is ChannelFixture {
 
         bytes memory sig = _closeAuthSig(payeeKey, id, 250e6);
         vm.prank(payer);
-        channel.closeWithAuthorization(id, 250e6, CLOSE_DEADLINE, sig);
+        channel.closeWithAuthorization(_p(id), 250e6, CLOSE_DEADLINE, sig);
 
         assertEq(blToken.balanceOf(payer), FUNDS - 250e6);
         assertEq(channel.creditOf(payee, address(blToken)), 250e6);
@@ -282,7 +281,7 @@ contract AdversarialTest is ChannelFixture {
     function test_closeMany_blacklistedPayeeCreditedOnce() public {
         bytes32 a = _openToken(address(blToken), DEPOSIT);
         vm.prank(payer);
-        bytes32 b = channel.open(_params(address(blToken), DEPOSIT, address(0), keccak256("b")));
+        bytes32 b = channel.open(_params(address(blToken), address(0), keccak256("b")), DEPOSIT);
         blToken.setBlacklisted(payee, true);
 
         IPaymentChannel.Claim[] memory claims = new IPaymentChannel.Claim[](2);
@@ -360,10 +359,10 @@ contract AdversarialTest is ChannelFixture {
         // The token holds funds and has approved the channel, so it could top B up.
         reToken.mint(address(reToken), 10e6);
         reToken.selfApprove(address(channel), type(uint256).max);
-        reToken.arm(address(channel), abi.encodeCall(channel.topUp, (b, 10e6)));
+        reToken.arm(address(channel), abi.encodeCall(channel.topUp, (_p(b), 10e6)));
 
         vm.prank(payer);
-        bytes32 c = channel.open(_params(address(reToken), DEPOSIT, address(0), keccak256("c")));
+        bytes32 c = channel.open(_params(address(reToken), address(0), keccak256("c")), DEPOSIT);
 
         _assertReentryBlocked();
         assertEq(channel.getChannel(c).deposit, DEPOSIT);
@@ -371,39 +370,39 @@ contract AdversarialTest is ChannelFixture {
         assertEq(reToken.balanceOf(address(channel)), 3 * DEPOSIT);
 
         vm.prank(address(reToken));
-        channel.topUp(b, 10e6);
+        channel.topUp(_p(b), 10e6);
         assertEq(channel.getChannel(b).deposit, DEPOSIT + 10e6);
     }
 
     function test_topUp_reentrantWithdrawReverts() public {
         (bytes32 a, bytes32 b) = _openReentrantPair();
         vm.startPrank(payer);
-        channel.requestExit(b);
+        channel.requestExit(_p(b));
         vm.warp(block.timestamp + PERIOD);
         vm.stopPrank();
         // Anyone may withdraw B now, but not from inside A's top-up.
-        reToken.arm(address(channel), abi.encodeCall(channel.withdraw, (b)));
+        reToken.arm(address(channel), abi.encodeCall(channel.withdraw, (_p(b))));
 
         vm.prank(payer);
-        channel.topUp(a, 1e6);
+        channel.topUp(_p(a), 1e6);
 
         _assertReentryBlocked();
         assertEq(uint8(channel.getChannel(b).status), uint8(IPaymentChannel.Status.Open));
         assertEq(reToken.balanceOf(address(channel)), 2 * DEPOSIT + 1e6);
-        channel.withdraw(b);
+        channel.withdraw(_p(b));
         assertEq(reToken.balanceOf(address(channel)), DEPOSIT + 1e6);
     }
 
     function test_withdraw_reentrantWithdrawReverts() public {
         (bytes32 a, bytes32 b) = _openReentrantPair();
         vm.startPrank(payer);
-        channel.requestExit(a);
-        channel.requestExit(b);
+        channel.requestExit(_p(a));
+        channel.requestExit(_p(b));
         vm.stopPrank();
         vm.warp(block.timestamp + PERIOD);
-        reToken.arm(address(channel), abi.encodeCall(channel.withdraw, (b)));
+        reToken.arm(address(channel), abi.encodeCall(channel.withdraw, (_p(b))));
 
-        channel.withdraw(a);
+        channel.withdraw(_p(a));
 
         _assertReentryBlocked();
         assertEq(uint8(channel.getChannel(b).status), uint8(IPaymentChannel.Status.Open));
@@ -416,7 +415,7 @@ contract AdversarialTest is ChannelFixture {
         // Give the token contract a native credit: it cannot receive ether.
         vm.prank(payer);
         bytes32 n = channel.open{value: 1 ether}(
-            _paramsTo(address(reToken), address(0), 1 ether, address(0), keccak256("n"))
+            _paramsOf(payer, address(reToken), address(0), address(0), keccak256("n")), 1 ether
         );
         _closeAs(address(reToken), _claim(payerKey, n, 1, 0.4 ether));
         assertEq(channel.creditOf(address(reToken), address(0)), 0.4 ether);
@@ -486,14 +485,16 @@ contract AdversarialTest is ChannelFixture {
         RevertingReceiver r = new RevertingReceiver();
         vm.deal(address(r), 1 ether);
         vm.prank(address(r));
-        bytes32 id = channel.open{value: 1 ether}(_params(address(0), 1 ether, session, 0));
+        bytes32 id = channel.open{value: 1 ether}(
+            _paramsOf(address(r), payee, address(0), session, 0), 1 ether
+        );
         vm.prank(address(r));
-        channel.requestExit(id);
-        _settleAs(watcher, _claim(sessionKey, id, 1, 0.25 ether));
+        channel.requestExit(_p(id));
+        _settleAs(payee, _claim(sessionKey, id, 1, 0.25 ether));
         vm.warp(block.timestamp + PERIOD);
 
         vm.prank(stranger);
-        channel.withdraw(id);
+        channel.withdraw(_p(id));
 
         assertEq(payee.balance, 0.25 ether);
         assertEq(channel.creditOf(address(r), address(0)), 0.75 ether);
@@ -528,10 +529,12 @@ contract AdversarialTest is ChannelFixture {
         GasGuzzlerReceiver g = new GasGuzzlerReceiver();
         vm.deal(address(g), 2 ether);
         vm.startPrank(address(g));
-        bytes32 a =
-            channel.open{value: 1 ether}(_params(address(0), 1 ether, session, keccak256("a")));
-        bytes32 b =
-            channel.open{value: 1 ether}(_params(address(0), 1 ether, session, keccak256("b")));
+        bytes32 a = channel.open{value: 1 ether}(
+            _paramsOf(address(g), payee, address(0), session, keccak256("a")), 1 ether
+        );
+        bytes32 b = channel.open{value: 1 ether}(
+            _paramsOf(address(g), payee, address(0), session, keccak256("b")), 1 ether
+        );
         vm.stopPrank();
 
         IPaymentChannel.Claim[] memory claims = new IPaymentChannel.Claim[](2);
@@ -597,16 +600,18 @@ contract AdversarialTest is ChannelFixture {
         vm.prank(payee);
         channel.close(c);
 
-        // During an exit a watcher cannot redeem it either; the wallet gets everything back.
+        // During an exit a watcher with the payee's authorisation cannot redeem it either; the
+        // wallet gets everything back.
         vm.prank(address(wallet));
-        channel.requestExit(id);
+        channel.requestExit(_p(id));
+        bytes memory auth = _claimAuthSig(payeeKey, id, 1, 100e6);
         vm.expectRevert(
             abi.encodeWithSelector(IPaymentChannel.InvalidSignature.selector, id, wallet)
         );
         vm.prank(watcher);
-        channel.settle(c);
+        channel.settleAuthorized(c, auth);
         vm.warp(block.timestamp + PERIOD);
-        channel.withdraw(id);
+        channel.withdraw(_p(id));
         assertEq(usd.balanceOf(address(wallet)), DEPOSIT);
         assertEq(usd.balanceOf(payee), 0);
     }
@@ -615,7 +620,7 @@ contract AdversarialTest is ChannelFixture {
         ERC1271Wallet payeeWallet = new ERC1271Wallet(payee);
         vm.prank(payer);
         bytes32 id = channel.open(
-            _paramsTo(address(payeeWallet), address(usd), DEPOSIT, address(0), bytes32(0))
+            _paramsOf(payer, address(payeeWallet), address(usd), address(0), bytes32(0)), DEPOSIT
         );
 
         // A signature by another key is refused.
@@ -624,12 +629,12 @@ contract AdversarialTest is ChannelFixture {
             abi.encodeWithSelector(IPaymentChannel.InvalidCloseAuthorization.selector, id)
         );
         vm.prank(payer);
-        channel.closeWithAuthorization(id, 400e6, CLOSE_DEADLINE, bad);
+        channel.closeWithAuthorization(_p(id), 400e6, CLOSE_DEADLINE, bad);
 
         // The wallet owner's signature is valid for the wallet.
         bytes memory good = _closeAuthSig(payeeKey, id, 400e6);
         vm.prank(payer);
-        channel.closeWithAuthorization(id, 400e6, CLOSE_DEADLINE, good);
+        channel.closeWithAuthorization(_p(id), 400e6, CLOSE_DEADLINE, good);
 
         assertEq(usd.balanceOf(address(payeeWallet)), 400e6);
         assertEq(usd.balanceOf(payer), FUNDS - 400e6);
@@ -648,7 +653,7 @@ contract AdversarialTest is ChannelFixture {
             abi.encodeWithSelector(IPaymentChannel.InvalidCloseAuthorization.selector, id)
         );
         vm.prank(payer);
-        channel.closeWithAuthorization(id, 100e6, CLOSE_DEADLINE, sig);
+        channel.closeWithAuthorization(_p(id), 100e6, CLOSE_DEADLINE, sig);
     }
 
     function test_settle_erc1271HighSSignatureRefused() public {
@@ -684,29 +689,14 @@ contract AdversarialTest is ChannelFixture {
         return channel.closeMany(c);
     }
 
-    function _paramsTo(address to, address token, uint256 deposit, address signer, bytes32 salt)
-        internal
-        pure
-        returns (IPaymentChannel.OpenParams memory)
-    {
-        return IPaymentChannel.OpenParams({
-            payee: to,
-            token: token,
-            signer: signer,
-            challengePeriod: PERIOD,
-            deposit: deposit,
-            salt: salt
-        });
-    }
-
     function _openToken(address token, uint256 deposit) internal returns (bytes32 id) {
         vm.prank(payer);
-        id = channel.open(_params(token, deposit, address(0), bytes32(0)));
+        id = channel.open(_params(token, address(0), bytes32(0)), deposit);
     }
 
     function _openNativeTo(address to, uint256 deposit) internal returns (bytes32 id) {
         vm.prank(payer);
-        id = channel.open{value: deposit}(_paramsTo(to, address(0), deposit, address(0), 0));
+        id = channel.open{value: deposit}(_paramsOf(payer, to, address(0), address(0), 0), deposit);
     }
 
     /// A USD channel whose payer is `wallet` and whose vouchers it verifies (signer = 0).
@@ -714,7 +704,7 @@ contract AdversarialTest is ChannelFixture {
         usd.mint(wallet, DEPOSIT);
         vm.startPrank(wallet);
         usd.approve(address(channel), DEPOSIT);
-        id = channel.open(_params(address(usd), DEPOSIT, address(0), bytes32(0)));
+        id = channel.open(_paramsOf(wallet, payee, address(usd), address(0), bytes32(0)), DEPOSIT);
         vm.stopPrank();
     }
 
@@ -722,9 +712,10 @@ contract AdversarialTest is ChannelFixture {
     /// so a reentrant settle or close of B from inside the token would be authorised.
     function _openReentrantPair() internal returns (bytes32 a, bytes32 b) {
         vm.startPrank(payer);
-        a = channel.open(_params(address(reToken), DEPOSIT, address(0), keccak256("a")));
+        a = channel.open(_params(address(reToken), address(0), keccak256("a")), DEPOSIT);
         b = channel.open(
-            _paramsTo(address(reToken), address(reToken), DEPOSIT, address(0), keccak256("b"))
+            _paramsOf(payer, address(reToken), address(reToken), address(0), keccak256("b")),
+            DEPOSIT
         );
         vm.stopPrank();
     }

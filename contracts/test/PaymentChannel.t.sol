@@ -1,17 +1,23 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.24;
 
-import {Vm} from "forge-std/Vm.sol";
 import {ERC20} from "@openzeppelin/contracts/token/ERC20/ERC20.sol";
-import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {IERC20Errors} from "@openzeppelin/contracts/interfaces/draft-IERC6093.sol";
-import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {IERC5267} from "@openzeppelin/contracts/interfaces/IERC5267.sol";
+import {Vm} from "forge-std/Vm.sol";
 
-import {PaymentChannel} from "../src/PaymentChannel.sol";
 import {TestStablecoin} from "../src/TestStablecoin.sol";
 import {IPaymentChannel} from "../src/interfaces/IPaymentChannel.sol";
 import {ERC1271Wallet} from "./mocks/ERC1271Wallet.sol";
 import {ChannelFixture} from "./utils/ChannelFixture.sol";
+
+/// @notice The getters of PaymentChannel beyond {IPaymentChannel}.
+interface IPaymentChannelConstants is IPaymentChannel, IERC5267 {
+    function VOUCHER_TYPEHASH() external view returns (bytes32);
+    function CLAIM_AUTHORIZATION_TYPEHASH() external view returns (bytes32);
+    function CLOSE_AUTHORIZATION_TYPEHASH() external view returns (bytes32);
+    function OPEN_AUTHORIZATION_TYPEHASH() external view returns (bytes32);
+}
 
 /// @notice Refuses every native-token transfer.
 contract UnitRejectingReceiver {
@@ -25,7 +31,6 @@ contract UnitGasGuzzler {
     bytes32 public last;
 
     receive() external payable {
-        // About 2,000 hashing rounds: well above the gas a payout forwards, whatever is warm.
         bytes32 h = bytes32(msg.value);
         for (uint256 i; i < 2000; ++i) {
             h = keccak256(abi.encode(h, i));
@@ -75,8 +80,12 @@ contract UnitQuirkyToken is ERC20 {
     }
 }
 
-/// @notice Unit tests of every external function and every revert path of {PaymentChannel}.
+/// @notice Unit tests of every external function and every revert path of PaymentChannel.
+/// The regressions of issue 13 (EIP-7702, ERC-1271, bombs, payee-authorised claims) are in
+/// `Revocation.t.sol`; hostile tokens and wallets in `Adversarial.t.sol`.
 contract PaymentChannelTest is ChannelFixture {
+    uint104 internal constant MAX_DEPOSIT = type(uint104).max;
+
     address internal alice;
     uint256 internal aliceKey;
 
@@ -87,70 +96,10 @@ contract PaymentChannelTest is ChannelFixture {
         usd.mint(alice, FUNDS);
     }
 
-    // =========================================================================================
-    // Helpers
-    // =========================================================================================
+    // ----- helpers -----
 
-    function _openUsdSalt(bytes32 salt) internal returns (bytes32 id) {
-        vm.prank(payer);
-        id = channel.open(_params(address(usd), DEPOSIT, address(0), salt));
-    }
-
-    function _openEthSalt(uint256 deposit, bytes32 salt) internal returns (bytes32 id) {
-        vm.prank(payer);
-        id = channel.open{value: deposit}(_params(address(0), deposit, address(0), salt));
-    }
-
-    /// Opens a USD channel paid by `from` (which approves the channel first).
-    function _openUsdFrom(address from, uint256 deposit, bytes32 salt)
-        internal
-        returns (bytes32 id)
-    {
-        vm.startPrank(from);
-        usd.approve(address(channel), type(uint256).max);
-        id = channel.open(_params(address(usd), deposit, address(0), salt));
-        vm.stopPrank();
-    }
-
-    function _split(bytes memory sig) internal pure returns (bytes32 r, bytes32 s, uint8 v) {
-        assembly {
-            r := mload(add(sig, 0x20))
-            s := mload(add(sig, 0x40))
-            v := byte(0, mload(add(sig, 0x60)))
-        }
-    }
-
-    function _assertUsd(uint256 payerBalance, uint256 payeeBalance, uint256 channelBalance)
-        internal
-        view
-    {
-        assertEq(usd.balanceOf(payer), payerBalance, "payer usd");
-        assertEq(usd.balanceOf(payee), payeeBalance, "payee usd");
-        assertEq(usd.balanceOf(address(channel)), channelBalance, "channel usd");
-    }
-
-    function _assertEth(uint256 payerBalance, uint256 payeeBalance, uint256 channelBalance)
-        internal
-        view
-    {
-        assertEq(payer.balance, payerBalance, "payer eth");
-        assertEq(payee.balance, payeeBalance, "payee eth");
-        assertEq(address(channel).balance, channelBalance, "channel eth");
-    }
-
-    /// A closed channel keeps only its payer and status.
-    function _assertTombstoned(bytes32 id, address expectedPayer) internal view {
-        IPaymentChannel.Channel memory ch = channel.getChannel(id);
-        assertEq(ch.payer, expectedPayer, "tombstone payer");
-        assertEq(uint8(ch.status), uint8(IPaymentChannel.Status.Closed), "tombstone status");
-        assertEq(ch.challengePeriod, 0);
-        assertEq(ch.exitAt, 0);
-        assertEq(ch.payee, address(0));
-        assertEq(ch.nonce, 0);
-        assertEq(ch.token, address(0));
-        assertEq(ch.signer, address(0));
-        assertEq(ch.deposit, 0);
-        assertEq(ch.paid, 0);
+    function _badSig(bytes32 id, address signer) internal pure returns (bytes memory) {
+        return abi.encodeWithSelector(IPaymentChannel.InvalidSignature.selector, id, signer);
     }
 
     function _notOpen(bytes32 id, IPaymentChannel.Status status)
@@ -161,34 +110,74 @@ contract PaymentChannelTest is ChannelFixture {
         return abi.encodeWithSelector(IPaymentChannel.ChannelNotOpen.selector, id, status);
     }
 
-    function _badSig(bytes32 id, address signer) internal pure returns (bytes memory) {
-        return abi.encodeWithSelector(IPaymentChannel.InvalidSignature.selector, id, signer);
+    function _settleExpectRevert(IPaymentChannel.Claim memory c, bytes memory err) internal {
+        vm.prank(payee);
+        vm.expectRevert(err);
+        channel.settle(c);
+    }
+
+    function _assertChannel(bytes32 id, uint256 deposit, uint256 paid, uint256 exitAt)
+        internal
+        view
+    {
+        IPaymentChannel.Channel memory ch = channel.getChannel(id);
+        assertEq(ch.deposit, deposit, "deposit");
+        assertEq(ch.paid, paid, "paid");
+        assertEq(ch.exitAt, exitAt, "exitAt");
+        assertEq(uint8(ch.status), uint8(IPaymentChannel.Status.Open), "open");
+    }
+
+    function _assertTombstone(bytes32 id) internal view {
+        IPaymentChannel.Channel memory ch = channel.getChannel(id);
+        assertEq(uint8(ch.status), uint8(IPaymentChannel.Status.Closed), "closed");
+        assertEq(uint256(ch.deposit) + ch.paid + ch.exitAt, 0, "tombstone fields zero");
+    }
+
+    function _c() internal view returns (IPaymentChannelConstants) {
+        return IPaymentChannelConstants(address(channel));
     }
 
     // =========================================================================================
-    // constructor and bounds
+    // constructor
     // =========================================================================================
 
     function test_constructor_revertsWhenMinZero() public {
         vm.expectRevert(
             abi.encodeWithSelector(IPaymentChannel.ChallengePeriodOutOfBounds.selector, 0, 1, 10)
         );
-        new PaymentChannel(0, 10);
+        this.deployChannel(0, 10);
     }
 
     function test_constructor_revertsWhenMinAboveMax() public {
         vm.expectRevert(
             abi.encodeWithSelector(IPaymentChannel.ChallengePeriodOutOfBounds.selector, 11, 1, 10)
         );
-        new PaymentChannel(11, 10);
+        this.deployChannel(11, 10);
     }
 
     function test_constructor_storesBoundsAndAcceptsMinEqualMax() public {
-        PaymentChannel fixed_ = new PaymentChannel(7, 7);
-        assertEq(fixed_.minChallengePeriod(), 7);
-        assertEq(fixed_.maxChallengePeriod(), 7);
+        IPaymentChannel c = this.deployChannel(5, 5);
+        assertEq(c.minChallengePeriod(), 5);
+        assertEq(c.maxChallengePeriod(), 5);
         assertEq(channel.minChallengePeriod(), MIN_PERIOD);
         assertEq(channel.maxChallengePeriod(), MAX_PERIOD);
+        assertEq(channel.ERC1271_GAS_STIPEND(), 12_000);
+    }
+
+    /// External so that `expectRevert` sees the deployment's revert.
+    function deployChannel(uint32 minPeriod, uint32 maxPeriod) external returns (IPaymentChannel) {
+        bytes memory code = abi.encodePacked(
+            vm.getCode("PaymentChannel.sol:PaymentChannel"), abi.encode(minPeriod, maxPeriod)
+        );
+        address deployed;
+        assembly {
+            deployed := create(0, add(code, 0x20), mload(code))
+            if iszero(deployed) {
+                returndatacopy(0, 0, returndatasize())
+                revert(0, returndatasize())
+            }
+        }
+        return IPaymentChannel(deployed);
     }
 
     // =========================================================================================
@@ -196,604 +185,451 @@ contract PaymentChannelTest is ChannelFixture {
     // =========================================================================================
 
     function test_open_erc20PullsDepositAndStoresChannel() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), "s");
-        bytes32 expected = channel.computeChannelId(payer, p);
-
+        IPaymentChannel.ChannelParams memory p = _params(address(usd), session, "s");
+        bytes32 id = _remember(p);
         vm.expectEmit(address(channel));
         emit IPaymentChannel.ChannelOpened(
-            expected, payer, payee, address(usd), address(0), DEPOSIT, PERIOD, "s"
+            id, payer, payee, address(usd), session, PERIOD, "s", DEPOSIT
         );
         vm.prank(payer);
-        bytes32 id = channel.open(p);
-
-        assertEq(id, expected);
-        IPaymentChannel.Channel memory ch = channel.getChannel(id);
-        assertEq(ch.payer, payer);
-        assertEq(uint8(ch.status), uint8(IPaymentChannel.Status.Open));
-        assertEq(ch.challengePeriod, PERIOD);
-        assertEq(ch.exitAt, 0);
-        assertEq(ch.payee, payee);
-        assertEq(ch.nonce, 0);
-        assertEq(ch.token, address(usd));
-        assertEq(ch.signer, address(0));
-        assertEq(ch.deposit, DEPOSIT);
-        assertEq(ch.paid, 0);
-        _assertUsd(FUNDS - DEPOSIT, 0, DEPOSIT);
+        assertEq(channel.open(p, DEPOSIT), id);
+        _assertChannel(id, DEPOSIT, 0, 0);
+        assertEq(usd.balanceOf(address(channel)), DEPOSIT);
+        assertEq(usd.balanceOf(payer), FUNDS - DEPOSIT);
     }
 
     function test_open_nativeTakesMsgValue() public {
-        IPaymentChannel.OpenParams memory p = _params(address(0), 2 ether, session, "n");
-        bytes32 expected = channel.computeChannelId(payer, p);
-
-        vm.expectEmit(address(channel));
-        emit IPaymentChannel.ChannelOpened(
-            expected, payer, payee, address(0), session, 2 ether, PERIOD, "n"
-        );
-        vm.prank(payer);
-        bytes32 id = channel.open{value: 2 ether}(p);
-
-        assertEq(id, expected);
-        IPaymentChannel.Channel memory ch = channel.getChannel(id);
-        assertEq(ch.token, address(0));
-        assertEq(ch.signer, session);
-        assertEq(ch.deposit, 2 ether);
-        _assertEth(1000 ether - 2 ether, 0, 2 ether);
+        bytes32 id = _openEth(1 ether);
+        _assertChannel(id, 1 ether, 0, 0);
+        assertEq(address(channel).balance, 1 ether);
     }
 
     function test_open_revertsWhenPayeeZero() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
+        IPaymentChannel.ChannelParams memory p = _params(address(usd), address(0), 0);
         p.payee = address(0);
         vm.prank(payer);
         vm.expectRevert(IPaymentChannel.InvalidPayee.selector);
-        channel.open(p);
+        channel.open(p, DEPOSIT);
     }
 
     function test_open_revertsWhenDepositZero() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), 0, address(0), 0);
+        IPaymentChannel.ChannelParams memory p = _params(address(usd), address(0), 0);
         vm.prank(payer);
         vm.expectRevert(IPaymentChannel.ZeroAmount.selector);
-        channel.open(p);
+        channel.open(p, 0);
     }
 
-    function test_open_revertsWhenDepositAboveUint128() public {
-        uint256 tooMuch = uint256(type(uint128).max) + 1;
-        usd.mint(payer, tooMuch);
-        IPaymentChannel.OpenParams memory p = _params(address(usd), tooMuch, address(0), 0);
+    function test_open_revertsWhenDepositAboveUint104() public {
+        IPaymentChannel.ChannelParams memory p = _params(address(0), address(0), 0);
+        uint256 tooMuch = uint256(MAX_DEPOSIT) + 1;
+        vm.deal(payer, tooMuch);
         vm.prank(payer);
         vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.DepositTooLarge.selector, tooMuch));
-        channel.open(p);
+        channel.open{value: tooMuch}(p, tooMuch);
     }
 
-    function test_open_acceptsDepositOfUint128Max() public {
-        uint256 max = type(uint128).max;
-        usd.mint(payer, max);
-        vm.prank(payer);
-        bytes32 id = channel.open(_params(address(usd), max, address(0), 0));
-        assertEq(channel.getChannel(id).deposit, max);
-        assertEq(usd.balanceOf(address(channel)), max);
+    function test_open_acceptsDepositOfUint104Max() public {
+        vm.deal(payer, MAX_DEPOSIT);
+        bytes32 id = _open(_params(address(0), address(0), 0), MAX_DEPOSIT);
+        _assertChannel(id, MAX_DEPOSIT, 0, 0);
     }
 
-    function test_open_revertsWhenPeriodBelowMin() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
-        p.challengePeriod = MIN_PERIOD - 1;
-        vm.prank(payer);
-        vm.expectRevert(
-            abi.encodeWithSelector(
-                IPaymentChannel.ChallengePeriodOutOfBounds.selector,
-                MIN_PERIOD - 1,
-                MIN_PERIOD,
-                MAX_PERIOD
-            )
-        );
-        channel.open(p);
-    }
-
-    function test_open_revertsWhenPeriodAboveMax() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
-        p.challengePeriod = MAX_PERIOD + 1;
-        vm.prank(payer);
-        vm.expectRevert(
-            abi.encodeWithSelector(
-                IPaymentChannel.ChallengePeriodOutOfBounds.selector,
-                MAX_PERIOD + 1,
-                MIN_PERIOD,
-                MAX_PERIOD
-            )
-        );
-        channel.open(p);
+    function test_open_revertsWhenPeriodOutOfBounds() public {
+        uint32[2] memory bad = [MIN_PERIOD - 1, MAX_PERIOD + 1];
+        for (uint256 i; i < 2; ++i) {
+            IPaymentChannel.ChannelParams memory p = _params(address(usd), address(0), 0);
+            p.challengePeriod = bad[i];
+            vm.prank(payer);
+            vm.expectRevert(
+                abi.encodeWithSelector(
+                    IPaymentChannel.ChallengePeriodOutOfBounds.selector,
+                    bad[i],
+                    MIN_PERIOD,
+                    MAX_PERIOD
+                )
+            );
+            channel.open(p, DEPOSIT);
+        }
     }
 
     function test_open_acceptsPeriodAtBothBounds() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
-        p.challengePeriod = MIN_PERIOD;
-        vm.prank(payer);
-        bytes32 a = channel.open(p);
-        p.challengePeriod = MAX_PERIOD;
-        vm.prank(payer);
-        bytes32 b = channel.open(p);
-        assertEq(channel.getChannel(a).challengePeriod, MIN_PERIOD);
-        assertEq(channel.getChannel(b).challengePeriod, MAX_PERIOD);
+        uint32[2] memory ok = [MIN_PERIOD, MAX_PERIOD];
+        for (uint256 i; i < 2; ++i) {
+            IPaymentChannel.ChannelParams memory p = _params(address(usd), address(0), bytes32(i));
+            p.challengePeriod = ok[i];
+            bytes32 id = _open(p, DEPOSIT);
+            uint256 exitAt = _requestExit(id);
+            assertEq(exitAt, block.timestamp + ok[i]);
+        }
     }
 
-    function test_open_revertsWhenNativeValueBelowDeposit() public {
-        IPaymentChannel.OpenParams memory p = _params(address(0), 1 ether, address(0), 0);
-        vm.prank(payer);
-        vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.InvalidMsgValue.selector, 1 ether - 1, 1 ether)
-        );
-        channel.open{value: 1 ether - 1}(p);
-    }
-
-    function test_open_revertsWhenNativeValueAboveDeposit() public {
-        IPaymentChannel.OpenParams memory p = _params(address(0), 1 ether, address(0), 0);
-        vm.prank(payer);
-        vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.InvalidMsgValue.selector, 1 ether + 1, 1 ether)
-        );
-        channel.open{value: 1 ether + 1}(p);
+    function test_open_revertsWhenNativeValueMismatch() public {
+        IPaymentChannel.ChannelParams memory p = _params(address(0), address(0), 0);
+        uint256[2] memory sent = [uint256(1 ether - 1), 1 ether + 1];
+        for (uint256 i; i < 2; ++i) {
+            vm.prank(payer);
+            vm.expectRevert(
+                abi.encodeWithSelector(IPaymentChannel.InvalidMsgValue.selector, sent[i], 1 ether)
+            );
+            channel.open{value: sent[i]}(p, 1 ether);
+        }
     }
 
     function test_open_revertsWhenValueSentWithErc20() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
+        IPaymentChannel.ChannelParams memory p = _params(address(usd), address(0), 0);
         vm.prank(payer);
         vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.InvalidMsgValue.selector, 1, 0));
-        channel.open{value: 1}(p);
+        channel.open{value: 1}(p, DEPOSIT);
     }
 
     function test_open_revertsWhenErc20AllowanceMissing() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
+        IPaymentChannel.ChannelParams memory p = _params(address(usd), address(0), 0);
+        p.payer = alice;
         vm.prank(alice);
         vm.expectRevert(
             abi.encodeWithSelector(
                 IERC20Errors.ERC20InsufficientAllowance.selector, address(channel), 0, DEPOSIT
             )
         );
-        channel.open(p);
+        channel.open(p, DEPOSIT);
     }
 
     function test_open_revertsWhenIdReused() public {
         bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
+        IPaymentChannel.ChannelParams memory p = _p(id);
         vm.prank(payer);
         vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.ChannelExists.selector, id));
-        channel.open(p);
-    }
-
-    function test_open_revertsWhenClosedIdReopened() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        vm.prank(payee);
-        channel.close(_noVoucher(id));
-        _assertTombstoned(id, payer);
-
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
+        channel.open(p, 1);
+        // The deposit is not part of the id: another amount names the same channel.
         vm.prank(payer);
         vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.ChannelExists.selector, id));
-        channel.open(p);
-    }
-
-    function test_open_revertsWhenWithdrawnIdReopened() public {
-        bytes32 id = _openEth(1 ether);
-        uint256 exitAt = _requestExit(id);
-        vm.warp(exitAt);
-        channel.withdraw(id);
-
-        IPaymentChannel.OpenParams memory p = _params(address(0), 1 ether, address(0), 0);
-        vm.prank(payer);
-        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.ChannelExists.selector, id));
-        channel.open{value: 1 ether}(p);
+        channel.open(p, DEPOSIT);
     }
 
     function test_open_newSaltOpensSecondChannel() public {
-        bytes32 a = _openUsdSalt(bytes32(uint256(1)));
-        bytes32 b = _openUsdSalt(bytes32(uint256(2)));
+        bytes32 a = _openUsd(DEPOSIT);
+        bytes32 b = _open(_params(address(usd), address(0), "other"), DEPOSIT);
         assertTrue(a != b);
-        assertEq(channel.getChannel(a).deposit, DEPOSIT);
-        assertEq(channel.getChannel(b).deposit, DEPOSIT);
-        _assertUsd(FUNDS - 2 * DEPOSIT, 0, 2 * DEPOSIT);
+        _assertChannel(a, DEPOSIT, 0, 0);
+        _assertChannel(b, DEPOSIT, 0, 0);
     }
 
     function test_open_feeOnTransferTokenCreditsWhatArrived() public {
         UnitQuirkyToken qt = new UnitQuirkyToken();
-        qt.mint(payer, DEPOSIT);
-        qt.setFeeBps(100); // 1 %
-        IPaymentChannel.OpenParams memory p = _params(address(qt), DEPOSIT, address(0), 0);
-        bytes32 expected = channel.computeChannelId(payer, p);
-
-        vm.startPrank(payer);
-        qt.approve(address(channel), DEPOSIT);
-        vm.expectEmit(address(channel));
-        emit IPaymentChannel.ChannelOpened(
-            expected, payer, payee, address(qt), address(0), 990e6, PERIOD, 0
-        );
-        bytes32 id = channel.open(p);
-        vm.stopPrank();
-
-        assertEq(channel.getChannel(id).deposit, 990e6);
-        assertEq(qt.balanceOf(address(channel)), 990e6);
+        qt.mint(payer, FUNDS);
+        qt.setFeeBps(100);
+        vm.prank(payer);
+        qt.approve(address(channel), type(uint256).max);
+        bytes32 id = _open(_params(address(qt), address(0), 0), DEPOSIT);
+        _assertChannel(id, DEPOSIT * 99 / 100, 0, 0);
     }
 
     function test_open_revertsWhenNothingArrives() public {
         UnitQuirkyToken qt = new UnitQuirkyToken();
-        qt.mint(payer, DEPOSIT);
-        qt.setFeeBps(10_000); // everything is taken as a fee
-        IPaymentChannel.OpenParams memory p = _params(address(qt), DEPOSIT, address(0), 0);
-        vm.startPrank(payer);
-        qt.approve(address(channel), DEPOSIT);
+        qt.mint(payer, FUNDS);
+        qt.setFeeBps(10_000);
+        vm.prank(payer);
+        qt.approve(address(channel), type(uint256).max);
+        IPaymentChannel.ChannelParams memory p = _params(address(qt), address(0), 0);
+        vm.prank(payer);
         vm.expectRevert(IPaymentChannel.ZeroAmount.selector);
-        channel.open(p);
-        vm.stopPrank();
+        channel.open(p, DEPOSIT);
     }
 
-    function test_open_revertsWhenBrokenTokenDeliversAboveUint128() public {
+    function test_open_revertsWhenBrokenTokenDeliversAboveUint104() public {
         UnitQuirkyToken qt = new UnitQuirkyToken();
-        qt.mint(payer, 1);
-        qt.setBonus(uint256(type(uint128).max));
-        IPaymentChannel.OpenParams memory p = _params(address(qt), 1, address(0), 0);
-        vm.startPrank(payer);
-        qt.approve(address(channel), 1);
+        qt.mint(payer, FUNDS);
+        qt.setBonus(uint256(MAX_DEPOSIT));
+        vm.prank(payer);
+        qt.approve(address(channel), type(uint256).max);
+        IPaymentChannel.ChannelParams memory p = _params(address(qt), address(0), 0);
+        vm.prank(payer);
         vm.expectRevert(
             abi.encodeWithSelector(
-                IPaymentChannel.DepositTooLarge.selector, uint256(type(uint128).max) + 1
+                IPaymentChannel.DepositTooLarge.selector, uint256(MAX_DEPOSIT) + DEPOSIT
             )
         );
-        channel.open(p);
-        vm.stopPrank();
+        channel.open(p, DEPOSIT);
     }
 
     // =========================================================================================
     // computeChannelId
     // =========================================================================================
 
-    function test_computeChannelId_matchesOpenAndBindsEveryParameter() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, session, "salt");
-        bytes32 base = channel.computeChannelId(payer, p);
-        vm.prank(payer);
-        assertEq(channel.open(p), base);
-
-        bytes32[] memory ids = new bytes32[](8);
-        ids[0] = base;
-        IPaymentChannel.OpenParams memory q = _params(address(usd), DEPOSIT, session, "salt");
-        q.payee = stranger;
-        ids[1] = channel.computeChannelId(payer, q);
-        q = _params(address(0), DEPOSIT, session, "salt");
-        ids[2] = channel.computeChannelId(payer, q);
-        q = _params(address(usd), DEPOSIT, address(0), "salt");
-        ids[3] = channel.computeChannelId(payer, q);
-        q = _params(address(usd), DEPOSIT, session, "salt");
-        q.challengePeriod = PERIOD + 1;
-        ids[4] = channel.computeChannelId(payer, q);
-        q = _params(address(usd), DEPOSIT + 1, session, "salt");
-        ids[5] = channel.computeChannelId(payer, q);
-        q = _params(address(usd), DEPOSIT, session, "salt2");
-        ids[6] = channel.computeChannelId(payer, q);
-        ids[7] = channel.computeChannelId(alice, p);
-        for (uint256 i; i < ids.length; ++i) {
-            for (uint256 j = i + 1; j < ids.length; ++j) {
-                assertTrue(ids[i] != ids[j], "ids collide");
-            }
+    function test_computeChannelId_matchesFormulaAndBindsEveryParameter() public {
+        IPaymentChannel.ChannelParams memory p = _params(address(usd), session, "x");
+        bytes32 id = channel.computeChannelId(p);
+        assertEq(id, keccak256(abi.encode(block.chainid, address(channel), p)));
+        assertEq(_open(p, DEPOSIT), id);
+        for (uint256 field; field < 6; ++field) {
+            IPaymentChannel.ChannelParams memory q = _p(id);
+            if (field == 0) q.payer = alice;
+            if (field == 1) q.payee = alice;
+            if (field == 2) q.token = address(0);
+            if (field == 3) q.signer = address(0);
+            if (field == 4) q.challengePeriod = PERIOD + 1;
+            if (field == 5) q.salt = "y";
+            assertTrue(channel.computeChannelId(q) != id);
         }
     }
 
     function test_computeChannelId_bindsContractAndChain() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
-        bytes32 here = channel.computeChannelId(payer, p);
-        PaymentChannel other = new PaymentChannel(MIN_PERIOD, MAX_PERIOD);
-        assertTrue(other.computeChannelId(payer, p) != here, "other deployment");
-
-        uint256 chainId = block.chainid;
-        vm.chainId(chainId + 1);
-        bytes32 elsewhere = channel.computeChannelId(payer, p);
-        vm.chainId(chainId);
-        assertTrue(elsewhere != here, "other chain");
-        assertEq(channel.computeChannelId(payer, p), here);
+        IPaymentChannel.ChannelParams memory p = _params(address(usd), address(0), 0);
+        IPaymentChannel other = _deployChannel(MIN_PERIOD, MAX_PERIOD);
+        bytes32 id = channel.computeChannelId(p);
+        assertTrue(other.computeChannelId(p) != id);
+        vm.chainId(block.chainid + 1);
+        assertTrue(channel.computeChannelId(p) != id);
     }
 
     // =========================================================================================
     // openWithPermit
     // =========================================================================================
 
-    function _permitOpen(IPaymentChannel.OpenParams memory p, uint256 deadline)
+    function _alicePermitOpen(uint256 deposit, bytes32 salt)
         internal
-        view
-        returns (uint8 v, bytes32 r, bytes32 s, bytes memory openSig, bytes32 id)
+        returns (
+            IPaymentChannel.ChannelParams memory p,
+            bytes32 id,
+            uint8 v,
+            bytes32 r,
+            bytes32 s,
+            bytes memory openSig
+        )
     {
-        (v, r, s) = _permitSig(aliceKey, alice, p.deposit, deadline);
-        id = channel.computeChannelId(alice, p);
-        openSig = _openAuthSig(aliceKey, id, deadline);
+        p = _params(address(usd), address(0), salt);
+        p.payer = alice;
+        id = _remember(p);
+        (v, r, s) = _permitSig(aliceKey, alice, deposit, block.timestamp + 1 hours);
+        openSig = _openAuthSig(aliceKey, id, deposit, block.timestamp + 1 hours);
     }
 
     function test_openWithPermit_relayerOpensForPayer() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, session, "p");
-        uint256 deadline = block.timestamp + 1 hours;
-        (uint8 v, bytes32 r, bytes32 s, bytes memory openSig, bytes32 expected) =
-            _permitOpen(p, deadline);
-
-        vm.expectEmit(address(channel));
-        emit IPaymentChannel.ChannelOpened(
-            expected, alice, payee, address(usd), session, DEPOSIT, PERIOD, "p"
-        );
+        (
+            IPaymentChannel.ChannelParams memory p,
+            bytes32 id,
+            uint8 v,
+            bytes32 r,
+            bytes32 s,
+            bytes memory openSig
+        ) = _alicePermitOpen(DEPOSIT, 0);
         vm.prank(stranger);
-        bytes32 id = channel.openWithPermit(alice, p, deadline, v, r, s, openSig);
-
-        assertEq(id, expected);
-        IPaymentChannel.Channel memory ch = channel.getChannel(id);
-        assertEq(ch.payer, alice);
-        assertEq(ch.deposit, DEPOSIT);
-        assertEq(ch.signer, session);
+        assertEq(
+            channel.openWithPermit(p, DEPOSIT, block.timestamp + 1 hours, v, r, s, openSig), id
+        );
+        _assertChannel(id, DEPOSIT, 0, 0);
         assertEq(usd.balanceOf(alice), FUNDS - DEPOSIT);
-        assertEq(usd.balanceOf(stranger), 0);
-        assertEq(usd.balanceOf(address(channel)), DEPOSIT);
-        assertEq(usd.nonces(alice), 1, "permit used");
-        assertEq(usd.allowance(alice, address(channel)), 0);
     }
 
     function test_openWithPermit_acceptsDeadlineEqualToNow() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
-        uint256 deadline = block.timestamp;
-        (uint8 v, bytes32 r, bytes32 s, bytes memory openSig,) = _permitOpen(p, deadline);
-        vm.prank(stranger);
-        bytes32 id = channel.openWithPermit(alice, p, deadline, v, r, s, openSig);
-        assertEq(channel.getChannel(id).payer, alice);
+        IPaymentChannel.ChannelParams memory p = _params(address(usd), address(0), 0);
+        p.payer = alice;
+        bytes32 id = _remember(p);
+        (uint8 v, bytes32 r, bytes32 s) = _permitSig(aliceKey, alice, DEPOSIT, block.timestamp);
+        bytes memory openSig = _openAuthSig(aliceKey, id, DEPOSIT, block.timestamp);
+        channel.openWithPermit(p, DEPOSIT, block.timestamp, v, r, s, openSig);
+        _assertChannel(id, DEPOSIT, 0, 0);
     }
 
-    function test_openWithPermit_revertsWhenFrontRunnerChangesPayee() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
+    function test_openWithPermit_revertsWhenFrontRunnerAltersAnything() public {
+        (
+            IPaymentChannel.ChannelParams memory p,,
+            uint8 v,
+            bytes32 r,
+            bytes32 s,
+            bytes memory openSig
+        ) = _alicePermitOpen(DEPOSIT, 0);
         uint256 deadline = block.timestamp + 1 hours;
-        (uint8 v, bytes32 r, bytes32 s, bytes memory openSig,) = _permitOpen(p, deadline);
-
-        IPaymentChannel.OpenParams memory evil = _params(address(usd), DEPOSIT, address(0), 0);
-        evil.payee = stranger;
-        bytes32 evilId = channel.computeChannelId(alice, evil);
-        vm.prank(stranger);
+        for (uint256 field; field < 4; ++field) {
+            IPaymentChannel.ChannelParams memory q = p;
+            q = IPaymentChannel.ChannelParams(
+                p.payer, p.payee, p.token, p.signer, p.challengePeriod, p.salt
+            );
+            if (field == 0) q.payee = stranger;
+            if (field == 1) q.signer = stranger;
+            if (field == 2) q.salt = "other";
+            if (field == 3) q.challengePeriod = PERIOD + 1;
+            bytes32 qid = channel.computeChannelId(q);
+            vm.expectRevert(
+                abi.encodeWithSelector(
+                    IPaymentChannel.InvalidOpenAuthorization.selector, qid, alice
+                )
+            );
+            channel.openWithPermit(q, DEPOSIT, deadline, v, r, s, openSig);
+        }
+        // Another deposit (the permit may allow more than the payer meant to lock).
+        bytes32 id = channel.computeChannelId(p);
         vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.InvalidOpenAuthorization.selector, evilId, alice)
+            abi.encodeWithSelector(IPaymentChannel.InvalidOpenAuthorization.selector, id, alice)
         );
-        channel.openWithPermit(alice, evil, deadline, v, r, s, openSig);
+        channel.openWithPermit(p, DEPOSIT - 1, deadline, v, r, s, openSig);
+        // Another deadline.
+        vm.expectRevert(
+            abi.encodeWithSelector(IPaymentChannel.InvalidOpenAuthorization.selector, id, alice)
+        );
+        channel.openWithPermit(p, DEPOSIT, deadline + 1, v, r, s, openSig);
         assertEq(usd.balanceOf(alice), FUNDS);
     }
 
-    function test_openWithPermit_revertsWhenFrontRunnerChangesSigner() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
-        uint256 deadline = block.timestamp + 1 hours;
-        (uint8 v, bytes32 r, bytes32 s, bytes memory openSig,) = _permitOpen(p, deadline);
-
-        // A relayer trying to install its own voucher key.
-        IPaymentChannel.OpenParams memory evil = _params(address(usd), DEPOSIT, stranger, 0);
-        bytes32 evilId = channel.computeChannelId(alice, evil);
-        vm.prank(stranger);
-        vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.InvalidOpenAuthorization.selector, evilId, alice)
-        );
-        channel.openWithPermit(alice, evil, deadline, v, r, s, openSig);
-    }
-
     function test_openWithPermit_revertsWhenOpenSignedByAnotherKey() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
-        uint256 deadline = block.timestamp + 1 hours;
-        (uint8 v, bytes32 r, bytes32 s,, bytes32 id) = _permitOpen(p, deadline);
-        bytes memory wrongSig = _openAuthSig(payerKey, id, deadline);
-        vm.prank(stranger);
+        (IPaymentChannel.ChannelParams memory p, bytes32 id, uint8 v, bytes32 r, bytes32 s,) =
+            _alicePermitOpen(DEPOSIT, 0);
+        bytes memory openSig = _openAuthSig(payerKey, id, DEPOSIT, block.timestamp + 1 hours);
         vm.expectRevert(
             abi.encodeWithSelector(IPaymentChannel.InvalidOpenAuthorization.selector, id, alice)
         );
-        channel.openWithPermit(alice, p, deadline, v, r, s, wrongSig);
-    }
-
-    function test_openWithPermit_revertsWhenOpenSignedForOtherDeadline() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
-        uint256 deadline = block.timestamp + 1 hours;
-        (uint8 v, bytes32 r, bytes32 s,, bytes32 id) = _permitOpen(p, deadline);
-        bytes memory shortSig = _openAuthSig(aliceKey, id, deadline - 1);
-        vm.prank(stranger);
-        vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.InvalidOpenAuthorization.selector, id, alice)
-        );
-        channel.openWithPermit(alice, p, deadline, v, r, s, shortSig);
+        channel.openWithPermit(p, DEPOSIT, block.timestamp + 1 hours, v, r, s, openSig);
     }
 
     function test_openWithPermit_revertsWhenExpired() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
+        (
+            IPaymentChannel.ChannelParams memory p,,
+            uint8 v,
+            bytes32 r,
+            bytes32 s,
+            bytes memory openSig
+        ) = _alicePermitOpen(DEPOSIT, 0);
         uint256 deadline = block.timestamp + 1 hours;
-        (uint8 v, bytes32 r, bytes32 s, bytes memory openSig,) = _permitOpen(p, deadline);
         vm.warp(deadline + 1);
-        vm.prank(stranger);
         vm.expectRevert(
             abi.encodeWithSelector(IPaymentChannel.AuthorizationExpired.selector, deadline)
         );
-        channel.openWithPermit(alice, p, deadline, v, r, s, openSig);
+        channel.openWithPermit(p, DEPOSIT, deadline, v, r, s, openSig);
     }
 
     function test_openWithPermit_opensWhenPermitFrontRun() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
+        (
+            IPaymentChannel.ChannelParams memory p,
+            bytes32 id,
+            uint8 v,
+            bytes32 r,
+            bytes32 s,
+            bytes memory openSig
+        ) = _alicePermitOpen(DEPOSIT, 0);
         uint256 deadline = block.timestamp + 1 hours;
-        (uint8 v, bytes32 r, bytes32 s, bytes memory openSig, bytes32 expected) =
-            _permitOpen(p, deadline);
-
-        // Someone copies the permit out of the mempool and submits it first.
-        vm.prank(stranger);
         usd.permit(alice, address(channel), DEPOSIT, deadline, v, r, s);
-        assertEq(usd.allowance(alice, address(channel)), DEPOSIT);
-
-        vm.prank(stranger);
-        bytes32 id = channel.openWithPermit(alice, p, deadline, v, r, s, openSig);
-        assertEq(id, expected);
-        assertEq(channel.getChannel(id).deposit, DEPOSIT);
-        assertEq(usd.balanceOf(alice), FUNDS - DEPOSIT);
-        assertEq(usd.allowance(alice, address(channel)), 0);
+        channel.openWithPermit(p, DEPOSIT, deadline, v, r, s, openSig);
+        _assertChannel(id, DEPOSIT, 0, 0);
     }
 
     function test_openWithPermit_revertsWhenPermitInvalidAndNoAllowance() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
-        uint256 deadline = block.timestamp + 1 hours;
-        (uint8 v, bytes32 r, bytes32 s, bytes memory openSig,) = _permitOpen(p, deadline);
-        // The permit is swallowed when it fails; the transfer then fails on the allowance.
-        vm.prank(stranger);
+        (IPaymentChannel.ChannelParams memory p,,,,, bytes memory openSig) =
+            _alicePermitOpen(DEPOSIT, 0);
         vm.expectRevert(
             abi.encodeWithSelector(
                 IERC20Errors.ERC20InsufficientAllowance.selector, address(channel), 0, DEPOSIT
             )
         );
-        channel.openWithPermit(alice, p, deadline, v, r, bytes32(uint256(s) ^ 1), openSig);
+        channel.openWithPermit(p, DEPOSIT, block.timestamp + 1 hours, 27, 0, 0, openSig);
     }
 
     function test_openWithPermit_revertsWhenNative() public {
-        IPaymentChannel.OpenParams memory p = _params(address(0), 1 ether, address(0), 0);
-        vm.prank(stranger);
+        IPaymentChannel.ChannelParams memory p = _params(address(0), address(0), 0);
         vm.expectRevert(IPaymentChannel.NativeTokenNotSupported.selector);
-        channel.openWithPermit(alice, p, block.timestamp, 27, 0, 0, "");
+        channel.openWithPermit(p, 1, block.timestamp, 0, 0, 0, "");
     }
 
     function test_openWithPermit_revertsWhenReplayed() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
+        (
+            IPaymentChannel.ChannelParams memory p,
+            bytes32 id,
+            uint8 v,
+            bytes32 r,
+            bytes32 s,
+            bytes memory openSig
+        ) = _alicePermitOpen(DEPOSIT, 0);
         uint256 deadline = block.timestamp + 1 hours;
-        (uint8 v, bytes32 r, bytes32 s, bytes memory openSig, bytes32 id) = _permitOpen(p, deadline);
-        vm.prank(stranger);
-        channel.openWithPermit(alice, p, deadline, v, r, s, openSig);
-        // Even with a fresh allowance in place the same authorisation cannot open twice.
-        vm.prank(alice);
-        usd.approve(address(channel), DEPOSIT);
-        vm.prank(stranger);
+        channel.openWithPermit(p, DEPOSIT, deadline, v, r, s, openSig);
         vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.ChannelExists.selector, id));
-        channel.openWithPermit(alice, p, deadline, v, r, s, openSig);
-        assertEq(usd.balanceOf(alice), FUNDS - DEPOSIT);
+        channel.openWithPermit(p, DEPOSIT, deadline, v, r, s, openSig);
     }
 
     function test_openWithPermit_eip1271WalletPayer() public {
         ERC1271Wallet wallet = new ERC1271Wallet(alice);
-        usd.mint(address(wallet), DEPOSIT);
+        usd.mint(address(wallet), FUNDS);
         vm.prank(address(wallet));
-        usd.approve(address(channel), DEPOSIT);
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
-        uint256 deadline = block.timestamp + 1 hours;
-        bytes32 id = channel.computeChannelId(address(wallet), p);
-        bytes memory openSig = _openAuthSig(aliceKey, id, deadline);
-
-        vm.prank(stranger);
-        channel.openWithPermit(address(wallet), p, deadline, 0, 0, 0, openSig);
-        assertEq(channel.getChannel(id).payer, address(wallet));
-        assertEq(usd.balanceOf(address(wallet)), 0);
+        usd.approve(address(channel), type(uint256).max);
+        IPaymentChannel.ChannelParams memory p = _params(address(usd), address(0), 0);
+        p.payer = address(wallet);
+        bytes32 id = _remember(p);
+        bytes memory openSig = _openAuthSig(aliceKey, id, DEPOSIT, block.timestamp);
+        channel.openWithPermit(p, DEPOSIT, block.timestamp, 0, 0, 0, openSig);
+        _assertChannel(id, DEPOSIT, 0, 0);
     }
 
     // =========================================================================================
     // openWithAuthorization
     // =========================================================================================
 
-    function _receiveAuth(IPaymentChannel.OpenParams memory p, uint256 validBefore)
+    function _aliceAuth(uint256 deposit, bytes32 salt)
         internal
-        view
-        returns (uint8 v, bytes32 r, bytes32 s, bytes32 id)
+        returns (IPaymentChannel.ChannelParams memory p, bytes32 id, uint8 v, bytes32 r, bytes32 s)
     {
-        id = channel.computeChannelId(alice, p);
-        (v, r, s) = _receiveAuthSig(aliceKey, alice, p.deposit, 0, validBefore, id);
+        p = _params(address(usd), address(0), salt);
+        p.payer = alice;
+        id = _remember(p);
+        (v, r, s) = _receiveAuthSig(aliceKey, alice, deposit, 0, block.timestamp + 1 hours, id);
     }
 
     function test_openWithAuthorization_relayerOpensForPayer() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), "a");
-        uint256 validBefore = block.timestamp + 1 hours;
-        (uint8 v, bytes32 r, bytes32 s, bytes32 expected) = _receiveAuth(p, validBefore);
-
-        vm.expectEmit(address(channel));
-        emit IPaymentChannel.ChannelOpened(
-            expected, alice, payee, address(usd), address(0), DEPOSIT, PERIOD, "a"
+        (IPaymentChannel.ChannelParams memory p, bytes32 id, uint8 v, bytes32 r, bytes32 s) =
+            _aliceAuth(DEPOSIT, 0);
+        vm.prank(stranger);
+        assertEq(
+            channel.openWithAuthorization(p, DEPOSIT, 0, block.timestamp + 1 hours, v, r, s), id
         );
-        vm.prank(stranger);
-        bytes32 id = channel.openWithAuthorization(alice, p, 0, validBefore, v, r, s);
-
-        assertEq(id, expected);
-        assertEq(channel.getChannel(id).payer, alice);
-        assertEq(channel.getChannel(id).deposit, DEPOSIT);
+        _assertChannel(id, DEPOSIT, 0, 0);
         assertEq(usd.balanceOf(alice), FUNDS - DEPOSIT);
-        assertEq(usd.balanceOf(address(channel)), DEPOSIT);
-        assertEq(usd.balanceOf(stranger), 0);
-        assertTrue(usd.authorizationState(alice, id), "nonce = channel id used");
     }
 
-    function test_openWithAuthorization_revertsWhenPayeeAltered() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
-        uint256 validBefore = block.timestamp + 1 hours;
-        (uint8 v, bytes32 r, bytes32 s,) = _receiveAuth(p, validBefore);
-        p.payee = stranger;
-        vm.prank(stranger);
+    function test_openWithAuthorization_revertsWhenAnythingAltered() public {
+        (IPaymentChannel.ChannelParams memory p,, uint8 v, bytes32 r, bytes32 s) =
+            _aliceAuth(DEPOSIT, 0);
+        uint256 before = block.timestamp + 1 hours;
+        IPaymentChannel.ChannelParams memory q = IPaymentChannel.ChannelParams(
+            p.payer, stranger, p.token, p.signer, p.challengePeriod, p.salt
+        );
         vm.expectRevert(TestStablecoin.InvalidAuthorizationSignature.selector);
-        channel.openWithAuthorization(alice, p, 0, validBefore, v, r, s);
+        channel.openWithAuthorization(q, DEPOSIT, 0, before, v, r, s);
+        vm.expectRevert(TestStablecoin.InvalidAuthorizationSignature.selector);
+        channel.openWithAuthorization(p, DEPOSIT + 1, 0, before, v, r, s);
+        q.payee = payee;
+        q.payer = payer;
+        vm.expectRevert(TestStablecoin.InvalidAuthorizationSignature.selector);
+        channel.openWithAuthorization(q, DEPOSIT, 0, before, v, r, s);
         assertEq(usd.balanceOf(alice), FUNDS);
-    }
-
-    function test_openWithAuthorization_revertsWhenDepositAltered() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
-        uint256 validBefore = block.timestamp + 1 hours;
-        (uint8 v, bytes32 r, bytes32 s,) = _receiveAuth(p, validBefore);
-        p.deposit = DEPOSIT - 1;
-        vm.prank(stranger);
-        vm.expectRevert(TestStablecoin.InvalidAuthorizationSignature.selector);
-        channel.openWithAuthorization(alice, p, 0, validBefore, v, r, s);
-    }
-
-    function test_openWithAuthorization_revertsWhenPayerAltered() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
-        uint256 validBefore = block.timestamp + 1 hours;
-        (uint8 v, bytes32 r, bytes32 s,) = _receiveAuth(p, validBefore);
-        // Charging alice's signature to another (funded) account fails.
-        vm.prank(stranger);
-        vm.expectRevert(TestStablecoin.InvalidAuthorizationSignature.selector);
-        channel.openWithAuthorization(payer, p, 0, validBefore, v, r, s);
-        assertEq(usd.balanceOf(payer), FUNDS);
     }
 
     function test_openWithAuthorization_revertsWhenReplayed() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
-        uint256 validBefore = block.timestamp + 1 hours;
-        (uint8 v, bytes32 r, bytes32 s, bytes32 id) = _receiveAuth(p, validBefore);
-        vm.prank(stranger);
-        channel.openWithAuthorization(alice, p, 0, validBefore, v, r, s);
-
-        vm.prank(stranger);
+        (IPaymentChannel.ChannelParams memory p, bytes32 id, uint8 v, bytes32 r, bytes32 s) =
+            _aliceAuth(DEPOSIT, 0);
+        channel.openWithAuthorization(p, DEPOSIT, 0, block.timestamp + 1 hours, v, r, s);
         vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.ChannelExists.selector, id));
-        channel.openWithAuthorization(alice, p, 0, validBefore, v, r, s);
-
-        // Still refused after the channel is closed: the id is tombstoned.
-        vm.prank(payee);
-        channel.close(_noVoucher(id));
-        vm.prank(stranger);
-        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.ChannelExists.selector, id));
-        channel.openWithAuthorization(alice, p, 0, validBefore, v, r, s);
-        assertEq(usd.balanceOf(alice), FUNDS);
+        channel.openWithAuthorization(p, DEPOSIT, 0, block.timestamp + 1 hours, v, r, s);
     }
 
     function test_openWithAuthorization_revertsWhenExpired() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
-        uint256 validBefore = block.timestamp + 1 hours;
-        (uint8 v, bytes32 r, bytes32 s,) = _receiveAuth(p, validBefore);
-        vm.warp(validBefore);
-        vm.prank(stranger);
+        (IPaymentChannel.ChannelParams memory p,, uint8 v, bytes32 r, bytes32 s) =
+            _aliceAuth(DEPOSIT, 0);
+        uint256 before = block.timestamp + 1 hours;
+        vm.warp(before);
         vm.expectRevert(
-            abi.encodeWithSelector(
-                TestStablecoin.AuthorizationNotInValidWindow.selector, 0, validBefore
-            )
+            abi.encodeWithSelector(TestStablecoin.AuthorizationNotInValidWindow.selector, 0, before)
         );
-        channel.openWithAuthorization(alice, p, 0, validBefore, v, r, s);
+        channel.openWithAuthorization(p, DEPOSIT, 0, before, v, r, s);
     }
 
     function test_openWithAuthorization_revertsWhenNative() public {
-        IPaymentChannel.OpenParams memory p = _params(address(0), 1 ether, address(0), 0);
-        vm.prank(stranger);
+        IPaymentChannel.ChannelParams memory p = _params(address(0), address(0), 0);
         vm.expectRevert(IPaymentChannel.NativeTokenNotSupported.selector);
-        channel.openWithAuthorization(alice, p, 0, block.timestamp + 1, 27, 0, 0);
+        channel.openWithAuthorization(p, 1, 0, 1, 0, 0, 0);
     }
 
     function test_openWithAuthorization_checksParamsBeforeToken() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
-        p.challengePeriod = MIN_PERIOD - 1;
-        vm.prank(stranger);
-        vm.expectRevert(
-            abi.encodeWithSelector(
-                IPaymentChannel.ChallengePeriodOutOfBounds.selector,
-                MIN_PERIOD - 1,
-                MIN_PERIOD,
-                MAX_PERIOD
-            )
-        );
-        channel.openWithAuthorization(alice, p, 0, block.timestamp + 1, 27, 0, 0);
+        IPaymentChannel.ChannelParams memory p = _params(address(usd), address(0), 0);
+        p.payee = address(0);
+        vm.expectRevert(IPaymentChannel.InvalidPayee.selector);
+        channel.openWithAuthorization(p, DEPOSIT, 0, 1, 0, 0, 0);
     }
 
     // =========================================================================================
@@ -802,186 +638,142 @@ contract PaymentChannelTest is ChannelFixture {
 
     function test_topUp_byPayerAddsToDeposit() public {
         bytes32 id = _openUsd(DEPOSIT);
+        IPaymentChannel.ChannelParams memory p = _p(id);
         vm.expectEmit(address(channel));
-        emit IPaymentChannel.ToppedUp(id, payer, 500e6, DEPOSIT + 500e6);
+        emit IPaymentChannel.ToppedUp(id, payer, 5e6, DEPOSIT + 5e6);
         vm.prank(payer);
-        channel.topUp(id, 500e6);
-        assertEq(channel.getChannel(id).deposit, DEPOSIT + 500e6);
-        _assertUsd(FUNDS - DEPOSIT - 500e6, 0, DEPOSIT + 500e6);
+        channel.topUp(p, 5e6);
+        _assertChannel(id, DEPOSIT + 5e6, 0, 0);
     }
 
     function test_topUp_byThirdPartyWithoutExit() public {
         bytes32 id = _openUsd(DEPOSIT);
-        usd.mint(stranger, 300e6);
+        _fund(stranger);
+        IPaymentChannel.ChannelParams memory p = _p(id);
         vm.prank(stranger);
-        usd.approve(address(channel), 300e6);
-
-        vm.expectEmit(address(channel));
-        emit IPaymentChannel.ToppedUp(id, stranger, 300e6, DEPOSIT + 300e6);
-        vm.prank(stranger);
-        channel.topUp(id, 300e6);
-
-        assertEq(channel.getChannel(id).deposit, DEPOSIT + 300e6);
-        assertEq(channel.getChannel(id).payer, payer, "payer unchanged");
-        assertEq(usd.balanceOf(stranger), 0);
-        _assertUsd(FUNDS - DEPOSIT, 0, DEPOSIT + 300e6);
+        channel.topUp(p, 5e6);
+        _assertChannel(id, DEPOSIT + 5e6, 0, 0);
+        assertEq(usd.balanceOf(stranger), FUNDS - 5e6);
     }
 
     function test_topUp_nativeAddsMsgValue() public {
         bytes32 id = _openEth(1 ether);
+        IPaymentChannel.ChannelParams memory p = _p(id);
         vm.prank(payer);
-        channel.topUp{value: 0.5 ether}(id, 0.5 ether);
-        assertEq(channel.getChannel(id).deposit, 1.5 ether);
-        _assertEth(1000 ether - 1.5 ether, 0, 1.5 ether);
+        channel.topUp{value: 2 ether}(p, 2 ether);
+        _assertChannel(id, 3 ether, 0, 0);
     }
 
-    function test_topUp_revertsWhenNativeValueMismatch() public {
-        bytes32 id = _openEth(1 ether);
+    function test_topUp_revertsOnWrongValue() public {
+        bytes32 e = _openEth(1 ether);
+        bytes32 u = _open(_params(address(usd), address(0), "u"), DEPOSIT);
+        IPaymentChannel.ChannelParams memory pe = _p(e);
+        IPaymentChannel.ChannelParams memory pu = _p(u);
         vm.prank(payer);
         vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.InvalidMsgValue.selector, 1, 2));
-        channel.topUp{value: 1}(id, 2);
-    }
-
-    function test_topUp_revertsWhenValueSentWithErc20() public {
-        bytes32 id = _openUsd(DEPOSIT);
+        channel.topUp{value: 1}(pe, 2);
         vm.prank(payer);
-        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.InvalidMsgValue.selector, 5, 0));
-        channel.topUp{value: 5}(id, 5);
+        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.InvalidMsgValue.selector, 1, 0));
+        channel.topUp{value: 1}(pu, 2);
     }
 
     function test_topUp_revertsWhenAmountZero() public {
         bytes32 id = _openUsd(DEPOSIT);
+        IPaymentChannel.ChannelParams memory p = _p(id);
         vm.prank(payer);
         vm.expectRevert(IPaymentChannel.ZeroAmount.selector);
-        channel.topUp(id, 0);
+        channel.topUp(p, 0);
     }
 
-    function test_topUp_revertsWhenChannelUnknown() public {
-        bytes32 id = keccak256("unknown");
+    function test_topUp_revertsWhenChannelUnknownOrClosed() public {
+        IPaymentChannel.ChannelParams memory p = _params(address(usd), address(0), "none");
+        bytes32 unknown = channel.computeChannelId(p);
         vm.prank(payer);
-        vm.expectRevert(_notOpen(id, IPaymentChannel.Status.None));
-        channel.topUp(id, 1);
-    }
+        vm.expectRevert(_notOpen(unknown, IPaymentChannel.Status.None));
+        channel.topUp(p, 1);
 
-    function test_topUp_revertsWhenChannelClosed() public {
         bytes32 id = _openUsd(DEPOSIT);
+        IPaymentChannel.Claim memory none = _noVoucher(id);
         vm.prank(payee);
-        channel.close(_noVoucher(id));
+        channel.close(none);
+        IPaymentChannel.ChannelParams memory q = _p(id);
         vm.prank(payer);
         vm.expectRevert(_notOpen(id, IPaymentChannel.Status.Closed));
-        channel.topUp(id, 1);
+        channel.topUp(q, 1);
     }
 
-    function test_topUp_revertsForStrangerDuringExit() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        uint256 exitAt = _requestExit(id);
-        usd.mint(stranger, 1e6);
-        vm.prank(stranger);
-        usd.approve(address(channel), 1e6);
-        vm.prank(stranger);
-        vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.TopUpDuringExit.selector, id, stranger)
-        );
-        channel.topUp(id, 1e6);
-        assertEq(channel.getChannel(id).exitAt, exitAt, "exit still pending");
-    }
-
-    function test_topUp_revertsForPayeeDuringExit() public {
+    function test_topUp_revertsForOthersDuringExit() public {
         bytes32 id = _openUsd(DEPOSIT);
         _requestExit(id);
-        vm.prank(payee);
-        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.TopUpDuringExit.selector, id, payee));
-        channel.topUp(id, 1);
+        IPaymentChannel.ChannelParams memory p = _p(id);
+        address[3] memory others = [stranger, payee, watcher];
+        for (uint256 i; i < 3; ++i) {
+            _fund(others[i]);
+            vm.prank(others[i]);
+            vm.expectRevert(
+                abi.encodeWithSelector(IPaymentChannel.TopUpDuringExit.selector, id, others[i])
+            );
+            channel.topUp(p, 1);
+        }
     }
 
     function test_topUp_byPayerDuringExitCancelsIt() public {
         bytes32 id = _openUsd(DEPOSIT);
         _requestExit(id);
-
+        IPaymentChannel.ChannelParams memory p = _p(id);
         vm.expectEmit(address(channel));
-        emit IPaymentChannel.ToppedUp(id, payer, 1e6, DEPOSIT + 1e6);
+        emit IPaymentChannel.ToppedUp(id, payer, 1, DEPOSIT + 1);
         vm.expectEmit(address(channel));
         emit IPaymentChannel.ExitCancelled(id);
         vm.prank(payer);
-        channel.topUp(id, 1e6);
-
-        assertEq(channel.getChannel(id).exitAt, 0);
-        assertEq(channel.getChannel(id).deposit, DEPOSIT + 1e6);
-        vm.warp(block.timestamp + PERIOD);
-        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.ExitNotRequested.selector, id));
-        channel.withdraw(id);
-        // Back to normal: only the payee settles.
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 10e6);
-        vm.prank(watcher);
-        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.NotPayee.selector, watcher, payee));
-        channel.settle(c);
+        channel.topUp(p, 1);
+        _assertChannel(id, DEPOSIT + 1, 0, 0);
     }
 
     function test_topUp_byPayerAfterExitAtStillCancelsExit() public {
         bytes32 id = _openUsd(DEPOSIT);
         uint256 exitAt = _requestExit(id);
         vm.warp(exitAt + 1);
+        IPaymentChannel.ChannelParams memory p = _p(id);
         vm.prank(payer);
-        channel.topUp(id, 1e6);
-        assertEq(channel.getChannel(id).exitAt, 0);
-        // The payee can settle again.
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 10e6);
-        vm.prank(payee);
-        channel.settle(c);
-        assertEq(usd.balanceOf(payee), 10e6);
+        channel.topUp(p, 1);
+        _assertChannel(id, DEPOSIT + 1, 0, 0);
+        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.ExitNotRequested.selector, id));
+        channel.withdraw(p);
     }
 
-    function test_topUp_revertsWhenDepositOverflowsUint128() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        uint256 amount = uint256(type(uint128).max) - DEPOSIT + 1;
-        usd.mint(payer, amount);
+    function test_topUp_depositBoundedByUint104() public {
+        vm.deal(payer, 2 * uint256(MAX_DEPOSIT));
+        bytes32 id = _openEth(1);
+        IPaymentChannel.ChannelParams memory p = _p(id);
+        uint256 rest = uint256(MAX_DEPOSIT) - 1;
         vm.prank(payer);
         vm.expectRevert(
             abi.encodeWithSelector(
-                IPaymentChannel.DepositTooLarge.selector, uint256(type(uint128).max) + 1
+                IPaymentChannel.DepositTooLarge.selector, uint256(MAX_DEPOSIT) + 1
             )
         );
-        channel.topUp(id, amount);
-    }
-
-    function test_topUp_acceptsDepositUpToUint128Max() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        uint256 amount = uint256(type(uint128).max) - DEPOSIT;
-        usd.mint(payer, amount);
+        channel.topUp{value: rest + 1}(p, rest + 1);
         vm.prank(payer);
-        channel.topUp(id, amount);
-        assertEq(channel.getChannel(id).deposit, type(uint128).max);
+        channel.topUp{value: rest}(p, rest);
+        _assertChannel(id, MAX_DEPOSIT, 0, 0);
     }
 
     function test_topUp_feeOnTransferTokenCreditsWhatArrived() public {
         UnitQuirkyToken qt = new UnitQuirkyToken();
-        qt.mint(payer, 2 * DEPOSIT);
-        vm.startPrank(payer);
-        qt.approve(address(channel), type(uint256).max);
-        bytes32 id = channel.open(_params(address(qt), DEPOSIT, address(0), 0));
-        vm.stopPrank();
-        qt.setFeeBps(1000); // 10 %
-
-        vm.expectEmit(address(channel));
-        emit IPaymentChannel.ToppedUp(id, payer, 90e6, DEPOSIT + 90e6);
+        qt.mint(payer, FUNDS);
         vm.prank(payer);
-        channel.topUp(id, 100e6);
-        assertEq(channel.getChannel(id).deposit, DEPOSIT + 90e6);
-        assertEq(qt.balanceOf(address(channel)), DEPOSIT + 90e6);
-    }
-
-    function test_topUp_revertsWhenNothingArrives() public {
-        UnitQuirkyToken qt = new UnitQuirkyToken();
-        qt.mint(payer, 2 * DEPOSIT);
-        vm.startPrank(payer);
         qt.approve(address(channel), type(uint256).max);
-        bytes32 id = channel.open(_params(address(qt), DEPOSIT, address(0), 0));
-        vm.stopPrank();
+        bytes32 id = _open(_params(address(qt), address(0), 0), DEPOSIT);
+        qt.setFeeBps(100);
+        IPaymentChannel.ChannelParams memory p = _p(id);
+        vm.prank(payer);
+        channel.topUp(p, 100e6);
+        _assertChannel(id, DEPOSIT + 99e6, 0, 0);
         qt.setFeeBps(10_000);
-
         vm.prank(payer);
         vm.expectRevert(IPaymentChannel.ZeroAmount.selector);
-        channel.topUp(id, 100e6);
+        channel.topUp(p, 100e6);
     }
 
     // =========================================================================================
@@ -991,62 +783,57 @@ contract PaymentChannelTest is ChannelFixture {
     function test_settle_paysDifferenceAndKeepsChannelOpen() public {
         bytes32 id = _openUsd(DEPOSIT);
         IPaymentChannel.Claim memory c1 = _claim(payerKey, id, 1, 100e6);
-        IPaymentChannel.Claim memory c2 = _claim(payerKey, id, 2, 250e6);
-
+        IPaymentChannel.Claim memory c2 = _claim(payerKey, id, 9, 250e6);
         vm.expectEmit(address(channel));
-        emit IPaymentChannel.Settled(id, payee, 1, 100e6, 100e6);
+        emit IPaymentChannel.Settled(id, 1, 100e6, 100e6);
         vm.prank(payee);
         channel.settle(c1);
-        _assertUsd(FUNDS - DEPOSIT, 100e6, DEPOSIT - 100e6);
-
         vm.expectEmit(address(channel));
-        emit IPaymentChannel.Settled(id, payee, 2, 250e6, 150e6);
+        emit IPaymentChannel.Settled(id, 9, 250e6, 150e6);
         vm.prank(payee);
         channel.settle(c2);
-        _assertUsd(FUNDS - DEPOSIT, 250e6, DEPOSIT - 250e6);
-
-        IPaymentChannel.Channel memory ch = channel.getChannel(id);
-        assertEq(uint8(ch.status), uint8(IPaymentChannel.Status.Open));
-        assertEq(ch.nonce, 2);
-        assertEq(ch.paid, 250e6);
-        assertEq(ch.deposit, DEPOSIT);
+        _assertChannel(id, DEPOSIT, 250e6, 0);
+        assertEq(usd.balanceOf(payee), 250e6);
+        assertEq(usd.balanceOf(address(channel)), DEPOSIT - 250e6);
     }
 
-    function test_settle_nonceMayJump() public {
+    function test_settle_nonceIsNotStoredAndMayGoAnyWay() public {
+        // No on-chain nonce: only `paid` orders claims. An older voucher with a higher amount
+        // signed later (nonces are the signer's business) is still bounded by what it says.
         bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1000, 100e6);
+        IPaymentChannel.Claim memory c1 = _claim(payerKey, id, 9, 100e6);
+        IPaymentChannel.Claim memory c2 = _claim(payerKey, id, 3, 200e6);
         vm.prank(payee);
-        channel.settle(c);
-        assertEq(channel.getChannel(id).nonce, 1000);
-        assertEq(usd.balanceOf(payee), 100e6);
+        channel.settle(c1);
+        vm.prank(payee);
+        channel.settle(c2);
+        _assertChannel(id, DEPOSIT, 200e6, 0);
     }
 
     function test_settle_payeeClaimingLessIsPaidClaimed() public {
         bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _partial(payerKey, id, 1, 300e6, 120e6);
-        vm.expectEmit(address(channel));
-        emit IPaymentChannel.Settled(id, payee, 1, 120e6, 120e6);
+        IPaymentChannel.Claim memory c = _partial(payerKey, id, 1, 110e6, 10e6);
         vm.prank(payee);
         channel.settle(c);
-        assertEq(channel.getChannel(id).paid, 120e6);
-        _assertUsd(FUNDS - DEPOSIT, 120e6, DEPOSIT - 120e6);
+        _assertChannel(id, DEPOSIT, 10e6, 0);
+        assertEq(usd.balanceOf(payee), 10e6);
+        // The rest of that ceiling stays claimable with the same voucher.
+        c.claimed = 110e6;
+        vm.prank(payee);
+        channel.settle(c);
+        assertEq(usd.balanceOf(payee), 110e6);
     }
 
-    function test_settle_claimEqualToPaidPaysNothingButUsesNonce() public {
+    function test_settle_sameVoucherAgainPaysNothing() public {
         bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c1 = _claim(payerKey, id, 1, 100e6);
-        IPaymentChannel.Claim memory c2 = _partial(payerKey, id, 2, 300e6, 100e6);
+        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
         vm.prank(payee);
-        channel.settle(c1);
-
-        vm.recordLogs();
+        channel.settle(c);
         vm.expectEmit(address(channel));
-        emit IPaymentChannel.Settled(id, payee, 2, 100e6, 0);
+        emit IPaymentChannel.Settled(id, 1, 100e6, 0);
         vm.prank(payee);
-        channel.settle(c2);
-        assertEq(_transfersFrom(vm.getRecordedLogs(), address(usd), address(channel)), 0);
-        assertEq(channel.getChannel(id).nonce, 2);
-        _assertUsd(FUNDS - DEPOSIT, 100e6, DEPOSIT - 100e6);
+        channel.settle(c);
+        assertEq(usd.balanceOf(payee), 100e6);
     }
 
     function test_settle_voucherEqualToDepositPaysAll() public {
@@ -1054,374 +841,186 @@ contract PaymentChannelTest is ChannelFixture {
         IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, DEPOSIT);
         vm.prank(payee);
         channel.settle(c);
-        _assertUsd(FUNDS - DEPOSIT, DEPOSIT, 0);
-        assertEq(uint8(channel.getChannel(id).status), uint8(IPaymentChannel.Status.Open));
+        assertEq(usd.balanceOf(payee), DEPOSIT);
+        assertEq(usd.balanceOf(address(channel)), 0);
     }
 
     function test_settle_nativePaysEth() public {
         bytes32 id = _openEth(1 ether);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 0.3 ether);
+        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 0.25 ether);
         vm.prank(payee);
         channel.settle(c);
-        _assertEth(1000 ether - 1 ether, 0.3 ether, 0.7 ether);
+        assertEq(payee.balance, 0.25 ether);
     }
 
     function test_settle_sessionKeyVoucher() public {
-        bytes32 id = _openUsdWithSession(DEPOSIT, 0);
+        bytes32 id = _openUsdWithSession(DEPOSIT, "s");
         IPaymentChannel.Claim memory c = _claim(sessionKey, id, 1, 100e6);
         vm.prank(payee);
         channel.settle(c);
         assertEq(usd.balanceOf(payee), 100e6);
+        // The payer's own key does not sign for a session channel.
+        IPaymentChannel.Claim memory byPayer = _claim(payerKey, id, 2, 200e6);
+        _settleExpectRevert(byPayer, _badSig(id, session));
     }
 
     function test_settle_eip1271WalletPayer() public {
         ERC1271Wallet wallet = new ERC1271Wallet(alice);
-        usd.mint(address(wallet), DEPOSIT);
-        bytes32 id = _openUsdFrom(address(wallet), DEPOSIT, 0);
-        IPaymentChannel.Claim memory good = _claim(aliceKey, id, 1, 100e6);
-        IPaymentChannel.Claim memory bad = _claim(payerKey, id, 1, 100e6);
-
-        vm.prank(payee);
-        vm.expectRevert(_badSig(id, address(wallet)));
-        channel.settle(bad);
-
-        vm.prank(payee);
-        channel.settle(good);
-        assertEq(usd.balanceOf(payee), 100e6);
-    }
-
-    function test_settle_revertsWhenNonceEqual() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c1 = _claim(payerKey, id, 1, 100e6);
-        IPaymentChannel.Claim memory again = _claim(payerKey, id, 1, 200e6);
-        vm.prank(payee);
-        channel.settle(c1);
-        vm.prank(payee);
-        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.NonceTooLow.selector, 1, 1));
-        channel.settle(again);
-    }
-
-    function test_settle_revertsWhenSameVoucherReplayed() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 3, 100e6);
+        _fund(address(wallet));
+        IPaymentChannel.ChannelParams memory p = _params(address(usd), address(0), 0);
+        p.payer = address(wallet);
+        bytes32 id = _open(p, DEPOSIT);
+        IPaymentChannel.Claim memory c = _claim(aliceKey, id, 1, 100e6);
         vm.prank(payee);
         channel.settle(c);
-        vm.prank(payee);
-        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.NonceTooLow.selector, 3, 3));
-        channel.settle(c);
         assertEq(usd.balanceOf(payee), 100e6);
+        IPaymentChannel.Claim memory bad = _claim(payerKey, id, 2, 200e6);
+        _settleExpectRevert(bad, _badSig(id, address(wallet)));
     }
 
-    function test_settle_revertsWhenNonceLower() public {
+    function test_settle_amountChecks() public {
         bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c5 = _claim(payerKey, id, 5, 100e6);
-        IPaymentChannel.Claim memory c4 = _claim(payerKey, id, 4, 200e6);
-        vm.prank(payee);
-        channel.settle(c5);
-        vm.prank(payee);
-        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.NonceTooLow.selector, 4, 5));
-        channel.settle(c4);
-        assertEq(usd.balanceOf(payee), 100e6);
-    }
-
-    function test_settle_revertsWhenNonceZeroOnFreshChannel() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 0, 100e6);
-        vm.prank(payee);
-        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.NonceTooLow.selector, 0, 0));
-        channel.settle(c);
-    }
-
-    function test_settle_revertsWhenVoucherExceedsDeposit() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _partial(payerKey, id, 1, DEPOSIT + 1, 1);
-        vm.prank(payee);
-        vm.expectRevert(
+        IPaymentChannel.Claim memory above = _claim(payerKey, id, 1, DEPOSIT + 1);
+        _settleExpectRevert(
+            above,
             abi.encodeWithSelector(
                 IPaymentChannel.VoucherExceedsDeposit.selector, DEPOSIT + 1, DEPOSIT
             )
         );
-        channel.settle(c);
-    }
-
-    function test_settle_voucherAboveOldDepositValidAfterTopUp() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, DEPOSIT + 1);
-        vm.prank(payer);
-        channel.topUp(id, 1);
-        vm.prank(payee);
-        channel.settle(c);
-        _assertUsd(FUNDS - DEPOSIT - 1, DEPOSIT + 1, 0);
-    }
-
-    function test_settle_revertsWhenClaimAboveVoucher() public {
-        bytes32 id = _openUsd(DEPOSIT);
         IPaymentChannel.Claim memory c = _partial(payerKey, id, 1, 100e6, 100e6 + 1);
-        vm.prank(payee);
-        vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.ClaimAboveVoucher.selector, 100e6 + 1, 100e6)
+        _settleExpectRevert(
+            c, abi.encodeWithSelector(IPaymentChannel.ClaimAboveVoucher.selector, 100e6 + 1, 100e6)
         );
-        channel.settle(c);
-    }
-
-    function test_settle_revertsWhenClaimBelowPaid() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c1 = _claim(payerKey, id, 1, 200e6);
-        IPaymentChannel.Claim memory c2 = _claim(payerKey, id, 2, 150e6);
+        IPaymentChannel.Claim memory first = _claim(payerKey, id, 2, 300e6);
         vm.prank(payee);
-        channel.settle(c1);
-        vm.prank(payee);
-        vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.ClaimBelowPaid.selector, 150e6, 200e6)
+        channel.settle(first);
+        IPaymentChannel.Claim memory lower = _claim(payerKey, id, 3, 200e6);
+        _settleExpectRevert(
+            lower, abi.encodeWithSelector(IPaymentChannel.ClaimBelowPaid.selector, 200e6, 300e6)
         );
-        channel.settle(c2);
-        assertEq(channel.getChannel(id).paid, 200e6);
-    }
-
-    function test_settle_revertsWhenPartialClaimBelowPaid() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c1 = _claim(payerKey, id, 1, 200e6);
-        IPaymentChannel.Claim memory c2 = _partial(payerKey, id, 2, 500e6, 199e6);
-        vm.prank(payee);
-        channel.settle(c1);
-        vm.prank(payee);
-        vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.ClaimBelowPaid.selector, 199e6, 200e6)
+        IPaymentChannel.Claim memory partLower = _partial(payerKey, id, 4, 900e6, 250e6);
+        _settleExpectRevert(
+            partLower, abi.encodeWithSelector(IPaymentChannel.ClaimBelowPaid.selector, 250e6, 300e6)
         );
-        channel.settle(c2);
-    }
-
-    function test_settle_revertsWhenSignedByWrongKey() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payeeKey, id, 1, 100e6);
+        // A voucher above the old deposit becomes valid after a top-up.
+        IPaymentChannel.ChannelParams memory p = _p(id);
+        vm.prank(payer);
+        channel.topUp(p, 1);
         vm.prank(payee);
-        vm.expectRevert(_badSig(id, payer));
-        channel.settle(c);
+        channel.settle(above);
+        assertEq(usd.balanceOf(payee), DEPOSIT + 1);
     }
 
-    function test_settle_revertsWhenSessionChannelSignedByPayer() public {
-        bytes32 id = _openUsdWithSession(DEPOSIT, 0);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
-        vm.prank(payee);
-        vm.expectRevert(_badSig(id, session));
-        channel.settle(c);
-    }
-
-    function test_settle_revertsWhenAmountTampered() public {
+    function test_settle_revertsWhenSignedByWrongKeyOrTampered() public {
         bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
+        bytes32 other = _open(_params(address(usd), address(0), "other"), DEPOSIT);
+        IPaymentChannel.Claim memory c = _claim(sessionKey, id, 1, 100e6);
+        _settleExpectRevert(c, _badSig(id, payer));
+
+        c = _claim(payerKey, id, 1, 100e6);
         c.cumulativeAmount = 200e6;
         c.claimed = 200e6;
-        vm.prank(payee);
-        vm.expectRevert(_badSig(id, payer));
-        channel.settle(c);
-    }
+        _settleExpectRevert(c, _badSig(id, payer));
 
-    function test_settle_revertsWhenNonceTampered() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
+        c = _claim(payerKey, id, 1, 100e6);
         c.nonce = 2;
-        vm.prank(payee);
-        vm.expectRevert(_badSig(id, payer));
-        channel.settle(c);
+        _settleExpectRevert(c, _badSig(id, payer));
+
+        c = _claim(payerKey, id, 1, 100e6);
+        c.channel = _p(other);
+        _settleExpectRevert(c, _badSig(other, payer));
     }
 
-    function test_settle_revertsWhenChannelIdTampered() public {
-        bytes32 a = _openUsdSalt(bytes32(uint256(1)));
-        bytes32 b = _openUsdSalt(bytes32(uint256(2)));
-        IPaymentChannel.Claim memory c = _claim(payerKey, a, 1, 100e6);
-        c.channelId = b;
-        vm.prank(payee);
-        vm.expectRevert(_badSig(b, payer));
-        channel.settle(c);
-    }
-
-    function test_settle_revertsWhenHighS() public {
+    function test_settle_revertsOnMalformedSignatures() public {
         bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
-        c.signature = _highS(c.signature);
-        // The malleated signature still recovers the payer with the bare precompile...
-        (bytes32 r, bytes32 s, uint8 v) = _split(c.signature);
-        assertEq(ecrecover(channel.voucherDigest(id, 1, 100e6), v, r, s), payer);
-        // ...but the channel refuses it.
-        vm.prank(payee);
-        vm.expectRevert(_badSig(id, payer));
-        channel.settle(c);
-    }
-
-    function test_settle_revertsWhenSignatureIs64Bytes() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
-        (bytes32 r, bytes32 s, uint8 v) = _split(c.signature);
-        bytes32 vs = bytes32(uint256(s) | (uint256(v - 27) << 255));
-        // A valid EIP-2098 compact signature of the payer...
-        assertEq(ECDSA.recover(channel.voucherDigest(id, 1, 100e6), r, vs), payer);
-        c.signature = abi.encodePacked(r, vs);
-        // ...is refused: vouchers must be 65 bytes.
-        vm.prank(payee);
-        vm.expectRevert(_badSig(id, payer));
-        channel.settle(c);
-    }
-
-    function test_settle_revertsWhenSignatureHasTrailingByte() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
-        c.signature = abi.encodePacked(c.signature, uint8(0));
-        vm.prank(payee);
-        vm.expectRevert(_badSig(id, payer));
-        channel.settle(c);
-    }
-
-    function test_settle_revertsWhenVIsZeroOrOne() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
-        (bytes32 r, bytes32 s, uint8 v) = _split(c.signature);
-
-        c.signature = abi.encodePacked(r, s, v - 27);
-        vm.prank(payee);
-        vm.expectRevert(_badSig(id, payer));
-        channel.settle(c);
-
-        c.signature = abi.encodePacked(r, s, uint8(v == 27 ? 1 : 0));
-        vm.prank(payee);
-        vm.expectRevert(_badSig(id, payer));
-        channel.settle(c);
-        assertEq(channel.getChannel(id).nonce, 0);
-    }
-
-    function test_settle_revertsWhenSignatureMissing() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
-        c.signature = "";
-        vm.prank(payee);
-        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.MissingSignature.selector, id));
-        channel.settle(c);
-    }
-
-    function test_settle_revertsForStrangerOutsideExit() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
-        vm.prank(stranger);
-        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.NotPayee.selector, stranger, payee));
-        channel.settle(c);
-    }
-
-    function test_settle_revertsForPayerOutsideExit() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
-        vm.prank(payer);
-        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.NotPayee.selector, payer, payee));
-        channel.settle(c);
-    }
-
-    function test_settle_watcherSettlesFullClaimDuringExit() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 7, 400e6);
-        _requestExit(id);
-        vm.expectEmit(address(channel));
-        emit IPaymentChannel.Settled(id, watcher, 7, 400e6, 400e6);
-        vm.prank(watcher);
-        channel.settle(c);
-        // The payout goes to the payee, never to the submitter.
-        _assertUsd(FUNDS - DEPOSIT, 400e6, DEPOSIT - 400e6);
-        assertEq(usd.balanceOf(watcher), 0);
-    }
-
-    function test_settle_revertsOnPartialClaimByWatcherDuringExit() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _partial(payerKey, id, 1, 100e6, 50e6);
-        _requestExit(id);
-        vm.prank(watcher);
-        vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.PartialClaimNotAllowed.selector, 50e6, 100e6)
+        IPaymentChannel.Claim memory good = _claim(payerKey, id, 1, 100e6);
+        bytes memory sig = good.signature;
+        bytes[5] memory bad;
+        bad[0] = _highS(sig);
+        bytes memory short = new bytes(64);
+        for (uint256 i; i < 64; ++i) {
+            short[i] = sig[i];
+        }
+        bad[1] = short;
+        bad[2] = abi.encodePacked(sig, uint8(0));
+        bytes memory v0 = abi.encodePacked(sig);
+        v0[64] = bytes1(uint8(sig[64]) - 27);
+        bad[3] = v0;
+        bytes memory v1 = abi.encodePacked(sig);
+        v1[64] = bytes1(uint8(sig[64]) == 27 ? 1 : 0);
+        bad[4] = v1;
+        for (uint256 i; i < bad.length; ++i) {
+            IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
+            c.signature = bad[i];
+            _settleExpectRevert(c, _badSig(id, payer));
+        }
+        IPaymentChannel.Claim memory none = _claim(payerKey, id, 1, 100e6);
+        none.signature = "";
+        _settleExpectRevert(
+            none, abi.encodeWithSelector(IPaymentChannel.MissingSignature.selector, id)
         );
-        channel.settle(c);
-    }
-
-    function test_settle_payeeMayClaimPartialDuringExit() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _partial(payerKey, id, 1, 100e6, 50e6);
-        _requestExit(id);
         vm.prank(payee);
-        channel.settle(c);
-        assertEq(usd.balanceOf(payee), 50e6);
+        channel.settle(good);
     }
 
-    function test_settle_succeedsOneSecondBeforeExitAt() public {
+    function test_settle_revertsForEveryoneButPayee() public {
         bytes32 id = _openUsd(DEPOSIT);
         IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
+        address[4] memory others = [stranger, payer, session, watcher];
+        for (uint256 i; i < 4; ++i) {
+            vm.prank(others[i]);
+            vm.expectRevert(
+                abi.encodeWithSelector(IPaymentChannel.NotPayee.selector, others[i], payee)
+            );
+            channel.settle(c);
+        }
+    }
+
+    function test_settle_timingAroundExitAt() public {
+        bytes32 id = _openUsd(DEPOSIT);
         uint256 exitAt = _requestExit(id);
         vm.warp(exitAt - 1);
-        vm.prank(watcher);
+        IPaymentChannel.Claim memory c = _partial(payerKey, id, 1, 300e6, 100e6);
+        vm.prank(payee);
         channel.settle(c);
-        assertEq(usd.balanceOf(payee), 100e6);
-    }
-
-    function test_settle_revertsAtExitAt() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
-        uint256 exitAt = _requestExit(id);
         vm.warp(exitAt);
-        vm.prank(payee);
-        vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.ChallengePeriodOver.selector, id, exitAt)
+        c.claimed = 200e6;
+        _settleExpectRevert(
+            c, abi.encodeWithSelector(IPaymentChannel.ChallengePeriodOver.selector, id, exitAt)
         );
-        channel.settle(c);
-    }
-
-    function test_settle_revertsAfterExitAt() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
-        uint256 exitAt = _requestExit(id);
-        vm.warp(exitAt + 365 days);
-        vm.prank(watcher);
-        vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.ChallengePeriodOver.selector, id, exitAt)
+        vm.warp(exitAt + 1 days);
+        _settleExpectRevert(
+            c, abi.encodeWithSelector(IPaymentChannel.ChallengePeriodOver.selector, id, exitAt)
         );
-        channel.settle(c);
     }
 
-    function test_settle_revertsWhenChannelUnknown() public {
-        bytes32 id = keccak256("unknown");
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
-        vm.prank(payee);
-        vm.expectRevert(_notOpen(id, IPaymentChannel.Status.None));
-        channel.settle(c);
-    }
-
-    function test_settle_revertsWhenChannelClosed() public {
+    function test_settle_revertsWhenChannelUnknownOrClosed() public {
         bytes32 id = _openUsd(DEPOSIT);
         IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
+        c.channel.salt = "unknown";
+        bytes32 unknown = channel.computeChannelId(c.channel);
+        _settleExpectRevert(c, _notOpen(unknown, IPaymentChannel.Status.None));
+
+        IPaymentChannel.Claim memory none = _noVoucher(id);
         vm.prank(payee);
-        channel.close(_noVoucher(id));
-        vm.prank(payee);
-        vm.expectRevert(_notOpen(id, IPaymentChannel.Status.Closed));
-        channel.settle(c);
+        channel.close(none);
+        IPaymentChannel.Claim memory late = _claim(payerKey, id, 1, 100e6);
+        _settleExpectRevert(late, _notOpen(id, IPaymentChannel.Status.Closed));
     }
 
-    /// Regression: the payer, who holds the voucher key, must not be able to void the payee's
-    /// latest voucher during its own exit by settling a fresh voucher with a huge nonce for the
-    /// amount already paid.
-    function test_settle_payerHighNonceVoucherCannotBlockLatestVoucherDuringExit() public {
+    function test_settle_revertsForVoucherOfOtherDeploymentOrChain() public {
         bytes32 id = _openUsd(DEPOSIT);
-        // The payee served 400e6 worth of requests; its latest voucher is unsettled.
-        IPaymentChannel.Claim memory latest = _claim(payerKey, id, 40, 400e6);
-        // The payer exits and at once settles a zero-amount voucher with the largest nonce.
-        IPaymentChannel.Claim memory blocker = _claim(payerKey, id, type(uint64).max, 0);
-        uint256 exitAt = _requestExit(id);
-        vm.prank(payer);
-        channel.settle(blocker);
+        IPaymentChannel other = _deployChannel(MIN_PERIOD, MAX_PERIOD);
+        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
+        c.signature = _sign(payerKey, other.voucherDigest(id, 1, 100e6));
+        _settleExpectRevert(c, _badSig(id, payer));
 
-        // The payee answers well within the challenge period, as the threat model prescribes.
-        vm.warp(exitAt - PERIOD / 2);
-        vm.prank(payee);
-        channel.settle(latest);
-        vm.warp(exitAt);
-        channel.withdraw(id);
-
-        // The payee holds what the payer signed for; the payer gets only the rest.
-        assertEq(usd.balanceOf(payee), 400e6, "payee lost its latest voucher");
-        assertEq(usd.balanceOf(payer), FUNDS - 400e6);
+        uint256 chainId = block.chainid;
+        vm.chainId(chainId + 1);
+        bytes memory foreign = _sign(payerKey, channel.voucherDigest(id, 1, 100e6));
+        vm.chainId(chainId);
+        c.signature = foreign;
+        _settleExpectRevert(c, _badSig(id, payer));
     }
 
     // =========================================================================================
@@ -1429,82 +1028,43 @@ contract PaymentChannelTest is ChannelFixture {
     // =========================================================================================
 
     function test_settleMany_paysPayeeOnceForManyChannels() public {
-        uint256 n = 5;
-        IPaymentChannel.Claim[] memory claims = new IPaymentChannel.Claim[](n);
-        uint256 total;
-        for (uint256 i; i < n; ++i) {
-            bytes32 id = _openUsdSalt(bytes32(i));
+        IPaymentChannel.Claim[] memory claims = new IPaymentChannel.Claim[](3);
+        for (uint256 i; i < 3; ++i) {
+            bytes32 id = _open(_params(address(usd), address(0), bytes32(i)), DEPOSIT);
             claims[i] = _claim(payerKey, id, 1, (i + 1) * 10e6);
-            total += (i + 1) * 10e6;
         }
-
         vm.recordLogs();
-        vm.expectEmit(address(usd));
-        emit IERC20.Transfer(address(channel), payee, total);
         vm.prank(payee);
-        uint256 settled = channel.settleMany(claims);
-        Vm.Log[] memory logs = vm.getRecordedLogs();
-
-        assertEq(settled, n);
-        assertEq(_transfersFrom(logs, address(usd), address(channel)), 1, "one transfer");
-        _assertUsd(FUNDS - n * DEPOSIT, total, n * DEPOSIT - total);
-        for (uint256 i; i < n; ++i) {
-            assertEq(channel.getChannel(claims[i].channelId).paid, (i + 1) * 10e6);
-            assertEq(channel.getChannel(claims[i].channelId).nonce, 1);
-        }
+        assertEq(channel.settleMany(claims), 3);
+        assertEq(_transfersFrom(vm.getRecordedLogs(), address(usd), address(channel)), 1);
+        assertEq(usd.balanceOf(payee), 60e6);
     }
 
     function test_settleMany_skipsBadItemsWithReason() public {
-        bytes32 a = _openUsdSalt(bytes32(uint256(1)));
-        bytes32 b = _openUsdSalt(bytes32(uint256(2)));
-        bytes32 c = _openUsdSalt(bytes32(uint256(3)));
-        bytes32 d = _openUsdSalt(bytes32(uint256(4)));
-        bytes32 unknown = keccak256("unknown");
-        IPaymentChannel.Claim memory dFirst = _claim(payerKey, d, 5, 50e6);
-        vm.prank(payee);
-        channel.close(_noVoucher(c));
-        vm.prank(payee);
-        channel.settle(dFirst);
-
-        IPaymentChannel.Claim[] memory claims = new IPaymentChannel.Claim[](6);
+        bytes32 a = _openUsd(DEPOSIT);
+        bytes32 b = _open(_params(address(usd), address(0), "b"), DEPOSIT);
+        IPaymentChannel.Claim[] memory claims = new IPaymentChannel.Claim[](3);
         claims[0] = _claim(payerKey, a, 1, 100e6);
-        claims[1] = _claim(payeeKey, b, 1, 100e6); // wrong signer
-        claims[2] = _claim(payerKey, c, 1, 100e6); // closed
-        claims[3] = _claim(payerKey, d, 5, 80e6); // stale nonce
-        claims[4] = _claim(payerKey, unknown, 1, 1); // never opened
-        claims[5] = _claim(payerKey, b, 2, 0);
-        claims[5].signature = ""; // missing signature
-
-        vm.expectEmit(address(channel));
-        emit IPaymentChannel.Settled(a, payee, 1, 100e6, 100e6);
+        claims[1] = _claim(sessionKey, b, 1, 100e6);
+        claims[2] = _claim(payerKey, b, 1, DEPOSIT + 1);
         vm.expectEmit(address(channel));
         emit IPaymentChannel.ClaimSkipped(b, _badSig(b, payer));
         vm.expectEmit(address(channel));
-        emit IPaymentChannel.ClaimSkipped(c, _notOpen(c, IPaymentChannel.Status.Closed));
-        vm.expectEmit(address(channel));
         emit IPaymentChannel.ClaimSkipped(
-            d, abi.encodeWithSelector(IPaymentChannel.NonceTooLow.selector, 5, 5)
+            b,
+            abi.encodeWithSelector(
+                IPaymentChannel.VoucherExceedsDeposit.selector, DEPOSIT + 1, DEPOSIT
+            )
         );
-        vm.expectEmit(address(channel));
-        emit IPaymentChannel.ClaimSkipped(unknown, _notOpen(unknown, IPaymentChannel.Status.None));
-        vm.expectEmit(address(channel));
-        emit IPaymentChannel.ClaimSkipped(
-            b, abi.encodeWithSelector(IPaymentChannel.MissingSignature.selector, b)
-        );
-        vm.expectEmit(address(usd));
-        emit IERC20.Transfer(address(channel), payee, 100e6);
         vm.prank(payee);
-        uint256 settled = channel.settleMany(claims);
-
-        assertEq(settled, 1);
-        assertEq(usd.balanceOf(payee), 150e6);
-        assertEq(channel.getChannel(b).nonce, 0, "skipped item unchanged");
-        assertEq(channel.getChannel(d).paid, 50e6, "skipped item unchanged");
-        assertEq(channel.getChannel(d).nonce, 5);
+        assertEq(channel.settleMany(claims), 1);
+        assertEq(usd.balanceOf(payee), 100e6);
+        _assertChannel(b, DEPOSIT, 0, 0);
     }
 
-    function test_settleMany_strangerOutsideExitSettlesNothing() public {
+    function test_settleMany_strangerSettlesNothing() public {
         bytes32 id = _openUsd(DEPOSIT);
+        _requestExit(id);
         IPaymentChannel.Claim[] memory claims = _array(_claim(payerKey, id, 1, 100e6));
         vm.expectEmit(address(channel));
         emit IPaymentChannel.ClaimSkipped(
@@ -1515,70 +1075,36 @@ contract PaymentChannelTest is ChannelFixture {
         assertEq(usd.balanceOf(payee), 0);
     }
 
-    function test_settleMany_duplicateItemIsSkippedAsStale() public {
+    function test_settleMany_duplicateItemPaysOnce() public {
         bytes32 id = _openUsd(DEPOSIT);
         IPaymentChannel.Claim[] memory claims = new IPaymentChannel.Claim[](2);
         claims[0] = _claim(payerKey, id, 1, 100e6);
         claims[1] = claims[0];
-        vm.expectEmit(address(channel));
-        emit IPaymentChannel.ClaimSkipped(
-            id, abi.encodeWithSelector(IPaymentChannel.NonceTooLow.selector, 1, 1)
-        );
         vm.prank(payee);
-        assertEq(channel.settleMany(claims), 1);
+        channel.settleMany(claims);
         assertEq(usd.balanceOf(payee), 100e6);
+        _assertChannel(id, DEPOSIT, 100e6, 0);
     }
 
     function test_settleMany_mixedTokensPayOncePerToken() public {
-        bytes32 u1 = _openUsdSalt(bytes32(uint256(1)));
-        bytes32 e1 = _openEthSalt(1 ether, bytes32(uint256(1)));
-        bytes32 u2 = _openUsdSalt(bytes32(uint256(2)));
-        bytes32 e2 = _openEthSalt(1 ether, bytes32(uint256(2)));
-        IPaymentChannel.Claim[] memory claims = new IPaymentChannel.Claim[](4);
-        claims[0] = _claim(payerKey, u1, 1, 100e6);
-        claims[1] = _claim(payerKey, e1, 1, 0.1 ether);
-        claims[2] = _claim(payerKey, u2, 1, 200e6);
-        claims[3] = _claim(payerKey, e2, 1, 0.2 ether);
-
+        bytes32 u1 = _openUsd(DEPOSIT);
+        bytes32 e = _openEth(1 ether);
+        bytes32 u2 = _open(_params(address(usd), address(0), "2"), DEPOSIT);
+        IPaymentChannel.Claim[] memory claims = new IPaymentChannel.Claim[](3);
+        claims[0] = _claim(payerKey, u1, 1, 10e6);
+        claims[1] = _claim(payerKey, e, 1, 0.1 ether);
+        claims[2] = _claim(payerKey, u2, 1, 20e6);
         vm.recordLogs();
         vm.prank(payee);
-        uint256 settled = channel.settleMany(claims);
-        Vm.Log[] memory logs = vm.getRecordedLogs();
-
-        assertEq(settled, 4);
-        assertEq(_transfersFrom(logs, address(usd), address(channel)), 1);
-        _assertUsd(FUNDS - 2 * DEPOSIT, 300e6, 2 * DEPOSIT - 300e6);
-        _assertEth(1000 ether - 2 ether, 0.3 ether, 2 ether - 0.3 ether);
-    }
-
-    function test_settleMany_watcherPaysEachPayeeDuringExits() public {
-        // Two providers; the payer exits from both; one watcher submits both vouchers.
-        bytes32 a = _openUsdSalt(bytes32(uint256(1)));
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
-        p.payee = alice;
-        vm.prank(payer);
-        bytes32 b = channel.open(p);
-        IPaymentChannel.Claim[] memory claims = new IPaymentChannel.Claim[](2);
-        claims[0] = _claim(payerKey, a, 1, 100e6);
-        claims[1] = _claim(payerKey, b, 1, 200e6);
-        _requestExit(a);
-        _requestExit(b);
-
-        vm.recordLogs();
-        vm.prank(watcher);
-        assertEq(channel.settleMany(claims), 2);
-        assertEq(_transfersFrom(vm.getRecordedLogs(), address(usd), address(channel)), 2);
-        assertEq(usd.balanceOf(payee), 100e6);
-        assertEq(usd.balanceOf(alice), FUNDS + 200e6);
-        assertEq(usd.balanceOf(watcher), 0);
+        assertEq(channel.settleMany(claims), 3);
+        assertEq(_transfersFrom(vm.getRecordedLogs(), address(usd), address(channel)), 1);
+        assertEq(usd.balanceOf(payee), 30e6);
+        assertEq(payee.balance, 0.1 ether);
     }
 
     function test_settleMany_emptyBatchReturnsZero() public {
-        IPaymentChannel.Claim[] memory claims = new IPaymentChannel.Claim[](0);
-        vm.recordLogs();
         vm.prank(payee);
-        assertEq(channel.settleMany(claims), 0);
-        assertEq(vm.getRecordedLogs().length, 0);
+        assertEq(channel.settleMany(new IPaymentChannel.Claim[](0)), 0);
     }
 
     // =========================================================================================
@@ -1588,171 +1114,153 @@ contract PaymentChannelTest is ChannelFixture {
     function test_close_paysPayeeRefundsPayerAndTombstones() public {
         bytes32 id = _openUsd(DEPOSIT);
         IPaymentChannel.Claim memory c = _claim(payerKey, id, 3, 300e6);
-        vm.expectEmit(address(channel));
-        emit IPaymentChannel.Settled(id, payee, 3, 300e6, 300e6);
-        vm.expectEmit(address(channel));
-        emit IPaymentChannel.Closed(id, 300e6, DEPOSIT - 300e6);
+        vm.recordLogs();
         vm.prank(payee);
         channel.close(c);
-        _assertUsd(FUNDS - 300e6, 300e6, 0);
-        _assertTombstoned(id, payer);
+        Vm.Log[] memory logs = vm.getRecordedLogs();
+        // A close emits only Closed (and the token's transfers).
+        uint256 ours;
+        for (uint256 i; i < logs.length; ++i) {
+            if (logs[i].emitter == address(channel)) {
+                ++ours;
+                assertEq(logs[i].topics[0], IPaymentChannel.Closed.selector);
+                assertEq(logs[i].data, abi.encode(300e6, DEPOSIT - 300e6));
+            }
+        }
+        assertEq(ours, 1);
+        assertEq(usd.balanceOf(payee), 300e6);
+        assertEq(usd.balanceOf(payer), FUNDS - 300e6);
+        _assertTombstone(id);
     }
 
     function test_close_payeeMayClaimPartial() public {
         bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _partial(payerKey, id, 3, 300e6, 250e6);
-        vm.expectEmit(address(channel));
-        emit IPaymentChannel.Closed(id, 250e6, DEPOSIT - 250e6);
+        IPaymentChannel.Claim memory c = _partial(payerKey, id, 3, 300e6, 120e6);
         vm.prank(payee);
         channel.close(c);
-        _assertUsd(FUNDS - 250e6, 250e6, 0);
+        assertEq(usd.balanceOf(payee), 120e6);
+        assertEq(usd.balanceOf(payer), FUNDS - 120e6);
     }
 
     function test_close_withoutVoucherClosesAtPaid() public {
         bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 200e6);
+        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
         vm.prank(payee);
         channel.settle(c);
-
-        vm.recordLogs();
+        IPaymentChannel.Claim memory none = _noVoucher(id);
+        none.claimed = 999e6; // ignored without a voucher
         vm.expectEmit(address(channel));
-        emit IPaymentChannel.Closed(id, 200e6, DEPOSIT - 200e6);
+        emit IPaymentChannel.Closed(id, 100e6, DEPOSIT - 100e6);
         vm.prank(payee);
-        channel.close(_noVoucher(id));
-        // Only the refund moves; the payee was already paid.
-        assertEq(_transfersFrom(vm.getRecordedLogs(), address(usd), address(channel)), 1);
-        _assertUsd(FUNDS - 200e6, 200e6, 0);
-        _assertTombstoned(id, payer);
+        channel.close(none);
+        assertEq(usd.balanceOf(payee), 100e6);
+        assertEq(usd.balanceOf(payer), FUNDS - 100e6);
     }
 
     function test_close_withoutVoucherOnFreshChannelRefundsAll() public {
-        bytes32 id = _openEth(1 ether);
+        bytes32 id = _openUsd(DEPOSIT);
+        IPaymentChannel.Claim memory none = _noVoucher(id);
         vm.prank(payee);
-        channel.close(_noVoucher(id));
-        _assertEth(1000 ether, 0, 0);
-        _assertTombstoned(id, payer);
+        channel.close(none);
+        assertEq(usd.balanceOf(payer), FUNDS);
+        _assertTombstone(id);
     }
 
-    function test_close_nativeChannel() public {
+    function test_close_nativeChannelAndFullDeposit() public {
         bytes32 id = _openEth(1 ether);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 0.25 ether);
+        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 0.4 ether);
+        uint256 before = payer.balance;
         vm.prank(payee);
         channel.close(c);
-        _assertEth(1000 ether - 0.25 ether, 0.25 ether, 0);
-    }
+        assertEq(payee.balance, 0.4 ether);
+        assertEq(payer.balance, before + 0.6 ether);
 
-    function test_close_fullDepositLeavesNoRefund() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, DEPOSIT);
+        bytes32 full = _openUsd(DEPOSIT);
+        IPaymentChannel.Claim memory all = _claim(payerKey, full, 1, DEPOSIT);
         vm.recordLogs();
         vm.prank(payee);
-        channel.close(c);
+        channel.close(all);
         assertEq(_transfersFrom(vm.getRecordedLogs(), address(usd), address(channel)), 1);
-        _assertUsd(FUNDS - DEPOSIT, DEPOSIT, 0);
     }
 
-    function test_close_revertsForPayer() public {
+    function test_close_revertsForEveryoneButPayee() public {
         bytes32 id = _openUsd(DEPOSIT);
-        vm.prank(payer);
-        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.NotPayee.selector, payer, payee));
-        channel.close(_noVoucher(id));
-    }
-
-    function test_close_revertsForStranger() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
-        vm.prank(stranger);
-        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.NotPayee.selector, stranger, payee));
-        channel.close(c);
-    }
-
-    function test_close_revertsForWatcherDuringExit() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
         _requestExit(id);
-        vm.prank(watcher);
-        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.NotPayee.selector, watcher, payee));
-        channel.close(c);
+        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
+        address[3] memory others = [stranger, payer, watcher];
+        for (uint256 i; i < 3; ++i) {
+            vm.prank(others[i]);
+            vm.expectRevert(
+                abi.encodeWithSelector(IPaymentChannel.NotPayee.selector, others[i], payee)
+            );
+            channel.close(c);
+        }
     }
 
-    function test_close_revertsWithInvalidVoucher() public {
+    function test_close_revertsWithInvalidVoucherOrUnknownChannel() public {
         bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payeeKey, id, 1, 100e6);
+        IPaymentChannel.Claim memory c = _claim(sessionKey, id, 1, 100e6);
         vm.prank(payee);
         vm.expectRevert(_badSig(id, payer));
         channel.close(c);
-        assertEq(uint8(channel.getChannel(id).status), uint8(IPaymentChannel.Status.Open));
-    }
-
-    function test_close_revertsWhenChannelUnknown() public {
-        bytes32 id = keccak256("unknown");
+        c.channel.salt = "unknown";
+        bytes32 unknown = channel.computeChannelId(c.channel);
         vm.prank(payee);
-        vm.expectRevert(_notOpen(id, IPaymentChannel.Status.None));
-        channel.close(_noVoucher(id));
+        vm.expectRevert(_notOpen(unknown, IPaymentChannel.Status.None));
+        channel.close(c);
     }
 
     function test_close_duringExitBeforeExitAtEndsExit() public {
         bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
         uint256 exitAt = _requestExit(id);
         vm.warp(exitAt - 1);
+        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
         vm.prank(payee);
         channel.close(c);
-        _assertUsd(FUNDS - 100e6, 100e6, 0);
-        _assertTombstoned(id, payer);
+        _assertTombstone(id);
+        IPaymentChannel.ChannelParams memory p = _p(id);
         vm.warp(exitAt);
         vm.expectRevert(_notOpen(id, IPaymentChannel.Status.Closed));
-        channel.withdraw(id);
+        channel.withdraw(p);
     }
 
     function test_close_revertsAtExitAt() public {
         bytes32 id = _openUsd(DEPOSIT);
         uint256 exitAt = _requestExit(id);
         vm.warp(exitAt);
+        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
         vm.prank(payee);
         vm.expectRevert(
             abi.encodeWithSelector(IPaymentChannel.ChallengePeriodOver.selector, id, exitAt)
         );
-        channel.close(_noVoucher(id));
+        channel.close(c);
     }
 
     function test_close_everythingRefusedAfterwards() public {
         bytes32 id = _openUsd(DEPOSIT);
         IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
-        IPaymentChannel.Claim memory next = _claim(payerKey, id, 2, 200e6);
-        bytes memory auth = _closeAuthSig(payeeKey, id, 0);
         vm.prank(payee);
         channel.close(c);
-        bytes memory err = _notOpen(id, IPaymentChannel.Status.Closed);
-
-        vm.prank(payee);
-        vm.expectRevert(err);
-        channel.settle(next);
-        vm.prank(payee);
-        vm.expectRevert(err);
-        channel.close(next);
-        vm.prank(payee);
-        vm.expectRevert(err);
-        channel.close(_noVoucher(id));
-        vm.prank(payer);
-        vm.expectRevert(err);
-        channel.topUp(id, 1e6);
-        vm.prank(payer);
-        vm.expectRevert(err);
-        channel.requestExit(id);
-        vm.prank(payer);
-        vm.expectRevert(err);
-        channel.withdraw(id);
-        vm.prank(payer);
-        vm.expectRevert(err);
-        channel.closeWithAuthorization(id, 0, CLOSE_DEADLINE, auth);
-
-        // Batches skip it.
-        vm.prank(payee);
-        assertEq(channel.settleMany(_array(next)), 0);
-        vm.prank(payee);
-        assertEq(channel.closeMany(_array(next)), 0);
-        _assertUsd(FUNDS - 100e6, 100e6, 0);
+        IPaymentChannel.ChannelParams memory p = _p(id);
+        bytes memory closed = _notOpen(id, IPaymentChannel.Status.Closed);
+        vm.startPrank(payee);
+        vm.expectRevert(closed);
+        channel.settle(c);
+        vm.expectRevert(closed);
+        channel.close(c);
+        vm.stopPrank();
+        vm.startPrank(payer);
+        vm.expectRevert(closed);
+        channel.topUp(p, 1);
+        vm.expectRevert(closed);
+        channel.requestExit(p);
+        vm.expectRevert(closed);
+        channel.withdraw(p);
+        vm.expectRevert(closed);
+        channel.closeWithAuthorization(p, 100e6, CLOSE_DEADLINE, "");
+        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.ChannelExists.selector, id));
+        channel.open(p, DEPOSIT);
+        vm.stopPrank();
     }
 
     // =========================================================================================
@@ -1760,676 +1268,444 @@ contract PaymentChannelTest is ChannelFixture {
     // =========================================================================================
 
     function test_closeMany_paysPayeeOnceAndRefundsEachPayer() public {
-        uint256 n = 3;
-        address[] memory payers = new address[](n);
-        IPaymentChannel.Claim[] memory claims = new IPaymentChannel.Claim[](n);
-        uint256 total;
-        for (uint256 i; i < n; ++i) {
-            uint256 key;
-            (payers[i], key) = makeAddrAndKey(string(abi.encodePacked("client", i)));
-            usd.mint(payers[i], DEPOSIT);
-            bytes32 id = _openUsdFrom(payers[i], DEPOSIT, 0);
-            claims[i] = _claim(key, id, 1, (i + 1) * 100e6);
-            total += (i + 1) * 100e6;
-        }
-
+        _fund(alice);
+        bytes32 a = _openUsd(DEPOSIT);
+        IPaymentChannel.ChannelParams memory pb = _params(address(usd), address(0), "b");
+        pb.payer = alice;
+        bytes32 b = _open(pb, DEPOSIT);
+        IPaymentChannel.Claim[] memory claims = new IPaymentChannel.Claim[](2);
+        claims[0] = _claim(payerKey, a, 1, 100e6);
+        claims[1] = _claim(aliceKey, b, 1, 200e6);
         vm.recordLogs();
-        vm.expectEmit(address(usd));
-        emit IERC20.Transfer(address(channel), payee, total);
-        for (uint256 i; i < n; ++i) {
-            vm.expectEmit(address(usd));
-            emit IERC20.Transfer(address(channel), payers[i], DEPOSIT - (i + 1) * 100e6);
-        }
         vm.prank(payee);
-        uint256 closed = channel.closeMany(claims);
-
-        assertEq(closed, n);
-        assertEq(_transfersFrom(vm.getRecordedLogs(), address(usd), address(channel)), n + 1);
-        assertEq(usd.balanceOf(payee), total);
-        assertEq(usd.balanceOf(address(channel)), 0);
-        for (uint256 i; i < n; ++i) {
-            assertEq(usd.balanceOf(payers[i]), DEPOSIT - (i + 1) * 100e6);
-            _assertTombstoned(claims[i].channelId, payers[i]);
-        }
+        assertEq(channel.closeMany(claims), 2);
+        // One payout to the payee and one refund per payer.
+        assertEq(_transfersFrom(vm.getRecordedLogs(), address(usd), address(channel)), 3);
+        assertEq(usd.balanceOf(payee), 300e6);
+        assertEq(usd.balanceOf(payer), FUNDS - 100e6);
+        assertEq(usd.balanceOf(alice), 2 * FUNDS - 200e6);
+        _assertTombstone(a);
+        _assertTombstone(b);
     }
 
     function test_closeMany_skipsBadItemsWithReason() public {
-        bytes32 a = _openUsdSalt(bytes32(uint256(1)));
-        bytes32 b = _openUsdSalt(bytes32(uint256(2)));
-        bytes32 c = _openUsdSalt(bytes32(uint256(3)));
-        bytes32 exiting = _openUsdSalt(bytes32(uint256(4)));
-        bytes32 unknown = keccak256("unknown");
-        uint256 exitAt = _requestExit(exiting);
+        bytes32 a = _openUsd(DEPOSIT);
+        bytes32 b = _open(_params(address(usd), address(0), "b"), DEPOSIT);
+        IPaymentChannel.Claim[] memory claims = new IPaymentChannel.Claim[](3);
+        claims[0] = _claim(sessionKey, a, 1, 100e6);
+        claims[1] = _claim(payerKey, b, 1, 100e6);
+        claims[2] = _claim(payerKey, b, 2, 200e6);
+        vm.expectEmit(address(channel));
+        emit IPaymentChannel.ClaimSkipped(a, _badSig(a, payer));
+        vm.expectEmit(address(channel));
+        emit IPaymentChannel.ClaimSkipped(b, _notOpen(b, IPaymentChannel.Status.Closed));
         vm.prank(payee);
-        channel.close(_noVoucher(c));
-        vm.warp(exitAt);
-
-        IPaymentChannel.Claim[] memory claims = new IPaymentChannel.Claim[](5);
-        claims[0] = _claim(payerKey, a, 1, 100e6);
-        claims[1] = _claim(payerKey, b, 1, DEPOSIT + 1); // above deposit
-        claims[2] = _noVoucher(c); // closed
-        claims[3] = _noVoucher(exiting); // challenge period over
-        claims[4] = _noVoucher(unknown);
-
-        vm.expectEmit(address(channel));
-        emit IPaymentChannel.Closed(a, 100e6, DEPOSIT - 100e6);
-        vm.expectEmit(address(channel));
-        emit IPaymentChannel.ClaimSkipped(
-            b,
-            abi.encodeWithSelector(
-                IPaymentChannel.VoucherExceedsDeposit.selector, DEPOSIT + 1, DEPOSIT
-            )
-        );
-        vm.expectEmit(address(channel));
-        emit IPaymentChannel.ClaimSkipped(c, _notOpen(c, IPaymentChannel.Status.Closed));
-        vm.expectEmit(address(channel));
-        emit IPaymentChannel.ClaimSkipped(
-            exiting,
-            abi.encodeWithSelector(IPaymentChannel.ChallengePeriodOver.selector, exiting, exitAt)
-        );
-        vm.expectEmit(address(channel));
-        emit IPaymentChannel.ClaimSkipped(unknown, _notOpen(unknown, IPaymentChannel.Status.None));
-        vm.prank(payee);
-        uint256 closed = channel.closeMany(claims);
-
-        assertEq(closed, 1);
+        assertEq(channel.closeMany(claims), 1);
+        _assertChannel(a, DEPOSIT, 0, 0);
+        _assertTombstone(b);
         assertEq(usd.balanceOf(payee), 100e6);
-        // c was refunded earlier, a now; b and the exiting channel still hold their deposits.
-        _assertUsd(FUNDS - 100e6 - 2 * DEPOSIT, 100e6, 2 * DEPOSIT);
-        assertEq(uint8(channel.getChannel(b).status), uint8(IPaymentChannel.Status.Open));
-        assertEq(uint8(channel.getChannel(exiting).status), uint8(IPaymentChannel.Status.Open));
     }
 
     function test_closeMany_byNonPayeeClosesNothing() public {
         bytes32 id = _openUsd(DEPOSIT);
-        _requestExit(id);
-        // Even during an exit, closing is the payee's decision.
-        vm.expectEmit(address(channel));
-        emit IPaymentChannel.ClaimSkipped(
-            id, abi.encodeWithSelector(IPaymentChannel.NotPayee.selector, watcher, payee)
-        );
-        vm.prank(watcher);
-        assertEq(channel.closeMany(_array(_noVoucher(id))), 0);
-        assertEq(uint8(channel.getChannel(id).status), uint8(IPaymentChannel.Status.Open));
+        IPaymentChannel.Claim[] memory claims = _array(_claim(payerKey, id, 1, 100e6));
+        vm.prank(payer);
+        assertEq(channel.closeMany(claims), 0);
+        _assertChannel(id, DEPOSIT, 0, 0);
     }
 
     function test_closeMany_mixedTokensAndNoVoucherItems() public {
-        bytes32 u1 = _openUsdSalt(bytes32(uint256(1)));
-        bytes32 u2 = _openUsdSalt(bytes32(uint256(2)));
-        bytes32 e1 = _openEthSalt(1 ether, bytes32(uint256(1)));
+        bytes32 u = _openUsd(DEPOSIT);
+        bytes32 e = _openEth(1 ether);
+        bytes32 n = _open(_params(address(usd), address(0), "n"), DEPOSIT);
         IPaymentChannel.Claim[] memory claims = new IPaymentChannel.Claim[](3);
-        claims[0] = _claim(payerKey, u1, 1, 100e6);
-        claims[1] = _noVoucher(u2);
-        claims[2] = _claim(payerKey, e1, 1, 0.4 ether);
-
-        vm.recordLogs();
+        claims[0] = _claim(payerKey, u, 1, 10e6);
+        claims[1] = _claim(payerKey, e, 1, 0.1 ether);
+        claims[2] = _noVoucher(n);
+        uint256 ethBefore = payer.balance;
         vm.prank(payee);
         assertEq(channel.closeMany(claims), 3);
-        // One payout to the payee and two refunds (u2 has no payout).
-        assertEq(_transfersFrom(vm.getRecordedLogs(), address(usd), address(channel)), 3);
-        _assertUsd(FUNDS - 100e6, 100e6, 0);
-        _assertEth(1000 ether - 0.4 ether, 0.4 ether, 0);
-        _assertTombstoned(u2, payer);
+        assertEq(usd.balanceOf(payee), 10e6);
+        assertEq(payee.balance, 0.1 ether);
+        assertEq(usd.balanceOf(payer), FUNDS - 10e6);
+        assertEq(payer.balance, ethBefore + 0.9 ether);
     }
 
     // =========================================================================================
     // closeWithAuthorization
     // =========================================================================================
 
+    function _closeAuth(bytes32 id, uint256 finalAmount, uint256 key, address caller) internal {
+        bytes memory auth = _closeAuthSig(key, id, finalAmount);
+        IPaymentChannel.ChannelParams memory p = _p(id);
+        vm.prank(caller);
+        channel.closeWithAuthorization(p, finalAmount, CLOSE_DEADLINE, auth);
+    }
+
+    function _closeAuthExpectRevert(
+        bytes32 id,
+        uint256 finalAmount,
+        uint256 key,
+        address caller,
+        bytes memory err
+    ) internal {
+        bytes memory auth = _closeAuthSig(key, id, finalAmount);
+        IPaymentChannel.ChannelParams memory p = _p(id);
+        vm.prank(caller);
+        vm.expectRevert(err);
+        channel.closeWithAuthorization(p, finalAmount, CLOSE_DEADLINE, auth);
+    }
+
     function test_closeWithAuthorization_payerGetsRefundAtOnce() public {
         bytes32 id = _openUsd(DEPOSIT);
-        bytes memory auth = _closeAuthSig(payeeKey, id, 300e6);
         vm.expectEmit(address(channel));
         emit IPaymentChannel.Closed(id, 300e6, DEPOSIT - 300e6);
-        vm.prank(payer);
-        channel.closeWithAuthorization(id, 300e6, CLOSE_DEADLINE, auth);
-        _assertUsd(FUNDS - 300e6, 300e6, 0);
-        _assertTombstoned(id, payer);
+        _closeAuth(id, 300e6, payeeKey, payer);
+        assertEq(usd.balanceOf(payee), 300e6);
+        assertEq(usd.balanceOf(payer), FUNDS - 300e6);
+        _assertTombstone(id);
     }
 
     function test_closeWithAuthorization_nativeChannel() public {
         bytes32 id = _openEth(1 ether);
-        bytes memory auth = _closeAuthSig(payeeKey, id, 0.6 ether);
-        vm.prank(payer);
-        channel.closeWithAuthorization(id, 0.6 ether, CLOSE_DEADLINE, auth);
-        _assertEth(1000 ether - 0.6 ether, 0.6 ether, 0);
+        uint256 before = payer.balance;
+        _closeAuth(id, 0.3 ether, payeeKey, payer);
+        assertEq(payee.balance, 0.3 ether);
+        assertEq(payer.balance, before + 0.7 ether);
     }
 
     function test_closeWithAuthorization_sessionSignerMaySubmit() public {
-        bytes32 id = _openUsdWithSession(DEPOSIT, 0);
-        bytes memory auth = _closeAuthSig(payeeKey, id, 100e6);
-        vm.prank(session);
-        channel.closeWithAuthorization(id, 100e6, CLOSE_DEADLINE, auth);
-        // The refund goes to the payer, not to the session key.
-        _assertUsd(FUNDS - 100e6, 100e6, 0);
-        assertEq(usd.balanceOf(session), 0);
+        bytes32 id = _openUsdWithSession(DEPOSIT, "s");
+        _closeAuth(id, 100e6, payeeKey, session);
+        assertEq(usd.balanceOf(payer), FUNDS - 100e6);
     }
 
-    function test_closeWithAuthorization_revertsForStranger() public {
-        bytes32 id = _openUsdWithSession(DEPOSIT, 0);
-        bytes memory auth = _closeAuthSig(payeeKey, id, 100e6);
-        vm.prank(stranger);
-        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.NotPayer.selector, stranger, payer));
-        channel.closeWithAuthorization(id, 100e6, CLOSE_DEADLINE, auth);
-    }
-
-    function test_closeWithAuthorization_revertsForPayee() public {
+    function test_closeWithAuthorization_revertsForOtherCallers() public {
         bytes32 id = _openUsd(DEPOSIT);
-        bytes memory auth = _closeAuthSig(payeeKey, id, 100e6);
-        vm.prank(payee);
-        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.NotPayer.selector, payee, payer));
-        channel.closeWithAuthorization(id, 100e6, CLOSE_DEADLINE, auth);
+        address[3] memory others = [stranger, payee, session];
+        for (uint256 i; i < 3; ++i) {
+            _closeAuthExpectRevert(
+                id,
+                100e6,
+                payeeKey,
+                others[i],
+                abi.encodeWithSelector(IPaymentChannel.NotPayer.selector, others[i], payer)
+            );
+        }
     }
 
-    function test_closeWithAuthorization_revertsForSessionWhenChannelHasNone() public {
+    function test_closeWithAuthorization_finalAmountRange() public {
         bytes32 id = _openUsd(DEPOSIT);
-        bytes memory auth = _closeAuthSig(payeeKey, id, 100e6);
-        vm.prank(session);
-        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.NotPayer.selector, session, payer));
-        channel.closeWithAuthorization(id, 100e6, CLOSE_DEADLINE, auth);
-    }
-
-    function test_closeWithAuthorization_revertsWhenFinalBelowPaid() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 200e6);
-        bytes memory auth = _closeAuthSig(payeeKey, id, 100e6);
+        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
         vm.prank(payee);
         channel.settle(c);
-        vm.prank(payer);
-        vm.expectRevert(
+        _closeAuthExpectRevert(
+            id,
+            100e6 - 1,
+            payeeKey,
+            payer,
             abi.encodeWithSelector(
-                IPaymentChannel.FinalAmountOutOfRange.selector, 100e6, 200e6, DEPOSIT
+                IPaymentChannel.FinalAmountOutOfRange.selector, 100e6 - 1, 100e6, DEPOSIT
             )
         );
-        channel.closeWithAuthorization(id, 100e6, CLOSE_DEADLINE, auth);
-    }
-
-    function test_closeWithAuthorization_revertsWhenFinalAboveDeposit() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        bytes memory auth = _closeAuthSig(payeeKey, id, DEPOSIT + 1);
-        vm.prank(payer);
-        vm.expectRevert(
+        _closeAuthExpectRevert(
+            id,
+            DEPOSIT + 1,
+            payeeKey,
+            payer,
             abi.encodeWithSelector(
-                IPaymentChannel.FinalAmountOutOfRange.selector, DEPOSIT + 1, 0, DEPOSIT
+                IPaymentChannel.FinalAmountOutOfRange.selector, DEPOSIT + 1, 100e6, DEPOSIT
             )
         );
-        channel.closeWithAuthorization(id, DEPOSIT + 1, CLOSE_DEADLINE, auth);
+        // Both ends of the range close; after a partial settle the remainder is paid.
+        uint256 s = vm.snapshotState();
+        _closeAuth(id, 100e6, payeeKey, payer);
+        assertEq(usd.balanceOf(payee), 100e6);
+        vm.revertToState(s);
+        _closeAuth(id, DEPOSIT, payeeKey, payer);
+        assertEq(usd.balanceOf(payee), DEPOSIT);
+        assertEq(usd.balanceOf(payer), FUNDS - DEPOSIT);
     }
 
-    function test_closeWithAuthorization_acceptsBothEndsOfRange() public {
-        bytes32 a = _openUsdSalt(bytes32(uint256(1)));
-        bytes32 b = _openUsdSalt(bytes32(uint256(2)));
-        bytes memory authZero = _closeAuthSig(payeeKey, a, 0);
-        bytes memory authAll = _closeAuthSig(payeeKey, b, DEPOSIT);
-        vm.prank(payer);
-        channel.closeWithAuthorization(a, 0, CLOSE_DEADLINE, authZero);
-        vm.prank(payer);
-        channel.closeWithAuthorization(b, DEPOSIT, CLOSE_DEADLINE, authAll);
-        _assertUsd(FUNDS - DEPOSIT, DEPOSIT, 0);
-    }
-
-    function test_closeWithAuthorization_revertsWhenSignedByPayer() public {
+    function test_closeWithAuthorization_revertsForWrongAuthorization() public {
         bytes32 id = _openUsd(DEPOSIT);
-        bytes memory auth = _closeAuthSig(payerKey, id, 0);
+        bytes32 other = _open(_params(address(usd), address(0), "o"), DEPOSIT);
+        bytes memory invalid =
+            abi.encodeWithSelector(IPaymentChannel.InvalidCloseAuthorization.selector, id);
+        // Signed by the payer.
+        _closeAuthExpectRevert(id, 100e6, payerKey, payer, invalid);
+        IPaymentChannel.ChannelParams memory p = _p(id);
+        // For another amount.
+        bytes memory auth = _closeAuthSig(payeeKey, id, 100e6);
         vm.prank(payer);
-        vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.InvalidCloseAuthorization.selector, id)
-        );
-        channel.closeWithAuthorization(id, 0, CLOSE_DEADLINE, auth);
+        vm.expectRevert(invalid);
+        channel.closeWithAuthorization(p, 200e6, CLOSE_DEADLINE, auth);
+        // For another channel.
+        auth = _closeAuthSig(payeeKey, other, 100e6);
+        vm.prank(payer);
+        vm.expectRevert(invalid);
+        channel.closeWithAuthorization(p, 100e6, CLOSE_DEADLINE, auth);
+        // A voucher signature of the payee is not a close authorisation.
+        auth = _voucherSig(payeeKey, id, 1, 100e6);
+        vm.prank(payer);
+        vm.expectRevert(invalid);
+        channel.closeWithAuthorization(p, 100e6, CLOSE_DEADLINE, auth);
+        // The deadline is signed.
+        auth = _closeAuthSig(payeeKey, id, 100e6);
+        vm.prank(payer);
+        vm.expectRevert(invalid);
+        channel.closeWithAuthorization(p, 100e6, CLOSE_DEADLINE - 1, auth);
+        // Of another deployment.
+        IPaymentChannel second = _deployChannel(MIN_PERIOD, MAX_PERIOD);
+        auth = _sign(payeeKey, second.closeAuthorizationDigest(id, 100e6, CLOSE_DEADLINE));
+        vm.prank(payer);
+        vm.expectRevert(invalid);
+        channel.closeWithAuthorization(p, 100e6, CLOSE_DEADLINE, auth);
     }
 
-    function test_closeWithAuthorization_revertsWhenAmountDiffers() public {
+    function test_closeWithAuthorization_exitTiming() public {
         bytes32 id = _openUsd(DEPOSIT);
-        bytes memory auth = _closeAuthSig(payeeKey, id, 300e6);
-        vm.prank(payer);
-        vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.InvalidCloseAuthorization.selector, id)
-        );
-        channel.closeWithAuthorization(id, 299e6, CLOSE_DEADLINE, auth);
-    }
-
-    function test_closeWithAuthorization_revertsForOtherChannel() public {
-        bytes32 a = _openUsdSalt(bytes32(uint256(1)));
-        bytes32 b = _openUsdSalt(bytes32(uint256(2)));
-        bytes memory authA = _closeAuthSig(payeeKey, a, 0);
-        vm.prank(payer);
-        vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.InvalidCloseAuthorization.selector, b)
-        );
-        channel.closeWithAuthorization(b, 0, CLOSE_DEADLINE, authA);
-    }
-
-    function test_closeWithAuthorization_revertsWhenVoucherSignatureReused() public {
-        // A voucher signature is not a close authorisation, even from the right key.
-        bytes32 id = _openUsd(DEPOSIT);
-        bytes memory voucher = _voucherSig(payeeKey, id, 1, 100e6);
-        vm.prank(payer);
-        vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.InvalidCloseAuthorization.selector, id)
-        );
-        channel.closeWithAuthorization(id, 100e6, CLOSE_DEADLINE, voucher);
-    }
-
-    function test_closeWithAuthorization_worksDuringExitBeforeExitAt() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        bytes memory auth = _closeAuthSig(payeeKey, id, 50e6);
         uint256 exitAt = _requestExit(id);
+        uint256 s = vm.snapshotState();
         vm.warp(exitAt - 1);
-        vm.prank(payer);
-        channel.closeWithAuthorization(id, 50e6, CLOSE_DEADLINE, auth);
-        _assertUsd(FUNDS - 50e6, 50e6, 0);
-    }
-
-    function test_closeWithAuthorization_revertsWhenChallengePeriodOver() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        bytes memory auth = _closeAuthSig(payeeKey, id, 50e6);
-        uint256 exitAt = _requestExit(id);
+        _closeAuth(id, 100e6, payeeKey, payer);
+        _assertTombstone(id);
+        vm.revertToState(s);
         vm.warp(exitAt);
-        vm.prank(payer);
-        vm.expectRevert(
+        _closeAuthExpectRevert(
+            id,
+            100e6,
+            payeeKey,
+            payer,
             abi.encodeWithSelector(IPaymentChannel.ChallengePeriodOver.selector, id, exitAt)
         );
-        channel.closeWithAuthorization(id, 50e6, CLOSE_DEADLINE, auth);
     }
 
-    function test_closeWithAuthorization_revertsWhenChannelUnknown() public {
-        bytes32 id = keccak256("unknown");
-        bytes memory auth = _closeAuthSig(payeeKey, id, 0);
-        vm.prank(payer);
-        vm.expectRevert(_notOpen(id, IPaymentChannel.Status.None));
-        channel.closeWithAuthorization(id, 0, CLOSE_DEADLINE, auth);
-    }
-
-    function test_closeWithAuthorization_afterPartialSettlePaysRemainder() public {
+    function test_closeWithAuthorization_revertsAfterDeadlineOrUnknown() public {
         bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 200e6);
-        bytes memory auth = _closeAuthSig(payeeKey, id, 500e6);
-        vm.prank(payee);
-        channel.settle(c);
-
-        vm.expectEmit(address(channel));
-        emit IPaymentChannel.Closed(id, 500e6, 500e6);
-        vm.expectEmit(address(usd));
-        emit IERC20.Transfer(address(channel), payee, 300e6);
-        vm.expectEmit(address(usd));
-        emit IERC20.Transfer(address(channel), payer, 500e6);
+        IPaymentChannel.ChannelParams memory p = _p(id);
+        bytes memory auth = _closeAuthSig(payeeKey, id, 100e6);
+        vm.warp(CLOSE_DEADLINE + 1);
         vm.prank(payer);
-        channel.closeWithAuthorization(id, 500e6, CLOSE_DEADLINE, auth);
-        _assertUsd(FUNDS - 500e6, 500e6, 0);
+        vm.expectRevert(
+            abi.encodeWithSelector(IPaymentChannel.AuthorizationExpired.selector, CLOSE_DEADLINE)
+        );
+        channel.closeWithAuthorization(p, 100e6, CLOSE_DEADLINE, auth);
+        vm.warp(CLOSE_DEADLINE);
+        p.salt = "unknown";
+        bytes32 unknown = channel.computeChannelId(p);
+        vm.prank(payer);
+        vm.expectRevert(_notOpen(unknown, IPaymentChannel.Status.None));
+        channel.closeWithAuthorization(p, 100e6, CLOSE_DEADLINE, auth);
     }
 
-    /// A close authorisation signed earlier stays usable while `paid` has not passed it, but
-    /// only until its deadline: the node refuses vouchers on the channel until then.
     function test_closeWithAuthorization_oldAuthorizationUsableOnlyUntilItsDeadline() public {
+        // The provider signs a close for 100 with a deadline and serves nothing more until it
+        // passes; afterwards the old authorisation is dead and later vouchers are safe.
         bytes32 id = _openUsd(DEPOSIT);
+        IPaymentChannel.ChannelParams memory p = _p(id);
         uint256 deadline = block.timestamp + 1 hours;
-        bytes memory oldAuth =
-            _sign(payeeKey, channel.closeAuthorizationDigest(id, 100e6, deadline));
-        // The payee keeps serving and settles 80e6 of a 600e6 voucher...
-        IPaymentChannel.Claim memory c = _partial(payerKey, id, 1, 600e6, 80e6);
+        bytes memory auth = _sign(payeeKey, channel.closeAuthorizationDigest(id, 100e6, deadline));
+        vm.warp(deadline + 1);
+        IPaymentChannel.Claim memory c = _claim(payerKey, id, 2, 500e6);
         vm.prank(payee);
         channel.settle(c);
-        // ...after the deadline the old authorisation is void...
-        vm.warp(deadline + 1);
+        vm.prank(payer);
         vm.expectRevert(
             abi.encodeWithSelector(IPaymentChannel.AuthorizationExpired.selector, deadline)
         );
-        vm.prank(payer);
-        channel.closeWithAuthorization(id, 100e6, deadline, oldAuth);
-        // ...and until it, the payer may close with it at 100e6.
-        vm.warp(deadline);
-        vm.prank(payer);
-        channel.closeWithAuthorization(id, 100e6, deadline, oldAuth);
-        _assertUsd(FUNDS - 100e6, 100e6, 0);
+        channel.closeWithAuthorization(p, 100e6, deadline, auth);
+        assertEq(usd.balanceOf(payee), 500e6);
     }
 
     // =========================================================================================
-    // requestExit
+    // requestExit / withdraw
     // =========================================================================================
 
     function test_requestExit_setsExitAtAndEmits() public {
         bytes32 id = _openUsd(DEPOSIT);
-        vm.warp(1000);
+        IPaymentChannel.ChannelParams memory p = _p(id);
         vm.expectEmit(address(channel));
-        emit IPaymentChannel.ExitRequested(id, 1000 + PERIOD);
+        emit IPaymentChannel.ExitRequested(id, block.timestamp + PERIOD);
         vm.prank(payer);
-        channel.requestExit(id);
-        assertEq(channel.getChannel(id).exitAt, 1000 + PERIOD);
-        _assertUsd(FUNDS - DEPOSIT, 0, DEPOSIT);
+        channel.requestExit(p);
+        _assertChannel(id, DEPOSIT, 0, block.timestamp + PERIOD);
     }
 
-    function test_requestExit_usesChannelPeriod() public {
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
-        p.challengePeriod = MIN_PERIOD;
-        vm.prank(payer);
-        bytes32 id = channel.open(p);
+    function test_requestExit_revertsForOthersTwiceAndUnknown() public {
+        bytes32 id = _openUsdWithSession(DEPOSIT, "s");
+        IPaymentChannel.ChannelParams memory p = _p(id);
+        address[3] memory others = [stranger, payee, session];
+        for (uint256 i; i < 3; ++i) {
+            vm.prank(others[i]);
+            vm.expectRevert(
+                abi.encodeWithSelector(IPaymentChannel.NotPayer.selector, others[i], payer)
+            );
+            channel.requestExit(p);
+        }
         uint256 exitAt = _requestExit(id);
-        assertEq(exitAt, block.timestamp + MIN_PERIOD);
-    }
-
-    function test_requestExit_revertsForStranger() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        vm.prank(stranger);
-        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.NotPayer.selector, stranger, payer));
-        channel.requestExit(id);
-    }
-
-    function test_requestExit_revertsForPayeeAndSession() public {
-        bytes32 id = _openUsdWithSession(DEPOSIT, 0);
-        vm.prank(payee);
-        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.NotPayer.selector, payee, payer));
-        channel.requestExit(id);
-        vm.prank(session);
-        vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.NotPayer.selector, session, payer));
-        channel.requestExit(id);
-        assertEq(channel.getChannel(id).exitAt, 0);
-    }
-
-    function test_requestExit_revertsWhenAlreadyRequested() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        uint256 exitAt = _requestExit(id);
-        vm.warp(block.timestamp + 1 hours);
         vm.prank(payer);
         vm.expectRevert(
             abi.encodeWithSelector(IPaymentChannel.ExitAlreadyRequested.selector, id, exitAt)
         );
-        channel.requestExit(id);
-    }
-
-    function test_requestExit_revertsWhenChannelUnknown() public {
-        bytes32 id = keccak256("unknown");
+        channel.requestExit(p);
+        p.salt = "unknown";
+        bytes32 unknown = channel.computeChannelId(p);
         vm.prank(payer);
-        vm.expectRevert(_notOpen(id, IPaymentChannel.Status.None));
-        channel.requestExit(id);
+        vm.expectRevert(_notOpen(unknown, IPaymentChannel.Status.None));
+        channel.requestExit(p);
     }
 
     function test_requestExit_afterCancelRestartsTimer() public {
         bytes32 id = _openUsd(DEPOSIT);
         _requestExit(id);
-        vm.warp(block.timestamp + 1 hours);
+        IPaymentChannel.ChannelParams memory p = _p(id);
         vm.prank(payer);
-        channel.topUp(id, 1);
-        uint256 exitAt = _requestExit(id);
-        assertEq(exitAt, block.timestamp + PERIOD);
+        channel.topUp(p, 1);
+        vm.warp(block.timestamp + 1000);
+        assertEq(_requestExit(id), block.timestamp + PERIOD);
     }
 
-    // =========================================================================================
-    // withdraw
-    // =========================================================================================
-
-    function test_withdraw_revertsWhenExitNotRequested() public {
+    function test_withdraw_timing() public {
         bytes32 id = _openUsd(DEPOSIT);
-        vm.prank(payer);
+        IPaymentChannel.ChannelParams memory p = _p(id);
         vm.expectRevert(abi.encodeWithSelector(IPaymentChannel.ExitNotRequested.selector, id));
-        channel.withdraw(id);
-    }
-
-    function test_withdraw_revertsOneSecondBeforeExitAt() public {
-        bytes32 id = _openUsd(DEPOSIT);
+        channel.withdraw(p);
         uint256 exitAt = _requestExit(id);
         vm.warp(exitAt - 1);
-        vm.prank(payer);
         vm.expectRevert(
             abi.encodeWithSelector(IPaymentChannel.ChallengePeriodActive.selector, id, exitAt)
         );
-        channel.withdraw(id);
-    }
-
-    function test_withdraw_atExitAtByAnyoneRefundsPayer() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 150e6);
-        vm.prank(payee);
-        channel.settle(c);
-        uint256 exitAt = _requestExit(id);
+        channel.withdraw(p);
         vm.warp(exitAt);
-
         vm.expectEmit(address(channel));
-        emit IPaymentChannel.Closed(id, 150e6, DEPOSIT - 150e6);
+        emit IPaymentChannel.Closed(id, 0, DEPOSIT);
         vm.prank(stranger);
-        channel.withdraw(id);
-
-        _assertUsd(FUNDS - 150e6, 150e6, 0);
+        channel.withdraw(p);
+        assertEq(usd.balanceOf(payer), FUNDS);
         assertEq(usd.balanceOf(stranger), 0);
-        _assertTombstoned(id, payer);
+        _assertTombstone(id);
+        vm.expectRevert(_notOpen(id, IPaymentChannel.Status.Closed));
+        channel.withdraw(p);
     }
 
     function test_withdraw_nativeRefundsPayer() public {
         bytes32 id = _openEth(1 ether);
+        uint256 before = payer.balance;
         uint256 exitAt = _requestExit(id);
-        vm.warp(exitAt + 1 days);
-        channel.withdraw(id);
-        _assertEth(1000 ether, 0, 0);
+        vm.warp(exitAt);
+        IPaymentChannel.ChannelParams memory p = _p(id);
+        channel.withdraw(p);
+        assertEq(payer.balance, before + 1 ether);
     }
 
-    function test_withdraw_afterWatcherSettledPayeeHoldsExactlySigned() public {
+    function test_withdraw_afterPayeeSettledPayeeHoldsExactlyClaimed() public {
         bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory older = _claim(payerKey, id, 10, 100e6);
-        IPaymentChannel.Claim memory latest = _claim(payerKey, id, 12, 345e6);
+        uint256 exitAt = _requestExit(id);
+        IPaymentChannel.Claim memory c = _partial(payerKey, id, 5, 400e6, 350e6);
         vm.prank(payee);
-        channel.settle(older);
-        uint256 exitAt = _requestExit(id);
-        vm.warp(exitAt - 1);
-        vm.prank(watcher);
-        channel.settle(latest);
+        channel.settle(c);
         vm.warp(exitAt);
-        channel.withdraw(id);
-        _assertUsd(FUNDS - 345e6, 345e6, 0);
-    }
-
-    function test_withdraw_revertsWhenAlreadyWithdrawn() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        uint256 exitAt = _requestExit(id);
-        vm.warp(exitAt);
-        channel.withdraw(id);
-        vm.expectRevert(_notOpen(id, IPaymentChannel.Status.Closed));
-        channel.withdraw(id);
-        _assertUsd(FUNDS, 0, 0);
-    }
-
-    function test_withdraw_revertsWhenChannelUnknown() public {
-        bytes32 id = keccak256("unknown");
-        vm.expectRevert(_notOpen(id, IPaymentChannel.Status.None));
-        channel.withdraw(id);
+        IPaymentChannel.ChannelParams memory p = _p(id);
+        channel.withdraw(p);
+        assertEq(usd.balanceOf(payee), 350e6);
+        assertEq(usd.balanceOf(payer), FUNDS - 350e6);
+        assertEq(usd.balanceOf(address(channel)), 0);
     }
 
     // =========================================================================================
-    // withdrawCredit and failed payouts
+    // withdrawCredit
     // =========================================================================================
-
-    function _openEthTo(address to, uint256 deposit) internal returns (bytes32 id) {
-        IPaymentChannel.OpenParams memory p = _params(address(0), deposit, address(0), 0);
-        p.payee = to;
-        vm.prank(payer);
-        id = channel.open{value: deposit}(p);
-    }
 
     function test_withdrawCredit_failedPayeePayoutIsCreditedAndWithdrawnElsewhere() public {
-        UnitRejectingReceiver rejecter = new UnitRejectingReceiver();
-        bytes32 id = _openEthTo(address(rejecter), 1 ether);
+        UnitRejectingReceiver rejecting = new UnitRejectingReceiver();
+        IPaymentChannel.ChannelParams memory p = _params(address(0), address(0), 0);
+        p.payee = address(rejecting);
+        bytes32 id = _open(p, 1 ether);
         IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 0.4 ether);
-
         vm.expectEmit(address(channel));
-        emit IPaymentChannel.PayoutCredited(address(rejecter), address(0), 0.4 ether);
-        vm.prank(address(rejecter));
+        emit IPaymentChannel.PayoutCredited(address(rejecting), address(0), 0.4 ether);
+        vm.prank(address(rejecting));
         channel.settle(c);
-        assertEq(channel.creditOf(address(rejecter), address(0)), 0.4 ether);
-        assertEq(channel.getChannel(id).paid, 0.4 ether);
-        assertEq(address(rejecter).balance, 0);
-        assertEq(address(channel).balance, 1 ether);
+        assertEq(channel.creditOf(address(rejecting), address(0)), 0.4 ether);
 
         vm.expectEmit(address(channel));
-        emit IPaymentChannel.CreditWithdrawn(address(rejecter), address(0), stranger, 0.4 ether);
-        vm.prank(address(rejecter));
-        uint256 amount = channel.withdrawCredit(address(0), stranger);
-
-        assertEq(amount, 0.4 ether);
-        assertEq(stranger.balance, 0.4 ether);
-        assertEq(address(channel).balance, 0.6 ether);
-        assertEq(channel.creditOf(address(rejecter), address(0)), 0);
+        emit IPaymentChannel.CreditWithdrawn(address(rejecting), address(0), alice, 0.4 ether);
+        vm.prank(address(rejecting));
+        assertEq(channel.withdrawCredit(address(0), alice), 0.4 ether);
+        assertEq(alice.balance, 0.4 ether);
+        vm.prank(address(rejecting));
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                IPaymentChannel.NoCredit.selector, address(rejecting), address(0)
+            )
+        );
+        channel.withdrawCredit(address(0), alice);
     }
 
     function test_withdrawCredit_failedPayerRefundIsCredited() public {
-        UnitRejectingReceiver rejecter = new UnitRejectingReceiver();
-        vm.deal(address(rejecter), 1 ether);
-        vm.prank(address(rejecter));
-        bytes32 id = channel.open{value: 1 ether}(_params(address(0), 1 ether, session, 0));
-        IPaymentChannel.Claim memory c = _claim(sessionKey, id, 1, 0.3 ether);
-
-        vm.expectEmit(address(channel));
-        emit IPaymentChannel.PayoutCredited(address(rejecter), address(0), 0.7 ether);
+        UnitRejectingReceiver rejecting = new UnitRejectingReceiver();
+        vm.deal(address(rejecting), 1 ether);
+        IPaymentChannel.ChannelParams memory p = _params(address(0), address(0), 0);
+        p.payer = address(rejecting);
+        bytes32 id = _open(p, 1 ether);
+        IPaymentChannel.Claim memory none = _noVoucher(id);
         vm.prank(payee);
-        channel.close(c);
-        // The payee was paid despite the payer's reverting `receive`.
-        assertEq(payee.balance, 0.3 ether);
-        assertEq(channel.creditOf(address(rejecter), address(0)), 0.7 ether);
-        assertEq(address(channel).balance, 0.7 ether);
-
-        vm.prank(address(rejecter));
-        assertEq(channel.withdrawCredit(address(0), watcher), 0.7 ether);
-        assertEq(watcher.balance, 0.7 ether);
-        assertEq(address(channel).balance, 0);
+        channel.close(none);
+        assertEq(channel.creditOf(address(rejecting), address(0)), 1 ether);
     }
 
     function test_withdrawCredit_payeeOutOfGasIsCredited() public {
         UnitGasGuzzler guzzler = new UnitGasGuzzler();
-        // With plenty of gas the guzzler accepts ether...
-        (bool ok,) = address(guzzler).call{value: 1}("");
-        assertTrue(ok);
-        // ...but a payout forwards a bounded amount of gas, so it is credited instead.
-        bytes32 id = _openEthTo(address(guzzler), 1 ether);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 0.5 ether);
+        IPaymentChannel.ChannelParams memory p = _params(address(0), address(0), 0);
+        p.payee = address(guzzler);
+        bytes32 id = _open(p, 1 ether);
+        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 0.4 ether);
         vm.prank(address(guzzler));
         channel.settle(c);
-        assertEq(channel.creditOf(address(guzzler), address(0)), 0.5 ether);
-        assertEq(address(guzzler).balance, 1);
+        assertEq(channel.creditOf(address(guzzler), address(0)), 0.4 ether);
     }
 
     function test_withdrawCredit_failedErc20PayoutIsCredited() public {
         UnitQuirkyToken qt = new UnitQuirkyToken();
-        qt.mint(payer, DEPOSIT);
-        vm.startPrank(payer);
-        qt.approve(address(channel), DEPOSIT);
-        bytes32 id = channel.open(_params(address(qt), DEPOSIT, address(0), 0));
-        vm.stopPrank();
+        qt.mint(payer, FUNDS);
+        vm.prank(payer);
+        qt.approve(address(channel), type(uint256).max);
+        bytes32 id = _open(_params(address(qt), address(0), 0), DEPOSIT);
         qt.setBlocked(payee, true);
         IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
-
-        vm.expectEmit(address(channel));
-        emit IPaymentChannel.PayoutCredited(payee, address(qt), 100e6);
         vm.prank(payee);
-        channel.close(c);
-        assertEq(qt.balanceOf(payer), DEPOSIT - 100e6, "refund unaffected");
-        assertEq(channel.creditOf(payee, address(qt)), 100e6);
-
-        // Sending the credit to the blocked address itself fails and keeps the credit.
-        vm.prank(payee);
-        vm.expectRevert(
-            abi.encodeWithSelector(
-                IPaymentChannel.CreditTransferFailed.selector, payee, address(qt), 100e6
-            )
-        );
-        channel.withdrawCredit(address(qt), payee);
-        assertEq(channel.creditOf(payee, address(qt)), 100e6);
-
-        vm.prank(payee);
-        assertEq(channel.withdrawCredit(address(qt), watcher), 100e6);
-        assertEq(qt.balanceOf(watcher), 100e6);
-        assertEq(qt.balanceOf(address(channel)), 0);
-    }
-
-    function test_withdrawCredit_revertsWhenNoCredit() public {
-        vm.prank(stranger);
-        vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.NoCredit.selector, stranger, address(0))
-        );
-        channel.withdrawCredit(address(0), stranger);
-    }
-
-    function test_withdrawCredit_revertsWhenCreditAlreadyWithdrawn() public {
-        UnitRejectingReceiver rejecter = new UnitRejectingReceiver();
-        bytes32 id = _openEthTo(address(rejecter), 1 ether);
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 0.4 ether);
-        vm.prank(address(rejecter));
         channel.settle(c);
-        vm.prank(address(rejecter));
-        channel.withdrawCredit(address(0), stranger);
-
-        vm.prank(address(rejecter));
-        vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.NoCredit.selector, address(rejecter), address(0))
-        );
-        channel.withdrawCredit(address(0), stranger);
-        // Credit is per token: none in usd either.
-        vm.prank(address(rejecter));
-        vm.expectRevert(
-            abi.encodeWithSelector(
-                IPaymentChannel.NoCredit.selector, address(rejecter), address(usd)
-            )
-        );
-        channel.withdrawCredit(address(usd), stranger);
+        assertEq(channel.creditOf(payee, address(qt)), 100e6);
+        vm.prank(payee);
+        channel.withdrawCredit(address(qt), alice);
+        assertEq(qt.balanceOf(alice), 100e6);
     }
 
     function test_withdrawCredit_revertsWhenRecipientRejects() public {
-        UnitRejectingReceiver rejecter = new UnitRejectingReceiver();
-        UnitRejectingReceiver other = new UnitRejectingReceiver();
-        bytes32 id = _openEthTo(address(rejecter), 1 ether);
+        UnitRejectingReceiver rejecting = new UnitRejectingReceiver();
+        IPaymentChannel.ChannelParams memory p = _params(address(0), address(0), 0);
+        p.payee = address(rejecting);
+        bytes32 id = _open(p, 1 ether);
         IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 0.4 ether);
-        vm.prank(address(rejecter));
+        vm.prank(address(rejecting));
         channel.settle(c);
-
-        vm.prank(address(rejecter));
+        vm.prank(address(rejecting));
         vm.expectRevert(
             abi.encodeWithSelector(
-                IPaymentChannel.CreditTransferFailed.selector, address(other), address(0), 0.4 ether
+                IPaymentChannel.CreditTransferFailed.selector,
+                address(rejecting),
+                address(0),
+                0.4 ether
             )
         );
-        channel.withdrawCredit(address(0), address(other));
-        assertEq(channel.creditOf(address(rejecter), address(0)), 0.4 ether);
-        assertEq(address(channel).balance, 1 ether);
+        channel.withdrawCredit(address(0), address(rejecting));
+        assertEq(channel.creditOf(address(rejecting), address(0)), 0.4 ether);
     }
 
     // =========================================================================================
-    // Cross-domain replay and EIP-712
+    // EIP-712 and views
     // =========================================================================================
-
-    function test_settle_revertsForVoucherOfOtherDeployment() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        PaymentChannel other = new PaymentChannel(MIN_PERIOD, MAX_PERIOD);
-        bytes32 foreign = other.voucherDigest(id, 1, 100e6);
-        assertTrue(foreign != channel.voucherDigest(id, 1, 100e6));
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
-        c.signature = _sign(payerKey, foreign);
-        vm.prank(payee);
-        vm.expectRevert(_badSig(id, payer));
-        channel.settle(c);
-    }
-
-    function test_settle_revertsForVoucherSignedForOtherChain() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        uint256 chainId = block.chainid;
-        vm.chainId(chainId + 1);
-        bytes32 foreign = channel.voucherDigest(id, 1, 100e6);
-        bytes memory sig = _sign(payerKey, foreign);
-        vm.chainId(chainId);
-        assertTrue(foreign != channel.voucherDigest(id, 1, 100e6));
-
-        IPaymentChannel.Claim memory c = _claim(payerKey, id, 1, 100e6);
-        c.signature = sig;
-        vm.prank(payee);
-        vm.expectRevert(_badSig(id, payer));
-        channel.settle(c);
-    }
-
-    function test_closeWithAuthorization_revertsForOtherDeployment() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        PaymentChannel other = new PaymentChannel(MIN_PERIOD, MAX_PERIOD);
-        bytes memory auth = _sign(payeeKey, other.closeAuthorizationDigest(id, 0, CLOSE_DEADLINE));
-        vm.prank(payer);
-        vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.InvalidCloseAuthorization.selector, id)
-        );
-        channel.closeWithAuthorization(id, 0, CLOSE_DEADLINE, auth);
-    }
 
     function test_eip712Domain_matchesSpec() public view {
         (
@@ -2440,10 +1716,10 @@ contract PaymentChannelTest is ChannelFixture {
             address verifyingContract,
             bytes32 salt,
             uint256[] memory extensions
-        ) = channel.eip712Domain();
+        ) = _c().eip712Domain();
         assertEq(uint8(fields), 0x0f);
         assertEq(name, "x402 Payment Channel");
-        assertEq(version, "1");
+        assertEq(version, "2");
         assertEq(chainId, block.chainid);
         assertEq(verifyingContract, address(channel));
         assertEq(salt, bytes32(0));
@@ -2457,117 +1733,62 @@ contract PaymentChannelTest is ChannelFixture {
                     "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
                 ),
                 keccak256("x402 Payment Channel"),
-                keccak256("1"),
+                keccak256("2"),
                 block.chainid,
                 address(channel)
             )
         );
     }
 
-    function test_voucherDigest_matchesManualEip712() public view {
-        bytes32 typehash =
+    function _manual(bytes32 typehash, bytes32 a, uint256 b, uint256 c)
+        internal
+        view
+        returns (bytes32)
+    {
+        return keccak256(
+            abi.encodePacked(
+                "\x19\x01", _domainSeparator(), keccak256(abi.encode(typehash, a, b, c))
+            )
+        );
+    }
+
+    function test_digests_matchManualEip712() public view {
+        bytes32 id = keccak256("some channel");
+        bytes32 voucher =
             keccak256("Voucher(bytes32 channelId,uint64 nonce,uint256 cumulativeAmount)");
-        assertEq(channel.VOUCHER_TYPEHASH(), typehash);
-        bytes32 id = keccak256("some channel");
-        bytes32 expected = keccak256(
-            abi.encodePacked(
-                "\x19\x01",
-                _domainSeparator(),
-                keccak256(abi.encode(typehash, id, uint64(42), uint256(123e6)))
-            )
-        );
-        assertEq(channel.voucherDigest(id, 42, 123e6), expected);
-    }
-
-    function test_closeAuthorizationDigest_matchesManualEip712() public view {
-        bytes32 typehash =
+        bytes32 claimAuth =
+            keccak256("ClaimAuthorization(bytes32 channelId,uint64 nonce,uint256 claimed)");
+        bytes32 closeAuth =
             keccak256("CloseAuthorization(bytes32 channelId,uint256 finalAmount,uint256 deadline)");
-        assertEq(channel.CLOSE_AUTHORIZATION_TYPEHASH(), typehash);
-        bytes32 id = keccak256("some channel");
-        bytes32 expected = keccak256(
-            abi.encodePacked(
-                "\x19\x01",
-                _domainSeparator(),
-                keccak256(abi.encode(typehash, id, uint256(7), CLOSE_DEADLINE))
-            )
-        );
-        assertEq(channel.closeAuthorizationDigest(id, 7, CLOSE_DEADLINE), expected);
-    }
-
-    function test_openAuthorizationDigest_matchesManualEip712() public view {
-        bytes32 typehash = keccak256("OpenAuthorization(bytes32 channelId,uint256 deadline)");
-        assertEq(channel.OPEN_AUTHORIZATION_TYPEHASH(), typehash);
-        bytes32 id = keccak256("some channel");
-        bytes32 expected = keccak256(
-            abi.encodePacked(
-                "\x19\x01", _domainSeparator(), keccak256(abi.encode(typehash, id, uint256(99)))
-            )
-        );
-        assertEq(channel.openAuthorizationDigest(id, 99), expected);
+        bytes32 openAuth =
+            keccak256("OpenAuthorization(bytes32 channelId,uint256 deposit,uint256 deadline)");
+        assertEq(_c().VOUCHER_TYPEHASH(), voucher);
+        assertEq(_c().CLAIM_AUTHORIZATION_TYPEHASH(), claimAuth);
+        assertEq(_c().CLOSE_AUTHORIZATION_TYPEHASH(), closeAuth);
+        assertEq(_c().OPEN_AUTHORIZATION_TYPEHASH(), openAuth);
+        assertEq(channel.voucherDigest(id, 42, 123e6), _manual(voucher, id, 42, 123e6));
+        assertEq(channel.claimAuthorizationDigest(id, 42, 12e6), _manual(claimAuth, id, 42, 12e6));
+        assertEq(channel.closeAuthorizationDigest(id, 7, 99), _manual(closeAuth, id, 7, 99));
+        assertEq(channel.openAuthorizationDigest(id, 7, 99), _manual(openAuth, id, 7, 99));
     }
 
     function test_digests_areDistinctPerType() public view {
         bytes32 id = keccak256("some channel");
-        bytes32 v = channel.voucherDigest(id, 0, 5);
-        bytes32 c = channel.closeAuthorizationDigest(id, 5, CLOSE_DEADLINE);
-        bytes32 o = channel.openAuthorizationDigest(id, 5);
-        assertTrue(v != c && c != o && v != o);
+        bytes32[4] memory d = [
+            channel.voucherDigest(id, 5, 5),
+            channel.claimAuthorizationDigest(id, 5, 5),
+            channel.closeAuthorizationDigest(id, 5, 5),
+            channel.openAuthorizationDigest(id, 5, 5)
+        ];
+        for (uint256 i; i < 4; ++i) {
+            for (uint256 j = i + 1; j < 4; ++j) {
+                assertTrue(d[i] != d[j]);
+            }
+        }
     }
-
-    // =========================================================================================
-    // views
-    // =========================================================================================
 
     function test_getChannel_unknownIsEmpty() public view {
-        IPaymentChannel.Channel memory ch = channel.getChannel(keccak256("unknown"));
-        assertEq(uint8(ch.status), uint8(IPaymentChannel.Status.None));
-        assertEq(ch.payer, address(0));
-        assertEq(ch.deposit, 0);
-        assertEq(channel.creditOf(payee, address(usd)), 0);
-        assertEq(channel.NATIVE_TOKEN(), address(0));
-    }
-
-    function test_closeWithAuthorization_revertsAfterDeadline() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        uint256 deadline = block.timestamp + 1 hours;
-        bytes memory auth = _sign(payeeKey, channel.closeAuthorizationDigest(id, 100e6, deadline));
-        vm.warp(deadline + 1);
-        vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.AuthorizationExpired.selector, deadline)
-        );
-        vm.prank(payer);
-        channel.closeWithAuthorization(id, 100e6, deadline, auth);
-        // At the deadline itself it still works.
-        vm.warp(deadline);
-        vm.prank(payer);
-        channel.closeWithAuthorization(id, 100e6, deadline, auth);
-        assertEq(usd.balanceOf(payee), 100e6);
-    }
-
-    function test_closeWithAuthorization_deadlineIsSigned() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        uint256 deadline = block.timestamp + 1 hours;
-        bytes memory auth = _sign(payeeKey, channel.closeAuthorizationDigest(id, 100e6, deadline));
-        vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.InvalidCloseAuthorization.selector, id)
-        );
-        vm.prank(payer);
-        channel.closeWithAuthorization(id, 100e6, deadline + 1 days, auth);
-    }
-
-    function test_settle_watcherClaimDoesNotConsumeNonce() public {
-        bytes32 id = _openUsd(DEPOSIT);
-        IPaymentChannel.Claim memory latest = _claim(payerKey, id, 9, 300e6);
-        vm.prank(payer);
-        channel.requestExit(id);
-        // A watcher submits an older voucher first; the payee's latest still pays in full.
-        vm.prank(watcher);
-        channel.settle(_claim(payerKey, id, 5, 100e6));
-        assertEq(channel.getChannel(id).nonce, 0);
-        assertEq(channel.getChannel(id).paid, 100e6);
-        vm.prank(payee);
-        channel.settle(latest);
-        assertEq(channel.getChannel(id).nonce, 9);
-        assertEq(usd.balanceOf(payee), 300e6);
+        IPaymentChannel.Channel memory ch = channel.getChannel(keccak256("nothing"));
+        assertEq(uint256(ch.deposit) + ch.paid + ch.exitAt + uint8(ch.status), 0);
     }
 }

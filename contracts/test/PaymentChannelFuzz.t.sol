@@ -6,14 +6,13 @@ import {Vm} from "forge-std/Vm.sol";
 import {IPaymentChannel} from "../src/interfaces/IPaymentChannel.sol";
 import {ChannelFixture} from "./utils/ChannelFixture.sol";
 
-/// @notice Property tests of {PaymentChannel}: amounts, nonce orderings, timings and signers
-/// are fuzzed with `bound()`; each test checks exact balances or exact revert data.
+/// @notice Property tests of PaymentChannel: amounts, claim orderings, timings and signers are
+/// fuzzed with `bound()`; each test checks exact balances or exact revert data.
 contract PaymentChannelFuzzTest is ChannelFixture {
     // ----- helpers -----
 
     function _openUsdWith(uint256 deposit, bytes32 salt) internal returns (bytes32 id) {
-        vm.prank(payer);
-        id = channel.open(_params(address(usd), deposit, address(0), salt));
+        id = _open(_params(address(usd), address(0), salt), deposit);
     }
 
     // ----- open, computeChannelId, topUp -----
@@ -26,18 +25,18 @@ contract PaymentChannelFuzzTest is ChannelFixture {
     ) public {
         period = uint32(bound(period, MIN_PERIOD, MAX_PERIOD));
         deposit = bound(deposit, 1, native ? 1000 ether : FUNDS);
-        IPaymentChannel.OpenParams memory p =
-            _params(native ? address(0) : address(usd), deposit, address(0), salt);
+        IPaymentChannel.ChannelParams memory p =
+            _params(native ? address(0) : address(usd), address(0), salt);
         p.challengePeriod = period;
-        bytes32 expected = channel.computeChannelId(payer, p);
+        bytes32 expected = channel.computeChannelId(p);
 
         vm.prank(payer);
-        bytes32 id = channel.open{value: native ? deposit : 0}(p);
+        bytes32 id = channel.open{value: native ? deposit : 0}(p, deposit);
 
         assertEq(id, expected);
         IPaymentChannel.Channel memory ch = channel.getChannel(id);
         assertEq(ch.deposit, deposit);
-        assertEq(ch.challengePeriod, period);
+        assertEq(_requestExit(_remember(p)), block.timestamp + period);
         if (native) {
             assertEq(address(channel).balance, deposit);
             assertEq(payer.balance, 1000 ether - deposit);
@@ -51,7 +50,7 @@ contract PaymentChannelFuzzTest is ChannelFixture {
         period = below
             ? uint32(bound(period, 0, MIN_PERIOD - 1))
             : uint32(bound(period, uint256(MAX_PERIOD) + 1, type(uint32).max));
-        IPaymentChannel.OpenParams memory p = _params(address(usd), DEPOSIT, address(0), 0);
+        IPaymentChannel.ChannelParams memory p = _params(address(usd), address(0), 0);
         p.challengePeriod = period;
         vm.prank(payer);
         vm.expectRevert(
@@ -59,19 +58,19 @@ contract PaymentChannelFuzzTest is ChannelFixture {
                 IPaymentChannel.ChallengePeriodOutOfBounds.selector, period, MIN_PERIOD, MAX_PERIOD
             )
         );
-        channel.open(p);
+        channel.open(p, DEPOSIT);
     }
 
     function testFuzz_open_rejectsWrongMsgValue(uint256 deposit, uint256 value) public {
         deposit = bound(deposit, 1, 100 ether);
         value = bound(value, 0, 200 ether);
         vm.assume(value != deposit);
-        IPaymentChannel.OpenParams memory p = _params(address(0), deposit, address(0), 0);
+        IPaymentChannel.ChannelParams memory p = _params(address(0), address(0), 0);
         vm.prank(payer);
         vm.expectRevert(
             abi.encodeWithSelector(IPaymentChannel.InvalidMsgValue.selector, value, deposit)
         );
-        channel.open{value: value}(p);
+        channel.open{value: value}(p, deposit);
     }
 
     function testFuzz_computeChannelId_uniquePerPayerAndSalt(
@@ -79,51 +78,52 @@ contract PaymentChannelFuzzTest is ChannelFixture {
         address payerB,
         bytes32 saltA,
         bytes32 saltB
-    ) public view {
+    ) public {
         bytes32 a = channel.computeChannelId(
-            payerA, _params(address(usd), DEPOSIT, address(0), saltA)
+            _paramsOf(payerA, payee, address(usd), address(0), saltA)
         );
         bytes32 b =
-            channel.computeChannelId(payerB, _params(address(usd), DEPOSIT, address(0), saltB));
+            channel.computeChannelId(_paramsOf(payerB, payee, address(usd), address(0), saltB));
         assertEq(a == b, payerA == payerB && saltA == saltB);
     }
 
     function testFuzz_topUp_depositGrowsBySum(uint256 deposit, uint256[3] memory amounts) public {
-        deposit = bound(deposit, 1, type(uint128).max);
-        usd.mint(payer, type(uint128).max);
+        deposit = bound(deposit, 1, type(uint104).max);
+        usd.mint(payer, type(uint104).max);
         bytes32 id = _openUsdWith(deposit, 0);
         uint256 expected = deposit;
         for (uint256 i; i < amounts.length; ++i) {
-            if (expected == type(uint128).max) break;
-            uint256 amount = bound(amounts[i], 1, type(uint128).max - expected);
+            if (expected == type(uint104).max) break;
+            uint256 amount = bound(amounts[i], 1, type(uint104).max - expected);
             vm.prank(payer);
-            channel.topUp(id, amount);
+            channel.topUp(_p(id), amount);
             expected += amount;
             assertEq(channel.getChannel(id).deposit, expected);
         }
         assertEq(usd.balanceOf(address(channel)), expected);
-        assertEq(usd.balanceOf(payer), FUNDS + type(uint128).max - expected);
+        assertEq(usd.balanceOf(payer), FUNDS + type(uint104).max - expected);
     }
 
-    function testFuzz_topUp_rejectsDepositAboveUint128(uint256 deposit, uint256 amount) public {
-        deposit = bound(deposit, 1, type(uint128).max);
-        amount = bound(amount, uint256(type(uint128).max) - deposit + 1, type(uint248).max);
+    function testFuzz_topUp_rejectsDepositAboveUint104(uint256 deposit, uint256 amount) public {
+        deposit = bound(deposit, 1, type(uint104).max);
+        amount = bound(amount, uint256(type(uint104).max) - deposit + 1, type(uint248).max);
         usd.mint(payer, deposit + amount);
         bytes32 id = _openUsdWith(deposit, 0);
         vm.prank(payer);
         vm.expectRevert(
             abi.encodeWithSelector(IPaymentChannel.DepositTooLarge.selector, deposit + amount)
         );
-        channel.topUp(id, amount);
+        channel.topUp(_p(id), amount);
         assertEq(channel.getChannel(id).deposit, deposit);
     }
 
     // ----- settle: amounts and nonces -----
 
-    /// A payee settles a sequence of vouchers with random nonces (often equal or lower),
+    /// A payee settles a sequence of vouchers with random nonces (in any order: none is stored),
     /// random amounts (some above the deposit) and random claims. Every call either applies
-    /// exactly as the rules say or reverts with exactly the expected error, and the payee never
-    /// holds more than the largest amount signed, nor more than the deposit.
+    /// exactly as the rules say (`paid <= claimed <= cumulative <= deposit`) or reverts with
+    /// exactly the expected error, `paid` never decreases, and the payee never holds more than
+    /// the largest amount signed, nor more than the deposit.
     function testFuzz_settle_sequenceFollowsRulesAndNeverOverpays(
         uint256 deposit,
         uint64[6] memory nonces,
@@ -133,7 +133,6 @@ contract PaymentChannelFuzzTest is ChannelFixture {
         deposit = bound(deposit, 1, FUNDS);
         bytes32 id = _openUsdWith(deposit, 0);
         uint256 maxSigned;
-        uint64 lastNonce;
         uint256 paid;
         for (uint256 i; i < nonces.length; ++i) {
             uint64 nonce = uint64(bound(nonces[i], 0, 8));
@@ -143,10 +142,7 @@ contract PaymentChannelFuzzTest is ChannelFixture {
             IPaymentChannel.Claim memory c = _partial(payerKey, id, nonce, cumulative, claimed);
 
             bytes memory expectedErr;
-            if (nonce <= lastNonce) {
-                expectedErr =
-                    abi.encodeWithSelector(IPaymentChannel.NonceTooLow.selector, nonce, lastNonce);
-            } else if (cumulative > deposit) {
+            if (cumulative > deposit) {
                 expectedErr = abi.encodeWithSelector(
                     IPaymentChannel.VoucherExceedsDeposit.selector, cumulative, deposit
                 );
@@ -158,7 +154,7 @@ contract PaymentChannelFuzzTest is ChannelFixture {
             vm.prank(payee);
             try channel.settle(c) {
                 assertEq(expectedErr.length, 0, "applied a voucher the rules refuse");
-                lastNonce = nonce;
+                assertGe(claimed, paid, "paid is monotone");
                 paid = claimed;
             } catch (bytes memory err) {
                 assertEq(err, expectedErr, "wrong revert");
@@ -166,43 +162,15 @@ contract PaymentChannelFuzzTest is ChannelFixture {
 
             assertEq(usd.balanceOf(payee), paid);
             assertEq(channel.getChannel(id).paid, paid);
-            assertEq(channel.getChannel(id).nonce, lastNonce);
             assertLe(usd.balanceOf(payee), maxSigned);
             assertLe(usd.balanceOf(payee), deposit);
             assertEq(usd.balanceOf(payee) + usd.balanceOf(address(channel)), deposit);
         }
     }
 
-    /// Nonces arrive in any order; each settlement succeeds exactly when its nonce is above
-    /// every nonce settled before.
-    function testFuzz_settle_nonceOrdering(uint64[8] memory nonces) public {
-        bytes32 id = _openUsdWith(DEPOSIT, 0);
-        uint64 highest;
-        uint256 applied;
-        for (uint256 i; i < nonces.length; ++i) {
-            uint64 nonce = nonces[i];
-            // Amounts grow with the index, so every voucher would pay if accepted.
-            IPaymentChannel.Claim memory c = _claim(payerKey, id, nonce, (i + 1) * 1e6);
-            vm.prank(payee);
-            if (nonce > highest) {
-                channel.settle(c);
-                highest = nonce;
-                ++applied;
-                assertEq(usd.balanceOf(payee), (i + 1) * 1e6);
-            } else {
-                vm.expectRevert(
-                    abi.encodeWithSelector(IPaymentChannel.NonceTooLow.selector, nonce, highest)
-                );
-                channel.settle(c);
-            }
-            assertEq(channel.getChannel(id).nonce, highest);
-        }
-        assertLe(applied, nonces.length);
-    }
-
-    /// Once a newer voucher is on-chain, an older one (whatever amount it carries, even one a
-    /// dishonest payee wishes were larger) pays nothing.
-    function testFuzz_settle_staleVoucherNeverIncreasesPayout(
+    /// Once a larger claim is on-chain, a smaller one (an older voucher, or a smaller claim on a
+    /// newer one) pays nothing and is refused; the same claim again pays nothing.
+    function testFuzz_settle_staleClaimNeverIncreasesPayout(
         uint256 deposit,
         uint64 oldNonce,
         uint64 newNonce,
@@ -210,10 +178,8 @@ contract PaymentChannelFuzzTest is ChannelFixture {
         uint256 newAmount
     ) public {
         deposit = bound(deposit, 1, FUNDS);
-        newNonce = uint64(bound(newNonce, 1, type(uint64).max));
-        oldNonce = uint64(bound(oldNonce, 0, newNonce));
-        oldAmount = bound(oldAmount, 0, deposit);
-        newAmount = bound(newAmount, 0, deposit);
+        newAmount = bound(newAmount, 1, deposit);
+        oldAmount = bound(oldAmount, 0, newAmount - 1);
         bytes32 id = _openUsdWith(deposit, 0);
         IPaymentChannel.Claim memory stale = _claim(payerKey, id, oldNonce, oldAmount);
         IPaymentChannel.Claim memory latest = _claim(payerKey, id, newNonce, newAmount);
@@ -224,9 +190,11 @@ contract PaymentChannelFuzzTest is ChannelFixture {
 
         vm.prank(payee);
         vm.expectRevert(
-            abi.encodeWithSelector(IPaymentChannel.NonceTooLow.selector, oldNonce, newNonce)
+            abi.encodeWithSelector(IPaymentChannel.ClaimBelowPaid.selector, oldAmount, newAmount)
         );
         channel.settle(stale);
+        vm.prank(payee);
+        channel.settle(latest);
         assertEq(usd.balanceOf(payee), newAmount);
         assertEq(channel.getChannel(id).paid, newAmount);
     }
@@ -263,25 +231,29 @@ contract PaymentChannelFuzzTest is ChannelFixture {
         assertEq(usd.balanceOf(payee), valid ? 10e6 : 0);
     }
 
-    /// Anyone but the payee must claim exactly the voucher amount during an exit.
-    function testFuzz_settle_watcherMustClaimFullAmount(uint256 cumulative, uint256 claimed)
-        public
-    {
+    /// A stranger holding the payee's authorisation pays the payee exactly the authorised
+    /// amount, exit or not; with an authorisation for any other amount it pays nothing.
+    function testFuzz_settleAuthorized_paysExactlyAuthorized(
+        uint256 cumulative,
+        uint256 claimed,
+        uint256 authorized,
+        bool exiting
+    ) public {
         cumulative = bound(cumulative, 0, DEPOSIT);
         claimed = bound(claimed, 0, cumulative);
+        authorized = bound(authorized, 0, DEPOSIT);
         bytes32 id = _openUsdWith(DEPOSIT, 0);
         IPaymentChannel.Claim memory c = _partial(payerKey, id, 1, cumulative, claimed);
-        _requestExit(id);
-        vm.prank(watcher);
-        if (claimed != cumulative) {
+        bytes memory auth = _claimAuthSig(payeeKey, id, 1, authorized);
+        if (exiting) _requestExit(id);
+        vm.prank(stranger);
+        if (claimed != authorized) {
             vm.expectRevert(
-                abi.encodeWithSelector(
-                    IPaymentChannel.PartialClaimNotAllowed.selector, claimed, cumulative
-                )
+                abi.encodeWithSelector(IPaymentChannel.InvalidClaimAuthorization.selector, id)
             );
         }
-        channel.settle(c);
-        assertEq(usd.balanceOf(payee), claimed == cumulative ? cumulative : 0);
+        channel.settleAuthorized(c, auth);
+        assertEq(usd.balanceOf(payee), claimed == authorized ? claimed : 0);
     }
 
     // ----- timings -----
@@ -300,7 +272,7 @@ contract PaymentChannelFuzzTest is ChannelFixture {
 
         at = bound(at, requestedAt, exitAt + 3 * PERIOD);
         vm.warp(at);
-        vm.prank(watcher);
+        vm.prank(payee);
         if (at >= exitAt) {
             vm.expectRevert(
                 abi.encodeWithSelector(IPaymentChannel.ChallengePeriodOver.selector, id, exitAt)
@@ -329,10 +301,10 @@ contract PaymentChannelFuzzTest is ChannelFixture {
             vm.expectRevert(
                 abi.encodeWithSelector(IPaymentChannel.ChallengePeriodActive.selector, id, exitAt)
             );
-            channel.withdraw(id);
+            channel.withdraw(_p(id));
             assertEq(usd.balanceOf(payer), FUNDS - DEPOSIT);
         } else {
-            channel.withdraw(id);
+            channel.withdraw(_p(id));
             assertEq(usd.balanceOf(payer), FUNDS - paid);
             assertEq(usd.balanceOf(payee), paid);
             assertEq(usd.balanceOf(address(channel)), 0);
@@ -356,7 +328,7 @@ contract PaymentChannelFuzzTest is ChannelFixture {
         bytes32 id = _openUsdWith(deposit, 0);
         if (topUp != 0) {
             vm.prank(payer);
-            channel.topUp(id, topUp);
+            channel.topUp(_p(id), topUp);
         }
         uint256 total = deposit + topUp;
         settled = bound(settled, 0, total);
@@ -380,8 +352,8 @@ contract PaymentChannelFuzzTest is ChannelFixture {
     }
 
     /// A unilateral exit where the payee settled some vouchers and a watcher submits the latest
-    /// during the challenge period: the payee holds exactly the latest voucher's amount, the
-    /// payer the rest.
+    /// (with the payee's authorisation) during the challenge period: the payee holds exactly the
+    /// latest voucher's amount, the payer the rest.
     function testFuzz_withdraw_watcherSettlementSplitsDeposit(
         uint256 deposit,
         uint256[4] memory amounts,
@@ -404,12 +376,13 @@ contract PaymentChannelFuzzTest is ChannelFixture {
             channel.settle(c);
         }
         IPaymentChannel.Claim memory latest = _claim(payerKey, id, 4, cumulative[3]);
+        bytes memory auth = _claimAuthSig(payeeKey, id, 4, cumulative[3]);
         uint256 exitAt = _requestExit(id);
         vm.warp(bound(watcherAt, block.timestamp, exitAt - 1));
         vm.prank(watcher);
-        channel.settle(latest);
+        channel.settleAuthorized(latest, auth);
         vm.warp(exitAt);
-        channel.withdraw(id);
+        channel.withdraw(_p(id));
 
         assertEq(usd.balanceOf(payee), cumulative[3]);
         assertEq(usd.balanceOf(payer), FUNDS - cumulative[3]);
@@ -441,7 +414,7 @@ contract PaymentChannelFuzzTest is ChannelFixture {
                 )
             );
         }
-        channel.closeWithAuthorization(id, finalAmount, CLOSE_DEADLINE, auth);
+        channel.closeWithAuthorization(_p(id), finalAmount, CLOSE_DEADLINE, auth);
         if (inRange) {
             assertEq(usd.balanceOf(payee), finalAmount);
             assertEq(usd.balanceOf(payer), FUNDS - finalAmount);
@@ -504,7 +477,7 @@ contract PaymentChannelFuzzTest is ChannelFixture {
         for (uint256 i; i < n; ++i) {
             bool forged = (forgedMask >> i) & 1 == 1;
             assertEq(
-                uint8(channel.getChannel(claims[i].channelId).status),
+                uint8(channel.getChannel(channel.computeChannelId(claims[i].channel)).status),
                 uint8(forged ? IPaymentChannel.Status.Open : IPaymentChannel.Status.Closed)
             );
         }

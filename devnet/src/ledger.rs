@@ -113,7 +113,7 @@ mod tests {
         let settle =
             IPaymentChannel::settleManyCall { claims: vec![claim.clone(), claim.clone()] }.abi_encode();
         let close = IPaymentChannel::closeManyCall { claims: vec![claim] }.abi_encode();
-        let exit = IPaymentChannel::requestExitCall { channelId: B256::ZERO }.abi_encode();
+        let exit = IPaymentChannel::requestExitCall { params: Default::default() }.abi_encode();
         let approve = ITestStablecoin::approveCall { spender: contract, amount: U256::MAX }.abi_encode();
         let other = Address::repeat_byte(7);
         for (to, input, what) in [

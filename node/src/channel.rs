@@ -4,6 +4,7 @@ use alloy::primitives::{Address, B256, Bytes, U256};
 use serde::{Deserialize, Serialize};
 use x402_protocol::{
     Voucher,
+    bindings::IPaymentChannel::{self, ChannelParams},
     wire::{ChannelState, ErrorCode},
 };
 
@@ -21,29 +22,23 @@ pub enum ChannelStatus {
     Closed,
 }
 
-/// The contract's facts about a channel.
+/// The contract's facts about a channel: its immutable parameters (from its `ChannelOpened`
+/// log, checked against its id) and its state (from `getChannel`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OnchainChannel {
-    /// The depositor.
-    pub payer: Address,
-    /// The provider.
-    pub payee: Address,
-    /// The token (zero for the native token).
-    pub token: Address,
-    /// Who signs vouchers: the session key, or the payer when none is set.
-    pub signer: Address,
-    /// Whether the signer is a contract (EIP-1271): then only `isValidSignature` decides.
+    /// The parameters every call about the channel passes again.
+    pub params: ChannelParams,
+    /// Whether the voucher signer had contract code that is not an EIP-7702 delegation when
+    /// the node read the channel. It decides only whether the node takes the channel at all
+    /// (`payment.accept_contract_signers`), never how a signature is checked: an ECDSA
+    /// signature of the signer is valid whatever code it has.
     pub signer_is_contract: bool,
     /// Total deposited.
     pub deposit: U256,
-    /// Challenge period in seconds.
-    pub challenge_period: u64,
     /// When the payer may withdraw (0: no exit pending).
     pub exit_at: u64,
     /// Open, or closed and tombstoned.
     pub open: bool,
-    /// Highest voucher nonce used on-chain.
-    pub nonce: u64,
     /// Paid to the payee on-chain so far.
     pub paid: U256,
     /// Closed in a block that is not yet confirmed: the node accepts nothing more, but keeps
@@ -53,6 +48,52 @@ pub struct OnchainChannel {
 }
 
 impl OnchainChannel {
+    /// A channel from its parameters and its `getChannel` state, or `None` if the state is of
+    /// an id never used.
+    pub fn new(
+        params: ChannelParams,
+        state: &IPaymentChannel::Channel,
+        signer_is_contract: bool,
+    ) -> Option<Self> {
+        if state.status == IPaymentChannel::Status::None {
+            return None;
+        }
+        Some(Self {
+            params,
+            signer_is_contract,
+            deposit: U256::from(state.deposit),
+            exit_at: state.exitAt.to::<u64>(),
+            open: state.status == IPaymentChannel::Status::Open,
+            paid: U256::from(state.paid),
+            pending_close: false,
+        })
+    }
+
+    /// The depositor.
+    pub const fn payer(&self) -> Address {
+        self.params.payer
+    }
+
+    /// The provider.
+    pub const fn payee(&self) -> Address {
+        self.params.payee
+    }
+
+    /// The token (zero for the native token).
+    pub const fn token(&self) -> Address {
+        self.params.token
+    }
+
+    /// Who signs vouchers: the session key, or the payer when none is set.
+    pub fn signer(&self) -> Address {
+        self.params.voucher_signer()
+    }
+
+    /// The challenge period in seconds.
+    pub fn challenge_period(&self) -> u64 {
+        u64::from(self.params.challengePeriod)
+    }
+
     /// What the node may rely on, from a channel read at a confirmed block and at the chain
     /// head: whatever lets the node accept *more* (a larger deposit, a cancelled exit) counts
     /// only once confirmed; whatever makes it accept *less* (an exit, a close, a payment on
@@ -68,7 +109,6 @@ impl OnchainChannel {
             if view.exit_at == 0 {
                 view.exit_at = latest.exit_at;
             }
-            view.nonce = view.nonce.max(latest.nonce);
             view.paid = view.paid.max(latest.paid);
         } else {
             view.pending_close = true;
@@ -155,9 +195,11 @@ impl ChannelRecord {
         }
     }
 
-    /// The nonce a new voucher must exceed.
+    /// The nonce a new voucher must exceed (vouchers' nonces are checked off-chain only: the
+    /// contract keeps none, and a claim can pay at most the voucher's amount, never less than
+    /// what was paid).
     pub fn nonce(&self) -> u64 {
-        self.latest.as_ref().map_or(0, |v| v.nonce).max(self.chain.nonce)
+        self.latest.as_ref().map_or(0, |v| v.nonce)
     }
 
     /// The signed ceiling of the latest voucher (or what was paid on-chain).
@@ -275,9 +317,12 @@ impl ChannelRecord {
     }
 
     /// The voucher to claim on-chain for what is unsettled, if any: the latest voucher, if the
-    /// chain has not used it yet and the node charged more than was paid.
+    /// node charged more than was paid on-chain. A voucher already used on-chain can be used
+    /// again for more: a claim moves `paid` up to what was charged, never beyond the voucher.
     pub fn claimable(&self) -> Option<&StoredVoucher> {
-        self.latest.as_ref().filter(|v| v.nonce > self.chain.nonce && self.charged() > self.chain.paid)
+        self.latest
+            .as_ref()
+            .filter(|v| self.charged() > self.chain.paid && v.cumulative_amount >= self.charged())
     }
 
     /// Records an accepted voucher and what this request cost.
@@ -299,16 +344,18 @@ pub(crate) mod tests {
 
     pub(crate) fn onchain(deposit: u64) -> OnchainChannel {
         OnchainChannel {
-            payer: Address::repeat_byte(1),
-            payee: Address::repeat_byte(2),
-            token: Address::repeat_byte(3),
-            signer: Address::repeat_byte(1),
+            params: ChannelParams {
+                payer: Address::repeat_byte(1),
+                payee: Address::repeat_byte(2),
+                token: Address::repeat_byte(3),
+                signer: Address::ZERO,
+                challengePeriod: 86_400,
+                salt: B256::ZERO,
+            },
             signer_is_contract: false,
             deposit: U256::from(deposit),
-            challenge_period: 86_400,
             exit_at: 0,
             open: true,
-            nonce: 0,
             paid: U256::ZERO,
             pending_close: false,
         }
@@ -355,13 +402,12 @@ pub(crate) mod tests {
     #[test]
     fn onchain_progress_raises_floor() {
         let mut chain = onchain(1000);
-        chain.nonce = 9;
         chain.paid = U256::from(500);
         let rec = ChannelRecord::new(B256::ZERO, chain);
-        assert_eq!(rec.nonce(), 9);
+        assert_eq!(rec.nonce(), 0);
         assert_eq!(rec.charged(), U256::from(500));
-        assert!(rec.admit(&voucher(10, 550), U256::from(50)).is_ok());
-        assert!(rec.admit(&voucher(9, 550), U256::from(50)).is_err());
+        assert!(rec.admit(&voucher(1, 550), U256::from(50)).is_ok());
+        assert!(rec.admit(&voucher(1, 549), U256::from(50)).is_err());
     }
 
     #[test]
@@ -379,11 +425,11 @@ pub(crate) mod tests {
         assert!(rec.admit(&voucher(2, 1500), U256::from(100)).is_ok());
         // A close is final, whatever is read later, and the tombstone keeps the channel's
         // facts although the contract zeroes them.
-        let closed = OnchainChannel { payee: Address::ZERO, deposit: U256::ZERO, open: false, ..onchain(0) };
+        let closed = OnchainChannel { deposit: U256::ZERO, open: false, ..onchain(0) };
         assert!(rec.sync_chain(closed));
         assert!(!rec.sync_chain(onchain(2000)));
         assert_eq!(rec.status, ChannelStatus::Closed);
-        assert_eq!((rec.chain.payee, rec.chain.deposit), (Address::repeat_byte(2), U256::from(2000)));
+        assert_eq!(rec.chain.deposit, U256::from(2000));
     }
 
     #[test]
@@ -392,13 +438,9 @@ pub(crate) mod tests {
         // A top-up not yet confirmed does not count; an exit counts at once.
         let mut latest = onchain(1500);
         latest.exit_at = 77;
-        latest.nonce = 3;
         latest.paid = U256::from(40);
         let view = OnchainChannel::confirmed_view(confirmed.clone(), &latest);
-        assert_eq!(
-            (view.deposit, view.exit_at, view.nonce, view.paid),
-            (U256::from(1000), 77, 3, U256::from(40))
-        );
+        assert_eq!((view.deposit, view.exit_at, view.paid), (U256::from(1000), 77, U256::from(40)));
         // A reorg that removed a confirmed top-up: the smaller deposit wins.
         let view = OnchainChannel::confirmed_view(onchain(1500), &onchain(1000));
         assert_eq!(view.deposit, U256::from(1000));
@@ -428,10 +470,9 @@ pub(crate) mod tests {
         // Asking again keeps the first request time.
         rec.request_close(9);
         assert_eq!(rec.close.map(|c| c.requested_at), Some(5));
-        // The latest voucher is claimable until the chain has used it.
+        // The latest voucher is claimable until the chain has paid what was charged.
         assert_eq!(rec.claimable().map(|v| v.nonce), Some(1));
         let mut settled = onchain(3000);
-        settled.nonce = 1;
         settled.paid = U256::from(60);
         rec.sync_chain(settled);
         assert!(rec.claimable().is_none());

@@ -37,6 +37,7 @@
 //! min_challenge_period = 3600        # default, seconds
 //! min_deposit = "0"                  # default, token base units
 //! max_credit_window = 100            # default: requests one voucher may prepay (1: off)
+//! accept_contract_signers = false    # default: refuse ERC-1271 (contract) voucher signers
 //!
 //! [provider]
 //! key_env = "X402_PROVIDER_KEY"      # default: env var holding the provider's hex key
@@ -314,6 +315,13 @@ pub struct PaymentConfig {
     /// What a client prepays is its own risk, bounded by its own setting. Default 100; 1 turns
     /// sessions off.
     pub max_credit_window: u32,
+    /// Whether to accept channels whose voucher signer is a contract (an ERC-1271 wallet), and
+    /// ERC-1271 signatures. Such a wallet decides at redemption time whether a signature is
+    /// valid, so it can revoke vouchers it signed after being served; only turn this on for
+    /// wallets you trust. An EOA delegated with EIP-7702 is not a contract here: its ECDSA
+    /// signatures stay valid whatever its code. Default `false`: such channels are refused
+    /// with `channel_mismatch`.
+    pub accept_contract_signers: bool,
 }
 
 impl Default for PaymentConfig {
@@ -323,6 +331,7 @@ impl Default for PaymentConfig {
             min_challenge_period: 3600,
             min_deposit: U256::ZERO,
             max_credit_window: 100,
+            accept_contract_signers: false,
         }
     }
 }
@@ -610,6 +619,9 @@ mod tests {
         assert_eq!(c.payment.min_deposit, U256::from(1_000_000));
         assert_eq!(c.routes[0].price().pricing, Pricing::Upto);
         assert_eq!(c.payment.min_challenge_period, 3600);
+        assert!(!c.payment.accept_contract_signers, "contract signers are refused by default");
+        let opted_in = Config::parse("[payment]\naccept_contract_signers = true").unwrap();
+        assert!(opted_in.payment.accept_contract_signers);
     }
 
     #[test]
@@ -758,5 +770,6 @@ mod tests {
         assert_eq!(config.payment.max_credit_window, 100);
         assert!(!config.relay.enabled);
         assert_eq!(config.chain.rpc_timeout_ms, 10_000);
+        assert!(!config.payment.accept_contract_signers);
     }
 }

@@ -66,6 +66,9 @@ pub struct Terms {
     pub min_deposit: U256,
     /// Advertised `maxTimeoutSeconds`.
     pub max_timeout_seconds: u64,
+    /// Whether channels whose voucher signer is a contract (ERC-1271: its wallet decides at
+    /// redemption time, so it can revoke what it signed) are accepted.
+    pub accept_contract_signers: bool,
 }
 
 /// The price of a route.
@@ -658,7 +661,7 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
             self.remember_refused(id, None);
             return Err(Refusal::unknown(id));
         };
-        debug!(target: "node::engine", %id, payer = %chain.payer, "channel loaded from chain");
+        debug!(target: "node::engine", %id, payer = %chain.payer(), "channel loaded from chain");
         let mut record = ChannelRecord::new(id, chain);
         record.settled_at = crate::unix_now();
         if let Err(refusal) = self.check_terms(&record) {
@@ -695,14 +698,21 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
     fn check_terms(&self, record: &ChannelRecord) -> Result<(), Refusal> {
         let t = &self.inner.terms;
         let c = &record.chain;
-        let mismatch = if c.payee != t.payee {
-            Some(format!("the channel pays {}, not this provider {}", c.payee, t.payee))
-        } else if c.token != t.asset {
-            Some(format!("the channel holds token {}, this node takes {}", c.token, t.asset))
-        } else if c.challenge_period < t.min_challenge_period {
+        let mismatch = if c.payee() != t.payee {
+            Some(format!("the channel pays {}, not this provider {}", c.payee(), t.payee))
+        } else if c.token() != t.asset {
+            Some(format!("the channel holds token {}, this node takes {}", c.token(), t.asset))
+        } else if c.challenge_period() < t.min_challenge_period {
             Some(format!(
                 "challenge period {}s is below the node's minimum {}s",
-                c.challenge_period, t.min_challenge_period
+                c.challenge_period(),
+                t.min_challenge_period
+            ))
+        } else if c.signer_is_contract && !t.accept_contract_signers {
+            Some(format!(
+                "the channel's signer {} is a contract (ERC-1271), which can revoke its signatures; \
+                 this node does not accept contract signers",
+                c.signer()
             ))
         } else {
             None
@@ -734,17 +744,24 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
     ) -> Result<(), Refusal> {
         let record =
             slot.record.as_ref().ok_or_else(|| Refusal::new(ErrorCode::Unavailable, "no record loaded"))?;
-        let valid =
-            signed_by_channel_signer(&self.inner.chain, &record.chain, digest, signature, &mut slot.key)
-                .await
-                .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
+        let accept_contracts = self.inner.terms.accept_contract_signers;
+        let valid = signed_by_channel_signer(
+            &self.inner.chain,
+            &record.chain,
+            digest,
+            signature,
+            &mut slot.key,
+            accept_contracts,
+        )
+        .await
+        .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
         if valid {
             return Ok(());
         }
         // No state: the request did not prove it holds the signer's key.
         Err(Refusal::new(
             ErrorCode::InvalidSignature,
-            format!("the {what} is not signed by the channel's signer {}", record.chain.signer),
+            format!("the {what} is not signed by the channel's signer {}", record.chain.signer()),
         ))
     }
 
@@ -807,7 +824,7 @@ impl<S: KvStore, C: ChainReader> Pending<S, C> {
         };
         Payment {
             channel_id,
-            payer: record.map(|r| r.chain.payer).unwrap_or_default(),
+            payer: record.map(|r| r.chain.payer()).unwrap_or_default(),
             nonce,
             cumulative_amount,
             max_amount: self.max,
@@ -882,7 +899,7 @@ impl<S: KvStore, C: ChainReader> Pending<S, C> {
             success: true,
             transaction: String::new(),
             network: inner.network,
-            payer: record.chain.payer,
+            payer: record.chain.payer(),
             extra: SettlementExtra {
                 channel_id: id,
                 nonce: record.nonce(),

@@ -26,7 +26,7 @@ use alloy::{
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
-use x402_protocol::bindings::IPaymentChannel;
+use x402_protocol::bindings::IPaymentChannel::{self, ChannelParams};
 use x402_store::KvStore;
 
 use crate::{
@@ -185,7 +185,11 @@ impl<S: KvStore> Follower<S> {
             for log in &logs {
                 let Some(event) = ChannelEvent::parse(log, payee) else { continue };
                 match event {
-                    ChannelEvent::Channel { id, opened_to_us } => {
+                    ChannelEvent::Channel { id, opened_to_us, params } => {
+                        if let Some(params) = params {
+                            // Spares the channel's read a log lookup of its own.
+                            chain.learn_params(id, params).await?;
+                        }
                         if log.block_number.is_some_and(|b| b > safe) {
                             unconfirmed.insert(id);
                         }
@@ -258,8 +262,8 @@ fn rpc(e: impl std::fmt::Display) -> ChainError {
 /// The part of a contract event the follower acts on.
 #[derive(Debug, PartialEq, Eq)]
 enum ChannelEvent {
-    /// Any event about one channel.
-    Channel { id: B256, opened_to_us: bool },
+    /// Any event about one channel; a `ChannelOpened` carries its parameters.
+    Channel { id: B256, opened_to_us: bool, params: Option<ChannelParams> },
     /// A payout to the provider was credited instead of sent.
     Credited { token: Address, amount: alloy::primitives::U256 },
 }
@@ -279,9 +283,12 @@ impl ChannelEvent {
         ];
         if channel_events.contains(&sig) {
             let id = *topics.get(1)?;
-            let opened_to_us = sig == IPaymentChannel::ChannelOpened::SIGNATURE_HASH
-                && topics.get(3).is_some_and(|t| Address::from_word(*t) == payee);
-            return Some(Self::Channel { id, opened_to_us });
+            let opened = (sig == IPaymentChannel::ChannelOpened::SIGNATURE_HASH)
+                .then(|| log.log_decode::<IPaymentChannel::ChannelOpened>().ok())
+                .flatten()
+                .map(|opened| crate::chain::params_of(&opened.inner.data));
+            let opened_to_us = opened.as_ref().is_some_and(|p| p.payee == payee);
+            return Some(Self::Channel { id, opened_to_us, params: opened });
         }
         if sig == IPaymentChannel::PayoutCredited::SIGNATURE_HASH {
             let credited = log.log_decode::<IPaymentChannel::PayoutCredited>().ok()?;
@@ -320,26 +327,34 @@ mod tests {
             payee,
             token: Address::ZERO,
             signer: Address::ZERO,
+            challengePeriod: 3600,
+            salt: B256::ZERO,
             deposit: U256::from(5),
+        };
+        let params = |payee| ChannelParams {
+            payer: Address::repeat_byte(1),
+            payee,
+            token: Address::ZERO,
+            signer: Address::ZERO,
             challengePeriod: 3600,
             salt: B256::ZERO,
         };
         assert_eq!(
             ChannelEvent::parse(&log_of(&opened(us)), us),
-            Some(ChannelEvent::Channel { id, opened_to_us: true })
+            Some(ChannelEvent::Channel { id, opened_to_us: true, params: Some(params(us)) })
         );
+        let other = Address::repeat_byte(2);
         assert_eq!(
-            ChannelEvent::parse(&log_of(&opened(Address::repeat_byte(2))), us),
-            Some(ChannelEvent::Channel { id, opened_to_us: false })
+            ChannelEvent::parse(&log_of(&opened(other)), us),
+            Some(ChannelEvent::Channel { id, opened_to_us: false, params: Some(params(other)) })
         );
         let exit = IPaymentChannel::ExitRequested { channelId: id, exitAt: U256::from(9) };
         assert_eq!(
             ChannelEvent::parse(&log_of(&exit), us),
-            Some(ChannelEvent::Channel { id, opened_to_us: false })
+            Some(ChannelEvent::Channel { id, opened_to_us: false, params: None })
         );
         let settled = IPaymentChannel::Settled {
             channelId: id,
-            submitter: Address::repeat_byte(3),
             nonce: 4,
             paid: U256::from(10),
             payout: U256::from(10),

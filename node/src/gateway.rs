@@ -371,8 +371,8 @@ impl From<&ChannelRecord> for ChannelSummary {
     fn from(r: &ChannelRecord) -> Self {
         Self {
             id: r.id,
-            payer: r.chain.payer,
-            token: r.chain.token,
+            payer: r.chain.payer(),
+            token: r.chain.token(),
             status: r.status,
             nonce: r.nonce(),
             deposit: r.chain.deposit,
@@ -409,7 +409,7 @@ async fn admin_revenue<S: KvStore, C: ChainReader>(
     };
     let mut per_token = std::collections::BTreeMap::<Address, (U256, U256)>::new();
     for c in &channels {
-        let e = per_token.entry(c.chain.token).or_default();
+        let e = per_token.entry(c.chain.token()).or_default();
         e.0 += c.charged();
         e.1 += c.unsettled();
     }
@@ -552,6 +552,7 @@ async fn open_engine(config: &Config) -> eyre::Result<(Engine<SledStore, RpcChai
         min_challenge_period: config.payment.min_challenge_period,
         min_deposit: config.payment.min_deposit,
         max_timeout_seconds: config.max_timeout_seconds,
+        accept_contract_signers: config.payment.accept_contract_signers,
     };
     let chain = RpcChain::new(provider, contract).with_confirmations(config.chain.confirmations);
     let engine = Engine::new(terms, Arc::clone(&store), chain, Metrics::new());
@@ -588,9 +589,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         }
         (_, false) => None,
     };
-    if !config.watchers.is_empty() {
-        engine.voucher_feed().enable();
-        tasks.push(tokio::spawn(crate::push::run(engine.clone(), config.watchers.clone())));
+    match (&key, config.watchers.is_empty()) {
+        (Some(key), false) => {
+            engine.voucher_feed().enable();
+            tasks.push(tokio::spawn(crate::push::run(engine.clone(), key.clone(), config.watchers.clone())));
+        }
+        (None, false) => {
+            warn!(target: "node::gateway", "no provider key: watchers get no claims (a watcher's claim needs the provider's signature)");
+        }
+        (_, true) => {}
     }
     // Group-commit statistics for /metrics.
     // and the charges made with session tokens, written (and synced) every second.

@@ -9,7 +9,7 @@
 //! Modules:
 //! - [`engine`]: the request path: decode, check, verify, commit.
 //! - [`channel`]: a channel's record and the rules a voucher must pass.
-//! - [`verify`]: ECDSA verification with exactly the contract's rules.
+//! - [`verify`]: the contract's signature rule: ECDSA first, ERC-1271 only otherwise.
 //! - [`auth`]: bearer tokens of the admin and watcher endpoints.
 //! - [`chain`]: reading channels from the chain.
 //! - [`follower`]: follows the contract's events into the channel records.

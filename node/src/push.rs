@@ -2,7 +2,9 @@
 //! provider's payments while the node is down.
 //!
 //! The engine's [`VoucherFeed`](crate::engine::VoucherFeed) records which channels got a new
-//! durable voucher. Each configured watcher gets the latest voucher of every such channel once
+//! durable voucher. Each configured watcher gets the latest voucher of every such channel, with
+//! the channel's parameters and a `ClaimAuthorization` the provider's key signs at what the
+//! node charged (not the voucher's ceiling: a watcher can claim exactly that, never more), once
 //! `every` new vouchers were stored, or `interval_secs` after the first unpushed one, whichever
 //! comes first. A push that fails is retried with the next one; nothing is dropped, and a
 //! watcher keeps only the best voucher per channel, so pushing one twice is harmless.
@@ -12,10 +14,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use alloy::primitives::B256;
+use alloy::{primitives::B256, signers::local::PrivateKeySigner};
 use tracing::{debug, warn};
-use x402_protocol::watch::{
-    MAX_VOUCHERS_PER_REQUEST, WATCH_PATH, WatchRequest, WatchResponse, WatchedVoucher,
+use x402_protocol::{
+    claim,
+    watch::{MAX_VOUCHERS_PER_REQUEST, WATCH_PATH, WatchRequest, WatchResponse, WatchedVoucher},
 };
 use x402_store::KvStore;
 
@@ -43,9 +46,14 @@ struct Target {
     oldest: Option<Instant>,
 }
 
-/// Pushes vouchers to `watchers` until the task is dropped. Call
-/// [`VoucherFeed::enable`](crate::engine::VoucherFeed::enable) first.
-pub async fn run<S: KvStore, C: ChainReader>(engine: Engine<S, C>, watchers: Vec<WatcherTarget>) {
+/// Pushes vouchers to `watchers`, their claims authorised with `payee` (the provider's key),
+/// until the task is dropped. Call [`VoucherFeed::enable`](crate::engine::VoucherFeed::enable)
+/// first.
+pub async fn run<S: KvStore, C: ChainReader>(
+    engine: Engine<S, C>,
+    payee: PrivateKeySigner,
+    watchers: Vec<WatcherTarget>,
+) {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default();
     let mut targets: Vec<Target> = watchers
         .into_iter()
@@ -72,7 +80,7 @@ pub async fn run<S: KvStore, C: ChainReader>(engine: Engine<S, C>, watchers: Vec
             if target.pending.is_empty() || !(due_by_count || due_by_time) {
                 continue;
             }
-            match push(&engine, &client, &target.config, &target.pending).await {
+            match push(&engine, &payee, &client, &target.config, &target.pending).await {
                 Ok(sent) => {
                     debug!(target: "node::push", watcher = %target.config.url, sent, "vouchers pushed");
                     target.pending.clear();
@@ -87,9 +95,11 @@ pub async fn run<S: KvStore, C: ChainReader>(engine: Engine<S, C>, watchers: Vec
     }
 }
 
-/// Sends the latest voucher of each of `channels` to one watcher.
+/// Sends the latest voucher of each of `channels` that owes anything to one watcher, with a
+/// claim of what the node charged authorised by `payee`.
 pub async fn push<S: KvStore, C: ChainReader>(
     engine: &Engine<S, C>,
+    payee: &PrivateKeySigner,
     client: &reqwest::Client,
     watcher: &WatcherTarget,
     channels: &HashSet<B256>,
@@ -97,15 +107,20 @@ pub async fn push<S: KvStore, C: ChainReader>(
     let err = |message: String| PushError::Watcher { url: watcher.url.clone(), message };
     let mut vouchers = Vec::with_capacity(channels.len());
     for id in channels {
-        let record = engine.channel(*id).map_err(|e| err(e.to_string()))?;
-        if let Some(v) = record.as_ref().and_then(|r| r.latest.as_ref()) {
-            vouchers.push(WatchedVoucher {
-                channel_id: *id,
-                nonce: v.nonce,
-                cumulative_amount: v.cumulative_amount,
-                signature: v.signature.clone(),
-            });
-        }
+        let Some(record) = engine.channel(*id).map_err(|e| err(e.to_string()))? else { continue };
+        let Some(v) = record.claimable() else { continue };
+        let claimed = record.charged();
+        let payee_signature = claim::sign(engine.domain(), payee, *id, v.nonce, claimed)
+            .map_err(|e| err(format!("cannot sign the claim authorisation: {e}")))?;
+        vouchers.push(WatchedVoucher {
+            channel_id: *id,
+            nonce: v.nonce,
+            cumulative_amount: v.cumulative_amount,
+            signature: v.signature.clone(),
+            claimed,
+            payee_signature,
+            params: record.chain.params.clone(),
+        });
     }
     let url = format!("{}{WATCH_PATH}", watcher.url.trim_end_matches('/'));
     for chunk in vouchers.chunks(MAX_VOUCHERS_PER_REQUEST) {
@@ -134,6 +149,7 @@ mod tests {
 
     use alloy::primitives::{Address, Bytes, U256};
     use axum::{Json, Router, http::HeaderMap, routing::post};
+    use x402_protocol::ChannelDomain;
     use x402_protocol::watch::{WatchOutcome, WatchResult};
     use x402_store::MemoryStore;
 
@@ -189,6 +205,7 @@ mod tests {
             min_challenge_period: 0,
             min_deposit: U256::ZERO,
             max_timeout_seconds: 1,
+            accept_contract_signers: false,
         };
         let engine = Engine::new(terms, Arc::clone(&store), MemoryChain::default(), Metrics::new());
         let id = B256::repeat_byte(7);
@@ -199,6 +216,7 @@ mod tests {
             signature: Bytes::from(vec![1; 65]),
         };
         record.latest = Some(latest.clone());
+        record.charged = U256::from(30);
         store.put(CHANNELS, id.as_slice(), &serde_json::to_vec(&record).unwrap()).unwrap();
         // A channel without a voucher sends nothing.
         let empty = B256::repeat_byte(8);
@@ -215,19 +233,30 @@ mod tests {
             interval_secs: 1,
         };
 
-        let wrong = push(&engine, &client, &target(&url, "wrong-token-0123456789"), &channels).await;
+        let payee = alloy::signers::local::PrivateKeySigner::random();
+        let wrong = push(&engine, &payee, &client, &target(&url, "wrong-token-0123456789"), &channels).await;
         assert!(
             matches!(&wrong, Err(PushError::Watcher { message, .. }) if message.contains("401")),
             "{wrong:?}"
         );
         assert!(seen.lock().is_empty());
-        let down = push(&engine, &client, &target("http://127.0.0.1:9", TOKEN), &channels).await;
+        let down = push(&engine, &payee, &client, &target("http://127.0.0.1:9", TOKEN), &channels).await;
         assert!(down.is_err());
 
-        assert_eq!(push(&engine, &client, &target(&url, TOKEN), &channels).await.unwrap(), 1);
+        assert_eq!(push(&engine, &payee, &client, &target(&url, TOKEN), &channels).await.unwrap(), 1);
         let seen = seen.lock();
         assert_eq!(seen.len(), 1);
-        assert_eq!((seen[0].channel_id, seen[0].nonce, seen[0].cumulative_amount), (id, 4, U256::from(40)));
-        assert_eq!(seen[0].signature, latest.signature);
+        let pushed = &seen[0];
+        assert_eq!((pushed.channel_id, pushed.nonce, pushed.cumulative_amount), (id, 4, U256::from(40)));
+        assert_eq!(pushed.signature, latest.signature);
+        assert_eq!(pushed.params, record.chain.params);
+        // The claim is of what was charged (30), not the voucher's ceiling (40), signed by the payee.
+        assert_eq!(pushed.claimed, U256::from(30));
+        let digest = claim::digest(&ChannelDomain::new(1, Address::repeat_byte(1)), id, 4, U256::from(30));
+        let signer = alloy::primitives::Signature::from_raw(&pushed.payee_signature)
+            .unwrap()
+            .recover_address_from_prehash(&digest)
+            .unwrap();
+        assert_eq!(signer, payee.address());
     }
 }

@@ -86,8 +86,7 @@ impl Relay {
             ));
         }
         let channels = IPaymentChannel::new(self.terms.contract, &self.chain);
-        let params = open.open_params();
-        let id = channels.computeChannelId(open.payer, params).call().await.map_err(unavailable)?;
+        let id = open.params.channel_id(self.terms.chain_id, self.terms.contract);
         let calldata = open
             .calldata()
             .map_err(|e| Refusal::new(ErrorCode::InvalidPayload, format!("malformed authorisation: {e}")))?;
@@ -106,7 +105,7 @@ impl Relay {
         let pending = self.chain.send_transaction(tx).await.map_err(unavailable)?;
         drop(sending);
         let hash = *pending.tx_hash();
-        info!(target: "node::relay", channel = %id, payer = %open.payer, kind = open.authorization.kind(), %hash, "relaying a gasless open");
+        info!(target: "node::relay", channel = %id, payer = %open.payer(), kind = open.authorization.kind(), %hash, "relaying a gasless open");
         let receipt = pending
             .with_timeout(Some(std::time::Duration::from_secs(120)))
             .get_receipt()
@@ -133,16 +132,16 @@ impl Relay {
         if p.token != t.asset {
             return mismatch(format!("the channel is in token {}, this provider takes {}", p.token, t.asset));
         }
-        if u64::from(p.challenge_period) < t.min_challenge_period {
+        if u64::from(p.challengePeriod) < t.min_challenge_period {
             return mismatch(format!(
                 "challenge period {} s is below the provider's minimum of {} s",
-                p.challenge_period, t.min_challenge_period
+                p.challengePeriod, t.min_challenge_period
             ));
         }
-        if p.deposit.is_zero() || p.deposit < t.min_deposit {
+        if open.deposit.is_zero() || open.deposit < t.min_deposit {
             return mismatch(format!(
                 "deposit {} is below the provider's minimum of {}",
-                p.deposit, t.min_deposit
+                open.deposit, t.min_deposit
             ));
         }
         Ok(())

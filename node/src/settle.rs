@@ -14,8 +14,9 @@
 //!    one of them can be mined).
 //!
 //! A node killed at any point finds its in-flight transaction in the store on restart and
-//! resolves it before planning anything new; vouchers already used on-chain are never claimed
-//! again, because a claim is only made for a voucher above the channel's on-chain nonce.
+//! resolves it before planning anything new; what was paid on-chain is never claimed again,
+//! because a claim is only made for what the node charged above the channel's `paid`, and the
+//! contract never lets `paid` move backwards.
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
@@ -153,6 +154,8 @@ pub enum Reason {
 /// One channel in a planned batch.
 #[derive(Clone, Debug)]
 pub struct Item {
+    /// The channel.
+    pub id: B256,
     /// Why.
     pub reason: Reason,
     /// The claim sent on-chain.
@@ -180,7 +183,7 @@ pub fn plan(records: &[ChannelRecord], policy: &SettlementPolicy, now: u64, forc
             continue;
         }
         let claim = r.claimable().map(|v| Claim {
-            channelId: r.id,
+            channel: r.chain.params.clone(),
             nonce: v.nonce,
             cumulativeAmount: v.cumulative_amount,
             claimed: r.charged(),
@@ -190,18 +193,18 @@ pub fn plan(records: &[ChannelRecord], policy: &SettlementPolicy, now: u64, forc
         if exit_at != 0 {
             // Nothing can be claimed once the period is over; nothing owed, nothing to do.
             if let Some(claim) = claim.filter(|_| exit_at > now) {
-                close.push(Item { reason: Reason::Exit, claim, exit_at });
+                close.push(Item { id: r.id, reason: Reason::Exit, claim, exit_at });
             }
         } else if r.close.is_some() {
             // Closing without a voucher pays what was already paid and refunds the rest.
             let claim = claim.unwrap_or(Claim {
-                channelId: r.id,
+                channel: r.chain.params.clone(),
                 nonce: 0,
                 cumulativeAmount: U256::ZERO,
                 claimed: U256::ZERO,
                 signature: Bytes::new(),
             });
-            close.push(Item { reason: Reason::CloseRequested, claim, exit_at });
+            close.push(Item { id: r.id, reason: Reason::CloseRequested, claim, exit_at });
         } else if let Some(claim) = claim {
             let unsettled = r.unsettled();
             let reason = if force {
@@ -214,7 +217,7 @@ pub fn plan(records: &[ChannelRecord], policy: &SettlementPolicy, now: u64, forc
                 None
             };
             if let Some(reason) = reason {
-                settle.push(Item { reason, claim, exit_at });
+                settle.push(Item { id: r.id, reason, claim, exit_at });
             }
         }
     }
@@ -407,7 +410,7 @@ impl<S: KvStore> Settler<S> {
     }
 
     /// Keeps the items whose `close`/`settle` call succeeds on its own.
-    async fn simulate(&self, kind: BatchKind, items: Vec<Item>) -> (Vec<Claim>, Vec<B256>) {
+    async fn simulate(&self, kind: BatchKind, items: Vec<Item>) -> (Vec<(B256, Claim)>, Vec<B256>) {
         let contract = self.contract();
         let contract = &contract;
         let results: Vec<(Item, Result<(), String>)> = futures::stream::iter(items)
@@ -429,11 +432,11 @@ impl<S: KvStore> Settler<S> {
         let mut dropped = Vec::new();
         for (item, result) in results {
             match result {
-                Ok(()) => claims.push(item.claim),
+                Ok(()) => claims.push((item.id, item.claim)),
                 Err(reason) => {
-                    warn!(target: "node::settle", channel = %item.claim.channelId, ?kind, %reason, "claim would fail; left out of the batch");
+                    warn!(target: "node::settle", channel = %item.id, ?kind, %reason, "claim would fail; left out of the batch");
                     self.engine.metrics().claims_dropped.inc();
-                    dropped.push(item.claim.channelId);
+                    dropped.push(item.id);
                 }
             }
         }
@@ -441,9 +444,9 @@ impl<S: KvStore> Settler<S> {
     }
 
     /// Signs the batch, stores it durably, then broadcasts it.
-    async fn send(&self, kind: BatchKind, claims: Vec<Claim>) -> Result<InFlight, SettleError> {
+    async fn send(&self, kind: BatchKind, claims: Vec<(B256, Claim)>) -> Result<InFlight, SettleError> {
         let provider = self.provider();
-        let channels = claims.iter().map(|c| c.channelId).collect();
+        let (channels, claims): (Vec<B256>, Vec<Claim>) = claims.into_iter().unzip();
         let input = match kind {
             BatchKind::Close => IPaymentChannel::closeManyCall { claims }.abi_encode(),
             BatchKind::Settle => IPaymentChannel::settleManyCall { claims }.abi_encode(),
@@ -680,7 +683,7 @@ mod tests {
     }
 
     fn ids(items: &[Item]) -> Vec<u8> {
-        items.iter().map(|i| i.claim.channelId.0[0]).collect()
+        items.iter().map(|i| i.id.0[0]).collect()
     }
 
     #[test]
@@ -709,7 +712,6 @@ mod tests {
         let mut close_requested = record(9, 0, None);
         close_requested.request_close(1_010);
         let mut settled_onchain = record(10, 300, Some((4, 300)));
-        settled_onchain.chain.nonce = 4;
         settled_onchain.chain.paid = U256::from(300);
         let mut closed = record(11, 900, Some((4, 900)));
         closed.status = ChannelStatus::Closed;

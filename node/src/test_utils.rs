@@ -10,6 +10,7 @@ use std::{
 
 use alloy::primitives::{Address, B256, Bytes, U256};
 use parking_lot::Mutex;
+use x402_protocol::bindings::IPaymentChannel::ChannelParams;
 
 use crate::{
     Terms,
@@ -28,6 +29,7 @@ pub fn terms(chain_id: u64) -> Terms {
         min_challenge_period: 3600,
         min_deposit: U256::ZERO,
         max_timeout_seconds: 30,
+        accept_contract_signers: false,
     }
 }
 
@@ -35,27 +37,32 @@ pub fn terms(chain_id: u64) -> Terms {
 /// with a day's challenge period and nothing paid yet.
 pub fn open_channel(terms: &Terms, payer: Address, deposit: U256) -> OnchainChannel {
     OnchainChannel {
-        payer,
-        payee: terms.payee,
-        token: terms.asset,
-        signer: payer,
+        params: ChannelParams {
+            payer,
+            payee: terms.payee,
+            token: terms.asset,
+            signer: Address::ZERO,
+            challengePeriod: 86_400,
+            salt: B256::ZERO,
+        },
         signer_is_contract: false,
         deposit,
-        challenge_period: 86_400,
         exit_at: 0,
         open: true,
-        nonce: 0,
         paid: U256::ZERO,
         pending_close: false,
     }
 }
 
-/// A [`ChainReader`] over a map, counting lookups.
+/// A [`ChainReader`] over a map, counting lookups. Its ERC-1271 wallets answer every
+/// signature alike: "not valid" unless [`MemoryChain::set_contract_signatures`] says otherwise.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryChain {
     channels: Arc<Mutex<HashMap<B256, OnchainChannel>>>,
     lookups: Arc<AtomicUsize>,
     down: Arc<std::sync::atomic::AtomicBool>,
+    wallets_accept: Arc<std::sync::atomic::AtomicBool>,
+    contract_checks: Arc<AtomicUsize>,
 }
 
 impl MemoryChain {
@@ -76,6 +83,16 @@ impl MemoryChain {
         self.lookups.load(Ordering::SeqCst)
     }
 
+    /// Makes every ERC-1271 check answer `valid` (or not).
+    pub fn set_contract_signatures(&self, valid: bool) {
+        self.wallets_accept.store(valid, Ordering::SeqCst);
+    }
+
+    /// How many ERC-1271 checks were made.
+    pub fn contract_checks(&self) -> usize {
+        self.contract_checks.load(Ordering::SeqCst)
+    }
+
     /// Makes every call fail, as if the RPC were down.
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
@@ -91,8 +108,16 @@ impl ChainReader for MemoryChain {
         Ok(self.channels.lock().get(&id).cloned())
     }
 
+    async fn learn_params(&self, _: B256, _: ChannelParams) -> Result<bool, ChainError> {
+        Ok(true)
+    }
+
     async fn is_valid_contract_signature(&self, _: Address, _: B256, _: Bytes) -> Result<bool, ChainError> {
-        Ok(false)
+        self.contract_checks.fetch_add(1, Ordering::SeqCst);
+        if self.down.load(Ordering::SeqCst) {
+            return Err(ChainError::Rpc("chain down".into()));
+        }
+        Ok(self.wallets_accept.load(Ordering::SeqCst))
     }
 }
 

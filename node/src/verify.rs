@@ -1,9 +1,16 @@
-//! Voucher signature verification, the hot path.
+//! Signature verification, the hot path, with exactly the contract's rule.
 //!
-//! The contract accepts an EOA signature exactly when it is 65 bytes `r ‖ s ‖ v` with
-//! `v ∈ {27, 28}`, `0 < r < n`, `0 < s ≤ n/2`, and `ecrecover(digest, v, r, s)` is the signer
-//! (OpenZeppelin `ECDSA.tryRecover` via `SignatureChecker`). [`VoucherVerifier::verify_eoa`]
-//! implements exactly that with libsecp256k1.
+//! The rule (vouchers, and the claim, close and open authorisations alike):
+//! 1. **ECDSA first.** A signature that is 65 bytes `r ‖ s ‖ v` with `v ∈ {27, 28}`,
+//!    `0 < r < n`, `0 < s ≤ n/2`, and for which `ecrecover(digest, v, r, s)` is the signer, is
+//!    valid *whatever code the signer has now*. An EOA that later delegates itself with EIP-7702
+//!    (code `0xef0100 ‖ address`) cannot void what it signed. [`VoucherVerifier::verify_eoa`]
+//!    implements this with libsecp256k1.
+//! 2. **ERC-1271 only otherwise**, and only if the signer has code: `isValidSignature(digest,
+//!    signature)` with a fixed gas stipend ([`ERC1271_GAS_STIPEND`]), of whose answer only the
+//!    first 32 bytes count ([`erc1271_accepts`]). A wallet decides at redemption time, so it
+//!    can revoke what it signed: the node takes such channels only when
+//!    `payment.accept_contract_signers` is set ([`signed_by_channel_signer`]).
 //!
 //! Why recover rather than verify against the cached key: plain ECDSA verification checks
 //! `(r, s)` against a public key but cannot see `v` (the parity of `R.y`), so it would accept a
@@ -94,25 +101,95 @@ pub enum CheckError {
     Chain(#[from] ChainError),
 }
 
+/// The gas the contract gives an ERC-1271 `isValidSignature` call (its public constant
+/// `ERC1271_GAS_STIPEND`; the differential test checks they agree).
+pub const ERC1271_GAS_STIPEND: u64 = 12_000;
+
+/// The ERC-1271 magic value, `isValidSignature.selector`.
+pub const ERC1271_MAGIC: [u8; 4] = [0x16, 0x26, 0xba, 0x7e];
+
+/// The EIP-7702 delegation designator's prefix: a delegated EOA's code is
+/// `0xef0100 ‖ address` (23 bytes).
+pub const DELEGATION_PREFIX: [u8; 3] = [0xef, 0x01, 0x00];
+
+/// What code an account has, as far as signatures are concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignerCode {
+    /// No code: an EOA (or an address nobody controls).
+    None,
+    /// An EIP-7702 delegation designator: an EOA whose key still signs.
+    Delegated,
+    /// Contract code: an ERC-1271 wallet (or any other contract).
+    Contract,
+}
+
+impl SignerCode {
+    /// Classifies an account's code.
+    pub fn of(code: &[u8]) -> Self {
+        if code.is_empty() {
+            Self::None
+        } else if code.len() == 23 && code.starts_with(&DELEGATION_PREFIX) {
+            Self::Delegated
+        } else {
+            Self::Contract
+        }
+    }
+}
+
+/// Whether an ERC-1271 call's return data says "valid" as the contract reads it: at least
+/// 32 bytes, the first word being the magic value left-aligned (the ABI encoding of `bytes4`).
+/// Bytes after the first word are never read.
+pub fn erc1271_accepts(output: &[u8]) -> bool {
+    let Some(word) = output.get(..32) else { return false };
+    word[..4] == ERC1271_MAGIC && word[4..].iter().all(|b| *b == 0)
+}
+
+/// The gas limit of an `eth_call` that gives the wallet exactly [`ERC1271_GAS_STIPEND`]: the
+/// stipend plus the transaction's intrinsic cost (21,000 and the calldata), at least the
+/// EIP-7623 calldata floor.
+pub fn erc1271_call_gas(input: &[u8]) -> u64 {
+    let zeros = input.iter().filter(|b| **b == 0).count() as u64;
+    let nonzeros = input.len() as u64 - zeros;
+    let standard = 21_000 + 4 * zeros + 16 * nonzeros + ERC1271_GAS_STIPEND;
+    let floor = 21_000 + 10 * (zeros + 4 * nonzeros);
+    standard.max(floor)
+}
+
 /// Whether `signature` over `digest` is the signer's of `channel`, exactly as the contract
-/// decides: an EIP-1271 wallet is asked on-chain; an EOA signature is recovered (inline: it is
-/// short) and compared with `cache` (see
-/// [`VoucherVerifier::verify_eoa`]).
+/// decides: ECDSA recovery first (inline: it is short; compared with `cache`, see
+/// [`VoucherVerifier::verify_eoa`]), valid whatever code the signer has; only if that fails,
+/// and only with `accept_contract_signers`, the signer's ERC-1271 `isValidSignature` on-chain.
 pub async fn signed_by_channel_signer(
     chain: &impl ChainReader,
     channel: &OnchainChannel,
     digest: B256,
     signature: &Bytes,
     cache: &mut Option<PublicKey>,
+    accept_contract_signers: bool,
 ) -> Result<bool, CheckError> {
-    let signer = channel.signer;
-    if channel.signer_is_contract {
-        return Ok(chain.is_valid_contract_signature(signer, digest, signature.clone()).await?);
-    }
+    signed_by(chain, channel.signer(), digest, signature, cache, accept_contract_signers).await
+}
+
+/// [`signed_by_channel_signer`] for any expected `signer` (a payee's claim or close
+/// authorisation, a payer's open authorisation).
+pub async fn signed_by(
+    chain: &impl ChainReader,
+    signer: Address,
+    digest: B256,
+    signature: &Bytes,
+    cache: &mut Option<PublicKey>,
+    accept_contract_signers: bool,
+) -> Result<bool, CheckError> {
     // Inline on the async worker: one recovery is ~40 µs of CPU, while a hop to the blocking
     // pool and back costs two thread wake-ups, which the benchmark measured as the larger cost
     // on a loaded machine (docs/BENCHMARKS.md).
-    Ok(verify_digest(&digest, signature, signer, cache))
+    if verify_digest(&digest, signature, signer, cache) {
+        return Ok(true);
+    }
+    if !accept_contract_signers {
+        return Ok(false);
+    }
+    Ok(chain.is_valid_contract_signature(signer, digest, signature.clone()).await?)
 }
 
 /// Recovers the public key of a 65-byte `r ‖ s ‖ v` signature under the contract's rules, or
@@ -216,6 +293,76 @@ mod tests {
         let forged = other.sign_hash_sync(&verifier.digest(&voucher)).unwrap().as_bytes().to_vec();
         assert!(!verifier.verify_eoa(&voucher, &forged, other.address(), &mut cache));
         assert!(verifier.verify_eoa(&voucher, &sig, Address::ZERO, &mut cache));
+    }
+
+    #[test]
+    fn erc1271_answers_read_as_the_contract_reads_them() {
+        let magic_word = |tail: &[u8]| {
+            let mut out = ERC1271_MAGIC.to_vec();
+            out.extend_from_slice(&[0; 28]);
+            out.extend_from_slice(tail);
+            out
+        };
+        let mut dirty = magic_word(&[]);
+        dirty[31] = 1;
+        let mut right_aligned = vec![0; 28];
+        right_aligned.extend_from_slice(&ERC1271_MAGIC);
+        let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+            ("magic", magic_word(&[]), true),
+            ("magic with a long tail (only the first word is read)", magic_word(&[0xff; 10_000]), true),
+            ("4 bytes only", ERC1271_MAGIC.to_vec(), false),
+            ("empty", vec![], false),
+            ("31 bytes", magic_word(&[])[..31].to_vec(), false),
+            ("dirty padding", dirty, false),
+            ("right-aligned", right_aligned, false),
+            ("another selector", [vec![0xff, 0xff, 0xff, 0xff], vec![0; 28]].concat(), false),
+        ];
+        for (name, output, expected) in cases {
+            assert_eq!(erc1271_accepts(&output), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn signer_code_tells_delegations_from_contracts() {
+        let mut delegation = DELEGATION_PREFIX.to_vec();
+        delegation.extend_from_slice(&[0x11; 20]);
+        assert_eq!(SignerCode::of(&[]), SignerCode::None);
+        assert_eq!(SignerCode::of(&delegation), SignerCode::Delegated);
+        assert_eq!(SignerCode::of(&delegation[..22]), SignerCode::Contract);
+        assert_eq!(SignerCode::of(&[delegation.clone(), vec![0]].concat()), SignerCode::Contract);
+        assert_eq!(SignerCode::of(&[0x60, 0x80, 0x60, 0x40]), SignerCode::Contract);
+    }
+
+    #[test]
+    fn erc1271_call_gas_leaves_the_stipend() {
+        let input = [vec![0u8; 100], vec![1u8; 50]].concat();
+        assert_eq!(erc1271_call_gas(&input), 21_000 + 400 + 800 + ERC1271_GAS_STIPEND);
+        // A huge calldata is bound by the EIP-7623 floor instead.
+        let huge = vec![1u8; 10_000];
+        assert_eq!(erc1271_call_gas(&huge), 21_000 + 400_000);
+    }
+
+    /// The rule through the chain: ECDSA of the signer wins whatever the wallet says; the
+    /// wallet is asked only when ECDSA fails and contract signers are accepted.
+    #[tokio::test]
+    async fn ecdsa_first_then_erc1271_only_if_accepted() {
+        use crate::test_utils::MemoryChain;
+        let (verifier, signer, voucher, sig) = fixture();
+        let digest = verifier.digest(&voucher);
+        let chain = MemoryChain::default();
+        // The wallet says "no" to everything, then "yes" to everything.
+        chain.set_contract_signatures(false);
+        let good = Bytes::from(sig.clone());
+        let junk = Bytes::from(vec![7u8; 12]);
+        let who = signer.address();
+        for accept in [false, true] {
+            assert!(signed_by(&chain, who, digest, &good, &mut None, accept).await.unwrap(), "{accept}");
+            assert!(!signed_by(&chain, who, digest, &junk, &mut None, accept).await.unwrap(), "{accept}");
+        }
+        chain.set_contract_signatures(true);
+        assert!(!signed_by(&chain, who, digest, &junk, &mut None, false).await.unwrap());
+        assert!(signed_by(&chain, who, digest, &junk, &mut None, true).await.unwrap());
+        assert_eq!(chain.contract_checks(), 2, "the wallet is asked only after ECDSA failed, if accepted");
     }
 
     #[test]

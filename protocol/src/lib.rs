@@ -6,6 +6,7 @@
 //!   `PAYMENT-SIGNATURE` / `X-PAYMENT`, `PAYMENT-RESPONSE`) and its error codes.
 //! - [`bindings`]: alloy `sol!` bindings of `IPaymentChannel`, generated from the Solidity
 //!   interface in `contracts/src/interfaces/`, so the ABI cannot drift.
+//! - [`claim`]: the payee's authorisation of a claim someone else submits (watchers).
 //! - [`close`]: the cooperative close request and the provider's close authorisation.
 //! - [`open`]: gasless opens (EIP-2612 permit or EIP-3009 authorisation) submitted by a
 //!   relayer, and the node's relay endpoint.
@@ -15,6 +16,7 @@
 //! This crate has no feature flags.
 
 pub mod bindings;
+pub mod claim;
 pub mod close;
 pub mod network;
 pub mod open;

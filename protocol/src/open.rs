@@ -7,14 +7,14 @@
 //!
 //! - [`GaslessAuthorization::Permit`]: an EIP-2612 `Permit` of the deposit to the channel
 //!   contract (under the token's domain) plus the payer's
-//!   `OpenAuthorization(bytes32 channelId,uint256 deadline)` (under the channel contract's
-//!   domain), which binds every channel parameter.
+//!   `OpenAuthorization(bytes32 channelId,uint256 deposit,uint256 deadline)` (under the channel
+//!   contract's domain), which binds every channel parameter and the deposit.
 //! - [`GaslessAuthorization::Transfer`]: an EIP-3009 `ReceiveWithAuthorization` of the deposit
 //!   to the channel contract whose `nonce` *is* the channel id, so it binds every parameter by
 //!   itself.
 //!
-//! Either way a relayer cannot redirect the deposit: the channel id commits to payee, token,
-//! signer, challenge period, deposit and salt.
+//! Either way a relayer cannot redirect the deposit: the channel id commits to payer, payee,
+//! token, signer, challenge period and salt, and each authorisation to the deposit.
 
 use alloy::{
     primitives::{Address, B256, Bytes, U256},
@@ -24,7 +24,7 @@ use alloy::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{ChannelDomain, Error, Result, bindings::IPaymentChannel::OpenParams, wire::u256_dec};
+use crate::{ChannelDomain, Error, Result, bindings::IPaymentChannel::ChannelParams, wire::u256_dec};
 
 /// The path of the node's relay endpoint (`POST`, JSON [`GaslessOpen`], answer [`OpenResponse`]).
 pub const OPEN_PATH: &str = "/x402/open";
@@ -35,6 +35,7 @@ sol! {
     #[derive(Debug, Default, PartialEq, Eq)]
     struct OpenAuthorization {
         bytes32 channelId;
+        uint256 deposit;
         uint256 deadline;
     }
 
@@ -83,51 +84,6 @@ sol! {
     }
 }
 
-/// The channel parameters in JSON (`OpenParams` of the contract).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct OpenTerms {
-    /// The provider.
-    pub payee: Address,
-    /// The ERC-20 token (gasless opens need one; the native token has no permit).
-    pub token: Address,
-    /// The voucher signer; zero means the payer.
-    pub signer: Address,
-    /// The challenge period in seconds.
-    pub challenge_period: u32,
-    /// The deposit in token base units.
-    #[serde(with = "u256_dec")]
-    pub deposit: U256,
-    /// Makes the channel id unique.
-    pub salt: B256,
-}
-
-impl From<&OpenTerms> for OpenParams {
-    fn from(t: &OpenTerms) -> Self {
-        Self {
-            payee: t.payee,
-            token: t.token,
-            signer: t.signer,
-            challengePeriod: t.challenge_period,
-            deposit: t.deposit,
-            salt: t.salt,
-        }
-    }
-}
-
-impl From<&OpenParams> for OpenTerms {
-    fn from(p: &OpenParams) -> Self {
-        Self {
-            payee: p.payee,
-            token: p.token,
-            signer: p.signer,
-            challenge_period: p.challengePeriod,
-            deposit: p.deposit,
-            salt: p.salt,
-        }
-    }
-}
-
 /// How the payer authorised the deposit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "camelCase", rename_all_fields = "camelCase", deny_unknown_fields)]
@@ -138,7 +94,7 @@ pub enum GaslessAuthorization {
         deadline: u64,
         /// The payer's 65-byte permit signature.
         permit_signature: Bytes,
-        /// The payer's signature over `OpenAuthorization(channelId, deadline)`.
+        /// The payer's signature over `OpenAuthorization(channelId, deposit, deadline)`.
         open_signature: Bytes,
     },
     /// EIP-3009 `receiveWithAuthorization` with `nonce = channelId`.
@@ -174,10 +130,11 @@ impl GaslessAuthorization {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GaslessOpen {
-    /// The depositor, who signed.
-    pub payer: Address,
-    /// The channel parameters.
-    pub params: OpenTerms,
+    /// The channel parameters; `params.payer` signed.
+    pub params: ChannelParams,
+    /// The deposit in token base units.
+    #[serde(with = "u256_dec")]
+    pub deposit: U256,
     /// The payer's signatures.
     pub authorization: GaslessAuthorization,
 }
@@ -226,69 +183,70 @@ impl TokenDomain {
 }
 
 impl GaslessOpen {
-    /// Signs a permit-based open of the channel `channel_id` (which must be the contract's
-    /// `computeChannelId(payer, params)`): the permit's `nonce` is the token's current
-    /// EIP-2612 nonce of the payer.
+    /// Signs a permit-based open of the channel `params` with `deposit`: the permit's `nonce`
+    /// is the token's current EIP-2612 nonce of the payer, who must be `params.payer`.
     pub fn sign_permit<S: SignerSync + Signer + ?Sized>(
         channel_domain: &ChannelDomain,
         token_domain: &TokenDomain,
         payer: &S,
-        params: &OpenParams,
-        channel_id: B256,
+        params: &ChannelParams,
+        deposit: U256,
         permit_nonce: U256,
         deadline: u64,
     ) -> Result<Self> {
-        let owner = payer.address();
-        check_token(token_domain, params)?;
+        check_payer(payer.address(), token_domain, params)?;
         let permit = Permit {
-            owner,
+            owner: params.payer,
             spender: channel_domain.contract(),
-            value: params.deposit,
+            value: deposit,
             nonce: permit_nonce,
             deadline: U256::from(deadline),
         };
         let permit_signature = sign(payer, permit.eip712_signing_hash(token_domain.domain()))?;
-        let open = OpenAuthorization { channelId: channel_id, deadline: U256::from(deadline) };
+        let open = OpenAuthorization {
+            channelId: params.channel_id(channel_domain.chain_id(), channel_domain.contract()),
+            deposit,
+            deadline: U256::from(deadline),
+        };
         let open_signature = sign(payer, channel_domain.hash_typed(&open))?;
         Ok(Self {
-            payer: owner,
-            params: params.into(),
+            params: params.clone(),
+            deposit,
             authorization: GaslessAuthorization::Permit { deadline, permit_signature, open_signature },
         })
     }
 
-    /// Signs an EIP-3009 open of the channel `channel_id` (the contract's
-    /// `computeChannelId(payer, params)`), valid in `(valid_after, valid_before)`.
+    /// Signs an EIP-3009 open of the channel `params` with `deposit`, valid in
+    /// `(valid_after, valid_before)`; the payer must be `params.payer`.
     pub fn sign_transfer<S: SignerSync + Signer + ?Sized>(
         channel_domain: &ChannelDomain,
         token_domain: &TokenDomain,
         payer: &S,
-        params: &OpenParams,
-        channel_id: B256,
+        params: &ChannelParams,
+        deposit: U256,
         valid_after: u64,
         valid_before: u64,
     ) -> Result<Self> {
-        let from = payer.address();
-        check_token(token_domain, params)?;
+        check_payer(payer.address(), token_domain, params)?;
         let auth = ReceiveWithAuthorization {
-            from,
+            from: params.payer,
             to: channel_domain.contract(),
-            value: params.deposit,
+            value: deposit,
             validAfter: U256::from(valid_after),
             validBefore: U256::from(valid_before),
-            nonce: channel_id,
+            nonce: params.channel_id(channel_domain.chain_id(), channel_domain.contract()),
         };
         let signature = sign(payer, auth.eip712_signing_hash(token_domain.domain()))?;
         Ok(Self {
-            payer: from,
-            params: params.into(),
+            params: params.clone(),
+            deposit,
             authorization: GaslessAuthorization::Transfer { valid_after, valid_before, signature },
         })
     }
 
-    /// The contract's `OpenParams`.
-    pub fn open_params(&self) -> OpenParams {
-        (&self.params).into()
+    /// The depositor.
+    pub const fn payer(&self) -> Address {
+        self.params.payer
     }
 
     /// The calldata of the contract call that opens the channel
@@ -297,13 +255,14 @@ impl GaslessOpen {
         use alloy::sol_types::SolCall;
 
         use crate::bindings::IPaymentChannel::{openWithAuthorizationCall, openWithPermitCall};
-        let params = self.open_params();
+        let params = self.params.clone();
+        let deposit = self.deposit;
         Ok(match &self.authorization {
             GaslessAuthorization::Permit { deadline, permit_signature, open_signature } => {
                 let (v, r, s) = split(permit_signature)?;
                 openWithPermitCall {
-                    payer: self.payer,
                     params,
+                    deposit,
                     deadline: U256::from(*deadline),
                     v,
                     r,
@@ -315,8 +274,8 @@ impl GaslessOpen {
             GaslessAuthorization::Transfer { valid_after, valid_before, signature } => {
                 let (v, r, s) = split(signature)?;
                 openWithAuthorizationCall {
-                    payer: self.payer,
                     params,
+                    deposit,
                     validAfter: U256::from(*valid_after),
                     validBefore: U256::from(*valid_before),
                     v,
@@ -330,7 +289,13 @@ impl GaslessOpen {
     }
 }
 
-fn check_token(token_domain: &TokenDomain, params: &OpenParams) -> Result<()> {
+fn check_payer(signer: Address, token_domain: &TokenDomain, params: &ChannelParams) -> Result<()> {
+    if signer != params.payer {
+        return Err(Error::Gasless(format!(
+            "the key of {signer} cannot authorise a deposit of the channel's payer {}",
+            params.payer
+        )));
+    }
     if token_domain.token() != params.token || params.token.is_zero() {
         return Err(Error::Gasless(format!(
             "the token domain is of {} but the channel's token is {}",
@@ -358,13 +323,13 @@ mod tests {
 
     use super::*;
 
-    fn params(token: Address) -> OpenParams {
-        OpenParams {
+    fn params(payer: Address, token: Address) -> ChannelParams {
+        ChannelParams {
+            payer,
             payee: Address::repeat_byte(1),
             token,
             signer: Address::ZERO,
             challengePeriod: 3600,
-            deposit: U256::from(1_000_000),
             salt: B256::repeat_byte(9),
         }
     }
@@ -373,7 +338,7 @@ mod tests {
     fn typehashes_match_the_contracts() {
         assert_eq!(
             OpenAuthorization::default().eip712_type_hash(),
-            keccak256("OpenAuthorization(bytes32 channelId,uint256 deadline)")
+            keccak256("OpenAuthorization(bytes32 channelId,uint256 deposit,uint256 deadline)")
         );
         assert_eq!(
             Permit::default().eip712_type_hash(),
@@ -393,11 +358,13 @@ mod tests {
         let token = Address::repeat_byte(7);
         let channels = ChannelDomain::new(31337, Address::repeat_byte(5));
         let tokens = TokenDomain::new("Test USD".into(), "1".into(), 31337, token);
-        let id = B256::repeat_byte(3);
-        let p = params(token);
+        let p = params(key.address(), token);
+        let id = p.channel_id(31337, channels.contract());
+        let deposit = U256::from(1_000_000);
 
-        let open = GaslessOpen::sign_permit(&channels, &tokens, &key, &p, id, U256::from(4), 99).unwrap();
-        assert_eq!(open.payer, key.address());
+        let open =
+            GaslessOpen::sign_permit(&channels, &tokens, &key, &p, deposit, U256::from(4), 99).unwrap();
+        assert_eq!(open.payer(), key.address());
         let GaslessAuthorization::Permit { permit_signature, open_signature, .. } = &open.authorization
         else {
             panic!("a permit")
@@ -405,7 +372,7 @@ mod tests {
         let permit = Permit {
             owner: key.address(),
             spender: channels.contract(),
-            value: p.deposit,
+            value: deposit,
             nonce: U256::from(4),
             deadline: U256::from(99),
         };
@@ -416,21 +383,22 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(recovered(permit_signature, permit.eip712_signing_hash(tokens.domain())), key.address());
-        let auth = OpenAuthorization { channelId: id, deadline: U256::from(99) };
+        let auth = OpenAuthorization { channelId: id, deposit, deadline: U256::from(99) };
         assert_eq!(recovered(open_signature, channels.hash_typed(&auth)), key.address());
 
         let json = serde_json::to_string(&open).unwrap();
         assert!(json.contains(r#""kind":"permit""#), "{json}");
+        assert!(json.contains(r#""deposit":"1000000""#), "{json}");
         assert_eq!(serde_json::from_str::<GaslessOpen>(&json).unwrap(), open);
 
-        let transfer = GaslessOpen::sign_transfer(&channels, &tokens, &key, &p, id, 0, 100).unwrap();
+        let transfer = GaslessOpen::sign_transfer(&channels, &tokens, &key, &p, deposit, 0, 100).unwrap();
         let GaslessAuthorization::Transfer { signature, .. } = &transfer.authorization else {
             panic!("a transfer")
         };
         let rwa = ReceiveWithAuthorization {
             from: key.address(),
             to: channels.contract(),
-            value: p.deposit,
+            value: deposit,
             validAfter: U256::ZERO,
             validBefore: U256::from(100),
             nonce: id,
@@ -441,24 +409,26 @@ mod tests {
     }
 
     #[test]
-    fn refuses_a_token_mismatch_and_bad_json() {
+    fn refuses_a_token_or_payer_mismatch_and_bad_json() {
         let key = PrivateKeySigner::random();
         let channels = ChannelDomain::new(1, Address::repeat_byte(5));
         let tokens = TokenDomain::new("T".into(), "1".into(), 1, Address::repeat_byte(7));
-        let other = params(Address::repeat_byte(8));
+        let other = params(key.address(), Address::repeat_byte(8));
         assert!(matches!(
-            GaslessOpen::sign_transfer(&channels, &tokens, &key, &other, B256::ZERO, 0, 1),
+            GaslessOpen::sign_transfer(&channels, &tokens, &key, &other, U256::from(1), 0, 1),
             Err(Error::Gasless(_))
         ));
-        for bad in [
-            r#"{"payer":"0x0000000000000000000000000000000000000001"}"#,
-            r#"{"payer":"0x01","params":{},"authorization":{"kind":"permit"}}"#,
-        ] {
+        let someone_else = params(Address::repeat_byte(3), Address::repeat_byte(7));
+        assert!(matches!(
+            GaslessOpen::sign_transfer(&channels, &tokens, &key, &someone_else, U256::from(1), 0, 1),
+            Err(Error::Gasless(_))
+        ));
+        for bad in [r#"{"params":{}}"#, r#"{"params":{},"deposit":"1","authorization":{"kind":"permit"}}"#] {
             assert!(serde_json::from_str::<GaslessOpen>(bad).is_err(), "{bad}");
         }
         let short = GaslessOpen {
-            payer: key.address(),
-            params: (&other).into(),
+            params: other,
+            deposit: U256::from(1),
             authorization: GaslessAuthorization::Transfer {
                 valid_after: 0,
                 valid_before: 1,

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! Voucher(bytes32 channelId,uint64 nonce,uint256 cumulativeAmount)
-//! domain: { name: "x402 Payment Channel", version: "1", chainId, verifyingContract }
+//! domain: { name: "x402 Payment Channel", version: "2", chainId, verifyingContract }
 //! ```
 
 use alloy::{
@@ -29,7 +29,7 @@ sol! {
 /// The EIP-712 domain name of the `PaymentChannel` contract.
 pub const DOMAIN_NAME: &str = "x402 Payment Channel";
 /// The EIP-712 domain version of the `PaymentChannel` contract.
-pub const DOMAIN_VERSION: &str = "1";
+pub const DOMAIN_VERSION: &str = "2";
 
 /// The EIP-712 domain of one `PaymentChannel` deployment, with its separator precomputed.
 #[derive(Clone, Debug)]

@@ -1,8 +1,11 @@
 //! The push API of the watcher (watchtower).
 //!
-//! A provider pushes the vouchers it accepted to a watcher, which keeps, per channel, the
-//! verified voucher paying the payee the most and submits it with `settle` if the payer starts
-//! a unilateral exit while the provider is offline.
+//! A provider pushes the vouchers it accepted to a watcher, each with the channel's parameters
+//! and the provider's (payee's) EIP-712 `ClaimAuthorization(channelId, nonce, claimed)` at what
+//! it charged (see [`crate::claim`]). The watcher keeps, per channel, the verified claim
+//! paying the payee the most and submits it with `settleAuthorized` if the payer starts a
+//! unilateral exit while the provider is offline. Only the payee's signature makes a claim by
+//! someone else valid, so the watcher can claim exactly what the provider charged, never more.
 //!
 //! - `POST` [`WATCH_PATH`] with `Authorization: Bearer <token>` and a [`WatchRequest`] body:
 //!   `200` with a [`WatchResponse`] holding one [`WatchResult`] per voucher, in request order,
@@ -15,7 +18,10 @@
 //!
 //! ```
 //! use alloy::primitives::{B256, Bytes, U256};
-//! use x402_protocol::watch::{WatchRequest, WatchedVoucher};
+//! use x402_protocol::{
+//!     bindings::IPaymentChannel::ChannelParams,
+//!     watch::{WatchRequest, WatchedVoucher},
+//! };
 //!
 //! let request = WatchRequest {
 //!     vouchers: vec![WatchedVoucher {
@@ -23,18 +29,22 @@
 //!         nonce: 3,
 //!         cumulative_amount: U256::from(3_000),
 //!         signature: Bytes::from(vec![0xab; 65]),
+//!         claimed: U256::from(2_500),
+//!         payee_signature: Bytes::from(vec![0xcd; 65]),
+//!         params: ChannelParams::default(),
 //!     }],
 //! };
 //! let json = serde_json::to_value(&request).unwrap();
 //! assert_eq!(json["vouchers"][0]["cumulativeAmount"], "3000");
+//! assert_eq!(json["vouchers"][0]["claimed"], "2500");
 //! ```
 
 use std::fmt;
 
-use alloy::primitives::{Address, B256, U256};
+use alloy::primitives::{Address, B256, Bytes, U256};
 use serde::{Deserialize, Serialize};
 
-use crate::wire::{VoucherPayload, u256_dec};
+use crate::{SignedVoucher, Voucher, bindings::IPaymentChannel::ChannelParams, wire::u256_dec};
 
 /// Path of the push endpoint (`POST`).
 pub const WATCH_PATH: &str = "/v1/vouchers";
@@ -51,8 +61,43 @@ pub struct WatchRequest {
     pub vouchers: Vec<WatchedVoucher>,
 }
 
-/// One voucher pushed to a watcher: the same object as the voucher of a payment header.
-pub type WatchedVoucher = VoucherPayload;
+/// One voucher pushed to a watcher, with what the payee claims with it and the payee's
+/// authorisation of that claim. Unknown fields are refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WatchedVoucher {
+    /// The channel.
+    pub channel_id: B256,
+    /// The voucher's nonce.
+    pub nonce: u64,
+    /// The voucher's cumulative amount (the signed ceiling).
+    #[serde(with = "u256_dec")]
+    pub cumulative_amount: U256,
+    /// The voucher signer's signature.
+    pub signature: Bytes,
+    /// The total the payee claims with it: what the provider charged, at most
+    /// `cumulative_amount`.
+    #[serde(with = "u256_dec")]
+    pub claimed: U256,
+    /// The payee's signature over `ClaimAuthorization(channelId, nonce, claimed)`.
+    pub payee_signature: Bytes,
+    /// The channel's parameters; they must hash to `channel_id`.
+    pub params: ChannelParams,
+}
+
+impl WatchedVoucher {
+    /// The voucher with its signature.
+    pub fn voucher(&self) -> SignedVoucher {
+        SignedVoucher {
+            voucher: Voucher {
+                channelId: self.channel_id,
+                nonce: self.nonce,
+                cumulativeAmount: self.cumulative_amount,
+            },
+            signature: self.signature.clone(),
+        }
+    }
+}
 
 /// The answer to a [`WatchRequest`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,12 +141,12 @@ pub struct WatchResult {
 pub enum WatchOutcome {
     /// The watcher now holds this voucher, durably (also when it already held it).
     Stored,
-    /// The voucher is valid, but the watcher holds one that pays the payee at least as much,
-    /// which it keeps.
+    /// The voucher is valid, but the watcher holds a claim that pays the payee at least as
+    /// much, which it keeps.
     Kept {
         /// The held voucher's nonce.
         held_nonce: u64,
-        /// The held voucher's cumulative amount.
+        /// What the held claim pays the payee in total.
         #[serde(with = "u256_dec")]
         held_amount: U256,
     },
@@ -126,10 +171,14 @@ pub enum RejectCode {
     /// The signature is not the channel signer's under the watcher's EIP-712 domain (chain id
     /// and contract): a forged voucher, or one for another deployment.
     InvalidSignature,
+    /// The payee's claim authorisation is not the channel payee's signature over
+    /// `ClaimAuthorization(channelId, nonce, claimed)`, or `claimed` is above the voucher.
+    InvalidClaimAuthorization,
+    /// The parameters do not hash to the channel id at the watcher's contract and chain.
+    ParamsMismatch,
     /// The cumulative amount is above the channel's deposit.
     ExceedsDeposit,
-    /// The voucher can no longer be redeemed: its nonce is not above the nonce used on-chain,
-    /// or it pays no more than what was already paid on-chain.
+    /// The claim pays no more than what was already paid on-chain.
     Stale,
     /// The watcher could not check the voucher (chain unreachable); push it again later.
     Unavailable,
@@ -142,6 +191,8 @@ impl RejectCode {
             Self::ChannelUnknown => "channel_unknown",
             Self::ChannelClosed => "channel_closed",
             Self::InvalidSignature => "invalid_signature",
+            Self::InvalidClaimAuthorization => "invalid_claim_authorization",
+            Self::ParamsMismatch => "params_mismatch",
             Self::ExceedsDeposit => "exceeds_deposit",
             Self::Stale => "stale",
             Self::Unavailable => "unavailable",
@@ -180,8 +231,6 @@ pub struct WatchedChannel {
     /// Paid to the payee on-chain, as last read.
     #[serde(with = "u256_dec")]
     pub paid: U256,
-    /// The nonce used on-chain, as last read.
-    pub onchain_nonce: u64,
     /// When the payer may withdraw (0: no exit pending), unix seconds.
     pub exit_at: u64,
     /// The nonce of the voucher the watcher holds.
@@ -189,6 +238,9 @@ pub struct WatchedChannel {
     /// The cumulative amount of the voucher the watcher holds.
     #[serde(with = "u256_dec")]
     pub cumulative_amount: U256,
+    /// What the held claim pays the payee in total.
+    #[serde(with = "u256_dec")]
+    pub claimed: U256,
     /// The watcher's last settlement transaction on this channel, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_tx: Option<B256>,
@@ -231,10 +283,7 @@ pub enum ApiErrorCode {
 
 #[cfg(test)]
 mod tests {
-    use alloy::primitives::Bytes;
-
     use super::*;
-    use crate::SignedVoucher;
 
     fn voucher() -> WatchedVoucher {
         WatchedVoucher {
@@ -242,6 +291,9 @@ mod tests {
             nonce: 7,
             cumulative_amount: U256::from(123_456_789u64),
             signature: Bytes::from(vec![0xab; 65]),
+            claimed: U256::from(100u64),
+            payee_signature: Bytes::from(vec![0xcd; 65]),
+            params: ChannelParams { payer: Address::repeat_byte(1), ..ChannelParams::default() },
         }
     }
 
@@ -253,6 +305,10 @@ mod tests {
         assert_eq!(v["nonce"], 7);
         assert_eq!(v["cumulativeAmount"], "123456789");
         assert!(v["signature"].as_str().unwrap().starts_with("0xabab"));
+        assert_eq!(v["claimed"], "100");
+        assert!(v["payeeSignature"].as_str().unwrap().starts_with("0xcdcd"));
+        assert_eq!(v["params"]["payer"], format!("0x{}", "01".repeat(20)));
+        assert_eq!(v["params"]["challengePeriod"], 0);
         let back: WatchRequest = serde_json::from_value(json).unwrap();
         assert_eq!(back.vouchers, vec![voucher()]);
     }
@@ -267,7 +323,9 @@ mod tests {
             ("cumulativeAmount", serde_json::json!("007")),
             ("nonce", serde_json::json!(-1)),
             ("channelId", serde_json::json!("0x12")),
-            ("claimed", serde_json::json!("1")),
+            ("claimed", serde_json::json!(1)),
+            ("claimed", serde_json::json!("-1")),
+            ("unknown", serde_json::json!("1")),
         ] {
             let mut v = base.clone();
             v[field] = value.clone();
@@ -278,10 +336,10 @@ mod tests {
     }
 
     #[test]
-    fn signed_voucher_round_trip() {
-        let signed = SignedVoucher::from(voucher());
-        assert_eq!(signed.nonce(), 7);
-        assert_eq!(WatchedVoucher::from(&signed), voucher());
+    fn carries_the_voucher() {
+        let signed = voucher().voucher();
+        assert_eq!((signed.nonce(), signed.channel_id()), (7, B256::repeat_byte(0x11)));
+        assert_eq!(signed.signature, voucher().signature);
     }
 
     #[test]
@@ -326,6 +384,8 @@ mod tests {
             RejectCode::ChannelUnknown,
             RejectCode::ChannelClosed,
             RejectCode::InvalidSignature,
+            RejectCode::InvalidClaimAuthorization,
+            RejectCode::ParamsMismatch,
             RejectCode::ExceedsDeposit,
             RejectCode::Stale,
             RejectCode::Unavailable,

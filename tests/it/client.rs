@@ -220,7 +220,11 @@ async fn a_payer_without_gas_opens_through_the_node_relay_by_permit_and_by_eip30
             .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
         assert_eq!(ch.deposit, deposit);
         let onchain = env.channel(ch.id).await;
-        assert_eq!((onchain.payer, onchain.status), (payer, IPaymentChannel::Status::Open), "{kind:?}");
+        assert_eq!(
+            (env.params(ch.id).await.payer, onchain.status),
+            (payer, IPaymentChannel::Status::Open),
+            "{kind:?}"
+        );
         assert_eq!(env.balance(payer).await, U256::from(FUNDS) - deposit, "{kind:?}: the deposit was pulled");
         assert!(
             env.node_chain.get_balance(relayer).await.unwrap() < relayer_eth,
@@ -252,7 +256,7 @@ async fn a_payer_without_gas_opens_through_the_node_relay_by_permit_and_by_eip30
 async fn the_relay_refuses_what_it_must_not_pay_gas_for() {
     use x402_protocol::{
         ChannelDomain,
-        bindings::IPaymentChannel::OpenParams,
+        bindings::IPaymentChannel::ChannelParams,
         open::{GaslessAuthorization, GaslessOpen, OPEN_PATH},
     };
     let env = Env::new().await;
@@ -275,17 +279,19 @@ async fn the_relay_refuses_what_it_must_not_pay_gas_for() {
     let tokens = chain.token_domain(env.usd).await.unwrap();
     let channels = ChannelDomain::new(env.anvil.chain_id(), env.contract);
     let now = chain.now().await.unwrap();
-    let params = |payee, deposit: u64, period: u32| OpenParams {
-        payee,
-        token: env.usd,
-        signer: key.address(),
-        challengePeriod: period,
-        deposit: U256::from(deposit),
-        salt: alloy::primitives::B256::repeat_byte(1),
+    let params = |payee, deposit: u64, period: u32| {
+        let params = ChannelParams {
+            payer: key.address(),
+            payee,
+            token: env.usd,
+            signer: key.address(),
+            challengePeriod: period,
+            salt: alloy::primitives::B256::repeat_byte(1),
+        };
+        (params, U256::from(deposit))
     };
-    let signed = async |p: &OpenParams, valid_before: u64| {
-        let id = chain.channel_id(env.contract, p).await.unwrap();
-        GaslessOpen::sign_transfer(&channels, &tokens, &key, p, id, 0, valid_before).unwrap()
+    let signed = async |(p, deposit): &(ChannelParams, U256), valid_before: u64| {
+        GaslessOpen::sign_transfer(&channels, &tokens, &key, p, *deposit, 0, valid_before).unwrap()
     };
     let post = |body: String| {
         let (http, url) = (http.clone(), format!("{}{OPEN_PATH}", gw.url));
@@ -309,16 +315,15 @@ async fn the_relay_refuses_what_it_must_not_pay_gas_for() {
         (
             "another token",
             serde_json::to_string(&{
-                let mut p = params(provider, 100 * PRICE, 3600);
+                let (mut p, deposit) = params(provider, 100 * PRICE, 3600);
                 p.token = alloy::primitives::Address::repeat_byte(9);
-                let id = chain.channel_id(env.contract, &p).await.unwrap();
                 let tokens = x402_protocol::open::TokenDomain::new(
                     "Test USD".into(),
                     "1".into(),
                     env.anvil.chain_id(),
                     p.token,
                 );
-                GaslessOpen::sign_transfer(&channels, &tokens, &key, &p, id, 0, now + 600).unwrap()
+                GaslessOpen::sign_transfer(&channels, &tokens, &key, &p, deposit, 0, now + 600).unwrap()
             })
             .unwrap(),
             StatusCode::FORBIDDEN,
@@ -358,16 +363,11 @@ async fn the_relay_refuses_what_it_must_not_pay_gas_for() {
             "signed by another key",
             {
                 let mut open = signed(&good, now + 600).await;
-                let other = GaslessOpen::sign_transfer(
-                    &channels,
-                    &tokens,
-                    &PrivateKeySigner::random(),
-                    &good,
-                    alloy::primitives::B256::ZERO,
-                    0,
-                    now + 600,
-                )
-                .unwrap();
+                let other_key = PrivateKeySigner::random();
+                let theirs = ChannelParams { payer: other_key.address(), ..good.0.clone() };
+                let other =
+                    GaslessOpen::sign_transfer(&channels, &tokens, &other_key, &theirs, good.1, 0, now + 600)
+                        .unwrap();
                 open.authorization = other.authorization;
                 serde_json::to_string(&open).unwrap()
             },
@@ -390,7 +390,7 @@ async fn the_relay_refuses_what_it_must_not_pay_gas_for() {
     let resp = http.post(format!("{}{OPEN_PATH}", gw.url)).body(body.clone()).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let answer: x402_protocol::open::OpenResponse = resp.json().await.unwrap();
-    assert_eq!(env.channel(answer.channel_id).await.payer, key.address());
+    assert_eq!(env.params(answer.channel_id).await.payer, key.address());
     assert_eq!(post(body).await, (StatusCode::BAD_REQUEST, "invalid_payload".to_owned()), "a replay");
     gw.stop().await;
 }

@@ -87,7 +87,14 @@ async fn an_rpc_outage_serves_known_channels_refuses_unknown_ones_and_catches_up
     proxy.set_mode(Mode::Cut);
     let b = env.fresh_payer(FUNDS).await;
     let idb = b.open(provider_key, DEPOSIT, 2).await;
-    a.channels().topUp(ida, U256::from(10 * PRICE)).send().await.unwrap().get_receipt().await.unwrap();
+    a.channels()
+        .topUp(a.params(ida), U256::from(10 * PRICE))
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
 
     // The known channel is served from the node's records, against what it knew.
     for n in 2..=6 {
@@ -118,7 +125,7 @@ async fn an_rpc_outage_serves_known_channels_refuses_unknown_ones_and_catches_up
     assert_eq!(resp.status(), StatusCode::OK);
     for (id, charged, deposit) in [(ida, 7 * PRICE, DEPOSIT + 10 * PRICE), (idb, PRICE, DEPOSIT)] {
         let ch = env.channel(id).await;
-        assert_eq!((ch.paid, ch.deposit), (u128::from(charged), u128::from(deposit)));
+        assert_eq!((U256::from(ch.paid), U256::from(ch.deposit)), (U256::from(charged), U256::from(deposit)));
     }
     assert_eq!(env.balance(provider_key).await - provider_before, U256::from(8 * PRICE));
     // Nothing is claimed twice, and the follower did not count the top-up twice.
@@ -159,7 +166,14 @@ async fn a_slow_then_hung_rpc_is_timed_out_and_followed_again() {
     let b = env.fresh_payer(FUNDS).await;
     let idb = b.open(provider_key, DEPOSIT, 2).await;
     served(&gw, &client, &b, idb, 1, PRICE).await;
-    a.channels().topUp(ida, U256::from(10 * PRICE)).send().await.unwrap().get_receipt().await.unwrap();
+    a.channels()
+        .topUp(a.params(ida), U256::from(10 * PRICE))
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
     served(&gw, &client, &a, ida, 2, DEPOSIT + PRICE).await;
     proxy.set_delay(Duration::ZERO);
 
@@ -178,7 +192,7 @@ async fn a_slow_then_hung_rpc_is_timed_out_and_followed_again() {
     // gets past them: it sees an exit on the first channel and the node stops taking its
     // vouchers; the third channel is served.
     proxy.set_mode(Mode::Open);
-    a.channels().requestExit(ida).send().await.unwrap().get_receipt().await.unwrap();
+    a.channels().requestExit(a.params(ida)).send().await.unwrap().get_receipt().await.unwrap();
     // (The latest voucher again: refused as stale until the node sees the exit, then as closing.)
     let latest = a.sign(ida, 3, DEPOSIT + 2 * PRICE);
     eventually(30, "the exit to reach the node", || async {
@@ -232,11 +246,18 @@ async fn an_rpc_node_restarted_with_its_state_is_followed_and_settled_against() 
 
     // The restarted endpoint is followed: a top-up made on it is spendable, and the node
     // settles against it exactly what it charged.
-    a.channels().topUp(ida, U256::from(10 * PRICE)).send().await.unwrap().get_receipt().await.unwrap();
+    a.channels()
+        .topUp(a.params(ida), U256::from(10 * PRICE))
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
     served(&gw, &client, &a, ida, 3, DEPOSIT + PRICE).await;
     assert_eq!(settle(&client, &gw).await.status(), StatusCode::OK);
     let ch = env.channel(ida).await;
-    assert_eq!((ch.paid, ch.nonce), (u128::from(3 * PRICE), 3));
+    assert_eq!(U256::from(ch.paid), U256::from(3 * PRICE));
     assert_eq!(env.balance(provider_key).await - provider_before, U256::from(3 * PRICE));
     gw.stop().await;
 }
@@ -253,6 +274,7 @@ fn settler(env: &Env, data: &std::path::Path, rpc_url: &str, policy: SettlementP
         min_challenge_period: 3600,
         min_deposit: U256::ZERO,
         max_timeout_seconds: 30,
+        accept_contract_signers: false,
     };
     let rpc = x402_node::chain::http_provider(rpc_url.parse().expect("a URL"), Duration::from_secs(2))
         .expect("a provider");
@@ -350,7 +372,7 @@ async fn gas_above_the_cap_settles_only_an_exit_about_to_end() {
     pay_through_gateway(&env, data.path(), &[(&exiting, idx, 1..=2), (&other, idy, 1..=2)]).await;
     // The payer of the first channel starts an exit (challenge period: one hour); the node
     // records it.
-    exiting.channels().requestExit(idx).send().await.unwrap().get_receipt().await.unwrap();
+    exiting.channels().requestExit(exiting.params(idx)).send().await.unwrap().get_receipt().await.unwrap();
     {
         let gw = Gateway::start(env.gateway_config(upstream().await, data.path())).await;
         let client = reqwest::Client::new();
@@ -370,7 +392,10 @@ async fn gas_above_the_cap_settles_only_an_exit_about_to_end() {
     // The exit ends in an hour, outside a one-minute margin: everything waits for gas.
     let report = settler(&env, data.path(), &rpc, capped(Duration::from_secs(60))).round(true).await.unwrap();
     assert!(report.batches.is_empty() && report.postponed == 2, "{report:?}");
-    assert_eq!((env.channel(idx).await.paid, env.channel(idy).await.paid), (0, 0));
+    assert_eq!(
+        (U256::from(env.channel(idx).await.paid), U256::from(env.channel(idy).await.paid)),
+        (U256::ZERO, U256::ZERO)
+    );
 
     // Within a two-hour margin the exit is urgent: it is closed with its latest voucher at any
     // gas price, and only the other channel waits.
@@ -428,16 +453,16 @@ async fn a_smart_wallet_voucher_during_an_outage_is_unavailable_not_invalid() {
     let _: () = unsigned.raw_request("anvil_impersonateAccount".into(), (wallet,)).await.unwrap();
     let _: () =
         unsigned.raw_request("anvil_setBalance".into(), (wallet, U256::from(10u128.pow(20)))).await.unwrap();
-    let params = IPaymentChannel::OpenParams {
+    let params = IPaymentChannel::ChannelParams {
+        payer: wallet,
         payee: env.provider_key.address(),
         token: alloy::primitives::Address::ZERO,
         signer: alloy::primitives::Address::ZERO,
         challengePeriod: 86_400,
-        deposit: U256::from(DEPOSIT),
         salt: B256::repeat_byte(9),
     };
     let id = IPaymentChannel::new(env.contract, &env.node_chain)
-        .computeChannelId(wallet, params.clone())
+        .computeChannelId(params.clone())
         .call()
         .await
         .unwrap();
@@ -445,13 +470,15 @@ async fn a_smart_wallet_voucher_during_an_outage_is_unavailable_not_invalid() {
         .with_from(wallet)
         .with_to(env.contract)
         .with_value(U256::from(DEPOSIT))
-        .with_input(IPaymentChannel::openCall { params }.abi_encode());
+        .with_input(IPaymentChannel::openCall { params, deposit: U256::from(DEPOSIT) }.abi_encode());
     assert!(unsigned.send_transaction(open).await.unwrap().get_receipt().await.unwrap().status());
 
     let proxy = RpcProxy::start(&env.anvil.endpoint()).await;
     let data = tempfile::tempdir().unwrap();
     let mut config = env.gateway_config(upstream().await, data.path());
     config.payment.asset = alloy::primitives::Address::ZERO;
+    // A wallet signer: the node must ask it on-chain, which it only does when told to.
+    config.payment.accept_contract_signers = true;
     config.chain.rpc_url = proxy.url();
     config.chain.rpc_timeout_ms = 1_000;
     let gw = Gateway::start(config).await;
@@ -468,17 +495,24 @@ async fn a_smart_wallet_voucher_during_an_outage_is_unavailable_not_invalid() {
     assert_eq!(x402_e2e::harness::paid(&client, &url, header(1)).await.status(), StatusCode::OK);
     // A signer that is a contract without `isValidSignature` (the call reverts) signs nothing.
     let payer = env.fresh_payer(FUNDS).await;
-    let reverting = IPaymentChannel::OpenParams {
+    let reverting = IPaymentChannel::ChannelParams {
+        payer: payer.address(),
         payee: env.provider_key.address(),
         token: alloy::primitives::Address::ZERO,
         signer: env.usd,
         challengePeriod: 86_400,
-        deposit: U256::from(DEPOSIT),
         salt: B256::repeat_byte(10),
     };
-    let other = payer.channels().computeChannelId(payer.address(), reverting.clone()).call().await.unwrap();
-    let receipt =
-        payer.channels().open(reverting).value(U256::from(DEPOSIT)).send().await.unwrap().get_receipt().await;
+    let other = payer.channels().computeChannelId(reverting.clone()).call().await.unwrap();
+    let receipt = payer
+        .channels()
+        .open(reverting, U256::from(DEPOSIT))
+        .value(U256::from(DEPOSIT))
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await;
     assert!(receipt.unwrap().status());
     let v = domain
         .sign(&owner, Voucher { channelId: other, nonce: 1, cumulativeAmount: U256::from(PRICE) })

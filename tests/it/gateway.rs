@@ -37,16 +37,16 @@ async fn gateway_charges_refuses_restarts_and_settles() {
     token.mint(payer.address(), U256::from(10 * DEPOSIT)).send().await.unwrap().get_receipt().await.unwrap();
     token.approve(contract, U256::MAX).send().await.unwrap().get_receipt().await.unwrap();
     let channels = IPaymentChannel::new(contract, &payer_chain);
-    let params = IPaymentChannel::OpenParams {
+    let params = IPaymentChannel::ChannelParams {
+        payer: payer.address(),
         payee: provider_key.address(),
         token: usd,
         signer: Address::ZERO,
         challengePeriod: 86_400,
-        deposit: U256::from(DEPOSIT),
         salt: B256::repeat_byte(1),
     };
-    let id = channels.computeChannelId(payer.address(), params.clone()).call().await.unwrap();
-    channels.open(params).send().await.unwrap().get_receipt().await.unwrap();
+    let id = channels.computeChannelId(params.clone()).call().await.unwrap();
+    channels.open(params.clone(), U256::from(DEPOSIT)).send().await.unwrap().get_receipt().await.unwrap();
 
     let api = upstream().await;
     let data = tempfile::tempdir().unwrap();
@@ -165,7 +165,7 @@ async fn gateway_charges_refuses_restarts_and_settles() {
     // What the node accepted is redeemable on-chain, for exactly what it charged.
     let node_channels = IPaymentChannel::new(contract, &node_chain);
     let claim = IPaymentChannel::Claim {
-        channelId: id,
+        channel: params,
         nonce: last.nonce(),
         cumulativeAmount: last.cumulative_amount(),
         claimed: last.cumulative_amount(),
@@ -184,8 +184,9 @@ sol! {
     }
 }
 
-/// A smart-wallet payer (EIP-1271, no session key): the node verifies its vouchers by asking the
-/// wallet on-chain, exactly as the contract does.
+/// A smart-wallet payer (EIP-1271, no session key): refused by default (its wallet could revoke
+/// its vouchers); with `payment.accept_contract_signers` the node verifies its vouchers by
+/// asking the wallet on-chain, exactly as the contract does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_accepts_eip1271_wallet_vouchers() {
     use alloy::{
@@ -214,38 +215,28 @@ async fn gateway_accepts_eip1271_wallet_vouchers() {
     let _: () = unsigned.raw_request("anvil_impersonateAccount".into(), (wallet,)).await.unwrap();
     let _: () =
         unsigned.raw_request("anvil_setBalance".into(), (wallet, U256::from(10u128.pow(20)))).await.unwrap();
-    let params = IPaymentChannel::OpenParams {
+    let params = IPaymentChannel::ChannelParams {
+        payer: wallet,
         payee: provider_key.address(),
         token: Address::ZERO,
         signer: Address::ZERO,
         challengePeriod: 86_400,
-        deposit: U256::from(DEPOSIT),
         salt: B256::repeat_byte(9),
     };
-    let id = IPaymentChannel::new(contract, &node_chain)
-        .computeChannelId(wallet, params.clone())
-        .call()
-        .await
-        .unwrap();
+    let id =
+        IPaymentChannel::new(contract, &node_chain).computeChannelId(params.clone()).call().await.unwrap();
     let open = TransactionRequest::default()
         .with_from(wallet)
         .with_to(contract)
         .with_value(U256::from(DEPOSIT))
-        .with_input(IPaymentChannel::openCall { params }.abi_encode());
+        .with_input(IPaymentChannel::openCall { params, deposit: U256::from(DEPOSIT) }.abi_encode());
     let receipt = unsigned.send_transaction(open).await.unwrap().get_receipt().await.unwrap();
     assert!(receipt.status(), "the wallet opened the channel");
 
     let api = upstream().await;
     let data = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(gateway_config(
-        &anvil,
-        contract,
-        Address::ZERO,
-        provider_key.address(),
-        api,
-        data.path(),
-    ))
-    .await;
+    let config = gateway_config(&anvil, contract, Address::ZERO, provider_key.address(), api, data.path());
+    let gw = Gateway::start(config.clone()).await;
     let client = reqwest::Client::new();
     let weather = format!("{}/weather", gw.url);
     let terms: PaymentRequirements = required(&client.get(&weather).send().await.unwrap()).accepts.remove(0);
@@ -256,6 +247,17 @@ async fn gateway_accepts_eip1271_wallet_vouchers() {
             .unwrap();
         wire::encode_header(&PaymentPayload::new(&terms, &v))
     };
+
+    // By default a contract signer is refused: its wallet decides at redemption time.
+    let resp = paid(&client, &weather, header(&owner, 1)).await;
+    let refusal = required(&resp);
+    assert_eq!(refusal.error, Some(ErrorCode::ChannelMismatch));
+    assert!(refusal.message.unwrap_or_default().contains("contract"));
+    gw.stop().await;
+
+    let mut config = config;
+    config.payment.accept_contract_signers = true;
+    let gw = Gateway::start(config).await;
 
     // The owner's signature is the wallet's; anyone else's is not.
     let resp = paid(&client, &weather, header(&PrivateKeySigner::random(), 1)).await;

@@ -4,5 +4,6 @@ mod client;
 mod faults;
 mod gateway;
 mod proxy;
+mod revocation;
 mod settlement;
 mod watcher;

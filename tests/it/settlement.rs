@@ -90,7 +90,7 @@ async fn many_clients_are_batch_settled_and_closed_to_the_unit() {
     assert_eq!(env.balance(provider).await - provider_before, U256::from(total));
     for (_, id, requests) in &clients {
         let ch = env.channel(*id).await;
-        assert_eq!((ch.nonce, U256::from(ch.paid)), (*requests, U256::from(charged(*requests))));
+        assert_eq!(U256::from(ch.paid), U256::from(charged(*requests)));
     }
     // Nothing is claimed twice.
     let again = settle(true).await;
@@ -164,7 +164,15 @@ async fn top_up_is_spendable_only_once_confirmed_and_close_by_authorization() {
     assert_eq!(required(&gw.pay(&client, &terms, &over).await).error, Some(ErrorCode::InsufficientDeposit));
 
     // A top-up: refused while it has fewer than two confirmations.
-    payer.channels().topUp(id, U256::from(10 * PRICE)).send().await.unwrap().get_receipt().await.unwrap();
+    payer
+        .channels()
+        .topUp(payer.params(id), U256::from(10 * PRICE))
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
     let head = chain.get_block_number().await.unwrap();
     gw.followed(&client, head - 2).await;
     assert_eq!(required(&gw.pay(&client, &terms, &over).await).error, Some(ErrorCode::InsufficientDeposit));
@@ -178,7 +186,15 @@ async fn top_up_is_spendable_only_once_confirmed_and_close_by_authorization() {
     // A top-up while the node is down: the restarted node catches up from its stored cursor.
     let config = gw.config.clone();
     gw.stop().await;
-    payer.channels().topUp(id, U256::from(10 * PRICE)).send().await.unwrap().get_receipt().await.unwrap();
+    payer
+        .channels()
+        .topUp(payer.params(id), U256::from(10 * PRICE))
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
     cheats::mine(chain, 2).await.unwrap();
     let head = chain.get_block_number().await.unwrap();
     let gw = Gateway::start(config).await;
@@ -217,7 +233,12 @@ async fn top_up_is_spendable_only_once_confirmed_and_close_by_authorization() {
     let provider_before = env.balance(env.provider_key.address()).await;
     let receipt = payer
         .channels()
-        .closeWithAuthorization(id, auth.final_amount, U256::from(auth.deadline), auth.signature)
+        .closeWithAuthorization(
+            payer.params(id),
+            auth.final_amount,
+            U256::from(auth.deadline),
+            auth.signature,
+        )
         .send()
         .await
         .unwrap()
@@ -252,7 +273,15 @@ async fn a_reorg_that_removes_a_top_up_shrinks_the_spendable_deposit() {
     pay_once_confirmed(&gw, &client, &terms, &payer, id).await;
 
     let fork = cheats::snapshot(chain).await.unwrap();
-    payer.channels().topUp(id, U256::from(10 * PRICE)).send().await.unwrap().get_receipt().await.unwrap();
+    payer
+        .channels()
+        .topUp(payer.params(id), U256::from(10 * PRICE))
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
     cheats::mine(chain, 2).await.unwrap();
     let head = chain.get_block_number().await.unwrap();
     gw.followed(&client, head - 1).await;
@@ -299,6 +328,7 @@ fn node(env: &Env, data: &std::path::Path, policy: SettlementPolicy) -> Settler<
         min_challenge_period: 3600,
         min_deposit: U256::ZERO,
         max_timeout_seconds: 30,
+        accept_contract_signers: false,
     };
     let chain = RpcChain::new(x402_e2e::provider(&env.anvil, env.provider_key.clone()), env.contract);
     let engine = Engine::new(terms, store, chain, Metrics::new());
@@ -392,7 +422,7 @@ async fn a_node_killed_during_settlement_neither_loses_nor_doubles() {
     assert!(report.batches.is_empty(), "{report:?}");
     for id in [ida, idb] {
         let ch = env.channel(id).await;
-        assert_eq!((ch.nonce, ch.paid), (7, 7 * PRICE as u128));
+        assert_eq!(U256::from(ch.paid), U256::from(7 * PRICE));
     }
 
     // Gas above the cap postpones settlement (no exit is pending).
@@ -475,7 +505,9 @@ async fn an_exit_while_the_node_is_down_is_defended_by_the_watcher() {
     };
     let watcher = x402_e2e::harness::Watchtower::start(watcher_config, account(&env.anvil, 9)).await;
 
-    let mut config = env.gateway_config(api, data.path());
+    // The node needs the provider's key to authorise the watcher's claims (it does not settle).
+    let mut config = env.with_provider_key(env.gateway_config(api, data.path()), data.path());
+    config.settlement.enabled = false;
     config.watchers.push(WatcherTarget {
         url: format!("http://{watcher_listen}"),
         token: TOKEN.into(),
@@ -500,12 +532,12 @@ async fn an_exit_while_the_node_is_down_is_defended_by_the_watcher() {
 
     // The node is down. The payer exits; the watcher settles within the period.
     let provider_before = env.balance(provider).await;
-    payer.channels().requestExit(id).send().await.unwrap().get_receipt().await.unwrap();
+    payer.channels().requestExit(payer.params(id)).send().await.unwrap().get_receipt().await.unwrap();
     eventually(30, "the watcher to settle", || async { env.channel(id).await.paid == 5 * PRICE as u128 })
         .await;
     assert_eq!(env.balance(provider).await - provider_before, U256::from(5 * PRICE));
     cheats::increase_time(&env.node_chain, 86_400 + 1).await.unwrap();
-    payer.channels().withdraw(id).send().await.unwrap().get_receipt().await.unwrap();
+    payer.channels().withdraw(payer.params(id)).send().await.unwrap().get_receipt().await.unwrap();
     assert_eq!(env.channel(id).await.status, IPaymentChannel::Status::Closed);
     assert_eq!(env.balance(payer.address()).await, U256::from(FUNDS - 5 * PRICE));
     assert_eq!(env.balance(provider).await - provider_before, U256::from(5 * PRICE));

@@ -17,8 +17,10 @@ use x402_node::{
     chain::RpcChain,
     watcher::{Guard, GuardSettings, Watcher, WatcherConfig, settlement_provider},
 };
-use x402_protocol::watch::{
-    ApiError, ApiErrorCode, WatchOutcome, WatchRequest, WatchedStatus, WatchedVoucher,
+use x402_protocol::{
+    bindings::IPaymentChannel,
+    claim,
+    watch::{ApiError, ApiErrorCode, WatchOutcome, WatchRequest, WatchedStatus, WatchedVoucher},
 };
 use x402_store::MemoryStore;
 
@@ -48,7 +50,7 @@ impl World {
         let receipt = self
             .payer
             .channels()
-            .requestExit(id)
+            .requestExit(self.payer.params(id))
             .send()
             .await
             .expect("exit sent")
@@ -62,8 +64,26 @@ impl World {
         U256::from(self.env.channel(id).await.paid)
     }
 
+    /// A voucher of `amount`, claimed whole with the payee's authorisation.
     fn sign(&self, id: B256, nonce: u64, amount: u64) -> WatchedVoucher {
-        WatchedVoucher::from(&self.payer.sign(id, nonce, amount))
+        self.claim(id, nonce, amount, amount)
+    }
+
+    /// A voucher of `amount` of which the payee claims `claimed`, as the node pushes it.
+    fn claim(&self, id: B256, nonce: u64, amount: u64, claimed: u64) -> WatchedVoucher {
+        let voucher = self.payer.sign(id, nonce, amount);
+        let claimed = U256::from(claimed);
+        let payee_signature =
+            claim::sign(&self.env.domain(), &self.env.provider_key, id, nonce, claimed).expect("signs");
+        WatchedVoucher {
+            channel_id: id,
+            nonce,
+            cumulative_amount: voucher.cumulative_amount(),
+            signature: voucher.signature,
+            claimed,
+            payee_signature,
+            params: self.payer.params(id),
+        }
     }
 }
 
@@ -130,7 +150,16 @@ async fn watcher_settles_the_best_voucher_when_the_payer_exits() {
 
     // After the challenge period the payer withdraws the rest.
     cheats::increase_time(&world.payer.chain, u64::from(PERIOD) + 1).await.unwrap();
-    let receipt = world.payer.channels().withdraw(id).send().await.unwrap().get_receipt().await.unwrap();
+    let receipt = world
+        .payer
+        .channels()
+        .withdraw(world.payer.params(id))
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
     assert!(receipt.status());
     assert_eq!(world.env.balance(world.env.provider_key.address()).await, U256::from(3_000));
     assert_eq!(world.env.balance(world.payer.address()).await, U256::from(10 * DEPOSIT - 3_000));
@@ -232,4 +261,81 @@ async fn guard_settles_late_pushes_retries_and_batches() {
     let records = restarted.channels().unwrap();
     assert!(records.iter().all(|r| r.exiting()));
     assert_eq!(world.env.balance(world.env.provider_key.address()).await, U256::from(3_500));
+}
+
+/// Only the payee authorises claims: during an exit a stranger holding a voucher cannot claim
+/// it (`NotPayee`), nor with a claim authorisation it signed itself; the watcher's payee-signed
+/// claim of what the provider charged (below the voucher's ceiling) lands, and a payer's top-up
+/// that cancels the exit does not void it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_payee_authorised_claims_land_and_a_top_up_does_not_void_them() {
+    let world = World::new().await;
+    let id = world.open(1).await;
+    let key = account(&world.env.anvil, 2);
+    let chain = settlement_provider(&world.env.anvil.endpoint(), key.clone()).unwrap();
+    let watcher = Watcher::new(
+        world.env.anvil.chain_id(),
+        world.env.contract,
+        TOKEN,
+        Arc::new(MemoryStore::new()),
+        RpcChain::new(chain.clone(), world.env.contract),
+    )
+    .unwrap();
+    // The provider charged 1,000 of a voucher of 5,000 (the rest was prepaid credit).
+    let pushed = world.claim(id, 4, 5_000, 1_000);
+    let response = watcher.watch(WatchRequest { vouchers: vec![pushed.clone()] }).await.unwrap();
+    assert_eq!(response.results[0].outcome, WatchOutcome::Stored);
+    world.request_exit(id).await;
+
+    let record = watcher.record(id).unwrap().expect("watched");
+    let claim = record.claim();
+    assert_eq!((claim.cumulativeAmount, claim.claimed), (U256::from(5_000), U256::from(1_000)));
+    let stranger = IPaymentChannel::new(world.env.contract, &chain);
+    // A stranger cannot claim the voucher's ceiling (or anything) without the payee.
+    let full = IPaymentChannel::Claim { claimed: claim.cumulativeAmount, ..claim.clone() };
+    let Err(err) = stranger.settle(full.clone()).call().await else { panic!("a stranger settled") };
+    let decoded = err.as_decoded_interface_error::<IPaymentChannel::IPaymentChannelErrors>();
+    assert!(matches!(decoded, Some(IPaymentChannel::IPaymentChannelErrors::NotPayee(_))), "{err}");
+    // Nor with an authorisation of its own, nor by raising the payee-signed amount.
+    let forged = claim::sign(&world.env.domain(), &key, id, 4, U256::from(5_000)).unwrap();
+    let Err(err) = stranger.settleAuthorized(full.clone(), forged).call().await else { panic!("forged") };
+    let decoded = err.as_decoded_interface_error::<IPaymentChannel::IPaymentChannelErrors>();
+    assert!(
+        matches!(decoded, Some(IPaymentChannel::IPaymentChannelErrors::InvalidClaimAuthorization(_))),
+        "{err}"
+    );
+    let Err(err) = stranger.settleAuthorized(full, record.payee_signature.clone()).call().await else {
+        panic!("raised above the authorisation")
+    };
+    let decoded = err.as_decoded_interface_error::<IPaymentChannel::IPaymentChannelErrors>();
+    assert!(
+        matches!(decoded, Some(IPaymentChannel::IPaymentChannelErrors::InvalidClaimAuthorization(_))),
+        "{err}"
+    );
+
+    // The payer tops up by 1 unit, cancelling the exit, before the watcher's claim is mined.
+    let receipt = world
+        .payer
+        .channels()
+        .topUp(world.payer.params(id), U256::from(1))
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(receipt.status());
+    assert_eq!(world.env.channel(id).await.exitAt.to::<u64>(), 0, "the exit is cancelled");
+    // The payee-signed claim does not depend on the exit: it lands, for exactly the charge.
+    let receipt = stranger
+        .settleAuthorized(claim, record.payee_signature.clone())
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+    assert!(receipt.status());
+    assert_eq!(world.paid(id).await, U256::from(1_000));
+    assert_eq!(world.env.balance(world.env.provider_key.address()).await, U256::from(1_000));
 }

@@ -69,12 +69,29 @@ impl Env {
         chain::channel(&self.node_chain, self.contract, id).await.expect("getChannel")
     }
 
+    /// The parameters of a channel, from its `ChannelOpened` log (checked against its id), as
+    /// the node reads them.
+    pub async fn params(&self, id: B256) -> IPaymentChannel::ChannelParams {
+        x402_node::chain::RpcChain::new(self.node_chain.clone(), self.contract)
+            .params(id)
+            .await
+            .expect("eth_getLogs")
+            .expect("the channel was opened")
+    }
+
     /// A payer with `funds` of the stablecoin, approved for the contract.
     pub async fn payer(&self, key: PrivateKeySigner, funds: u64) -> Payer {
         let chain = provider(&self.anvil, key.clone());
         chain::mint(&chain, self.usd, key.address(), U256::from(funds)).await.expect("anvil call succeeds");
         chain::approve(&chain, self.usd, self.contract, U256::MAX).await.expect("anvil call succeeds");
-        Payer { key, chain, contract: self.contract, usd: self.usd, domain: self.domain() }
+        Payer {
+            key,
+            chain,
+            contract: self.contract,
+            usd: self.usd,
+            domain: self.domain(),
+            opened: Default::default(),
+        }
     }
 
     /// A funded payer from a fresh key (given ETH for gas by anvil account 1).
@@ -137,9 +154,15 @@ pub struct Payer {
     contract: Address,
     usd: Address,
     domain: ChannelDomain,
+    opened: std::sync::Mutex<std::collections::HashMap<B256, IPaymentChannel::ChannelParams>>,
 }
 
 impl Payer {
+    /// The parameters of a channel this payer opened (every call about it passes them).
+    pub fn params(&self, id: B256) -> IPaymentChannel::ChannelParams {
+        self.opened.lock().expect("not poisoned").get(&id).cloned().expect("a channel this payer opened")
+    }
+
     /// The payer's address.
     pub fn address(&self) -> Address {
         self.key.address()
@@ -157,22 +180,20 @@ impl Payer {
 
     /// Opens a stablecoin channel to `payee` with a challenge period of `period` seconds.
     pub async fn open_with_period(&self, payee: Address, deposit: u64, salt: u8, period: u32) -> B256 {
-        let params = IPaymentChannel::OpenParams {
+        let params = IPaymentChannel::ChannelParams {
+            payer: self.address(),
             payee,
             token: self.usd,
             signer: Address::ZERO,
             challengePeriod: period,
-            deposit: U256::from(deposit),
             salt: B256::repeat_byte(salt),
         };
         let channels = self.channels();
-        let id = channels
-            .computeChannelId(self.address(), params.clone())
-            .call()
-            .await
-            .expect("anvil call succeeds");
+        let id = channels.computeChannelId(params.clone()).call().await.expect("anvil call succeeds");
+        assert_eq!(id, params.channel_id(self.domain.chain_id(), self.contract), "the ids agree");
+        self.opened.lock().expect("not poisoned").insert(id, params.clone());
         let receipt = channels
-            .open(params)
+            .open(params, U256::from(deposit))
             .send()
             .await
             .expect("anvil call succeeds")

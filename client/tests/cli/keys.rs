@@ -67,7 +67,7 @@ async fn a_session_key_signs_the_vouchers() {
     let ch = &cli.run(&["channels", "--json"]).await.success().json()["channels"][0];
     assert_eq!((address(&ch["signer"]), address(&ch["payer"])), (session.address(), key.address()));
     assert_eq!(
-        env.channel(id(&ch["id"])).await.signer,
+        env.params(id(&ch["id"])).await.signer,
         session.address(),
         "the channel names the session key"
     );

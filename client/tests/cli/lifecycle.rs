@@ -46,7 +46,8 @@ async fn open_get_top_up_and_close_cooperatively() {
         (onchain.status, U256::from(onchain.deposit)),
         (IPaymentChannel::Status::Open, U256::from(50_000))
     );
-    assert_eq!((onchain.payee, onchain.payer), (provider, payer));
+    let params = env.params(channel).await;
+    assert_eq!((params.payee, params.payer), (provider, payer));
     assert_eq!(env.balance(payer).await, U256::from(FUNDS - 50_000));
 
     // Listed, nothing spent yet.
@@ -180,7 +181,7 @@ async fn channels_refresh_reads_what_happened_on_chain_without_the_key() {
         .wallet(EthereumWallet::from(key.clone()))
         .connect_http(env.anvil.endpoint_url());
     let receipt = IPaymentChannel::new(env.contract, &wallet)
-        .requestExit(channel)
+        .requestExit(env.params(channel).await)
         .send()
         .await
         .unwrap()
@@ -224,7 +225,7 @@ async fn a_payer_without_gas_opens_gaslessly_and_pays_through_a_credit_window() 
         .json();
     let channel = id(&opened["channel"]["id"]);
     let onchain = env.channel(channel).await;
-    assert_eq!((onchain.payer, U256::from(onchain.deposit)), (payer, U256::from(40_000)));
+    assert_eq!((env.params(channel).await.payer, U256::from(onchain.deposit)), (payer, U256::from(40_000)));
     assert_eq!(env.node_chain.get_transaction_count(payer).await.unwrap(), 0, "the payer sent nothing");
     // A relay that is not there: exit 6; one that refuses (not this provider's relay): 8.
     cli.run(&["open", &url, "--gasless", "--relay", "http://127.0.0.1:9"]).await.failure(6, "cannot reach");

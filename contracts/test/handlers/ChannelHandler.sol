@@ -5,7 +5,6 @@ import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {Test} from "forge-std/Test.sol";
 import {console} from "forge-std/console.sol";
 
-import {PaymentChannel} from "../../src/PaymentChannel.sol";
 import {IPaymentChannel} from "../../src/interfaces/IPaymentChannel.sol";
 import {TestStablecoin} from "../../src/TestStablecoin.sol";
 import {ERC1271Wallet} from "../mocks/ERC1271Wallet.sol";
@@ -14,7 +13,7 @@ import {FeeOnTransferToken} from "../mocks/FeeOnTransferToken.sol";
 /// @notice Drives one PaymentChannel through random sequences of actions on several channels,
 /// in three tokens (the test stablecoin, the native token and a fee-on-transfer token), by
 /// three payers with known keys, one payee (an EIP-1271 wallet that can refuse the native
-/// token), a watcher and a stranger.
+/// token), a watcher (submitting claims the payee authorised) and a stranger.
 /// @dev The handler keeps an independent model of every channel: what was received (from the
 /// contract's balance), what the payee was paid (from the payee's balances and credits), the
 /// vouchers an honest client signed, the pending exit. Before each call it predicts from the
@@ -57,8 +56,6 @@ contract ChannelHandler is Test {
         /// Whether the session key signs the vouchers (else the payer).
         bool withSession;
         uint32 challengePeriod;
-        /// Highest voucher nonce used on-chain.
-        uint64 nonce;
         /// The latest voucher the client signed (nonce zero: none yet), and the one before.
         uint64 latestNonce;
         uint64 staleNonce;
@@ -83,7 +80,7 @@ contract ChannelHandler is Test {
         bytes32 salt;
     }
 
-    PaymentChannel public immutable channel;
+    IPaymentChannel public immutable channel;
     TestStablecoin public immutable usd;
     FeeOnTransferToken public immutable fee;
     ERC1271Wallet public immutable payee;
@@ -134,7 +131,7 @@ contract ChannelHandler is Test {
     uint256 public currentTime;
     uint256 internal _salt;
 
-    constructor(PaymentChannel channel_, TestStablecoin usd_, FeeOnTransferToken fee_) {
+    constructor(IPaymentChannel channel_, TestStablecoin usd_, FeeOnTransferToken fee_) {
         channel = channel_;
         usd = usd_;
         fee = fee_;
@@ -148,9 +145,9 @@ contract ChannelHandler is Test {
         for (uint256 i; i < PAYERS; ++i) {
             (_payers[i], _payerKeys[i]) =
                 makeAddrAndKey(string.concat("handler.payer", vm.toString(i)));
-            usd.mint(_payers[i], type(uint128).max);
-            fee.mint(_payers[i], type(uint128).max);
-            vm.deal(_payers[i], type(uint128).max);
+            usd.mint(_payers[i], type(uint104).max);
+            fee.mint(_payers[i], type(uint104).max);
+            vm.deal(_payers[i], type(uint104).max);
             vm.startPrank(_payers[i]);
             usd.approve(address(channel), type(uint256).max);
             fee.approve(address(channel), type(uint256).max);
@@ -197,7 +194,7 @@ contract ChannelHandler is Test {
         uint256 before = _channelBalance(m.tokenIdx);
         uint256 value = m.tokenIdx == NATIVE ? amount : 0;
         vm.prank(from);
-        try channel.topUp{value: value}(id, amount) {
+        try channel.topUp{value: value}(_paramsOf(m), amount) {
             _expectOutcome(expected, true, "topUp");
             ++successes["topUp"];
             uint256 received = _channelBalance(m.tokenIdx) - before;
@@ -234,16 +231,20 @@ contract ChannelHandler is Test {
         if (id == bytes32(0)) return;
         Model storage m = _models[id];
         // The client keeps paying: usually there is a voucher the payee has not redeemed yet.
-        if (!m.closed && (m.latestNonce == 0 || (m.latestNonce <= m.nonce && claimSeed % 4 != 0))) {
+        if (
+            !m.closed
+                && (m.latestNonce == 0 || (m.latestCumulative <= m.paid && claimSeed % 4 != 0))
+        ) {
             _signNext(m, claimSeed, 1);
         }
         Voucher memory v = _voucher(id, m, useStale && m.staleNonce != 0);
-        _settleOne(id, address(payee), v, _claimFor(m, v, claimSeed), "settle");
+        _settleOne(id, address(payee), v, _claimFor(m, v, claimSeed), false, "settle");
     }
 
-    /// @notice The watcher (or the payer) submits the latest (or a stale) voucher, for its
-    /// full amount. Only allowed during an exit.
-    function watcherSettle(uint256 channelSeed, bool useStale, bool byPayer)
+    /// @notice The watcher submits the latest (or a stale) voucher with the payee's claim
+    /// authorisation (for what the payee charged), usually during an exit; or the payer or the
+    /// watcher tries to settle without one (always refused).
+    function watcherSettle(uint256 channelSeed, bool useStale, bool unauthorized)
         external
         action("watcherSettle")
     {
@@ -251,29 +252,59 @@ contract ChannelHandler is Test {
         if (id == bytes32(0)) return;
         Model storage m = _models[id];
         // Usually the watcher holds a voucher the payee has not redeemed yet.
-        if (!m.closed && m.latestNonce <= m.nonce && channelSeed % 4 != 0) {
+        if (!m.closed && m.latestCumulative <= m.paid && channelSeed % 4 != 0) {
             _signNext(m, channelSeed >> 8, 1);
         }
         Voucher memory v = _voucher(id, m, useStale && m.staleNonce != 0);
-        _settleOne(id, byPayer ? m.payer : watcher, v, v.cumulative, "watcherSettle");
+        uint256 claimed = _claimFor(m, v, channelSeed >> 16);
+        if (unauthorized) {
+            _settleOne(
+                id, channelSeed % 2 == 0 ? m.payer : watcher, v, claimed, false, "watcherSettle"
+            );
+        } else {
+            _settleOne(id, watcher, v, claimed, true, "watcherSettle");
+        }
     }
 
-    /// @notice The payee (or, during exits, the watcher) redeems up to three channels at once.
+    /// @notice The payee redeems up to three channels at once, or the watcher does with the
+    /// payee's claim authorisations ({IPaymentChannel-settleManyAuthorized}).
     function settleMany(uint256 seedA, uint256 seedB, uint256 seedC, bool byWatcher)
         external
         action("settleMany")
     {
         address sender = byWatcher ? watcher : address(payee);
-        IPaymentChannel.Claim[] memory claims = _batch(seedA, seedB, seedC, sender, false);
-        Expectation memory e = _expectBatch(claims, sender, false);
+        IPaymentChannel.Claim[] memory claims = _batch(seedA, seedB, seedC, false);
+        Expectation memory e = _expectBatch(claims, sender, false, byWatcher);
+        bytes[] memory auths = new bytes[](claims.length);
+        for (uint256 i; i < claims.length; ++i) {
+            auths[i] = _claimAuth(e.ids[i], claims[i].nonce, claims[i].claimed);
+        }
         uint256[ACTORS * TOKENS] memory before = _observe(e.tokens);
         vm.prank(sender);
-        try channel.settleMany(claims) returns (uint256 settled) {
-            if (settled != e.count) _predictionFailed("settleMany: count");
-            ++successes["settleMany"];
-            _applyBatch(claims, e, before, false, sender);
-        } catch {
+        (bool ok, uint256 settled) = _trySettleMany(claims, auths, byWatcher);
+        if (!ok) {
             _predictionFailed("settleMany: reverted");
+            return;
+        }
+        if (settled != e.count) _predictionFailed("settleMany: count");
+        ++successes["settleMany"];
+        _applyBatch(e, before, false);
+    }
+
+    /// @dev {settleMany}'s call (pranked by the caller), returning whether it went through.
+    function _trySettleMany(
+        IPaymentChannel.Claim[] memory claims,
+        bytes[] memory auths,
+        bool authorized
+    ) internal returns (bool ok, uint256 settled) {
+        if (authorized) {
+            try channel.settleManyAuthorized(claims, auths) returns (uint256 n) {
+                return (true, n);
+            } catch {}
+        } else {
+            try channel.settleMany(claims) returns (uint256 n) {
+                return (true, n);
+            } catch {}
         }
     }
 
@@ -286,8 +317,8 @@ contract ChannelHandler is Test {
         if (mode != 0 && !m.closed && m.latestNonce == 0) _signNext(m, claimSeed, 1);
         Voucher memory v = mode == 0 ? Voucher(0, 0, "") : _voucher(id, m, mode == 2);
         uint256 claimed = _claimFor(m, v, claimSeed);
-        IPaymentChannel.Claim memory c = _toClaim(id, v, claimed);
-        bool expected = _redeemOk(m, address(payee), v, claimed, true);
+        IPaymentChannel.Claim memory c = _toClaim(m, v, claimed);
+        bool expected = _redeemOk(m, address(payee), v, claimed, true, false);
         uint256 newPaid = v.signature.length == 0 ? m.paid : claimed;
 
         uint256[ACTORS * TOKENS] memory before = _observe(2 ** m.tokenIdx);
@@ -295,7 +326,6 @@ contract ChannelHandler is Test {
         try channel.close(c) {
             _expectOutcome(expected, true, "close");
             ++successes["close"];
-            if (v.signature.length != 0) m.nonce = v.nonce;
             _closed(id, m, newPaid, _sub(m.deposit, newPaid), before);
         } catch {
             _expectOutcome(expected, false, "close");
@@ -304,14 +334,14 @@ contract ChannelHandler is Test {
 
     /// @notice The payee closes up to three channels at once.
     function closeMany(uint256 seedA, uint256 seedB, uint256 seedC) external action("closeMany") {
-        IPaymentChannel.Claim[] memory claims = _batch(seedA, seedB, seedC, address(payee), true);
-        Expectation memory e = _expectBatch(claims, address(payee), true);
+        IPaymentChannel.Claim[] memory claims = _batch(seedA, seedB, seedC, true);
+        Expectation memory e = _expectBatch(claims, address(payee), true, false);
         uint256[ACTORS * TOKENS] memory before = _observe(e.tokens);
         vm.prank(address(payee));
         try channel.closeMany(claims) returns (uint256 closed) {
             if (closed != e.count) _predictionFailed("closeMany: count");
             ++successes["closeMany"];
-            _applyBatch(claims, e, before, true, address(payee));
+            _applyBatch(e, before, true);
         } catch {
             _predictionFailed("closeMany: reverted");
         }
@@ -340,7 +370,7 @@ contract ChannelHandler is Test {
 
         uint256[ACTORS * TOKENS] memory before = _observe(2 ** m.tokenIdx);
         vm.prank(caller);
-        try channel.closeWithAuthorization(id, finalAmount, CLOSE_DEADLINE, sig) {
+        try channel.closeWithAuthorization(_paramsOf(m), finalAmount, CLOSE_DEADLINE, sig) {
             _expectOutcome(expected, true, "closeWithAuthorization");
             ++successes["closeWithAuthorization"];
             _closed(id, m, finalAmount, _sub(m.deposit, finalAmount), before);
@@ -356,7 +386,7 @@ contract ChannelHandler is Test {
         Model storage m = _models[id];
         bool expected = !m.closed && m.exitAt == 0;
         vm.prank(m.payer);
-        try channel.requestExit(id) {
+        try channel.requestExit(_paramsOf(m)) {
             _expectOutcome(expected, true, "requestExit");
             ++successes["requestExit"];
             m.exitAt = block.timestamp + m.challengePeriod;
@@ -382,7 +412,7 @@ contract ChannelHandler is Test {
         uint256 highest = m.exitHighest > m.paidAtExit ? m.exitHighest : m.paidAtExit;
         uint256[ACTORS * TOKENS] memory before = _observe(2 ** m.tokenIdx);
         vm.prank(stranger);
-        try channel.withdraw(id) {
+        try channel.withdraw(_paramsOf(m)) {
             _expectOutcome(expected, true, "withdraw");
             ++successes["withdraw"];
             uint256 i = (1 + m.payerIdx) * TOKENS + m.tokenIdx;
@@ -444,10 +474,10 @@ contract ChannelHandler is Test {
         bytes32 id = _ids[channelSeed % _ids.length];
         Model storage m = _models[id];
         if (!m.closed) return;
-        IPaymentChannel.OpenParams memory p = _paramsOf(m);
-        uint256 value = m.tokenIdx == NATIVE ? p.deposit : 0;
+        IPaymentChannel.ChannelParams memory p = _paramsOf(m);
+        uint256 value = m.tokenIdx == NATIVE ? m.openDeposit : 0;
         vm.prank(m.payer);
-        try channel.open{value: value}(p) {
+        try channel.open{value: value}(p, m.openDeposit) {
             ++reopenViolations;
             lastViolation = "reopenClosed: a tombstoned id was reopened";
         } catch {
@@ -566,6 +596,7 @@ contract ChannelHandler is Test {
     /// @dev What a batch is expected to do: which items apply, and the new `paid` of each;
     /// `tokens` is the bit set of the token indices involved.
     struct Expectation {
+        bytes32[] ids;
         bool[] ok;
         uint256[] newPaid;
         uint256 count;
@@ -582,25 +613,26 @@ contract ChannelHandler is Test {
         if (_ids.length >= MAX_CHANNELS) return bytes32(0);
         uint256 t = tokenSeed % TOKENS;
         uint256 p = payerSeed % PAYERS;
-        IPaymentChannel.OpenParams memory params = IPaymentChannel.OpenParams({
+        IPaymentChannel.ChannelParams memory params = IPaymentChannel.ChannelParams({
+            payer: _payers[p],
             payee: address(payee),
             token: _token(t),
             signer: withSession ? session : address(0),
             challengePeriod: uint32(_bound(periodSeed, MIN_PERIOD, MAX_USED_PERIOD)),
-            deposit: _bound(amount, 1, _maxDeposit(t)),
             salt: bytes32(++_salt)
         });
+        uint256 deposit = _bound(amount, 1, _maxDeposit(t));
         uint256 before = _channelBalance(t);
-        uint256 value = t == NATIVE ? params.deposit : 0;
+        uint256 value = t == NATIVE ? deposit : 0;
         vm.prank(_payers[p]);
-        try channel.open{value: value}(params) returns (bytes32 newId) {
+        try channel.open{value: value}(params, deposit) returns (bytes32 newId) {
             id = newId;
         } catch {
             _predictionFailed("open: reverted");
             return bytes32(0);
         }
         uint256 received = _channelBalance(t) - before;
-        if (received != _afterFee(t, params.deposit)) _accounting("open: received");
+        if (received != _afterFee(t, deposit)) _accounting("open: received");
         if (channel.getChannel(id).deposit != received) _accounting("open: deposit");
 
         _ids.push(id);
@@ -611,7 +643,7 @@ contract ChannelHandler is Test {
         m.tokenIdx = SafeCast.toUint8(t);
         m.withSession = withSession;
         m.challengePeriod = params.challengePeriod;
-        m.openDeposit = params.deposit;
+        m.openDeposit = deposit;
         m.salt = params.salt;
         m.deposit = received;
         m.prevDeposit = received;
@@ -678,38 +710,70 @@ contract ChannelHandler is Test {
         v.signature = _sign(key, channel.voucherDigest(id, v.nonce, v.cumulative));
     }
 
-    /// @dev The parameters the channel was opened with.
-    function _paramsOf(Model storage m) internal view returns (IPaymentChannel.OpenParams memory) {
-        return IPaymentChannel.OpenParams({
+    /// @dev The parameters the channel was opened with (they hash to its id).
+    function _paramsOf(Model storage m)
+        internal
+        view
+        returns (IPaymentChannel.ChannelParams memory)
+    {
+        return IPaymentChannel.ChannelParams({
+            payer: m.payer,
             payee: address(payee),
             token: _token(m.tokenIdx),
             signer: m.withSession ? session : address(0),
             challengePeriod: m.challengePeriod,
-            deposit: m.openDeposit,
             salt: m.salt
         });
     }
 
-    function _settleOne(bytes32 id, address sender, Voucher memory v, uint256 claimed, bytes32 name)
+    /// @dev The payee's authorisation for anyone to submit a claim of `claimed`.
+    function _claimAuth(bytes32 id, uint64 nonce, uint256 claimed)
         internal
+        view
+        returns (bytes memory)
     {
+        return _sign(_payeeKey, channel.claimAuthorizationDigest(id, nonce, claimed));
+    }
+
+    function _settleOne(
+        bytes32 id,
+        address sender,
+        Voucher memory v,
+        uint256 claimed,
+        bool authorized,
+        bytes32 name
+    ) internal {
         Model storage m = _models[id];
-        bool expected = _redeemOk(m, sender, v, claimed, false);
-        IPaymentChannel.Claim memory c = _toClaim(id, v, claimed);
+        bool expected = _redeemOk(m, sender, v, claimed, false, authorized);
+        IPaymentChannel.Claim memory c = _toClaim(m, v, claimed);
+        bytes memory auth = _claimAuth(id, v.nonce, claimed);
         uint256[ACTORS * TOKENS] memory before = _observe(2 ** m.tokenIdx);
         vm.prank(sender);
-        try channel.settle(c) {
-            _expectOutcome(expected, true, "settle");
-            ++successes[name];
-            // Only the payee's own claims consume nonces.
-            if (sender == address(payee)) m.nonce = v.nonce;
-            uint256[ACTORS * TOKENS] memory expectedDelta;
-            expectedDelta[m.tokenIdx] = _sub(claimed, m.paid);
-            _checkDeltas(before, expectedDelta, 2 ** m.tokenIdx, "settle");
-            _paid(m, claimed);
-        } catch {
-            _expectOutcome(expected, false, "settle");
+        bool ok = _trySettle(c, auth, authorized);
+        _expectOutcome(expected, ok, "settle");
+        if (!ok) return;
+        ++successes[name];
+        uint256[ACTORS * TOKENS] memory expectedDelta;
+        expectedDelta[m.tokenIdx] = _sub(claimed, m.paid);
+        _checkDeltas(before, expectedDelta, 2 ** m.tokenIdx, "settle");
+        _paid(m, claimed);
+    }
+
+    /// @dev {_settleOne}'s call (pranked by the caller), returning whether it went through.
+    function _trySettle(IPaymentChannel.Claim memory c, bytes memory auth, bool authorized)
+        internal
+        returns (bool)
+    {
+        if (authorized) {
+            try channel.settleAuthorized(c, auth) {
+                return true;
+            } catch {}
+        } else {
+            try channel.settle(c) {
+                return true;
+            } catch {}
         }
+        return false;
     }
 
     /// @dev Records that the payee has now been paid `newPaid` in total.
@@ -744,9 +808,8 @@ contract ChannelHandler is Test {
         m.exitAt = 0;
         IPaymentChannel.Channel memory c = channel.getChannel(id);
         _tombstoneHashes[id] = keccak256(abi.encode(c));
-        bool proper = c.payer == m.payer && c.status == IPaymentChannel.Status.Closed
-            && c.challengePeriod == 0 && c.exitAt == 0 && c.payee == address(0) && c.nonce == 0
-            && c.token == address(0) && c.signer == address(0) && c.deposit == 0 && c.paid == 0;
+        bool proper = c.status == IPaymentChannel.Status.Closed && c.exitAt == 0 && c.deposit == 0
+            && c.paid == 0;
         if (!proper) {
             ++tombstoneViolations;
             lastViolation = "close: not a proper tombstone";
@@ -754,7 +817,7 @@ contract ChannelHandler is Test {
     }
 
     /// @dev Up to three distinct channels, each with its latest voucher (or none, for a close).
-    function _batch(uint256 seedA, uint256 seedB, uint256 seedC, address sender, bool closing)
+    function _batch(uint256 seedA, uint256 seedB, uint256 seedC, bool closing)
         internal
         returns (IPaymentChannel.Claim[] memory claims)
     {
@@ -772,71 +835,68 @@ contract ChannelHandler is Test {
             if (!m.closed && m.latestNonce == 0) _signNext(m, seeds[i], 1);
             Voucher memory v = _voucher(picked[i], m, false);
             if (closing && seeds[i] % 3 == 0) v = Voucher(0, 0, "");
-            uint256 claimed = sender == address(payee) ? _claimFor(m, v, seeds[i]) : v.cumulative;
-            claims[i] = _toClaim(picked[i], v, claimed);
+            uint256 claimed = _claimFor(m, v, seeds[i]);
+            claims[i] = _toClaim(m, v, claimed);
         }
     }
 
-    function _expectBatch(IPaymentChannel.Claim[] memory claims, address sender, bool closing)
-        internal
-        view
-        returns (Expectation memory e)
-    {
+    function _expectBatch(
+        IPaymentChannel.Claim[] memory claims,
+        address sender,
+        bool closing,
+        bool authorized
+    ) internal view returns (Expectation memory e) {
+        e.ids = new bytes32[](claims.length);
         e.ok = new bool[](claims.length);
         e.newPaid = new uint256[](claims.length);
         for (uint256 i; i < claims.length; ++i) {
             IPaymentChannel.Claim memory c = claims[i];
-            Model storage m = _models[c.channelId];
+            e.ids[i] = channel.computeChannelId(c.channel);
+            Model storage m = _models[e.ids[i]];
             Voucher memory v = Voucher(c.nonce, c.cumulativeAmount, c.signature);
-            e.ok[i] = _redeemOk(m, sender, v, c.claimed, closing);
+            e.ok[i] = _redeemOk(m, sender, v, c.claimed, closing, authorized);
             e.newPaid[i] = c.signature.length == 0 ? m.paid : c.claimed;
             if (e.ok[i]) ++e.count;
             e.tokens |= 2 ** m.tokenIdx;
         }
     }
 
-    function _applyBatch(
-        IPaymentChannel.Claim[] memory claims,
-        Expectation memory e,
-        uint256[ACTORS * TOKENS] memory before,
-        bool closing,
-        address sender
-    ) internal {
+    function _applyBatch(Expectation memory e, uint256[ACTORS * TOKENS] memory before, bool closing)
+        internal
+    {
         uint256[ACTORS * TOKENS] memory expectedDelta;
-        for (uint256 i; i < claims.length; ++i) {
+        for (uint256 i; i < e.ids.length; ++i) {
             if (!e.ok[i]) continue;
-            Model storage m = _models[claims[i].channelId];
+            Model storage m = _models[e.ids[i]];
             expectedDelta[m.tokenIdx] += e.newPaid[i] - m.paid;
             if (closing) {
                 expectedDelta[(1 + m.payerIdx) * TOKENS + m.tokenIdx] += m.deposit - e.newPaid[i];
             }
         }
         _checkDeltas(before, expectedDelta, e.tokens, closing ? "closeMany" : "settleMany");
-        for (uint256 i; i < claims.length; ++i) {
+        for (uint256 i; i < e.ids.length; ++i) {
             if (!e.ok[i]) continue;
-            Model storage m = _models[claims[i].channelId];
-            if (claims[i].signature.length != 0 && sender == address(payee)) {
-                m.nonce = claims[i].nonce;
-            }
+            Model storage m = _models[e.ids[i]];
             _paid(m, e.newPaid[i]);
-            if (closing) _tombstone(claims[i].channelId, m);
+            if (closing) _tombstone(e.ids[i], m);
         }
     }
 
     /// @dev The model of {PaymentChannel-_redeem}: whether a claim must be applied.
+    /// Claims the payee authorised may be submitted by anyone, exit or not; all others only
+    /// by the payee. No nonce is stored: `paid <= claimed <= cumulative <= deposit` decides.
     function _redeemOk(
         Model storage m,
         address sender,
         Voucher memory v,
         uint256 claimed,
-        bool closing
+        bool closing,
+        bool authorized
     ) internal view returns (bool) {
         if (m.closed || _exitOver(m)) return false;
-        bool byPayee = sender == address(payee);
-        if (!byPayee && (closing || m.exitAt == 0)) return false;
+        if (!authorized && sender != address(payee)) return false;
         if (v.signature.length == 0) return closing;
-        return v.nonce > m.nonce && v.cumulative <= m.deposit && claimed <= v.cumulative
-            && (byPayee || claimed == v.cumulative) && claimed >= m.paid;
+        return v.cumulative <= m.deposit && claimed <= v.cumulative && claimed >= m.paid;
     }
 
     function _exitOver(Model storage m) internal view returns (bool) {
@@ -870,13 +930,13 @@ contract ChannelHandler is Test {
         return _bound(seed, m.paid, high);
     }
 
-    function _toClaim(bytes32 id, Voucher memory v, uint256 claimed)
+    function _toClaim(Model storage m, Voucher memory v, uint256 claimed)
         internal
-        pure
+        view
         returns (IPaymentChannel.Claim memory)
     {
         return IPaymentChannel.Claim({
-            channelId: id,
+            channel: _paramsOf(m),
             nonce: v.nonce,
             cumulativeAmount: v.cumulative,
             claimed: claimed,
@@ -894,7 +954,7 @@ contract ChannelHandler is Test {
             IPaymentChannel.Channel memory c = channel.getChannel(id);
             bool ok = c.status == IPaymentChannel.Status.Open && c.paid >= m.prevPaid
                 && c.deposit >= m.prevDeposit && c.paid <= c.deposit && c.paid == m.paid
-                && c.deposit == m.deposit && c.nonce == m.nonce && c.exitAt == m.exitAt;
+                && c.deposit == m.deposit && c.exitAt == m.exitAt;
             if (!ok) {
                 ++monotoneViolations;
                 lastViolation = "channel state: not monotone or not as modelled";

@@ -4,7 +4,6 @@ pragma solidity ^0.8.24;
 import {Test} from "forge-std/Test.sol";
 import {Vm} from "forge-std/Vm.sol";
 
-import {PaymentChannel} from "../../src/PaymentChannel.sol";
 import {IPaymentChannel} from "../../src/interfaces/IPaymentChannel.sol";
 import {TestStablecoin} from "../../src/TestStablecoin.sol";
 
@@ -25,7 +24,9 @@ abstract contract ChannelFixture is Test {
 
     bytes32 internal constant TRANSFER_TOPIC = keccak256("Transfer(address,address,uint256)");
 
-    PaymentChannel internal channel;
+    /// The contract under test, deployed from its artifact: `PaymentChannel.sol` is compiled
+    /// with the IR pipeline (see `foundry.toml`), the tests and mocks without it.
+    IPaymentChannel internal channel;
     TestStablecoin internal usd;
 
     uint256 internal payerKey;
@@ -37,8 +38,10 @@ abstract contract ChannelFixture is Test {
     address internal watcher;
     address internal stranger;
 
+    mapping(bytes32 id => IPaymentChannel.ChannelParams) private _known;
+
     function setUp() public virtual {
-        channel = new PaymentChannel(MIN_PERIOD, MAX_PERIOD);
+        channel = _deployChannel(MIN_PERIOD, MAX_PERIOD);
         usd = new TestStablecoin();
         (payer, payerKey) = makeAddrAndKey("payer");
         (payee, payeeKey) = makeAddrAndKey("payee");
@@ -52,39 +55,91 @@ abstract contract ChannelFixture is Test {
         usd.approve(address(channel), type(uint256).max);
     }
 
+    /// Deploys a PaymentChannel from its compiled artifact.
+    function _deployChannel(uint32 minPeriod, uint32 maxPeriod) internal returns (IPaymentChannel) {
+        return IPaymentChannel(
+            deployCode("PaymentChannel.sol:PaymentChannel", abi.encode(minPeriod, maxPeriod))
+        );
+    }
+
     // ----- opening -----
 
-    function _params(address token, uint256 deposit, address signer, bytes32 salt)
+    /// Gives `who` test dollars and lets the channel contract pull them.
+    function _fund(address who) internal {
+        usd.mint(who, FUNDS);
+        vm.prank(who);
+        usd.approve(address(channel), type(uint256).max);
+    }
+
+    /// Parameters of a channel paid by `payer` to `payee`, remembered for the id-based helpers.
+    function _params(address token, address signer, bytes32 salt)
         internal
-        view
-        returns (IPaymentChannel.OpenParams memory)
+        returns (IPaymentChannel.ChannelParams memory p)
     {
-        return IPaymentChannel.OpenParams({
+        p = IPaymentChannel.ChannelParams({
+            payer: payer,
             payee: payee,
             token: token,
             signer: signer,
             challengePeriod: PERIOD,
-            deposit: deposit,
             salt: salt
         });
+        _remember(p);
+    }
+
+    /// Parameters of a channel paid by `from` to `to`, remembered for the id-based helpers.
+    function _paramsOf(address from, address to, address token, address signer, bytes32 salt)
+        internal
+        returns (IPaymentChannel.ChannelParams memory p)
+    {
+        p = IPaymentChannel.ChannelParams({
+            payer: from,
+            payee: to,
+            token: token,
+            signer: signer,
+            challengePeriod: PERIOD,
+            salt: salt
+        });
+        _remember(p);
+    }
+
+    /// Opens a channel with `p` from `p.payer` (sending `deposit` as value for the native
+    /// token) and remembers its parameters for the id-based helpers.
+    function _open(IPaymentChannel.ChannelParams memory p, uint256 deposit)
+        internal
+        returns (bytes32 id)
+    {
+        vm.prank(p.payer);
+        id = channel.open{value: p.token == address(0) ? deposit : 0}(p, deposit);
+        _remember(p);
+    }
+
+    /// Records `p` so that helpers taking a channel id can find its parameters. Computes the
+    /// id locally (no call), so it can sit between a `vm.prank` and the call it is meant for.
+    function _remember(IPaymentChannel.ChannelParams memory p) internal returns (bytes32 id) {
+        id = keccak256(abi.encode(block.chainid, address(channel), p));
+        _known[id] = p;
+    }
+
+    /// The parameters of a channel opened through this fixture.
+    function _p(bytes32 id) internal view returns (IPaymentChannel.ChannelParams memory p) {
+        p = _known[id];
+        require(p.payee != address(0), "fixture: unknown channel id");
     }
 
     /// Opens a USD channel from `payer` signed by the payer itself.
     function _openUsd(uint256 deposit) internal returns (bytes32 id) {
-        vm.prank(payer);
-        id = channel.open(_params(address(usd), deposit, address(0), bytes32(0)));
+        return _open(_params(address(usd), address(0), bytes32(0)), deposit);
     }
 
     /// Opens a USD channel from `payer` whose vouchers are signed by the session key.
     function _openUsdWithSession(uint256 deposit, bytes32 salt) internal returns (bytes32 id) {
-        vm.prank(payer);
-        id = channel.open(_params(address(usd), deposit, session, salt));
+        return _open(_params(address(usd), session, salt), deposit);
     }
 
     /// Opens a native-token channel from `payer`.
     function _openEth(uint256 deposit) internal returns (bytes32 id) {
-        vm.prank(payer);
-        id = channel.open{value: deposit}(_params(address(0), deposit, address(0), bytes32(0)));
+        return _open(_params(address(0), address(0), bytes32(0)), deposit);
     }
 
     // ----- signing -----
@@ -124,7 +179,7 @@ abstract contract ChannelFixture is Test {
         returns (IPaymentChannel.Claim memory)
     {
         return IPaymentChannel.Claim({
-            channelId: id,
+            channel: _p(id),
             nonce: nonce,
             cumulativeAmount: cumulative,
             claimed: cumulative,
@@ -144,16 +199,25 @@ abstract contract ChannelFixture is Test {
 
     /// The payer requests an exit; returns when it may withdraw.
     function _requestExit(bytes32 id) internal returns (uint256 exitAt) {
-        vm.prank(payer);
-        channel.requestExit(id);
+        vm.prank(_p(id).payer);
+        channel.requestExit(_p(id));
         exitAt = channel.getChannel(id).exitAt;
     }
 
     /// A claim with no voucher (close at the amount already paid).
-    function _noVoucher(bytes32 id) internal pure returns (IPaymentChannel.Claim memory) {
+    function _noVoucher(bytes32 id) internal view returns (IPaymentChannel.Claim memory) {
         return IPaymentChannel.Claim({
-            channelId: id, nonce: 0, cumulativeAmount: 0, claimed: 0, signature: ""
+            channel: _p(id), nonce: 0, cumulativeAmount: 0, claimed: 0, signature: ""
         });
+    }
+
+    /// The payee's authorisation for anyone to submit a claim of `claimed` with voucher `nonce`.
+    function _claimAuthSig(uint256 key, bytes32 id, uint64 nonce, uint256 claimed)
+        internal
+        view
+        returns (bytes memory)
+    {
+        return _sign(key, channel.claimAuthorizationDigest(id, nonce, claimed));
     }
 
     function _closeAuthSig(uint256 key, bytes32 id, uint256 finalAmount)
@@ -164,12 +228,12 @@ abstract contract ChannelFixture is Test {
         return _sign(key, channel.closeAuthorizationDigest(id, finalAmount, CLOSE_DEADLINE));
     }
 
-    function _openAuthSig(uint256 key, bytes32 id, uint256 deadline)
+    function _openAuthSig(uint256 key, bytes32 id, uint256 deposit, uint256 deadline)
         internal
         view
         returns (bytes memory)
     {
-        return _sign(key, channel.openAuthorizationDigest(id, deadline));
+        return _sign(key, channel.openAuthorizationDigest(id, deposit, deadline));
     }
 
     /// EIP-2612 permit signature of `owner` for this channel contract.

@@ -38,7 +38,7 @@ async fn the_demo_story_adds_up_to_the_unit_and_leaves_nothing_behind() {
             "settleMany (2 channels)",
             "closeMany (1 channel)",
             "requestExit",
-            "settle",
+            "settleAuthorized",
             "withdraw"
         ],
         "{story}"

@@ -9,11 +9,11 @@
 //! 3. re-read every queued channel with `getChannel` (at start-up: every open watched channel,
 //!    since an exit may have been requested while the watcher was down; after a channel's
 //!    first voucher: that channel, since its exit may predate it);
-//! 4. for every channel whose exit is pending and whose held voucher pays more than what was
-//!    paid on-chain: re-read it, simulate `settle` with `eth_call` (a claim that would revert
-//!    is logged with its decoded reason and retried on a later round, not sent), then send
-//!    the claims that pass, `settle` for one and `settleMany` for several, and wait for the
-//!    receipt.
+//! 4. for every channel whose exit is pending and whose held claim pays more than what was
+//!    paid on-chain: re-read it, simulate `settleAuthorized` with `eth_call` (a claim that
+//!    would revert is logged with its decoded reason and retried on a later round, not sent),
+//!    then send the claims that pass, `settleAuthorized` for one and `settleManyAuthorized` for
+//!    several, and wait for the receipt.
 //!
 //! Nothing here needs to survive a crash beyond the store: a restart re-reads every channel.
 
@@ -121,10 +121,8 @@ pub(crate) enum Idle {
     NoExit,
     /// The challenge period has ended: nothing can be settled any more.
     PeriodOver,
-    /// What was paid on-chain already covers the held voucher.
+    /// What was paid on-chain already covers the held claim.
     Covered,
-    /// The held voucher's nonce was used on-chain by the payee.
-    NonceUsed,
     /// The held voucher exceeds the deposit as last read (cannot happen for a voucher the
     /// watcher accepted: deposits only grow).
     OverDeposit,
@@ -138,15 +136,14 @@ impl fmt::Display for Idle {
             Self::Closed => f.write_str("the channel is closed"),
             Self::NoExit => f.write_str("no exit is pending"),
             Self::PeriodOver => f.write_str("the challenge period has ended"),
-            Self::Covered => f.write_str("the held voucher is already paid on-chain"),
-            Self::NonceUsed => f.write_str("the held voucher's nonce was used on-chain"),
+            Self::Covered => f.write_str("the held claim is already paid on-chain"),
             Self::OverDeposit => f.write_str("the held voucher exceeds the deposit"),
             Self::Waiting(until) => write!(f, "leaving the provider to settle until {until}"),
         }
     }
 }
 
-/// Whether the held voucher of `record` should be submitted at chain time `now`.
+/// Whether the held claim of `record` should be submitted at chain time `now`.
 pub(crate) fn due(record: &WatchRecord, now: u64, delay: Duration) -> Result<(), Idle> {
     let c = &record.chain;
     let v = &record.voucher;
@@ -159,17 +156,15 @@ pub(crate) fn due(record: &WatchRecord, now: u64, delay: Duration) -> Result<(),
     if now >= c.exit_at {
         return Err(Idle::PeriodOver);
     }
-    if v.cumulative_amount <= c.paid {
+    if record.claimed <= c.paid {
         return Err(Idle::Covered);
-    }
-    if v.nonce <= c.nonce {
-        return Err(Idle::NonceUsed);
     }
     if v.cumulative_amount > c.deposit {
         return Err(Idle::OverDeposit);
     }
-    let requested = c.exit_at.saturating_sub(c.challenge_period);
-    let until = requested.saturating_add(delay.as_secs().min(c.challenge_period / 2));
+    let period = c.challenge_period();
+    let requested = c.exit_at.saturating_sub(period);
+    let until = requested.saturating_add(delay.as_secs().min(period / 2));
     if now < until {
         return Err(Idle::Waiting(until));
     }
@@ -486,7 +481,8 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
                         return (id, Ok(None));
                     }
                     let channels = IPaymentChannel::new(contract, &provider);
-                    match channels.settle(record.claim()).from(from).call().await {
+                    let call = channels.settleAuthorized(record.claim(), record.payee_signature.clone());
+                    match call.from(from).call().await {
                         Ok(_) => (id, Ok(Some(record))),
                         Err(e) => (id, Err(contract_failure(&e))),
                     }
@@ -534,8 +530,12 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
     async fn submit(&self, batch: &[WatchRecord], report: &mut TickReport) -> Result<(), WatcherError> {
         let channels = IPaymentChannel::new(self.contract, &self.provider);
         let sent = match batch {
-            [one] => channels.settle(one.claim()).send().await,
-            many => channels.settleMany(many.iter().map(WatchRecord::claim).collect()).send().await,
+            [one] => channels.settleAuthorized(one.claim(), one.payee_signature.clone()).send().await,
+            many => {
+                let claims = many.iter().map(WatchRecord::claim).collect();
+                let signatures = many.iter().map(|r| r.payee_signature.clone()).collect();
+                channels.settleManyAuthorized(claims, signatures).send().await
+            }
         };
         let pending = match sent {
             Ok(pending) => pending,
@@ -555,7 +555,7 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
                 id = %record.id,
                 %tx,
                 nonce = record.voucher.nonce,
-                amount = %record.voucher.cumulative_amount,
+                claimed = %record.claimed,
                 paid_before = %record.chain.paid,
                 exit_at = record.chain.exit_at,
                 "settlement sent"
@@ -610,7 +610,7 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
                     paid = %s.paid,
                     payout = %s.payout,
                     gas_used = receipt.gas_used,
-                    "voucher settled"
+                    "claim settled"
                 );
                 self.watcher
                     .update(s.channel_id, |r| {
@@ -643,28 +643,37 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
 #[cfg(test)]
 mod tests {
     use alloy::primitives::Bytes;
+    use x402_protocol::bindings::IPaymentChannel::ChannelParams;
 
     use super::*;
     use crate::channel::{OnchainChannel, StoredVoucher};
 
-    fn record(exit_at: u64, paid: u64, onchain_nonce: u64, nonce: u64, amount: u64) -> WatchRecord {
+    fn record(exit_at: u64, paid: u64, claimed: u64, amount: u64) -> WatchRecord {
         WatchRecord {
             id: B256::repeat_byte(7),
             chain: OnchainChannel {
-                payer: Address::repeat_byte(1),
-                payee: Address::repeat_byte(2),
-                token: Address::repeat_byte(3),
-                signer: Address::repeat_byte(1),
+                params: ChannelParams {
+                    payer: Address::repeat_byte(1),
+                    payee: Address::repeat_byte(2),
+                    token: Address::repeat_byte(3),
+                    signer: Address::ZERO,
+                    challengePeriod: 3_600,
+                    salt: B256::ZERO,
+                },
                 signer_is_contract: false,
                 deposit: U256::from(1_000),
-                challenge_period: 3_600,
                 exit_at,
                 open: true,
-                nonce: onchain_nonce,
                 paid: U256::from(paid),
                 pending_close: false,
             },
-            voucher: StoredVoucher { nonce, cumulative_amount: U256::from(amount), signature: Bytes::new() },
+            voucher: StoredVoucher {
+                nonce: 5,
+                cumulative_amount: U256::from(amount),
+                signature: Bytes::new(),
+            },
+            claimed: U256::from(claimed),
+            payee_signature: Bytes::from_static(&[9; 65]),
             last_tx: None,
         }
     }
@@ -673,33 +682,34 @@ mod tests {
     fn due_table() {
         // Exit requested at 10_000, ends at 13_600.
         let exit = 13_600;
-        let mut closed = record(exit, 0, 0, 5, 500);
+        let mut closed = record(exit, 0, 500, 500);
         closed.chain.open = false;
-        let mut over_deposit = record(exit, 0, 0, 5, 500);
+        let mut over_deposit = record(exit, 0, 500, 500);
         over_deposit.chain.deposit = U256::from(400);
         let none = Duration::ZERO;
         let cases = [
-            ("pending exit, unpaid", record(exit, 0, 0, 5, 500), 10_000, none, Ok(())),
-            ("partly paid by the payee", record(exit, 300, 4, 5, 500), 13_599, none, Ok(())),
+            ("pending exit, unpaid", record(exit, 0, 500, 500), 10_000, none, Ok(())),
+            ("partly paid by the payee", record(exit, 300, 500, 500), 13_599, none, Ok(())),
+            ("claim below the ceiling", record(exit, 0, 200, 500), 10_000, none, Ok(())),
             ("closed", closed, 10_000, none, Err(Idle::Closed)),
-            ("no exit", record(0, 0, 0, 5, 500), 10_000, none, Err(Idle::NoExit)),
-            ("period over", record(exit, 0, 0, 5, 500), 13_600, none, Err(Idle::PeriodOver)),
-            ("covered", record(exit, 500, 0, 5, 500), 10_000, none, Err(Idle::Covered)),
-            ("nonce used", record(exit, 100, 5, 5, 500), 10_000, none, Err(Idle::NonceUsed)),
+            ("no exit", record(0, 0, 500, 500), 10_000, none, Err(Idle::NoExit)),
+            ("period over", record(exit, 0, 500, 500), 13_600, none, Err(Idle::PeriodOver)),
+            ("covered", record(exit, 500, 500, 500), 10_000, none, Err(Idle::Covered)),
+            ("covered below the ceiling", record(exit, 200, 200, 500), 10_000, none, Err(Idle::Covered)),
             ("over deposit", over_deposit, 10_000, none, Err(Idle::OverDeposit)),
             (
                 "delay",
-                record(exit, 0, 0, 5, 500),
+                record(exit, 0, 500, 500),
                 10_599,
                 Duration::from_secs(600),
                 Err(Idle::Waiting(10_600)),
             ),
-            ("delay passed", record(exit, 0, 0, 5, 500), 10_600, Duration::from_secs(600), Ok(())),
+            ("delay passed", record(exit, 0, 500, 500), 10_600, Duration::from_secs(600), Ok(())),
             // The delay never eats more than half the period.
-            ("delay capped", record(exit, 0, 0, 5, 500), 11_800, Duration::from_secs(86_400), Ok(())),
+            ("delay capped", record(exit, 0, 500, 500), 11_800, Duration::from_secs(86_400), Ok(())),
             (
                 "delay capped, waiting",
-                record(exit, 0, 0, 5, 500),
+                record(exit, 0, 500, 500),
                 11_799,
                 Duration::from_secs(86_400),
                 Err(Idle::Waiting(11_800)),
@@ -711,21 +721,24 @@ mod tests {
     }
 
     #[test]
-    fn claims_the_full_amount() {
-        let rec = record(13_600, 100, 0, 5, 500);
+    fn claims_what_the_payee_authorised() {
+        let rec = record(13_600, 100, 300, 500);
         let claim = rec.claim();
         assert_eq!(
             (claim.nonce, claim.cumulativeAmount, claim.claimed),
-            (5, U256::from(500), U256::from(500))
+            (5, U256::from(500), U256::from(300))
         );
-        assert_eq!(claim.channelId, rec.id);
+        assert_eq!(claim.channel, rec.chain.params);
     }
 
     #[test]
     fn revert_reasons_decode() {
-        let err = IPaymentChannelErrors::NonceTooLow(IPaymentChannel::NonceTooLow { nonce: 1, current: 2 });
+        let err = IPaymentChannelErrors::NotPayee(IPaymentChannel::NotPayee {
+            caller: Address::repeat_byte(1),
+            payee: Address::repeat_byte(2),
+        });
         let decoded = IPaymentChannelErrors::abi_decode(&err.abi_encode()).unwrap();
         assert_eq!(format!("{decoded:?}"), format!("{err:?}"));
-        assert!(format!("{decoded:?}").contains("NonceTooLow"));
+        assert!(format!("{decoded:?}").contains("NotPayee"));
     }
 }

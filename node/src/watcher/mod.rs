@@ -1,15 +1,20 @@
 //! The watcher (watchtower): guards a provider's channels while the provider is offline.
 //!
 //! A provider pushes the vouchers it accepted to the watcher (`POST /v1/vouchers`, see
-//! [`x402_protocol::watch`]). The watcher verifies each one against the chain exactly as the
-//! contract would, and keeps durably, per channel, the voucher that pays the payee the most.
-//! Its [`Guard`] follows the chain; when a payer starts a unilateral exit (`requestExit`) on a
-//! watched channel, the guard submits the held voucher with `settle` (or `settleMany` for
-//! several channels at once) before the challenge period ends, from the watcher's own key. The
-//! payout goes to the payee; the watcher only pays the gas.
+//! [`x402_protocol::watch`]), each with the channel's parameters and the payee's signed
+//! `ClaimAuthorization` of what it charged. The watcher verifies each one exactly as the
+//! contract would (parameters against the channel id, the voucher signer's signature, the
+//! payee's signature, the amounts against the chain) and keeps durably, per channel, the claim
+//! that pays the payee the most. Its [`Guard`] follows the chain; when a payer starts a
+//! unilateral exit (`requestExit`) on a watched channel, the guard submits the held claim with
+//! `settleAuthorized` (or `settleManyAuthorized` for several channels at once) before the
+//! challenge period ends, from the watcher's own key. The payout goes to the payee; the watcher
+//! only pays the gas.
 //!
-//! A claim by anyone but the payee must claim the voucher's full amount and does not consume
-//! the on-chain nonce, so the voucher paying the most always wins, whoever submits what.
+//! Only the payee's signature lets anyone else claim, and it fixes the amount: a stranger
+//! cannot claim (`NotPayee`), and the watcher claims what the provider charged, never the
+//! voucher's ceiling. A payee-authorised claim does not depend on the exit: a payer's top-up
+//! that cancels the exit does not void it.
 //!
 //! Pieces:
 //! - [`Watcher`]: the push API's logic and the store of watched channels ([`Watcher::router`]
@@ -42,8 +47,10 @@ use tracing::{debug, info, warn};
 use x402_protocol::{
     ChannelDomain, SignedVoucher,
     bindings::IPaymentChannel,
+    claim,
     watch::{
         RejectCode, WatchOutcome, WatchRequest, WatchResponse, WatchResult, WatchedChannel, WatchedStatus,
+        WatchedVoucher,
     },
 };
 use x402_store::{KvStore, SledStore};
@@ -215,21 +222,24 @@ pub struct WatchRecord {
     pub id: B256,
     /// The contract's facts, as last read.
     pub chain: OnchainChannel,
-    /// The verified voucher paying the payee the most.
+    /// The verified voucher of the claim paying the payee the most.
     pub voucher: StoredVoucher,
+    /// What the claim pays the payee in total (≤ the voucher's amount).
+    pub claimed: U256,
+    /// The payee's signature over `ClaimAuthorization(channelId, nonce, claimed)`.
+    pub payee_signature: alloy::primitives::Bytes,
     /// The watcher's last settlement transaction on this channel.
     pub last_tx: Option<B256>,
 }
 
 impl WatchRecord {
-    /// The claim the watcher submits: the full amount, as the contract requires of anyone but
-    /// the payee.
+    /// The claim the watcher submits with the payee's signature (`settleAuthorized`).
     pub fn claim(&self) -> IPaymentChannel::Claim {
         IPaymentChannel::Claim {
-            channelId: self.id,
+            channel: self.chain.params.clone(),
             nonce: self.voucher.nonce,
             cumulativeAmount: self.voucher.cumulative_amount,
-            claimed: self.voucher.cumulative_amount,
+            claimed: self.claimed,
             signature: self.voucher.signature.clone(),
         }
     }
@@ -244,16 +254,16 @@ impl WatchRecord {
         };
         WatchedChannel {
             channel_id: self.id,
-            payer: c.payer,
-            payee: c.payee,
-            token: c.token,
+            payer: c.payer(),
+            payee: c.payee(),
+            token: c.token(),
             status,
             deposit: c.deposit,
             paid: c.paid,
-            onchain_nonce: c.nonce,
             exit_at: c.exit_at,
             nonce: self.voucher.nonce,
             cumulative_amount: self.voucher.cumulative_amount,
+            claimed: self.claimed,
             last_tx: self.last_tx,
         }
     }
@@ -398,12 +408,11 @@ impl<S: KvStore, C: ChainReader> Watcher<S, C> {
     pub async fn watch(&self, request: WatchRequest) -> Result<WatchResponse, WatcherError> {
         let mut results = Vec::with_capacity(request.vouchers.len());
         for pushed in request.vouchers {
-            let signed = SignedVoucher::from(pushed);
-            let outcome = self.watch_one(&signed).await?;
+            let outcome = self.watch_one(&pushed).await?;
             results.push(WatchResult {
-                channel_id: signed.channel_id(),
-                nonce: signed.nonce(),
-                cumulative_amount: signed.cumulative_amount(),
+                channel_id: pushed.channel_id,
+                nonce: pushed.nonce,
+                cumulative_amount: pushed.cumulative_amount,
                 outcome,
             });
         }
@@ -413,30 +422,43 @@ impl<S: KvStore, C: ChainReader> Watcher<S, C> {
         Ok(WatchResponse { results })
     }
 
-    /// Checks one voucher and stores it if it pays more than the held one. Not yet durable.
-    async fn watch_one(&self, signed: &SignedVoucher) -> Result<WatchOutcome, WatcherError> {
-        let id = signed.channel_id();
+    /// Checks one pushed claim and stores it if it pays more than the held one. Not yet
+    /// durable.
+    async fn watch_one(&self, pushed: &WatchedVoucher) -> Result<WatchOutcome, WatcherError> {
+        let id = pushed.channel_id;
+        let domain = self.domain();
+        if pushed.params.channel_id(domain.chain_id(), domain.contract()) != id {
+            return Ok(rejected(
+                RejectCode::ParamsMismatch,
+                format!("the parameters do not hash to channel {id} at this contract and chain"),
+            ));
+        }
         let _lock = self.lock(id).await;
         let held = self.load(id)?;
-        let (nonce, amount) = (signed.nonce(), signed.cumulative_amount());
+        let (nonce, claimed) = (pushed.nonce, pushed.claimed);
 
         // The chain's facts: cached for a watched channel, read for a new one.
         let mut chain = match &held {
             Some(record) => record.chain.clone(),
-            None => match self.inner.chain.channel(id).await {
-                Ok(Some(chain)) => chain,
-                Ok(None) => {
-                    return Ok(rejected(
-                        RejectCode::ChannelUnknown,
-                        format!("channel {id} does not exist at the watcher's contract"),
-                    ));
+            None => {
+                if let Err(e) = self.inner.chain.learn_params(id, pushed.params.clone()).await {
+                    return Ok(unavailable(e));
                 }
-                Err(e) => return Ok(unavailable(e)),
-            },
+                match self.inner.chain.channel(id).await {
+                    Ok(Some(chain)) => chain,
+                    Ok(None) => {
+                        return Ok(rejected(
+                            RejectCode::ChannelUnknown,
+                            format!("channel {id} does not exist at the watcher's contract"),
+                        ));
+                    }
+                    Err(e) => return Ok(unavailable(e)),
+                }
+            }
         };
         if let Some(record) = &held
             && chain.open
-            && amount > chain.deposit
+            && pushed.cumulative_amount > chain.deposit
         {
             // The payer may have topped up since the watcher last looked.
             match self.inner.chain.channel(id).await {
@@ -453,24 +475,30 @@ impl<S: KvStore, C: ChainReader> Watcher<S, C> {
             }
         }
 
-        if let Err((code, message)) = self.check(signed, &chain).await {
-            debug!(target: "node::watcher", %id, nonce, %amount, %code, %message, "voucher rejected");
+        if let Err((code, message)) = self.check(pushed, &chain).await {
+            debug!(target: "node::watcher", %id, nonce, %claimed, %code, %message, "claim rejected");
             return Ok(rejected(code, message));
         }
 
         if let Some(record) = &held {
-            let kept = (record.voucher.cumulative_amount, record.voucher.nonce);
-            if kept == (amount, nonce) {
+            let kept = (record.claimed, record.voucher.nonce);
+            if kept == (claimed, nonce) {
                 return Ok(WatchOutcome::Stored);
             }
-            if kept > (amount, nonce) {
+            if kept > (claimed, nonce) {
                 return Ok(WatchOutcome::Kept { held_nonce: kept.1, held_amount: kept.0 });
             }
         }
         let record = WatchRecord {
             id,
             chain,
-            voucher: StoredVoucher { nonce, cumulative_amount: amount, signature: signed.signature.clone() },
+            voucher: StoredVoucher {
+                nonce,
+                cumulative_amount: pushed.cumulative_amount,
+                signature: pushed.signature.clone(),
+            },
+            claimed,
+            payee_signature: pushed.payee_signature.clone(),
             last_tx: held.as_ref().and_then(|r| r.last_tx),
         };
         self.persist(&record)?;
@@ -479,7 +507,7 @@ impl<S: KvStore, C: ChainReader> Watcher<S, C> {
                 target: "node::watcher",
                 %id,
                 nonce,
-                %amount,
+                %claimed,
                 exiting = record.exiting(),
                 "watching a new channel"
             );
@@ -488,22 +516,29 @@ impl<S: KvStore, C: ChainReader> Watcher<S, C> {
             self.inner.recheck.lock().insert(id);
             self.inner.wake.notify_one();
         } else if record.exiting() {
-            info!(target: "node::watcher", %id, nonce, %amount, "voucher stored during an exit");
+            info!(target: "node::watcher", %id, nonce, %claimed, "claim stored during an exit");
             // Submit it without waiting for the next poll.
             self.inner.wake.notify_one();
         } else {
-            debug!(target: "node::watcher", %id, nonce, %amount, "voucher stored");
+            debug!(target: "node::watcher", %id, nonce, %claimed, "claim stored");
         }
         Ok(WatchOutcome::Stored)
     }
 
-    /// The checks a voucher must pass, cheapest first, against `chain` (possibly cached: its
-    /// nonce, paid and status only move forward, so a stale view never refuses a good voucher
-    /// for those; the deposit is re-read before refusing).
-    async fn check(&self, signed: &SignedVoucher, chain: &OnchainChannel) -> Verdict {
-        let (nonce, amount) = (signed.nonce(), signed.cumulative_amount());
+    /// The checks a claim must pass, cheapest first, against `chain` (possibly cached: its
+    /// paid and status only move forward, so a stale view never refuses a good claim for
+    /// those; the deposit is re-read before refusing). The signatures are checked by the
+    /// contract's rule: ECDSA first, ERC-1271 only otherwise.
+    async fn check(&self, pushed: &WatchedVoucher, chain: &OnchainChannel) -> Verdict {
+        let (amount, claimed) = (pushed.cumulative_amount, pushed.claimed);
         if !chain.open {
             return Err((RejectCode::ChannelClosed, "the channel is closed on-chain".into()));
+        }
+        if claimed > amount {
+            return Err((
+                RejectCode::InvalidClaimAuthorization,
+                format!("the claim of {claimed} is above the voucher's {amount}"),
+            ));
         }
         if amount > chain.deposit {
             return Err((
@@ -511,40 +546,47 @@ impl<S: KvStore, C: ChainReader> Watcher<S, C> {
                 format!("cumulative amount {amount} exceeds the deposit {}", chain.deposit),
             ));
         }
-        if nonce <= chain.nonce {
+        if claimed <= chain.paid {
             return Err((
                 RejectCode::Stale,
-                format!("nonce {nonce} is not above the nonce {} used on-chain", chain.nonce),
+                format!("the claim of {claimed} does not exceed the {} already paid on-chain", chain.paid),
             ));
         }
-        if amount <= chain.paid {
-            return Err((
-                RejectCode::Stale,
-                format!(
-                    "cumulative amount {amount} does not exceed the {} already paid on-chain",
-                    chain.paid
-                ),
-            ));
-        }
-        let signer = chain.signer;
+        let signed: SignedVoucher = pushed.voucher();
+        let unavailable = |e: crate::verify::CheckError| (RejectCode::Unavailable, e.to_string());
         let digest = self.inner.verifier.digest(&signed.voucher);
+        let chain_reader = &self.inner.chain;
         let valid = crate::verify::signed_by_channel_signer(
-            &self.inner.chain,
+            chain_reader,
             chain,
             digest,
             &signed.signature,
             &mut None,
+            true,
         )
         .await
-        .map_err(|e| (RejectCode::Unavailable, e.to_string()))?;
+        .map_err(unavailable)?;
         if !valid {
             return Err((
                 RejectCode::InvalidSignature,
                 format!(
-                    "not signed by the channel's signer {signer} under chain {} contract {}",
+                    "not signed by the channel's signer {} under chain {} contract {}",
+                    chain.signer(),
                     self.domain().chain_id(),
                     self.domain().contract()
                 ),
+            ));
+        }
+        let digest = claim::digest(self.domain(), pushed.channel_id, pushed.nonce, claimed);
+        let payee = chain.payee();
+        let valid =
+            crate::verify::signed_by(chain_reader, payee, digest, &pushed.payee_signature, &mut None, true)
+                .await
+                .map_err(unavailable)?;
+        if !valid {
+            return Err((
+                RejectCode::InvalidClaimAuthorization,
+                format!("the claim authorisation is not signed by the channel's payee {payee}"),
             ));
         }
         Ok(())
@@ -564,7 +606,6 @@ impl<S: KvStore, C: ChainReader> Watcher<S, C> {
                         %id,
                         open = chain.open,
                         exit_at = chain.exit_at,
-                        nonce = chain.nonce,
                         paid = %chain.paid,
                         "channel changed on-chain"
                     );

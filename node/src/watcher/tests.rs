@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use tower::ServiceExt;
 use x402_protocol::{
     ChannelDomain, Voucher,
+    bindings::IPaymentChannel::ChannelParams,
     watch::{
         ApiError, ApiErrorCode, CHANNELS_PATH, MAX_VOUCHERS_PER_REQUEST, RejectCode, WATCH_PATH,
         WatchOutcome, WatchRequest, WatchResponse, WatchedChannel, WatchedStatus, WatchedVoucher,
@@ -29,21 +30,31 @@ fn contract() -> Address {
     Address::repeat_byte(0xcc)
 }
 
-fn onchain(signer: Address, deposit: u64) -> OnchainChannel {
-    OnchainChannel {
-        payer: signer,
-        payee: Address::repeat_byte(2),
+fn params(payer: Address, payee: Address, salt: u8) -> ChannelParams {
+    ChannelParams {
+        payer,
+        payee,
         token: Address::repeat_byte(3),
-        signer,
+        signer: Address::ZERO,
+        challengePeriod: 3_600,
+        salt: B256::repeat_byte(salt),
+    }
+}
+
+fn onchain(params: ChannelParams, deposit: u64) -> OnchainChannel {
+    OnchainChannel {
+        params,
         signer_is_contract: false,
         deposit: U256::from(deposit),
-        challenge_period: 3_600,
         exit_at: 0,
         open: true,
-        nonce: 0,
         paid: U256::ZERO,
         pending_close: false,
     }
+}
+
+fn id_of(params: &ChannelParams) -> B256 {
+    params.channel_id(CHAIN_ID, contract())
 }
 
 struct Fixture<S: KvStore = MemoryStore> {
@@ -51,6 +62,8 @@ struct Fixture<S: KvStore = MemoryStore> {
     chain: MemoryChain,
     store: Arc<S>,
     payer: PrivateKeySigner,
+    payee: PrivateKeySigner,
+    params: ChannelParams,
     id: B256,
 }
 
@@ -61,15 +74,31 @@ fn fixture() -> Fixture {
 fn fixture_with<S: KvStore>(store: Arc<S>) -> Fixture<S> {
     let chain = MemoryChain::default();
     let payer = PrivateKeySigner::random();
-    let id = B256::repeat_byte(0x42);
-    chain.set(id, onchain(payer.address(), 1_000));
+    let payee = PrivateKeySigner::random();
+    let params = params(payer.address(), payee.address(), 0x42);
+    let id = id_of(&params);
+    chain.set(id, onchain(params.clone(), 1_000));
     let watcher = Watcher::new(CHAIN_ID, contract(), TOKEN, Arc::clone(&store), chain.clone()).unwrap();
-    Fixture { watcher, chain, store, payer, id }
+    Fixture { watcher, chain, store, payer, payee, params, id }
 }
 
 impl<S: KvStore> Fixture<S> {
+    /// A claim of the whole voucher.
     fn sign(&self, nonce: u64, amount: u64) -> WatchedVoucher {
-        sign_for(&self.payer, ChannelDomain::new(CHAIN_ID, contract()), self.id, nonce, amount)
+        self.claim(nonce, amount, amount)
+    }
+
+    /// A claim of `claimed` with a voucher of `amount`.
+    fn claim(&self, nonce: u64, amount: u64, claimed: u64) -> WatchedVoucher {
+        let keys = (&self.payer, &self.payee);
+        claim_for(keys, &ChannelDomain::new(CHAIN_ID, contract()), &self.params, nonce, amount, claimed)
+    }
+
+    /// A channel of the same payer and payee with another salt, holding `deposit`.
+    fn other_channel(&self, salt: u8, deposit: u64) -> ChannelParams {
+        let params = params(self.payer.address(), self.payee.address(), salt);
+        self.chain.set(id_of(&params), onchain(params.clone(), deposit));
+        params
     }
 
     async fn push(&self, vouchers: Vec<WatchedVoucher>) -> Vec<WatchOutcome> {
@@ -95,20 +124,32 @@ impl<S: KvStore> Fixture<S> {
 
     fn held(&self) -> (u64, U256) {
         let record = self.watcher.record(self.id).unwrap().expect("watched");
-        (record.voucher.nonce, record.voucher.cumulative_amount)
+        (record.voucher.nonce, record.claimed)
     }
 }
 
-fn sign_for(
-    key: &PrivateKeySigner,
-    domain: ChannelDomain,
-    id: B256,
+/// A claim of channel `params` signed by `(payer, payee)` under `domain`.
+fn claim_for(
+    (payer, payee): (&PrivateKeySigner, &PrivateKeySigner),
+    domain: &ChannelDomain,
+    params: &ChannelParams,
     nonce: u64,
     amount: u64,
+    claimed: u64,
 ) -> WatchedVoucher {
+    let id = params.channel_id(domain.chain_id(), domain.contract());
     let signed =
-        domain.sign(key, Voucher { channelId: id, nonce, cumulativeAmount: U256::from(amount) }).unwrap();
-    WatchedVoucher::from(&signed)
+        domain.sign(payer, Voucher { channelId: id, nonce, cumulativeAmount: U256::from(amount) }).unwrap();
+    let claimed = U256::from(claimed);
+    WatchedVoucher {
+        channel_id: id,
+        nonce,
+        cumulative_amount: signed.cumulative_amount(),
+        signature: signed.signature,
+        claimed,
+        payee_signature: x402_protocol::claim::sign(domain, payee, id, nonce, claimed).unwrap(),
+        params: params.clone(),
+    }
 }
 
 fn body(vouchers: Vec<WatchedVoucher>) -> String {
@@ -200,8 +241,7 @@ async fn keeps_the_voucher_paying_the_most() {
     assert_eq!(f.held(), (3, U256::from(300)));
     // An older voucher arriving late does not replace the better one.
     assert_eq!(f.push(vec![f.sign(2, 200)]).await, [kept(3, 300)]);
-    // A higher nonce that pays less loses: a watcher claim pays the full amount, so the
-    // highest amount is what protects the payee.
+    // A higher nonce that pays less loses: the claim paying the payee the most protects it.
     assert_eq!(f.push(vec![f.sign(9, 250)]).await, [kept(3, 300)]);
     // Same amount, higher nonce: taken.
     assert_eq!(f.push(vec![f.sign(4, 300)]).await, [WatchOutcome::Stored]);
@@ -250,27 +290,32 @@ async fn bad_bodies_are_400_with_a_json_error() {
 async fn rejections_are_reported_per_voucher() {
     let f = fixture();
     let domain = ChannelDomain::new(CHAIN_ID, contract());
+    let keys = (&f.payer, &f.payee);
     // Channels in every state.
-    let paid = B256::repeat_byte(1);
-    let mut c = onchain(f.payer.address(), 1_000);
-    c.nonce = 5;
-    c.paid = U256::from(500);
-    f.chain.set(paid, c);
-    let closed = B256::repeat_byte(2);
-    let mut c = onchain(f.payer.address(), 1_000);
-    c.open = false;
-    f.chain.set(closed, c);
+    let paid = f.other_channel(1, 1_000);
+    f.chain.update(id_of(&paid), |c| c.paid = U256::from(500));
+    let closed = f.other_channel(2, 1_000);
+    f.chain.update(id_of(&closed), |c| c.open = false);
+    let unknown = params(f.payer.address(), f.payee.address(), 0x99);
 
     let stranger = PrivateKeySigner::random();
+    let mut wrong_params = f.sign(1, 100);
+    wrong_params.params.challengePeriod += 1;
+    let mut swapped_amount = f.claim(1, 100, 50);
+    swapped_amount.claimed = U256::from(60);
     let vouchers = vec![
-        sign_for(&f.payer, domain.clone(), B256::repeat_byte(0x99), 1, 100),
-        sign_for(&stranger, domain.clone(), f.id, 1, 100),
-        sign_for(&f.payer, ChannelDomain::new(CHAIN_ID + 1, contract()), f.id, 1, 100),
-        sign_for(&f.payer, ChannelDomain::new(CHAIN_ID, Address::repeat_byte(0xdd)), f.id, 1, 100),
+        claim_for(keys, &domain, &unknown, 1, 100, 100),
+        claim_for((&stranger, &f.payee), &domain, &f.params, 1, 100, 100),
+        claim_for(keys, &ChannelDomain::new(CHAIN_ID + 1, contract()), &f.params, 1, 100, 100),
+        claim_for(keys, &ChannelDomain::new(CHAIN_ID, Address::repeat_byte(0xdd)), &f.params, 1, 100, 100),
         f.sign(1, 1_001),
-        sign_for(&f.payer, domain.clone(), paid, 5, 900),
-        sign_for(&f.payer, domain.clone(), paid, 6, 500),
-        sign_for(&f.payer, domain.clone(), closed, 1, 100),
+        claim_for(keys, &domain, &paid, 5, 900, 500),
+        claim_for(keys, &domain, &paid, 6, 500, 500),
+        claim_for(keys, &domain, &closed, 1, 100, 100),
+        wrong_params,
+        claim_for((&f.payer, &stranger), &domain, &f.params, 1, 100, 100),
+        swapped_amount,
+        f.claim(1, 100, 101),
         f.sign(1, 1_000),
     ];
     let outcomes = f.push(vouchers).await;
@@ -280,27 +325,45 @@ async fn rejections_are_reported_per_voucher() {
         [
             Some(RejectCode::ChannelUnknown),
             Some(RejectCode::InvalidSignature),
-            Some(RejectCode::InvalidSignature),
-            Some(RejectCode::InvalidSignature),
+            Some(RejectCode::ParamsMismatch),
+            Some(RejectCode::ParamsMismatch),
             Some(RejectCode::ExceedsDeposit),
             Some(RejectCode::Stale),
             Some(RejectCode::Stale),
             Some(RejectCode::ChannelClosed),
+            Some(RejectCode::ParamsMismatch),
+            Some(RejectCode::InvalidClaimAuthorization),
+            Some(RejectCode::InvalidClaimAuthorization),
+            Some(RejectCode::InvalidClaimAuthorization),
             None,
         ]
     );
-    assert_eq!(outcomes[8], WatchOutcome::Stored);
+    assert_eq!(outcomes[12], WatchOutcome::Stored);
     // Only the good voucher's channel is watched.
     let watched: Vec<B256> = f.watcher.channels().unwrap().iter().map(|r| r.id).collect();
     assert_eq!(watched, [f.id]);
 
     // A chain outage is reported as retryable, and nothing is stored.
-    let other = B256::repeat_byte(3);
-    f.chain.set(other, onchain(f.payer.address(), 1_000));
+    let other = f.other_channel(3, 1_000);
     f.chain.set_down(true);
-    let outcomes = f.push(vec![sign_for(&f.payer, domain, other, 1, 100)]).await;
+    let outcomes = f.push(vec![claim_for(keys, &domain, &other, 1, 100, 100)]).await;
     assert_eq!(code(&outcomes[0]), Some(RejectCode::Unavailable));
-    assert!(f.watcher.record(other).unwrap().is_none());
+    assert!(f.watcher.record(id_of(&other)).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn keeps_what_the_payee_charged_not_the_ceiling() {
+    let f = fixture();
+    // A voucher of 500 of which the provider charged 120.
+    assert_eq!(f.push(vec![f.claim(2, 500, 120)]).await, [WatchOutcome::Stored]);
+    let record = f.watcher.record(f.id).unwrap().unwrap();
+    let claim = record.claim();
+    assert_eq!((claim.cumulativeAmount, claim.claimed), (U256::from(500), U256::from(120)));
+    assert_eq!(claim.channel, f.params);
+    // A bigger ceiling with a smaller claim does not replace it; a bigger claim does.
+    assert_eq!(f.push(vec![f.claim(3, 900, 110)]).await, [kept(2, 120)]);
+    assert_eq!(f.push(vec![f.claim(3, 900, 130)]).await, [WatchOutcome::Stored]);
+    assert_eq!(f.held(), (3, U256::from(130)));
 }
 
 #[tokio::test]
@@ -340,10 +403,10 @@ async fn storage_failure_is_503() {
 #[tokio::test]
 async fn restart_keeps_vouchers_and_rechecks_open_channels() {
     let f = fixture();
-    let closed = B256::repeat_byte(5);
-    f.chain.set(closed, onchain(f.payer.address(), 1_000));
+    let closed_params = f.other_channel(5, 1_000);
+    let closed = id_of(&closed_params);
     let domain = ChannelDomain::new(CHAIN_ID, contract());
-    f.push(vec![f.sign(3, 300), sign_for(&f.payer, domain, closed, 1, 100)]).await;
+    f.push(vec![f.sign(3, 300), claim_for((&f.payer, &f.payee), &domain, &closed_params, 1, 100, 100)]).await;
     // First vouchers queue their channel for a re-read; later ones do not.
     assert_eq!(f.watcher.take_rechecks(), {
         let mut ids = vec![f.id, closed];
@@ -357,13 +420,12 @@ async fn restart_keeps_vouchers_and_rechecks_open_channels() {
 
     let restarted = Watcher::new(CHAIN_ID, contract(), TOKEN, Arc::clone(&f.store), f.chain.clone()).unwrap();
     let record = restarted.record(f.id).unwrap().unwrap();
-    assert_eq!((record.voucher.nonce, record.voucher.cumulative_amount), (4, U256::from(400)));
+    assert_eq!((record.voucher.nonce, record.claimed), (4, U256::from(400)));
     // Every open channel is re-read on the guard's first round; closed ones are done.
     assert_eq!(restarted.take_rechecks(), [f.id]);
     assert_eq!(restarted.record(closed).unwrap().unwrap().summary().status, WatchedStatus::Closed);
     // An older voucher pushed after the restart does not replace the better one.
-    let again =
-        Fixture { watcher: restarted, chain: f.chain.clone(), store: f.store, payer: f.payer, id: f.id };
+    let again = Fixture { watcher: restarted, chain: f.chain.clone(), ..f };
     assert_eq!(again.push(vec![again.sign(2, 200)]).await, [kept(4, 400)]);
 }
 
@@ -400,13 +462,12 @@ async fn refresh_follows_the_chain() {
     // The contract zeroes a closed channel: the record keeps what it knew, marked closed.
     f.chain.update(f.id, |c| {
         c.open = false;
-        c.payee = Address::ZERO;
         c.deposit = U256::ZERO;
         c.exit_at = 0;
     });
     let closed = f.watcher.refresh(f.id).await.unwrap().unwrap();
     assert!(!closed.chain.open);
-    assert_eq!((closed.chain.payee, closed.chain.deposit), (record.chain.payee, record.chain.deposit));
+    assert_eq!(closed.chain.deposit, record.chain.deposit);
 }
 
 #[test]

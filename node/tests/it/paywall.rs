@@ -95,9 +95,9 @@ async fn every_refusal_has_its_code() {
     };
     let closing = on(0x21, |c| c.exit_at = 99);
     let closed = on(0x22, |c| c.open = false);
-    let native = on(0x23, |c| c.token = Address::ZERO);
-    let foreign = on(0x24, |c| c.payee = Address::repeat_byte(0x01));
-    let short = on(0x25, |c| c.challenge_period = 60);
+    let native = on(0x23, |c| c.params.token = Address::ZERO);
+    let foreign = on(0x24, |c| c.params.payee = Address::repeat_byte(0x01));
+    let short = on(0x25, |c| c.params.challengePeriod = 60);
 
     let sign_in = |domain: &ChannelDomain, key: &PrivateKeySigner, id: B256, nonce: u64, amount: u64| {
         domain
@@ -708,7 +708,7 @@ async fn close_endpoint_answers_and_signs() {
     // A channel of another provider.
     let foreign = B256::repeat_byte(0x66);
     let mut other = onchain(f.payer.address(), 10 * PRICE);
-    other.payee = Address::repeat_byte(0x01);
+    other.params.payee = Address::repeat_byte(0x01);
     f.chain.set(foreign, other);
     // A closed channel.
     let closed = B256::repeat_byte(0x67);
@@ -895,7 +895,7 @@ async fn another_providers_channel_leaves_no_record_and_costs_one_lookup() {
     let f = fixture(Arc::new(MemoryStore::new()));
     let foreign = B256::repeat_byte(0x77);
     let mut other = onchain(f.payer.address(), 10 * PRICE);
-    other.payee = Address::repeat_byte(0x01);
+    other.params.payee = Address::repeat_byte(0x01);
     f.chain.set(foreign, other);
     let voucher = Voucher { channelId: foreign, nonce: 1, cumulativeAmount: U256::from(PRICE) };
     let signed = f.domain.sign(&f.payer, voucher).expect("signs");
