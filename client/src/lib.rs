@@ -39,14 +39,19 @@
 mod chain;
 mod client;
 mod error;
+#[cfg(test)]
+mod ledger_tests;
 mod limits;
 mod middleware;
 mod state;
 mod store;
 
 pub use chain::{ChainClient, Funding, IERC20, TxEvent, TxObserver};
-pub use client::{Client, ClientBuilder, Closed, GaslessKind, Payment, Relayer, Settings};
-pub use error::{Error, Result};
+pub use client::{
+    ChannelEvent, Client, ClientBuilder, Closed, EventHook, GaslessKind, NotCharged, Payment, Relayer,
+    Settings, read_402,
+};
+pub use error::{Error, Result, transport_reason};
 pub use limits::{DepositPolicy, Limits};
 pub use middleware::PaymentMiddleware;
 pub use state::{ChannelStatus, ChannelTerms, ClientChannel, Resync};
