@@ -320,10 +320,8 @@ async fn run(fates: Vec<Fate>, window: u32) -> std::result::Result<(), TestCaseE
                 .collect::<Vec<_>>()
         );
     }
-    let w = world.lock();
-    let charged: U256 = w.held.values().map(|h| h.charged).sum();
+    let charged: U256 = world.lock().held.values().map(|h| h.charged).sum();
     prop_assert_eq!(charged, U256::from(PRICE * served), "each served request charged once");
-    drop(w);
     for ch in client.channels().await {
         let held = world.lock().held.get(&ch.id).copied().unwrap_or_default();
         prop_assert!(

@@ -61,7 +61,7 @@ impl StateStore {
     pub fn bind_payer(&self, payer: alloy::primitives::Address) -> Result<()> {
         let stored = self.meta(PAYER)?;
         let known = match &stored {
-            Some(raw) if raw.len() == 20 => Some(alloy::primitives::Address::from_slice(&raw)),
+            Some(raw) if raw.len() == 20 => Some(alloy::primitives::Address::from_slice(raw)),
             Some(raw) => {
                 return Err(Error::Corrupt {
                     key: "meta/payer".into(),
