@@ -1188,8 +1188,14 @@ impl Client {
             let (code, message) = error_body(response).await;
             return Err(Error::RelayRefused { status: status.as_u16(), code, message });
         }
-        let _: x402_protocol::open::OpenResponse =
-            response.json().await.map_err(|e| Error::Malformed(format!("relay response: {e}")))?;
+        let _: x402_protocol::open::OpenResponse = response.json().await.map_err(|_| Error::RelayRefused {
+            status: status.as_u16(),
+            code: None,
+            message: format!(
+                "{url} answered, but not as a relay of gasless opens (is the node's [relay] enabled? or pass \
+                 another relay)"
+            ),
+        })?;
         Ok(())
     }
 

@@ -478,6 +478,42 @@ mod tests {
     }
 
     #[test]
+    fn uncharged_vouchers_void_and_the_chain_decides_the_status() {
+        let mut c = channel(1000);
+        let p = U256::from(100);
+        c.next_voucher(p).unwrap();
+        c.cumulative = U256::from(100); // charged
+        c.spent = U256::from(100);
+        let base = c.cumulative;
+        let v = c.next_voucher(p).unwrap();
+        // The node did not charge nonce 2: the next voucher builds on 100 again.
+        c.not_charged(v.nonce, base);
+        assert_eq!(c.next_voucher(p).unwrap().cumulativeAmount, U256::from(200));
+        // A stale report (a later voucher was signed on top) changes nothing.
+        c.not_charged(v.nonce, base);
+        assert_eq!(c.cumulative, U256::from(200));
+        assert_eq!((c.remaining(), c.available()), (U256::from(900), U256::from(800)));
+
+        // Exiting, then the chain says open without an exit (a top-up cancelled it): usable.
+        c.status = ChannelStatus::Exiting { exit_at: 9 };
+        c.chain_status(true, 0, U256::from(1500), U256::ZERO);
+        assert_eq!((c.status, c.deposit), (ChannelStatus::Open, U256::from(1500)));
+        assert!(c.usable());
+        c.chain_status(true, 77, U256::ZERO, U256::from(100));
+        assert_eq!(c.status, ChannelStatus::Exiting { exit_at: 77 });
+        c.topped_up(U256::from(1));
+        assert_eq!(c.status, ChannelStatus::Open, "a top-up cancels the exit");
+        // A cooperative close requested stays closing while the chain says open.
+        c.close_requested = true;
+        c.status = ChannelStatus::Closing;
+        c.chain_status(true, 0, U256::ZERO, U256::ZERO);
+        assert_eq!(c.status, ChannelStatus::Closing);
+        assert!(!c.usable());
+        c.chain_status(false, 0, U256::ZERO, U256::ZERO);
+        assert_eq!(c.status, ChannelStatus::Closed);
+    }
+
+    #[test]
     fn json_round_trip() {
         let mut c = channel(1000);
         c.status = ChannelStatus::Exiting { exit_at: 77 };

@@ -205,6 +205,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_state_keeps_to_its_payer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (Address::repeat_byte(0xaa), Address::repeat_byte(0xbb));
+        {
+            let store = StateStore::open(dir.path()).unwrap();
+            assert_eq!(store.payer().unwrap(), None);
+            store.bind_payer(a).unwrap();
+            store.bind_payer(a).unwrap();
+            store.save(&channel(1)).await.unwrap();
+        }
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.payer().unwrap(), Some(a));
+        assert!(
+            matches!(store.bind_payer(b), Err(Error::OtherPayer { state, key }) if state == a && key == b)
+        );
+        // A state from before payers were recorded takes its channels' payer.
+        let old = StateStore::in_memory();
+        let mut ch = channel(2);
+        ch.payer = a;
+        old.save(&ch).await.unwrap();
+        assert!(matches!(old.bind_payer(b), Err(Error::OtherPayer { .. })));
+        old.bind_payer(a).unwrap();
+        assert_eq!(old.payer().unwrap(), Some(a));
+    }
+
+    #[test]
+    fn a_busy_state_directory_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = StateStore::open(dir.path()).unwrap();
+        let err = StateStore::open(dir.path()).unwrap_err();
+        assert!(matches!(err, Error::StateLocked { waited_secs, .. } if waited_secs >= 1), "{err}");
+        assert!(err.to_string().contains("in use by another process"), "{err}");
+    }
+
+    #[tokio::test]
     async fn corrupt_records_are_errors() {
         let store = StateStore::in_memory();
         let Backend::Memory(inner) = &*store.inner else { unreachable!() };
