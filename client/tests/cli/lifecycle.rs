@@ -131,6 +131,9 @@ async fn open_get_top_up_and_close_cooperatively() {
     // A closed channel takes no more lifecycle operations.
     cli.run(&["close", &channel.to_string()]).await.failure(5, "is closed");
     cli.run(&["topup", &channel.to_string(), "1000"]).await.failure(5, "closed");
+    // Nothing to withdraw from a channel the provider closed and refunded: said as such.
+    let run = cli.run(&["withdraw", &channel.to_string()[..10]]).await.failure(5, "already closed on-chain");
+    assert!(run.stderr.contains("nothing to withdraw"), "{run}");
     gw.stop().await;
 }
 

@@ -148,3 +148,34 @@ async fn the_ledger_choice_and_errors_of_the_payer() {
     assert_eq!(dec["channel"]["deposit"].as_str(), Some("5000"));
     gw.stop().await;
 }
+
+/// A stalled chain: one line says the transaction was sent and is awaited, and `--timeout`
+/// bounds the wait. Transport failures say refused, DNS or TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_chain_is_bounded_and_transport_failures_are_named() {
+    let env = Env::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(env.gateway_config(x402_e2e::upstream().await, data.path())).await;
+    let key = env.fresh_key(FUNDS).await;
+    let cli = Cli::new(&env).key(&key);
+    let url = format!("{}/weather", gw.url);
+
+    x402_e2e::cheats::set_automine(&env.node_chain, false).await.unwrap();
+    let started = std::time::Instant::now();
+    let run = cli.run(&["open", &url, "--deposit", "1000", "--timeout", "2"]).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "bounded: {run}");
+    let run = run.failure(1, "not confirmed by 1 blocks within 2 s");
+    assert!(
+        run.stderr.contains("tx approve") && run.stderr.contains("sent; waiting for 1 confirmation"),
+        "{run}"
+    );
+    x402_e2e::cheats::set_automine(&env.node_chain, true).await.unwrap();
+
+    // DNS, TLS against a plain HTTP server, and a refused connection, each named.
+    cli.run(&["get", "http://no-such-host.invalid/weather"]).await.failure(6, "does not resolve (DNS)");
+    let tls = url.replacen("http://", "https://", 1);
+    cli.run(&["get", &tls]).await.failure(6, "TLS failed");
+    let refused = format!("http://{}/weather", free_port());
+    cli.run(&["get", &refused]).await.failure(6, "connection refused");
+    gw.stop().await;
+}
