@@ -177,5 +177,12 @@ async fn a_stalled_chain_is_bounded_and_transport_failures_are_named() {
     cli.run(&["get", &tls]).await.failure(6, "TLS failed");
     let refused = format!("http://{}/weather", free_port());
     cli.run(&["get", &refused]).await.failure(6, "connection refused");
+
+    // Another process holds the state directory: said while waiting, then a clear error.
+    let held = x402_client::StateStore::open(cli.state.path()).unwrap();
+    let run = cli.run(&["channels"]).await.failure(6, "in use by another process");
+    assert!(run.stderr.contains("waiting for the state directory"), "{run}");
+    assert!(run.stderr.contains("hint: wait for the other x402 process"), "{run}");
+    drop(held);
     gw.stop().await;
 }
