@@ -54,6 +54,66 @@ pub struct Payment {
     pub attempts: u32,
 }
 
+/// Attached to a response whose request carried a voucher the node did not charge (the
+/// upstream failed: a 5xx, or a 502 for an unreachable upstream). The voucher is void: the next
+/// one builds on what the node charged, so nothing is counted as spent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotCharged {
+    /// The channel whose voucher was sent.
+    pub channel_id: B256,
+    /// What the channel has been charged in total, as the client knows it.
+    pub total_charged: U256,
+    /// The channel's deposit.
+    pub deposit: U256,
+}
+
+/// A channel the client opened or topped up by itself while paying (or on request), for a
+/// caller that tells its user ([`ClientBuilder::on_event`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChannelEvent {
+    /// A channel was opened.
+    Opened {
+        /// The channel.
+        channel_id: B256,
+        /// The provider.
+        payee: Address,
+        /// The deposit credited.
+        deposit: U256,
+        /// The challenge period, seconds.
+        challenge_period: u32,
+        /// The period asked for ([`DepositPolicy::challenge_period`]) when the provider's
+        /// minimum raised it.
+        raised_from: Option<u32>,
+        /// Whether a payment opened it (not an explicit [`Client::open`]).
+        automatic: bool,
+    },
+    /// A channel's deposit was raised.
+    ToppedUp {
+        /// The channel.
+        channel_id: B256,
+        /// What was added.
+        amount: U256,
+        /// The deposit after it.
+        deposit: U256,
+        /// Whether a payment topped it up (not an explicit [`Client::top_up`]).
+        automatic: bool,
+    },
+}
+
+/// Receives [`ChannelEvent`]s.
+pub type EventHook = Arc<dyn Fn(&ChannelEvent) + Send + Sync>;
+
+/// An [`EventHook`] in a struct that derives `Debug`.
+#[derive(Clone)]
+struct Hook(EventHook);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventHook")
+    }
+}
+
 /// What a cooperative close achieved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Closed {
@@ -114,9 +174,33 @@ pub struct ClientBuilder {
     state_dir: Option<PathBuf>,
     store: Option<StateStore>,
     http: Option<reqwest::Client>,
+    pinned: Option<B256>,
+    events: Option<Hook>,
+    inspect_only: bool,
 }
 
 impl ClientBuilder {
+    /// Pays only from channel `id` (it is topped up when exhausted, within the limits and
+    /// [`DepositPolicy::auto_top_up`], and never replaced by a new one). Default: the usable
+    /// channel with the provider that has the most remaining.
+    pub fn channel(mut self, id: B256) -> Self {
+        self.pinned = Some(id);
+        self
+    }
+
+    /// Calls `hook` on every channel opened or topped up, automatic or not.
+    pub fn on_event(mut self, hook: EventHook) -> Self {
+        self.events = Some(Hook(hook));
+        self
+    }
+
+    /// A client that only lists and refreshes channels: the state's payer is neither checked
+    /// nor recorded, so any key (or a throwaway one) may stand in.
+    pub fn inspect_only(mut self) -> Self {
+        self.inspect_only = true;
+        self
+    }
+
     /// The chain's RPC endpoint (transactions are signed with the depositor's key).
     pub fn rpc(mut self, url: impl Into<String>) -> Self {
         self.rpc = Some(url.into());
@@ -200,20 +284,18 @@ impl ClientBuilder {
             (None, Some(dir)) => StateStore::open(dir)?,
             (None, None) => StateStore::in_memory(),
         };
+        if !self.inspect_only {
+            // One payer per state: another key's channels mixed in would be paid from, or
+            // topped up with, the wrong account.
+            store.bind_payer(funding.payer())?;
+        }
         let depositor = self.signer.clone();
         let voucher_signer = self.session_key.unwrap_or_else(|| self.signer.clone());
-        let mut known = store.channels()?;
-        // The latest opened usable channel per provider is the one payments go to.
-        known.sort_by_key(|ch| ch.opened_at);
-        let mut active = HashMap::new();
-        for ch in &known {
-            if ch.status == ChannelStatus::Open
-                && ch.signer == voucher_signer.address()
-                && ch.payer == funding.payer()
-                && ch.terms.network.chain_id == funding.chain_id()
-            {
-                active.insert(ch.terms.clone(), ch.id);
-            }
+        let known = store.channels()?;
+        if let Some(id) = self.pinned
+            && !known.iter().any(|ch| ch.id == id)
+        {
+            return Err(Error::UnknownChannel(id));
         }
         let channels = known.into_iter().map(|ch| (ch.id, Arc::new(tokio::sync::Mutex::new(ch)))).collect();
         Ok(Client {
@@ -228,7 +310,8 @@ impl ClientBuilder {
                 settings: self.settings,
                 http: self.http.unwrap_or_default(),
                 channels: Mutex::new(channels),
-                active: Mutex::new(active),
+                pinned: self.pinned,
+                events: self.events,
                 opening: tokio::sync::Mutex::new(()),
                 windows: Mutex::new(HashMap::new()),
                 unsent: Mutex::new(HashMap::new()),
@@ -264,8 +347,10 @@ struct Inner {
     http: reqwest::Client,
     /// Every channel the client knows, each behind the lock that serialises its signing.
     channels: Mutex<HashMap<B256, Slot>>,
-    /// The channel new payments go to, per provider.
-    active: Mutex<HashMap<ChannelTerms, B256>>,
+    /// The only channel payments may use, if one was chosen.
+    pinned: Option<B256>,
+    /// Told of every open and top-up.
+    events: Option<Hook>,
     /// Serialises opening and topping up, so concurrent requests open one channel, not many.
     opening: tokio::sync::Mutex<()>,
     /// One prepaying voucher in flight per channel (credit windows).
@@ -281,6 +366,9 @@ struct Inner {
 #[derive(Clone, Debug)]
 struct Prepared {
     channel: B256,
+    /// The cumulative amount the voucher was built on (what the node had charged, as far as
+    /// the client knew).
+    base: U256,
     /// The voucher's nonce (for a session: the nonce of the voucher that prepaid it).
     nonce: u64,
     /// `PAYMENT-SIGNATURE`, or `PAYMENT-SESSION` for a request inside a prepaid window.
@@ -326,6 +414,9 @@ impl Client {
             state_dir: None,
             store: None,
             http: None,
+            pinned: None,
+            events: None,
+            inspect_only: false,
         }
     }
 
@@ -458,6 +549,11 @@ impl Client {
             if response.status() != StatusCode::PAYMENT_REQUIRED {
                 let payment = self.receipt(&prepared, &response, &offer, attempt).await?;
                 self.inner.offers.lock().insert(target, offer);
+                if payment.is_none() {
+                    let not_charged = self.not_charged(&prepared).await?;
+                    tracing::debug!(target: "x402_client::pay", channel = %prepared.channel, status = %response.status(), "not charged");
+                    response.extensions_mut().insert(not_charged);
+                }
                 if let Some(payment) = payment {
                     tracing::debug!(
                         target: "x402_client::pay",
@@ -516,6 +612,16 @@ impl Client {
                         self.inner.store.put(&ch)?;
                     }
                 }
+                ErrorCode::ChannelClosing if self.exit_cancelled(prepared.channel).await? => {
+                    // The chain says open without an exit (a top-up cancelled it): the node
+                    // has not followed yet. Send the same voucher again in a moment.
+                    let since = *waiting_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.inner.settings.node_wait {
+                        return Err(Error::Refused { code, message: required.message });
+                    }
+                    tokio::time::sleep(self.inner.settings.backoff).await;
+                    resend = Some(prepared);
+                }
                 ErrorCode::ChannelClosing | ErrorCode::ChannelClosed => {
                     self.retire(prepared.channel, code).await?;
                 }
@@ -523,6 +629,36 @@ impl Client {
             }
         }
         Err(Error::TooManyAttempts { attempts: self.inner.settings.max_attempts, last })
+    }
+
+    /// The node did not charge the request `prepared` paid: its voucher is void (the node did
+    /// not keep it), so the next one builds on what was charged before it.
+    async fn not_charged(&self, prepared: &Prepared) -> Result<NotCharged> {
+        let slot = self.slot(prepared.channel)?;
+        let mut ch = slot.lock().await;
+        if prepared.name == PAYMENT_SIGNATURE {
+            ch.not_charged(prepared.nonce, prepared.base);
+            self.inner.store.put(&ch)?;
+        }
+        Ok(NotCharged { channel_id: ch.id, total_charged: ch.spent, deposit: ch.deposit })
+    }
+
+    /// Whether the node's `channel_closing` is only the node lagging the chain: the client
+    /// holds the channel open and the chain agrees (no exit pending). Without a chain
+    /// connection, whether the client believes it open.
+    async fn exit_cancelled(&self, id: B256) -> Result<bool> {
+        let slot = self.slot(id)?;
+        let (contract, usable) = {
+            let ch = slot.lock().await;
+            (ch.terms.contract, ch.usable())
+        };
+        if !usable {
+            return Ok(false);
+        }
+        let Some(chain) = &self.inner.chain else { return Ok(true) };
+        let onchain = chain.channel(contract, id).await?;
+        Ok(onchain.status == x402_protocol::bindings::IPaymentChannel::Status::Open
+            && onchain.exitAt.to::<u64>() == 0)
     }
 
     /// Picks the requirement to pay: scheme `channel` on the client's chain, within the price
@@ -552,7 +688,7 @@ impl Client {
         let mut tries = 0;
         let waiting_since = Instant::now();
         while tries < 4 {
-            let slot = match self.active_slot(&terms) {
+            let slot = match self.pick(&terms).await? {
                 Some(slot) => slot,
                 None => self.open_for(offer, origin).await?,
             };
@@ -572,6 +708,7 @@ impl Client {
                         .map_err(|e| Error::Malformed(e.to_string()))?;
                     return Ok(Prepared {
                         channel: ch.id,
+                        base: ch.cumulative,
                         nonce: ch.nonce,
                         name: PAYMENT_SESSION,
                         header,
@@ -593,6 +730,7 @@ impl Client {
                 g.busy.store(true, Ordering::Release);
                 gate = Some(Arc::new(WindowGuard(Arc::clone(&g))));
             }
+            let base = ch.cumulative;
             match ch.next_voucher_ahead(price, window) {
                 Ok(voucher) => {
                     let signed = domain.sign(&self.inner.signer, voucher)?;
@@ -606,6 +744,7 @@ impl Client {
                         .map_err(|e| Error::Malformed(e.to_string()))?;
                     return Ok(Prepared {
                         channel: signed.channel_id(),
+                        base,
                         nonce: signed.nonce(),
                         name: PAYMENT_SIGNATURE,
                         header,
@@ -617,10 +756,12 @@ impl Client {
                     drop((ch, gate));
                     self.replenish(id, offer, origin).await?;
                 }
-                Err(Error::ChannelState { .. }) => {
-                    let id = ch.id;
+                Err(e @ Error::ChannelState { .. }) => {
+                    if self.inner.pinned.is_some() {
+                        return Err(e);
+                    }
+                    // Not usable any more: the next pick skips it.
                     drop((ch, gate));
-                    self.inner.active.lock().retain(|_, active| *active != id);
                 }
                 Err(e) => return Err(e),
             }
@@ -633,35 +774,109 @@ impl Client {
         Arc::clone(self.inner.windows.lock().entry(id).or_default())
     }
 
-    fn active_slot(&self, terms: &ChannelTerms) -> Option<Slot> {
-        let id = *self.inner.active.lock().get(terms)?;
-        self.inner.channels.lock().get(&id).cloned()
+    /// Whether payments under `terms` may use `ch`: usable, on these terms, and signed and
+    /// funded by this client's keys on its chain.
+    fn fits(&self, ch: &ClientChannel, terms: &ChannelTerms) -> bool {
+        ch.usable()
+            && ch.terms == *terms
+            && ch.signer == self.inner.signer.address()
+            && ch.payer == self.inner.funding.payer()
+            && ch.terms.network.chain_id == self.inner.funding.chain_id()
     }
 
-    /// Opens a channel for `offer` (unless a concurrent request just did).
+    /// The channel a payment under `terms` goes to: the chosen one ([`ClientBuilder::channel`]),
+    /// or else the usable one with the most remaining (ties: the lowest id), or none.
+    async fn pick(&self, terms: &ChannelTerms) -> Result<Option<Slot>> {
+        if let Some(id) = self.inner.pinned {
+            let slot = self.slot(id)?;
+            let ch = slot.lock().await;
+            if ch.terms != *terms {
+                return Err(Error::Config(format!(
+                    "channel {id} pays {} in token {} on chain {}; this URL asks for {} in token {} on chain {}",
+                    ch.terms.payee,
+                    ch.terms.asset,
+                    ch.terms.network.chain_id,
+                    terms.payee,
+                    terms.asset,
+                    terms.network.chain_id
+                )));
+            }
+            if !ch.usable() {
+                return Err(ch.state_error("paying with it"));
+            }
+            drop(ch);
+            return Ok(Some(slot));
+        }
+        let slots: Vec<(B256, Slot)> =
+            self.inner.channels.lock().iter().map(|(id, slot)| (*id, slot.clone())).collect();
+        // A channel with a voucher lost in transport comes first: that voucher pays the next
+        // request without signing anything new.
+        let mut best: Option<((bool, U256), B256, Slot)> = None;
+        for (id, slot) in slots {
+            let available = {
+                let ch = slot.lock().await;
+                if !self.fits(&ch, terms) {
+                    continue;
+                }
+                ch.available()
+            };
+            let rank = (self.inner.unsent.lock().contains_key(&id), available);
+            let better = match &best {
+                None => true,
+                Some((r, b, _)) => rank > *r || (rank == *r && id < *b),
+            };
+            if better {
+                best = Some((rank, id, slot));
+            }
+        }
+        Ok(best.map(|(_, _, slot)| slot))
+    }
+
+    /// Opens a channel for `offer` (unless a concurrent request just did, or automatic opens
+    /// are off).
     async fn open_for(&self, offer: &PaymentRequirements, origin: &str) -> Result<Slot> {
         let _opening = self.inner.opening.lock().await;
         let terms = terms_of(offer);
-        if let Some(slot) = self.active_slot(&terms) {
+        if let Some(slot) = self.pick(&terms).await? {
             return Ok(slot);
         }
+        if !self.inner.policy.auto_open {
+            return Err(Error::NoChannel { payee: terms.payee, asset: terms.asset });
+        }
         let deposit = self.inner.policy.deposit(offer.amount, offer.extra.min_deposit, &self.inner.limits)?;
-        self.open_channel(offer, deposit, Some(origin.to_owned())).await
+        self.open_channel(offer, deposit, Some(origin.to_owned()), true).await
     }
 
-    /// Opens a channel for `offer` with `deposit`, within the limits, and makes it the active
-    /// one for its provider.
+    fn emit(&self, event: ChannelEvent) {
+        if let Some(Hook(hook)) = &self.inner.events {
+            hook(&event);
+        }
+    }
+
+    /// Opens a channel for `offer` with `deposit`, within the limits.
     async fn open_channel(
         &self,
         offer: &PaymentRequirements,
         deposit: U256,
         node: Option<String>,
+        automatic: bool,
     ) -> Result<Slot> {
         let params = self.new_channel_params(offer, deposit).await?;
         let terms = terms_of(offer);
         tracing::info!(target: "x402_client::channel", payee = %terms.payee, %deposit, "opening a channel");
         let (id, credited) = self.inner.funding.open(terms.contract, params.clone(), deposit).await?;
-        self.register(id, terms, &params, credited, node).await
+        let payee = terms.payee;
+        let slot = self.register(id, terms, &params, credited, node).await?;
+        let raised_from = self.inner.policy.challenge_period.filter(|asked| *asked < params.challengePeriod);
+        self.emit(ChannelEvent::Opened {
+            channel_id: id,
+            payee,
+            deposit: credited,
+            challenge_period: params.challengePeriod,
+            raised_from,
+            automatic,
+        });
+        Ok(slot)
     }
 
     /// The parameters of a new channel for `offer` with `deposit`, checked against the limits
@@ -696,7 +911,7 @@ impl Client {
         })
     }
 
-    /// Records a channel just opened on-chain and makes it the active one for its provider.
+    /// Records a channel just opened on-chain.
     async fn register(
         &self,
         id: B256,
@@ -719,7 +934,6 @@ impl Client {
         self.inner.store.save(&ch).await?;
         let slot = Arc::new(tokio::sync::Mutex::new(ch));
         self.inner.channels.lock().insert(id, slot.clone());
-        self.inner.active.lock().insert(terms, id);
         tracing::info!(target: "x402_client::channel", channel = %id, deposit = %credited, "channel opened");
         Ok(slot)
     }
@@ -741,16 +955,19 @@ impl Client {
     async fn replenish(&self, id: B256, offer: &PaymentRequirements, origin: &str) -> Result<()> {
         let _opening = self.inner.opening.lock().await;
         let slot = self.slot(id)?;
-        let (deposit, needed, params) = {
+        let (deposit, needed, terms, params) = {
             let ch = slot.lock().await;
             if ch.can_pay(offer.amount) {
                 return Ok(()); // a concurrent request topped it up
             }
-            if self.inner.active.lock().get(&ch.terms) != Some(&id) {
-                return Ok(()); // a concurrent request replaced it
-            }
-            (ch.deposit, ch.cumulative.saturating_add(offer.amount), ch.params())
+            (ch.deposit, ch.cumulative.saturating_add(offer.amount), ch.terms.clone(), ch.params())
         };
+        if self.inner.pinned.is_none()
+            && let Some(other) = self.pick(&terms).await?
+            && other.lock().await.can_pay(offer.amount)
+        {
+            return Ok(()); // a concurrent request opened or topped up another
+        }
         let limits = &self.inner.limits;
         let policy = &self.inner.policy;
         if !policy.auto_top_up {
@@ -775,12 +992,17 @@ impl Client {
             let added = new_deposit.saturating_sub(ch.deposit);
             ch.topped_up(added);
             self.inner.store.save(&ch).await?;
+            let deposit = ch.deposit;
+            drop(ch);
+            self.emit(ChannelEvent::ToppedUp { channel_id: id, amount: added, deposit, automatic: true });
             return Ok(());
         }
+        if self.inner.pinned.is_some() || !policy.auto_open {
+            return Err(Error::ChannelExhausted { channel: id, needed, deposit });
+        }
         // The channel is at its limit: continue on a new one.
-        self.inner.active.lock().retain(|_, active| *active != id);
         let deposit = policy.deposit(offer.amount, offer.extra.min_deposit, limits)?;
-        self.open_channel(offer, deposit, Some(origin.to_owned())).await?;
+        self.open_channel(offer, deposit, Some(origin.to_owned()), true).await?;
         Ok(())
     }
 
@@ -793,7 +1015,6 @@ impl Client {
                 if code == ErrorCode::ChannelClosed { ChannelStatus::Closed } else { ChannelStatus::Closing };
             self.inner.store.save(&ch).await?;
         }
-        self.inner.active.lock().retain(|_, active| *active != id);
         tracing::info!(target: "x402_client::channel", channel = %id, %code, "channel no longer usable");
         Ok(())
     }
@@ -848,8 +1069,11 @@ impl Client {
         node: Option<String>,
     ) -> Result<ClientChannel> {
         let _opening = self.inner.opening.lock().await;
+        if deposit.is_zero() {
+            return Err(Error::ZeroAmount("a deposit"));
+        }
         let offer = PaymentRequirements { amount: U256::ZERO, ..offer.clone() };
-        let slot = self.open_channel(&offer, deposit, node).await?;
+        let slot = self.open_channel(&offer, deposit, node, false).await?;
         let ch = slot.lock().await.clone();
         Ok(ch)
     }
@@ -869,6 +1093,9 @@ impl Client {
     ) -> Result<ClientChannel> {
         use x402_protocol::{ChannelDomain, open::GaslessOpen};
         let _opening = self.inner.opening.lock().await;
+        if deposit.is_zero() {
+            return Err(Error::ZeroAmount("a deposit"));
+        }
         let chain = self.chain_client()?;
         let offer = PaymentRequirements { amount: U256::ZERO, ..offer.clone() };
         let params = self.new_channel_params(&offer, deposit).await?;
@@ -931,8 +1158,18 @@ impl Client {
                 "the relayer reported an open, but channel {id} is not open for {payer}"
             )));
         }
-        let slot = self.register(id, terms, &params, U256::from(onchain.deposit), node).await?;
+        let payee = terms.payee;
+        let slot =
+            self.register(id, terms, &params, U256::from(onchain.deposit), node).await?;
         let ch = slot.lock().await.clone();
+        self.emit(ChannelEvent::Opened {
+            channel_id: id,
+            payee,
+            deposit: ch.deposit,
+            challenge_period: params.challengePeriod,
+            raised_from: self.inner.policy.challenge_period.filter(|asked| *asked < params.challengePeriod),
+            automatic: false,
+        });
         Ok(ch)
     }
 
@@ -951,17 +1188,27 @@ impl Client {
             let (code, message) = error_body(response).await;
             return Err(Error::RelayRefused { status: status.as_u16(), code, message });
         }
-        let _: x402_protocol::open::OpenResponse =
-            response.json().await.map_err(|e| Error::Malformed(format!("relay response: {e}")))?;
+        let _: x402_protocol::open::OpenResponse = response.json().await.map_err(|_| Error::RelayRefused {
+            status: status.as_u16(),
+            code: None,
+            message: format!(
+                "{url} answered, but not as a relay of gasless opens (is the node's [relay] enabled? or pass \
+                 another relay)"
+            ),
+        })?;
         Ok(())
     }
 
     /// Adds `amount` to a channel's deposit (within the limits).
     pub async fn top_up(&self, id: B256, amount: U256) -> Result<ClientChannel> {
         let _opening = self.inner.opening.lock().await;
+        if amount.is_zero() {
+            return Err(Error::ZeroAmount("a top-up"));
+        }
         let slot = self.slot(id)?;
         let (terms, deposit, params) = {
             let ch = slot.lock().await;
+            self.own(&ch)?;
             (ch.terms.clone(), ch.deposit, ch.params())
         };
         let limits = &self.inner.limits;
@@ -982,7 +1229,22 @@ impl Client {
         let added = new_deposit.saturating_sub(ch.deposit);
         ch.topped_up(added);
         self.inner.store.save(&ch).await?;
+        self.emit(ChannelEvent::ToppedUp {
+            channel_id: id,
+            amount: added,
+            deposit: ch.deposit,
+            automatic: false,
+        });
         Ok(ch.clone())
+    }
+
+    /// Fails unless this client's depositor funds `ch` (a state directory holds one payer's
+    /// channels, but a channel may have been adopted).
+    fn own(&self, ch: &ClientChannel) -> Result<()> {
+        if ch.payer != self.inner.funding.payer() {
+            return Err(Error::NotPayer { channel: ch.id, payer: ch.payer, key: self.inner.funding.payer() });
+        }
+        Ok(())
     }
 
     /// Asks the channel's node to close cooperatively. With the provider's signed
@@ -1028,9 +1290,9 @@ impl Client {
             });
         }
         ch.status = ChannelStatus::Closing;
+        ch.close_requested = true;
         ch.spent = ch.spent.max(answer.final_amount);
         self.inner.store.save(&ch).await?;
-        self.inner.active.lock().retain(|_, active| *active != id);
         let mut closed = Closed {
             channel_id: id,
             final_amount: answer.final_amount,
@@ -1070,6 +1332,7 @@ impl Client {
         let slot = self.slot(id)?;
         let mut ch = slot.lock().await;
         chain.ensure_chain(ch.terms.network.chain_id)?;
+        self.own(&ch)?;
         if matches!(ch.status, ChannelStatus::Closed | ChannelStatus::Exiting { .. }) {
             return Err(ch.state_error("an exit"));
         }
@@ -1077,7 +1340,6 @@ impl Client {
         let before = ch.status;
         ch.status = ChannelStatus::Closing;
         self.inner.store.save(&ch).await?;
-        self.inner.active.lock().retain(|_, active| *active != id);
         match chain.request_exit(ch.terms.contract, &ch.params()).await {
             Ok(exit_at) => {
                 ch.status = ChannelStatus::Exiting { exit_at };
@@ -1098,7 +1360,20 @@ impl Client {
         let slot = self.slot(id)?;
         let mut ch = slot.lock().await;
         chain.ensure_chain(ch.terms.network.chain_id)?;
+        self.own(&ch)?;
         let onchain = chain.channel(ch.terms.contract, id).await?;
+        if onchain.status == x402_protocol::bindings::IPaymentChannel::Status::Closed {
+            if ch.status != ChannelStatus::Closed {
+                ch.status = ChannelStatus::Closed;
+                self.inner.store.save(&ch).await?;
+            }
+            return Err(Error::ChannelState {
+                channel: id,
+                status: "already closed on-chain (the provider closed it and the unspent deposit \
+                         went back to the payer)",
+                what: "a withdrawal",
+            });
+        }
         if onchain.status != x402_protocol::bindings::IPaymentChannel::Status::Open {
             return Err(Error::ChannelState {
                 channel: id,
@@ -1138,23 +1413,21 @@ impl Client {
         chain.ensure_chain(ch.terms.network.chain_id)?;
         let onchain = chain.channel(ch.terms.contract, id).await?;
         use x402_protocol::bindings::IPaymentChannel::Status;
-        let status = match onchain.status {
-            Status::Closed => ChannelStatus::Closed,
-            Status::Open if onchain.exitAt.to::<u64>() != 0 => {
-                ChannelStatus::Exiting { exit_at: onchain.exitAt.to() }
-            }
-            _ => ch.status,
+        let open = match onchain.status {
+            Status::Open => true,
+            Status::Closed => false,
+            // Unknown on-chain (another chain or contract): nothing to learn.
+            _ => return Ok(ch.clone()),
         };
-        if status != ch.status {
-            ch.status = status;
-            if status == ChannelStatus::Closed {
-                self.inner.active.lock().retain(|_, active| *active != id);
-            }
+        let before = ch.clone();
+        ch.chain_status(
+            open,
+            onchain.exitAt.to::<u64>(),
+            U256::from(onchain.deposit),
+            U256::from(onchain.paid),
+        );
+        if *ch != before {
             self.inner.store.save(&ch).await?;
-        }
-        if onchain.status == Status::Open {
-            ch.deposit = ch.deposit.max(U256::from(onchain.deposit));
-            ch.spent = ch.spent.max(U256::from(onchain.paid));
         }
         Ok(ch.clone())
     }
@@ -1170,12 +1443,7 @@ impl Client {
         }
         self.inner.store.save(&channel).await?;
         let id = channel.id;
-        let terms = channel.terms.clone();
-        let open = channel.status == ChannelStatus::Open;
         self.inner.channels.lock().insert(id, Arc::new(tokio::sync::Mutex::new(channel)));
-        if open {
-            self.inner.active.lock().insert(terms, id);
-        }
         Ok(())
     }
 
@@ -1229,7 +1497,7 @@ fn try_clone(request: &Request) -> Result<Request> {
 }
 
 /// Reads a 402's requirements: the `PAYMENT-REQUIRED` header, or else the JSON body.
-pub(crate) async fn read_402(response: Response) -> Result<PaymentRequired> {
+pub async fn read_402(response: Response) -> Result<PaymentRequired> {
     if let Some(value) = response.headers().get(PAYMENT_REQUIRED) {
         return wire::decode_header(value.as_bytes())
             .map_err(|e| Error::Malformed(format!("PAYMENT-REQUIRED: {e}")));

@@ -72,6 +72,44 @@ pub enum Error {
         /// The deposit.
         deposit: U256,
     },
+    /// No usable channel with the provider, and automatic opens are off
+    /// ([`DepositPolicy::auto_open`](crate::DepositPolicy::auto_open)).
+    #[error("no open channel with provider {payee} in token {asset}, and automatic opens are off")]
+    NoChannel {
+        /// The provider.
+        payee: Address,
+        /// The token.
+        asset: Address,
+    },
+    /// An amount (a deposit, a top-up) is zero.
+    #[error("{0} of 0 is not possible: give an amount above 0")]
+    ZeroAmount(&'static str),
+    /// The key's account is not the channel's payer.
+    #[error("channel {channel} belongs to payer {payer}, not to this key's account {key}")]
+    NotPayer {
+        /// The channel.
+        channel: B256,
+        /// Its payer.
+        payer: Address,
+        /// This client's depositor.
+        key: Address,
+    },
+    /// The state directory holds another payer's channels.
+    #[error("the state directory belongs to payer {state}, not to this key's account {key}")]
+    OtherPayer {
+        /// The payer recorded in the state.
+        state: Address,
+        /// This client's depositor.
+        key: Address,
+    },
+    /// Another process holds the state directory.
+    #[error("the state directory {dir} is in use by another process (waited {waited_secs} s for it)")]
+    StateLocked {
+        /// The directory.
+        dir: String,
+        /// How long the client waited.
+        waited_secs: u64,
+    },
     /// No channel with this id is known locally.
     #[error("unknown channel {0}")]
     UnknownChannel(B256),
@@ -137,7 +175,7 @@ pub enum Error {
     #[error("the request cannot be retried with a payment (streaming body)")]
     RequestNotCloneable,
     /// The node (or another HTTP endpoint) could not be reached.
-    #[error("cannot reach {url}: {source}")]
+    #[error("cannot reach {url}: {}", transport_reason(source))]
     Unreachable {
         /// The URL.
         url: String,
@@ -201,6 +239,44 @@ impl Error {
     /// A chain error from anything displayable.
     pub(crate) fn chain(e: impl std::fmt::Display) -> Self {
         Self::Chain(e.to_string())
+    }
+}
+
+/// Why a request did not get an answer, in words: refused, DNS, TLS or a timeout told apart
+/// (reqwest's own message is `error sending request for url (…)` for all of them).
+pub fn transport_reason(e: &reqwest::Error) -> String {
+    let mut chain = Vec::new();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        chain.push(s.to_string());
+        source = s.source();
+    }
+    let all = chain.join(": ").to_lowercase();
+    let innermost = chain.last().cloned().unwrap_or_default();
+    if e.is_timeout() || all.contains("timed out") {
+        "no answer in time (timeout)".into()
+    } else if all.contains("dns error")
+        || all.contains("failed to lookup")
+        || all.contains("name or service not known")
+    {
+        "the host name does not resolve (DNS); check the URL's host".into()
+    } else if all.contains("connection refused") {
+        "connection refused: nothing listens at that address and port".into()
+    } else if all.contains("certificate")
+        || all.contains("tls")
+        || all.contains("handshake")
+        || all.contains("invalidcontenttype")
+    {
+        format!(
+            "TLS failed ({innermost}); is it an https URL for an http server, or an untrusted certificate?"
+        )
+    } else if all.contains("connection reset")
+        || all.contains("connection closed")
+        || all.contains("incomplete message")
+    {
+        format!("the connection was closed before an answer ({innermost})")
+    } else {
+        innermost
     }
 }
 

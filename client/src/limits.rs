@@ -45,6 +45,9 @@ pub struct DepositPolicy {
     /// Whether an exhausted channel is topped up (within the limits) instead of failing.
     /// Default on. When a top-up would exceed the per-channel limit a new channel is opened.
     pub auto_top_up: bool,
+    /// Whether a payment with no usable channel opens one (default on). Off, it fails with
+    /// [`Error::NoChannel`] and channels are opened only explicitly.
+    pub auto_open: bool,
     /// The challenge period of new channels, in seconds. Default: the provider's minimum. A
     /// longer period gives a watcher more time; a shorter one returns an exit's refund sooner.
     pub challenge_period: Option<u32>,
@@ -52,7 +55,7 @@ pub struct DepositPolicy {
 
 impl Default for DepositPolicy {
     fn default() -> Self {
-        Self { requests: 100, auto_top_up: true, challenge_period: None }
+        Self { requests: 100, auto_top_up: true, auto_open: true, challenge_period: None }
     }
 }
 

@@ -99,6 +99,10 @@ pub struct ClientChannel {
     /// The status.
     #[serde(flatten)]
     pub status: ChannelStatus,
+    /// Whether the client asked the node for a cooperative close (so an on-chain `open` does
+    /// not make the channel usable again).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub close_requested: bool,
     /// When the channel was opened (unix seconds).
     pub opened_at: u64,
     /// The session of the current prepaid credit window, if the node granted one. Memory only:
@@ -156,14 +160,54 @@ impl ClientChannel {
             signature: None,
             node,
             status: ChannelStatus::Open,
+            close_requested: false,
             opened_at,
             session: None,
         }
     }
 
-    /// The deposit not yet committed to the provider by any signed voucher.
+    /// The deposit the node has not charged: what is left to pay with. `deposit = charged +
+    /// remaining`; signed vouchers the node did not charge (a failed upstream) do not count.
     pub fn remaining(&self) -> U256 {
-        self.deposit.saturating_sub(self.max_signed)
+        self.deposit.saturating_sub(self.spent)
+    }
+
+    /// What the next voucher can still add (the deposit above the amount it builds on).
+    pub fn available(&self) -> U256 {
+        self.deposit.saturating_sub(self.cumulative)
+    }
+
+    /// Whether payments may use this channel: open, and no close requested.
+    pub fn usable(&self) -> bool {
+        self.status == ChannelStatus::Open && !self.close_requested
+    }
+
+    /// The node did not charge the request paid by voucher `nonce`, which was built on
+    /// `base` (a failed upstream: the node does not keep the voucher). Unless a later voucher
+    /// was signed on top of it, the next one builds on `base` again, so a request that was not
+    /// charged does not count as spent.
+    pub fn not_charged(&mut self, nonce: u64, base: U256) {
+        if nonce == self.nonce && self.status == ChannelStatus::Open {
+            self.cumulative = base;
+            self.session = None;
+        }
+    }
+
+    /// Takes the channel's on-chain state (`status`, `exit_at` 0 when no exit is pending): the
+    /// chain is the authority on whether it is open, exiting or closed. An open channel
+    /// without an exit is usable again (an exit cancelled by a top-up), unless the client
+    /// asked for a cooperative close.
+    pub fn chain_status(&mut self, open: bool, exit_at: u64, deposit: U256, paid: U256) {
+        self.status = match (open, exit_at) {
+            (false, _) => ChannelStatus::Closed,
+            (true, 0) if self.close_requested => ChannelStatus::Closing,
+            (true, 0) => ChannelStatus::Open,
+            (true, exit_at) => ChannelStatus::Exiting { exit_at },
+        };
+        if open {
+            self.deposit = self.deposit.max(deposit);
+            self.spent = self.spent.max(paid);
+        }
     }
 
     /// Whether a voucher for `price` more can be signed without a top-up.
@@ -291,8 +335,11 @@ impl ClientChannel {
     /// Records a top-up of `amount`.
     pub fn topped_up(&mut self, amount: U256) {
         self.deposit = self.deposit.saturating_add(amount);
-        if let ChannelStatus::Exiting { .. } = self.status {
-            // A payer top-up cancels a pending exit on-chain.
+        if matches!(self.status, ChannelStatus::Exiting { .. } | ChannelStatus::Closing)
+            && !self.close_requested
+        {
+            // A payer top-up cancels a pending exit on-chain (and a top-up succeeds only on an
+            // open channel).
             self.status = ChannelStatus::Open;
         }
     }
@@ -446,6 +493,42 @@ mod tests {
         assert_eq!((c.spent, c.cumulative, c.max_signed), (U256::from(40), U256::from(40), U256::from(100)));
         assert!(matches!(c.receipt(&extra(1, 100, 101)), Err(Error::NodeClaimsUnsigned { .. })));
         assert!(matches!(c.receipt(&extra(2, 100, 40)), Err(Error::NodeClaimsUnsigned { .. })));
+    }
+
+    #[test]
+    fn uncharged_vouchers_void_and_the_chain_decides_the_status() {
+        let mut c = channel(1000);
+        let p = U256::from(100);
+        c.next_voucher(p).unwrap();
+        c.cumulative = U256::from(100); // charged
+        c.spent = U256::from(100);
+        let base = c.cumulative;
+        let v = c.next_voucher(p).unwrap();
+        // The node did not charge nonce 2: the next voucher builds on 100 again.
+        c.not_charged(v.nonce, base);
+        assert_eq!(c.next_voucher(p).unwrap().cumulativeAmount, U256::from(200));
+        // A stale report (a later voucher was signed on top) changes nothing.
+        c.not_charged(v.nonce, base);
+        assert_eq!(c.cumulative, U256::from(200));
+        assert_eq!((c.remaining(), c.available()), (U256::from(900), U256::from(800)));
+
+        // Exiting, then the chain says open without an exit (a top-up cancelled it): usable.
+        c.status = ChannelStatus::Exiting { exit_at: 9 };
+        c.chain_status(true, 0, U256::from(1500), U256::ZERO);
+        assert_eq!((c.status, c.deposit), (ChannelStatus::Open, U256::from(1500)));
+        assert!(c.usable());
+        c.chain_status(true, 77, U256::ZERO, U256::from(100));
+        assert_eq!(c.status, ChannelStatus::Exiting { exit_at: 77 });
+        c.topped_up(U256::from(1));
+        assert_eq!(c.status, ChannelStatus::Open, "a top-up cancels the exit");
+        // A cooperative close requested stays closing while the chain says open.
+        c.close_requested = true;
+        c.status = ChannelStatus::Closing;
+        c.chain_status(true, 0, U256::ZERO, U256::ZERO);
+        assert_eq!(c.status, ChannelStatus::Closing);
+        assert!(!c.usable());
+        c.chain_status(false, 0, U256::ZERO, U256::ZERO);
+        assert_eq!(c.status, ChannelStatus::Closed);
     }
 
     #[test]

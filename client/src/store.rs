@@ -12,6 +12,9 @@ use x402_store::{KvStore, MemoryStore, SledStore};
 use crate::{ClientChannel, Error, Result};
 
 const CHANNELS: &str = "channels";
+/// The state's metadata (`payer`: the depositor whose channels it holds).
+const META: &str = "meta";
+const PAYER: &[u8] = b"payer";
 
 /// Where the client keeps its channels.
 #[derive(Clone, Debug)]
@@ -26,9 +29,73 @@ enum Backend {
 }
 
 impl StateStore {
-    /// A durable store in `dir` (created if missing). Only one process may open it at a time.
+    /// A durable store in `dir` (created if missing). Only one process may open it at a time:
+    /// while another holds it, this waits a few seconds (saying so in a warning) and then
+    /// fails with [`Error::StateLocked`].
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
-        Ok(Self { inner: std::sync::Arc::new(Backend::Sled(SledStore::open(dir)?)) })
+        let dir = dir.as_ref();
+        let started = std::time::Instant::now();
+        let (done, waiting) = std::sync::mpsc::channel::<()>();
+        let shown = dir.display().to_string();
+        let announcer = std::thread::spawn(move || {
+            if waiting.recv_timeout(std::time::Duration::from_millis(300)).is_err() {
+                tracing::warn!(target: "x402_client::state", dir = %shown, "waiting for the state directory: another process is using it");
+            }
+        });
+        let opened = SledStore::open(dir);
+        let _ = done.send(());
+        let _ = announcer.join();
+        match opened {
+            Ok(store) => Ok(Self { inner: std::sync::Arc::new(Backend::Sled(store)) }),
+            Err(e) if is_lock_error(&e) => Err(Error::StateLocked {
+                dir: dir.display().to_string(),
+                waited_secs: started.elapsed().as_secs_f64().round() as u64,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records `payer` as the depositor of this state, or fails with [`Error::OtherPayer`] if
+    /// it holds another payer's channels. A state written before payers were recorded takes
+    /// the payer of its channels.
+    pub fn bind_payer(&self, payer: alloy::primitives::Address) -> Result<()> {
+        let stored = self.meta(PAYER)?;
+        let known = match &stored {
+            Some(raw) if raw.len() == 20 => Some(alloy::primitives::Address::from_slice(raw)),
+            Some(raw) => {
+                return Err(Error::Corrupt {
+                    key: "meta/payer".into(),
+                    reason: format!("{} bytes, not an address", raw.len()),
+                });
+            }
+            None => self.channels()?.first().map(|ch| ch.payer),
+        };
+        match known {
+            Some(state) if state != payer => Err(Error::OtherPayer { state, key: payer }),
+            Some(_) if stored.is_some() => Ok(()),
+            _ => {
+                match &*self.inner {
+                    Backend::Sled(s) => s.put(META, PAYER, payer.as_slice())?,
+                    Backend::Memory(s) => s.put(META, PAYER, payer.as_slice())?,
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The payer recorded by [`Self::bind_payer`], if any.
+    pub fn payer(&self) -> Result<Option<alloy::primitives::Address>> {
+        Ok(self
+            .meta(PAYER)?
+            .filter(|raw| raw.len() == 20)
+            .map(|raw| alloy::primitives::Address::from_slice(&raw)))
+    }
+
+    fn meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(match &*self.inner {
+            Backend::Sled(s) => s.get(META, key)?,
+            Backend::Memory(s) => s.get(META, key)?,
+        })
     }
 
     /// A store that forgets everything when dropped (tests, one-shot scripts).
@@ -82,6 +149,12 @@ impl StateStore {
     }
 }
 
+/// Whether opening failed because another process holds the directory's lock.
+fn is_lock_error(e: &x402_store::Error) -> bool {
+    let text = e.to_string();
+    text.contains("could not acquire lock") || text.contains("WouldBlock") || text.contains("would block")
+}
+
 fn decode(key: &[u8], value: &[u8]) -> Result<ClientChannel> {
     serde_json::from_slice(value)
         .map_err(|e| Error::Corrupt { key: alloy::hex::encode_prefixed(key), reason: e.to_string() })
@@ -129,6 +202,41 @@ mod tests {
         assert_eq!(store.get(a.id).unwrap(), Some(a.clone()));
         assert_eq!(store.channels().unwrap().len(), 2);
         assert_eq!(store.get(B256::ZERO).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_state_keeps_to_its_payer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (Address::repeat_byte(0xaa), Address::repeat_byte(0xbb));
+        {
+            let store = StateStore::open(dir.path()).unwrap();
+            assert_eq!(store.payer().unwrap(), None);
+            store.bind_payer(a).unwrap();
+            store.bind_payer(a).unwrap();
+            store.save(&channel(1)).await.unwrap();
+        }
+        let store = StateStore::open(dir.path()).unwrap();
+        assert_eq!(store.payer().unwrap(), Some(a));
+        assert!(
+            matches!(store.bind_payer(b), Err(Error::OtherPayer { state, key }) if state == a && key == b)
+        );
+        // A state from before payers were recorded takes its channels' payer.
+        let old = StateStore::in_memory();
+        let mut ch = channel(2);
+        ch.payer = a;
+        old.save(&ch).await.unwrap();
+        assert!(matches!(old.bind_payer(b), Err(Error::OtherPayer { .. })));
+        old.bind_payer(a).unwrap();
+        assert_eq!(old.payer().unwrap(), Some(a));
+    }
+
+    #[test]
+    fn a_busy_state_directory_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = StateStore::open(dir.path()).unwrap();
+        let err = StateStore::open(dir.path()).unwrap_err();
+        assert!(matches!(err, Error::StateLocked { waited_secs, .. } if waited_secs >= 1), "{err}");
+        assert!(err.to_string().contains("in use by another process"), "{err}");
     }
 
     #[tokio::test]

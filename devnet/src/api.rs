@@ -4,6 +4,16 @@ use std::{net::SocketAddr, time::Duration};
 
 use axum::{Router, http::HeaderMap, routing::get};
 
+/// The response header in which an `upto` upstream reports what a request cost (token base
+/// units, a decimal integer); the gateway charges it, up to the route's maximum.
+pub const LLM_COST_HEADER: &str = "x402-cost";
+
+/// What the sample `/llm` endpoint charges for a request body of `bytes`: 100 plus 10 per byte,
+/// at most [`crate::LLM_MAX_PRICE`].
+pub fn llm_cost(bytes: usize) -> u64 {
+    (100 + 10 * bytes as u64).min(crate::LLM_MAX_PRICE)
+}
+
 use crate::{Error, Result};
 
 /// Serves a small JSON API on a free loopback port, in a task of the current runtime (it stops
@@ -11,9 +21,20 @@ use crate::{Error, Result};
 ///
 /// - `GET /weather`: `{"forecast": "sunny"}` (the route [`crate::Devnet::node_config`] prices);
 /// - `GET /echo`: `payment-header-seen=<bool>`, whether a payment header reached the upstream;
-/// - `GET /slow`: answers after 5 s, for timeouts.
+/// - `GET /slow`: answers after 5 s, for timeouts;
+/// - `GET` or `POST /llm`: an LLM-like endpoint priced `upto` [`crate::LLM_MAX_PRICE`]: it
+///   "completes" the request body and reports what that cost in the `X402-Cost` response header
+///   ([`llm_cost`] of the body's length), which the gateway charges instead of the maximum.
 pub async fn sample_api() -> Result<SocketAddr> {
+    let llm = |body: String| async move {
+        let cost = llm_cost(body.len());
+        (
+            [(LLM_COST_HEADER, cost.to_string())],
+            axum::Json(serde_json::json!({ "completion": "42", "promptBytes": body.len(), "cost": cost })),
+        )
+    };
     let app = Router::new()
+        .route("/llm", get(llm).post(llm))
         .route("/weather", get(|| async { axum::Json(serde_json::json!({"forecast": "sunny"})) }))
         .route(
             "/slow",

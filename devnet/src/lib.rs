@@ -31,7 +31,7 @@ mod services;
 
 use std::path::PathBuf;
 
-pub use api::sample_api;
+pub use api::{LLM_COST_HEADER, llm_cost, sample_api};
 pub use artifacts::{Artifacts, CHALLENGE_PERIODS};
 pub use chain::ITestStablecoin;
 pub use devnet::{CLIENT_LIMITS, DEFAULT_FUNDS, Devnet, DevnetBuilder, NodeFiles, TOKEN_UNIT};
@@ -43,6 +43,10 @@ pub use services::{
 /// The price of `GET /weather` in the node configurations made here, in base units of the test
 /// stablecoin: 0.001 of a token.
 pub const PRICE: u64 = 1_000;
+
+/// The most a request to the sample `/llm` route may cost (`upto` pricing: the upstream reports
+/// the actual cost, [`llm_cost`]).
+pub const LLM_MAX_PRICE: u64 = 5_000;
 
 /// The admin token of the node configurations made here (`/admin` endpoints). A test value.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";

@@ -276,7 +276,7 @@ pub fn write_key(dir: &Path, name: &str, key: &PrivateKeySigner) -> Result<PathB
 }
 
 /// A gateway configuration for `contract` (reached at `rpc_url`), charging [`PRICE`] in `asset`
-/// on `GET /weather` for `payee`, in front of `upstream` (a base URL), with its store in
+/// on `GET /weather` (and up to [`crate::LLM_MAX_PRICE`] on `/llm`, `upto`) for `payee`, in front of `upstream` (a base URL), with its store in
 /// `data_dir`: the admin API open with [`ADMIN_TOKEN`], deposits spendable at once
 /// (`confirmations = 0`, right for anvil's automine), the chain polled every 100 ms, and no
 /// provider key (verify only; see [`with_provider_key`]).
@@ -310,6 +310,16 @@ pub fn node_config(
         price: U256::from(PRICE),
         pricing: Default::default(),
         description: Some("Current weather".into()),
+        mime_type: Some("application/json".into()),
+    });
+    // An LLM-like route whose upstream reports each request's cost (`X402-Cost`), up to the
+    // maximum.
+    config.routes.push(RouteConfig {
+        path: "/llm".into(),
+        methods: Vec::new(),
+        price: U256::from(crate::LLM_MAX_PRICE),
+        pricing: x402_protocol::wire::Pricing::Upto,
+        description: Some("Completions, charged by the upstream's reported cost".into()),
         mime_type: Some("application/json".into()),
     });
     Ok(config)

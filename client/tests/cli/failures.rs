@@ -48,10 +48,14 @@ async fn each_failure_has_its_exit_code_and_spends_nothing() {
         (vec!["get", &nobody], 6, "cannot reach"),
         (vec!["open", &nobody], 6, "cannot reach"),
         // 2: malformed input, refused before anything is contacted.
-        (vec!["open", &url, "--deposit", "1.5"], 2, "base units"),
+        (vec!["open", &url, "--deposit", "1.5x"], 2, "not an amount"),
+        (vec!["open", &url, "--deposit", "0.0000001"], 2, "the token has 6 decimals"),
+        (vec!["open", &url, "--deposit", "0"], 2, "a deposit of 0 is not possible"),
         (vec!["topup", &unknown, "12abc"], 2, "base units"),
         (vec!["get", &url, "--max-price=-1"], 2, "base units"),
-        (vec!["topup", "0x1234", "5"], 2, "64 hex digits"),
+        (vec!["topup", "0x12", "5"], 2, "at least 4 hex digits"),
+        (vec!["topup", "0xzz12", "5"], 2, "is not a channel id"),
+        (vec!["topup", "0x1234", "5"], 5, "no channel id starts with 0x1234"),
         (vec!["get", "localhost:8402/weather"], 2, "invalid URL"),
         (vec!["get", &url, "-H", "no colon"], 2, "Name: value"),
         (vec!["request", &url, "-d", "@/nonexistent/body"], 2, "cannot read the request body"),
@@ -74,7 +78,7 @@ async fn each_failure_has_its_exit_code_and_spends_nothing() {
         (Some("price_above_limit"), Some(3))
     );
     assert!(doc["error"]["message"].as_str().unwrap().contains("limit of 999"));
-    let run = cli.run(&["topup", &unknown, "1.5", "--json"]).await.failure(2, "base units");
+    let run = cli.run(&["topup", &unknown, "1.5x", "--json"]).await.failure(2, "not an amount");
     assert_eq!(run.json()["error"]["code"].as_str(), Some("usage"));
     let run = cli.run(&["withdraw", &unknown, "--json"]).await.failure(5, "unknown channel");
     assert_eq!(run.json()["error"]["code"].as_str(), Some("unknown_channel"));

@@ -44,7 +44,7 @@ async fn a_keystore_key_pays_and_a_wrong_password_is_refused() {
     // Wrong or missing password.
     let mut wrong = Cli::new(&env);
     wrong.set_secret("X402_KEYSTORE_PASSWORD", "not the password");
-    wrong.run(&["get", &url, "--keystore", &keystore]).await.failure(2, "cannot decrypt the keystore");
+    wrong.run(&["get", &url, "--keystore", &keystore]).await.failure(2, "wrong password for the keystore");
     Cli::new(&env).run(&["get", &url, "--keystore", &keystore]).await.failure(2, "X402_KEYSTORE_PASSWORD");
     gw.stop().await;
 }

@@ -52,7 +52,21 @@ async fn open_get_top_up_and_close_cooperatively() {
 
     // Listed, nothing spent yet.
     let table = cli.run(&["channels"]).await.success().stdout;
-    assert_eq!(row(&table, channel), [channel.to_string().as_str(), "50000", "0", "50000", "0", "open"]);
+    // DEPOSIT SIGNED CHARGED REMAINING NONCE PAYEE NODE STATUS
+    assert_eq!(
+        row(&table, channel),
+        [
+            channel.to_string().as_str(),
+            "50000",
+            "0",
+            "0",
+            "50000",
+            "0",
+            provider.to_string().as_str(),
+            gw.url.as_str(),
+            "open"
+        ]
+    );
     assert!(table.starts_with("CHANNEL"), "{table}");
 
     // Each `get` is a new process: the nonce goes on from the state directory.
@@ -67,7 +81,7 @@ async fn open_get_top_up_and_close_cooperatively() {
     assert_eq!(channels.len(), 1, "every request went to the channel opened: {listed}");
     let ch = &channels[0];
     assert_eq!(
-        (ch["deposit"].as_str(), ch["spent"].as_str(), ch["remaining"].as_str(), ch["status"].as_str()),
+        (ch["deposit"].as_str(), ch["charged"].as_str(), ch["remaining"].as_str(), ch["status"].as_str()),
         (Some("50000"), Some("3000"), Some("47000"), Some("open"))
     );
     assert_eq!((ch["nonce"].as_u64(), ch["node"].as_str()), (Some(3), Some(gw.url.as_str())));
@@ -108,11 +122,19 @@ async fn open_get_top_up_and_close_cooperatively() {
     assert_eq!(env.balance(payer).await, U256::from(FUNDS - 4 * PRICE), "the refund to the unit");
     assert_eq!(env.balance(provider).await - provider_before, U256::from(4 * PRICE));
     let table = cli.run(&["channels"]).await.success().stdout;
-    assert_eq!(row(&table, channel)[1..], ["70000", "4000", "0", "4", "closed"], "nothing left once closed");
+    let cells = row(&table, channel);
+    assert_eq!(
+        [&cells[1..6], &cells[8..]].concat(),
+        ["70000", "4000", "4000", "0", "4", "closed"],
+        "nothing left once closed"
+    );
 
     // A closed channel takes no more lifecycle operations.
     cli.run(&["close", &channel.to_string()]).await.failure(5, "is closed");
     cli.run(&["topup", &channel.to_string(), "1000"]).await.failure(5, "closed");
+    // Nothing to withdraw from a channel the provider closed and refunded: said as such.
+    let run = cli.run(&["withdraw", &channel.to_string()[..10]]).await.failure(5, "already closed on-chain");
+    assert!(run.stderr.contains("nothing to withdraw"), "{run}");
     gw.stop().await;
 }
 
@@ -161,7 +183,7 @@ async fn exit_then_withdraw_after_the_challenge_period() {
     assert_eq!(env.balance(payer).await, U256::from(FUNDS));
     assert_eq!(env.channel(channel).await.status, IPaymentChannel::Status::Closed);
     let table = cli.run(&["channels"]).await.success().stdout;
-    assert_eq!(row(&table, channel)[5], "closed");
+    assert_eq!(row(&table, channel).last().map(String::as_str), Some("closed"));
     gw.stop().await;
 }
 
@@ -218,11 +240,8 @@ async fn a_payer_without_gas_opens_gaslessly_and_pays_through_a_credit_window() 
     let url = format!("{}/weather", gw.url);
 
     // No ETH at all: the provider's node relays the open.
-    let opened = cli
-        .run(&["open", &url, "--deposit", "40000", "--gasless", "permit", "--json"])
-        .await
-        .success()
-        .json();
+    let opened =
+        cli.run(&["open", &url, "--deposit", "40000", "--gasless=permit", "--json"]).await.success().json();
     let channel = id(&opened["channel"]["id"]);
     let onchain = env.channel(channel).await;
     assert_eq!((env.params(channel).await.payer, U256::from(onchain.deposit)), (payer, U256::from(40_000)));
@@ -244,7 +263,7 @@ async fn a_payer_without_gas_opens_gaslessly_and_pays_through_a_credit_window() 
     }
     let listed = cli.run(&["channels", "--json"]).await.success().json();
     let ch = &listed["channels"][0];
-    assert_eq!(ch["spent"].as_str(), Some("10000"));
+    assert_eq!(ch["charged"].as_str(), Some("10000"));
     // Without gas the payer cannot submit the provider's authorisation; the node closes it.
     cli.run(&["close", &channel.to_string()]).await.success();
     x402_e2e::harness::eventually(30, "the node closes the channel", || async {

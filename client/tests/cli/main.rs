@@ -10,5 +10,7 @@ mod config;
 mod failures;
 mod keys;
 mod lifecycle;
+mod payer;
+mod readme;
 mod requests;
 mod support;

@@ -65,6 +65,11 @@ async fn the_written_node_config_parses_validates_and_is_removed() {
     assert_eq!(config.upstream, "http://127.0.0.1:8080");
     assert_eq!(config.listen, Config::default().listen);
     assert_eq!(config.routes[0].path, "/weather");
+    let llm = config.routes.iter().find(|r| r.path == "/llm").expect("the upto sample route");
+    assert_eq!(
+        (llm.pricing, llm.price),
+        (x402_protocol::wire::Pricing::Upto, U256::from(x402_devnet::LLM_MAX_PRICE))
+    );
     assert!(config.settlement.enabled);
     assert_eq!(
         config.provider.address().unwrap(),
@@ -90,4 +95,30 @@ async fn a_missing_anvil_or_artifact_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let err = Devnet::builder().artifacts(x402_devnet::Artifacts::new(dir.path())).start().await.unwrap_err();
     assert!(err.to_string().contains("run `forge build`"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upto_sample_route_reports_its_cost() {
+    let devnet = Devnet::start().await.unwrap();
+    let api = sample_api().await.unwrap();
+    let prompt = "what is six times seven?";
+    // The upstream itself: the cost in `X402-Cost`.
+    let direct = reqwest::Client::new().post(format!("http://{api}/llm")).body(prompt).send().await.unwrap();
+    let cost = x402_devnet::llm_cost(prompt.len());
+    assert_eq!(
+        direct.headers().get(x402_devnet::LLM_COST_HEADER).and_then(|v| v.to_str().ok()),
+        Some(cost.to_string().as_str())
+    );
+    assert!(cost < x402_devnet::LLM_MAX_PRICE);
+    // Through the node: charged exactly the reported cost, and the header does not reach the
+    // client.
+    let dir = tempfile::tempdir().unwrap();
+    let node = devnet.start_node(&format!("http://{api}"), dir.path()).await.unwrap();
+    let client = devnet.client(devnet.account(1)).await.unwrap();
+    let response = client.http().post(format!("{}/llm", node.url())).body(prompt).send().await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let payment = response.extensions().get::<Payment>().cloned().unwrap();
+    assert_eq!(payment.charged, U256::from(cost), "{payment:?}");
+    assert!(response.headers().get(x402_devnet::LLM_COST_HEADER).is_none());
+    node.stop().await.unwrap();
 }

@@ -22,6 +22,8 @@ pub(crate) struct Config {
     pub(crate) state_dir: Option<PathBuf>,
     /// Blocks to wait for per transaction (at least 1: mined). Default 1.
     pub(crate) confirmations: u64,
+    /// The most to wait for one transaction's confirmations, in seconds. Default 120.
+    pub(crate) timeout: u64,
     /// Whether to approve the channel contract for a deposit when the token allowance is
     /// short. Default `true`; off, a short allowance is an error (exit code 4).
     pub(crate) auto_approve: bool,
@@ -41,6 +43,7 @@ impl Default for Config {
             rpc_url: "http://127.0.0.1:8545".into(),
             state_dir: None,
             confirmations: 1,
+            timeout: 120,
             auto_approve: true,
             limits: LimitsConfig::default(),
             deposit: DepositConfig::default(),
@@ -88,6 +91,9 @@ pub(crate) struct DepositConfig {
     /// Whether an exhausted channel is topped up (within the limits) instead of failing.
     /// Default `true`.
     pub(crate) auto_top_up: bool,
+    /// Whether `get` / `request` open a channel when none with the provider is usable.
+    /// Default `true`; off, open one with `x402 open`.
+    pub(crate) auto_open: bool,
     /// The challenge period of new channels, in seconds. Default: the provider's minimum.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) challenge_period: Option<u32>,
@@ -96,7 +102,12 @@ pub(crate) struct DepositConfig {
 impl Default for DepositConfig {
     fn default() -> Self {
         let policy = DepositPolicy::default();
-        Self { requests: policy.requests, auto_top_up: policy.auto_top_up, challenge_period: None }
+        Self {
+            requests: policy.requests,
+            auto_top_up: policy.auto_top_up,
+            auto_open: policy.auto_open,
+            challenge_period: None,
+        }
     }
 }
 
@@ -115,11 +126,17 @@ impl Config {
 
     /// The file (if any) merged with the environment and flags, with the state directory
     /// resolved (`home` is `$HOME`).
-    pub(crate) fn resolve(args: &SettingArgs, home: Option<PathBuf>) -> Result<Self, CliError> {
+    pub(crate) fn resolve(
+        args: &SettingArgs,
+        home: Option<PathBuf>,
+        eth_rpc_url: Option<String>,
+    ) -> Result<Self, CliError> {
         let mut config = match &args.config {
             Some(path) => Self::load(path)?,
             None => Self::default(),
         };
+        // Foundry's variable, below x402's own flag and variable.
+        set(&mut config.rpc_url, eth_rpc_url.filter(|u| !u.is_empty()));
         config.apply(args);
         if config.state_dir.is_none() {
             let home = home.filter(|h| !h.as_os_str().is_empty()).ok_or_else(|| {
@@ -129,8 +146,7 @@ impl Config {
             })?;
             config.state_dir = Some(home.join(".x402"));
         }
-        url::Url::parse(&config.rpc_url)
-            .map_err(|e| CliError::Usage(format!("invalid RPC URL {:?}: {e}", config.rpc_url)))?;
+        check_rpc_url(&config.rpc_url)?;
         if config.deposit.requests == 0 {
             return Err(CliError::Usage("deposit.requests must be at least 1".into()));
         }
@@ -144,35 +160,24 @@ impl Config {
 
     /// Overrides the file's settings with the flags and environment variables given.
     fn apply(&mut self, args: &SettingArgs) {
-        let SettingArgs {
-            config: _,
-            rpc_url,
-            state_dir,
-            confirmations,
-            auto_approve,
-            max_price,
-            max_deposit,
-            max_total_deposit,
-            deposit_requests,
-            auto_top_up,
-            challenge_period,
-            credit_window,
-        } = args;
-        set(&mut self.rpc_url, rpc_url.clone());
+        let SettingArgs { config: _, state_dir, rpc, tx, limits, new_channel, pay } = args;
+        set(&mut self.rpc_url, rpc.rpc_url.clone());
         if let Some(dir) = state_dir {
             self.state_dir = Some(dir.clone());
         }
-        set(&mut self.confirmations, *confirmations);
-        set(&mut self.auto_approve, *auto_approve);
-        set(&mut self.limits.max_price, *max_price);
-        set(&mut self.limits.max_deposit, *max_deposit);
-        set(&mut self.limits.max_total_deposit, *max_total_deposit);
-        set(&mut self.deposit.requests, *deposit_requests);
-        set(&mut self.deposit.auto_top_up, *auto_top_up);
-        if challenge_period.is_some() {
-            self.deposit.challenge_period = *challenge_period;
+        set(&mut self.confirmations, tx.confirmations);
+        set(&mut self.timeout, tx.timeout);
+        set(&mut self.auto_approve, tx.auto_approve);
+        set(&mut self.limits.max_price, limits.max_price);
+        set(&mut self.limits.max_deposit, limits.max_deposit);
+        set(&mut self.limits.max_total_deposit, limits.max_total_deposit);
+        set(&mut self.deposit.requests, new_channel.deposit_requests);
+        set(&mut self.deposit.auto_top_up, pay.auto_top_up);
+        set(&mut self.deposit.auto_open, pay.auto_open);
+        if new_channel.challenge_period.is_some() {
+            self.deposit.challenge_period = new_channel.challenge_period;
         }
-        set(&mut self.credit_window, *credit_window);
+        set(&mut self.credit_window, pay.credit_window);
     }
 
     /// The state directory (set by [`Self::resolve`]).
@@ -192,8 +197,29 @@ impl Config {
         DepositPolicy {
             requests: d.requests,
             auto_top_up: d.auto_top_up,
+            auto_open: d.auto_open,
             challenge_period: d.challenge_period,
         }
+    }
+}
+
+/// Refuses an RPC URL the client cannot use, saying what to write instead.
+pub(crate) fn check_rpc_url(text: &str) -> Result<(), CliError> {
+    let usage = |why: String| Err(CliError::Usage(format!("invalid RPC URL {text:?}: {why}")));
+    if !text.contains("://") {
+        return usage(format!("it has no scheme; did you mean http://{text}?"));
+    }
+    let url = match url::Url::parse(text) {
+        Ok(url) => url,
+        Err(e) => return usage(e.to_string()),
+    };
+    match url.scheme() {
+        "http" | "https" => Ok(()),
+        "ws" | "wss" => usage(format!(
+            "x402 speaks JSON-RPC over HTTP; use the endpoint's http{}:// URL",
+            if url.scheme() == "wss" { "s" } else { "" }
+        )),
+        other => usage(format!("the scheme {other}:// is not supported; use http:// or https://")),
     }
 }
 
@@ -271,6 +297,7 @@ mod tests {
             confirmations = 3
             auto_approve = false
             credit_window = 10
+            timeout = 30
             [limits]
             max_price = 5
             max_deposit = "1_000"
@@ -287,13 +314,19 @@ mod tests {
                 rpc_url: "https://rpc.example".into(),
                 state_dir: Some("/var/lib/x402".into()),
                 confirmations: 3,
+                timeout: 30,
                 auto_approve: false,
                 limits: LimitsConfig {
                     max_price: U256::from(5),
                     max_deposit: U256::from(1_000),
                     max_total_deposit: U256::from(10u128.pow(23)),
                 },
-                deposit: DepositConfig { requests: 7, auto_top_up: false, challenge_period: Some(7200) },
+                deposit: DepositConfig {
+                    requests: 7,
+                    auto_top_up: false,
+                    auto_open: true,
+                    challenge_period: Some(7200),
+                },
                 credit_window: 10,
             }
         );
@@ -317,6 +350,7 @@ mod tests {
 
     #[test]
     fn flags_and_environment_override_the_file() {
+        use crate::args::{LimitArgs, NewChannelArgs, PayArgs, RpcArgs, TxArgs};
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("x402.toml");
         std::fs::write(&file, "rpc_url = \"http://file:8545\"\nconfirmations = 4\n[limits]\nmax_price = 7\n")
@@ -324,60 +358,97 @@ mod tests {
         let home = Some(PathBuf::from("/home/u"));
         let base = || SettingArgs { config: Some(file.clone()), ..SettingArgs::default() };
 
-        // (what is given, the field it should change, its expected value)
-        type Case = (SettingArgs, fn(&Config) -> String, &'static str);
+        // (what is given, ETH_RPC_URL, the field it should change, its expected value)
+        type Case = (SettingArgs, Option<&'static str>, fn(&Config) -> String, &'static str);
         let cases: Vec<Case> = vec![
-            (base(), |c| c.rpc_url.clone(), "http://file:8545"),
-            (base(), |c| c.confirmations.to_string(), "4"),
-            (base(), |c| c.limits.max_price.to_string(), "7"),
-            (base(), |c| c.limits.max_deposit.to_string(), "1000000"),
-            (base(), |c| c.state_dir().display().to_string(), "/home/u/.x402"),
+            (base(), None, |c| c.rpc_url.clone(), "http://file:8545"),
+            (base(), None, |c| c.confirmations.to_string(), "4"),
+            (base(), None, |c| c.limits.max_price.to_string(), "7"),
+            (base(), None, |c| c.limits.max_deposit.to_string(), "1000000"),
+            (base(), None, |c| c.state_dir().display().to_string(), "/home/u/.x402"),
             (
-                SettingArgs { rpc_url: Some("http://flag:1".into()), ..base() },
+                SettingArgs { rpc: RpcArgs { rpc_url: Some("http://flag:1".into()) }, ..base() },
+                Some("http://eth:2"),
                 |c| c.rpc_url.clone(),
                 "http://flag:1",
             ),
+            (base(), Some("http://eth:2"), |c| c.rpc_url.clone(), "http://eth:2"),
+            (SettingArgs::default(), Some("http://eth:2"), |c| c.rpc_url.clone(), "http://eth:2"),
             (
-                SettingArgs { max_price: Some(U256::from(9)), ..base() },
+                SettingArgs {
+                    limits: LimitArgs { max_price: Some(U256::from(9)), ..LimitArgs::default() },
+                    ..base()
+                },
+                None,
                 |c| c.limits.max_price.to_string(),
                 "9",
             ),
-            (SettingArgs { confirmations: Some(0), ..base() }, |c| c.confirmations.to_string(), "0"),
+            (
+                SettingArgs {
+                    tx: TxArgs { confirmations: Some(0), timeout: Some(5), ..TxArgs::default() },
+                    ..base()
+                },
+                None,
+                |c| format!("{} {}", c.confirmations, c.timeout),
+                "0 5",
+            ),
             (
                 SettingArgs { state_dir: Some("/tmp/s".into()), ..base() },
+                None,
                 |c| c.state_dir().display().to_string(),
                 "/tmp/s",
             ),
             (
-                SettingArgs { auto_top_up: Some(false), ..base() },
-                |c| c.deposit.auto_top_up.to_string(),
-                "false",
+                SettingArgs {
+                    pay: PayArgs { auto_top_up: Some(false), auto_open: Some(false), ..PayArgs::default() },
+                    ..base()
+                },
+                None,
+                |c| format!("{} {}", c.deposit.auto_top_up, c.deposit.auto_open),
+                "false false",
             ),
-            (SettingArgs { deposit_requests: Some(3), ..base() }, |c| c.deposit.requests.to_string(), "3"),
             (
-                SettingArgs { challenge_period: Some(3601), ..base() },
-                |c| format!("{:?}", c.deposit.challenge_period),
-                "Some(3601)",
+                SettingArgs {
+                    new_channel: NewChannelArgs { deposit_requests: Some(3), challenge_period: Some(3601) },
+                    ..base()
+                },
+                None,
+                |c| format!("{} {:?}", c.deposit.requests, c.deposit.challenge_period),
+                "3 Some(3601)",
             ),
-            (SettingArgs::default(), |c| c.rpc_url.clone(), "http://127.0.0.1:8545"),
+            (SettingArgs::default(), None, |c| c.rpc_url.clone(), "http://127.0.0.1:8545"),
         ];
-        for (i, (args, field, want)) in cases.into_iter().enumerate() {
-            let c = Config::resolve(&args, home.clone()).unwrap();
+        for (i, (args, eth, field, want)) in cases.into_iter().enumerate() {
+            let c = Config::resolve(&args, home.clone(), eth.map(str::to_owned)).unwrap();
             assert_eq!(field(&c), want, "case {i}");
         }
     }
 
     #[test]
     fn unusable_settings_are_usage_errors() {
-        let no_home = Config::resolve(&SettingArgs::default(), None).unwrap_err();
+        use crate::args::{NewChannelArgs, RpcArgs};
+        let no_home = Config::resolve(&SettingArgs::default(), None, None).unwrap_err();
         assert!(no_home.to_string().contains("--state-dir"), "{no_home}");
-        let args = SettingArgs { rpc_url: Some("not a url".into()), ..SettingArgs::default() };
-        let err = Config::resolve(&args, Some("/h".into())).unwrap_err();
-        assert!(matches!(err, CliError::Usage(_)) && err.to_string().contains("invalid RPC URL"), "{err}");
-        let args = SettingArgs { deposit_requests: Some(0), ..SettingArgs::default() };
-        assert!(Config::resolve(&args, Some("/h".into())).is_err());
+        for (url, says) in [
+            ("not a url", "no scheme"),
+            ("127.0.0.1:8545", "did you mean http://127.0.0.1:8545?"),
+            ("localhost:8545", "did you mean http://localhost:8545?"),
+            ("ws://127.0.0.1:8545", "use the endpoint's http:// URL"),
+            ("wss://rpc.example", "https://"),
+            ("ftp://rpc.example", "not supported"),
+        ] {
+            let args = SettingArgs { rpc: RpcArgs { rpc_url: Some(url.into()) }, ..SettingArgs::default() };
+            let err = Config::resolve(&args, Some("/h".into()), None).unwrap_err();
+            assert!(matches!(err, CliError::Usage(_)) && err.to_string().contains(says), "{url}: {err}");
+            assert!(err.to_string().contains("invalid RPC URL"), "{err}");
+        }
+        let args = SettingArgs {
+            new_channel: NewChannelArgs { deposit_requests: Some(0), ..NewChannelArgs::default() },
+            ..SettingArgs::default()
+        };
+        assert!(Config::resolve(&args, Some("/h".into()), None).is_err());
         let missing = SettingArgs { config: Some("/nonexistent/x402.toml".into()), ..SettingArgs::default() };
-        let err = Config::resolve(&missing, Some("/h".into())).unwrap_err();
+        let err = Config::resolve(&missing, Some("/h".into()), None).unwrap_err();
         assert!(err.to_string().contains("cannot read the config file"), "{err}");
     }
 }

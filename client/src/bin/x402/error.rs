@@ -14,6 +14,17 @@ pub(crate) enum CliError {
     /// The RPC endpoint could not be reached or did not answer as an Ethereum node.
     #[error("{0}")]
     RpcUnreachable(String),
+    /// The payer's account has no ETH (or too little) for a transaction's gas.
+    #[error("the payer {payer} has not enough ETH to pay for gas ({reason})")]
+    NoGas {
+        /// The account that sends the transaction.
+        payer: alloy::primitives::Address,
+        /// The endpoint's message.
+        reason: String,
+    },
+    /// No channel of the state has the id prefix given.
+    #[error("{0}")]
+    NoSuchChannel(String),
     /// `--fail` and the server answered with an HTTP error status.
     #[error("the server answered {0}")]
     HttpStatus(reqwest::StatusCode),
@@ -50,15 +61,21 @@ impl CliError {
         match self {
             Self::Usage(_) => ExitKind::Usage,
             Self::RpcUnreachable(_) => ExitKind::Unreachable,
+            Self::NoGas { .. } => ExitKind::Funds,
+            Self::NoSuchChannel(_) => ExitKind::Channel,
             Self::HttpStatus(_) | Self::Other(_) => ExitKind::Other,
             Self::Client(e) => match e {
                 Error::PriceAboveLimit { .. }
                 | Error::DepositAboveLimit { .. }
                 | Error::TotalDepositAboveLimit { .. }
-                | Error::ChannelExhausted { .. } => ExitKind::Limit,
+                | Error::ChannelExhausted { .. }
+                | Error::NoChannel { .. } => ExitKind::Limit,
                 Error::InsufficientBalance { .. } | Error::InsufficientAllowance { .. } => ExitKind::Funds,
-                Error::UnknownChannel(_) | Error::ChannelState { .. } => ExitKind::Channel,
-                Error::Unreachable { .. } => ExitKind::Unreachable,
+                Error::UnknownChannel(_) | Error::ChannelState { .. } | Error::NotPayer { .. } => {
+                    ExitKind::Channel
+                }
+                Error::Unreachable { .. } | Error::StateLocked { .. } => ExitKind::Unreachable,
+                Error::ZeroAmount(_) | Error::OtherPayer { .. } => ExitKind::Usage,
                 Error::WrongNetwork { .. } => ExitKind::WrongNetwork,
                 Error::Refused { .. }
                 | Error::TooManyAttempts { .. }
@@ -82,6 +99,8 @@ impl CliError {
         match self {
             Self::Usage(_) => "usage",
             Self::RpcUnreachable(_) => "rpc_unreachable",
+            Self::NoGas { .. } => "insufficient_gas",
+            Self::NoSuchChannel(_) => "unknown_channel",
             Self::HttpStatus(_) => "http_status",
             Self::Other(_) => "other",
             Self::Client(e) => match e {
@@ -89,6 +108,11 @@ impl CliError {
                 Error::DepositAboveLimit { .. } => "deposit_above_limit",
                 Error::TotalDepositAboveLimit { .. } => "total_deposit_above_limit",
                 Error::ChannelExhausted { .. } => "channel_exhausted",
+                Error::NoChannel { .. } => "no_channel",
+                Error::ZeroAmount(_) => "zero_amount",
+                Error::NotPayer { .. } => "not_payer",
+                Error::OtherPayer { .. } => "other_payer",
+                Error::StateLocked { .. } => "state_locked",
                 Error::InsufficientBalance { .. } => "insufficient_balance",
                 Error::InsufficientAllowance { .. } => "insufficient_allowance",
                 Error::UnknownChannel(_) => "unknown_channel",
@@ -114,19 +138,65 @@ impl CliError {
     }
 
     /// A hint shown under the message, when there is an obvious next step.
-    pub(crate) fn hint(&self) -> Option<&'static str> {
+    pub(crate) fn hint(&self) -> Option<String> {
+        self.static_hint().map(str::to_owned).or_else(|| match self {
+            Self::NoGas { payer, .. } => Some(format!(
+                "send ETH to {payer} for gas, or open without gas: x402 open URL --gasless (the provider's node \
+                 submits it)"
+            )),
+            Self::Client(Error::ChannelExhausted { channel, .. }) => Some(format!(
+                "top it up (x402 topup {channel} AMOUNT), or allow automatic top-ups (--auto-top-up true)"
+            )),
+            _ => None,
+        })
+    }
+
+    fn static_hint(&self) -> Option<&'static str> {
         match self {
+            Self::Client(Error::NoChannel { .. }) => {
+                Some("open one with `x402 open URL`, or allow automatic opens (--auto-open true)")
+            }
+            Self::Client(Error::OtherPayer { .. }) => {
+                Some("each payer needs its own state directory: pass --state-dir (or X402_STATE_DIR)")
+            }
+            Self::Client(Error::StateLocked { .. }) => {
+                Some("wait for the other x402 process to finish, or use another --state-dir")
+            }
+            Self::Client(Error::NotPayer { .. }) => Some("use the key of the channel's payer"),
+            Self::Client(Error::ChannelState { status, .. }) if status.starts_with("already closed") => {
+                Some("nothing to withdraw: `x402 channels --refresh` shows it closed")
+            }
             Self::Client(Error::PriceAboveLimit { .. }) => {
                 Some("raise --max-price (limits.max_price) to pay it")
             }
             Self::Client(Error::DepositAboveLimit { .. } | Error::TotalDepositAboveLimit { .. }) => {
                 Some("raise --max-deposit / --max-total-deposit, or ask for a smaller deposit")
             }
-            Self::Client(Error::UnknownChannel(_)) => {
+            Self::Client(Error::UnknownChannel(_)) | Self::NoSuchChannel(_) => {
                 Some("`x402 channels` lists the channels of this state directory (--state-dir)")
             }
             Self::Client(Error::Store(_)) => Some("is another x402 process using the same --state-dir?"),
+            Self::RpcUnreachable(_) => {
+                Some("check --rpc-url / X402_RPC_URL / ETH_RPC_URL: it must be a chain's JSON-RPC endpoint")
+            }
             _ => None,
+        }
+    }
+}
+
+impl CliError {
+    /// Names the payer and the way out when a transaction failed for want of ETH for gas
+    /// (the endpoint's `insufficient funds for gas * price + value`).
+    pub(crate) fn with_payer(self, payer: alloy::primitives::Address) -> Self {
+        match self {
+            Self::Client(Error::Chain(message)) if message.to_lowercase().contains("insufficient funds") => {
+                let lower = message.to_lowercase();
+                let at = lower.find("insufficient funds").unwrap_or(0);
+                let reason =
+                    message.get(at..).unwrap_or(&message).split(['\n', ';']).next().unwrap_or("").to_owned();
+                Self::NoGas { payer, reason: reason.trim().to_owned() }
+            }
+            other => other,
         }
     }
 }
@@ -215,10 +285,31 @@ mod tests {
             (Error::Malformed("x".into()).into(), 1, "malformed_response"),
             (Error::Corrupt { key: "k".into(), reason: "r".into() }.into(), 1, "corrupt_state"),
             (Error::RequestNotCloneable.into(), 1, "other"),
+            (CliError::NoGas { payer: a, reason: "x".into() }, 4, "insufficient_gas"),
+            (Error::NoChannel { payee: a, asset: a }.into(), 3, "no_channel"),
+            (Error::ZeroAmount("a top-up").into(), 2, "zero_amount"),
+            (Error::NotPayer { channel: id, payer: a, key: a }.into(), 5, "not_payer"),
+            (Error::OtherPayer { state: a, key: a }.into(), 2, "other_payer"),
+            (Error::StateLocked { dir: "d".into(), waited_secs: 5 }.into(), 6, "state_locked"),
         ];
         for (err, code, name) in cases {
             assert_eq!((err.exit_code(), err.code()), (code, name), "{err}");
         }
+    }
+
+    #[test]
+    fn no_gas_names_the_payer_and_the_gasless_way() {
+        let payer = Address::repeat_byte(0x11);
+        let raw = Error::Chain(
+            "server returned an error response: error code -32003: Insufficient funds for gas * price + value".into(),
+        );
+        let err = CliError::from(raw).with_payer(payer);
+        assert_eq!(err.exit_code(), 4);
+        assert!(err.to_string().contains(&payer.to_string()), "{err}");
+        assert!(!err.to_string().contains("-32003"), "{err}");
+        assert!(err.hint().unwrap().contains("--gasless"));
+        let other = CliError::from(Error::Chain("nonce too low".into())).with_payer(payer);
+        assert_eq!(other.exit_code(), 1);
     }
 
     #[test]

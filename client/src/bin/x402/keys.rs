@@ -18,6 +18,32 @@ pub(crate) const PRIVATE_KEY_ENV: &str = "X402_PRIVATE_KEY";
 pub(crate) const PASSWORD_ENV: &str = "X402_KEYSTORE_PASSWORD";
 /// A hex session key.
 pub(crate) const SESSION_KEY_ENV: &str = "X402_SESSION_KEY";
+/// Foundry's keystore path, used when `--keystore` / `X402_KEYSTORE` is not given.
+pub(crate) const ETH_KEYSTORE_ENV: &str = "ETH_KEYSTORE";
+/// Foundry's keystore password file, used when `--password-file` is not given.
+pub(crate) const ETH_PASSWORD_ENV: &str = "ETH_PASSWORD";
+
+/// Asks for a keystore's password on the terminal; a seam for the unit tests.
+pub(crate) trait Prompt {
+    /// The password typed (not echoed), or `None` when there is no terminal.
+    fn password(&self, keystore: &Path) -> Option<Zeroizing<String>>;
+}
+
+/// The process's terminal (stderr), when there is one.
+#[derive(Debug)]
+pub(crate) struct Terminal;
+
+impl Prompt for Terminal {
+    fn password(&self, keystore: &Path) -> Option<Zeroizing<String>> {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let term = console::Term::stderr();
+        let _ = term.write_str(&format!("password of the keystore {}: ", keystore.display()));
+        term.read_secure_line().ok().map(Zeroizing::new)
+    }
+}
 
 /// Reads the environment; a seam for the unit tests.
 pub(crate) trait Environment {
@@ -38,10 +64,16 @@ impl Environment for ProcessEnv {
 /// The payer's key, from exactly one of `--keystore`, `--key-file` and `X402_PRIVATE_KEY`.
 /// More than one is refused: with money at stake, guessing which account was meant is worse
 /// than asking.
-pub(crate) fn payer(args: &KeyArgs, env: &dyn Environment) -> Result<PrivateKeySigner, CliError> {
+pub(crate) fn payer(
+    args: &KeyArgs,
+    env: &dyn Environment,
+    prompt: &dyn Prompt,
+) -> Result<PrivateKeySigner, CliError> {
     let from_env = env.var(PRIVATE_KEY_ENV);
+    let account = args.account.as_ref().map(|name| foundry_keystore(name, env)).transpose()?;
     let sources: Vec<&str> = [
         args.keystore.as_ref().map(|_| "--keystore"),
+        account.as_ref().map(|_| "--account"),
         args.key_file.as_ref().map(|_| "--key-file"),
         from_env.as_ref().map(|_| PRIVATE_KEY_ENV),
     ]
@@ -54,18 +86,37 @@ pub(crate) fn payer(args: &KeyArgs, env: &dyn Environment) -> Result<PrivateKeyS
             sources.join(", ")
         )));
     }
-    if let Some(path) = &args.keystore {
-        let password = match &args.password_file {
-            Some(file) => Zeroizing::new(read_secret(file, "keystore password")?),
-            None => env.var(PASSWORD_ENV).ok_or_else(|| {
+    // Foundry's ETH_KEYSTORE counts only when no other source is given.
+    let eth_keystore =
+        if sources.is_empty() { env.var(ETH_KEYSTORE_ENV).map(|p| p.as_str().into()) } else { None };
+    if let Some(path) = args.keystore.clone().or(account).or(eth_keystore) {
+        let password_file =
+            args.password_file.clone().or_else(|| env.var(ETH_PASSWORD_ENV).map(|p| p.as_str().into()));
+        let password = match (&password_file, env.var(PASSWORD_ENV)) {
+            (Some(file), _) => Zeroizing::new(read_secret(file, "keystore password file")?),
+            (None, Some(password)) => password,
+            (None, None) => prompt.password(&path).ok_or_else(|| {
                 CliError::Usage(format!(
-                    "the keystore needs a password: set {PASSWORD_ENV} or --password-file"
+                    "the keystore {} needs a password: set {PASSWORD_ENV} or --password-file (or run on a \
+                     terminal to be asked)",
+                    path.display()
                 ))
             })?,
         };
-        return PrivateKeySigner::decrypt_keystore(path, password.as_bytes()).map_err(|e| {
+        if !path.exists() {
+            return Err(CliError::Usage(format!("the keystore {} does not exist", path.display())));
+        }
+        return PrivateKeySigner::decrypt_keystore(&path, password.as_bytes()).map_err(|e| {
             // eth-keystore's errors (wrong password: "Mac Mismatch", I/O, JSON) carry no secret.
-            CliError::Usage(format!("cannot decrypt the keystore {}: {e}", path.display()))
+            let text = e.to_string();
+            if text.contains("Mac Mismatch") {
+                CliError::Usage(format!(
+                    "wrong password for the keystore {} (check {PASSWORD_ENV} or --password-file)",
+                    path.display()
+                ))
+            } else {
+                CliError::Usage(format!("cannot decrypt the keystore {}: {text}", path.display()))
+            }
         });
     }
     if let Some(path) = &args.key_file {
@@ -75,9 +126,29 @@ pub(crate) fn payer(args: &KeyArgs, env: &dyn Environment) -> Result<PrivateKeyS
     match from_env {
         Some(text) => parse_key(&text, PRIVATE_KEY_ENV),
         None => Err(CliError::Usage(format!(
-            "this command needs the payer's key: set {PRIVATE_KEY_ENV}, or pass --key-file or --keystore"
+            "this command needs the payer's key: set {PRIVATE_KEY_ENV}, or pass --key-file, --keystore or \
+             --account"
         ))),
     }
+}
+
+/// The path of Foundry keystore `name` (`~/.foundry/keystores/NAME`, as `cast wallet import`
+/// writes it).
+fn foundry_keystore(name: &str, env: &dyn Environment) -> Result<std::path::PathBuf, CliError> {
+    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        return Err(CliError::Usage(format!(
+            "--account {name:?}: a keystore name, not a path (use --keystore)"
+        )));
+    }
+    let home = env.var("HOME").ok_or_else(|| CliError::Usage("--account needs HOME to be set".into()))?;
+    let path = std::path::Path::new(home.as_str()).join(".foundry").join("keystores").join(name);
+    if !path.exists() {
+        return Err(CliError::Usage(format!(
+            "no Foundry keystore named {name:?} ({} does not exist; `cast wallet list` lists them)",
+            path.display()
+        )));
+    }
+    Ok(path)
 }
 
 /// The session key, from `--session-key-file` or `X402_SESSION_KEY` (not both), if any.
@@ -136,6 +207,21 @@ mod tests {
 
     fn vars(pairs: &[(&'static str, &str)]) -> Vars {
         Vars(pairs.iter().map(|(k, v)| (*k, (*v).to_owned())).collect())
+    }
+
+    /// A terminal that types `0` (or has no terminal).
+    struct Typed(Option<&'static str>);
+
+    impl Prompt for Typed {
+        fn password(&self, _: &Path) -> Option<Zeroizing<String>> {
+            self.0.map(|p| Zeroizing::new(p.to_owned()))
+        }
+    }
+
+    const NO_TTY: Typed = Typed(None);
+
+    fn payer(args: &KeyArgs, env: &dyn Environment) -> Result<PrivateKeySigner, CliError> {
+        super::payer(args, env, &NO_TTY)
     }
 
     const KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
@@ -200,9 +286,32 @@ mod tests {
         assert_eq!(payer(&with_file, &vars(&[])).unwrap().address(), key.address());
 
         let wrong = payer(&args, &vars(&[(PASSWORD_ENV, "hunter3")])).unwrap_err();
-        assert!(wrong.to_string().contains("cannot decrypt the keystore"), "{wrong}");
-        assert!(!wrong.to_string().contains("hunter"), "{wrong}");
+        assert!(wrong.to_string().contains("wrong password for the keystore"), "{wrong}");
+        assert!(!wrong.to_string().contains("hunter") && !wrong.to_string().contains("Mac"), "{wrong}");
         let missing = payer(&args, &vars(&[])).unwrap_err();
         assert!(missing.to_string().contains(PASSWORD_ENV), "{missing}");
+        // On a terminal the password is asked for.
+        let typed = super::payer(&args, &vars(&[]), &Typed(Some("hunter2"))).unwrap();
+        assert_eq!(typed.address(), key.address());
+
+        // Foundry's conventions: ETH_KEYSTORE and ETH_PASSWORD (a password file), and
+        // --account NAME in ~/.foundry/keystores.
+        let keystore = dir.path().join("ks.json").display().to_string();
+        let pw_path = dir.path().join("pw").display().to_string();
+        let eth = vars(&[(ETH_KEYSTORE_ENV, &keystore), (ETH_PASSWORD_ENV, &pw_path)]);
+        assert_eq!(payer(&KeyArgs::default(), &eth).unwrap().address(), key.address());
+        let home = tempfile::tempdir().unwrap();
+        let store = home.path().join(".foundry/keystores");
+        std::fs::create_dir_all(&store).unwrap();
+        std::fs::copy(dir.path().join("ks.json"), store.join("payer")).unwrap();
+        let home_var = home.path().display().to_string();
+        let args = KeyArgs { account: Some("payer".into()), ..KeyArgs::default() };
+        let env = vars(&[("HOME", &home_var), (PASSWORD_ENV, "hunter2")]);
+        assert_eq!(payer(&args, &env).unwrap().address(), key.address());
+        let args = KeyArgs { account: Some("nobody".into()), ..KeyArgs::default() };
+        assert!(payer(&args, &env).unwrap_err().to_string().contains("no Foundry keystore named \"nobody\""));
+        // ETH_KEYSTORE does not count as a second key next to X402_PRIVATE_KEY.
+        let both = vars(&[(ETH_KEYSTORE_ENV, &keystore), (PRIVATE_KEY_ENV, KEY)]);
+        assert_eq!(payer(&KeyArgs::default(), &both).unwrap().address(), key.address());
     }
 }

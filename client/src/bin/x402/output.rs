@@ -12,7 +12,7 @@ use std::{
 
 use alloy::primitives::U256;
 use serde_json::{Value, json};
-use x402_client::{ChannelStatus, ClientChannel, Payment};
+use x402_client::{ChannelEvent, ChannelStatus, ClientChannel, NotCharged, Payment};
 
 use crate::error::CliError;
 
@@ -47,6 +47,11 @@ pub(crate) struct Output {
 impl Output {
     pub(crate) fn new(json: bool) -> Self {
         Self { json }
+    }
+
+    /// Whether the result is a JSON document.
+    pub(crate) fn is_json(&self) -> bool {
+        self.json
     }
 
     /// Writes a command's result.
@@ -133,10 +138,10 @@ pub(crate) fn channel_json(ch: &ClientChannel) -> Value {
         "status": ch.status.as_str(),
         "exitAt": match ch.status { ChannelStatus::Exiting { exit_at } => Some(exit_at), _ => None },
         "deposit": ch.deposit.to_string(),
-        "spent": ch.spent.to_string(),
+        "signed": ch.max_signed.to_string(),
+        "charged": ch.spent.to_string(),
         "remaining": remaining(ch).to_string(),
         "nonce": ch.nonce,
-        "signed": ch.max_signed.to_string(),
         "chainId": ch.terms.network.chain_id,
         "contract": ch.terms.contract,
         "payee": ch.terms.payee,
@@ -150,7 +155,7 @@ pub(crate) fn channel_json(ch: &ClientChannel) -> Value {
 }
 
 /// What is left in the channel for payments: nothing once it is closed (the rest was
-/// refunded), else the deposit no signed voucher commits.
+/// refunded), else the deposit the node has not charged (`deposit = charged + remaining`).
 fn remaining(ch: &ClientChannel) -> U256 {
     if ch.status == ChannelStatus::Closed { U256::ZERO } else { ch.remaining() }
 }
@@ -163,21 +168,27 @@ fn status_text(status: ChannelStatus) -> String {
     }
 }
 
-/// The channel table of `x402 channels`.
+/// The channel table of `x402 channels`: `DEPOSIT = CHARGED + REMAINING` while a channel is
+/// not closed; `SIGNED` is the most any voucher signed commits (at least `CHARGED`).
 pub(crate) fn channel_table(channels: &[ClientChannel]) -> String {
     if channels.is_empty() {
         return "no channels".into();
     }
-    let header = ["CHANNEL", "DEPOSIT", "SPENT", "REMAINING", "NONCE", "STATUS"].map(str::to_owned);
-    let rows: Vec<[String; 6]> = channels
+    const COLUMNS: usize = 9;
+    let header = ["CHANNEL", "DEPOSIT", "SIGNED", "CHARGED", "REMAINING", "NONCE", "PAYEE", "NODE", "STATUS"]
+        .map(str::to_owned);
+    let rows: Vec<[String; COLUMNS]> = channels
         .iter()
         .map(|ch| {
             [
                 ch.id.to_string(),
                 ch.deposit.to_string(),
+                ch.max_signed.to_string(),
                 ch.spent.to_string(),
                 remaining(ch).to_string(),
                 ch.nonce.to_string(),
+                ch.terms.payee.to_string(),
+                ch.node.clone().unwrap_or_else(|| "-".into()),
                 status_text(ch.status),
             ]
         })
@@ -194,8 +205,8 @@ pub(crate) fn channel_table(channels: &[ClientChannel]) -> String {
         for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
             // Text left-aligned, numbers right-aligned.
             let _ = match i {
-                0 | 5 => write!(line, "{cell:<w$}  "),
-                _ => write!(line, "{cell:>w$}  "),
+                1..=5 => write!(line, "{cell:>w$}  "),
+                _ => write!(line, "{cell:<w$}  "),
             };
         }
         out.push_str(line.trim_end());
@@ -207,7 +218,7 @@ pub(crate) fn channel_table(channels: &[ClientChannel]) -> String {
 /// One channel, for `open` and `topup`.
 pub(crate) fn channel_summary(verb: &str, ch: &ClientChannel) -> String {
     format!(
-        "{verb} channel {id}\n  deposit    {deposit}\n  spent      {spent}\n  remaining  {remaining}\n  \
+        "{verb} channel {id}\n  deposit    {deposit}\n  charged    {spent}\n  remaining  {remaining}\n  \
          status     {status}\n  payee      {payee}\n  token      {asset}\n  challenge  {period} s\n  node       {node}",
         id = ch.id,
         deposit = ch.deposit,
@@ -235,7 +246,7 @@ pub(crate) fn payment_json(p: &Payment) -> Value {
     })
 }
 
-/// A payment, for stderr.
+/// A payment, for stderr. "left" is always the deposit minus what the node charged in total.
 pub(crate) fn payment_line(p: &Payment) -> String {
     format!(
         "paid: channel {} nonce {} charged {} total {} (deposit {}, {} left)",
@@ -244,8 +255,71 @@ pub(crate) fn payment_line(p: &Payment) -> String {
         p.charged,
         p.total_charged,
         p.deposit,
-        p.deposit.saturating_sub(p.cumulative_amount),
+        p.deposit.saturating_sub(p.total_charged),
     )
+}
+
+/// A request whose voucher the node did not charge, for stderr.
+pub(crate) fn not_charged_line(n: &NotCharged, status: reqwest::StatusCode) -> String {
+    format!(
+        "not charged: the server answered {status}, so the node charged nothing (channel {}: total {}, deposit {}, \
+         {} left)",
+        n.channel_id,
+        n.total_charged,
+        n.deposit,
+        n.deposit.saturating_sub(n.total_charged),
+    )
+}
+
+/// A request not charged, as JSON.
+pub(crate) fn not_charged_json(n: &NotCharged) -> Value {
+    json!({
+        "channelId": n.channel_id,
+        "charged": "0",
+        "totalCharged": n.total_charged.to_string(),
+        "deposit": n.deposit.to_string(),
+    })
+}
+
+/// A channel opened or topped up, one line for stderr.
+pub(crate) fn event_line(e: &ChannelEvent) -> String {
+    match e {
+        ChannelEvent::Opened { channel_id, payee, deposit, challenge_period, raised_from, automatic } => {
+            let how = if *automatic { "opened a channel automatically" } else { "opened a channel" };
+            let raised = raised_from
+                .map(|asked| {
+                    format!(
+                        ", raised from the {asked} s asked: the provider's minimum is {challenge_period} s"
+                    )
+                })
+                .unwrap_or_default();
+            format!(
+                "{how}: {channel_id} with provider {payee}, deposit {deposit}, challenge period {challenge_period} s{raised}"
+            )
+        }
+        ChannelEvent::ToppedUp { channel_id, amount, deposit, automatic } => {
+            let how = if *automatic { "topped up automatically" } else { "topped up" };
+            format!("{how}: channel {channel_id} by {amount} (deposit now {deposit})")
+        }
+        _ => format!("{e:?}"),
+    }
+}
+
+/// A channel event as JSON.
+pub(crate) fn event_json(e: &ChannelEvent) -> Value {
+    match e {
+        ChannelEvent::Opened { channel_id, payee, deposit, challenge_period, raised_from, automatic } => {
+            json!({
+                "event": "opened", "channelId": channel_id, "payee": payee, "deposit": deposit.to_string(),
+                "challengePeriod": challenge_period, "raisedFrom": raised_from, "automatic": automatic,
+            })
+        }
+        ChannelEvent::ToppedUp { channel_id, amount, deposit, automatic } => json!({
+            "event": "toppedUp", "channelId": channel_id, "amount": amount.to_string(),
+            "deposit": deposit.to_string(), "automatic": automatic,
+        }),
+        _ => json!({ "event": "other" }),
+    }
 }
 
 /// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
@@ -327,7 +401,11 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("CHANNEL "));
         let cells: Vec<&str> = lines[1].split_whitespace().collect();
-        assert_eq!(cells, [a.id.to_string().as_str(), "50000", "1000", "49000", "1", "open"]);
+        let payee = Address::ZERO.to_string();
+        assert_eq!(
+            cells,
+            [a.id.to_string().as_str(), "50000", "1000", "1000", "49000", "1", &payee, "-", "open"]
+        );
         assert!(lines[2].ends_with("exiting (withdraw from 1970-01-01 00:00:00 UTC)"), "{}", lines[2]);
         assert_eq!(channel_table(&[]), "no channels");
         let json = channel_json(&a);

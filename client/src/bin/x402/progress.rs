@@ -1,9 +1,14 @@
-//! A spinner on stderr while a transaction waits for its confirmations, and the record of
-//! every transaction sent (part of the result, so scripts get the hashes).
+//! Progress on stderr while a transaction waits for its confirmations: on a terminal a
+//! spinner with the count (`1/3 confirmations`), elsewhere one line per transaction when it is
+//! sent. And the record of every transaction sent (part of the result, so scripts get the
+//! hashes).
 
 use std::{io::IsTerminal, sync::Arc, time::Duration};
 
-use alloy::primitives::TxHash;
+use alloy::{
+    primitives::TxHash,
+    providers::{DynProvider, Provider},
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
@@ -27,6 +32,10 @@ pub(crate) struct Progress {
     draw: bool,
     spinner: Mutex<Option<ProgressBar>>,
     sent: Mutex<Vec<Tx>>,
+    /// Reads the chain for the confirmation count (set once connected).
+    provider: Mutex<Option<DynProvider>>,
+    /// Channels opened or topped up, as JSON.
+    events: Mutex<Vec<Value>>,
 }
 
 impl Progress {
@@ -37,7 +46,24 @@ impl Progress {
             draw: std::io::stderr().is_terminal(),
             spinner: Mutex::new(None),
             sent: Mutex::new(Vec::new()),
+            provider: Mutex::new(None),
+            events: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Records a channel event (opened, topped up) for the JSON result.
+    pub(crate) fn event(&self, event: Value) {
+        self.events.lock().push(event);
+    }
+
+    /// The channel events, as JSON.
+    pub(crate) fn events(&self) -> Value {
+        Value::Array(self.events.lock().clone())
+    }
+
+    /// Counts confirmations on `provider`'s chain.
+    pub(crate) fn watch(&self, provider: DynProvider) {
+        *self.provider.lock() = Some(provider);
     }
 
     /// The observer to give the chain client.
@@ -50,6 +76,14 @@ impl Progress {
         match event {
             TxEvent::Sent { what, hash, confirmations } => {
                 self.sent.lock().push(Tx { what, hash, block: None });
+                if !self.draw {
+                    let blocks = if confirmations == 1 {
+                        "1 confirmation".into()
+                    } else {
+                        format!("{confirmations} confirmations")
+                    };
+                    crate::output::progress_line(&format!("tx {what} {hash} sent; waiting for {blocks}"));
+                }
                 if self.draw {
                     let bar = ProgressBar::new_spinner();
                     if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
@@ -62,6 +96,11 @@ impl Progress {
                     };
                     bar.set_message(format!("{what}: waiting for {blocks} of {hash:#}"));
                     bar.enable_steady_tick(Duration::from_millis(100));
+                    if let (Some(provider), Ok(runtime)) =
+                        (self.provider.lock().clone(), tokio::runtime::Handle::try_current())
+                    {
+                        runtime.spawn(count_confirmations(provider, bar.clone(), what, hash, confirmations));
+                    }
                     if let Some(old) = self.spinner.lock().replace(bar) {
                         old.finish_and_clear();
                     }
@@ -116,13 +155,39 @@ impl Progress {
     }
 }
 
+/// Updates `bar` with the confirmations `hash` has (`1/3`) until the bar is finished.
+async fn count_confirmations(
+    provider: DynProvider,
+    bar: ProgressBar,
+    what: &'static str,
+    hash: TxHash,
+    wanted: u64,
+) {
+    while !bar.is_finished() {
+        if let (Ok(Some(receipt)), Ok(head)) =
+            (provider.get_transaction_receipt(hash).await, provider.get_block_number().await)
+            && let Some(mined) = receipt.block_number
+        {
+            let have = head.saturating_sub(mined).saturating_add(1).min(wanted);
+            bar.set_message(format!("{what}: {have}/{wanted} confirmations of {hash:#}"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn transactions_are_recorded_with_their_block() {
-        let p = Arc::new(Progress { draw: false, spinner: Mutex::new(None), sent: Mutex::new(Vec::new()) });
+        let p = Arc::new(Progress {
+            draw: false,
+            spinner: Mutex::new(None),
+            sent: Mutex::new(Vec::new()),
+            provider: Mutex::new(None),
+            events: Mutex::new(Vec::new()),
+        });
         let observe = p.observer();
         let (a, b) = (TxHash::repeat_byte(1), TxHash::repeat_byte(2));
         observe(TxEvent::Sent { what: "approve", hash: a, confirmations: 1 });
