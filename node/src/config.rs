@@ -411,6 +411,7 @@ impl RouteConfig {
             pricing: self.pricing,
             description: self.description.clone(),
             mime_type: self.mime_type.clone(),
+            replay_body: false,
         }
     }
 }

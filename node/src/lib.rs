@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod push;
 pub mod relay;
+pub mod serve;
 pub mod settle;
 pub mod verify;
 pub mod watcher;
