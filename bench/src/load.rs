@@ -412,20 +412,14 @@ async fn drive(
     Ok((ok.load(Ordering::Relaxed), errors.load(Ordering::Relaxed)))
 }
 
-/// Runs `concurrency` workers sending requests at once on the single channel `channel`
-/// (paid: each with the next of its vouchers, nonce `n` paying `n` prices, taken from one
-/// queue, so they reach the node in about, not exactly, nonce order) for `duration`, at most
-/// `requests` requests. The channel first gets one paid request outside the timed window.
-pub async fn one_channel(
-    server: &Server,
-    vouchers: &Vouchers,
-    name: &str,
-    paid: bool,
-    channel: u64,
-    concurrency: usize,
-    duration: Duration,
-    requests: u64,
-) -> eyre::Result<Run> {
+/// Runs `plan.concurrency` workers sending requests at once on the single channel
+/// `plan.first` (paid: each with the next voucher, nonce `n` paying `n` prices, taken from one
+/// queue, so they reach the node in about, not exactly, nonce order) for `plan.duration`, at
+/// most `plan.requests` requests. The channel first gets one paid request outside the timed
+/// window.
+pub async fn one_channel(server: &Server, vouchers: &Vouchers, plan: &Plan) -> eyre::Result<Run> {
+    let (name, paid, channel, concurrency, duration, requests) =
+        (plan.name.as_str(), plan.paid, plan.first, plan.concurrency, plan.duration, plan.requests);
     let url = Arc::new(format!("{}/{}", server.url, if paid { "paid" } else { "free" }));
     let queue: Arc<queue::Queue> = Arc::new(queue::Queue::default());
     if paid {

@@ -1182,12 +1182,15 @@ mod tests {
     use super::*;
     use crate::test_utils::{MemoryChain, open_channel, terms};
 
+    /// Namespace and key to value.
+    type Entries = BTreeMap<(String, Vec<u8>), Vec<u8>>;
+
     /// A store that keeps what was synced apart from what was only written: a crash keeps
     /// only the former.
     #[derive(Debug, Default)]
     struct CrashStore {
-        written: parking_lot::Mutex<BTreeMap<(String, Vec<u8>), Vec<u8>>>,
-        durable: parking_lot::Mutex<BTreeMap<(String, Vec<u8>), Vec<u8>>>,
+        written: parking_lot::Mutex<Entries>,
+        durable: parking_lot::Mutex<Entries>,
     }
 
     impl CrashStore {

@@ -290,11 +290,14 @@ struct Kept {
     body: Bytes,
 }
 
+/// A channel and a voucher nonce.
+type Key = (B256, u64);
+
 /// Responses of routes with body replay, by channel and voucher nonce: bounded in number,
 /// size and age.
 #[derive(Debug, Default)]
 pub struct ReplayCache {
-    inner: parking_lot::Mutex<(HashMap<(B256, u64), Kept>, VecDeque<(B256, u64)>)>,
+    inner: parking_lot::Mutex<(HashMap<Key, Kept>, VecDeque<Key>)>,
 }
 
 impl ReplayCache {

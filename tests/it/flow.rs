@@ -54,8 +54,8 @@ async fn slow_upstream() -> SocketAddr {
         )
         .route("/stream", get(move || async move { events(true) }))
         .route("/stream-unreported", get(move || async move { events(false) }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let addr = listener.local_addr().expect("bound");
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
 }

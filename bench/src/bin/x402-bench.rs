@@ -278,7 +278,19 @@ async fn one_channel_runs(
     let mut runs = Vec::new();
     for (name, paid) in names {
         note(&format!("run: {name} ({c} connections, upstream {} ms)", args.upstream_ms));
-        let r = load::one_channel(&server, &vouchers, name, paid, 0, c, duration, args.requests).await?;
+        let plan = Plan {
+            name: name.into(),
+            paid,
+            window: 1,
+            first: 0,
+            channels: 1,
+            concurrency: c,
+            duration,
+            requests: args.requests,
+            warm_up: true,
+            start: 0,
+        };
+        let r = load::one_channel(&server, &vouchers, &plan).await?;
         note(&format!("  {:.0} req/s, {} corrective 402s, {} errors", r.rps, r.corrective, r.errors));
         runs.push(r);
     }
