@@ -32,6 +32,9 @@ use crate::{
     StateStore,
 };
 
+/// The header the node sets on its answer to a resend of a voucher it already served.
+const REPLAYED: &str = "x402-replayed";
+
 /// What a paid request cost, attached to the response's extensions
 /// (`response.extensions().get::<Payment>()`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -499,6 +502,13 @@ impl Client {
                     return Err(e);
                 }
             };
+            if response.status() == StatusCode::CONFLICT && response.headers().contains_key(REPLAYED) {
+                // A voucher resent after a transport failure had paid for a response that was
+                // lost, and the node does not keep it: take that request's receipt, and pay
+                // for this one again.
+                self.receipt(&prepared, &response, &offer, attempt, &flight).await?;
+                continue;
+            }
             if response.status() != StatusCode::PAYMENT_REQUIRED {
                 let payment = self.receipt(&prepared, &response, &offer, attempt, &flight).await?;
                 self.inner.offers.lock().insert(target, offer);

@@ -971,8 +971,9 @@ impl<S: KvStore, C: ChainReader> Pending<S, C> {
         }
         let window = engine.credit_window();
         let record = slot.record.as_mut().ok_or_else(|| Refusal::new(ErrorCode::Unavailable, "no record"))?;
-        if record.close.is_some() {
-            // The close authorisation was signed at what was charged before this request.
+        if record.close.is_some() || record.status == ChannelStatus::Closed {
+            // The close authorisation was signed at what was charged before this request (or
+            // the channel closed on-chain meanwhile: nothing more can be claimed).
             if let Kind::Voucher { nonce, .. } = kind {
                 slot.in_flight.remove(&nonce);
             }

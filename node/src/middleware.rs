@@ -205,6 +205,9 @@ where
             .filter(|_| price.replay_body)
             .unwrap_or_else(serve::already_served);
         with_receipt(&mut response, settlement);
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(serve::REPLAYED), HeaderValue::from_static("1"));
         return response;
     }
     req.extensions_mut().insert(payment.clone());

@@ -17,7 +17,8 @@
 //! receipt (`PAYMENT-RESPONSE`) and is not charged again. A route with
 //! [`Price::replay_body`](crate::Price) set also gets its response replayed, if it was at most
 //! [`REPLAY_MAX_BODY`] bytes and is at most [`REPLAY_TTL`] old; otherwise the answer is a
-//! `409 Conflict` with the receipt and the JSON body `{"error": "already_served", ...}`.
+//! `409 Conflict` with the receipt and the JSON body `{"error": "already_served", ...}`. Both
+//! carry the header [`REPLAYED`].
 //!
 //! [`Engine::flush_charges`]: crate::Engine::flush_charges
 
@@ -36,6 +37,10 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use tracing::warn;
 
 use crate::engine::DeferredCharge;
+
+/// Set (`1`) on the answer to a resend of a voucher already served, with its receipt: a
+/// `409` means the response is not kept and the client should pay for the request again.
+pub const REPLAYED: &str = "x402-replayed";
 
 /// The trailer in which a streamed response may report its cost.
 pub const COST_TRAILER: &str = "x402-cost";

@@ -154,6 +154,7 @@ async fn a_resent_voucher_gets_its_receipt_and_a_kept_response_once_charged() {
     let again = f.pay("/slow", 2, 2 * PRICE).await;
     assert_eq!(again.status(), StatusCode::CONFLICT);
     assert_eq!(settlement(&again), receipt);
+    assert_eq!(again.headers()[x402_node::serve::REPLAYED], "1");
     assert_eq!(charged(&f).await, U256::from(2 * PRICE));
     // The receipt survives a restart (it is stored with the voucher).
     let store = Arc::new(MemoryStore::new());
