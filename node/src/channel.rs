@@ -298,7 +298,11 @@ impl ChannelRecord {
         }
         let committed = self.charged().saturating_add(reserved);
         let needed = committed.saturating_add(price);
-        if voucher.nonce > self.nonce() {
+        // A voucher of the latest's nonce but another amount (the latest's request failed and
+        // the client signed again) may replace it, like a newer one.
+        let replaces = voucher.nonce == self.nonce()
+            && self.latest.as_ref().is_some_and(|l| l.cumulative_amount != voucher.cumulativeAmount);
+        if voucher.nonce > self.nonce() || replaces {
             if voucher.cumulativeAmount < needed {
                 return refuse(
                     ErrorCode::AmountBelowPrice,
@@ -422,7 +426,9 @@ impl ChannelRecord {
     /// Records an accepted voucher and what this request cost (admission, adoption when it is
     /// the newest, charge and service in one step).
     pub fn apply(&mut self, voucher: &Voucher, signature: Bytes, cost: U256) {
-        if voucher.nonce > self.nonce() {
+        let replaces = voucher.nonce == self.nonce()
+            && self.latest.as_ref().is_some_and(|l| l.cumulative_amount != voucher.cumulativeAmount);
+        if voucher.nonce > self.nonce() || replaces {
             self.adopt(voucher, signature);
         }
         self.charge(cost);
@@ -489,6 +495,31 @@ pub(crate) mod tests {
         assert_eq!(
             (state.nonce, state.charged, state.cumulative_amount),
             (5, U256::from(300), U256::from(300))
+        );
+    }
+
+    #[test]
+    fn a_latest_voucher_never_served_may_be_replaced_by_one_of_its_nonce() {
+        let none = std::collections::HashSet::new();
+        let mut rec = ChannelRecord::new(B256::ZERO, onchain(1000));
+        rec.apply(&voucher(1, 100), Bytes::new(), U256::from(100));
+        // Adopted by a request that failed: not served.
+        rec.adopt(&voucher(2, 500), Bytes::new());
+        let price = U256::from(100);
+        let admit = |v| rec.admit(&v, price, U256::ZERO, &none).map_err(|r| r.code);
+        assert_eq!(admit(voucher(2, 500)), Ok(Admission::Covered), "the same voucher again");
+        assert_eq!(admit(voucher(2, 200)), Ok(Admission::Latest), "another amount replaces it");
+        assert_eq!(admit(voucher(2, 199)), Err(ErrorCode::AmountBelowPrice));
+        // With 250 reserved by requests in flight, a replacement must cover that too.
+        assert_eq!(
+            rec.admit(&voucher(2, 449), price, U256::from(250), &none).map_err(|r| r.code),
+            Err(ErrorCode::AmountBelowPrice)
+        );
+        // In flight: refused.
+        let flying = std::collections::HashSet::from([2]);
+        assert_eq!(
+            rec.admit(&voucher(2, 500), price, U256::ZERO, &flying).map_err(|r| r.code),
+            Err(ErrorCode::NonceTooLow)
         );
     }
 
