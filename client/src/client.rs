@@ -539,7 +539,7 @@ impl Client {
                     let slot = self.slot(prepared.channel)?;
                     let mut ch = slot.lock().await;
                     if ch.resync(state)? == crate::state::Resync::Rebased {
-                        ch.cumulative = ch.cumulative.saturating_add(flight.others());
+                        ch.cumulative = ch.spent.max(ch.cumulative).saturating_add(flight.others());
                     }
                     self.inner.store.put(&ch)?;
                     drop(ch);
@@ -880,8 +880,10 @@ impl Client {
         ch.receipt(&extra)?;
         if extra.nonce == ch.nonce {
             // Rebased on what the node charged: the requests still in flight are reserved on
-            // the node on top of that.
-            ch.cumulative = ch.cumulative.saturating_add(flight.others());
+            // the node on top of that. Receipts arrive in any order, so the base is the most
+            // the node ever reported charged (a request committed after this one may have
+            // been answered first, and is no longer in flight).
+            ch.cumulative = ch.spent.max(ch.cumulative).saturating_add(flight.others());
         }
         self.inner.store.put(&ch)?;
         Ok(Some(Payment {

@@ -259,12 +259,6 @@ impl ChannelRecord {
         in_flight: &std::collections::HashSet<u64>,
     ) -> Result<Admission, Refusal> {
         let refuse = |code, message: String| Err(Refusal::new(code, message).with_state(self.state()));
-        if let Some(served) = self.served.iter().find(|s| s.nonce == voucher.nonce) {
-            if served.amount == voucher.cumulativeAmount {
-                return Ok(Admission::Replay(served.clone()));
-            }
-            return refuse(ErrorCode::NonceTooLow, format!("nonce {} was already used", voucher.nonce));
-        }
         match self.status {
             ChannelStatus::Open => {}
             ChannelStatus::Closing => {
@@ -274,6 +268,12 @@ impl ChannelRecord {
                 );
             }
             ChannelStatus::Closed => return refuse(ErrorCode::ChannelClosed, "the channel is closed".into()),
+        }
+        if let Some(served) = self.served.iter().find(|s| s.nonce == voucher.nonce) {
+            if served.amount == voucher.cumulativeAmount {
+                return Ok(Admission::Replay(served.clone()));
+            }
+            return refuse(ErrorCode::NonceTooLow, format!("nonce {} was already used", voucher.nonce));
         }
         if in_flight.contains(&voucher.nonce) {
             return refuse(
