@@ -16,7 +16,7 @@
 //! handler with the verified [`Payment`] as a request extension; the handler of a
 //! [`Pricing::Upto`] route reports the actual cost with a
 //! [`Charge`] response extension, or, streaming, at the end of its body (see
-//! [`serve`](crate::serve)). The voucher is stored durably before the response is released; a
+//! [`crate::serve`]). The voucher is stored durably before the response is released; a
 //! handler that fails with a 5xx is not charged for. A request inside a prepaid credit window
 //! presents `PAYMENT-SESSION` instead (see [`Engine::set_credit_window`]).
 //!
