@@ -43,13 +43,23 @@ pub struct Server {
 
 impl Server {
     /// Starts `x402-bench serve` (this executable) with `channels` on its chain, credit window
-    /// `window`, storing in `data`.
-    pub async fn start(channels: u64, window: u32, data: &Path) -> eyre::Result<Self> {
+    /// `window`, storing in `data`; with `upstream`, as the gateway in front of it.
+    pub async fn start(
+        channels: u64,
+        window: u32,
+        data: &Path,
+        upstream: Option<&str>,
+    ) -> eyre::Result<Self> {
         let started = Instant::now();
-        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        let mut command = tokio::process::Command::new(std::env::current_exe()?);
+        command
             .args(["serve", "--channels", &channels.to_string(), "--window", &window.to_string()])
             .arg("--data")
-            .arg(data)
+            .arg(data);
+        if let Some(upstream) = upstream {
+            command.args(["--upstream", upstream]);
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -230,6 +240,9 @@ pub struct Run {
     pub paid_by_session: u64,
     /// Server resident memory at the end, KiB.
     pub server_rss_kib: u64,
+    /// Paid requests refused with a corrective 402 (`nonce_too_low`, `amount_below_price`).
+    #[serde(default)]
+    pub corrective: u64,
 }
 
 /// A timed run's shape.
@@ -309,6 +322,7 @@ pub async fn run(server: &Server, vouchers: &Vouchers, plan: &Plan) -> eyre::Res
         max_batch: after.max_batch,
         paid_by_session: after.paid_by_session.saturating_sub(before.paid_by_session),
         server_rss_kib: after.usage.rss_kib,
+        corrective: 0,
     })
 }
 
@@ -396,6 +410,120 @@ async fn drive(
     }
     stop.store(true, Ordering::Relaxed);
     Ok((ok.load(Ordering::Relaxed), errors.load(Ordering::Relaxed)))
+}
+
+/// Runs `plan.concurrency` workers sending requests at once on the single channel
+/// `plan.first` (paid: each with the next voucher, nonce `n` paying `n` prices, taken from one
+/// queue, so they reach the node in about, not exactly, nonce order) for `plan.duration`, at
+/// most `plan.requests` requests. The channel first gets one paid request outside the timed
+/// window.
+pub async fn one_channel(server: &Server, vouchers: &Vouchers, plan: &Plan) -> eyre::Result<Run> {
+    let (name, paid, channel, concurrency, duration, requests) =
+        (plan.name.as_str(), plan.paid, plan.first, plan.concurrency, plan.duration, plan.requests);
+    let url = Arc::new(format!("{}/{}", server.url, if paid { "paid" } else { "free" }));
+    let queue: Arc<queue::Queue> = Arc::new(queue::Queue::default());
+    if paid {
+        let warm = HeaderValue::from_str(&vouchers.header(channel, 1, U256::from(PRICE)))?;
+        let (status, _) = server.http.get(&url, Some((wire::PAYMENT_SIGNATURE, warm))).await?;
+        eyre::ensure!(status == StatusCode::OK, "the warm-up request answered {status}");
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+        let per = requests.div_ceil(threads).max(1);
+        let signed: Vec<HeaderValue> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    scope.spawn(move || {
+                        (t * per..((t + 1) * per).min(requests))
+                            .map(|k| {
+                                let nonce = k + 2;
+                                let header = vouchers.header(channel, nonce, U256::from(nonce * PRICE));
+                                HeaderValue::from_str(&header).expect("base64 is a valid header")
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().expect("signing thread")).collect()
+        });
+        queue.fill(signed);
+    }
+    let ok = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let corrective = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let before = server.stats().await?;
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (http, url, queue) = (server.http.clone(), Arc::clone(&url), Arc::clone(&queue));
+        let (ok, errors, corrective, sent) =
+            (Arc::clone(&ok), Arc::clone(&errors), Arc::clone(&corrective), Arc::clone(&sent));
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline && sent.fetch_add(1, Ordering::Relaxed) < requests {
+                let header = if paid {
+                    match queue.pop() {
+                        Some(v) => Some((wire::PAYMENT_SIGNATURE, v)),
+                        None => break,
+                    }
+                } else {
+                    None
+                };
+                match http.get(&url, header).await {
+                    Ok((StatusCode::OK, _)) => ok.fetch_add(1, Ordering::Relaxed),
+                    Ok((StatusCode::PAYMENT_REQUIRED, _)) => corrective.fetch_add(1, Ordering::Relaxed),
+                    Ok(_) | Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let after = server.stats().await?;
+    let served = ok.load(Ordering::Relaxed);
+    let flushes = after.flushes.saturating_sub(before.flushes);
+    let writes = after.synced_writes.saturating_sub(before.synced_writes);
+    let paid_count = after.paid.saturating_sub(before.paid).max(1) as f64;
+    Ok(Run {
+        name: name.into(),
+        paid,
+        window: 1,
+        channels: 1,
+        concurrency,
+        ok: served,
+        errors: errors.load(Ordering::Relaxed),
+        seconds,
+        rps: served as f64 / seconds,
+        cpu_us_per_request: after.usage.cpu_us.saturating_sub(before.usage.cpu_us) as f64
+            / served.max(1) as f64,
+        fsyncs_per_request: if paid { flushes as f64 / paid_count } else { 0.0 },
+        mean_batch: if flushes == 0 { 0.0 } else { writes as f64 / flushes as f64 },
+        max_batch: after.max_batch,
+        paid_by_session: 0,
+        server_rss_kib: after.usage.rss_kib,
+        corrective: corrective.load(Ordering::Relaxed),
+    })
+}
+
+/// A queue of vouchers shared by the workers of one channel.
+mod queue {
+    use std::{collections::VecDeque, sync::Mutex};
+
+    use http::HeaderValue;
+
+    #[derive(Debug, Default)]
+    pub(super) struct Queue(Mutex<VecDeque<HeaderValue>>);
+
+    impl Queue {
+        pub(super) fn fill(&self, items: Vec<HeaderValue>) {
+            self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(items);
+        }
+
+        pub(super) fn pop(&self) -> Option<HeaderValue> {
+            self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop_front()
+        }
+    }
 }
 
 /// Latency percentiles, microseconds.

@@ -102,6 +102,11 @@ impl Gas {
     }
 }
 
+/// The run of concurrent requests on one channel through the gateway, unpaid.
+pub const ONE_CHANNEL_UNPAID: &str = "one channel via gateway, unpaid";
+/// The same, paid.
+pub const ONE_CHANNEL_PAID: &str = "one channel via gateway, paid";
+
 /// A target of the issue, evaluated.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Target {
@@ -188,6 +193,28 @@ impl Results {
                     "nine requests in ten present a session token (constant-time compare, no ECDSA, no fsync); \
                      the tenth carries a voucher; server CPU {:.1} µs per request against {:.1} µs unpaid",
                     k10.cpu_us_per_request, unpaid.cpu_us_per_request
+                ),
+            });
+        }
+        if let (Some(paid), Some(unpaid)) = (self.run(ONE_CHANNEL_PAID), self.run(ONE_CHANNEL_UNPAID)) {
+            let ratio = paid.rps / unpaid.rps.max(1e-9);
+            out.push(Target {
+                name: format!(
+                    "{} concurrent requests on one channel through the gateway (slow upstream)",
+                    paid.concurrency
+                ),
+                goal: "≥ 90% of the unpaid throughput, zero corrective 402s".into(),
+                value: format!(
+                    "{:.0} / {:.0} req/s = {:.0}%, {} corrective 402s",
+                    paid.rps,
+                    unpaid.rps,
+                    ratio * 100.0,
+                    paid.corrective
+                ),
+                met: ratio >= 0.9 && paid.corrective == 0 && paid.errors == 0,
+                note: format!(
+                    "the channel is locked only to admit a voucher (reserve its price) and to commit it, never                      while the upstream works, so its requests are served in parallel in whatever order their                      vouchers arrive; the commits share group commits (mean {:.1} writes per fsync)",
+                    paid.mean_batch
                 ),
             });
         }
@@ -555,6 +582,29 @@ mod tests {
         assert!(!targets[2].met, "1,300 µs added at p99");
         assert!(targets[3].met, "0.01 fsyncs per request is 1 per 100");
         assert!(targets[4].met, "5% growth, no errors");
+    }
+
+    #[test]
+    fn one_channel_target_needs_throughput_and_no_corrective_402() {
+        let one = |name: &str, paid, rps, corrective| Run {
+            name: name.into(),
+            paid,
+            channels: 1,
+            concurrency: 64,
+            ok: 1000,
+            rps,
+            corrective,
+            ..Run::default()
+        };
+        for (paid_rps, corrective, met) in [(2_900.0, 0, true), (2_700.0, 0, false), (3_000.0, 1, false)] {
+            let mut r = results();
+            r.runs.push(one(ONE_CHANNEL_UNPAID, false, 3_100.0, 0));
+            r.runs.push(one(ONE_CHANNEL_PAID, true, paid_rps, corrective));
+            let targets = r.targets();
+            let t = targets.iter().find(|t| t.name.contains("on one channel")).expect("the target");
+            assert_eq!(t.met, met, "{paid_rps} req/s, {corrective} corrective: {}", t.value);
+            assert!(r.markdown().contains(&t.value));
+        }
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub struct ServeArgs {
     pub data: PathBuf,
     /// Where to listen (port 0: any free port; the address is printed on stdout).
     pub listen: SocketAddr,
+    /// Serve as the `x402-node` gateway in front of this upstream (`/paid` priced, everything
+    /// else proxied unpriced) instead of with the in-process handler.
+    pub upstream: Option<String>,
 }
 
 /// The server's counters, from `/_bench/stats`.
@@ -66,29 +69,33 @@ pub async fn serve(args: ServeArgs) -> eyre::Result<()> {
     engine.set_credit_window(args.window);
     let stats_engine = engine.clone();
     let stats_store = Arc::clone(&store);
-    let app = Router::new()
-        .route("/paid", get(handler))
-        .route("/free", get(handler))
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/_bench/stats",
-            get(move || {
-                let (engine, store) = (stats_engine.clone(), Arc::clone(&stats_store));
-                async move {
-                    let commits = store.stats();
-                    let m = engine.metrics();
-                    Json(Stats {
-                        usage: usage(),
-                        flushes: commits.flushes,
-                        synced_writes: commits.synced_writes,
-                        max_batch: commits.max_batch,
-                        paid: m.paid.get(),
-                        paid_by_session: m.paid_by_session.get(),
-                    })
-                }
-            }),
+    let stats = get(move || {
+        let (engine, store) = (stats_engine.clone(), Arc::clone(&stats_store));
+        async move {
+            let commits = store.stats();
+            let m = engine.metrics();
+            Json(Stats {
+                usage: usage(),
+                flushes: commits.flushes,
+                synced_writes: commits.synced_writes,
+                max_batch: commits.max_batch,
+                paid: m.paid.get(),
+                paid_by_session: m.paid_by_session.get(),
+            })
+        }
+    });
+    let paywall = Paywall::new(engine.clone()).route("/paid", Price::exact(U256::from(PRICE)));
+    let app = match args.upstream {
+        Some(upstream) => x402_node::gateway::router(
+            engine,
+            paywall,
+            x402_node::gateway::Upstream::new(upstream, std::time::Duration::from_secs(30)),
+            None,
         )
-        .layer(Paywall::new(engine).route("/paid", Price::exact(U256::from(PRICE))));
+        .route("/_bench/stats", stats),
+        None => bench_app(paywall, stats),
+    };
+
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     crate::report::say(&format!("listening {}", listener.local_addr()?));
     let stdin_closed = async {
@@ -97,6 +104,31 @@ pub async fn serve(args: ServeArgs) -> eyre::Result<()> {
             tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink())).await;
     };
     axum::serve(listener, app).with_graceful_shutdown(stdin_closed).await?;
+    Ok(())
+}
+
+fn bench_app<S: KvStore, C: x402_node::chain::ChainReader>(
+    paywall: Paywall<S, C>,
+    stats: axum::routing::MethodRouter,
+) -> Router {
+    Router::new()
+        .route("/paid", get(handler))
+        .route("/free", get(handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/_bench/stats", stats)
+        .layer(paywall)
+}
+
+/// An upstream API that takes `delay` per request, on `listener`, until the process ends.
+pub async fn slow_upstream(
+    listener: tokio::net::TcpListener,
+    delay: std::time::Duration,
+) -> eyre::Result<()> {
+    let app = Router::new().fallback(move || async move {
+        tokio::time::sleep(delay).await;
+        r#"{"forecast":"sunny"}"#
+    });
+    axum::serve(listener, app).await?;
     Ok(())
 }
 

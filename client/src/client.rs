@@ -32,6 +32,9 @@ use crate::{
     StateStore,
 };
 
+/// The header the node sets on its answer to a resend of a voucher it already served.
+const REPLAYED: &str = "x402-replayed";
+
 /// What a paid request cost, attached to the response's extensions
 /// (`response.extensions().get::<Payment>()`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -315,6 +318,7 @@ impl ClientBuilder {
                 opening: tokio::sync::Mutex::new(()),
                 windows: Mutex::new(HashMap::new()),
                 unsent: Mutex::new(HashMap::new()),
+                in_flight: Mutex::new(HashMap::new()),
                 offers: Mutex::new(HashMap::new()),
             }),
         })
@@ -357,6 +361,9 @@ struct Inner {
     windows: Mutex<HashMap<B256, Arc<WindowGate>>>,
     /// Per channel, the latest voucher whose request failed in transport, to send again.
     unsent: Mutex<HashMap<B256, Prepared>>,
+    /// Per channel, the most the requests in flight may be charged: the node reserves that
+    /// much for them, so a voucher that rebases on the node's receipt covers it too.
+    in_flight: Mutex<HashMap<B256, U256>>,
     /// The requirements last accepted per request target, so repeated requests pay at once
     /// instead of first collecting a 402.
     offers: Mutex<HashMap<String, PaymentRequirements>>,
@@ -385,6 +392,41 @@ struct Prepared {
 struct WindowGate {
     busy: AtomicBool,
     done: tokio::sync::Notify,
+}
+
+/// A request in flight on a channel, counted in [`Inner::in_flight`] until dropped.
+#[derive(Debug)]
+struct InFlight {
+    inner: Arc<Inner>,
+    channel: B256,
+    amount: U256,
+}
+
+impl InFlight {
+    fn new(inner: &Arc<Inner>, channel: B256, amount: U256) -> Self {
+        let mut map = inner.in_flight.lock();
+        let total = map.entry(channel).or_default();
+        *total = total.saturating_add(amount);
+        Self { inner: Arc::clone(inner), channel, amount }
+    }
+
+    /// What the other requests in flight on the channel may be charged.
+    fn others(&self) -> U256 {
+        let map = self.inner.in_flight.lock();
+        map.get(&self.channel).copied().unwrap_or_default().saturating_sub(self.amount)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut map = self.inner.in_flight.lock();
+        if let Some(total) = map.get_mut(&self.channel) {
+            *total = total.saturating_sub(self.amount);
+            if total.is_zero() {
+                map.remove(&self.channel);
+            }
+        }
+    }
 }
 
 /// Frees a [`WindowGate`] when dropped.
@@ -536,6 +578,11 @@ impl Client {
             };
             let mut paid = try_clone(&request)?;
             paid.headers_mut().insert(prepared.name, prepared.header.clone());
+            // Concurrent requests each sign a voucher covering their own price on top of the
+            // others' (nonces and amounts both rise), so the node serves them in any order
+            // without a corrective round trip; a voucher rebased on a receipt covers what is
+            // still in flight.
+            let flight = InFlight::new(&self.inner, prepared.channel, offer.amount);
             let mut response = match send(paid).await {
                 Ok(response) => response,
                 Err(e) => {
@@ -546,8 +593,15 @@ impl Client {
                     return Err(e);
                 }
             };
+            if response.status() == StatusCode::CONFLICT && response.headers().contains_key(REPLAYED) {
+                // A voucher resent after a transport failure had paid for a response that was
+                // lost, and the node does not keep it: take that request's receipt, and pay
+                // for this one again.
+                self.receipt(&prepared, &response, &offer, attempt, &flight).await?;
+                continue;
+            }
             if response.status() != StatusCode::PAYMENT_REQUIRED {
-                let payment = self.receipt(&prepared, &response, &offer, attempt).await?;
+                let payment = self.receipt(&prepared, &response, &offer, attempt, &flight).await?;
                 self.inner.offers.lock().insert(target, offer);
                 if payment.is_none() {
                     let not_charged = self.not_charged(&prepared).await?;
@@ -580,7 +634,9 @@ impl Client {
                         .ok_or_else(|| Error::Malformed(format!("{code} without the channel's state")))?;
                     let slot = self.slot(prepared.channel)?;
                     let mut ch = slot.lock().await;
-                    ch.resync(state)?;
+                    if ch.resync(state)? == crate::state::Resync::Rebased {
+                        ch.cumulative = ch.spent.max(ch.cumulative).saturating_add(flight.others());
+                    }
                     self.inner.store.put(&ch)?;
                     drop(ch);
                     // The price may have changed.
@@ -1026,6 +1082,7 @@ impl Client {
         response: &Response,
         offer: &PaymentRequirements,
         attempts: u32,
+        flight: &InFlight,
     ) -> Result<Option<Payment>> {
         let Some(value) = response.headers().get(PAYMENT_RESPONSE) else {
             // Not served (e.g. the upstream failed): the node does not charge.
@@ -1043,6 +1100,13 @@ impl Client {
         let slot = self.slot(prepared.channel)?;
         let mut ch = slot.lock().await;
         ch.receipt(&extra)?;
+        if extra.nonce == ch.nonce {
+            // Rebased on what the node charged: the requests still in flight are reserved on
+            // the node on top of that. Receipts arrive in any order, so the base is the most
+            // the node ever reported charged (a request committed after this one may have
+            // been answered first, and is no longer in flight).
+            ch.cumulative = ch.spent.max(ch.cumulative).saturating_add(flight.others());
+        }
         self.inner.store.put(&ch)?;
         Ok(Some(Payment {
             channel_id: extra.channel_id,

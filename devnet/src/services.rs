@@ -311,6 +311,7 @@ pub fn node_config(
         pricing: Default::default(),
         description: Some("Current weather".into()),
         mime_type: Some("application/json".into()),
+        replay_body: false,
     });
     // An LLM-like route whose upstream reports each request's cost (`X402-Cost`), up to the
     // maximum.
@@ -321,6 +322,7 @@ pub fn node_config(
         pricing: x402_protocol::wire::Pricing::Upto,
         description: Some("Completions, charged by the upstream's reported cost".into()),
         mime_type: Some("application/json".into()),
+        replay_body: false,
     });
     Ok(config)
 }

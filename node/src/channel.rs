@@ -155,6 +155,37 @@ pub struct StoredVoucher {
     pub signature: Bytes,
 }
 
+/// The most recently served voucher nonces a channel remembers (anti-replay): a voucher whose
+/// nonce is in the window, or at or below the window's floor, is never served again.
+pub const SERVED_WINDOW: usize = 128;
+
+/// A voucher the node served a request for: enough to answer a resend of the very same
+/// voucher (whose response was lost) with that request's receipt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Served {
+    /// The voucher's nonce.
+    pub nonce: u64,
+    /// The voucher's cumulative amount.
+    pub amount: U256,
+    /// What the request was charged.
+    pub cost: U256,
+    /// What the channel had been charged in total once it was.
+    pub total: U256,
+}
+
+/// How a voucher that passed [`ChannelRecord::admit`] pays.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Its nonce is the highest seen: it becomes the channel's latest voucher (the new
+    /// ceiling) and the request is served on it.
+    Latest,
+    /// An older nonce not used yet (vouchers of concurrent requests arriving out of order): the
+    /// request is served on the unspent amount of the latest voucher.
+    Covered,
+    /// The very voucher of a request already served: answer with its receipt, charge nothing.
+    Replay(Served),
+}
+
 /// Everything the node stores about a channel.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelRecord {
@@ -175,6 +206,13 @@ pub struct ChannelRecord {
     /// When the node last settled this channel on-chain, or first saw it (unix seconds).
     #[serde(default)]
     pub settled_at: u64,
+    /// The vouchers served most recently, at most [`SERVED_WINDOW`], in commit order.
+    #[serde(default)]
+    pub served: Vec<Served>,
+    /// Every nonce at or below it counts as used (raised as the window slides). `None` in a
+    /// record written before the window existed: then the latest voucher's nonce.
+    #[serde(default)]
+    pub floor: Option<u64>,
 }
 
 impl ChannelRecord {
@@ -182,7 +220,17 @@ impl ChannelRecord {
     pub fn new(id: B256, chain: OnchainChannel) -> Self {
         let status = Self::status_of(&chain);
         let charged = chain.paid;
-        Self { id, chain, latest: None, charged, status, close: None, settled_at: 0 }
+        Self {
+            id,
+            chain,
+            latest: None,
+            charged,
+            status,
+            close: None,
+            settled_at: 0,
+            served: Vec::new(),
+            floor: Some(0),
+        }
     }
 
     fn status_of(chain: &OnchainChannel) -> ChannelStatus {
@@ -228,9 +276,29 @@ impl ChannelRecord {
         }
     }
 
+    /// The highest nonce that counts as used whether or not it is in the served window.
+    pub fn floor(&self) -> u64 {
+        self.floor.unwrap_or_else(|| self.latest.as_ref().map_or(0, |v| v.nonce))
+    }
+
+    /// Whether the voucher with `nonce` was served (or can no longer be told apart from one).
+    pub fn used(&self, nonce: u64) -> bool {
+        nonce <= self.floor() || self.served.iter().any(|s| s.nonce == nonce)
+    }
+
     /// Checks everything about `voucher` but its signature, for a request costing at most
-    /// `price`. A node that accepts a voucher here (and its signature) can redeem it on-chain.
-    pub fn admit(&self, voucher: &Voucher, price: U256) -> Result<(), Refusal> {
+    /// `price`, while requests reserving `reserved` in total are in flight on the channel and
+    /// `in_flight` holds their vouchers' nonces. Vouchers may arrive in any order: one is
+    /// served if its nonce was never used and the unspent amount of the newest voucher (itself,
+    /// if it is the newest) covers everything charged and reserved plus `price`. A node that
+    /// accepts a voucher here (and its signature) can redeem the latest voucher on-chain.
+    pub fn admit(
+        &self,
+        voucher: &Voucher,
+        price: U256,
+        reserved: U256,
+        in_flight: &std::collections::HashSet<u64>,
+    ) -> Result<Admission, Refusal> {
         let refuse = |code, message: String| Err(Refusal::new(code, message).with_state(self.state()));
         match self.status {
             ChannelStatus::Open => {}
@@ -242,21 +310,22 @@ impl ChannelRecord {
             }
             ChannelStatus::Closed => return refuse(ErrorCode::ChannelClosed, "the channel is closed".into()),
         }
-        if voucher.nonce <= self.nonce() {
+        if let Some(served) = self.served.iter().find(|s| s.nonce == voucher.nonce) {
+            if served.amount == voucher.cumulativeAmount {
+                return Ok(Admission::Replay(served.clone()));
+            }
+            return refuse(ErrorCode::NonceTooLow, format!("nonce {} was already used", voucher.nonce));
+        }
+        if in_flight.contains(&voucher.nonce) {
             return refuse(
                 ErrorCode::NonceTooLow,
-                format!("nonce {} is not above the node's {}", voucher.nonce, self.nonce()),
+                format!("nonce {} is paying for a request in progress", voucher.nonce),
             );
         }
-        let needed = self.charged().saturating_add(price);
-        if voucher.cumulativeAmount < needed {
+        if voucher.nonce <= self.floor() {
             return refuse(
-                ErrorCode::AmountBelowPrice,
-                format!(
-                    "cumulative amount {} does not cover {} charged plus the price {price}",
-                    voucher.cumulativeAmount,
-                    self.charged()
-                ),
+                ErrorCode::NonceTooLow,
+                format!("nonce {} is not above the node's {}", voucher.nonce, self.floor()),
             );
         }
         if voucher.cumulativeAmount > self.chain.deposit {
@@ -268,7 +337,38 @@ impl ChannelRecord {
                 ),
             );
         }
-        Ok(())
+        let committed = self.charged().saturating_add(reserved);
+        let needed = committed.saturating_add(price);
+        // A voucher of the latest's nonce but another amount (the latest's request failed and
+        // the client signed again) may replace it, like a newer one.
+        let replaces = voucher.nonce == self.nonce()
+            && self.latest.as_ref().is_some_and(|l| l.cumulative_amount != voucher.cumulativeAmount);
+        if voucher.nonce > self.nonce() || replaces {
+            if voucher.cumulativeAmount < needed {
+                return refuse(
+                    ErrorCode::AmountBelowPrice,
+                    format!(
+                        "cumulative amount {} does not cover {} charged and reserved plus the price {price}",
+                        voucher.cumulativeAmount, committed
+                    ),
+                );
+            }
+            return Ok(Admission::Latest);
+        }
+        if self.cumulative_amount() < needed {
+            return refuse(
+                ErrorCode::AmountBelowPrice,
+                format!(
+                    "nonce {} is older than the node's {}, whose amount {} does not cover {} charged and \
+                     reserved plus the price {price}",
+                    voucher.nonce,
+                    self.nonce(),
+                    self.cumulative_amount(),
+                    committed
+                ),
+            );
+        }
+        Ok(Admission::Covered)
     }
 
     /// Takes fresh on-chain facts, keeping the node's vouchers. The status follows the chain:
@@ -325,14 +425,58 @@ impl ChannelRecord {
             .filter(|v| self.charged() > self.chain.paid && v.cumulative_amount >= self.charged())
     }
 
-    /// Records an accepted voucher and what this request cost.
-    pub fn apply(&mut self, voucher: &Voucher, signature: Bytes, cost: U256) {
-        self.charged = self.charged().saturating_add(cost).min(voucher.cumulativeAmount);
+    /// Makes `voucher` the latest (the ceiling of what may be charged). Call only for an
+    /// [`Admission::Latest`] voucher.
+    pub fn adopt(&mut self, voucher: &Voucher, signature: Bytes) {
         self.latest = Some(StoredVoucher {
             nonce: voucher.nonce,
             cumulative_amount: voucher.cumulativeAmount,
             signature,
         });
+    }
+
+    /// Adds `cost` to what is charged (never above the latest voucher's amount).
+    pub fn charge(&mut self, cost: U256) {
+        self.charged = self.charged().saturating_add(cost).min(self.cumulative_amount());
+    }
+
+    /// Records that the voucher `nonce` of amount `amount` paid a request charged `cost`; the
+    /// oldest entry leaves the window when it is full, raising the floor. Returns the entry.
+    pub fn serve(&mut self, nonce: u64, amount: U256, cost: U256) -> Served {
+        let floor = self.floor();
+        self.floor = Some(floor);
+        let served = Served { nonce, amount, cost, total: self.charged() };
+        self.served.push(served.clone());
+        while self.served.len() > SERVED_WINDOW {
+            let (i, oldest) = self
+                .served
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, s)| s.nonce)
+                .map(|(i, s)| (i, s.nonce))
+                .unwrap_or_default();
+            self.served.remove(i);
+            self.floor = Some(self.floor().max(oldest));
+        }
+        served
+    }
+
+    /// Undoes [`Self::serve`] and its charge (the response was not released).
+    pub fn unserve(&mut self, nonce: u64, cost: U256) {
+        self.served.retain(|s| s.nonce != nonce);
+        self.charged = self.charged().saturating_sub(cost);
+    }
+
+    /// Records an accepted voucher and what this request cost (admission, adoption when it is
+    /// the newest, charge and service in one step).
+    pub fn apply(&mut self, voucher: &Voucher, signature: Bytes, cost: U256) {
+        let replaces = voucher.nonce == self.nonce()
+            && self.latest.as_ref().is_some_and(|l| l.cumulative_amount != voucher.cumulativeAmount);
+        if voucher.nonce > self.nonce() || replaces {
+            self.adopt(voucher, signature);
+        }
+        self.charge(cost);
+        self.serve(voucher.nonce, voucher.cumulativeAmount, cost);
     }
 }
 
@@ -380,7 +524,8 @@ pub(crate) mod tests {
             ("skip nonces", &rec, voucher(60, 400), None),
             ("overpay", &rec, voucher(6, 1000), None),
             ("same nonce", &rec, voucher(5, 400), Some(ErrorCode::NonceTooLow)),
-            ("lower nonce", &rec, voucher(4, 400), Some(ErrorCode::NonceTooLow)),
+            // Older and unused, but the latest voucher's unspent amount does not cover it.
+            ("lower nonce", &rec, voucher(4, 400), Some(ErrorCode::AmountBelowPrice)),
             ("below price", &rec, voucher(6, 399), Some(ErrorCode::AmountBelowPrice)),
             ("replayed amount", &rec, voucher(6, 300), Some(ErrorCode::AmountBelowPrice)),
             ("over deposit", &rec, voucher(6, 1001), Some(ErrorCode::InsufficientDeposit)),
@@ -388,14 +533,39 @@ pub(crate) mod tests {
             ("closed", &closed, voucher(6, 400), Some(ErrorCode::ChannelClosed)),
         ];
         for (name, rec, v, expected) in cases {
-            let got = rec.admit(&v, price).err().map(|r| r.code);
+            let got = rec.admit(&v, price, U256::ZERO, &Default::default()).err().map(|r| r.code);
             assert_eq!(got, expected, "{name}");
         }
-        let refusal = rec.admit(&voucher(5, 400), price).unwrap_err();
+        let refusal = rec.admit(&voucher(5, 400), price, U256::ZERO, &Default::default()).unwrap_err();
         let state = *refusal.state.unwrap();
         assert_eq!(
             (state.nonce, state.charged, state.cumulative_amount),
             (5, U256::from(300), U256::from(300))
+        );
+    }
+
+    #[test]
+    fn a_latest_voucher_never_served_may_be_replaced_by_one_of_its_nonce() {
+        let none = std::collections::HashSet::new();
+        let mut rec = ChannelRecord::new(B256::ZERO, onchain(1000));
+        rec.apply(&voucher(1, 100), Bytes::new(), U256::from(100));
+        // Adopted by a request that failed: not served.
+        rec.adopt(&voucher(2, 500), Bytes::new());
+        let price = U256::from(100);
+        let admit = |v| rec.admit(&v, price, U256::ZERO, &none).map_err(|r| r.code);
+        assert_eq!(admit(voucher(2, 500)), Ok(Admission::Covered), "the same voucher again");
+        assert_eq!(admit(voucher(2, 200)), Ok(Admission::Latest), "another amount replaces it");
+        assert_eq!(admit(voucher(2, 199)), Err(ErrorCode::AmountBelowPrice));
+        // With 250 reserved by requests in flight, a replacement must cover that too.
+        assert_eq!(
+            rec.admit(&voucher(2, 449), price, U256::from(250), &none).map_err(|r| r.code),
+            Err(ErrorCode::AmountBelowPrice)
+        );
+        // In flight: refused.
+        let flying = std::collections::HashSet::from([2]);
+        assert_eq!(
+            rec.admit(&voucher(2, 500), price, U256::ZERO, &flying).map_err(|r| r.code),
+            Err(ErrorCode::NonceTooLow)
         );
     }
 
@@ -406,8 +576,8 @@ pub(crate) mod tests {
         let rec = ChannelRecord::new(B256::ZERO, chain);
         assert_eq!(rec.nonce(), 0);
         assert_eq!(rec.charged(), U256::from(500));
-        assert!(rec.admit(&voucher(1, 550), U256::from(50)).is_ok());
-        assert!(rec.admit(&voucher(1, 549), U256::from(50)).is_err());
+        assert!(rec.admit(&voucher(1, 550), U256::from(50), U256::ZERO, &Default::default()).is_ok());
+        assert!(rec.admit(&voucher(1, 549), U256::from(50), U256::ZERO, &Default::default()).is_err());
     }
 
     #[test]
@@ -422,7 +592,7 @@ pub(crate) mod tests {
         rec.sync_chain(onchain(2000));
         assert_eq!(rec.status, ChannelStatus::Open);
         assert_eq!((rec.nonce(), rec.charged()), (1, U256::from(100)));
-        assert!(rec.admit(&voucher(2, 1500), U256::from(100)).is_ok());
+        assert!(rec.admit(&voucher(2, 1500), U256::from(100), U256::ZERO, &Default::default()).is_ok());
         // A close is final, whatever is read later, and the tombstone keeps the channel's
         // facts although the contract zeroes them.
         let closed = OnchainChannel { deposit: U256::ZERO, open: false, ..onchain(0) };
@@ -466,7 +636,10 @@ pub(crate) mod tests {
         // A top-up (which would reopen an exiting channel) does not reopen it.
         rec.sync_chain(onchain(3000));
         assert_eq!(rec.status, ChannelStatus::Closing);
-        assert_eq!(rec.admit(&voucher(2, 200), U256::from(10)).unwrap_err().code, ErrorCode::ChannelClosing);
+        assert_eq!(
+            rec.admit(&voucher(2, 200), U256::from(10), U256::ZERO, &Default::default()).unwrap_err().code,
+            ErrorCode::ChannelClosing
+        );
         // Asking again keeps the first request time.
         rec.request_close(9);
         assert_eq!(rec.close.map(|c| c.requested_at), Some(5));
@@ -486,9 +659,9 @@ pub(crate) mod tests {
         assert_eq!(rec.charged(), U256::from(30));
         assert_eq!(rec.cumulative_amount(), U256::from(100));
         // The next voucher only has to cover 30 + max price.
-        assert!(rec.admit(&voucher(2, 130), U256::from(100)).is_ok());
+        assert!(rec.admit(&voucher(2, 130), U256::from(100), U256::ZERO, &Default::default()).is_ok());
         assert_eq!(
-            rec.admit(&voucher(2, 129), U256::from(100)).unwrap_err().code,
+            rec.admit(&voucher(2, 129), U256::from(100), U256::ZERO, &Default::default()).unwrap_err().code,
             ErrorCode::AmountBelowPrice
         );
     }
@@ -510,13 +683,16 @@ pub(crate) mod tests {
     }
 
     proptest! {
-        /// The node accepts exactly the valid, monotone vouchers that cover the price and fit
-        /// the deposit, and its state always equals the best voucher accepted.
+        /// The node serves exactly the valid vouchers whose nonce was never used and that the
+        /// newest voucher (themselves, if newest) covers within the deposit, answers a resend
+        /// of a served voucher with its receipt, and its state always follows the newest
+        /// voucher served.
         #[test]
-        fn accepts_exactly_monotone_valid_vouchers(ops in prop::collection::vec(op(), 1..64), deposit in 100u64..5_000) {
+        fn serves_exactly_unused_covered_vouchers(ops in prop::collection::vec(op(), 1..64), deposit in 100u64..5_000) {
             let price = U256::from(25);
             let mut rec = ChannelRecord::new(B256::ZERO, onchain(deposit));
             let mut accepted: Vec<Voucher> = Vec::new();
+            let none = std::collections::HashSet::new();
             for op in ops {
                 let (v, valid_sig) = match op {
                     Op::Relative { dn, da, valid_sig } => {
@@ -527,17 +703,27 @@ pub(crate) mod tests {
                     Op::Replay(i) if !accepted.is_empty() => (accepted[i % accepted.len()].clone(), true),
                     Op::Replay(_) => continue,
                 };
+                let newest = accepted.iter().max_by_key(|a| a.nonce);
+                let charged = U256::from(accepted.len() as u64 * 25);
+                let replay = accepted.iter().any(|a| a.nonce == v.nonce && a.cumulativeAmount == v.cumulativeAmount);
+                let ceiling = match newest {
+                    Some(n) if n.nonce >= v.nonce => n.cumulativeAmount,
+                    _ => v.cumulativeAmount,
+                };
                 let model_ok = valid_sig
-                    && v.nonce > accepted.last().map_or(0, |a| a.nonce)
-                    && v.cumulativeAmount >= U256::from(accepted.len() as u64 * 25) + price
+                    && v.nonce > 0
+                    && !accepted.iter().any(|a| a.nonce == v.nonce)
+                    && ceiling >= charged + price
                     && v.cumulativeAmount <= U256::from(deposit);
-                let node_ok = rec.admit(&v, price).is_ok() && valid_sig;
+                let admission = rec.admit(&v, price, U256::ZERO, &none);
+                prop_assert_eq!(matches!(admission, Ok(Admission::Replay(_))), replay, "voucher {:?}", v);
+                let node_ok = matches!(admission, Ok(Admission::Latest | Admission::Covered)) && valid_sig;
                 prop_assert_eq!(node_ok, model_ok, "voucher {:?}", v);
                 if node_ok {
                     rec.apply(&v, Bytes::new(), price);
                     accepted.push(v);
                 }
-                let best = accepted.last();
+                let best = accepted.iter().max_by_key(|a| a.nonce);
                 prop_assert_eq!(rec.nonce(), best.map_or(0, |b| b.nonce));
                 prop_assert_eq!(rec.cumulative_amount(), best.map_or(U256::ZERO, |b| b.cumulativeAmount));
                 prop_assert_eq!(rec.charged(), U256::from(accepted.len() as u64 * 25));

@@ -447,6 +447,11 @@ pub struct RouteConfig {
     /// MIME type of its response.
     #[serde(default)]
     pub mime_type: Option<String>,
+    /// Whether a resend of an already-served voucher (its response was lost) gets the kept
+    /// response body again (up to 64 KiB, kept 60 s in memory) instead of a `409` with the
+    /// receipt only. Default `false`.
+    #[serde(default)]
+    pub replay_body: bool,
 }
 
 impl RouteConfig {
@@ -457,6 +462,7 @@ impl RouteConfig {
             pricing: self.pricing,
             description: self.description.clone(),
             mime_type: self.mime_type.clone(),
+            replay_body: self.replay_body,
         }
     }
 }
@@ -643,6 +649,7 @@ mod tests {
             pricing: Pricing::Exact,
             description: None,
             mime_type: None,
+            replay_body: false,
         });
         assert!(c.validate().is_err());
     }
@@ -771,5 +778,7 @@ mod tests {
         assert!(!config.relay.enabled);
         assert_eq!(config.chain.rpc_timeout_ms, 10_000);
         assert!(!config.payment.accept_contract_signers);
+        let replayed: Vec<_> = config.routes.iter().map(|r| (r.path.as_str(), r.price().replay_body)).collect();
+        assert_eq!(replayed, [("/weather", false), ("/v1/chat/completions", false), ("/items/{id}", true)]);
     }
 }

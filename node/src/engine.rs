@@ -1,10 +1,15 @@
 //! The payment engine: turns a payment header into an accepted, durably stored voucher.
 //!
-//! Per request: decode → check version/scheme/network → lock the channel (requests on one
-//! channel are serialised, different channels run in parallel) → load the channel (memory,
-//! then the store, then — once — the chain) → check the voucher against the node's state →
-//! verify the signature → on [`Pending::commit`], store the voucher and
-//! wait for the group commit to make it durable. Only then is the response released.
+//! Per request: reserve → serve → commit. Decode → check version/scheme/network → lock the
+//! channel → load it (memory, then the store, then — once — the chain) → check the voucher
+//! against the node's state and what requests in flight reserved → verify the signature →
+//! reserve the price and unlock. The request is served without any lock. On
+//! [`Pending::commit`] the channel is locked again to charge and record the voucher, and the
+//! response is released once the group commit made that durable; a [`Pending`] dropped
+//! uncommitted (the upstream failed) gives its reservation back.
+//!
+//! At every step `charged + reserved <= the latest voucher's amount <= deposit`, and no
+//! voucher nonce is served twice (the record keeps a window of the nonces it served).
 
 use std::{
     collections::HashSet,
@@ -34,7 +39,7 @@ use x402_store::KvStore;
 use crate::{
     Refusal,
     chain::ChainReader,
-    channel::{ChannelRecord, ChannelStatus, OnchainChannel},
+    channel::{Admission, ChannelRecord, ChannelStatus, OnchainChannel},
     metrics::Metrics,
     verify::{VoucherVerifier, signed_by_channel_signer},
 };
@@ -82,18 +87,31 @@ pub struct Price {
     pub description: Option<String>,
     /// The MIME type of the paid response (shown in the 402).
     pub mime_type: Option<String>,
+    /// Whether a resend of a voucher already served gets the response again (bodies up to
+    /// [`REPLAY_MAX_BODY`](crate::serve::REPLAY_MAX_BODY), for
+    /// [`REPLAY_TTL`](crate::serve::REPLAY_TTL)) rather than only its receipt. Default off:
+    /// the node then keeps no response bodies.
+    pub replay_body: bool,
 }
 
 impl Price {
     /// A fixed price.
     pub const fn exact(amount: U256) -> Self {
-        Self { amount, pricing: Pricing::Exact, description: None, mime_type: None }
+        Self { amount, pricing: Pricing::Exact, description: None, mime_type: None, replay_body: false }
     }
 
     /// A dynamic price of at most `max`: the handler reports the actual cost with a
     /// [`Charge`](crate::middleware::Charge) response extension.
     pub const fn upto(max: U256) -> Self {
-        Self { amount: max, pricing: Pricing::Upto, description: None, mime_type: None }
+        Self { amount: max, pricing: Pricing::Upto, description: None, mime_type: None, replay_body: false }
+    }
+
+    /// Replays the response to a resend of the voucher that paid for it (see
+    /// [`Self::replay_body`]).
+    #[must_use]
+    pub const fn with_replay_body(mut self) -> Self {
+        self.replay_body = true;
+        self
     }
 
     /// Sets the description.
@@ -113,6 +131,10 @@ struct Slot {
     /// The record in memory is ahead of the store (charges made with a session token, written
     /// by [`Engine::flush_charges`]).
     dirty: bool,
+    /// What the requests in flight reserved (memory only: a crash ends them).
+    reserved: U256,
+    /// The nonces of the vouchers paying for requests in flight.
+    in_flight: HashSet<u64>,
 }
 
 /// A granted session: the token and how many more requests it may pay for.
@@ -511,7 +533,9 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
     }
 
     /// Checks a payment header (base64 JSON) for a request priced `price`. On success the
-    /// channel stays locked until the returned [`Pending`] is committed or dropped.
+    /// price is reserved on the channel (no lock is held) until the returned [`Pending`] is
+    /// committed or dropped. A resend of a voucher already served is not reserved again: the
+    /// [`Pending`] then carries that request's receipt ([`Pending::replayed`]).
     pub async fn authorize(&self, header: &[u8], price: &Price) -> Result<Pending<S, C>, Refusal> {
         let started = Instant::now();
         let result = self.authorize_inner(header, price).await;
@@ -553,19 +577,45 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         let mut guard = self.lock_live(id).await?;
         self.check_deposit(guard.record.as_ref().ok_or_else(|| Refusal::unknown(id))?)?;
         // The signature first: a refusal below carries the channel's state, which only its
-        // signer may see.
+        // signer may see, and a resend is answered with its receipt only to the signer.
         let digest = self.inner.verifier.digest(&signed.voucher);
         self.check_signer(&mut guard, digest, &signed.signature, "voucher").await?;
+        let slot = Arc::clone(OwnedMutexGuard::mutex(&guard));
         let record = guard.record.as_ref().ok_or_else(|| Refusal::unknown(id))?;
         // Top-ups, exits and closes reach the record through the event follower.
-        record.admit(&signed.voucher, price.amount)?;
-        Ok(Pending { engine: self.clone(), guard, signed: Some(signed), max: price.amount })
+        let admission = record.admit(&signed.voucher, price.amount, guard.reserved, &guard.in_flight)?;
+        let record = guard.record.as_mut().ok_or_else(|| Refusal::unknown(id))?;
+        let payer = record.chain.payer();
+        let (nonce, amount) = (signed.nonce(), signed.cumulative_amount());
+        let kind = match admission {
+            Admission::Replay(served) => {
+                debug!(target: "node::engine", %id, nonce, "voucher served before: its receipt again");
+                Kind::Replay(Box::new(self.settlement(
+                    record,
+                    served.nonce,
+                    served.amount,
+                    served.cost,
+                    served.total,
+                    None,
+                )))
+            }
+            admission => {
+                if admission == Admission::Latest {
+                    record.adopt(&signed.voucher, signed.signature.clone());
+                }
+                guard.reserved = guard.reserved.saturating_add(price.amount);
+                guard.in_flight.insert(nonce);
+                Kind::Voucher { nonce, amount }
+            }
+        };
+        drop(guard);
+        Ok(Pending { engine: self.clone(), id, slot, payer, kind, max: price.amount, done: false })
     }
 
     /// Checks a `PAYMENT-SESSION` header (a request paid from a prepaid credit window) for a
     /// request priced `price`: no signature, a constant-time compare with the channel's token.
-    /// On success the channel stays locked until the returned [`Pending`] is committed or
-    /// dropped; only a committed request uses up the session.
+    /// On success the price and one use of the session are reserved until the returned
+    /// [`Pending`] is committed or dropped; only a committed request uses up the session.
     pub async fn authorize_session(&self, header: &[u8], price: &Price) -> Result<Pending<S, C>, Refusal> {
         let started = Instant::now();
         let result = self.authorize_session_inner(header, price).await;
@@ -597,7 +647,7 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
             .get(&id)
             .map(|s| Arc::clone(&s))
             .ok_or_else(|| invalid("no session", None))?;
-        let guard = slot.lock_owned().await;
+        let mut guard = slot.lock().await;
         let record = guard.record.as_ref().ok_or_else(|| invalid("no session", None))?;
         let valid = guard.session.as_ref().is_some_and(|s| s.uses > 0 && bool::from(s.token.ct_eq(&token.0)));
         if !valid {
@@ -610,11 +660,53 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         if record.status != ChannelStatus::Open {
             return Err(invalid("the channel is closing: sessions are revoked", Some(record.state())));
         }
-        let credit = record.cumulative_amount().saturating_sub(record.charged());
+        let credit =
+            record.cumulative_amount().saturating_sub(record.charged()).saturating_sub(guard.reserved);
         if credit < price.amount {
             return Err(invalid("the prepaid credit does not cover this request", Some(record.state())));
         }
-        Ok(Pending { engine: self.clone(), guard, signed: None, max: price.amount })
+        let (payer, nonce, amount) = (record.chain.payer(), record.nonce(), record.cumulative_amount());
+        guard.reserved = guard.reserved.saturating_add(price.amount);
+        if let Some(session) = guard.session.as_mut() {
+            // A use is taken now and given back if the request is not charged.
+            session.uses -= 1;
+        }
+        drop(guard);
+        Ok(Pending {
+            engine: self.clone(),
+            id,
+            slot,
+            payer,
+            kind: Kind::Session { token: token.0, nonce, amount },
+            max: price.amount,
+            done: false,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn settlement(
+        &self,
+        record: &ChannelRecord,
+        nonce: u64,
+        amount: U256,
+        cost: U256,
+        total: U256,
+        session: Option<SessionGrant>,
+    ) -> SettlementResponse {
+        SettlementResponse {
+            success: true,
+            transaction: String::new(),
+            network: self.inner.network,
+            payer: record.chain.payer(),
+            extra: SettlementExtra {
+                channel_id: record.id,
+                nonce,
+                cumulative_amount: amount,
+                charged: cost,
+                total_charged: total,
+                session,
+            },
+        }
     }
 
     /// Locks a channel with its record loaded (from memory, the store, or once the chain),
@@ -777,19 +869,33 @@ fn decode_record(bytes: &[u8]) -> Result<ChannelRecord, Refusal> {
         .map_err(|e| Refusal::new(ErrorCode::Unavailable, format!("corrupt channel record: {e}")))
 }
 
-/// An authorised payment whose channel is locked until it is committed or dropped.
-pub struct Pending<S, C> {
+/// An authorised payment: its price is reserved on the channel (no lock is held) until it is
+/// committed, or dropped (which gives the reservation back).
+pub struct Pending<S: KvStore, C: ChainReader> {
     engine: Engine<S, C>,
-    guard: OwnedMutexGuard<Slot>,
-    /// The voucher that pays; `None`: paid from the prepaid window of the latest voucher.
-    signed: Option<SignedVoucher>,
+    id: B256,
+    slot: Arc<Mutex<Slot>>,
+    payer: Address,
+    kind: Kind,
     max: U256,
+    done: bool,
 }
 
-impl<S, C> std::fmt::Debug for Pending<S, C> {
+#[derive(Clone, Debug)]
+enum Kind {
+    /// Paid by a voucher (the latest, or an older one covered by the latest).
+    Voucher { nonce: u64, amount: U256 },
+    /// Paid from the prepaid window of the latest voucher.
+    Session { token: [u8; 32], nonce: u64, amount: U256 },
+    /// A resend of a voucher already served: its receipt.
+    Replay(Box<SettlementResponse>),
+}
+
+impl<S: KvStore, C: ChainReader> std::fmt::Debug for Pending<S, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pending")
-            .field("voucher", &self.signed)
+            .field("channel", &self.id)
+            .field("kind", &self.kind)
             .field("max", &self.max)
             .finish_non_exhaustive()
     }
@@ -810,104 +916,510 @@ pub struct Payment {
     pub max_amount: U256,
 }
 
+/// Runs `f` on the slot now if it is free, else as soon as it is (on the runtime): for
+/// releasing reservations from `Drop` and from a response body's last poll.
+fn with_slot(slot: &Arc<Mutex<Slot>>, f: impl FnOnce(&mut Slot) + Send + 'static) {
+    if let Ok(mut guard) = slot.try_lock() {
+        f(&mut guard);
+    } else if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        let slot = Arc::clone(slot);
+        handle.spawn(async move { f(&mut *slot.lock().await) });
+    } else {
+        warn!(target: "node::engine", "no runtime to release a reservation on; it stays until restart");
+    }
+}
+
 impl<S: KvStore, C: ChainReader> Pending<S, C> {
     /// The payment, for the handler.
     pub fn payment(&self) -> Payment {
-        let record = self.guard.record.as_ref();
-        let (channel_id, nonce, cumulative_amount) = match &self.signed {
-            Some(signed) => (signed.channel_id(), signed.nonce(), signed.cumulative_amount()),
-            None => (
-                record.map(|r| r.id).unwrap_or_default(),
-                record.map(ChannelRecord::nonce).unwrap_or_default(),
-                record.map(ChannelRecord::cumulative_amount).unwrap_or_default(),
-            ),
+        let (nonce, cumulative_amount) = match &self.kind {
+            Kind::Voucher { nonce, amount } | Kind::Session { nonce, amount, .. } => (*nonce, *amount),
+            Kind::Replay(s) => (s.extra.nonce, s.extra.cumulative_amount),
         };
-        Payment {
-            channel_id,
-            payer: record.map(|r| r.chain.payer()).unwrap_or_default(),
-            nonce,
-            cumulative_amount,
-            max_amount: self.max,
+        Payment { channel_id: self.id, payer: self.payer, nonce, cumulative_amount, max_amount: self.max }
+    }
+
+    /// The receipt of the request this very voucher already paid for, if it is a resend:
+    /// then nothing is reserved, the request must not be served again, and committing it
+    /// charges nothing and returns this receipt.
+    pub fn replayed(&self) -> Option<&SettlementResponse> {
+        match &self.kind {
+            Kind::Replay(s) => Some(s),
+            _ => None,
         }
     }
 
     /// Records the voucher with this request's `cost` (capped at the route's maximum) and waits
-    /// until it is durable. Only then may the response be released.
+    /// until it is durable. Only then may the response be released. The channel is locked only
+    /// to update the record; the wait for the disk is shared with every concurrent commit.
     ///
     /// A request paid from a session adds its cost to what the node charged without waiting
     /// for the disk: the voucher that prepaid it is already durable, so a crash can only make
     /// the node forget charges within the window (it then claims less, never more).
-    pub async fn commit(mut self, cost: U256) -> Result<SettlementResponse, Refusal> {
+    pub async fn commit(self, cost: U256) -> Result<SettlementResponse, Refusal> {
         let cost = cost.min(self.max);
+        self.commit_inner(cost, false).await
+    }
+
+    /// Like [`Self::commit`] for a response whose cost is known only once its body has been
+    /// sent (a streamed `upto` response): the voucher is made durable now with the route's
+    /// maximum still reserved, and the returned [`DeferredCharge`] charges the actual cost
+    /// when it is [finished](DeferredCharge::finish), the way session charges are (in memory,
+    /// written by [`Engine::flush_charges`]). The receipt reports the maximum as the charge.
+    pub async fn commit_deferred(self) -> Result<(SettlementResponse, DeferredCharge), Refusal> {
+        let (slot, id, max, voucher) = (Arc::clone(&self.slot), self.id, self.max, self.voucher_nonce());
+        let dirty = Arc::clone(&self.engine.inner) as Arc<dyn DirtySink>;
+        let settlement = self.commit_inner(max, true).await?;
+        Ok((settlement, DeferredCharge { slot, id, max, voucher, sink: Some(dirty) }))
+    }
+
+    fn voucher_nonce(&self) -> Option<u64> {
+        match self.kind {
+            Kind::Voucher { nonce, .. } => Some(nonce),
+            _ => None,
+        }
+    }
+
+    async fn commit_inner(mut self, cost: U256, deferred: bool) -> Result<SettlementResponse, Refusal> {
+        self.done = true;
         let engine = self.engine.clone();
         let inner = &engine.inner;
+        let id = self.id;
+        let max = self.max;
+        let kind = self.kind.clone();
+        if let Kind::Replay(settlement) = kind {
+            return Ok(*settlement);
+        }
+        let mut guard = self.slot.lock().await;
+        let slot = &mut *guard;
+        // A deferred charge keeps the reservation until the body is done.
+        if !deferred {
+            slot.reserved = slot.reserved.saturating_sub(max);
+        }
         let window = engine.credit_window();
-        let slot = &mut *self.guard;
         let record = slot.record.as_mut().ok_or_else(|| Refusal::new(ErrorCode::Unavailable, "no record"))?;
-        let id = record.id;
-        let session = match &self.signed {
-            Some(signed) => {
-                let before = record.clone();
-                record.apply(&signed.voucher, signed.signature.clone(), cost);
+        if record.close.is_some() || record.status == ChannelStatus::Closed {
+            // The close authorisation was signed at what was charged before this request (or
+            // the channel closed on-chain meanwhile: nothing more can be claimed).
+            if let Kind::Voucher { nonce, .. } = kind {
+                slot.in_flight.remove(&nonce);
+            }
+            if deferred {
+                slot.reserved = slot.reserved.saturating_sub(max);
+            }
+            return Err(Refusal::new(
+                ErrorCode::ChannelClosing,
+                "the channel's close was requested meanwhile",
+            )
+            .with_state(record.state()));
+        }
+        // What this request is charged now: a deferred one later.
+        let now = if deferred { U256::ZERO } else { cost };
+        let settlement = match kind {
+            Kind::Voucher { nonce, amount } => {
+                slot.in_flight.remove(&nonce);
+                record.charge(now);
+                let mut served = record.serve(nonce, amount, cost);
+                if deferred {
+                    served.total = record.charged().saturating_add(max);
+                    if let Some(last) = record.served.iter_mut().find(|s| s.nonce == nonce) {
+                        last.total = served.total;
+                    }
+                }
                 if let Err(e) = engine.persist(record) {
-                    slot.record = Some(before);
+                    record.unserve(nonce, now);
+                    if deferred {
+                        slot.reserved = slot.reserved.saturating_sub(max);
+                    }
                     return Err(e);
                 }
-                if let Err(e) = inner.store.sync().await {
-                    warn!(target: "node::engine", %id, error = %e, "voucher not durable; refusing to serve");
-                    // Put the previous state back so memory matches what a restart would see.
-                    let _ = engine.persist(&before);
-                    slot.record = Some(before);
-                    return Err(Refusal::storage(e));
-                }
+                // Taken now: it covers the write just made, whoever waits on it.
+                let sync = inner.store.sync();
                 // The record just written holds any session charges too.
                 slot.dirty = false;
+                // The latest voucher replaces any session; grant one for what it prepaid.
+                let mut grant = None;
+                if nonce == record.nonce() && window > 1 {
+                    let credit = record
+                        .cumulative_amount()
+                        .saturating_sub(record.charged())
+                        .saturating_sub(slot.reserved);
+                    let uses = if max.is_zero() { U256::ZERO } else { credit / max };
+                    let uses = u32::try_from(uses).unwrap_or(u32::MAX).min(window - 1);
+                    slot.session = (uses > 0).then(|| Session { token: rand::random(), uses });
+                    grant = slot
+                        .session
+                        .as_ref()
+                        .map(|s| SessionGrant { token: B256::from(s.token), uses: s.uses });
+                }
+                let settlement = engine.settlement(record, nonce, amount, served.cost, served.total, grant);
+                drop(guard);
+                if let Err(e) = sync.await {
+                    warn!(target: "node::engine", %id, error = %e, "voucher not durable; refusing to serve");
+                    let mut guard = self.slot.lock().await;
+                    if deferred {
+                        guard.reserved = guard.reserved.saturating_sub(max);
+                    }
+                    if let Some(record) = guard.record.as_mut() {
+                        record.unserve(nonce, now);
+                        let _ = engine.persist(record);
+                    }
+                    guard.session = None;
+                    return Err(Refusal::storage(e));
+                }
                 inner.feed.record(id);
-                // A new voucher replaces any session; grant one for what it prepaid.
-                let credit = record.cumulative_amount().saturating_sub(record.charged());
-                let uses = if self.max.is_zero() { U256::ZERO } else { credit / self.max };
-                let uses = u32::try_from(uses).unwrap_or(u32::MAX).min(window - 1);
-                slot.session = (uses > 0).then(|| Session { token: rand::random(), uses });
-                slot.session.as_ref().map(|s| SessionGrant { token: B256::from(s.token), uses: s.uses })
+                settlement
             }
-            None => {
-                // `authorize_session` checked the session under this same lock.
-                let session = slot
-                    .session
-                    .as_mut()
-                    .ok_or_else(|| Refusal::new(ErrorCode::SessionInvalid, "no session"))?;
-                session.uses -= 1;
-                let grant = SessionGrant { token: B256::from(session.token), uses: session.uses };
-                if session.uses == 0 {
+            Kind::Session { token, nonce, amount } => {
+                record.charge(now);
+                let grant = match slot.session.as_ref() {
+                    Some(s) if s.token == token => {
+                        Some(SessionGrant { token: B256::from(s.token), uses: s.uses })
+                    }
+                    _ => None,
+                };
+                if slot.session.as_ref().is_some_and(|s| s.token == token && s.uses == 0) {
                     slot.session = None;
                 }
                 // In memory only: see `Engine::flush_charges`.
-                record.charged = record.charged().saturating_add(cost).min(record.cumulative_amount());
-                if !slot.dirty {
+                if !now.is_zero() && !slot.dirty {
                     slot.dirty = true;
                     inner.dirty.lock().insert(id);
                 }
                 inner.metrics.paid_by_session.inc();
-                Some(grant)
+                let total = record.charged().saturating_add(if deferred { max } else { U256::ZERO });
+                engine.settlement(record, nonce, amount, cost, total, grant)
             }
+            Kind::Replay(_) => unreachable!("returned above"),
         };
-        let record = slot.record.as_ref().ok_or_else(|| Refusal::new(ErrorCode::Unavailable, "no record"))?;
         inner.metrics.paid.inc();
-        inner.revenue.inc_by(f64::from(cost));
-        debug!(target: "node::engine", %id, nonce = record.nonce(), %cost, session = self.signed.is_none(), "payment recorded");
-        Ok(SettlementResponse {
-            success: true,
-            transaction: String::new(),
-            network: inner.network,
-            payer: record.chain.payer(),
-            extra: SettlementExtra {
-                channel_id: id,
-                nonce: record.nonce(),
-                cumulative_amount: record.cumulative_amount(),
-                charged: cost,
-                total_charged: record.charged(),
-                session,
-            },
-        })
+        if !deferred {
+            inner.revenue.inc_by(f64::from(cost));
+        }
+        debug!(target: "node::engine", %id, nonce = settlement.extra.nonce, %cost, deferred, "payment recorded");
+        Ok(settlement)
+    }
+}
+
+impl<S: KvStore, C: ChainReader> Drop for Pending<S, C> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let max = self.max;
+        let kind = self.kind.clone();
+        with_slot(&self.slot, move |slot| {
+            match kind {
+                Kind::Voucher { nonce, .. } => {
+                    slot.in_flight.remove(&nonce);
+                }
+                Kind::Session { token, .. } => {
+                    if let Some(s) = slot.session.as_mut().filter(|s| s.token == token) {
+                        s.uses += 1;
+                    }
+                }
+                Kind::Replay(_) => return,
+            }
+            slot.reserved = slot.reserved.saturating_sub(max);
+        });
+    }
+}
+
+/// Where a [`DeferredCharge`] marks its channel as ahead of the store.
+trait DirtySink: Send + Sync {
+    fn mark_dirty(&self, id: B256, cost: U256);
+}
+
+impl<S: Send + Sync, C: Send + Sync> DirtySink for Inner<S, C> {
+    fn mark_dirty(&self, id: B256, cost: U256) {
+        self.dirty.lock().insert(id);
+        self.revenue.inc_by(f64::from(cost));
+    }
+}
+
+/// The charge of a streamed response, made when its body ends (see
+/// [`Pending::commit_deferred`]). Dropped unfinished, it charges the reserved maximum.
+pub struct DeferredCharge {
+    slot: Arc<Mutex<Slot>>,
+    id: B256,
+    max: U256,
+    voucher: Option<u64>,
+    sink: Option<Arc<dyn DirtySink>>,
+}
+
+impl std::fmt::Debug for DeferredCharge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeferredCharge")
+            .field("channel", &self.id)
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeferredCharge {
+    /// The most this response may be charged.
+    pub const fn max(&self) -> U256 {
+        self.max
+    }
+
+    /// Charges `cost` (capped at the maximum) and gives the rest of the reservation back. The
+    /// charge is in memory until the next [`Engine::flush_charges`].
+    pub fn finish(mut self, cost: U256) {
+        self.charge(cost.min(self.max));
+    }
+
+    fn charge(&mut self, cost: U256) {
+        let Some(sink) = self.sink.take() else { return };
+        let (id, max, voucher) = (self.id, self.max, self.voucher);
+        with_slot(&self.slot, move |slot| {
+            slot.reserved = slot.reserved.saturating_sub(max);
+            let Some(record) = slot.record.as_mut() else { return };
+            if record.close.is_some() {
+                warn!(target: "node::engine", %id, %cost, "streamed response ended after a close request; not charged");
+                return;
+            }
+            record.charge(cost);
+            let total = record.charged();
+            if let Some(served) = voucher.and_then(|n| record.served.iter_mut().find(|s| s.nonce == n)) {
+                served.cost = cost;
+                served.total = total;
+            }
+            slot.dirty = true;
+            sink.mark_dirty(id, cost);
+        });
+    }
+}
+
+impl Drop for DeferredCharge {
+    fn drop(&mut self) {
+        if self.sink.is_some() {
+            warn!(target: "node::engine", id = %self.id, max = %self.max, "streamed response ended without a cost report; charging the maximum");
+            self.charge(self.max);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+
+    use alloy::signers::local::PrivateKeySigner;
+    use proptest::prelude::*;
+    use x402_protocol::{ChannelDomain, Voucher};
+
+    use super::*;
+    use crate::test_utils::{MemoryChain, open_channel, terms};
+
+    /// Namespace and key to value.
+    type Entries = BTreeMap<(String, Vec<u8>), Vec<u8>>;
+
+    /// A store that keeps what was synced apart from what was only written: a crash keeps
+    /// only the former.
+    #[derive(Debug, Default)]
+    struct CrashStore {
+        written: parking_lot::Mutex<Entries>,
+        durable: parking_lot::Mutex<Entries>,
+    }
+
+    impl CrashStore {
+        fn crashed(&self) -> Self {
+            let durable = self.durable.lock().clone();
+            Self {
+                written: parking_lot::Mutex::new(durable.clone()),
+                durable: parking_lot::Mutex::new(durable),
+            }
+        }
+    }
+
+    impl KvStore for CrashStore {
+        fn get(&self, ns: &str, key: &[u8]) -> x402_store::Result<Option<Vec<u8>>> {
+            Ok(self.written.lock().get(&(ns.to_owned(), key.to_vec())).cloned())
+        }
+
+        fn put(&self, ns: &str, key: &[u8], value: &[u8]) -> x402_store::Result<()> {
+            self.written.lock().insert((ns.to_owned(), key.to_vec()), value.to_vec());
+            Ok(())
+        }
+
+        fn remove(&self, ns: &str, key: &[u8]) -> x402_store::Result<()> {
+            self.written.lock().remove(&(ns.to_owned(), key.to_vec()));
+            Ok(())
+        }
+
+        fn list(&self, ns: &str) -> x402_store::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+            let written = self.written.lock();
+            Ok(written
+                .iter()
+                .filter(|((n, _), _)| n == ns)
+                .map(|((_, k), v)| (k.clone(), v.clone()))
+                .collect())
+        }
+
+        async fn sync(&self) -> x402_store::Result<()> {
+            self.sync_blocking()
+        }
+
+        fn sync_blocking(&self) -> x402_store::Result<()> {
+            let written = self.written.lock().clone();
+            *self.durable.lock() = written;
+            Ok(())
+        }
+    }
+
+    const PRICE: u64 = 100;
+
+    struct Node {
+        engine: Engine<CrashStore, MemoryChain>,
+        id: B256,
+        key: PrivateKeySigner,
+        price: Price,
+    }
+
+    impl Node {
+        fn new(store: CrashStore, chain: MemoryChain, key: PrivateKeySigner, id: B256) -> Self {
+            let engine = Engine::new(terms(31337), Arc::new(store), chain, Metrics::new());
+            Self { engine, id, key, price: Price::upto(U256::from(PRICE)) }
+        }
+
+        fn header(&self, nonce: u64, amount: u64) -> Vec<u8> {
+            let t = self.engine.terms();
+            let voucher = Voucher { channelId: self.id, nonce, cumulativeAmount: U256::from(amount) };
+            let signed = ChannelDomain::new(t.chain_id, t.contract).sign(&self.key, voucher).expect("signs");
+            let payload = PaymentPayload::new(&self.engine.requirements(&self.price, None), &signed);
+            wire::encode_header(&payload).into_bytes()
+        }
+
+        /// (charged, reserved, latest amount, latest nonce, deposit) in memory.
+        fn state(&self) -> Option<(U256, U256, U256, u64, U256)> {
+            let slot = self.engine.inner.channels.get(&self.id).map(|s| Arc::clone(&s))?;
+            let guard = slot.try_lock().expect("no lock held between steps");
+            let r = guard.record.as_ref()?;
+            Some((r.charged(), guard.reserved, r.cumulative_amount(), r.nonce(), r.chain.deposit))
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// The voucher of the client's request `k` (nonce `k + 1`) arrives.
+        Arrive(usize),
+        /// The request in flight `i` (modulo) ends: served and delivered at `cost`, upstream
+        /// failure, or served at `cost` but the response is lost (the client resends later).
+        Finish(usize, Outcome),
+        /// The node crashes and restarts from what is durable.
+        Crash,
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Outcome {
+        Delivered(u64),
+        Failed,
+        Lost(u64),
+    }
+
+    fn op(n: usize) -> impl Strategy<Value = Op> {
+        let outcome = prop_oneof![
+            4 => (0..=PRICE).prop_map(Outcome::Delivered),
+            1 => Just(Outcome::Failed),
+            1 => (0..=PRICE).prop_map(Outcome::Lost),
+        ];
+        prop_oneof![
+            6 => (0..n).prop_map(Op::Arrive),
+            6 => (0usize..64, outcome).prop_map(|(i, o)| Op::Finish(i, o)),
+            1 => Just(Op::Crash),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// A client signs `n` vouchers for concurrent requests, each covering its own price on
+        /// top of the previous ones (nonce k + 1, amount (k + 1) * price). They arrive in any
+        /// order, some twice, their requests end in any order (served, failed, or served with
+        /// the response lost), and the node crashes at any point. At every step
+        /// `charged + reserved <= latest amount <= deposit`; every voucher is admitted exactly
+        /// when the latest voucher's unspent amount covers it (no corrective round trip
+        /// otherwise); no voucher is served twice; a resend of a served voucher gets its
+        /// receipt; and what the node charged is exactly what it released responses for.
+        #[test]
+        fn reserve_serve_commit(n in 1usize..12, deposit_prices in 1u64..14, ops in prop::collection::vec(op(12), 1..60)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                let key = PrivateKeySigner::random();
+                let id = B256::repeat_byte(7);
+                let chain = MemoryChain::default();
+                let deposit = U256::from(deposit_prices * PRICE);
+                chain.set(id, open_channel(&terms(31337), key.address(), deposit));
+                let mut node = Node::new(CrashStore::default(), chain.clone(), key.clone(), id);
+                let mut in_flight: Vec<(usize, Pending<CrashStore, MemoryChain>)> = Vec::new();
+                // Per request: the receipt of its service, if it was served.
+                let mut served: HashMap<usize, SettlementResponse> = HashMap::new();
+                let mut charged_total = U256::ZERO;
+                for op in ops {
+                    match op {
+                        Op::Arrive(k) if k < n => {
+                            let (nonce, amount) = (k as u64 + 1, (k as u64 + 1) * PRICE);
+                            // Loaded (after a restart) so that its state can be read.
+                            node.engine.update_channel(id, |_| false).await.expect("loads");
+                            let before = node.state();
+                            let flying = in_flight.iter().any(|(j, _)| *j == k);
+                            let result = node.engine.authorize(&node.header(nonce, amount), &node.price).await;
+                            if let Some(receipt) = served.get(&k) {
+                                // A resend of a voucher already served: its receipt, no service.
+                                let pending = result.expect("a resend of a served voucher is answered");
+                                prop_assert_eq!(pending.replayed(), Some(receipt));
+                                prop_assert_eq!(node.state(), before);
+                                continue;
+                            }
+                            let (charged, reserved, latest, latest_nonce) = before
+                                .map_or((U256::ZERO, U256::ZERO, U256::ZERO, 0), |(c, r, l, ln, _)| (c, r, l, ln));
+                            let needed = charged + reserved + U256::from(PRICE);
+                            let ceiling = if nonce > latest_nonce { U256::from(amount) } else { latest };
+                            let covered = !flying && U256::from(amount) <= deposit && needed <= ceiling;
+                            prop_assert_eq!(result.is_ok(), covered, "voucher {} {:?}: {:?}", nonce, before, result.as_ref().err());
+                            if let Ok(pending) = result {
+                                prop_assert!(pending.replayed().is_none());
+                                in_flight.push((k, pending));
+                            }
+                        }
+                        Op::Arrive(_) => {}
+                        Op::Finish(i, outcome) if !in_flight.is_empty() => {
+                            let (k, pending) = in_flight.remove(i % in_flight.len());
+                            match outcome {
+                                Outcome::Failed => drop(pending),
+                                Outcome::Delivered(cost) | Outcome::Lost(cost) => {
+                                    let receipt = pending.commit(U256::from(cost)).await.expect("commits");
+                                    prop_assert!(!served.contains_key(&k), "request {} served twice", k);
+                                    prop_assert_eq!(receipt.extra.charged, U256::from(cost));
+                                    charged_total += U256::from(cost);
+                                    prop_assert_eq!(receipt.extra.total_charged, charged_total);
+                                    served.insert(k, receipt);
+                                }
+                            }
+                        }
+                        Op::Finish(..) => {}
+                        Op::Crash => {
+                            // Responses in flight are never released.
+                            in_flight.clear();
+                            let store = node.engine.store().crashed();
+                            node = Node::new(store, chain.clone(), key.clone(), id);
+                        }
+                    }
+                    if let Some((charged, reserved, latest, _, deposit)) = node.state() {
+                        prop_assert!(charged + reserved <= latest, "{} + {} > {}", charged, reserved, latest);
+                        prop_assert!(latest <= deposit);
+                        // Every released response is charged, and nothing else.
+                        prop_assert_eq!(charged, charged_total);
+                    }
+                }
+                // Every request ends: all reservations are given back.
+                in_flight.clear();
+                tokio::task::yield_now().await;
+                if let Some((charged, reserved, ..)) = node.state() {
+                    prop_assert_eq!(reserved, U256::ZERO);
+                    prop_assert_eq!(charged, charged_total);
+                }
+                Ok(())
+            })?;
+        }
     }
 }

@@ -38,6 +38,7 @@ pub mod path;
 pub mod push;
 pub mod relay;
 pub mod routes;
+pub mod serve;
 pub mod settle;
 pub mod verify;
 pub mod watcher;

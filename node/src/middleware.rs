@@ -15,9 +15,13 @@
 //! A priced request without a payment gets a 402 with the terms. A paid request runs the
 //! handler with the verified [`Payment`] as a request extension; the handler of a
 //! [`Pricing::Upto`] route reports the actual cost with a
-//! [`Charge`] response extension. The voucher is stored durably before the response is
-//! released; a handler that fails with a 5xx is not charged for. A request inside a prepaid
-//! credit window presents `PAYMENT-SESSION` instead (see [`Engine::set_credit_window`]).
+//! [`Charge`] response extension, or, streaming, at the end of its body (see
+//! [`crate::serve`]). The voucher is stored durably before the response is released; a
+//! handler that fails with a 5xx is not charged for. A request inside a prepaid credit window
+//! presents `PAYMENT-SESSION` instead (see [`Engine::set_credit_window`]).
+//!
+//! The handler runs with the price reserved on the channel but without any lock held, so
+//! requests of one channel are served in parallel (see [`Engine::authorize`]).
 
 use std::{
     convert::Infallible,
@@ -37,7 +41,12 @@ use tower::{Layer, Service};
 use x402_protocol::wire::{self, Pricing};
 use x402_store::KvStore;
 
-use crate::{Engine, Payment, Price, Refusal, chain::ChainReader, routes::Routes};
+use crate::{
+    Engine, Payment, Price, Refusal,
+    chain::ChainReader,
+    routes::Routes,
+    serve::{self, ReplayCache},
+};
 
 /// Header an unpaid request may carry to name its channel. A bare channel id proves nothing, so
 /// the node discloses no state for it: a channel's state goes only to a request holding its
@@ -68,11 +77,16 @@ impl axum::response::IntoResponseParts for Charge {
 pub struct Paywall<S, C> {
     engine: Engine<S, C>,
     routes: Arc<Routes>,
+    replay: Arc<ReplayCache>,
 }
 
 impl<S, C> Clone for Paywall<S, C> {
     fn clone(&self) -> Self {
-        Self { engine: self.engine.clone(), routes: Arc::clone(&self.routes) }
+        Self {
+            engine: self.engine.clone(),
+            routes: Arc::clone(&self.routes),
+            replay: Arc::clone(&self.replay),
+        }
     }
 }
 
@@ -85,7 +99,7 @@ impl<S, C> std::fmt::Debug for Paywall<S, C> {
 impl<S, C> Paywall<S, C> {
     /// A paywall with no priced routes yet.
     pub fn new(engine: Engine<S, C>) -> Self {
-        Self { engine, routes: Arc::default() }
+        Self { engine, routes: Arc::default(), replay: Arc::default() }
     }
 
     /// Prices the route `path` (a pattern in axum's syntax) for every method.
@@ -167,7 +181,8 @@ where
             return Box::pin(inner.call(req));
         };
         let engine = self.paywall.engine.clone();
-        Box::pin(async move { Ok(paid(engine, inner, req, price).await) })
+        let replay = Arc::clone(&self.paywall.replay);
+        Box::pin(async move { Ok(paid(engine, inner, req, price, replay).await) })
     }
 }
 
@@ -176,6 +191,7 @@ async fn paid<Svc, S, C>(
     mut inner: Svc,
     mut req: Request<Body>,
     price: Price,
+    replay: Arc<ReplayCache>,
 ) -> Response
 where
     Svc: Service<Request<Body>, Response = Response, Error = Infallible>,
@@ -193,30 +209,92 @@ where
         };
         engine.authorize(header.as_bytes(), &price).await
     };
+    // The price is reserved on the channel now, and no lock is held while the request is served.
     let pending = match authorized {
         Ok(p) => p,
         Err(refusal) => return payment_required(&engine, &url, &price, Some(&refusal), refusal.status()),
     };
     let payment: Payment = pending.payment();
-    req.extensions_mut().insert(payment);
-
-    let Ok(mut response) = inner.call(req).await;
-    if response.status().is_server_error() {
-        // Not charged: the voucher is not stored and the client may use it again.
+    if let Some(settlement) = pending.replayed() {
+        // A resend of a voucher already served (its response was lost): not served or charged
+        // again, answered with that request's receipt.
+        let mut response = replay
+            .response(payment.channel_id, payment.nonce)
+            .filter(|_| price.replay_body)
+            .unwrap_or_else(serve::already_served);
+        with_receipt(&mut response, settlement);
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(serve::REPLAYED), HeaderValue::from_static("1"));
         return response;
+    }
+    req.extensions_mut().insert(payment.clone());
+
+    let Ok(response) = inner.call(req).await;
+    if response.status().is_server_error() {
+        // Not charged: dropping `pending` gives the reservation back, and the voucher (never
+        // marked served) may be sent again.
+        return response;
+    }
+    let charge = response.extensions().get::<Charge>().map(|c| c.0);
+    if price.pricing == Pricing::Upto && charge.is_none() && serve::is_streamed(&response) {
+        // The cost comes at the end of the body: the voucher is made durable now, the charge
+        // when the body ends.
+        return match pending.commit_deferred().await {
+            Ok((settlement, deferred)) => {
+                let mut response = serve::charge_at_end(response, deferred);
+                with_receipt(&mut response, &settlement);
+                response
+            }
+            Err(refusal) => payment_required(&engine, &url, &price, Some(&refusal), refusal.status()),
+        };
     }
     let cost = match price.pricing {
         Pricing::Exact => price.amount,
-        Pricing::Upto => response.extensions().get::<Charge>().map_or(price.amount, |c| c.0),
+        Pricing::Upto => charge.unwrap_or(price.amount),
+    };
+    // A small response of a route with replay is kept until it is committed.
+    let (mut response, kept) = if price.replay_body && small(&response) {
+        let (parts, body) = response.into_parts();
+        match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, serve::REPLAY_MAX_BODY))
+            .await
+        {
+            Ok(collected) => {
+                let bytes = collected.to_bytes();
+                let kept = (parts.status, parts.headers.clone(), bytes.clone());
+                (Response::from_parts(parts, Body::from(bytes)), Some(kept))
+            }
+            // The upstream failed mid-body: not served, not charged.
+            Err(_) => return (StatusCode::BAD_GATEWAY, "the response body failed").into_response(),
+        }
+    } else {
+        (response, None)
     };
     match pending.commit(cost).await {
         Ok(settlement) => {
-            if let Ok(v) = HeaderValue::from_str(&wire::encode_header(&settlement)) {
-                response.headers_mut().insert(HeaderName::from_static(wire::PAYMENT_RESPONSE), v);
+            if let Some((status, headers, body)) = kept {
+                replay.insert(payment.channel_id, settlement.extra.nonce, status, &headers, body);
             }
+            with_receipt(&mut response, &settlement);
             response
         }
         Err(refusal) => payment_required(&engine, &url, &price, Some(&refusal), refusal.status()),
+    }
+}
+
+/// Whether a response is small enough to be kept for replay.
+fn small(response: &Response) -> bool {
+    http_body::Body::size_hint(response.body()).upper().is_some_and(|n| n <= serve::REPLAY_MAX_BODY as u64)
+        || response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .is_some_and(|n| n <= serve::REPLAY_MAX_BODY)
+}
+
+fn with_receipt(response: &mut Response, settlement: &wire::SettlementResponse) {
+    if let Ok(v) = HeaderValue::from_str(&wire::encode_header(settlement)) {
+        response.headers_mut().insert(HeaderName::from_static(wire::PAYMENT_RESPONSE), v);
     }
 }
 

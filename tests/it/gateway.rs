@@ -59,6 +59,7 @@ async fn gateway_charges_refuses_restarts_and_settles() {
         pricing: Default::default(),
         description: None,
         mime_type: None,
+        replay_body: false,
     });
 
     let gw = Gateway::start(config.clone()).await;
@@ -115,7 +116,12 @@ async fn gateway_charges_refuses_restarts_and_settles() {
             StatusCode::PAYMENT_REQUIRED,
             ErrorCode::ChannelUnknown,
         ),
-        ("replay", header(&sign(&payer, 1, PRICE)), StatusCode::PAYMENT_REQUIRED, ErrorCode::NonceTooLow),
+        (
+            "a used nonce",
+            header(&sign(&payer, 1, 2 * PRICE)),
+            StatusCode::PAYMENT_REQUIRED,
+            ErrorCode::NonceTooLow,
+        ),
         (
             "underpaid",
             header(&sign(&payer, 2, PRICE + 1)),
@@ -140,6 +146,11 @@ async fn gateway_charges_refuses_restarts_and_settles() {
         assert_eq!(resp.status(), status, "{name}");
         assert_eq!(required(&resp).error, Some(code), "{name}");
     }
+
+    // The very voucher served: its receipt again (409: the response is not kept), no charge.
+    let resend = paid(&client, &weather, header(&sign(&payer, 1, PRICE))).await;
+    assert_eq!(resend.status(), StatusCode::CONFLICT);
+    assert!(resend.headers().contains_key(wire::PAYMENT_RESPONSE));
 
     // Admin needs the token.
     let admin = format!("{}/admin/channels", gw.url);

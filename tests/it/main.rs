@@ -2,6 +2,7 @@
 
 mod client;
 mod faults;
+mod flow;
 mod gateway;
 mod proxy;
 mod revocation;

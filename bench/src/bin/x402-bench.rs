@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use x402_bench::{
     fixture::Vouchers,
     load::{self, Plan, Server},
-    report::{Gas, LatencyReport, Results, Scale, Verify, note, say},
+    report::{Gas, LatencyReport, ONE_CHANNEL_PAID, ONE_CHANNEL_UNPAID, Results, Scale, Verify, note, say},
     server::{self, ServeArgs},
 };
 
@@ -34,6 +34,9 @@ enum Command {
         data: PathBuf,
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
+        /// Serve as the gateway in front of this upstream.
+        #[arg(long)]
+        upstream: Option<String>,
     },
 }
 
@@ -72,6 +75,10 @@ struct RunArgs {
     /// The gas snapshot.
     #[arg(long, default_value = "snapshots/PaymentChannelGas.json")]
     gas_snapshot: PathBuf,
+    /// How long the upstream behind the gateway takes per request in the one-channel runs,
+    /// milliseconds.
+    #[arg(long, default_value_t = 20)]
+    upstream_ms: u64,
     /// Only the timed runs whose name contains this (repeatable), then stop: no latency, soak,
     /// scale or report (for profiling one run).
     #[arg(long)]
@@ -87,8 +94,8 @@ async fn main() -> eyre::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Serve { channels, window, data, listen } => {
-            server::serve(ServeArgs { channels, window, data, listen }).await
+        Command::Serve { channels, window, data, listen, upstream } => {
+            server::serve(ServeArgs { channels, window, data, listen, upstream }).await
         }
         Command::Run(args) => run(args).await,
     }
@@ -154,7 +161,7 @@ async fn run(args: RunArgs) -> eyre::Result<()> {
     let total = next;
 
     note(&format!("starting the node with {total} channels on its chain"));
-    let server = Server::start(total, 100, &tmp.path().join("node")).await?;
+    let server = Server::start(total, 100, &tmp.path().join("node"), None).await?;
     let vouchers = Arc::new(Vouchers::new(server.requirements().await?));
     let mut runs = Vec::new();
     for p in
@@ -168,6 +175,7 @@ async fn run(args: RunArgs) -> eyre::Result<()> {
         ));
         runs.push(r);
     }
+    runs.extend(one_channel_runs(&args, c, duration, tmp.path()).await?);
     if !args.only.is_empty() {
         return server.stop().await;
     }
@@ -201,7 +209,7 @@ async fn run(args: RunArgs) -> eyre::Result<()> {
     }
     let prefill_seconds = started.elapsed().as_secs_f64();
     let disk_bytes = x402_bench::sys::disk_usage(&scale_dir);
-    let server = Server::start(0, 100, &scale_dir).await?;
+    let server = Server::start(0, 100, &scale_dir, None).await?;
     let startup_ms = server.startup.as_secs_f64() * 1e3;
     let rss_start_kib = server.stats().await?.usage.rss_kib;
     let scale_run = Plan {
@@ -247,6 +255,48 @@ async fn run(args: RunArgs) -> eyre::Result<()> {
     }
     say(&format!("wrote {}", args.out.join("BENCHMARKS.md").display()));
     Ok(())
+}
+
+/// The one-channel runs: `c` concurrent requests on one single channel through the gateway,
+/// in front of an upstream that takes `--upstream-ms`, paid and unpaid (in its own server).
+async fn one_channel_runs(
+    args: &RunArgs,
+    c: usize,
+    duration: Duration,
+    tmp: &std::path::Path,
+) -> eyre::Result<Vec<load::Run>> {
+    let names = [(ONE_CHANNEL_UNPAID, false), (ONE_CHANNEL_PAID, true)];
+    if !args.only.is_empty() && !names.iter().any(|(n, _)| args.only.iter().any(|o| n.contains(o.as_str()))) {
+        return Ok(Vec::new());
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let upstream = format!("http://{}", listener.local_addr()?);
+    let delay = Duration::from_millis(args.upstream_ms);
+    let upstream_task = tokio::spawn(server::slow_upstream(listener, delay));
+    let server = Server::start(1, 1, &tmp.join("gateway"), Some(&upstream)).await?;
+    let vouchers = Vouchers::new(server.requirements().await?);
+    let mut runs = Vec::new();
+    for (name, paid) in names {
+        note(&format!("run: {name} ({c} connections, upstream {} ms)", args.upstream_ms));
+        let plan = Plan {
+            name: name.into(),
+            paid,
+            window: 1,
+            first: 0,
+            channels: 1,
+            concurrency: c,
+            duration,
+            requests: args.requests,
+            warm_up: true,
+            start: 0,
+        };
+        let r = load::one_channel(&server, &vouchers, &plan).await?;
+        note(&format!("  {:.0} req/s, {} corrective 402s, {} errors", r.rps, r.corrective, r.errors));
+        runs.push(r);
+    }
+    server.stop().await?;
+    upstream_task.abort();
+    Ok(runs)
 }
 
 /// One raw libsecp256k1 verification and one recovery, timed over many iterations.

@@ -332,7 +332,7 @@ fn node_and_contract_agree_on_random_vouchers() {
 
         // The node's verdict, through the code it runs on every request.
         let record = ChannelRecord::new(voucher.channelId, onchain.clone());
-        let admitted = record.admit(&voucher, U256::ZERO).is_ok()
+        let admitted = record.admit(&voucher, U256::ZERO, U256::ZERO, &Default::default()).is_ok()
             && verifier.verify_eoa(&voucher, &sig, payer.address(), &mut None);
         let node = admitted.then(|| voucher.cumulativeAmount - record.charged());
 

@@ -24,6 +24,7 @@ fn route(path: &str, methods: &[&str], price: u64, pricing: Pricing) -> RouteCon
         pricing,
         description: None,
         mime_type: None,
+        replay_body: false,
     }
 }
 

@@ -4,6 +4,7 @@ mod cli;
 mod crash;
 mod differential;
 mod fixture;
+mod flow;
 mod fuzz;
 mod gateway;
 mod gateway_binary;
