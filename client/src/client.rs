@@ -1223,8 +1223,7 @@ impl Client {
             )));
         }
         let payee = terms.payee;
-        let slot =
-            self.register(id, terms, &params, U256::from(onchain.deposit), node).await?;
+        let slot = self.register(id, terms, &params, U256::from(onchain.deposit), node).await?;
         let ch = slot.lock().await.clone();
         self.emit(ChannelEvent::Opened {
             channel_id: id,

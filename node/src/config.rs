@@ -778,7 +778,8 @@ mod tests {
         assert!(!config.relay.enabled);
         assert_eq!(config.chain.rpc_timeout_ms, 10_000);
         assert!(!config.payment.accept_contract_signers);
-        let replayed: Vec<_> = config.routes.iter().map(|r| (r.path.as_str(), r.price().replay_body)).collect();
+        let replayed: Vec<_> =
+            config.routes.iter().map(|r| (r.path.as_str(), r.price().replay_body)).collect();
         assert_eq!(replayed, [("/weather", false), ("/v1/chat/completions", false), ("/items/{id}", true)]);
     }
 }
