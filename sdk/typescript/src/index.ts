@@ -1,0 +1,6 @@
+export * from "./constants.js";
+export * from "./abi.js";
+export * from "./voucher.js";
+export * from "./store.js";
+export * from "./scheme.js";
+export * from "./fetch.js";
