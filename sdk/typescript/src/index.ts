@@ -4,3 +4,4 @@ export * from "./voucher.js";
 export * from "./store.js";
 export * from "./scheme.js";
 export * from "./fetch.js";
+export * from "./axios.js";
