@@ -133,7 +133,8 @@ export class ChannelPaymentError extends Error {
   override name = "ChannelPaymentError";
 }
 
-const MAX_NONCE = (1n << 64n) - 1n;
+/** The wire carries the nonce as a JSON number (a u64 in the node): stay where JSON numbers are exact. */
+const MAX_NONCE = BigInt(Number.MAX_SAFE_INTEGER);
 
 function decimal(v: unknown, what: string): bigint {
   if (typeof v === "number" && Number.isSafeInteger(v) && v >= 0) return BigInt(v);

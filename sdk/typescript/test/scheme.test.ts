@@ -245,6 +245,42 @@ describe("channel scheme over HTTP", () => {
     }
   });
 
+  it("opens gaslessly through the node's relay (permit + OpenAuthorization binding the deposit)", async () => {
+    const srv = await server();
+    const account = await payer();
+    const s = new ChannelScheme({
+      account,
+      publicClient: d.publicClient,
+      opener: { kind: "relay", url: srv.url },
+      deposit: { multiple: 50n, cap: 1_000_000n },
+    });
+    const pay = wrapFetchWithChannel(fetch, client(s), s);
+    for (let i = 0; i < 10; i++) assert.equal((await pay(`${srv.url}/g`)).status, 200);
+    assert.equal(srv.relayed, 1);
+    assert.equal(await d.publicClient.getTransactionCount({ address: account.address }), 0, "the payer sent no transaction");
+    const [record] = await s.store.list();
+    const onchain = await d.publicClient.readContract({ address: d.contract, abi: paymentChannelAbi, functionName: "getChannel", args: [record!.channelId] });
+    assert.equal(onchain.deposit, 50_000n);
+    assert.equal(srv.channels.get(record!.channelId)!.charged, 10n * PRICE);
+  });
+
+  it("refuses a relay's answer for another channel", async () => {
+    const account = await payer();
+    const s = new ChannelScheme({
+      account,
+      publicClient: d.publicClient,
+      opener: {
+        kind: "relay",
+        url: "http://relay.invalid",
+        fetch: (async () => new Response(JSON.stringify({ channelId: `0x${"11".repeat(32)}`, deposit: "50000" }))) as typeof fetch,
+      },
+      deposit: { multiple: 50n, cap: 1_000_000n },
+    });
+    const srv = await server();
+    const pay = wrapFetchWithChannel(fetch, client(s), s);
+    await assert.rejects(pay(`${srv.url}/g`), /relay opened 0x1111/);
+  });
+
   it("tops up when the deposit runs out", async () => {
     const srv = await server({ minDeposit: 1000n });
     const account = await payer();

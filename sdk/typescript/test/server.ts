@@ -4,7 +4,7 @@
 // deposit; corrective 402s carry the channel state and the client's latest signature.
 import { randomBytes } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import { getAddress, parseAbiItem, recoverTypedDataAddress, zeroAddress, type Address, type Hex } from "viem";
+import { getAddress, parseAbiItem, parseSignature, recoverTypedDataAddress, zeroAddress, type Address, type Hex } from "viem";
 import type { Devnet } from "./anvil.js";
 
 interface Known {
@@ -41,6 +41,7 @@ export class TestServer {
   paidRequests = 0;
   vouchers = 0;
   sessionsUsed = 0;
+  relayed = 0;
   refusals: string[] = [];
 
   constructor(
@@ -181,7 +182,43 @@ export class TestServer {
     return c.deposit;
   }
 
+  /** The node's gasless-open relay (protocol/src/open.rs), submitting `openWithPermit` with the server's own key. */
+  private async relay(req: IncomingMessage, res: ServerResponse) {
+    const chunks: Buffer[] = [];
+    for await (const c of req) chunks.push(c as Buffer);
+    const body = JSON.parse(Buffer.concat(chunks).toString("utf8")) as {
+      payer: Address;
+      params: { payee: Address; token: Address; signer: Address; challengePeriod: number; deposit: string; salt: Hex };
+      authorization: { kind: string; deadline: number; permitSignature: Hex; openSignature: Hex };
+    };
+    const { params: p, authorization: auth } = body;
+    if (auth.kind !== "permit") throw new Error("only permit opens here");
+    const sig = parseSignature(auth.permitSignature);
+    const relayer = this.d.accounts[1]!;
+    const params = { payer: body.payer, payee: p.payee, token: p.token, signer: p.signer, challengePeriod: p.challengePeriod, salt: p.salt };
+    try {
+      const hash = await this.d.wallet(relayer).writeContract({
+        address: this.d.contract,
+        abi: this.d.channelAbi as never,
+        functionName: "openWithPermit",
+        args: [params, BigInt(p.deposit), BigInt(auth.deadline), Number(sig.v), sig.r, sig.s, auth.openSignature],
+        account: relayer,
+        chain: this.d.chain,
+      } as never);
+      const receipt = await this.d.publicClient.waitForTransactionReceipt({ hash });
+      if (receipt.status !== "success") throw new Error("openWithPermit reverted");
+      const channelId = receipt.logs[receipt.logs.length - 1]!.topics[1]!;
+      this.relayed++;
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ channelId, transactionHash: hash, deposit: p.deposit }));
+    } catch (e) {
+      res.writeHead(400, { "content-type": "application/json" });
+      res.end(JSON.stringify({ error: String(e).slice(0, 300) }));
+    }
+  }
+
   private async handle(req: IncomingMessage, res: ServerResponse) {
+    if (req.method === "POST" && req.url === "/x402/open") return this.relay(req, res);
     this.httpRequests++;
     // Answer out of order now and then, as a real server under load would.
     await new Promise((r) => setTimeout(r, Math.random() * 3));
