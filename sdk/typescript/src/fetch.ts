@@ -89,7 +89,12 @@ export function wrapFetchWithChannel(
       const payload: PaymentPayload = await client.createPaymentPayload(required);
       const paid = original.clone();
       for (const [k, v] of Object.entries(http.encodePaymentSignatureHeader(payload))) paid.headers.set(k, v);
-      last = await fetchImpl(paid);
+      try {
+        last = await fetchImpl(paid);
+      } catch (e) {
+        if (payload.accepted) scheme.abandon(payload.accepted, payload.payload);
+        throw e;
+      }
       const result = await http.processPaymentResult(payload, (n) => last!.headers.get(n), last.status);
       if (last.status !== 402) return last;
       const fresh = await parse402(last);

@@ -277,6 +277,16 @@ export class ChannelScheme implements SchemeNetworkClient {
     }
   }
 
+  /**
+   * Frees the channel's queue after the request carrying `payload` failed without an HTTP response (the voucher
+   * may or may not have arrived; the next one goes above it either way).
+   */
+  abandon(req: PaymentRequirements, payload: unknown) {
+    const nonce = (payload as Partial<VoucherPayload> | undefined)?.nonce;
+    if (req.scheme !== SCHEME || typeof nonce !== "number") return;
+    this.queue(channelKey(req)).releaseFor(BigInt(nonce));
+  }
+
   /** A `PAYMENT-SESSION` header value for `req` if a prepaid window has uses left (taking one), else undefined. */
   takeSession(req: PaymentRequirements): string | undefined {
     if (req.scheme !== SCHEME) return undefined;
@@ -403,7 +413,7 @@ export class ChannelScheme implements SchemeNetworkClient {
   private async topUp(record: ChannelRecord, extra: ChannelExtra, price: bigint): Promise<ChannelRecord> {
     if (this.options.opener.kind !== "onchain") {
       // A relayed channel cannot be topped up without gas: retire it and open a new one.
-      await this.store.put({ ...record, status: "closed" });
+      await this.retire(record);
       throw new ChannelPaymentError("channel exhausted; a gasless client opens a new channel on the next payment");
     }
     const wallet = this.options.opener.wallet;
@@ -531,7 +541,7 @@ export class ChannelScheme implements SchemeNetworkClient {
       if (!pr || !pr.error) return;
       if (DEAD_CHANNEL_ERRORS.has(pr.error)) {
         const record = await this.store.get(key);
-        if (record && record.channelId === payload.channelId) await this.store.put({ ...record, status: "closed" });
+        if (record && record.channelId === payload.channelId) await this.retire(record);
         this.sessions.delete(key);
         return { recovered: true };
       }
@@ -614,6 +624,16 @@ export class ChannelScheme implements SchemeNetworkClient {
     if (nonce === myNonce && state.signature) next.signature = state.signature;
     await this.store.put(next);
     this.sessions.delete(key);
+  }
+
+  /**
+   * Moves a channel the client no longer pays with out of its key (to `key#channelId`, status closed), keeping its
+   * parameters and latest voucher for an exit or a close.
+   */
+  private async retire(record: ChannelRecord) {
+    await this.store.put({ ...record, key: `${record.key}#${record.channelId}`, status: "closed" });
+    await this.store.delete(record.key);
+    this.sessions.delete(record.key);
   }
 
   private voucherSigner(record: ChannelRecord): Address {

@@ -9,7 +9,10 @@ import type { ChannelParams } from "./voucher.js";
  * that crashes after sending never signs the same nonce twice for a different amount.
  */
 export interface ChannelRecord {
-  /** `network|contract|payee|asset`, lowercase: one channel per provider, token and contract. */
+  /**
+   * `network|contract|payee|asset`, lowercase: one open channel per provider, token and contract. A retired
+   * channel is kept under `<that key>#<channelId>` with status `closed`.
+   */
   key: string;
   channelId: Hex;
   chainId: number;

@@ -281,6 +281,32 @@ describe("channel scheme over HTTP", () => {
     await assert.rejects(pay(`${srv.url}/g`), /relay opened 0x1111/);
   });
 
+  it("opens a new channel when the node reports the old one closed", async () => {
+    const srv = await server();
+    const s = scheme(await payer());
+    const pay = wrapFetchWithChannel(fetch, client(s), s);
+    for (let i = 0; i < 3; i++) assert.equal((await pay(`${srv.url}/c`)).status, 200);
+    const [first] = await s.store.list();
+    srv.closed.add(first!.channelId);
+    for (let i = 0; i < 3; i++) assert.equal((await pay(`${srv.url}/c`)).status, 200);
+    const records = await s.store.list();
+    const second = records.find((r) => r.status === "open");
+    assert.notEqual(second!.channelId, first!.channelId);
+    assert.equal(second!.nonce, "3");
+    // The retired channel is kept, with its parameters and latest voucher, for an exit or a close.
+    const retired = records.find((r) => r.status === "closed");
+    assert.equal(retired!.channelId, first!.channelId);
+    assert.equal(retired!.nonce, "4", "the refused voucher was signed and stored before it was sent");
+    assert.deepEqual(srv.refusals, ["channel_closed"]);
+  });
+
+  it("refuses a receipt claiming more than it signed", async () => {
+    const srv = await server({ tamper: "receipt" });
+    const s = scheme(await payer());
+    const pay = wrapFetchWithChannel(fetch, client(s), s);
+    await assert.rejects(pay(`${srv.url}/lie`), /above what this client signed/);
+  });
+
   it("tops up when the deposit runs out", async () => {
     const srv = await server({ minDeposit: 1000n });
     const account = await payer();

@@ -29,11 +29,13 @@ export interface TestServerOptions {
   maxCreditWindow?: number;
   minDeposit?: bigint;
   /** Corrupts the signature carried in corrective 402s (an unverifiable state). */
-  tamper?: "signature" | "inflate";
+  tamper?: "signature" | "inflate" | "receipt";
 }
 
 export class TestServer {
   readonly channels = new Map<string, State>();
+  /** Channels the server treats as closed (`channel_closed`). */
+  readonly closed = new Set<string>();
   private readonly known = new Map<string, Known>();
   private server!: Server;
   url = "";
@@ -136,7 +138,7 @@ export class TestServer {
         nonce: Number(s.nonce),
         cumulativeAmount: String(s.cumulative),
         charged: String(this.opts.price),
-        totalCharged: String(s.charged),
+        totalCharged: String(this.opts.tamper === "receipt" ? s.cumulative + 1n : s.charged),
         ...(s.session && s.session.uses > 0 ? { session: s.session } : {}),
       },
     };
@@ -258,6 +260,7 @@ export class TestServer {
     const v = payload.payload;
     const known = await this.channel(v.channelId);
     if (!known) return this.send402(res, path, "channel_unknown");
+    if (this.closed.has(v.channelId)) return this.send402(res, path, "channel_closed");
     if (getAddress(known.payee) !== getAddress(this.opts.payee) || getAddress(known.token) !== getAddress(this.d.token)) {
       return this.send402(res, path, "channel_mismatch");
     }
