@@ -1,4 +1,5 @@
 import { x402HTTPClient, type x402Client } from "@x402/core/client";
+import { decodePaymentSignatureHeader } from "@x402/core/http";
 import type { PaymentPayload } from "@x402/core/types";
 import { PAYMENT_SESSION } from "./constants.js";
 import type { ChannelScheme } from "./scheme.js";
@@ -59,7 +60,7 @@ export function withChannelAxios<T>(axiosInstance: T, client: x402Client, scheme
     const sig = config.headers.get("PAYMENT-SIGNATURE");
     if (typeof sig !== "string") return undefined;
     try {
-      return JSON.parse(Buffer.from(sig, "base64").toString("utf8")) as PaymentPayload;
+      return decodePaymentSignatureHeader(sig);
     } catch {
       return undefined;
     }

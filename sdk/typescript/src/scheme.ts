@@ -10,6 +10,7 @@ import {
   getAddress,
   isAddress,
   parseSignature,
+  toHex,
   zeroAddress,
   type Account,
   type Address,
@@ -340,8 +341,7 @@ export class ChannelScheme implements SchemeNetworkClient {
   ): Promise<ChannelRecord> {
     const deposit = this.depositFor(extra, price, 0n);
     const challengePeriod = Math.max(this.options.challengePeriod ?? 0, extra.minChallengePeriod);
-    const saltBytes = crypto.getRandomValues(new Uint8Array(32));
-    const salt = ("0x" + Buffer.from(saltBytes).toString("hex")) as Hex;
+    const salt = toHex(crypto.getRandomValues(new Uint8Array(32)));
     const params: ChannelParams = {
       payer: this.payer,
       payee: getAddress(req.payTo),

@@ -5,6 +5,7 @@
 import { randomBytes } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { getAddress, parseAbiItem, parseSignature, recoverTypedDataAddress, zeroAddress, type Address, type Hex } from "viem";
+import { PaymentPayloadV2Schema } from "@x402/core/schemas";
 import type { Devnet } from "./anvil.js";
 
 interface Known {
@@ -44,6 +45,7 @@ export class TestServer {
   vouchers = 0;
   sessionsUsed = 0;
   relayed = 0;
+  schemaFailures: string[] = [];
   refusals: string[] = [];
 
   constructor(
@@ -249,6 +251,12 @@ export class TestServer {
     try {
       payload = JSON.parse(Buffer.from(header, "base64").toString("utf8"));
     } catch {
+      return this.send402(res, path, "invalid_payload");
+    }
+    // The official SDK's own schema accepts what the client sent.
+    const checked = PaymentPayloadV2Schema.safeParse(payload);
+    if (!checked.success) {
+      this.schemaFailures.push(checked.error.message);
       return this.send402(res, path, "invalid_payload");
     }
     const a = payload.accepted;
