@@ -11,8 +11,8 @@ export function channelHttpClient(client: x402Client, scheme: ChannelScheme): x4
   const http = new x402HTTPClient(client);
   http.onPaymentRequired(async ({ paymentRequired }) => {
     for (const req of paymentRequired.accepts) {
-      const session = scheme.takeSession(req);
-      if (session) return { headers: { [PAYMENT_SESSION]: session } };
+      const session = await scheme.nextSession(req);
+      if (session) return { headers: { [PAYMENT_SESSION]: session.header } };
     }
     return undefined;
   });
@@ -70,23 +70,33 @@ export function wrapFetchWithChannel(
       if (!required) return first;
       if (!required.accepts.some((a) => a.scheme === SCHEME)) return first;
       terms.set(route, required);
-    } else {
-      // A prepaid window: no signature at all.
-      for (const req of required.accepts) {
-        const session = scheme.takeSession(req);
-        if (!session) continue;
-        const attempt = original.clone();
-        attempt.headers.set(PAYMENT_SESSION, session);
-        const res = await fetchImpl(attempt);
-        if (res.status !== 402) return res;
-        required = (await parse402(res)) ?? required;
-        terms.set(route, required);
-        break;
+    }
+    // A prepaid window: no signature at all (waiting for the grant of a voucher in flight, if any).
+    for (const req of required.accepts) {
+      const session = await scheme.nextSession(req, true);
+      if (!session) continue;
+      const attempt = original.clone();
+      attempt.headers.set(PAYMENT_SESSION, session.header);
+      let res: Response;
+      try {
+        res = await fetchImpl(attempt);
+      } finally {
+        session.done();
       }
+      if (res.status !== 402) return res;
+      required = (await parse402(res)) ?? required;
+      terms.set(route, required);
+      break;
     }
     let last: Response | undefined;
     for (let attempt = 0; attempt < maxAttempts; attempt++) {
-      const payload: PaymentPayload = await client.createPaymentPayload(required);
+      let payload: PaymentPayload;
+      try {
+        payload = await client.createPaymentPayload(required);
+      } catch (e) {
+        for (const req of required.accepts) scheme.cancelReservation(req);
+        throw e;
+      }
       const paid = original.clone();
       for (const [k, v] of Object.entries(http.encodePaymentSignatureHeader(payload))) paid.headers.set(k, v);
       try {

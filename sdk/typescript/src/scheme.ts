@@ -173,7 +173,38 @@ export function channelKey(req: PaymentRequirements): string {
 /** A FIFO mutex per channel: one voucher in flight per channel, so vouchers reach the node in nonce order. */
 class ChannelQueue {
   private tail: Promise<void> = Promise.resolve();
-  private holder: { nonce: bigint | undefined; release: () => void } | undefined;
+  private holder: { nonce: bigint | undefined; release: () => void; done: Promise<void> } | undefined;
+
+  private reservation: { done: Promise<void>; clear: () => void } | undefined;
+
+  /** Resolves when the voucher now in flight (or reserved, about to be signed) has its response. */
+  inFlight(): Promise<void> | undefined {
+    return this.holder?.done ?? this.reservation?.done;
+  }
+
+  /**
+   * Announces that the caller is about to sign a voucher, so that concurrent callers wait for its grant instead of
+   * signing their own. Cleared when a voucher's response frees the queue, by `clearReservation`, or after `timeoutMs`.
+   */
+  reserve(timeoutMs: number) {
+    let clear!: () => void;
+    const done = new Promise<void>((r) => (clear = r));
+    const timer = setTimeout(() => this.clearReservation(), timeoutMs);
+    timer.unref?.();
+    this.reservation = {
+      done,
+      clear: () => {
+        clearTimeout(timer);
+        clear();
+      },
+    };
+  }
+
+  clearReservation() {
+    const r = this.reservation;
+    this.reservation = undefined;
+    r?.clear();
+  }
 
   async acquire(timeoutMs: number): Promise<(nonce: bigint | undefined) => void> {
     let release!: () => void;
@@ -189,9 +220,10 @@ class ChannelQueue {
       released = true;
       clearTimeout(timer);
       if (this.holder?.release === free) this.holder = undefined;
+      this.clearReservation();
       release();
     };
-    this.holder = { nonce: undefined, release: free };
+    this.holder = { nonce: undefined, release: free, done };
     return (nonce) => {
       if (this.holder?.release === free) this.holder.nonce = nonce;
       if (nonce === undefined) free();
@@ -286,6 +318,81 @@ export class ChannelScheme implements SchemeNetworkClient {
     const nonce = (payload as Partial<VoucherPayload> | undefined)?.nonce;
     if (req.scheme !== SCHEME || typeof nonce !== "number") return;
     this.queue(channelKey(req)).releaseFor(BigInt(nonce));
+  }
+
+  /**
+   * A `PAYMENT-SESSION` header value for `req`, waiting first for the voucher in flight on its channel when the
+   * route has credit windows (that voucher's grant is likely to pay this request too), and for the window's uses in
+   * flight (a new voucher would revoke the window under them, and prepay another one). Undefined when a new voucher
+   * is needed: the caller then signs, and concurrent callers wait for its grant.
+   *
+   * With `track`, the caller reports the end of the request with `done()`, so that the next voucher waits for the
+   * uses in flight; without it (transports that do not show the caller the response), only vouchers are waited for.
+   */
+  async nextSession(req: PaymentRequirements, track = false): Promise<{ header: string; done: () => void } | undefined> {
+    for (;;) {
+      const header = this.takeSession(req);
+      if (header) {
+        if (!track) return { header, done: () => undefined };
+        const flight = this.sessionFlight(channelKey(req));
+        flight.count++;
+        let ended = false;
+        return {
+          header,
+          done: () => {
+            if (ended) return;
+            ended = true;
+            if (--flight.count === 0) flight.idle();
+          },
+        };
+      }
+      if (!this.usesWindows(req)) return undefined;
+      const key = channelKey(req);
+      const flight = this.flights.get(key);
+      if (flight && flight.count > 0) {
+        await flight.wait;
+        continue;
+      }
+      const queue = this.queue(key);
+      const pending = queue.inFlight();
+      if (!pending) {
+        queue.reserve((req.maxTimeoutSeconds + 5) * 1000);
+        return undefined;
+      }
+      await pending;
+    }
+  }
+
+  private readonly flights = new Map<string, { count: number; wait: Promise<void>; idle: () => void }>();
+
+  private sessionFlight(key: string) {
+    let f = this.flights.get(key);
+    if (!f || f.count === 0) {
+      let idle!: () => void;
+      const wait = new Promise<void>((r) => (idle = r));
+      f = { count: 0, wait, idle };
+      this.flights.set(key, f);
+    }
+    return f;
+  }
+
+  /** Withdraws the announcement `nextSession` made when the caller will not sign after all. */
+  cancelReservation(req: PaymentRequirements) {
+    if (req.scheme !== SCHEME) return;
+    try {
+      this.queues.get(channelKey(req))?.clearReservation();
+    } catch {
+      // not a channel requirement
+    }
+  }
+
+  private usesWindows(req: PaymentRequirements): boolean {
+    if (req.scheme !== SCHEME) return false;
+    try {
+      return Math.min(this.options.creditWindow ?? 1, parseExtra(req).maxCreditWindow ?? 1) > 1;
+    } catch {
+      return false;
+    }
   }
 
   /** A `PAYMENT-SESSION` header value for `req` if a prepaid window has uses left (taking one), else undefined. */

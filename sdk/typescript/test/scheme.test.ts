@@ -174,6 +174,25 @@ describe("channel scheme over HTTP", () => {
     assert.equal(srv.channels.get(record!.channelId)!.charged, 70n * PRICE);
   });
 
+  it("pays 200 requests 16 at a time from credit windows, never charged twice", async () => {
+    const srv = await server({ maxCreditWindow: 10 });
+    const s = scheme(await payer(), { creditWindow: 10 });
+    const pay = wrapFetchWithChannel(fetch, client(s), s);
+    const statuses = await pool(200, 16, async () => {
+      const r = await pay(`${srv.url}/window16`);
+      await r.text();
+      return r.status;
+    });
+    assert.deepEqual(new Set(statuses), new Set([200]));
+    assert.equal(srv.paidRequests, 200);
+    const [record] = await s.store.list();
+    const state = srv.channels.get(record!.channelId)!;
+    assert.equal(state.charged, 200n * PRICE);
+    // Prepaid but unused credit is at most one window.
+    assert.ok(BigInt(record!.maxSigned) - state.charged <= 10n * PRICE, `${record!.maxSigned} signed for ${state.charged} charged; ${srv.vouchers} vouchers, ${srv.sessionsUsed} sessions, refusals ${srv.refusals.join(",")}`);
+    assert.ok(srv.vouchers < 200, `${srv.vouchers} vouchers`);
+  });
+
   it("applies the SDK's spend cap to each voucher's increase", async () => {
     const srv = await server({ maxCreditWindow: 10 });
     const s = scheme(await payer(), { creditWindow: 10 });
