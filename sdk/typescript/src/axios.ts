@@ -100,10 +100,10 @@ export function withChannelAxios<T>(axiosInstance: T, client: x402Client, scheme
         throw error;
       }
       for (const req of required.accepts) {
-        const session = scheme.takeSession(req);
+        const session = await scheme.nextSession(req);
         if (!session) continue;
         const retry = copy(config);
-        retry.headers.set(PAYMENT_SESSION, session);
+        retry.headers.set(PAYMENT_SESSION, session.header);
         return instance.request(retry);
       }
       throw error;
