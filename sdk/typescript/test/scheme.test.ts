@@ -174,6 +174,17 @@ describe("channel scheme over HTTP", () => {
     assert.equal(srv.channels.get(record!.channelId)!.charged, 70n * PRICE);
   });
 
+  it("@x402/axios pays from credit windows", async () => {
+    const srv = await server({ maxCreditWindow: 10 });
+    const s = scheme(await payer(), { creditWindow: 10 });
+    const c = client(s);
+    const api = wrapAxiosWithPayment(withChannelAxios(axios.create({ baseURL: srv.url }), c, s), c as never);
+    for (let i = 0; i < 30; i++) assert.equal((await api.get("/window-axios")).status, 200);
+    assert.equal(srv.paidRequests, 30);
+    assert.equal(srv.vouchers, 3);
+    assert.equal(srv.sessionsUsed, 27);
+  });
+
   it("pays 200 requests 16 at a time from credit windows, never charged twice", async () => {
     const srv = await server({ maxCreditWindow: 10 });
     const s = scheme(await payer(), { creditWindow: 10 });
