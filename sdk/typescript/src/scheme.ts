@@ -117,6 +117,12 @@ export interface ChannelSchemeOptions {
   store?: ChannelStore;
   /** Requests the client is willing to prepay per voucher when the route offers a credit window. Default 1. */
   creditWindow?: number;
+  /**
+   * The `PaymentChannel` deployments the client deposits into. Recommended: without it the client trusts the
+   * contract a 402 names, so a hostile server could have it approve and deposit (up to `deposit.cap`) into a
+   * contract of its own.
+   */
+  contracts?: Address[];
   /** Challenge period for new channels; default: the route's `minChallengePeriod`. */
   challengePeriod?: number;
   /** How long a voucher holds its channel's queue if no response arrives (ms). Default: `maxTimeoutSeconds` + 5 s. */
@@ -273,6 +279,9 @@ export class ChannelScheme implements SchemeNetworkClient {
     if (req.scheme !== SCHEME) throw new ChannelPaymentError(`scheme ${req.scheme} is not ${SCHEME}`);
     const extra = parseExtra(req);
     const chainId = chainIdOf(req.network);
+    if (this.options.contracts && !this.options.contracts.some((c) => c.toLowerCase() === extra.contract.toLowerCase())) {
+      throw new ChannelPaymentError(`channel contract ${extra.contract} is not one this client trusts`);
+    }
     const price = decimal(req.amount, "amount");
     if (price === 0n) throw new ChannelPaymentError("a price of zero needs no payment");
     const cap = context?.maxAmountPerPayment === undefined ? undefined : decimal(context.maxAmountPerPayment, "spend cap");

@@ -63,7 +63,7 @@ export async function startDevnet(): Promise<Devnet> {
   const pc = artifact("PaymentChannel");
   const coin = artifact("TestStablecoin");
   const port = await freePort();
-  const child: ChildProcess = spawn(ANVIL, ["--port", String(port), "--host", "127.0.0.1", "--silent", "--hardfork", "prague", "--accounts", "20"], {
+  const child: ChildProcess = spawn(ANVIL, ["--port", String(port), "--host", "127.0.0.1", "--silent", "--hardfork", "prague", "--accounts", "40"], {
     stdio: "ignore",
   });
   const rpc = `http://127.0.0.1:${port}`;
@@ -83,7 +83,7 @@ export async function startDevnet(): Promise<Devnet> {
       await new Promise((r) => setTimeout(r, 50));
     }
   }
-  const accounts = Array.from({ length: 20 }, (_, i) => mnemonicToAccount(MNEMONIC, { addressIndex: i }));
+  const accounts = Array.from({ length: 40 }, (_, i) => mnemonicToAccount(MNEMONIC, { addressIndex: i }));
   const wallet = (account: HDAccount) => createWalletClient({ account, chain, transport: http(rpc) });
   const deployer = wallet(accounts[0]!);
   const deploy = async (a: { abi: unknown[]; bytecode: Hex }, args: unknown[]) => {

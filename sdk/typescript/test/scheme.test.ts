@@ -61,6 +61,7 @@ describe("channel scheme over HTTP", () => {
       deposit: { multiple: 200n, cap: opts.cap ?? 10_000_000n },
       store: opts.store ?? new MemoryChannelStore(),
       creditWindow: opts.creditWindow,
+      contracts: [d.contract],
     });
   }
 
@@ -335,6 +336,20 @@ describe("channel scheme over HTTP", () => {
     const s = scheme(await payer());
     const pay = wrapFetchWithChannel(fetch, client(s), s);
     await assert.rejects(pay(`${srv.url}/lie`), /above what this client signed/);
+  });
+
+  it("refuses a channel contract it does not trust", async () => {
+    const srv = await server();
+    const account = await payer();
+    const s = new ChannelScheme({
+      account,
+      publicClient: d.publicClient,
+      opener: { kind: "onchain", wallet: d.wallet(account) as never },
+      deposit: { cap: 1_000_000n },
+      contracts: [d.token],
+    });
+    await assert.rejects(wrapFetchWithChannel(fetch, client(s), s)(`${srv.url}/x`), /not one this client trusts/);
+    assert.equal(await d.publicClient.getTransactionCount({ address: account.address }), 0);
   });
 
   it("tops up when the deposit runs out", async () => {
