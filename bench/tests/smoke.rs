@@ -45,7 +45,16 @@ fn a_tiny_run_measures_everything_and_writes_the_page() {
     let names: Vec<&str> = runs.iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["unpaid", "paid k=1", "paid k=10", "paid k=100", "paid, 10 channels", "paid, 50 channels"]
+        [
+            "unpaid",
+            "paid k=1",
+            "paid k=10",
+            "paid k=100",
+            "paid, 10 channels",
+            "paid, 50 channels",
+            "one channel via gateway, unpaid",
+            "one channel via gateway, paid",
+        ]
     );
     for r in runs {
         assert!(r["ok"].as_u64().unwrap() > 0, "{r}");
@@ -61,6 +70,8 @@ fn a_tiny_run_measures_everything_and_writes_the_page() {
     // One voucher per ten requests on each channel (a channel's last window may be partial).
     let channels = k10["channels"].as_u64().unwrap();
     assert!(sessions < ok && sessions + ok.div_ceil(10) + channels >= ok, "{k10}");
+    // Concurrent requests on one channel through the gateway: every one admitted at once.
+    assert_eq!(by_name("one channel via gateway, paid")["corrective"], 0);
     assert_eq!(results["latency"]["errors"], 0);
     assert_eq!(results["latency_session"]["errors"], 0);
     assert!(results["latency_session"]["paid"]["count"].as_u64().unwrap() > 0);
