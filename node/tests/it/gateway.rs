@@ -400,8 +400,9 @@ async fn min_deposit_and_state_disclosure() {
     let forged = send(gw.addr, "GET", "/weather", &[(wire::PAYMENT_SESSION, &session)]).await;
     assert_eq!(required(&forged).error, Some(ErrorCode::SessionInvalid));
     assert_eq!(state_of(&forged), None);
-    // The payer's own stale voucher: the state, to resynchronise.
-    let stale = gw.header(&payer, gw.id, 1, PRICE);
+    // The payer's own stale voucher (a used nonce, another amount; the very same voucher would
+    // be a resend, answered with its receipt): the state, to resynchronise.
+    let stale = gw.header(&payer, gw.id, 1, 2 * PRICE);
     let resp = send(gw.addr, "GET", "/weather", &[(wire::PAYMENT_SIGNATURE, &stale)]).await;
     assert_eq!(required(&resp).error, Some(ErrorCode::NonceTooLow));
     let state = state_of(&resp).expect("the signer sees its channel's state");
