@@ -213,7 +213,7 @@ impl Results {
                 ),
                 met: ratio >= 0.9 && paid.corrective == 0 && paid.errors == 0,
                 note: format!(
-                    "the channel is locked only to admit a voucher (reserve its price) and to commit it, never                      while the upstream works, so its requests are served in parallel in whatever order their                      vouchers arrive; the commits share group commits (mean {:.1} writes per fsync)",
+                    "the channel is locked only to admit a voucher (reserve its price) and to commit it, never while the upstream works, so its requests are served in parallel in whatever order their vouchers arrive; the commits share group commits (mean {:.1} writes per fsync)",
                     paid.mean_batch
                 ),
             });
