@@ -730,7 +730,7 @@ impl Client {
             && onchain.exitAt.to::<u64>() == 0)
     }
 
-    /// Picks the requirement to pay: scheme `channel` on the client's chain, within the price
+    /// Picks the requirement to pay: scheme `channel-voucher` on the client's chain, within the price
     /// limit.
     fn choose(&self, required: &PaymentRequired) -> Result<PaymentRequirements> {
         let chain_id = self.inner.funding.chain_id();
@@ -739,6 +739,15 @@ impl Client {
         if ours.is_empty() {
             let schemes: Vec<&str> = required.exact.iter().map(|a| a.scheme.as_str()).collect();
             return Err(Error::NoAcceptableRequirements(format!("no `{SCHEME}` scheme among {schemes:?}")));
+        }
+        // The vouchers are signed under this client's `PaymentChannel` domain: an offer naming
+        // another one is for another contract version.
+        ours.retain(|a| a.extra.domain == wire::DomainInfo::channel());
+        if ours.is_empty() {
+            return Err(Error::NoAcceptableRequirements(format!(
+                "the `{SCHEME}` offers name another EIP-712 domain than {:?}",
+                wire::DomainInfo::channel()
+            )));
         }
         if let Some(allowed) = &self.inner.allowed_contracts {
             let named = ours[0].extra.contract;

@@ -38,7 +38,7 @@ async fn unpaid_request_gets_terms_in_header_and_body() {
     assert_eq!(pr.error, Some(ErrorCode::PaymentRequired));
     assert_eq!(pr.resource.url, "/paid?q=1");
     let req = &pr.accepts[0];
-    assert_eq!((req.scheme.as_str(), req.network.chain_id), ("channel", CHAIN_ID));
+    assert_eq!((req.scheme.as_str(), req.network.chain_id), ("channel-voucher", CHAIN_ID));
     assert_eq!(req.amount, U256::from(PRICE));
     assert_eq!((req.asset, req.pay_to, req.extra.contract), (terms().asset, terms().payee, terms().contract));
     assert_eq!(req.extra.min_challenge_period, 3600);
@@ -154,7 +154,7 @@ async fn every_refusal_has_its_code() {
     let other_chain = ChannelDomain::new(1, terms().contract);
     let v1_without_network = edit(&|v| {
         v.as_object_mut().expect("object").remove("accepted");
-        v["scheme"] = json!("channel");
+        v["scheme"] = json!("channel-voucher");
     });
 
     use ErrorCode as E;
