@@ -640,13 +640,14 @@ async fn admin_endpoints_need_the_token_and_report_revenue() {
     let upstream = Upstream::new("http://127.0.0.1:9", std::time::Duration::from_secs(1));
     let app = router(engine.clone(), Paywall::new(engine.clone()), upstream.clone(), Some(token.into()));
     let revenue = body_json(get(app.clone(), "/admin/revenue", Some(token)).await).await;
-    assert_eq!(revenue[0]["token"], serde_json::json!(terms().asset));
+    assert_eq!(revenue[0]["token"], terms().asset.to_checksum(None), "EIP-55");
     assert_eq!(
         (revenue[0]["charged"].as_str(), revenue[0]["unsettled"].as_str()),
         (Some("1000"), Some("1000"))
     );
     let channels = body_json(get(app, "/admin/channels", Some(token)).await).await;
     assert_eq!(channels[0]["nonce"], 1);
+    assert_eq!(channels[0]["payer"], f.payer.address().to_checksum(None), "EIP-55");
 }
 
 /// Every admin endpoint (`/admin/channels`, `/admin/revenue`, `POST /admin/settle`) refuses every
