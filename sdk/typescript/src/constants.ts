@@ -1,8 +1,11 @@
-/** The x402 scheme name of channel payments. One constant: the name may still change (issue 16). */
-export const SCHEME = "channel";
+/**
+ * The x402 scheme name of channel payments: `channel-voucher` (a different proposal in the x402 specification
+ * repository already uses `channel`, with another payload). The Rust node's `x402_protocol::wire::SCHEME`.
+ */
+export const SCHEME = "channel-voucher";
 /** The x402 protocol version this package speaks. */
 export const X402_VERSION = 2;
-/** EIP-712 domain name of the `PaymentChannel` contract. */
+/** EIP-712 domain name of the `PaymentChannel` contract (`extra.domain.name` of a requirement). */
 export const DOMAIN_NAME = "x402 Payment Channel";
 /** EIP-712 domain version of the v2 `PaymentChannel` contract. */
 export const DOMAIN_VERSION = "2";

@@ -68,6 +68,7 @@ export function wrapFetchWithChannel(
       if (first.status !== 402) return first;
       required = await parse402(first);
       if (!required) return first;
+      required = withoutChannelState(required);
       if (!required.accepts.some((a) => a.scheme === SCHEME)) return first;
       terms.set(route, required);
     }
@@ -84,7 +85,8 @@ export function wrapFetchWithChannel(
         session.done();
       }
       if (res.status !== 402) return res;
-      required = (await parse402(res)) ?? required;
+      const fresh = await parse402(res);
+      if (fresh) required = withoutChannelState(fresh);
       terms.set(route, required);
       break;
     }
@@ -109,12 +111,25 @@ export function wrapFetchWithChannel(
       if (last.status !== 402) return last;
       const fresh = await parse402(last);
       if (fresh) {
-        // Keep the newest terms, without a channel state that is only meant for this answer.
-        required = fresh;
-        terms.set(route, fresh);
+        // Keep the newest terms, without a channel state that is only meant for this answer (the next payment
+        // echoes the route's terms, not the correction).
+        required = withoutChannelState(fresh);
+        terms.set(route, required);
       }
       if (!result.recovered) return last;
     }
     return last!;
+  };
+}
+
+/** The terms of a 402 without the corrective `extra.channel` of our scheme's requirements. */
+export function withoutChannelState(required: PaymentRequired): PaymentRequired {
+  return {
+    ...required,
+    accepts: required.accepts.map((a) => {
+      if (a.scheme !== SCHEME || !a.extra || !("channel" in a.extra)) return a;
+      const { channel: _, ...extra } = a.extra;
+      return { ...a, extra };
+    }),
   };
 }

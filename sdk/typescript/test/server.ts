@@ -6,6 +6,7 @@ import { randomBytes } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { getAddress, parseAbiItem, parseSignature, recoverTypedDataAddress, zeroAddress, type Address, type Hex } from "viem";
 import { PaymentPayloadV2Schema } from "@x402/core/schemas";
+import { SCHEME } from "../src/constants.js";
 import type { Devnet } from "./anvil.js";
 
 interface Known {
@@ -73,8 +74,9 @@ export class TestServer {
   requirements(state?: { channelId: Hex; s: State; deposit: bigint }) {
     const extra: Record<string, unknown> = {
       contract: this.d.contract,
-      name: "x402 Payment Channel",
-      version: "2",
+      domain: { name: "x402 Payment Channel", version: "2" },
+      name: "Test Stablecoin",
+      version: "1",
       minChallengePeriod: 3600,
       minDeposit: String(this.opts.minDeposit ?? 10_000n),
       pricing: "exact",
@@ -101,7 +103,7 @@ export class TestServer {
       };
     }
     return {
-      scheme: "channel",
+      scheme: SCHEME,
       network: "eip155:31337",
       amount: String(this.opts.price),
       asset: this.d.token,
@@ -245,7 +247,15 @@ export class TestServer {
     if (typeof header !== "string") return this.send402(res, path);
     let payload: {
       x402Version: number;
-      accepted?: { scheme: string; network: string; asset?: string; amount?: string; payTo?: string; maxTimeoutSeconds?: number };
+      accepted?: {
+        scheme: string;
+        network: string;
+        asset?: string;
+        amount?: string;
+        payTo?: string;
+        maxTimeoutSeconds?: number;
+        extra?: { contract?: string; domain?: unknown };
+      };
       payload: { channelId: Hex; nonce: number; cumulativeAmount: string; signature: Hex };
     };
     try {
@@ -261,7 +271,15 @@ export class TestServer {
     }
     const a = payload.accepted;
     // The full `accepted` object is echoed (x402 v2).
-    if (!a || a.scheme !== "channel" || a.amount === undefined || a.payTo === undefined || a.maxTimeoutSeconds === undefined) {
+    if (
+      !a ||
+      a.scheme !== SCHEME ||
+      a.amount === undefined ||
+      a.payTo === undefined ||
+      a.maxTimeoutSeconds === undefined ||
+      a.extra?.contract !== this.d.contract ||
+      a.extra.domain === undefined
+    ) {
       return this.send402(res, path, "invalid_payload");
     }
     if (a.network !== "eip155:31337") return this.send402(res, path, "invalid_network");
