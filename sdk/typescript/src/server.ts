@@ -166,3 +166,12 @@ export function toBaseUnits(money: string | number, decimals: number): string {
   if (units === 0n) throw new Error(`price ${String(money)} is zero`);
   return units.toString();
 }
+
+/**
+ * `createAuthHeaders` for `HTTPFacilitatorClient` with the node's facilitator token (`[facilitator] token`): the
+ * same `Authorization: Bearer` header on verify, settle and supported.
+ */
+export function bearerAuthHeaders(token: string) {
+  const h = { Authorization: `Bearer ${token}` };
+  return async () => ({ verify: h, settle: h, supported: h });
+}
