@@ -1,7 +1,7 @@
 // The REAL x402 Channels node on a devnet: the `x402-devnet` binary (anvil, PaymentChannel and the test stablecoin
 // deployed, anvil's accounts 1-9 funded with 10,000 tUSD) and the `x402-node` binary from target/debug, with a
-// configuration written here, in front of a slow upstream (20 ms per request). Built by `cargo build -p x402-node
-// -p x402-devnet` if missing.
+// configuration written here, in front of a slow upstream (20 ms per request). Built first by `cargo build -p
+// x402-node -p x402-devnet`.
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
@@ -34,9 +34,13 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/**
+ * Builds the two binaries (a no-op when they are fresh: a stale node would test old code). `X402_TS_NO_BUILD=1`
+ * uses whatever target/debug holds.
+ */
 function ensureBinaries() {
-  if (existsSync(join(BIN, "x402-node")) && existsSync(join(BIN, "x402-devnet"))) return;
-  execFileSync("cargo", ["build", "-p", "x402-node", "-p", "x402-devnet"], { cwd: ROOT, stdio: "inherit" });
+  if (process.env.X402_TS_NO_BUILD && existsSync(join(BIN, "x402-node")) && existsSync(join(BIN, "x402-devnet"))) return;
+  execFileSync("cargo", ["build", "--quiet", "--locked", "-p", "x402-node", "-p", "x402-devnet"], { cwd: ROOT, stdio: "inherit" });
 }
 
 async function until<T>(what: string, f: () => Promise<T | undefined>, ms = 30_000): Promise<T> {
