@@ -17,3 +17,8 @@ export const OPEN_PATH = "/x402/open";
 export const CORRECTIVE_ERRORS = new Set(["nonce_too_low", "amount_below_price", "session_invalid"]);
 /** 402 error codes that end a channel for this client: it opens a new one. */
 export const DEAD_CHANNEL_ERRORS = new Set(["channel_closing", "channel_closed", "channel_unknown", "channel_mismatch"]);
+/**
+ * Response header (`1`) of the node's answer to a resend of a voucher it already served: with that request's receipt,
+ * and either its kept response or `409 already_served` (pay the request again).
+ */
+export const REPLAYED = "x402-replayed";

@@ -342,6 +342,24 @@ export class ChannelScheme implements SchemeNetworkClient {
   }
 
   /**
+   * The node answered `payload` as the resend of a voucher it already served (`x402-replayed`): this client signed
+   * the very voucher again, having lost or restored its state. Its receipt was taken by the response hook; here the
+   * next nonce is skipped, so that the next voucher differs from whatever the node served at that nonce: the node
+   * then either takes it or answers with its signed state. Returns whether the payload was this scheme's.
+   */
+  async replayed(req: PaymentRequirements, payload: unknown): Promise<boolean> {
+    const v = payload as Partial<VoucherPayload> | undefined;
+    if (req.scheme !== SCHEME || typeof v?.nonce !== "number" || typeof v.channelId !== "string") return false;
+    const key = channelKey(req);
+    const record = await this.store.get(key);
+    if (!record || record.channelId.toLowerCase() !== v.channelId.toLowerCase()) return false;
+    const skip = BigInt(v.nonce) + 1n;
+    if (skip > BigInt(record.nonce) && skip <= MAX_NONCE) await this.store.put({ ...record, nonce: skip.toString() });
+    this.queue(key).releaseFor(BigInt(v.nonce));
+    return true;
+  }
+
+  /**
    * A `PAYMENT-SESSION` header value for `req`, waiting first for the voucher in flight on its channel when the
    * route has credit windows (that voucher's grant is likely to pay this request too), and for the window's uses in
    * flight (a new voucher would revoke the window under them, and prepay another one). Undefined when a new voucher
@@ -593,7 +611,7 @@ export class ChannelScheme implements SchemeNetworkClient {
     return onchain.deposit;
   }
 
-  /** The JSON body of a gasless open (`GaslessOpen` of protocol/src/open.rs, with the v2 `OpenAuthorization`). */
+  /** The JSON body of a gasless open (`GaslessOpen` of protocol/src/open.rs: `{ params, deposit, authorization }`). */
   async gaslessOpen(chainId: number, contract: Address, params: ChannelParams, channelId: Hex, deposit: bigint, validFor: number) {
     const account = this.options.account;
     const deadline = BigInt(Math.floor(Date.now() / 1000) + validFor);
@@ -629,15 +647,15 @@ export class ChannelScheme implements SchemeNetworkClient {
       message: { channelId, deposit, deadline },
     });
     return {
-      payer: params.payer,
       params: {
+        payer: params.payer,
         payee: params.payee,
         token: params.token,
         signer: params.signer,
         challengePeriod: params.challengePeriod,
-        deposit: deposit.toString(),
         salt: params.salt,
       },
+      deposit: deposit.toString(),
       authorization: { kind: "permit", deadline: Number(deadline), permitSignature, openSignature },
     };
   }

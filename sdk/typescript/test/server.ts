@@ -193,21 +193,21 @@ export class TestServer {
     const chunks: Buffer[] = [];
     for await (const c of req) chunks.push(c as Buffer);
     const body = JSON.parse(Buffer.concat(chunks).toString("utf8")) as {
-      payer: Address;
-      params: { payee: Address; token: Address; signer: Address; challengePeriod: number; deposit: string; salt: Hex };
+      params: { payer: Address; payee: Address; token: Address; signer: Address; challengePeriod: number; salt: Hex };
+      deposit: string;
       authorization: { kind: string; deadline: number; permitSignature: Hex; openSignature: Hex };
     };
     const { params: p, authorization: auth } = body;
     if (auth.kind !== "permit") throw new Error("only permit opens here");
     const sig = parseSignature(auth.permitSignature);
     const relayer = this.d.accounts[1]!;
-    const params = { payer: body.payer, payee: p.payee, token: p.token, signer: p.signer, challengePeriod: p.challengePeriod, salt: p.salt };
+    const params = { payer: p.payer, payee: p.payee, token: p.token, signer: p.signer, challengePeriod: p.challengePeriod, salt: p.salt };
     try {
       const hash = await this.d.wallet(relayer).writeContract({
         address: this.d.contract,
         abi: this.d.channelAbi as never,
         functionName: "openWithPermit",
-        args: [params, BigInt(p.deposit), BigInt(auth.deadline), Number(sig.v), sig.r, sig.s, auth.openSignature],
+        args: [params, BigInt(body.deposit), BigInt(auth.deadline), Number(sig.v), sig.r, sig.s, auth.openSignature],
         account: relayer,
         chain: this.d.chain,
       } as never);
@@ -216,7 +216,7 @@ export class TestServer {
       const channelId = receipt.logs[receipt.logs.length - 1]!.topics[1]!;
       this.relayed++;
       res.writeHead(200, { "content-type": "application/json" });
-      res.end(JSON.stringify({ channelId, transactionHash: hash, deposit: p.deposit }));
+      res.end(JSON.stringify({ channelId, transactionHash: hash, deposit: body.deposit }));
     } catch (e) {
       res.writeHead(400, { "content-type": "application/json" });
       res.end(JSON.stringify({ error: String(e).slice(0, 300) }));
