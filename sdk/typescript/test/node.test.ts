@@ -123,6 +123,13 @@ describe("against the real node on a devnet", { timeout: 180_000 }, () => {
     assert.equal(offer.asset, n.token, "EIP-55 asset");
     assert.equal(offer.extra.contract, n.contract);
     assert.deepEqual(offer.extra.domain, { name: "x402 Payment Channel", version: "2" });
+    // The token's own EIP-712 domain, read by the node from the token (EIP-5267), as in the `exact` scheme.
+    const [, name, version] = await n.publicClient.readContract({
+      address: n.token,
+      abi: parseAbi(["function eip712Domain() view returns (bytes1, string, string, uint256, address, bytes32, uint256[])"]),
+      functionName: "eip712Domain",
+    });
+    assert.deepEqual([offer.extra.name, offer.extra.version], [name, version]);
   });
 
   it("wrapFetchWithPayment pays 100 requests sequentially and 100 more 16 at a time on one channel", async () => {

@@ -169,7 +169,9 @@ key_file = "${join(dir, "provider.key")}"
 enabled = true
 key_file = "${join(dir, "relay.key")}"
 
-${process.env.TMP_NO_FAC ? "" : `[facilitator]\ntoken = "${FACILITATOR_TOKEN}"\n`}
+[facilitator]
+token = "${FACILITATOR_TOKEN}"
+
 [settlement]
 enabled = false
 
