@@ -166,6 +166,11 @@ async fn reserved(req: Request, next: Next) -> Response {
             "not_enabled",
             "the gasless-open relay is not enabled on this node (relay.enabled)",
         ),
+        "/facilitator/verify" | "/facilitator/settle" | "/facilitator/supported" => node_error(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_enabled",
+            "the facilitator API is not enabled on this node (facilitator.token)",
+        ),
         "/admin/settle" => node_error(
             StatusCode::NOT_IMPLEMENTED,
             "not_enabled",
@@ -660,6 +665,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
     if let Some(settler) = &settler {
         app = app.merge(settle_router(Arc::clone(settler), config.admin_token.clone()));
+    }
+    if let Some(token) = &config.facilitator.token {
+        let facilitator = Arc::new(crate::facilitator::Facilitator::new(engine.clone(), token));
+        let sweeper = Arc::clone(&facilitator);
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                sweeper.sweep();
+            }
+        }));
+        info!(target: "node::gateway", path = %config.facilitator.path, "facilitator API enabled");
+        app = app.nest(&config.facilitator.path, crate::facilitator::router(facilitator));
     }
     let app = harden(app, &config.cors);
     drop((engine, settler));
