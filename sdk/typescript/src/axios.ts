@@ -1,7 +1,8 @@
-import { x402HTTPClient, type x402Client } from "@x402/core/client";
+import type { x402Client } from "@x402/core/client";
 import { decodePaymentSignatureHeader } from "@x402/core/http";
-import type { PaymentPayload } from "@x402/core/types";
+import type { PaymentPayload, PaymentRequired } from "@x402/core/types";
 import { PAYMENT_SESSION } from "./constants.js";
+import { channelHttpClient } from "./fetch.js";
 import type { ChannelScheme } from "./scheme.js";
 
 /** The parts of an axios instance this module uses (no runtime dependency on axios). */
@@ -35,11 +36,17 @@ interface AxiosErrorLike {
 }
 
 const RETRIED = "__x402ChannelRetry";
+/** Paid retries of one request: a node that served the very voucher (409), then its corrective 402. */
+const MAX_RETRIES = 2;
 
-/** A copy of `config` with its own headers (axios shares the headers object between spreads). */
+/** A copy of `config` with its own headers (axios shares the headers object between spreads), one retry more. */
 function copy(config: AxiosConfigLike): AxiosConfigLike {
   const Headers = config.headers.constructor as new (h: AxiosHeadersLike) => AxiosHeadersLike;
-  return { ...config, headers: new Headers(config.headers), [RETRIED]: true };
+  return { ...config, headers: new Headers(config.headers), [RETRIED]: retries(config) + 1 };
+}
+
+function retries(config: AxiosConfigLike): number {
+  return typeof config[RETRIED] === "number" ? config[RETRIED] : 0;
 }
 
 /**
@@ -51,7 +58,7 @@ function copy(config: AxiosConfigLike): AxiosConfigLike {
  */
 export function withChannelAxios<T>(axiosInstance: T, client: x402Client, scheme: ChannelScheme): T {
   const instance = axiosInstance as unknown as AxiosLike;
-  const http = new x402HTTPClient(client);
+  const http = channelHttpClient(client, scheme);
   const header = (r: AxiosResponseLike) => (name: string) => {
     const v = r.headers[name] ?? r.headers[name.toLowerCase()];
     return typeof v === "string" ? v : null;
@@ -74,13 +81,17 @@ export function withChannelAxios<T>(axiosInstance: T, client: x402Client, scheme
     async (error) => {
       const response = error.response;
       const config = error.config;
-      if (!response || response.status !== 402 || !config) throw error;
+      if (!response || (response.status !== 402 && response.status !== 409) || !config) throw error;
       const payload = sentPayload(config);
       if (payload) {
-        // A paid request refused: resynchronise, and retry once with a fresh voucher.
+        // A paid request refused: resynchronise (or, after a 409 for a voucher the node had served, skip a nonce),
+        // and retry with a fresh voucher.
         const result = await http.processPaymentResult(payload, header(response), response.status);
-        if (!result.recovered || config[RETRIED]) throw error;
-        const required = http.getPaymentRequiredResponse(header(response), response.data);
+        if (!result.recovered || retries(config) >= MAX_RETRIES) throw error;
+        const required: PaymentRequired =
+          response.status === 409 && payload.accepted
+            ? { x402Version: payload.x402Version, resource: payload.resource!, accepts: [payload.accepted] }
+            : http.getPaymentRequiredResponse(header(response), response.data);
         const fresh = await client.createPaymentPayload(required);
         const retry = copy(config);
         for (const [k, v] of Object.entries(http.encodePaymentSignatureHeader(fresh))) retry.headers.set(k, v);
@@ -91,7 +102,7 @@ export function withChannelAxios<T>(axiosInstance: T, client: x402Client, scheme
         config.headers.delete(PAYMENT_SESSION);
         throw error;
       }
-      if (config[RETRIED]) throw error;
+      if (response.status !== 402 || retries(config) > 0) throw error;
       // An unpaid request: a prepaid credit window pays it without a signature.
       let required;
       try {

@@ -1,6 +1,6 @@
 import { x402Client, x402HTTPClient } from "@x402/core/client";
-import type { PaymentPayload, PaymentRequired } from "@x402/core/types";
-import { PAYMENT_SESSION, SCHEME } from "./constants.js";
+import type { PaymentPayload, PaymentRequired, SettleResponse } from "@x402/core/types";
+import { PAYMENT_SESSION, REPLAYED, SCHEME } from "./constants.js";
 import type { ChannelScheme } from "./scheme.js";
 
 /**
@@ -8,7 +8,7 @@ import type { ChannelScheme } from "./scheme.js";
  * credit window still has prepaid uses, retries with `PAYMENT-SESSION` instead of signing a new voucher.
  */
 export function channelHttpClient(client: x402Client, scheme: ChannelScheme): x402HTTPClient {
-  const http = new x402HTTPClient(client);
+  const http = new ChannelHttpClient(client, scheme);
   http.onPaymentRequired(async ({ paymentRequired }) => {
     for (const req of paymentRequired.accepts) {
       const session = await scheme.nextSession(req);
@@ -17,6 +17,32 @@ export function channelHttpClient(client: x402Client, scheme: ChannelScheme): x4
     return undefined;
   });
   return http;
+}
+
+/**
+ * An `x402HTTPClient` that also understands the node's answer to a resend of a voucher it already served
+ * (`x402-replayed`): the scheme skips a nonce, and a `409 already_served` counts as recovered, so that the payment
+ * wrapper pays the request again.
+ */
+class ChannelHttpClient extends x402HTTPClient {
+  constructor(
+    client: x402Client,
+    private readonly scheme: ChannelScheme,
+  ) {
+    super(client);
+  }
+
+  override async processPaymentResult(
+    payload: PaymentPayload,
+    getHeader: (name: string) => string | null | undefined,
+    status: number,
+  ): Promise<{ recovered: boolean; settleResponse?: SettleResponse }> {
+    const result = await super.processPaymentResult(payload, getHeader, status);
+    if (getHeader(REPLAYED) && payload.accepted && (await this.scheme.replayed(payload.accepted, payload.payload)) && status === 409) {
+      return { ...result, recovered: true };
+    }
+    return result;
+  }
 }
 
 export interface ChannelFetchOptions {
@@ -35,7 +61,7 @@ export function wrapFetchWithChannel(
   scheme: ChannelScheme,
   options: ChannelFetchOptions = {},
 ): typeof fetch {
-  const http = new x402HTTPClient(client);
+  const http = new ChannelHttpClient(client, scheme);
   const terms = new Map<string, PaymentRequired>();
   const maxAttempts = options.maxAttempts ?? 3;
 
@@ -68,6 +94,7 @@ export function wrapFetchWithChannel(
       if (first.status !== 402) return first;
       required = await parse402(first);
       if (!required) return first;
+      required = withoutChannelState(required);
       if (!required.accepts.some((a) => a.scheme === SCHEME)) return first;
       terms.set(route, required);
     }
@@ -84,7 +111,8 @@ export function wrapFetchWithChannel(
         session.done();
       }
       if (res.status !== 402) return res;
-      required = (await parse402(res)) ?? required;
+      const fresh = await parse402(res);
+      if (fresh) required = withoutChannelState(fresh);
       terms.set(route, required);
       break;
     }
@@ -106,15 +134,33 @@ export function wrapFetchWithChannel(
         throw e;
       }
       const result = await http.processPaymentResult(payload, (n) => last!.headers.get(n), last.status);
+      if (result.recovered && last.status === 409) {
+        // The node had served this very voucher (this client lost or restored its state): pay again.
+        await last.body?.cancel();
+        continue;
+      }
       if (last.status !== 402) return last;
       const fresh = await parse402(last);
       if (fresh) {
-        // Keep the newest terms, without a channel state that is only meant for this answer.
-        required = fresh;
-        terms.set(route, fresh);
+        // Keep the newest terms, without a channel state that is only meant for this answer (the next payment
+        // echoes the route's terms, not the correction).
+        required = withoutChannelState(fresh);
+        terms.set(route, required);
       }
       if (!result.recovered) return last;
     }
     return last!;
+  };
+}
+
+/** The terms of a 402 without the corrective `extra.channel` of our scheme's requirements. */
+export function withoutChannelState(required: PaymentRequired): PaymentRequired {
+  return {
+    ...required,
+    accepts: required.accepts.map((a) => {
+      if (a.scheme !== SCHEME || !a.extra || !("channel" in a.extra)) return a;
+      const { channel: _, ...extra } = a.extra;
+      return { ...a, extra };
+    }),
   };
 }

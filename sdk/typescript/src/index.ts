@@ -5,3 +5,4 @@ export * from "./store.js";
 export * from "./scheme.js";
 export * from "./fetch.js";
 export * from "./axios.js";
+export * from "./server.js";

@@ -42,11 +42,22 @@ import {
   type Voucher,
 } from "./voucher.js";
 
-/** The `extra` of a `channel` payment requirement (see protocol/src/wire.rs `ChannelExtra`). */
-export interface ChannelExtra {
-  contract: Address;
+/** The EIP-712 domain of the channel contract, as a requirement names it (`extra.domain`). */
+export interface ChannelDomain {
   name: string;
   version: string;
+}
+
+/** The `extra` of a `channel-voucher` payment requirement (see protocol/src/wire.rs `ChannelExtra`). */
+export interface ChannelExtra {
+  /** The `PaymentChannel` contract: the vouchers' `verifyingContract`. */
+  contract: Address;
+  /** The channel contract's EIP-712 domain (name and version). */
+  domain: ChannelDomain;
+  /** The TOKEN's EIP-712 domain name, as in the `exact` and `upto` schemes; absent if unknown or native. */
+  name?: string;
+  /** The TOKEN's EIP-712 domain version. */
+  version?: string;
   minChallengePeriod: number;
   minDeposit: string;
   pricing: "exact" | "upto";
@@ -157,13 +168,14 @@ function chainIdOf(network: string): number {
   return Number(m[1]);
 }
 
-/** Parses and checks the `extra` of a `channel` requirement. */
+/** Parses and checks the `extra` of a `channel-voucher` requirement. */
 export function parseExtra(req: PaymentRequirements): ChannelExtra {
   const e = req.extra as Partial<ChannelExtra> | undefined;
   if (!e || typeof e !== "object") throw new ChannelPaymentError("requirement without extra");
   if (typeof e.contract !== "string" || !isAddress(e.contract)) throw new ChannelPaymentError("extra.contract is not an address");
-  if (e.name !== DOMAIN_NAME || e.version !== DOMAIN_VERSION) {
-    throw new ChannelPaymentError(`unsupported channel contract domain ${String(e.name)} v${String(e.version)}`);
+  const d = e.domain as Partial<ChannelDomain> | undefined;
+  if (!d || typeof d !== "object" || d.name !== DOMAIN_NAME || d.version !== DOMAIN_VERSION) {
+    throw new ChannelPaymentError(`unsupported channel contract domain ${String(d?.name)} v${String(d?.version)}`);
   }
   decimal(e.minDeposit, "extra.minDeposit");
   if (typeof e.minChallengePeriod !== "number") throw new ChannelPaymentError("extra.minChallengePeriod missing");
@@ -243,7 +255,7 @@ class ChannelQueue {
 }
 
 /**
- * The `channel` scheme for the official x402 client (`x402Client.register(network, scheme)`): pays 402s with
+ * The `channel-voucher` scheme for the official x402 client (`x402Client.register(network, scheme)`): pays 402s with
  * EIP-712 vouchers on a unidirectional payment channel that it opens and tops up itself.
  */
 export class ChannelScheme implements SchemeNetworkClient {
@@ -327,6 +339,24 @@ export class ChannelScheme implements SchemeNetworkClient {
     const nonce = (payload as Partial<VoucherPayload> | undefined)?.nonce;
     if (req.scheme !== SCHEME || typeof nonce !== "number") return;
     this.queue(channelKey(req)).releaseFor(BigInt(nonce));
+  }
+
+  /**
+   * The node answered `payload` as the resend of a voucher it already served (`x402-replayed`): this client signed
+   * the very voucher again, having lost or restored its state. Its receipt was taken by the response hook; here the
+   * next nonce is skipped, so that the next voucher differs from whatever the node served at that nonce: the node
+   * then either takes it or answers with its signed state. Returns whether the payload was this scheme's.
+   */
+  async replayed(req: PaymentRequirements, payload: unknown): Promise<boolean> {
+    const v = payload as Partial<VoucherPayload> | undefined;
+    if (req.scheme !== SCHEME || typeof v?.nonce !== "number" || typeof v.channelId !== "string") return false;
+    const key = channelKey(req);
+    const record = await this.store.get(key);
+    if (!record || record.channelId.toLowerCase() !== v.channelId.toLowerCase()) return false;
+    const skip = BigInt(v.nonce) + 1n;
+    if (skip > BigInt(record.nonce) && skip <= MAX_NONCE) await this.store.put({ ...record, nonce: skip.toString() });
+    this.queue(key).releaseFor(BigInt(v.nonce));
+    return true;
   }
 
   /**
@@ -581,7 +611,7 @@ export class ChannelScheme implements SchemeNetworkClient {
     return onchain.deposit;
   }
 
-  /** The JSON body of a gasless open (`GaslessOpen` of protocol/src/open.rs, with the v2 `OpenAuthorization`). */
+  /** The JSON body of a gasless open (`GaslessOpen` of protocol/src/open.rs: `{ params, deposit, authorization }`). */
   async gaslessOpen(chainId: number, contract: Address, params: ChannelParams, channelId: Hex, deposit: bigint, validFor: number) {
     const account = this.options.account;
     const deadline = BigInt(Math.floor(Date.now() / 1000) + validFor);
@@ -617,15 +647,15 @@ export class ChannelScheme implements SchemeNetworkClient {
       message: { channelId, deposit, deadline },
     });
     return {
-      payer: params.payer,
       params: {
+        payer: params.payer,
         payee: params.payee,
         token: params.token,
         signer: params.signer,
         challengePeriod: params.challengePeriod,
-        deposit: deposit.toString(),
         salt: params.salt,
       },
+      deposit: deposit.toString(),
       authorization: { kind: "permit", deadline: Number(deadline), permitSignature, openSignature },
     };
   }
@@ -690,28 +720,28 @@ export class ChannelScheme implements SchemeNetworkClient {
   }
 
   /**
-   * Takes the node's view of the channel from a corrective 402, but only if it is verifiable: the node may hold
-   * an older voucher than the client's latest (never more than the client signed), and any state above what the
-   * client remembers must carry the client's own signature over it.
+   * Takes the node's view of the channel from a corrective 402, but only if it is verifiable: it must carry this
+   * client's own signature (its voucher signer's, under the channel contract's EIP-712 domain) over
+   * `(channelId, nonce, cumulativeAmount)`, else it is refused whatever it claims. The node may hold an older
+   * voucher than the client's latest (a voucher in flight, or lost); it can never hold one the client did not sign.
+   * A state without any voucher (nonce 0) needs no signature and may claim nothing.
    */
   async resync(key: string, state: ChannelState) {
     const record = await this.store.get(key);
     if (!record) throw new ChannelPaymentError("corrective 402 for a channel this client does not know");
-    if (state.channelId.toLowerCase() !== record.channelId.toLowerCase()) {
-      throw new ChannelPaymentError(`channel state for ${state.channelId} sent for channel ${record.channelId}`);
+    if (typeof state.channelId !== "string" || state.channelId.toLowerCase() !== record.channelId.toLowerCase()) {
+      throw new ChannelPaymentError(`channel state for ${String(state.channelId)} sent for channel ${record.channelId}`);
     }
     const nonce = decimal(state.nonce, "channel.nonce");
     const cumulative = decimal(state.cumulativeAmount, "channel.cumulativeAmount");
     const charged = decimal(state.charged, "channel.charged");
     if (charged > cumulative) throw new ChannelPaymentError("node reports charged above its voucher");
     const deposit = decimal(state.deposit, "channel.deposit");
-    let maxSigned = BigInt(record.maxSigned);
-    let myNonce = BigInt(record.nonce);
-    if (nonce > myNonce || cumulative > maxSigned) {
-      // The client forgot vouchers (lost or restored state): trust the node only with the client's own signature.
+    if (nonce === 0n) {
+      if (cumulative !== 0n) throw new ChannelPaymentError("node reports an amount without a voucher");
+    } else {
       const signed =
-        nonce > 0n &&
-        state.signature !== undefined &&
+        typeof state.signature === "string" &&
         (await isVoucherSignedBy(
           this.voucherSigner(record),
           record.chainId,
@@ -721,10 +751,15 @@ export class ChannelScheme implements SchemeNetworkClient {
         ));
       if (!signed) {
         throw new ChannelPaymentError(
-          `node claims voucher ${nonce} for ${cumulative} on ${record.channelId}, above what this client signed (${myNonce}, ${maxSigned}), without a valid signature`,
+          `node claims voucher ${nonce} for ${cumulative} on ${record.channelId} without this client's signature over it`,
         );
       }
-      myNonce = nonce;
+    }
+    let maxSigned = BigInt(record.maxSigned);
+    let myNonce = BigInt(record.nonce);
+    if (nonce > myNonce || cumulative > maxSigned) {
+      // The client forgot vouchers (lost or restored state): the node shows one it signed, so it builds on that.
+      if (nonce > myNonce) myNonce = nonce;
       if (cumulative > maxSigned) maxSigned = cumulative;
     }
     const next: ChannelRecord = {

@@ -4,6 +4,9 @@ import { after, before, describe, it } from "node:test";
 import { getAddress, keccak256, toHex, zeroAddress, type Hex } from "viem";
 import {
   ChannelScheme,
+  DOMAIN_NAME,
+  DOMAIN_VERSION,
+  SCHEME,
   MemoryChannelStore,
   computeChannelId,
   isVoucherSignedBy,
@@ -70,13 +73,13 @@ describe("against the v2 PaymentChannel on anvil", () => {
       store: new MemoryChannelStore(),
     });
     const req = {
-      scheme: "channel",
+      scheme: SCHEME,
       network: "eip155:31337" as const,
       amount: "1000",
       asset: d.token,
       payTo: payee.address,
       maxTimeoutSeconds: 30,
-      extra: { contract: d.contract, name: "x402 Payment Channel", version: "2", minChallengePeriod: 3600, minDeposit: "50000", pricing: "exact" },
+      extra: { contract: d.contract, domain: { name: DOMAIN_NAME, version: DOMAIN_VERSION }, minChallengePeriod: 3600, minDeposit: "50000", pricing: "exact" },
     };
     let last: { channelId: Hex; nonce: number; cumulativeAmount: string; signature: Hex } | undefined;
     for (let i = 0; i < 5; i++) {

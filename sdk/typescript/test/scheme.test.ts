@@ -248,7 +248,7 @@ describe("channel scheme over HTTP", () => {
       // Two vouchers the restored client will not remember: the node's state is above anything it signs again.
       for (let i = 0; i < 2; i++) assert.equal((await pay(`${srv.url}/r`)).status, 200);
       await store.put(old!);
-      await assert.rejects(pay(`${srv.url}/r`), /above what this client signed/);
+      await assert.rejects(pay(`${srv.url}/r`), /without this client.s signature/);
       // Nothing was taken from the unverifiable state: the record holds only the voucher the client signed again.
       const [after] = await store.list();
       assert.deepEqual({ ...after!, signature: undefined }, { ...old!, nonce: "6", cumulative: String(6n * PRICE), maxSigned: String(6n * PRICE), signature: undefined });

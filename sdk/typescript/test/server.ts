@@ -6,6 +6,7 @@ import { randomBytes } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { getAddress, parseAbiItem, parseSignature, recoverTypedDataAddress, zeroAddress, type Address, type Hex } from "viem";
 import { PaymentPayloadV2Schema } from "@x402/core/schemas";
+import { SCHEME } from "../src/constants.js";
 import type { Devnet } from "./anvil.js";
 
 interface Known {
@@ -73,8 +74,9 @@ export class TestServer {
   requirements(state?: { channelId: Hex; s: State; deposit: bigint }) {
     const extra: Record<string, unknown> = {
       contract: this.d.contract,
-      name: "x402 Payment Channel",
-      version: "2",
+      domain: { name: "x402 Payment Channel", version: "2" },
+      name: "Test Stablecoin",
+      version: "1",
       minChallengePeriod: 3600,
       minDeposit: String(this.opts.minDeposit ?? 10_000n),
       pricing: "exact",
@@ -101,7 +103,7 @@ export class TestServer {
       };
     }
     return {
-      scheme: "channel",
+      scheme: SCHEME,
       network: "eip155:31337",
       amount: String(this.opts.price),
       asset: this.d.token,
@@ -191,21 +193,21 @@ export class TestServer {
     const chunks: Buffer[] = [];
     for await (const c of req) chunks.push(c as Buffer);
     const body = JSON.parse(Buffer.concat(chunks).toString("utf8")) as {
-      payer: Address;
-      params: { payee: Address; token: Address; signer: Address; challengePeriod: number; deposit: string; salt: Hex };
+      params: { payer: Address; payee: Address; token: Address; signer: Address; challengePeriod: number; salt: Hex };
+      deposit: string;
       authorization: { kind: string; deadline: number; permitSignature: Hex; openSignature: Hex };
     };
     const { params: p, authorization: auth } = body;
     if (auth.kind !== "permit") throw new Error("only permit opens here");
     const sig = parseSignature(auth.permitSignature);
     const relayer = this.d.accounts[1]!;
-    const params = { payer: body.payer, payee: p.payee, token: p.token, signer: p.signer, challengePeriod: p.challengePeriod, salt: p.salt };
+    const params = { payer: p.payer, payee: p.payee, token: p.token, signer: p.signer, challengePeriod: p.challengePeriod, salt: p.salt };
     try {
       const hash = await this.d.wallet(relayer).writeContract({
         address: this.d.contract,
         abi: this.d.channelAbi as never,
         functionName: "openWithPermit",
-        args: [params, BigInt(p.deposit), BigInt(auth.deadline), Number(sig.v), sig.r, sig.s, auth.openSignature],
+        args: [params, BigInt(body.deposit), BigInt(auth.deadline), Number(sig.v), sig.r, sig.s, auth.openSignature],
         account: relayer,
         chain: this.d.chain,
       } as never);
@@ -214,7 +216,7 @@ export class TestServer {
       const channelId = receipt.logs[receipt.logs.length - 1]!.topics[1]!;
       this.relayed++;
       res.writeHead(200, { "content-type": "application/json" });
-      res.end(JSON.stringify({ channelId, transactionHash: hash, deposit: p.deposit }));
+      res.end(JSON.stringify({ channelId, transactionHash: hash, deposit: body.deposit }));
     } catch (e) {
       res.writeHead(400, { "content-type": "application/json" });
       res.end(JSON.stringify({ error: String(e).slice(0, 300) }));
@@ -245,7 +247,15 @@ export class TestServer {
     if (typeof header !== "string") return this.send402(res, path);
     let payload: {
       x402Version: number;
-      accepted?: { scheme: string; network: string; asset?: string; amount?: string; payTo?: string; maxTimeoutSeconds?: number };
+      accepted?: {
+        scheme: string;
+        network: string;
+        asset?: string;
+        amount?: string;
+        payTo?: string;
+        maxTimeoutSeconds?: number;
+        extra?: { contract?: string; domain?: unknown };
+      };
       payload: { channelId: Hex; nonce: number; cumulativeAmount: string; signature: Hex };
     };
     try {
@@ -261,7 +271,15 @@ export class TestServer {
     }
     const a = payload.accepted;
     // The full `accepted` object is echoed (x402 v2).
-    if (!a || a.scheme !== "channel" || a.amount === undefined || a.payTo === undefined || a.maxTimeoutSeconds === undefined) {
+    if (
+      !a ||
+      a.scheme !== SCHEME ||
+      a.amount === undefined ||
+      a.payTo === undefined ||
+      a.maxTimeoutSeconds === undefined ||
+      a.extra?.contract !== this.d.contract ||
+      a.extra.domain === undefined
+    ) {
       return this.send402(res, path, "invalid_payload");
     }
     if (a.network !== "eip155:31337") return this.send402(res, path, "invalid_network");
