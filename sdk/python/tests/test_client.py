@@ -160,7 +160,7 @@ async def test_forged_corrective_state_is_refused(node: Node, tmp_path: Path, fo
     assert "without this client's signature" in str(err.value.__cause__)
     [after] = store.list()
     # Nothing was taken from the forged state: the next voucher still builds on what the client signed.
-    assert (after.nonce, after.max_signed) == (before.nonce + 1, before.max_signed + PRICE)
+    assert after.nonce > before.nonce and after.max_signed == before.max_signed + PRICE
     # The honest node's own corrective state is accepted, and the client pays on.
     await _pay(node, store, account, 1, "c")
     [record] = FileChannelStore(path).list()

@@ -27,12 +27,24 @@ from .helpers import PRICE, async_client, decode, scheme_for
 def offer(node: Node) -> dict[str, Any]:
     r = httpx.get(f"{node.url}/weather")
     assert r.status_code == 402
-    assert r.headers.get("cache-control") == "no-store"
     required = decode(r.headers["PAYMENT-REQUIRED"])
-    assert required["resource"]["url"].startswith("http://") and required["resource"]["url"].endswith("/weather")
     [ours] = [a for a in required["accepts"] if a["scheme"] == SCHEME]
     assert isinstance(ours, dict)
     return ours
+
+
+def test_the_nodes_402_is_what_the_sdk_expects(node: Node) -> None:
+    r = httpx.get(f"{node.url}/weather?q=1")
+    assert r.status_code == 402
+    assert r.headers.get("cache-control") == "no-store"
+    required = decode(r.headers["PAYMENT-REQUIRED"])
+    assert required == r.json()
+    assert set(required) <= {"x402Version", "error", "resource", "accepts", "extensions"}
+    assert required["resource"]["url"] == f"{node.url}/weather?q=1"
+    ours = offer(node)
+    assert ours["payTo"] == node.devnet.provider and ours["asset"] == node.devnet.token  # EIP-55
+    assert ours["extra"]["contract"] == node.devnet.contract
+    assert ours["extra"]["domain"] == {"name": "x402 Payment Channel", "version": "2"}
 
 
 @pytest.mark.parametrize(

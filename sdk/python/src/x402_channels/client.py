@@ -12,6 +12,7 @@ import json
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,22 @@ def chain_id_of(network: str) -> int:
     if not m:
         raise ChannelPaymentError(f"unsupported network {network!r} (expected eip155:<chain id>)")
     return int(m.group(1))
+
+
+def restart_nonce() -> int:
+    """The lowest nonce of the first voucher a scheme signs on a channel it loaded from its store:
+    the clock in milliseconds.
+
+    A store restored from a backup (or left by a crashed process) can be behind what the client
+    already signed. Signing the same nonce and amount again gives the very same voucher (the
+    signatures are deterministic), which the node takes for a resend of a request it served and
+    answers with that request's receipt (`409`, `x402-replayed`) instead of a corrective 402. A
+    voucher whose nonce comes from the clock differs from every voucher an earlier run signed from
+    the same record (a later start, a higher nonce, or another amount): the node serves it, or
+    answers `amount_below_price` with its state and the client's own signature, from which the
+    client resynchronises. 2^53 ms is some 285,000 years.
+    """
+    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True)
@@ -198,6 +215,8 @@ class ChannelVoucherScheme:
         self._lock = threading.RLock()
         self._sessions: dict[str, _Session] = {}
         self._chain_ids: dict[str, int] = {}
+        # Channels this instance signed on or opened: their store records are not behind.
+        self._current: set[str] = set()
         self.scheme_hooks: dict[str, Any] = {"on_payment_response": self.on_payment_response}
 
     @classmethod
@@ -248,6 +267,8 @@ class ChannelVoucherScheme:
             if amount < base + price:
                 raise ChannelPaymentError("channel deposit exhausted")
             nonce = record.nonce + 1
+            if record.channel_id not in self._current:
+                nonce = max(nonce, restart_nonce())
             if nonce > MAX_NONCE:
                 raise ChannelPaymentError("channel nonce exhausted")
             signature = sign_voucher(
@@ -261,6 +282,7 @@ class ChannelVoucherScheme:
             )
             # Durable before the voucher leaves; the previous voucher's session dies with it.
             self.store.put(record)
+            self._current.add(record.channel_id)
             self._sessions.pop(key, None)
             return {
                 "channelId": record.channel_id,
@@ -327,6 +349,7 @@ class ChannelVoucherScheme:
             deposit=onchain.deposit,
         )
         self.store.put(record)
+        self._current.add(channel_id)
         return record
 
     def _top_up(self, record: ChannelRecord, extra: ChannelExtra, price: int) -> ChannelRecord:
