@@ -14,6 +14,7 @@ import httpx
 import pytest
 from eth_account import Account
 from x402.http.clients import PaymentError, x402AsyncTransport
+from x402.http.clients.requests import PaymentError as RequestsPaymentError
 
 from x402_channels import (
     SCHEME,
@@ -46,9 +47,9 @@ async def test_httpx_pays_100_requests(node: Node) -> None:
     [record] = scheme.store.list()
     assert record.nonce >= 100
     assert record.spent == 100 * PRICE
-    # The node's view, from the chain side: the channel holds the deposit the client made.
+    # Opened with 100 requests' worth and topped up by as much a quarter before it ran out.
     onchain = scheme.chain.get_channel(d.contract, record.channel_id)
-    assert onchain.deposit == record.deposit == 100 * PRICE
+    assert onchain.deposit == record.deposit == 200 * PRICE
 
 
 async def test_credit_window_pays_with_sessions(node: Node) -> None:
@@ -64,15 +65,25 @@ async def test_credit_window_pays_with_sessions(node: Node) -> None:
     assert record.max_signed == 30 * PRICE
 
 
-def test_requests_session_pays_from_threads(node: Node) -> None:
+def test_requests_session_pays_from_threads_and_tops_up_within_the_cap(node: Node) -> None:
     d = node.devnet
-    scheme = scheme_for(d, 3)
+    scheme = scheme_for(d, 3, deposit_multiple=10, deposit_cap=40 * PRICE)
     session = channel_requests_session(sync_client(d, scheme), scheme)
+    # Four threads on one channel, through two top-ups.
     with ThreadPoolExecutor(4) as pool:
         rs = list(pool.map(lambda i: session.get(f"{node.url}/weather?t={i}"), range(24)))
     assert [r.status_code for r in rs] == [200] * 24, [r.text for r in rs if r.status_code != 200]
+    # Then one at a time up to the cap: exactly 40 requests' worth, and a clear error after.
+    for i in range(16):
+        r = session.get(f"{node.url}/weather?s={i}")
+        assert r.status_code == 200, (i, r.text)
     [record] = scheme.store.list()
-    assert record.nonce >= 24 and record.spent == 24 * PRICE
+    assert record.spent == 40 * PRICE
+    assert record.deposit == 40 * PRICE == scheme.chain.get_channel(d.contract, record.channel_id).deposit
+    with pytest.raises(RequestsPaymentError) as err:
+        session.get(f"{node.url}/weather?t=over")
+    assert isinstance(err.value.__cause__, ChannelPaymentError)
+    assert "deposit cap 40000 does not cover the price 1000" in str(err.value.__cause__)
 
 
 async def _pay(node: Node, scheme_store: FileChannelStore, account: int, n: int, tag: str) -> None:

@@ -7,6 +7,7 @@ EIP-712 voucher on a payment channel that the scheme opens and tops up itself.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -33,6 +34,7 @@ from .chain import ChannelChain
 from .constants import (
     CORRECTIVE_ERRORS,
     DEAD_CHANNEL_ERRORS,
+    WAIT_ERRORS,
     DOMAIN_NAME,
     DOMAIN_VERSION,
     MAX_NONCE,
@@ -197,6 +199,7 @@ class ChannelVoucherScheme:
         credit_window: int = 1,
         contracts: list[str] | None = None,
         challenge_period: int | None = None,
+        node_wait: float = 1.0,
     ) -> None:
         if deposit_cap <= 0:
             raise ValueError("deposit_cap must be positive")
@@ -212,6 +215,7 @@ class ChannelVoucherScheme:
         self.credit_window = credit_window
         self.contracts = None if contracts is None else {c.lower() for c in contracts}
         self.challenge_period = challenge_period
+        self.node_wait = node_wait
         self._lock = threading.RLock()
         self._sessions: dict[str, _Session] = {}
         self._chain_ids: dict[str, int] = {}
@@ -296,9 +300,23 @@ class ChannelVoucherScheme:
     ) -> ChannelRecord:
         existing = self.store.get(key)
         if existing is not None and existing.status == "open":
-            if existing.cumulative + price <= existing.deposit:
-                return existing
-            return self._top_up(existing, extra, price)
+            if existing.cumulative + price > existing.deposit:
+                if existing.deposit < self.deposit_cap:
+                    return self._top_up(existing, extra, price)
+                if existing.spent + price <= existing.deposit:
+                    # At the cap, the signed ceiling ran ahead of what was charged (vouchers
+                    # refused before the node served them, unused credit windows): build the next
+                    # voucher on what the node charged. If requests are still in flight, the node
+                    # answers with its state and the client resynchronises.
+                    return existing.evolve(cumulative=existing.spent)
+                return self._top_up(existing, extra, price)
+            # Top up a quarter of a deposit before it runs out, while this voucher still fits the
+            # old one: the node learns of top-ups by following the chain, and a voucher above the
+            # deposit it knows is refused (`insufficient_deposit`).
+            room = existing.deposit - existing.cumulative - price
+            if room < price * self.deposit_multiple // 4 and existing.deposit < self.deposit_cap:
+                return self._top_up(existing, extra, price)
+            return existing
         return self._open(key, req, extra, chain_id, price)
 
     def _deposit_for(self, extra: ChannelExtra, price: int, already: int) -> int:
@@ -390,9 +408,11 @@ class ChannelVoucherScheme:
 
     # ---------------------------------------------------------------- responses
 
-    def on_payment_response(self, ctx: PaymentResponseContext) -> RecoveredResponseResult | None:
+    def on_payment_response(self, ctx: PaymentResponseContext) -> Any:
         """Scheme hook: a corrective 402 resynchronises (then the SDK retries once), a dead
-        channel is retired (the retry opens a new one)."""
+        channel is retired (the retry opens a new one), a node behind the chain gets a pause
+        before the retry (a coroutine when called inside an event loop: the async client awaits
+        hooks; a sleep otherwise)."""
         req = ctx.requirements
         if not isinstance(req, PaymentRequirements) or req.scheme != SCHEME:
             return None
@@ -412,6 +432,12 @@ class ChannelVoucherScheme:
             return None
         payload = ctx.payment_payload.payload
         sent_channel = payload.get("channelId") if isinstance(payload, dict) else None
+        if error in WAIT_ERRORS and self._chain_covers(key, payload):
+            # The node has not followed the chain to this channel or its latest top-up yet: the
+            # retry goes out after a pause, with a new voucher above every voucher in flight (a
+            # resend of this one could fall below what concurrent requests reserved meanwhile).
+            # The SDK retries once; top-ups happen early, so this is rare.
+            return self._pause()
         if error in DEAD_CHANNEL_ERRORS:
             with self._lock:
                 record = self.store.get(key)
@@ -432,6 +458,33 @@ class ChannelVoucherScheme:
             return None
         self.resync(key, state)
         return RecoveredResponseResult()
+
+    def _chain_covers(self, key: str, payload: object) -> bool:
+        """Whether the chain holds the sent voucher's channel open with a deposit covering it."""
+        if not isinstance(payload, dict):
+            return False
+        record = self.store.get(key)
+        if record is None or record.channel_id != payload.get("channelId"):
+            return False
+        try:
+            amount = decimal(payload.get("cumulativeAmount"), "cumulativeAmount")
+            onchain = self.chain.get_channel(record.contract, record.channel_id)
+        except Exception:
+            return False
+        return onchain.status == 1 and onchain.exit_at == 0 and onchain.deposit >= amount
+
+    def _pause(self) -> Any:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            time.sleep(self.node_wait)
+            return RecoveredResponseResult()
+
+        async def later() -> RecoveredResponseResult:
+            await asyncio.sleep(self.node_wait)
+            return RecoveredResponseResult()
+
+        return later()
 
     def observe_payment_response(self, header: str | None) -> None:
         """Takes the `PAYMENT-RESPONSE` header of a response paid from a credit window (the SDK

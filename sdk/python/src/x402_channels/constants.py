@@ -22,6 +22,10 @@ PAYMENT_SESSION: Final = "PAYMENT-SESSION"
 CORRECTIVE_ERRORS: Final = frozenset({"nonce_too_low", "amount_below_price", "session_invalid"})
 """402 error codes after which the client can retry at once, having resynchronised."""
 
+WAIT_ERRORS: Final = frozenset({"insufficient_deposit", "channel_unknown"})
+"""402 error codes meaning the node may not have followed the chain yet: when the chain shows the
+channel open with a deposit covering the voucher, the client retries after a pause."""
+
 DEAD_CHANNEL_ERRORS: Final = frozenset(
     {"channel_closing", "channel_closed", "channel_unknown", "channel_mismatch"}
 )

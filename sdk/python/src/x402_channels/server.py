@@ -73,6 +73,7 @@ class NodeFacilitatorClient(HTTPFacilitatorClient):
         payload: PaymentPayload | PaymentPayloadV1,
         requirements: PaymentRequirements | PaymentRequirementsV1,
     ) -> VerifyResponse:
+        _corrective.set(None)
         return _remember(await super().verify(payload, requirements))
 
 
@@ -84,6 +85,7 @@ class NodeFacilitatorClientSync(HTTPFacilitatorClientSync):
         payload: PaymentPayload | PaymentPayloadV1,
         requirements: PaymentRequirements | PaymentRequirementsV1,
     ) -> VerifyResponse:
+        _corrective.set(None)
         return _remember(super().verify(payload, requirements))
 
 
