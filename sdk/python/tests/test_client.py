@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 from eth_account import Account
-from x402.http.clients import PaymentError, x402AsyncTransport
+import requests
+from x402.http.clients import PaymentError, wrapRequestsWithPayment, x402AsyncTransport, x402HttpxClient
 from x402.http.clients.requests import PaymentError as RequestsPaymentError
 
 from x402_channels import (
@@ -50,6 +51,21 @@ async def test_httpx_pays_100_requests(node: Node) -> None:
     # Opened with 100 requests' worth and topped up by as much a quarter before it ran out.
     onchain = scheme.chain.get_channel(d.contract, record.channel_id)
     assert onchain.deposit == record.deposit == 200 * PRICE
+
+
+async def test_the_stock_wrappers_pay_too(node: Node) -> None:
+    d = node.devnet
+    scheme = scheme_for(d, 5, credit_window=10)
+    async with x402HttpxClient(async_client(d, scheme)) as http:
+        for i in range(3):
+            r = await http.get(f"{node.url}/weather?stock={i}")
+            assert r.status_code == 200, r.text
+    session = wrapRequestsWithPayment(requests.Session(), sync_client(d, scheme))
+    assert session.get(f"{node.url}/weather?stock=requests").status_code == 200
+    [record] = scheme.store.list()
+    # Without the session hook every request pays with a voucher prepaying a window of 10 that
+    # is never used: the ceiling grows by a window per request, the charge by the price.
+    assert record.max_signed == 4 * 10 * PRICE and record.spent == 4 * PRICE
 
 
 async def test_credit_window_pays_with_sessions(node: Node) -> None:
