@@ -78,6 +78,48 @@ pub struct Paywall<S, C> {
     engine: Engine<S, C>,
     routes: Arc<Routes>,
     replay: Arc<ReplayCache>,
+    public: Arc<PublicUrl>,
+}
+
+/// How a 402 names the requested resource: `resource.url` is absolute, the configured public
+/// base URL followed by the request's path and query, else `http://<Host>` (`https` when a
+/// trusted proxy says so in `X-Forwarded-Proto`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PublicUrl {
+    /// The public base URL (`[server] public_url`), without a trailing slash.
+    pub base: Option<String>,
+    /// Whether `X-Forwarded-Proto` is believed (`[server] trust_forwarded`).
+    pub trust_forwarded: bool,
+}
+
+impl PublicUrl {
+    /// The absolute URL of a request for `path_and_query` with `headers`.
+    pub fn absolute(&self, headers: &http::HeaderMap, path_and_query: &str) -> String {
+        if let Some(base) = &self.base {
+            return format!("{base}{path_and_query}");
+        }
+        // The Host header is the client's own: only a plain host[:port] is echoed back.
+        let host = headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| {
+                !h.is_empty()
+                    && h.len() <= 255
+                    && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
+            })
+            .unwrap_or("localhost");
+        let scheme = if self.trust_forwarded
+            && headers
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.split(',').next().is_some_and(|p| p.trim().eq_ignore_ascii_case("https")))
+        {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{host}{path_and_query}")
+    }
 }
 
 impl<S, C> Clone for Paywall<S, C> {
@@ -86,6 +128,7 @@ impl<S, C> Clone for Paywall<S, C> {
             engine: self.engine.clone(),
             routes: Arc::clone(&self.routes),
             replay: Arc::clone(&self.replay),
+            public: Arc::clone(&self.public),
         }
     }
 }
@@ -99,7 +142,13 @@ impl<S, C> std::fmt::Debug for Paywall<S, C> {
 impl<S, C> Paywall<S, C> {
     /// A paywall with no priced routes yet.
     pub fn new(engine: Engine<S, C>) -> Self {
-        Self { engine, routes: Arc::default(), replay: Arc::default() }
+        Self { engine, routes: Arc::default(), replay: Arc::default(), public: Arc::default() }
+    }
+
+    /// Names resources in 402s with `public` (default: `http://<Host>`).
+    pub fn public_url(mut self, public: PublicUrl) -> Self {
+        self.public = Arc::new(public);
+        self
     }
 
     /// Prices the route `path` (a pattern in axum's syntax) for every method.
@@ -182,7 +231,11 @@ where
         };
         let engine = self.paywall.engine.clone();
         let replay = Arc::clone(&self.paywall.replay);
-        Box::pin(async move { Ok(paid(engine, inner, req, price, replay).await) })
+        let url = self
+            .paywall
+            .public
+            .absolute(req.headers(), req.uri().path_and_query().map_or("/", |p| p.as_str()));
+        Box::pin(async move { Ok(paid(engine, inner, req, price, replay, url).await) })
     }
 }
 
@@ -192,13 +245,13 @@ async fn paid<Svc, S, C>(
     mut req: Request<Body>,
     price: Price,
     replay: Arc<ReplayCache>,
+    url: String,
 ) -> Response
 where
     Svc: Service<Request<Body>, Response = Response, Error = Infallible>,
     S: KvStore,
     C: ChainReader,
 {
-    let url = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let authorized = if let Some(session) = req.headers().get(wire::PAYMENT_SESSION) {
         engine.authorize_session(session.as_bytes(), &price).await
     } else {
@@ -318,5 +371,7 @@ fn payment_required<S: KvStore, C: ChainReader>(
         response.headers_mut().insert(HeaderName::from_static(wire::PAYMENT_REQUIRED), v);
     }
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    // Terms and channel state are per request: no cache may keep or share them.
+    response.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
