@@ -158,8 +158,11 @@ def node(devnet: Devnet) -> Iterator[Node]:
     port = free_port()
     toml = devnet.config.read_text()
     toml = re.sub(r'(?m)^listen = ".*"$', f'listen = "127.0.0.1:{port}"', toml)
-    if not os.environ.get("X402_PY_NO_FACILITATOR"):  # TEMP until the node has [facilitator]
-        toml = toml.replace("[chain]", f'[facilitator]\ntoken = "{FACILITATOR_TOKEN}"\n\n[chain]', 1)
+    token = f'token = "{FACILITATOR_TOKEN}"\n'
+    if re.search(r"(?m)^\[facilitator\]$", toml):
+        toml = re.sub(r"(?m)^\[facilitator\]\n", lambda m: m.group(0) + token, toml, count=1)
+    else:
+        toml += f"\n[facilitator]\n{token}"
     config = devnet.workdir / "node-py.toml"
     config.write_text(toml)
     log = devnet.workdir / "node.log"
