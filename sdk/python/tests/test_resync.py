@@ -63,11 +63,11 @@ def test_state_below_what_the_client_signed_needs_no_signature() -> None:
     assert (r.nonce, r.cumulative, r.max_signed, r.spent) == (5, 5000, 5000, 3000)
 
 
-def test_node_holding_the_latest_voucher_resets_the_base_to_what_it_charged() -> None:
+def test_node_holding_the_latest_voucher_keeps_the_base_above_it() -> None:
     s = scheme_with(5, 5000)
     s.resync(KEY, state(s, 5, 5000, 4000))
     r = record(s)
-    assert (r.nonce, r.cumulative, r.spent) == (5, 4000, 4000)
+    assert (r.nonce, r.cumulative, r.spent) == (5, 5000, 4000)
 
 
 def test_lost_vouchers_are_taken_back_with_the_clients_own_signature() -> None:

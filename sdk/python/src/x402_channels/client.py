@@ -573,12 +573,10 @@ class ChannelVoucherScheme:
                     )
                 my_nonce = nonce
                 max_signed = max(max_signed, cumulative)
-            if nonce == my_nonce:
-                # The node holds the client's latest voucher: the next only needs to cover what it charged.
-                next_base = charged
-            else:
-                # Vouchers are in flight: the next goes above all of them.
-                next_base = max(record.cumulative, charged)
+            # The next voucher goes above everything the node holds or may still receive: its
+            # latest voucher covers what it charged and what requests in flight reserved, and
+            # vouchers the client signed after it may be in flight.
+            next_base = max(charged, cumulative if nonce == my_nonce else record.cumulative)
             updated = record.evolve(
                 nonce=my_nonce,
                 max_signed=max_signed,
