@@ -112,7 +112,7 @@ async def test_fastapi_charges_through_the_node(fastapi_url: str, node: Node, tm
         assert receipt(r)["extra"]["totalCharged"] == str(total)
 
 
-def test_flask_charges_through_the_node(node: Node) -> None:
+def test_flask_charges_through_the_node(node: Node, tmp_path: Path) -> None:
     d = node.devnet
     app = Flask(__name__)
 
@@ -127,12 +127,22 @@ def test_flask_charges_through_the_node(node: Node) -> None:
     thread = threading.Thread(target=http_server.serve_forever, daemon=True)
     thread.start()
     try:
-        scheme = scheme_for(d, 7)
-        session = channel_requests_session(sync_client(d, scheme), scheme)
+        path = tmp_path / "channels.json"
         url = f"http://127.0.0.1:{http_server.server_port}/paid"
-        for i in range(5):
-            r = session.get(url)
-            assert r.status_code == 200, r.text
-            assert decode(r.headers["PAYMENT-RESPONSE"])["extra"]["totalCharged"] == str((i + 1) * APP_PRICE)
+
+        def pay(n: int, first: int) -> None:
+            scheme = scheme_for(d, 7, store=FileChannelStore(path))
+            session = channel_requests_session(sync_client(d, scheme), scheme)
+            for i in range(first, first + n):
+                r = session.get(url)
+                assert r.status_code == 200, r.text
+                assert decode(r.headers["PAYMENT-RESPONSE"])["extra"]["totalCharged"] == str((i + 1) * APP_PRICE)
+
+        pay(3, 0)
+        shutil.copy(path, tmp_path / "backup.json")
+        pay(2, 3)
+        # Lost state: the Flask app's corrective 402 carries the node's state (thread-local).
+        shutil.copy(tmp_path / "backup.json", path)
+        pay(2, 5)
     finally:
         http_server.shutdown()
