@@ -20,7 +20,6 @@ PRICE = 1000
 def scheme_for(devnet: Devnet, account: int, store: ChannelStore | None = None, **options: Any) -> ChannelVoucherScheme:
     options.setdefault("deposit_cap", 10_000_000)
     options.setdefault("contracts", [devnet.contract])
-    options.setdefault("node_wait", 0.3)  # the node follows the chain every 100 ms here
     return ChannelVoucherScheme(devnet.account(account), devnet.w3(), store=store, **options)
 
 

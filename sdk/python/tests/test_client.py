@@ -9,6 +9,7 @@ import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -34,6 +35,14 @@ from .helpers import PRICE, async_client, receipt, scheme_for, sync_client
 async def test_httpx_pays_100_requests(node: Node) -> None:
     d = node.devnet
     scheme = scheme_for(d, 1)
+    corrective: list[dict[str, Any]] = []
+    resync = scheme.resync
+
+    def counting(key: str, state: dict[str, Any]) -> None:
+        corrective.append(state)
+        resync(key, state)
+
+    setattr(scheme, "resync", counting)
     async with channel_httpx_client(async_client(d, scheme), scheme) as http:
         # 40 one after the other, then 60 with 12 in flight at a time on the same channel.
         for i in range(40):
@@ -48,7 +57,9 @@ async def test_httpx_pays_100_requests(node: Node) -> None:
     [record] = scheme.store.list()
     assert record.nonce >= 100
     assert record.spent == 100 * PRICE
-    # Opened with 100 requests' worth and topped up by as much a quarter before it ran out.
+    # Out of order or not, every voucher covered its request: no corrective round trip.
+    assert corrective == []
+    # Opened with 100 requests' worth, topped up by as much when half of it was left.
     onchain = scheme.chain.get_channel(d.contract, record.channel_id)
     assert onchain.deposit == record.deposit == 200 * PRICE
 

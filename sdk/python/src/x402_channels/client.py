@@ -310,11 +310,11 @@ class ChannelVoucherScheme:
                     # answers with its state and the client resynchronises.
                     return existing.evolve(cumulative=existing.spent)
                 return self._top_up(existing, extra, price)
-            # Top up a quarter of a deposit before it runs out, while this voucher still fits the
+            # Top up when half a deposit's worth is left, while the next vouchers still fit the
             # old one: the node learns of top-ups by following the chain, and a voucher above the
             # deposit it knows is refused (`insufficient_deposit`).
             room = existing.deposit - existing.cumulative - price
-            if room < price * self.deposit_multiple // 4 and existing.deposit < self.deposit_cap:
+            if room < price * self.deposit_multiple // 2 and existing.deposit < self.deposit_cap:
                 return self._top_up(existing, extra, price)
             return existing
         return self._open(key, req, extra, chain_id, price)
@@ -520,8 +520,12 @@ class ChannelVoucherScheme:
                 record = record.evolve(spent=total)
                 self.store.put(record)
             session = paid.get("session")
+            # A node grants a session on whatever its latest voucher prepays beyond the charge.
+            # Without credit windows that surplus belongs to vouchers still in flight (arriving
+            # out of order): spending it from a session would leave them short.
             if (
-                isinstance(session, dict)
+                self.credit_window > 1
+                and isinstance(session, dict)
                 and nonce == record.nonce
                 and isinstance(session.get("token"), str)
                 and _BYTES32.match(session["token"])
