@@ -1,6 +1,7 @@
 //! End-to-end tests on anvil, compiled as one binary.
 
 mod client;
+mod facilitator;
 mod faults;
 mod flow;
 mod gateway;
