@@ -94,7 +94,9 @@ def _stop(p: subprocess.Popen[bytes]) -> None:
 def _wait_http(url: str, deadline: float, proc: subprocess.Popen[bytes], log: Path) -> None:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            raise RuntimeError(
+                f"{proc.args!r} exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+            )
         try:
             httpx.get(url, timeout=1.0)
             return
@@ -108,7 +110,9 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
     """anvil with `PaymentChannel` and the test stablecoin, accounts 1 to 9 funded."""
     for binary in ("x402-devnet", "x402-node"):
         if not (TARGET / binary).is_file():
-            pytest.fail(f"{TARGET / binary} is missing: run `cargo build -p x402-node -p x402-devnet`")
+            pytest.fail(
+                f"{TARGET / binary} is missing: run `cargo build -p x402-node -p x402-devnet`"
+            )
     work = tmp_path_factory.mktemp("devnet")
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
@@ -117,8 +121,15 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
     log = work / "devnet.log"
     with log.open("wb") as out:
         dev = subprocess.Popen(
-            [str(TARGET / "x402-devnet"), "--port", str(free_port()), "--config", str(config),
-             "--upstream", upstream_url],
+            [
+                str(TARGET / "x402-devnet"),
+                "--port",
+                str(free_port()),
+                "--config",
+                str(config),
+                "--upstream",
+                upstream_url,
+            ],
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -17,14 +17,20 @@ PRICE = 1000
 """`/weather` on the node."""
 
 
-def scheme_for(devnet: Devnet, account: int, store: ChannelStore | None = None, **options: Any) -> ChannelVoucherScheme:
+def scheme_for(
+    devnet: Devnet, account: int, store: ChannelStore | None = None, **options: Any
+) -> ChannelVoucherScheme:
     options.setdefault("deposit_cap", 10_000_000)
     options.setdefault("contracts", [devnet.contract])
     return ChannelVoucherScheme(devnet.account(account), devnet.w3(), store=store, **options)
 
 
 def spend_controls(devnet: Devnet, cap: str = "100000") -> Any:
-    return {"allowed_assets": [{"network": NETWORK, "asset": devnet.token, "max_amount_per_payment": cap}]}
+    return {
+        "allowed_assets": [
+            {"network": NETWORK, "asset": devnet.token, "max_amount_per_payment": cap}
+        ]
+    }
 
 
 def async_client(devnet: Devnet, scheme: ChannelVoucherScheme, cap: str = "100000") -> x402Client:
@@ -34,7 +40,9 @@ def async_client(devnet: Devnet, scheme: ChannelVoucherScheme, cap: str = "10000
     return client
 
 
-def sync_client(devnet: Devnet, scheme: ChannelVoucherScheme, cap: str = "100000") -> x402ClientSync:
+def sync_client(
+    devnet: Devnet, scheme: ChannelVoucherScheme, cap: str = "100000"
+) -> x402ClientSync:
     client = x402ClientSync()
     client.register(NETWORK, scheme)
     client.set_spend_controls(spend_controls(devnet, cap))

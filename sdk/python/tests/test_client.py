@@ -13,9 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
-from eth_account import Account
 import requests
-from x402.http.clients import PaymentError, wrapRequestsWithPayment, x402AsyncTransport, x402HttpxClient
+from eth_account import Account
+from x402.http.clients import (
+    PaymentError,
+    wrapRequestsWithPayment,
+    x402AsyncTransport,
+    x402HttpxClient,
+)
 from x402.http.clients.requests import PaymentError as RequestsPaymentError
 
 from x402_channels import (
@@ -28,11 +33,11 @@ from x402_channels import (
     sign_voucher,
 )
 
-from .conftest import Devnet, Node
+from .conftest import Node
 from .helpers import PRICE, async_client, receipt, scheme_for, sync_client
 
 
-async def test_httpx_pays_100_requests(node: Node) -> None:
+async def test_httpx_pays_100_requests(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
     d = node.devnet
     scheme = scheme_for(d, 1)
     corrective: list[dict[str, Any]] = []
@@ -42,7 +47,7 @@ async def test_httpx_pays_100_requests(node: Node) -> None:
         corrective.append(state)
         resync(key, state)
 
-    setattr(scheme, "resync", counting)
+    monkeypatch.setattr(scheme, "resync", counting)
     async with channel_httpx_client(async_client(d, scheme), scheme) as http:
         # 40 one after the other, then 60 with 12 in flight at a time on the same channel.
         for i in range(40):
@@ -52,8 +57,12 @@ async def test_httpx_pays_100_requests(node: Node) -> None:
             paid = receipt(r)
             assert paid["success"] is True and paid["extra"]["totalCharged"] == str(PRICE * (i + 1))
         for batch in range(5):
-            rs = await asyncio.gather(*(http.get(f"{node.url}/weather?b={batch}&j={j}") for j in range(12)))
-            assert [r.status_code for r in rs] == [200] * 12, [r.text for r in rs if r.status_code != 200]
+            rs = await asyncio.gather(
+                *(http.get(f"{node.url}/weather?b={batch}&j={j}") for j in range(12))
+            )
+            assert [r.status_code for r in rs] == [200] * 12, [
+                r.text for r in rs if r.status_code != 200
+            ]
     [record] = scheme.store.list()
     assert record.nonce >= 100
     assert record.spent == 100 * PRICE
@@ -106,7 +115,11 @@ def test_requests_session_pays_from_threads_and_tops_up_within_the_cap(node: Nod
         assert r.status_code == 200, (i, r.text)
     [record] = scheme.store.list()
     assert record.spent == 40 * PRICE
-    assert record.deposit == 40 * PRICE == scheme.chain.get_channel(d.contract, record.channel_id).deposit
+    assert (
+        record.deposit
+        == 40 * PRICE
+        == scheme.chain.get_channel(d.contract, record.channel_id).deposit
+    )
     with pytest.raises(RequestsPaymentError) as err:
         session.get(f"{node.url}/weather?t=over")
     assert isinstance(err.value.__cause__, ChannelPaymentError)
@@ -161,7 +174,12 @@ class Hostile(httpx.AsyncBaseTransport):
             if self.forge == "foreign-signature":
                 # Well formed, but signed by somebody else.
                 state["signature"] = sign_voucher(
-                    self.attacker, 31337, offer["extra"]["contract"], state["channelId"], nonce, amount
+                    self.attacker,
+                    31337,
+                    offer["extra"]["contract"],
+                    state["channelId"],
+                    nonce,
+                    amount,
                 )
             elif self.forge == "replayed-signature":
                 # The payer's own genuine signature, of another (lower) voucher.
@@ -172,7 +190,11 @@ class Hostile(httpx.AsyncBaseTransport):
             state["charged"] = str(amount)
             self.forged += 1
         raw = json.dumps(body)
-        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("payment-required", "content-length")}
+        headers = {
+            k: v
+            for k, v in response.headers.items()
+            if k.lower() not in ("payment-required", "content-length")
+        }
         headers["PAYMENT-REQUIRED"] = base64.b64encode(raw.encode()).decode()
         return httpx.Response(402, headers=headers, content=raw.encode())
 
@@ -189,7 +211,9 @@ async def test_forged_corrective_state_is_refused(node: Node, tmp_path: Path, fo
     [before] = store.list()
     scheme = scheme_for(node.devnet, account, store=store)
     hostile = Hostile(forge)
-    transport = x402AsyncTransport(channel_http_client(async_client(node.devnet, scheme), scheme), hostile)
+    transport = x402AsyncTransport(
+        channel_http_client(async_client(node.devnet, scheme), scheme), hostile
+    )
     async with httpx.AsyncClient(transport=transport) as http:
         with pytest.raises(PaymentError) as err:
             await http.get(f"{node.url}/weather")
@@ -197,7 +221,7 @@ async def test_forged_corrective_state_is_refused(node: Node, tmp_path: Path, fo
     assert isinstance(err.value.__cause__, ChannelPaymentError), err.value
     assert "without this client's signature" in str(err.value.__cause__)
     [after] = store.list()
-    # Nothing was taken from the forged state: the next voucher still builds on what the client signed.
+    # Nothing was taken from the forged state: the next voucher builds on what the client signed.
     assert after.nonce > before.nonce and after.max_signed == before.max_signed + PRICE
     # The honest node's own corrective state is accepted, and the client pays on.
     await _pay(node, store, account, 1, "c")

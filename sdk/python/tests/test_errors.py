@@ -50,7 +50,10 @@ def test_the_nodes_402_is_what_the_sdk_expects(node: Node) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda o: o["extra"].update(domain={"name": "x402 Payment Channel", "version": "1"}), "unsupported channel contract domain"),
+        (
+            lambda o: o["extra"].update(domain={"name": "x402 Payment Channel", "version": "1"}),
+            "unsupported channel contract domain",
+        ),
         (lambda o: o["extra"].pop("domain"), "unsupported channel contract domain"),
         (lambda o: o["extra"].update(contract="0x1234"), "extra.contract is not an address"),
         (lambda o: o["extra"].update(minChallengePeriod="3600"), "minChallengePeriod"),
@@ -82,7 +85,9 @@ def test_untrusted_contract_cap_and_deposit_are_refused_before_any_transaction(n
     with pytest.raises(ChannelPaymentError, match="not one this client trusts"):
         untrusting.create_payment_payload(o)
     with pytest.raises(ChannelPaymentError, match="above the spend cap 999"):
-        scheme_for(d, 8).create_payment_payload(o, PaymentPayloadContext(max_amount_per_payment="999"))
+        scheme_for(d, 8).create_payment_payload(
+            o, PaymentPayloadContext(max_amount_per_payment="999")
+        )
     with pytest.raises(ChannelPaymentError, match="deposit cap 999 does not cover the price 1000"):
         scheme_for(d, 8, deposit_cap=999).create_payment_payload(o)
     assert d.w3().eth.get_transaction_count(d.account(8).address) == nonce
@@ -129,7 +134,9 @@ def test_server_scheme_refuses_bad_prices() -> None:
         node_facilitator("http://127.0.0.1:1", "short")
 
 
-def _post(node: Node, path: str, body: bytes, token: str | None = FACILITATOR_TOKEN) -> httpx.Response:
+def _post(
+    node: Node, path: str, body: bytes, token: str | None = FACILITATOR_TOKEN
+) -> httpx.Response:
     headers = {"content-type": "application/json"}
     if token is not None:
         headers["authorization"] = f"Bearer {token}"
@@ -148,29 +155,51 @@ def test_facilitator_refuses_bad_inputs_clearly(node: Node) -> None:
             "signature": "0x" + "00" * 65,
         },
     }
-    body = json.dumps({"x402Version": 2, "paymentPayload": payload, "paymentRequirements": o}).encode()
+    body = json.dumps(
+        {"x402Version": 2, "paymentPayload": payload, "paymentRequirements": o}
+    ).encode()
     assert _post(node, "verify", body, token=None).status_code == 401
     assert _post(node, "verify", body, token="x" * 40).status_code == 401
     bad_json = _post(node, "verify", b"{not json")
     assert bad_json.status_code == 400
-    assert bad_json.json()["isValid"] is False and bad_json.json()["invalidReason"] == "invalid_payload"
+    assert (
+        bad_json.json()["isValid"] is False
+        and bad_json.json()["invalidReason"] == "invalid_payload"
+    )
     # A channel that does not exist.
     unknown = _post(node, "verify", body).json()
     assert unknown["isValid"] is False and unknown["invalidReason"] == "channel_unknown", unknown
     # Requirements paying somebody else.
     other = dict(o, payTo="0x" + "12" * 20)
     mismatch = _post(
-        node, "verify", json.dumps({"x402Version": 2, "paymentPayload": payload, "paymentRequirements": other}).encode()
+        node,
+        "verify",
+        json.dumps(
+            {"x402Version": 2, "paymentPayload": payload, "paymentRequirements": other}
+        ).encode(),
     ).json()
-    assert mismatch["isValid"] is False and mismatch["invalidReason"] == "channel_mismatch", mismatch
+    assert mismatch["isValid"] is False and mismatch["invalidReason"] == "channel_mismatch", (
+        mismatch
+    )
     # An unknown scheme, before its payload is even read.
     exotic = dict(payload, accepted=dict(o, scheme="channel"), payload={"whatever": True})
     refused = _post(
         node,
         "verify",
-        json.dumps({"x402Version": 2, "paymentPayload": exotic, "paymentRequirements": dict(o, scheme="channel")}).encode(),
+        json.dumps(
+            {
+                "x402Version": 2,
+                "paymentPayload": exotic,
+                "paymentRequirements": dict(o, scheme="channel"),
+            }
+        ).encode(),
     ).json()
     assert refused["isValid"] is False and refused["invalidReason"] == "invalid_scheme", refused
     # The gateway itself: a payload that is not base64 JSON.
-    r = httpx.get(f"{node.url}/weather", headers={"PAYMENT-SIGNATURE": base64.b64encode(b"[1,2").decode()})
-    assert r.status_code in (400, 402) and decode(r.headers["PAYMENT-REQUIRED"])["error"] == "invalid_payload"
+    r = httpx.get(
+        f"{node.url}/weather", headers={"PAYMENT-SIGNATURE": base64.b64encode(b"[1,2").decode()}
+    )
+    assert (
+        r.status_code in (400, 402)
+        and decode(r.headers["PAYMENT-REQUIRED"])["error"] == "invalid_payload"
+    )

@@ -39,7 +39,9 @@ def test_every_readme_has_both_snippets() -> None:
     assert len(snippets("payment_middleware(")) == 2
 
 
-async def test_the_client_snippet_pays(node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_client_snippet_pays(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     d = node.devnet
     for i, (_, code) in enumerate(snippets("ChannelVoucherScheme.from_key")):
         (tmp_path / str(i)).mkdir()
@@ -82,7 +84,9 @@ def test_the_server_snippet_charges(node: Node) -> None:
         }
         exec(code, namespace)
         port = free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        )
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         try:
@@ -93,7 +97,9 @@ def test_the_server_snippet_charges(node: Node) -> None:
             r = httpx.get(f"http://127.0.0.1:{port}/paid")
             assert r.status_code == 402 and "PAYMENT-REQUIRED" in r.headers
             scheme = scheme_for(d, 8)
-            ok = channel_requests_session(sync_client(d, scheme), scheme).get(f"http://127.0.0.1:{port}/paid")
+            ok = channel_requests_session(sync_client(d, scheme), scheme).get(
+                f"http://127.0.0.1:{port}/paid"
+            )
             assert ok.status_code == 200 and ok.json() == {"answer": 42}
             assert decode(ok.headers["PAYMENT-RESPONSE"])["extra"]["charged"] == "2500"
         finally:

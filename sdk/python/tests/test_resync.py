@@ -1,4 +1,4 @@
-"""The client's trust rules for a node's channel state, without a node: real keys, real signatures."""
+"""The client's trust rules for a node's channel state, without a node: real signatures."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from x402_channels import ChannelParams, ChannelPaymentError, ChannelRecord, ChannelVoucherScheme, sign_voucher
+from x402_channels import (
+    ChannelParams,
+    ChannelPaymentError,
+    ChannelRecord,
+    ChannelVoucherScheme,
+    sign_voucher,
+)
 from x402_channels.constants import ZERO_ADDRESS
 
 CONTRACT = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
@@ -25,7 +31,14 @@ def scheme_with(nonce: int, signed: int, cumulative: int | None = None) -> Chann
             channel_id=CHANNEL,
             chain_id=31337,
             contract=CONTRACT,
-            params=ChannelParams(acct.address, "0x" + "44" * 20, "0x" + "55" * 20, ZERO_ADDRESS, 3600, "0x" + "66" * 32),
+            params=ChannelParams(
+                acct.address,
+                "0x" + "44" * 20,
+                "0x" + "55" * 20,
+                ZERO_ADDRESS,
+                3600,
+                "0x" + "66" * 32,
+            ),
             deposit=100_000,
             nonce=nonce,
             cumulative=signed if cumulative is None else cumulative,
@@ -35,7 +48,9 @@ def scheme_with(nonce: int, signed: int, cumulative: int | None = None) -> Chann
     return scheme
 
 
-def state(scheme: ChannelVoucherScheme | None, nonce: int, amount: int, charged: int, **over: Any) -> dict[str, Any]:
+def state(
+    scheme: ChannelVoucherScheme | None, nonce: int, amount: int, charged: int, **over: Any
+) -> dict[str, Any]:
     s: dict[str, Any] = {
         "channelId": CHANNEL,
         "nonce": nonce,
@@ -111,7 +126,15 @@ def test_unverifiable_state_is_refused_and_changes_nothing(forge: str, message: 
 
 def test_receipts_above_what_was_signed_are_refused() -> None:
     s = scheme_with(5, 5000)
-    s.take_receipt({"channelId": CHANNEL, "nonce": 5, "cumulativeAmount": "5000", "charged": "1000", "totalCharged": "5000"})
+    s.take_receipt(
+        {
+            "channelId": CHANNEL,
+            "nonce": 5,
+            "cumulativeAmount": "5000",
+            "charged": "1000",
+            "totalCharged": "5000",
+        }
+    )
     assert record(s).spent == 5000
     for nonce, total in [(6, 5000), (5, 5001)]:
         with pytest.raises(ChannelPaymentError, match="above what this client signed"):

@@ -37,7 +37,9 @@ APP_PRICE = 2500
 
 
 def routes(node: Node) -> dict[str, RouteConfig]:
-    option = PaymentOption(scheme=SCHEME, pay_to=node.devnet.provider, price="$0.0025", network=NETWORK)
+    option = PaymentOption(
+        scheme=SCHEME, pay_to=node.devnet.provider, price="$0.0025", network=NETWORK
+    )
     return {"GET /paid": RouteConfig(accepts=option, description="a paid answer")}
 
 
@@ -79,7 +81,9 @@ async def test_fastapi_402_offers_the_scheme(fastapi_url: str, node: Node) -> No
     assert offer["extra"]["domain"] == {"name": "x402 Payment Channel", "version": "2"}
 
 
-async def test_fastapi_charges_through_the_node(fastapi_url: str, node: Node, tmp_path: Path) -> None:
+async def test_fastapi_charges_through_the_node(
+    fastapi_url: str, node: Node, tmp_path: Path
+) -> None:
     d = node.devnet
     path = tmp_path / "channels.json"
     scheme = scheme_for(d, 6, store=FileChannelStore(path))
@@ -87,7 +91,9 @@ async def test_fastapi_charges_through_the_node(fastapi_url: str, node: Node, tm
     async with channel_httpx_client(async_client(d, scheme), scheme) as http:
         # The app and the node's own gateway charge the same channel: one ledger, in the node.
         for i in range(12):
-            url, price = (f"{fastapi_url}/paid", APP_PRICE) if i % 2 == 0 else (f"{node.url}/weather", PRICE)
+            url, price = (
+                (f"{fastapi_url}/paid", APP_PRICE) if i % 2 == 0 else (f"{node.url}/weather", PRICE)
+            )
             r = await http.get(url)
             assert r.status_code == 200, r.text
             total += price
@@ -136,7 +142,9 @@ def test_flask_charges_through_the_node(node: Node, tmp_path: Path) -> None:
             for i in range(first, first + n):
                 r = session.get(url)
                 assert r.status_code == 200, r.text
-                assert decode(r.headers["PAYMENT-RESPONSE"])["extra"]["totalCharged"] == str((i + 1) * APP_PRICE)
+                assert decode(r.headers["PAYMENT-RESPONSE"])["extra"]["totalCharged"] == str(
+                    (i + 1) * APP_PRICE
+                )
 
         pay(3, 0)
         shutil.copy(path, tmp_path / "backup.json")

@@ -45,7 +45,9 @@ def test_digest_and_channel_id_match_the_contract(devnet: Devnet) -> None:
     assert "0x" + c.functions.computeChannelId(p.as_tuple()).call().hex() == cid
     for nonce, amount in [(1, 1000), (2**64 - 1, 2**256 - 1), (7, 0)]:
         onchain = c.functions.voucherDigest(bytes.fromhex(cid[2:]), nonce, amount).call()
-        assert "0x" + onchain.hex() == voucher_digest(devnet.chain_id, devnet.contract, cid, nonce, amount)
+        assert "0x" + onchain.hex() == voucher_digest(
+            devnet.chain_id, devnet.contract, cid, nonce, amount
+        )
 
 
 def test_open_top_up_and_signatures(devnet: Devnet) -> None:
@@ -64,17 +66,25 @@ def test_open_top_up_and_signatures(devnet: Devnet) -> None:
     # Any other voucher, signer, contract or chain: refused.
     other = Account.create().address
     assert not is_voucher_signed_by(other, devnet.chain_id, devnet.contract, cid, 3, 3000, sig)
-    assert not is_voucher_signed_by(acct.address, devnet.chain_id, devnet.contract, cid, 4, 3000, sig)
-    assert not is_voucher_signed_by(acct.address, devnet.chain_id, devnet.contract, cid, 3, 3001, sig)
+    assert not is_voucher_signed_by(
+        acct.address, devnet.chain_id, devnet.contract, cid, 4, 3000, sig
+    )
+    assert not is_voucher_signed_by(
+        acct.address, devnet.chain_id, devnet.contract, cid, 3, 3001, sig
+    )
     assert not is_voucher_signed_by(acct.address, 1, devnet.contract, cid, 3, 3000, sig)
     assert not is_voucher_signed_by(acct.address, devnet.chain_id, devnet.token, cid, 3, 3000, sig)
     # The malleable twin (high s, flipped v) recovers the same key but the contract refuses it.
     raw = bytes.fromhex(sig[2:])
     s = int.from_bytes(raw[32:64], "big")
     twin = raw[:32] + (N - s).to_bytes(32, "big") + bytes([55 - raw[64]])
-    assert not is_voucher_signed_by(acct.address, devnet.chain_id, devnet.contract, cid, 3, 3000, "0x" + twin.hex())
+    assert not is_voucher_signed_by(
+        acct.address, devnet.chain_id, devnet.contract, cid, 3, 3000, "0x" + twin.hex()
+    )
     for junk in [None, 5, "", "0x", sig[:-2], sig + "00", "0x" + "zz" * 65]:
-        assert not is_voucher_signed_by(acct.address, devnet.chain_id, devnet.contract, cid, 3, 3000, junk)
+        assert not is_voucher_signed_by(
+            acct.address, devnet.chain_id, devnet.contract, cid, 3, 3000, junk
+        )
 
 
 def test_file_store_round_trip(tmp_path: Path) -> None:
@@ -85,7 +95,14 @@ def test_file_store_round_trip(tmp_path: Path) -> None:
         channel_id="0x" + "11" * 32,
         chain_id=31337,
         contract="0x" + "22" * 20,
-        params=ChannelParams("0x" + "33" * 20, "0x" + "44" * 20, "0x" + "55" * 20, ZERO_ADDRESS, 3600, "0x" + "66" * 32),
+        params=ChannelParams(
+            "0x" + "33" * 20,
+            "0x" + "44" * 20,
+            "0x" + "55" * 20,
+            ZERO_ADDRESS,
+            3600,
+            "0x" + "66" * 32,
+        ),
         deposit=2**200,
         nonce=9,
         cumulative=9000,

@@ -152,7 +152,9 @@ class ChannelChain:
     def get_channel(self, contract: str, channel_id: str) -> OnchainChannel:
         """`getChannel(channelId)`."""
         c = self._contract(contract, PAYMENT_CHANNEL_ABI)
-        deposit, paid, exit_at, status = c.functions.getChannel(bytes.fromhex(channel_id[2:])).call()
+        deposit, paid, exit_at, status = c.functions.getChannel(
+            bytes.fromhex(channel_id[2:])
+        ).call()
         return OnchainChannel(int(deposit), int(paid), int(exit_at), int(status))
 
     def ensure_allowance(self, token: str, spender: str, amount: int) -> None:
@@ -171,7 +173,9 @@ class ChannelChain:
         if not native:
             self.ensure_allowance(params.token, contract, deposit)
         c = self._contract(contract, PAYMENT_CHANNEL_ABI)
-        return self._send(c.functions.open(params.as_tuple(), deposit), deposit if native else 0, "open")
+        return self._send(
+            c.functions.open(params.as_tuple(), deposit), deposit if native else 0, "open"
+        )
 
     def top_up(self, contract: str, params: ChannelParams, amount: int) -> str:
         """Approves (ERC-20) and adds `amount` to a channel's deposit."""
@@ -179,12 +183,14 @@ class ChannelChain:
         if not native:
             self.ensure_allowance(params.token, contract, amount)
         c = self._contract(contract, PAYMENT_CHANNEL_ABI)
-        return self._send(c.functions.topUp(params.as_tuple(), amount), amount if native else 0, "topUp")
+        return self._send(
+            c.functions.topUp(params.as_tuple(), amount), amount if native else 0, "topUp"
+        )
 
     def balance_of(self, token: str, owner: str) -> int:
         """The ERC-20 balance of `owner`."""
         return int(
-            cast(Any, self._contract(token, ERC20_ABI)).functions.balanceOf(
-                to_checksum_address(owner)
-            ).call()
+            cast(Any, self._contract(token, ERC20_ABI))
+            .functions.balanceOf(to_checksum_address(owner))
+            .call()
         )

@@ -34,13 +34,12 @@ from .chain import ChannelChain
 from .constants import (
     CORRECTIVE_ERRORS,
     DEAD_CHANNEL_ERRORS,
-    WAIT_ERRORS,
     DOMAIN_NAME,
     DOMAIN_VERSION,
     MAX_NONCE,
     PAYMENT_SESSION,
     SCHEME,
-    X402_VERSION,
+    WAIT_ERRORS,
     ZERO_ADDRESS,
 )
 from .errors import ChannelPaymentError
@@ -173,7 +172,7 @@ class ChannelVoucherScheme:
     """`channel-voucher` for `x402Client.register(network, scheme)`.
 
     - Channels: one per network, contract, provider and token; opened with `approve` + `open`
-      (sized `max(minDeposit, deposit_multiple × price)`, never above `deposit_cap` in one
+      (sized `max(minDeposit, deposit_multiple * price)`, never above `deposit_cap` in one
       channel, top-ups included) and topped up when the next voucher would exceed the deposit.
     - Trusted contracts: with `contracts`, a 402 naming another contract is refused before
       anything is signed or sent (recommended: without it a hostile server could have the client
@@ -249,9 +248,13 @@ class ChannelVoucherScheme:
         extra = parse_extra(req)
         chain_id = chain_id_of(req.network)
         if not is_address(req.pay_to) or not is_address(req.asset):
-            raise ChannelPaymentError(f"payTo {req.pay_to!r} or asset {req.asset!r} is not an address")
+            raise ChannelPaymentError(
+                f"payTo {req.pay_to!r} or asset {req.asset!r} is not an address"
+            )
         if self.contracts is not None and extra.contract.lower() not in self.contracts:
-            raise ChannelPaymentError(f"channel contract {extra.contract} is not one this client trusts")
+            raise ChannelPaymentError(
+                f"channel contract {extra.contract} is not one this client trusts"
+            )
         price = decimal(req.amount, "amount")
         if price == 0:
             raise ChannelPaymentError("a price of zero needs no payment")
@@ -357,7 +360,9 @@ class ChannelVoucherScheme:
         self.chain.open(extra.contract, params, deposit)
         onchain = self.chain.get_channel(extra.contract, channel_id)
         if onchain.status != 1:
-            raise ChannelPaymentError(f"channel {channel_id} is not open after the open transaction")
+            raise ChannelPaymentError(
+                f"channel {channel_id} is not open after the open transaction"
+            )
         record = ChannelRecord(
             key=key,
             channel_id=channel_id,
@@ -397,7 +402,9 @@ class ChannelVoucherScheme:
                 del self._sessions[key]
             return f"{s.channel_id}:{s.token}"
 
-    def on_payment_required(self, ctx: PaymentRequiredContext) -> PaymentRequiredHeadersResult | None:
+    def on_payment_required(
+        self, ctx: PaymentRequiredContext
+    ) -> PaymentRequiredHeadersResult | None:
         """`x402HTTPClient.on_payment_required` hook: pays from a credit window when one is open."""
         for req in getattr(ctx.payment_required, "accepts", []):
             if isinstance(req, PaymentRequirements):
@@ -504,7 +511,11 @@ class ChannelVoucherScheme:
         channel_id = str(paid["channelId"]).lower()
         with self._lock:
             record = next(
-                (r for r in self.store.list() if r.channel_id.lower() == channel_id and r.status == "open"),
+                (
+                    r
+                    for r in self.store.list()
+                    if r.channel_id.lower() == channel_id and r.status == "open"
+                ),
                 None,
             )
             if record is None:
@@ -567,12 +578,19 @@ class ChannelVoucherScheme:
                 if signer.lower() == ZERO_ADDRESS:
                     signer = record.params.payer
                 signed = nonce > 0 and is_voucher_signed_by(
-                    signer, record.chain_id, record.contract, record.channel_id, nonce, cumulative, signature
+                    signer,
+                    record.chain_id,
+                    record.contract,
+                    record.channel_id,
+                    nonce,
+                    cumulative,
+                    signature,
                 )
                 if not signed:
                     raise ChannelPaymentError(
-                        f"node claims voucher {nonce} for {cumulative} on {record.channel_id}, above "
-                        f"what this client signed ({my_nonce}, {max_signed}), without this client's "
+                        f"node claims voucher {nonce} for {cumulative} on {record.channel_id}, "
+                        f"above what this client signed ({my_nonce}, {max_signed}), without "
+                        "this client's "
                         "signature of it"
                     )
                 my_nonce = nonce
@@ -587,7 +605,9 @@ class ChannelVoucherScheme:
                 spent=max(record.spent, charged),
                 cumulative=next_base,
                 deposit=max(record.deposit, deposit),
-                signature=signature if nonce == my_nonce and isinstance(signature, str) else record.signature,
+                signature=signature
+                if nonce == my_nonce and isinstance(signature, str)
+                else record.signature,
             )
             self.store.put(updated)
             self._sessions.pop(key, None)
@@ -607,7 +627,8 @@ class ChannelVoucherScheme:
             self.observe_payment_response(response.headers.get("PAYMENT-RESPONSE"))
 
     def requests_response_hook(self, response: requests.Response, *_: Any, **__: Any) -> None:
-        """requests `session.hooks["response"]`: reads the receipt of a response paid from a window."""
+        """requests `session.hooks["response"]`: reads the receipt of a response paid from a
+        window."""
         if PAYMENT_SESSION in response.request.headers:
             self.observe_payment_response(response.headers.get("PAYMENT-RESPONSE"))
 
@@ -638,7 +659,9 @@ def channel_httpx_client(
 
     hooks = dict(httpx_kwargs.pop("event_hooks", {}) or {})
     hooks["response"] = [*hooks.get("response", []), scheme.httpx_response_hook]
-    transport = x402AsyncTransport(channel_http_client(client, scheme), httpx_kwargs.pop("transport", None))
+    transport = x402AsyncTransport(
+        channel_http_client(client, scheme), httpx_kwargs.pop("transport", None)
+    )
     return httpx.AsyncClient(transport=transport, event_hooks=hooks, **httpx_kwargs)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from eth_utils.address import is_address, to_checksum_address
 from x402.http import FacilitatorConfig, HTTPFacilitatorClient, HTTPFacilitatorClientSync
@@ -51,7 +51,7 @@ def _remember(result: VerifyResponse) -> VerifyResponse:
 
 
 class BearerAuth:
-    """`Authorization: Bearer <token>` on every facilitator call (the node's `[facilitator] token`)."""
+    """`Authorization: Bearer <token>` on every facilitator call (`[facilitator] token`)."""
 
     def __init__(self, token: str) -> None:
         if len(token) < 32:
@@ -124,7 +124,7 @@ class ChannelVoucherServerScheme:
     payment_flows: Mapping[str, PaymentFlowConfig] = {
         "default": {"supported": ("authorization",), "default": "authorization"}
     }
-    dynamic_extra_fields = ["channel"]
+    dynamic_extra_fields: ClassVar[list[str]] = ["channel"]
     """The corrective state is not part of the terms a payment must echo."""
 
     def __init__(
@@ -164,7 +164,8 @@ class ChannelVoucherServerScheme:
             return self._asset_amount(price["amount"], price.get("asset"), price.get("extra"))
         if self.asset is None:
             raise ValueError(
-                f"price {price!r} on {network} needs a token: pass ChannelVoucherServerScheme(asset=…) "
+                f"price {price!r} on {network} needs a token: pass "
+                "ChannelVoucherServerScheme(asset=…) "
                 "or an AssetAmount"
             )
         if isinstance(price, int) and not isinstance(price, bool):
@@ -203,7 +204,8 @@ class ChannelVoucherServerScheme:
         contract = kind.get("contract")
         if not isinstance(contract, str) or not is_address(contract):
             raise ValueError(
-                f"the facilitator's {SCHEME} kind on {requirements.network} names no channel contract"
+                f"the facilitator's {SCHEME} kind on {requirements.network} "
+                "names no channel contract"
             )
         domain = kind.get("domain") or {"name": DOMAIN_NAME, "version": DOMAIN_VERSION}
         extra: dict[str, Any] = dict(requirements.extra or {})

@@ -3,7 +3,8 @@
 ```text
 Voucher(bytes32 channelId,uint64 nonce,uint256 cumulativeAmount)
 domain: { name: "x402 Payment Channel", version: "2", chainId, verifyingContract }
-channelId = keccak256(abi.encode(chainid, contract, payer, payee, token, signer, challengePeriod, salt))
+channelId = keccak256(abi.encode(chainid, contract,
+                                 payer, payee, token, signer, challengePeriod, salt))
 ```
 """
 
@@ -93,7 +94,9 @@ def compute_channel_id(chain_id: int, contract: str, p: ChannelParams) -> str:
     return "0x" + keccak(encoded).hex()
 
 
-def _typed(chain_id: int, contract: str, channel_id: str, nonce: int, amount: int) -> SignableMessage:
+def _typed(
+    chain_id: int, contract: str, channel_id: str, nonce: int, amount: int
+) -> SignableMessage:
     if not _BYTES32.match(channel_id):
         raise ValueError(f"channel id {channel_id!r} is not 32 bytes of hex")
     return encode_typed_data(
