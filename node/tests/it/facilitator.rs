@@ -14,6 +14,9 @@ use x402_store::{KvStore, MemoryStore};
 
 use crate::fixture::{CHAIN_ID, Fixture, PRICE, fixture, terms};
 
+/// A change to a request body.
+type Edit = dyn Fn(&mut Value);
+
 const TOKEN: &str = "facilitator-token-0123456789abcdef";
 
 struct Setup {
@@ -236,7 +239,7 @@ async fn a_lapsed_reservation_frees_the_channel() {
 async fn mismatched_requirements_and_schemes_are_refused() {
     let s = setup();
     let body = s.body(1, PRICE, PRICE, 60);
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, ErrorCode)> = vec![
+    let cases: Vec<(&str, Box<Edit>, ErrorCode)> = vec![
         (
             "payTo",
             Box::new(|b| b["paymentRequirements"]["payTo"] = json!(Address::repeat_byte(9))),
