@@ -38,14 +38,14 @@ use x402_store::KvStore;
 
 use crate::{
     Refusal,
+    book::ChannelBook,
     chain::ChainReader,
     channel::{Admission, ChannelRecord, ChannelStatus, OnchainChannel},
     metrics::Metrics,
     verify::{VoucherVerifier, signed_by_channel_signer},
 };
 
-/// The store namespace holding one [`ChannelRecord`] per channel id.
-pub const CHANNELS: &str = "channels";
+pub use crate::book::CHANNELS;
 
 /// How long a channel id the chain did not know is refused without asking again.
 const UNKNOWN_TTL: Duration = Duration::from_secs(2);
@@ -192,7 +192,7 @@ struct Inner<S, C> {
     /// The revenue counter of the node's token, resolved once.
     revenue: prometheus::Counter,
     verifier: VoucherVerifier,
-    store: Arc<S>,
+    book: ChannelBook<S>,
     chain: C,
     channels: DashMap<B256, Arc<Mutex<Slot>>>,
     /// Ids the chain recently said do not exist: requests naming random ids cost no RPC call.
@@ -236,7 +236,7 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
                 network_id: network.to_string(),
                 revenue,
                 verifier,
-                store,
+                book: ChannelBook::new(store),
                 chain,
                 channels: DashMap::new(),
                 unknown: parking_lot::Mutex::default(),
@@ -274,7 +274,12 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
 
     /// The store.
     pub fn store(&self) -> &Arc<S> {
-        &self.inner.store
+        self.inner.book.store()
+    }
+
+    /// The channel book (the records and their index).
+    pub fn book(&self) -> &ChannelBook<S> {
+        &self.inner.book
     }
 
     /// The chain reader.
@@ -297,7 +302,7 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         if self.inner.channels.contains_key(&id) {
             return Ok(true);
         }
-        Ok(self.inner.store.get(CHANNELS, id.as_slice()).map_err(Refusal::storage)?.is_some())
+        self.inner.book.contains(id).map_err(Refusal::book)
     }
 
     /// One channel's record: the node's current one if it is in memory (and not locked by a
@@ -309,12 +314,7 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         {
             return Ok(Some(record.clone()));
         }
-        self.inner
-            .store
-            .get(CHANNELS, id.as_slice())
-            .map_err(Refusal::storage)?
-            .map(|b| decode_record(&b))
-            .transpose()
+        self.inner.book.get(id).map_err(Refusal::book)
     }
 
     /// Applies fresh on-chain facts of a channel (from the event follower or after a
@@ -441,7 +441,7 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         }
         // The authorisation must not leave the node before the promise it implies (no more
         // vouchers on this channel) is durable.
-        if let Err(e) = self.inner.store.sync().await {
+        if let Err(e) = self.inner.book.store().sync().await {
             let _ = self.persist(&before);
             guard.record = Some(before);
             return Err(Refusal::storage(e));
@@ -499,8 +499,7 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
     /// (see [`Self::flush_charges`]).
     pub async fn channels(&self) -> Result<Vec<ChannelRecord>, Refusal> {
         self.flush_charges().await?;
-        let entries = self.inner.store.list(CHANNELS).map_err(Refusal::storage)?;
-        entries.iter().map(|(_, v)| decode_record(v)).collect()
+        self.inner.book.list().map_err(Refusal::book)
     }
 
     /// Writes the charges made with session tokens since the last write to the store (not
@@ -729,9 +728,9 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
     /// Loads a stored channel into the slot, if the store has it.
     fn load_stored(&self, id: B256, slot: &mut Slot) -> Result<(), Refusal> {
         if slot.record.is_none()
-            && let Some(bytes) = self.inner.store.get(CHANNELS, id.as_slice()).map_err(Refusal::storage)?
+            && let Some(record) = self.inner.book.get(id).map_err(Refusal::book)?
         {
-            slot.record = Some(decode_record(&bytes)?);
+            slot.record = Some(record);
         }
         Ok(())
     }
@@ -858,15 +857,8 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
     }
 
     fn persist(&self, record: &ChannelRecord) -> Result<(), Refusal> {
-        let bytes =
-            serde_json::to_vec(record).map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
-        self.inner.store.put(CHANNELS, record.id.as_slice(), &bytes).map_err(Refusal::storage)
+        self.inner.book.put(record).map_err(Refusal::book)
     }
-}
-
-fn decode_record(bytes: &[u8]) -> Result<ChannelRecord, Refusal> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| Refusal::new(ErrorCode::Unavailable, format!("corrupt channel record: {e}")))
 }
 
 /// An authorised payment: its price is reserved on the channel (no lock is held) until it is
@@ -1034,7 +1026,7 @@ impl<S: KvStore, C: ChainReader> Pending<S, C> {
                     return Err(e);
                 }
                 // Taken now: it covers the write just made, whoever waits on it.
-                let sync = inner.store.sync();
+                let sync = inner.book.store().sync();
                 // The record just written holds any session charges too.
                 slot.dirty = false;
                 // The latest voucher replaces any session; grant one for what it prepaid.
@@ -1354,6 +1346,9 @@ mod tests {
                 // Per request: the receipt of its service, if it was served.
                 let mut served: HashMap<usize, SettlementResponse> = HashMap::new();
                 let mut charged_total = U256::ZERO;
+                // The requests whose receipts the node must still have.
+                let mut remembered = std::collections::HashSet::new();
+                let mut last_stored = None;
                 for op in ops {
                     match op {
                         Op::Arrive(k) if k < n => {
@@ -1365,8 +1360,15 @@ mod tests {
                             let result = node.engine.authorize(&node.header(nonce, amount), &node.price).await;
                             if let Some(receipt) = served.get(&k) {
                                 // A resend of a voucher already served: its receipt, no service.
-                                let pending = result.expect("a resend of a served voucher is answered");
-                                prop_assert_eq!(pending.replayed(), Some(receipt));
+                                // A restarted node keeps the receipt of the last voucher it
+                                // stored only: an older one is refused as a used nonce.
+                                match result {
+                                    Ok(pending) => prop_assert_eq!(pending.replayed(), Some(receipt)),
+                                    Err(refusal) => {
+                                        prop_assert!(!remembered.contains(&k), "receipt of request {} lost", k);
+                                        prop_assert_eq!(refusal.code, ErrorCode::NonceTooLow);
+                                    }
+                                }
                                 prop_assert_eq!(node.state(), before);
                                 continue;
                             }
@@ -1393,6 +1395,8 @@ mod tests {
                                     charged_total += U256::from(cost);
                                     prop_assert_eq!(receipt.extra.total_charged, charged_total);
                                     served.insert(k, receipt);
+                                    remembered.insert(k);
+                                    last_stored = Some(k);
                                 }
                             }
                         }
@@ -1400,6 +1404,7 @@ mod tests {
                         Op::Crash => {
                             // Responses in flight are never released.
                             in_flight.clear();
+                            remembered.retain(|k| Some(*k) == last_stored);
                             let store = node.engine.store().crashed();
                             node = Node::new(store, chain.clone(), key.clone(), id);
                         }
