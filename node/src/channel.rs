@@ -324,8 +324,12 @@ impl ChannelRecord {
         self.charged.max(self.chain.paid)
     }
 
-    /// What the node has charged but not yet been paid on-chain.
+    /// What the node has charged but not yet been paid on-chain, and may still claim (nothing,
+    /// once the channel is closed).
     pub fn unsettled(&self) -> U256 {
+        if self.status == ChannelStatus::Closed || !self.chain.open {
+            return U256::ZERO;
+        }
         self.charged().saturating_sub(self.chain.paid)
     }
 
@@ -453,6 +457,27 @@ impl ChannelRecord {
         }
         let changed = changed || status != self.status;
         self.status = status;
+        changed
+    }
+
+    /// Takes a payment the chain reports in an event: `paid` in total (never lowered), a close
+    /// (no more vouchers; final once the follower reads it confirmed), and when the node
+    /// settled it (`settled_at`). Returns whether anything changed.
+    pub fn paid_onchain(&mut self, paid: U256, closed: bool, settled_at: Option<u64>) -> bool {
+        let mut changed = false;
+        if paid > self.chain.paid {
+            self.chain.paid = paid;
+            changed = true;
+        }
+        if let Some(at) = settled_at.filter(|at| *at != self.settled_at) {
+            self.settled_at = at;
+            changed = true;
+        }
+        if closed && self.status != ChannelStatus::Closed && !self.chain.pending_close {
+            self.chain.pending_close = true;
+            self.status = ChannelStatus::Closing;
+            changed = true;
+        }
         changed
     }
 

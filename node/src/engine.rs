@@ -475,6 +475,7 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
 
     /// The body of a 402 for `url`, explaining `refusal` if a payment was refused.
     pub fn payment_required(&self, url: &str, price: &Price, refusal: Option<&Refusal>) -> PaymentRequired {
+        self.inner.metrics.payment_required.inc();
         PaymentRequired {
             x402_version: wire::X402_VERSION,
             error: Some(refusal.map_or(ErrorCode::PaymentRequired, |r| r.code)),
@@ -500,6 +501,72 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
     pub async fn channels(&self) -> Result<Vec<ChannelRecord>, Refusal> {
         self.flush_charges().await?;
         self.inner.book.list().map_err(Refusal::book)
+    }
+
+    /// The channels the settlement index marks as due (something claimable, or a close
+    /// requested), with every charge made so far: what the planner looks at, without listing
+    /// the store. The first call builds the index (one scan of the store, off the runtime).
+    pub async fn due_channels(&self) -> Result<Vec<ChannelRecord>, Refusal> {
+        self.flush_charges().await?;
+        self.build_index().await?;
+        let mut records = Vec::new();
+        for id in self.inner.book.due() {
+            if let Some(record) = self.channel(id)? {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+
+    /// Builds the book's index if it is not built yet (one scan of the store, on a blocking
+    /// thread); every write keeps it current afterwards.
+    pub async fn build_index(&self) -> Result<(), Refusal> {
+        if self.inner.book.indexed() {
+            return Ok(());
+        }
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || engine.inner.book.build_index())
+            .await
+            .map_err(|e| Refusal::new(ErrorCode::Unavailable, format!("index build failed: {e}")))?
+            .map_err(Refusal::book)
+    }
+
+    /// Sets the channel gauges (channels by status, unsettled amount per token) from the
+    /// book's index, if it is built: call before rendering the metrics.
+    pub fn refresh_metrics(&self) {
+        if !self.inner.book.indexed() {
+            return;
+        }
+        let summary = self.inner.book.summary();
+        let m = &self.inner.metrics;
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        for (status, n) in [("open", summary.open), ("closing", summary.closing), ("closed", summary.closed)]
+        {
+            m.channels.with_label_values(&[status]).set(clamp(n));
+        }
+        for (token, amount) in summary.unsettled {
+            m.unsettled.with_label_values(&[token.to_string().as_str()]).set(f64::from(amount));
+        }
+    }
+
+    /// Applies a payment the chain reports for a channel (a `Settled` or `Closed` event, from
+    /// a settlement receipt or the event follower): `paid` in total so far, `closed` if the
+    /// channel was closed, `settled_at` if the node settled it itself. No RPC, one write.
+    /// A close read from an event accepts nothing more at once, and becomes final once the
+    /// follower reads the channel closed in a confirmed block.
+    pub async fn apply_paid(
+        &self,
+        id: B256,
+        paid: U256,
+        closed: bool,
+        settled_at: Option<u64>,
+    ) -> Result<Option<ChannelStatus>, Refusal> {
+        let record = self.update_channel(id, |r| r.paid_onchain(paid, closed, settled_at)).await?;
+        let status = record.map(|r| r.status);
+        if status == Some(ChannelStatus::Closed) {
+            self.inner.channels.remove(&id);
+        }
+        Ok(status)
     }
 
     /// Writes the charges made with session tokens since the last write to the store (not
