@@ -1357,6 +1357,38 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn the_index_follows_payments_settlements_and_closes() {
+        let key = PrivateKeySigner::random();
+        let id = B256::repeat_byte(7);
+        let chain = MemoryChain::default();
+        chain.set(id, open_channel(&terms(31337), key.address(), U256::from(10 * PRICE)));
+        let node = Node::new(CrashStore::default(), chain, key, id);
+        node.engine.build_index().await.expect("builds");
+        let book = node.engine.book();
+        assert!(book.due().is_empty());
+        let pending = node.engine.authorize(&node.header(1, PRICE), &node.price).await.expect("admits");
+        assert!(book.due().is_empty(), "nothing charged before the commit");
+        pending.commit(U256::from(PRICE)).await.expect("commits");
+        assert_eq!(book.due(), vec![id]);
+        let token = node.engine.terms().asset;
+        assert_eq!(book.summary().unsettled[&token], U256::from(PRICE));
+        assert_eq!(book.summary().open, 1);
+        assert_eq!(node.engine.due_channels().await.expect("reads").len(), 1);
+        // A receipt's `Settled`: nothing due, one write, no chain read.
+        let status = node.engine.apply_paid(id, U256::from(PRICE), false, Some(5)).await.expect("applies");
+        assert_eq!(status, Some(ChannelStatus::Open));
+        assert!(book.due().is_empty());
+        assert_eq!(book.summary().unsettled[&token], U256::ZERO);
+        assert_eq!(node.engine.channel(id).expect("reads").map(|r| r.settled_at), Some(5));
+        // A `Closed`: no more vouchers; not due.
+        node.engine.apply_paid(id, U256::from(PRICE), true, None).await.expect("applies");
+        assert_eq!((book.summary().open, book.summary().closing), (0, 1));
+        let refused =
+            node.engine.authorize(&node.header(2, 2 * PRICE), &node.price).await.expect_err("closing");
+        assert_eq!(refused.code, ErrorCode::ChannelClosing);
+    }
+
     #[derive(Clone, Debug)]
     enum Op {
         /// The voucher of the client's request `k` (nonce `k + 1`) arrives.
