@@ -174,12 +174,19 @@ impl<S: KvStore> ChannelBook<S> {
         if self.indexed.load(Ordering::Acquire) {
             return Ok(());
         }
-        let entries = self.store.list(CHANNELS)?;
         let mut fresh = BookIndex::default();
-        for (k, v) in &entries {
-            let id = B256::try_from(k.as_slice()).unwrap_or_default();
-            let record = decode(id, v).map_err(|source| BookError::Corrupt { id, source })?;
-            fresh.apply(&record);
+        let mut corrupt = None;
+        self.store.for_each(CHANNELS, &mut |k, v| {
+            let id = B256::try_from(k).unwrap_or_default();
+            match decode(id, v) {
+                Ok(record) => fresh.apply(&record),
+                Err(source) => {
+                    corrupt.get_or_insert(BookError::Corrupt { id, source });
+                }
+            }
+        })?;
+        if let Some(e) = corrupt {
+            return Err(e);
         }
         let mut index = self.index.lock();
         // Records written since the scan started are indexed already, and newer than what
