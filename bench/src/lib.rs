@@ -19,4 +19,5 @@ pub mod fixture;
 pub mod load;
 pub mod report;
 pub mod server;
+pub mod settle;
 pub mod sys;

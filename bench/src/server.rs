@@ -11,8 +11,8 @@ use axum::{Json, Router, routing::get};
 use serde::{Deserialize, Serialize};
 use x402_node::{
     Engine, Price,
+    book::ChannelBook,
     channel::{ChannelRecord, StoredVoucher},
-    engine::CHANNELS,
     metrics::Metrics,
     middleware::Paywall,
     test_utils::MemoryChain,
@@ -139,7 +139,7 @@ async fn handler() -> &'static str {
 /// Writes `n` channels that have been paid a while (each with a stored voucher) into the store
 /// in `dir`, as a node with a million channels would have them.
 pub fn prefill(dir: &std::path::Path, n: u64) -> eyre::Result<()> {
-    let store = SledStore::open(dir)?;
+    let book = ChannelBook::new(std::sync::Arc::new(SledStore::open(dir)?));
     let signer = fixture::signer().address();
     for i in 0..n {
         let id = fixture::channel_id(i);
@@ -150,8 +150,8 @@ pub fn prefill(dir: &std::path::Path, n: u64) -> eyre::Result<()> {
             signature: Bytes::from(vec![0x5a; 65]),
         });
         record.charged = U256::from(100 * PRICE);
-        store.put(CHANNELS, id.as_slice(), &serde_json::to_vec(&record)?)?;
+        book.put(&record)?;
     }
-    store.sync_blocking()?;
+    book.store().sync_blocking()?;
     Ok(())
 }

@@ -31,6 +31,12 @@ fn a_tiny_run_measures_everything_and_writes_the_page() {
             "2",
             "--soak-channels",
             "8",
+            "--settle-store",
+            "300",
+            "--settle-due",
+            "20",
+            "--settle-max-batch",
+            "8",
             "--out",
         ])
         .arg(out.path())
@@ -77,6 +83,14 @@ fn a_tiny_run_measures_everything_and_writes_the_page() {
     assert!(results["latency_session"]["paid"]["count"].as_u64().unwrap() > 0);
     assert!(results["latency"]["paid"]["count"].as_u64().unwrap() > 0);
     assert_eq!(results["soak"]["errors"], 0);
+    // Settlement: every owing channel settled, in rounds of at most 8, one simulation each.
+    let settlement: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("bench/settlement.json")).unwrap())
+            .unwrap();
+    assert_eq!(settlement["settled"], 20, "{settlement}");
+    assert_eq!(settlement["rounds"], 3, "{settlement}");
+    assert_eq!(settlement["rpcByMethod"]["eth_call"], 20, "{settlement}");
+    assert_eq!(settlement["rpcByMethod"]["eth_sendRawTransaction"], 3, "{settlement}");
     assert!(results["soak"]["ok"].as_u64().unwrap() > 0);
     assert_eq!(results["scale"]["channels"], 500);
     assert!(results["scale"]["disk_bytes"].as_u64().unwrap() > 0);

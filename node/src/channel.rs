@@ -155,9 +155,76 @@ pub struct StoredVoucher {
     pub signature: Bytes,
 }
 
-/// The most recently served voucher nonces a channel remembers (anti-replay): a voucher whose
-/// nonce is in the window, or at or below the window's floor, is never served again.
+/// How many nonces above its floor the served window tells apart (anti-replay): a voucher
+/// whose nonce is in the window, or at or below its floor, is never served again.
 pub const SERVED_WINDOW: usize = 128;
+
+/// The voucher nonces a channel has used: every nonce at or below `floor`, and those of the
+/// 128 above it whose bit is set (bit `i` is nonce `floor + 1 + i`). Serving a nonce beyond
+/// the window slides it up, so a nonce more than 128 below the highest one served counts as
+/// used: concurrent requests' vouchers arrive within a few nonces of each other.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServedWindow {
+    floor: u64,
+    bits: u128,
+}
+
+impl ServedWindow {
+    /// A window with every nonce up to `floor` used and none above.
+    pub const fn from_floor(floor: u64) -> Self {
+        Self { floor, bits: 0 }
+    }
+
+    /// A window from its stored parts, or `None` if a bit stands for a nonce beyond `u64`.
+    pub fn from_parts(floor: u64, bits: u128) -> Option<Self> {
+        let room = u64::MAX - floor;
+        if room < SERVED_WINDOW as u64 && bits >> room != 0 {
+            return None;
+        }
+        Some(Self { floor, bits })
+    }
+
+    /// Every nonce at or below it is used.
+    pub const fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    /// The used nonces above the floor.
+    pub const fn bits(&self) -> u128 {
+        self.bits
+    }
+
+    /// Whether `nonce` counts as used.
+    pub const fn contains(&self, nonce: u64) -> bool {
+        if nonce <= self.floor {
+            return true;
+        }
+        let offset = nonce - self.floor - 1;
+        offset < SERVED_WINDOW as u64 && self.bits >> offset & 1 == 1
+    }
+
+    /// Marks `nonce` used, sliding the window up if it lies beyond it.
+    pub fn insert(&mut self, nonce: u64) {
+        if nonce <= self.floor {
+            return;
+        }
+        let beyond = (nonce - self.floor).saturating_sub(SERVED_WINDOW as u64);
+        if beyond >= SERVED_WINDOW as u64 {
+            self.bits = 0;
+        } else {
+            self.bits >>= beyond;
+        }
+        self.floor += beyond;
+        self.bits |= 1 << (nonce - self.floor - 1);
+    }
+
+    /// Forgets that `nonce` was used (its service was undone), if it is above the floor.
+    pub fn remove(&mut self, nonce: u64) {
+        if nonce > self.floor && nonce - self.floor <= SERVED_WINDOW as u64 {
+            self.bits &= !(1 << (nonce - self.floor - 1));
+        }
+    }
+}
 
 /// A voucher the node served a request for: enough to answer a resend of the very same
 /// voucher (whose response was lost) with that request's receipt.
@@ -186,8 +253,8 @@ pub enum Admission {
     Replay(Served),
 }
 
-/// Everything the node stores about a channel.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Everything the node stores about a channel (stored by the [book](crate::book)).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChannelRecord {
     /// The channel id.
     pub id: B256,
@@ -201,18 +268,15 @@ pub struct ChannelRecord {
     pub status: ChannelStatus,
     /// The cooperative close the client requested, if any: the channel accepts no more
     /// vouchers and is closed in the next batch.
-    #[serde(default)]
     pub close: Option<CloseState>,
     /// When the node last settled this channel on-chain, or first saw it (unix seconds).
-    #[serde(default)]
     pub settled_at: u64,
-    /// The vouchers served most recently, at most [`SERVED_WINDOW`], in commit order.
-    #[serde(default)]
+    /// The receipts of the vouchers served most recently, at most [`SERVED_WINDOW`], in
+    /// commit order, for answering a resend with its receipt. Only the last one is stored:
+    /// after a restart, a resend of an older one is refused as a used nonce.
     pub served: Vec<Served>,
-    /// Every nonce at or below it counts as used (raised as the window slides). `None` in a
-    /// record written before the window existed: then the latest voucher's nonce.
-    #[serde(default)]
-    pub floor: Option<u64>,
+    /// The nonces used (anti-replay; stored).
+    pub window: ServedWindow,
 }
 
 impl ChannelRecord {
@@ -229,7 +293,7 @@ impl ChannelRecord {
             close: None,
             settled_at: 0,
             served: Vec::new(),
-            floor: Some(0),
+            window: ServedWindow::default(),
         }
     }
 
@@ -260,8 +324,12 @@ impl ChannelRecord {
         self.charged.max(self.chain.paid)
     }
 
-    /// What the node has charged but not yet been paid on-chain.
+    /// What the node has charged but not yet been paid on-chain, and may still claim (nothing,
+    /// once the channel is closed).
     pub fn unsettled(&self) -> U256 {
+        if self.status == ChannelStatus::Closed || !self.chain.open {
+            return U256::ZERO;
+        }
         self.charged().saturating_sub(self.chain.paid)
     }
 
@@ -280,13 +348,13 @@ impl ChannelRecord {
     }
 
     /// The highest nonce that counts as used whether or not it is in the served window.
-    pub fn floor(&self) -> u64 {
-        self.floor.unwrap_or_else(|| self.latest.as_ref().map_or(0, |v| v.nonce))
+    pub const fn floor(&self) -> u64 {
+        self.window.floor()
     }
 
     /// Whether the voucher with `nonce` was served (or can no longer be told apart from one).
-    pub fn used(&self, nonce: u64) -> bool {
-        nonce <= self.floor() || self.served.iter().any(|s| s.nonce == nonce)
+    pub const fn used(&self, nonce: u64) -> bool {
+        self.window.contains(nonce)
     }
 
     /// Checks everything about `voucher` but its signature, for a request costing at most
@@ -330,6 +398,9 @@ impl ChannelRecord {
                 ErrorCode::NonceTooLow,
                 format!("nonce {} is not above the node's {}", voucher.nonce, self.floor()),
             );
+        }
+        if self.used(voucher.nonce) {
+            return refuse(ErrorCode::NonceTooLow, format!("nonce {} was already used", voucher.nonce));
         }
         if voucher.cumulativeAmount > self.chain.deposit {
             return refuse(
@@ -392,6 +463,27 @@ impl ChannelRecord {
         changed
     }
 
+    /// Takes a payment the chain reports in an event: `paid` in total (never lowered), a close
+    /// (no more vouchers; final once the follower reads it confirmed), and when the node
+    /// settled it (`settled_at`). Returns whether anything changed.
+    pub fn paid_onchain(&mut self, paid: U256, closed: bool, settled_at: Option<u64>) -> bool {
+        let mut changed = false;
+        if paid > self.chain.paid {
+            self.chain.paid = paid;
+            changed = true;
+        }
+        if let Some(at) = settled_at.filter(|at| *at != self.settled_at) {
+            self.settled_at = at;
+            changed = true;
+        }
+        if closed && self.status != ChannelStatus::Closed && !self.chain.pending_close {
+            self.chain.pending_close = true;
+            self.status = ChannelStatus::Closing;
+            changed = true;
+        }
+        changed
+    }
+
     /// The channel disappeared from the confirmed chain (a reorg undid its opening): accept
     /// nothing until it is seen again.
     pub fn vanish(&mut self) -> bool {
@@ -443,23 +535,18 @@ impl ChannelRecord {
         self.charged = self.charged().saturating_add(cost).min(self.cumulative_amount());
     }
 
-    /// Records that the voucher `nonce` of amount `amount` paid a request charged `cost`; the
-    /// oldest entry leaves the window when it is full, raising the floor. Returns the entry.
+    /// Records that the voucher `nonce` of amount `amount` paid a request charged `cost`: its
+    /// nonce joins the window (which slides up if it lies beyond it) and its receipt the
+    /// receipts kept. Returns the receipt.
     pub fn serve(&mut self, nonce: u64, amount: U256, cost: U256) -> Served {
-        let floor = self.floor();
-        self.floor = Some(floor);
         let served = Served { nonce, amount, cost, total: self.charged() };
+        self.window.insert(nonce);
         self.served.push(served.clone());
-        while self.served.len() > SERVED_WINDOW {
-            let (i, oldest) = self
-                .served
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, s)| s.nonce)
-                .map(|(i, s)| (i, s.nonce))
-                .unwrap_or_default();
-            self.served.remove(i);
-            self.floor = Some(self.floor().max(oldest));
+        // Receipts of nonces the window no longer tells apart are of no use.
+        let window = self.window;
+        self.served.retain(|s| s.nonce > window.floor());
+        if self.served.len() > SERVED_WINDOW {
+            self.served.remove(0);
         }
         served
     }
@@ -467,6 +554,7 @@ impl ChannelRecord {
     /// Undoes [`Self::serve`] and its charge (the response was not released).
     pub fn unserve(&mut self, nonce: u64, cost: U256) {
         self.served.retain(|s| s.nonce != nonce);
+        self.window.remove(nonce);
         self.charged = self.charged().saturating_sub(cost);
     }
 

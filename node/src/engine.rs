@@ -38,14 +38,14 @@ use x402_store::KvStore;
 
 use crate::{
     Refusal,
+    book::ChannelBook,
     chain::ChainReader,
     channel::{Admission, ChannelRecord, ChannelStatus, OnchainChannel},
     metrics::Metrics,
     verify::{VoucherVerifier, signed_by_channel_signer},
 };
 
-/// The store namespace holding one [`ChannelRecord`] per channel id.
-pub const CHANNELS: &str = "channels";
+pub use crate::book::CHANNELS;
 
 /// How long a channel id the chain did not know is refused without asking again.
 const UNKNOWN_TTL: Duration = Duration::from_secs(2);
@@ -192,7 +192,7 @@ struct Inner<S, C> {
     /// The revenue counter of the node's token, resolved once.
     revenue: prometheus::Counter,
     verifier: VoucherVerifier,
-    store: Arc<S>,
+    book: ChannelBook<S>,
     chain: C,
     channels: DashMap<B256, Arc<Mutex<Slot>>>,
     /// Ids the chain recently said do not exist: requests naming random ids cost no RPC call.
@@ -238,7 +238,7 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
                 network_id: network.to_string(),
                 revenue,
                 verifier,
-                store,
+                book: ChannelBook::new(store),
                 chain,
                 channels: DashMap::new(),
                 unknown: parking_lot::Mutex::default(),
@@ -288,7 +288,12 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
 
     /// The store.
     pub fn store(&self) -> &Arc<S> {
-        &self.inner.store
+        self.inner.book.store()
+    }
+
+    /// The channel book (the records and their index).
+    pub fn book(&self) -> &ChannelBook<S> {
+        &self.inner.book
     }
 
     /// The chain reader.
@@ -311,7 +316,7 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         if self.inner.channels.contains_key(&id) {
             return Ok(true);
         }
-        Ok(self.inner.store.get(CHANNELS, id.as_slice()).map_err(Refusal::storage)?.is_some())
+        self.inner.book.contains(id).map_err(Refusal::book)
     }
 
     /// One channel's record: the node's current one if it is in memory (and not locked by a
@@ -323,12 +328,7 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         {
             return Ok(Some(record.clone()));
         }
-        self.inner
-            .store
-            .get(CHANNELS, id.as_slice())
-            .map_err(Refusal::storage)?
-            .map(|b| decode_record(&b))
-            .transpose()
+        self.inner.book.get(id).map_err(Refusal::book)
     }
 
     /// Applies fresh on-chain facts of a channel (from the event follower or after a
@@ -455,7 +455,7 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         }
         // The authorisation must not leave the node before the promise it implies (no more
         // vouchers on this channel) is durable.
-        if let Err(e) = self.inner.store.sync().await {
+        if let Err(e) = self.inner.book.store().sync().await {
             let _ = self.persist(&before);
             guard.record = Some(before);
             return Err(Refusal::storage(e));
@@ -491,6 +491,7 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
 
     /// The body of a 402 for `url`, explaining `refusal` if a payment was refused.
     pub fn payment_required(&self, url: &str, price: &Price, refusal: Option<&Refusal>) -> PaymentRequired {
+        self.inner.metrics.payment_required.inc();
         if let Some(r) = refusal {
             debug!(target: "node::engine", code = %r.code, message = %r.message, url, "payment refused");
         }
@@ -516,8 +517,73 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
     /// (see [`Self::flush_charges`]).
     pub async fn channels(&self) -> Result<Vec<ChannelRecord>, Refusal> {
         self.flush_charges().await?;
-        let entries = self.inner.store.list(CHANNELS).map_err(Refusal::storage)?;
-        entries.iter().map(|(_, v)| decode_record(v)).collect()
+        self.inner.book.list().map_err(Refusal::book)
+    }
+
+    /// The channels the settlement index marks as due (something claimable, or a close
+    /// requested), with every charge made so far: what the planner looks at, without listing
+    /// the store. The first call builds the index (one scan of the store, off the runtime).
+    pub async fn due_channels(&self) -> Result<Vec<ChannelRecord>, Refusal> {
+        self.flush_charges().await?;
+        self.build_index().await?;
+        let mut records = Vec::new();
+        for id in self.inner.book.due() {
+            if let Some(record) = self.channel(id)? {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+
+    /// Builds the book's index if it is not built yet (one scan of the store, on a blocking
+    /// thread); every write keeps it current afterwards.
+    pub async fn build_index(&self) -> Result<(), Refusal> {
+        if self.inner.book.indexed() {
+            return Ok(());
+        }
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || engine.inner.book.build_index())
+            .await
+            .map_err(|e| Refusal::new(ErrorCode::Unavailable, format!("index build failed: {e}")))?
+            .map_err(Refusal::book)
+    }
+
+    /// Sets the channel gauges (channels by status, unsettled amount per token) from the
+    /// book's index, if it is built: call before rendering the metrics.
+    pub fn refresh_metrics(&self) {
+        if !self.inner.book.indexed() {
+            return;
+        }
+        let summary = self.inner.book.summary();
+        let m = &self.inner.metrics;
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        for (status, n) in [("open", summary.open), ("closing", summary.closing), ("closed", summary.closed)]
+        {
+            m.channels.with_label_values(&[status]).set(clamp(n));
+        }
+        for (token, amount) in summary.unsettled {
+            m.unsettled.with_label_values(&[token.to_string().as_str()]).set(f64::from(amount));
+        }
+    }
+
+    /// Applies a payment the chain reports for a channel (a `Settled` or `Closed` event, from
+    /// a settlement receipt or the event follower): `paid` in total so far, `closed` if the
+    /// channel was closed, `settled_at` if the node settled it itself. No RPC, one write.
+    /// A close read from an event accepts nothing more at once, and becomes final once the
+    /// follower reads the channel closed in a confirmed block.
+    pub async fn apply_paid(
+        &self,
+        id: B256,
+        paid: U256,
+        closed: bool,
+        settled_at: Option<u64>,
+    ) -> Result<Option<ChannelStatus>, Refusal> {
+        let record = self.update_channel(id, |r| r.paid_onchain(paid, closed, settled_at)).await?;
+        let status = record.map(|r| r.status);
+        if status == Some(ChannelStatus::Closed) {
+            self.inner.channels.remove(&id);
+        }
+        Ok(status)
     }
 
     /// Writes the charges made with session tokens since the last write to the store (not
@@ -796,9 +862,9 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
     /// Loads a stored channel into the slot, if the store has it.
     fn load_stored(&self, id: B256, slot: &mut Slot) -> Result<(), Refusal> {
         if slot.record.is_none()
-            && let Some(bytes) = self.inner.store.get(CHANNELS, id.as_slice()).map_err(Refusal::storage)?
+            && let Some(record) = self.inner.book.get(id).map_err(Refusal::book)?
         {
-            slot.record = Some(decode_record(&bytes)?);
+            slot.record = Some(record);
         }
         Ok(())
     }
@@ -925,15 +991,8 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
     }
 
     fn persist(&self, record: &ChannelRecord) -> Result<(), Refusal> {
-        let bytes =
-            serde_json::to_vec(record).map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
-        self.inner.store.put(CHANNELS, record.id.as_slice(), &bytes).map_err(Refusal::storage)
+        self.inner.book.put(record).map_err(Refusal::book)
     }
-}
-
-fn decode_record(bytes: &[u8]) -> Result<ChannelRecord, Refusal> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| Refusal::new(ErrorCode::Unavailable, format!("corrupt channel record: {e}")))
 }
 
 /// An authorised payment: its price is reserved on the channel (no lock is held) until it is
@@ -1101,7 +1160,7 @@ impl<S: KvStore, C: ChainReader> Pending<S, C> {
                     return Err(e);
                 }
                 // Taken now: it covers the write just made, whoever waits on it.
-                let sync = inner.store.sync();
+                let sync = inner.book.store().sync();
                 // The record just written holds any session charges too.
                 slot.dirty = false;
                 // The latest voucher replaces any session; grant one for what it prepaid.
@@ -1365,6 +1424,38 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn the_index_follows_payments_settlements_and_closes() {
+        let key = PrivateKeySigner::random();
+        let id = B256::repeat_byte(7);
+        let chain = MemoryChain::default();
+        chain.set(id, open_channel(&terms(31337), key.address(), U256::from(10 * PRICE)));
+        let node = Node::new(CrashStore::default(), chain, key, id);
+        node.engine.build_index().await.expect("builds");
+        let book = node.engine.book();
+        assert!(book.due().is_empty());
+        let pending = node.engine.authorize(&node.header(1, PRICE), &node.price).await.expect("admits");
+        assert!(book.due().is_empty(), "nothing charged before the commit");
+        pending.commit(U256::from(PRICE)).await.expect("commits");
+        assert_eq!(book.due(), vec![id]);
+        let token = node.engine.terms().asset;
+        assert_eq!(book.summary().unsettled[&token], U256::from(PRICE));
+        assert_eq!(book.summary().open, 1);
+        assert_eq!(node.engine.due_channels().await.expect("reads").len(), 1);
+        // A receipt's `Settled`: nothing due, one write, no chain read.
+        let status = node.engine.apply_paid(id, U256::from(PRICE), false, Some(5)).await.expect("applies");
+        assert_eq!(status, Some(ChannelStatus::Open));
+        assert!(book.due().is_empty());
+        assert_eq!(book.summary().unsettled[&token], U256::ZERO);
+        assert_eq!(node.engine.channel(id).expect("reads").map(|r| r.settled_at), Some(5));
+        // A `Closed`: no more vouchers; not due.
+        node.engine.apply_paid(id, U256::from(PRICE), true, None).await.expect("applies");
+        assert_eq!((book.summary().open, book.summary().closing), (0, 1));
+        let refused =
+            node.engine.authorize(&node.header(2, 2 * PRICE), &node.price).await.expect_err("closing");
+        assert_eq!(refused.code, ErrorCode::ChannelClosing);
+    }
+
     #[derive(Clone, Debug)]
     enum Op {
         /// The voucher of the client's request `k` (nonce `k + 1`) arrives.
@@ -1421,6 +1512,9 @@ mod tests {
                 // Per request: the receipt of its service, if it was served.
                 let mut served: HashMap<usize, SettlementResponse> = HashMap::new();
                 let mut charged_total = U256::ZERO;
+                // The requests whose receipts the node must still have.
+                let mut remembered = std::collections::HashSet::new();
+                let mut last_stored = None;
                 for op in ops {
                     match op {
                         Op::Arrive(k) if k < n => {
@@ -1432,8 +1526,15 @@ mod tests {
                             let result = node.engine.authorize(&node.header(nonce, amount), &node.price).await;
                             if let Some(receipt) = served.get(&k) {
                                 // A resend of a voucher already served: its receipt, no service.
-                                let pending = result.expect("a resend of a served voucher is answered");
-                                prop_assert_eq!(pending.replayed(), Some(receipt));
+                                // A restarted node keeps the receipt of the last voucher it
+                                // stored only: an older one is refused as a used nonce.
+                                match result {
+                                    Ok(pending) => prop_assert_eq!(pending.replayed(), Some(receipt)),
+                                    Err(refusal) => {
+                                        prop_assert!(!remembered.contains(&k), "receipt of request {} lost", k);
+                                        prop_assert_eq!(refusal.code, ErrorCode::NonceTooLow);
+                                    }
+                                }
                                 prop_assert_eq!(node.state(), before);
                                 continue;
                             }
@@ -1460,6 +1561,8 @@ mod tests {
                                     charged_total += U256::from(cost);
                                     prop_assert_eq!(receipt.extra.as_ref().expect("channel extra").total_charged, charged_total);
                                     served.insert(k, receipt);
+                                    remembered.insert(k);
+                                    last_stored = Some(k);
                                 }
                             }
                         }
@@ -1467,6 +1570,7 @@ mod tests {
                         Op::Crash => {
                             // Responses in flight are never released.
                             in_flight.clear();
+                            remembered.retain(|k| Some(*k) == last_stored);
                             let store = node.engine.store().crashed();
                             node = Node::new(store, chain.clone(), key.clone(), id);
                         }

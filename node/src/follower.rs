@@ -18,7 +18,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use alloy::{
     eips::BlockNumberOrTag,
-    primitives::{Address, B256},
+    primitives::{Address, B256, U256},
     providers::Provider,
     rpc::types::{Filter, Log},
     sol_types::SolEvent,
@@ -177,6 +177,7 @@ impl<S: KvStore> Follower<S> {
         let payee = self.engine.terms().payee;
         let mut adopt = BTreeSet::new();
         let mut unconfirmed = BTreeSet::new();
+        let mut payments = std::collections::BTreeMap::new();
         let mut start = from;
         while start <= head {
             let end = head.min(start + self.config.max_range - 1);
@@ -185,7 +186,12 @@ impl<S: KvStore> Follower<S> {
             for log in &logs {
                 let Some(event) = ChannelEvent::parse(log, payee) else { continue };
                 match event {
-                    ChannelEvent::Channel { id, opened_to_us, params } => {
+                    ChannelEvent::Channel { id, opened_to_us, params, paid } => {
+                        if let Some((amount, closed)) = paid {
+                            // A closed channel reads as zeroes: what it paid is in its event.
+                            let fact = payments.entry(id).or_insert((U256::ZERO, false));
+                            *fact = (fact.0.max(amount), fact.1 || closed);
+                        }
                         if let Some(params) = params {
                             // Spares the channel's read a log lookup of its own.
                             chain.learn_params(id, params).await?;
@@ -219,10 +225,14 @@ impl<S: KvStore> Follower<S> {
         progress.channels_read = ids.len();
         let engine = &self.engine;
         let adopt = &adopt;
+        let payments = &payments;
         futures::stream::iter(ids)
             .map(|id| async move {
                 let view = engine.chain().channel(id).await?;
                 engine.sync_channel(id, view, adopt.contains(&id)).await?;
+                if let Some(&(paid, closed)) = payments.get(&id) {
+                    engine.apply_paid(id, paid, closed, None).await?;
+                }
                 Ok::<_, FollowError>(())
             })
             .buffer_unordered(READ_CONCURRENCY)
@@ -262,10 +272,11 @@ fn rpc(e: impl std::fmt::Display) -> ChainError {
 /// The part of a contract event the follower acts on.
 #[derive(Debug, PartialEq, Eq)]
 enum ChannelEvent {
-    /// Any event about one channel; a `ChannelOpened` carries its parameters.
-    Channel { id: B256, opened_to_us: bool, params: Option<ChannelParams> },
+    /// Any event about one channel; a `ChannelOpened` carries its parameters, a `Settled`
+    /// or `Closed` what the payee was paid in total (and whether it closed the channel).
+    Channel { id: B256, opened_to_us: bool, params: Option<ChannelParams>, paid: Option<(U256, bool)> },
     /// A payout to the provider was credited instead of sent.
-    Credited { token: Address, amount: alloy::primitives::U256 },
+    Credited { token: Address, amount: U256 },
 }
 
 impl ChannelEvent {
@@ -288,7 +299,14 @@ impl ChannelEvent {
                 .flatten()
                 .map(|opened| crate::chain::params_of(&opened.inner.data));
             let opened_to_us = opened.as_ref().is_some_and(|p| p.payee == payee);
-            return Some(Self::Channel { id, opened_to_us, params: opened });
+            let paid = if sig == IPaymentChannel::Settled::SIGNATURE_HASH {
+                log.log_decode::<IPaymentChannel::Settled>().ok().map(|e| (e.inner.data.paid, false))
+            } else if sig == IPaymentChannel::Closed::SIGNATURE_HASH {
+                log.log_decode::<IPaymentChannel::Closed>().ok().map(|e| (e.inner.data.paid, true))
+            } else {
+                None
+            };
+            return Some(Self::Channel { id, opened_to_us, params: opened, paid });
         }
         if sig == IPaymentChannel::PayoutCredited::SIGNATURE_HASH {
             let credited = log.log_decode::<IPaymentChannel::PayoutCredited>().ok()?;
@@ -302,10 +320,7 @@ impl ChannelEvent {
 
 #[cfg(test)]
 mod tests {
-    use alloy::{
-        primitives::{LogData, U256},
-        sol_types::SolEvent,
-    };
+    use alloy::{primitives::LogData, sol_types::SolEvent};
 
     use super::*;
 
@@ -341,17 +356,17 @@ mod tests {
         };
         assert_eq!(
             ChannelEvent::parse(&log_of(&opened(us)), us),
-            Some(ChannelEvent::Channel { id, opened_to_us: true, params: Some(params(us)) })
+            Some(ChannelEvent::Channel { id, opened_to_us: true, params: Some(params(us)), paid: None })
         );
         let other = Address::repeat_byte(2);
         assert_eq!(
             ChannelEvent::parse(&log_of(&opened(other)), us),
-            Some(ChannelEvent::Channel { id, opened_to_us: false, params: Some(params(other)) })
+            Some(ChannelEvent::Channel { id, opened_to_us: false, params: Some(params(other)), paid: None })
         );
         let exit = IPaymentChannel::ExitRequested { channelId: id, exitAt: U256::from(9) };
         assert_eq!(
             ChannelEvent::parse(&log_of(&exit), us),
-            Some(ChannelEvent::Channel { id, opened_to_us: false, params: None })
+            Some(ChannelEvent::Channel { id, opened_to_us: false, params: None, paid: None })
         );
         let settled = IPaymentChannel::Settled {
             channelId: id,
@@ -359,7 +374,25 @@ mod tests {
             paid: U256::from(10),
             payout: U256::from(10),
         };
-        assert!(matches!(ChannelEvent::parse(&log_of(&settled), us), Some(ChannelEvent::Channel { .. })));
+        assert_eq!(
+            ChannelEvent::parse(&log_of(&settled), us),
+            Some(ChannelEvent::Channel {
+                id,
+                opened_to_us: false,
+                params: None,
+                paid: Some((U256::from(10), false))
+            })
+        );
+        let closed = IPaymentChannel::Closed { channelId: id, paid: U256::from(12), refund: U256::from(3) };
+        assert_eq!(
+            ChannelEvent::parse(&log_of(&closed), us),
+            Some(ChannelEvent::Channel {
+                id,
+                opened_to_us: false,
+                params: None,
+                paid: Some((U256::from(12), true))
+            })
+        );
         let credited = |account| IPaymentChannel::PayoutCredited {
             account,
             token: Address::repeat_byte(9),

@@ -129,7 +129,7 @@ pub fn router<S: KvStore, C: ChainReader>(
     admin_token: Option<String>,
 ) -> Router {
     let admin = AdminState { engine: engine.clone(), token: admin_token.as_deref().map(BearerToken::new) };
-    let metrics = engine.metrics().clone();
+    let metrics = engine.clone();
     let upstream = Upstream { routes: Arc::clone(paywall.routes()), ..upstream };
     Router::new()
         .fallback(proxy)
@@ -138,7 +138,13 @@ pub fn router<S: KvStore, C: ChainReader>(
         // Outside the paywall: the node's own paths are never priced nor proxied.
         .layer(axum::middleware::from_fn(reserved))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(move || async move { metrics.render() }))
+        .route(
+            "/metrics",
+            get(move || async move {
+                metrics.refresh_metrics();
+                metrics.metrics().render()
+            }),
+        )
         .nest(
             "/admin",
             Router::new()
@@ -635,6 +641,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
                 }
                 Err(e) => warn!(target: "node::gateway", error = %e.message, "cannot write session charges; retrying"),
             }
+        }
+    }));
+    // The settlement index and the channel gauges, built once in the background.
+    let index = engine.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = index.build_index().await {
+            warn!(target: "node::gateway", error = %e.message, "cannot index the channel book; settlement builds it later");
         }
     }));
     let final_flush = engine.clone();

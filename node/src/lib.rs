@@ -28,6 +28,7 @@
 //! - `test-utils`: an in-memory [`ChainReader`](chain::ChainReader) and fixtures for tests.
 
 pub mod auth;
+pub mod book;
 pub mod chain;
 pub mod channel;
 pub mod config;
@@ -119,6 +120,13 @@ impl Refusal {
 
     pub(crate) fn storage(e: x402_store::Error) -> Self {
         Self::new(ErrorCode::Unavailable, format!("storage unavailable: {e}"))
+    }
+
+    pub(crate) fn book(e: book::BookError) -> Self {
+        match e {
+            book::BookError::Store(e) => Self::storage(e),
+            e => Self::new(ErrorCode::Unavailable, e.to_string()),
+        }
     }
 
     pub(crate) fn chain(e: chain::ChainError) -> Self {

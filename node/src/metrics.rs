@@ -1,8 +1,8 @@
 //! Prometheus metrics of the node.
 
 use prometheus::{
-    CounterVec, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use x402_store::CommitStats;
 
@@ -36,6 +36,12 @@ pub struct Metrics {
     pub channels_settled: IntCounter,
     /// Batch items dropped because their simulation failed.
     pub claims_dropped: IntCounter,
+    /// 402 responses issued (a payment was missing or refused).
+    pub payment_required: IntCounter,
+    /// Channels the node knows, by status (`open`, `closing`, `closed`), as of the last scrape.
+    pub channels: IntGaugeVec,
+    /// Charged and not yet paid on-chain, in token base units, by token.
+    pub unsettled: GaugeVec,
 }
 
 impl Default for Metrics {
@@ -88,8 +94,20 @@ impl Metrics {
         let channels_settled = counter("x402_channels_settled_total", "Channels settled or closed on-chain");
         let claims_dropped =
             counter("x402_claims_dropped_total", "Batch items dropped after a failed simulation");
+        let payment_required = counter("x402_payment_required_total", "402 responses issued");
+        let channels =
+            IntGaugeVec::new(Opts::new("x402_channels", "Channels the node knows, by status"), &["status"])
+                .expect("valid metric");
+        let unsettled = GaugeVec::new(
+            Opts::new("x402_unsettled_base_units", "Charged and not yet paid on-chain, in token base units"),
+            &["token"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(paid.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(payment_required.clone()),
+            Box::new(channels.clone()),
+            Box::new(unsettled.clone()),
             Box::new(paid_by_session.clone()),
             Box::new(refused.clone()),
             Box::new(verify_seconds.clone()),
@@ -120,6 +138,9 @@ impl Metrics {
             settlement_txs,
             channels_settled,
             claims_dropped,
+            payment_required,
+            channels,
+            unsettled,
         }
     }
 

@@ -157,7 +157,6 @@ mod tests {
     use crate::{
         Terms,
         channel::{ChannelRecord, StoredVoucher},
-        engine::CHANNELS,
         metrics::Metrics,
         test_utils::MemoryChain,
     };
@@ -217,11 +216,11 @@ mod tests {
         };
         record.latest = Some(latest.clone());
         record.charged = U256::from(30);
-        store.put(CHANNELS, id.as_slice(), &serde_json::to_vec(&record).unwrap()).unwrap();
+        engine.book().put(&record).unwrap();
         // A channel without a voucher sends nothing.
         let empty = B256::repeat_byte(8);
         let bare = ChannelRecord::new(empty, crate::channel::tests::onchain(1000));
-        store.put(CHANNELS, empty.as_slice(), &serde_json::to_vec(&bare).unwrap()).unwrap();
+        engine.book().put(&bare).unwrap();
 
         let (url, seen) = stub().await;
         let client = reqwest::Client::new();

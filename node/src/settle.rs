@@ -37,7 +37,7 @@ use x402_store::KvStore;
 
 use crate::{
     Engine, Refusal,
-    chain::{ChainError, ChainReader, RpcChain},
+    chain::{ChainError, RpcChain},
     channel::{ChannelRecord, ChannelStatus},
     unix_now,
 };
@@ -171,13 +171,22 @@ pub struct Plan {
     pub close: Vec<Item>,
     /// Channels to settle, largest amount first.
     pub settle: Vec<Item>,
+    /// When a close left out for now (see [`CLOSE_GRACE`]) becomes due (unix seconds).
+    pub wake_at: Option<u64>,
 }
+
+/// How long after a cooperative close request, whose authorisation the node signed, the node
+/// leaves the close to the client (who may submit `closeWithAuthorization` itself) before
+/// closing the channel in a batch of its own: a node that closed at once would race the
+/// client's transaction, and lose, paying gas for a skipped item.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// Decides which channels to settle or close at unix time `now`. With `force`, every channel
 /// that owes anything is settled.
 pub fn plan(records: &[ChannelRecord], policy: &SettlementPolicy, now: u64, force: bool) -> Plan {
     let mut close = Vec::new();
     let mut settle = Vec::new();
+    let mut wake_at = None;
     for r in records {
         if r.status == ChannelStatus::Closed || !r.chain.open || r.chain.pending_close {
             continue;
@@ -195,7 +204,14 @@ pub fn plan(records: &[ChannelRecord], policy: &SettlementPolicy, now: u64, forc
             if let Some(claim) = claim.filter(|_| exit_at > now) {
                 close.push(Item { id: r.id, reason: Reason::Exit, claim, exit_at });
             }
-        } else if r.close.is_some() {
+        } else if let Some(requested) = r.close {
+            if requested.authorization_deadline > now {
+                let due = requested.requested_at.saturating_add(CLOSE_GRACE.as_secs());
+                if due > now && !force {
+                    wake_at = Some(wake_at.map_or(due, |w: u64| w.min(due)));
+                    continue;
+                }
+            }
             // Closing without a voucher pays what was already paid and refunds the rest.
             let claim = claim.unwrap_or(Claim {
                 channel: r.chain.params.clone(),
@@ -225,7 +241,7 @@ pub fn plan(records: &[ChannelRecord], policy: &SettlementPolicy, now: u64, forc
     settle.sort_by_key(|i| std::cmp::Reverse(i.claim.claimed));
     close.truncate(policy.max_batch);
     settle.truncate(policy.max_batch);
-    Plan { close, settle }
+    Plan { close, settle, wake_at }
 }
 
 /// A signed transaction as broadcast.
@@ -283,6 +299,9 @@ pub struct RoundReport {
     pub dropped: Vec<B256>,
     /// Items postponed because gas was above the cap.
     pub postponed: usize,
+    /// When a close left to its client for now becomes due (unix seconds).
+    #[serde(skip)]
+    pub wake_at: Option<u64>,
 }
 
 /// Settles channels on-chain from the provider's key. Rounds are serialised.
@@ -336,11 +355,16 @@ impl<S: KvStore> Settler<S> {
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
+            let mut next = self.policy.interval;
             match self.round(false).await {
-                Ok(report) if !report.batches.is_empty() || !report.dropped.is_empty() => {
-                    info!(target: "node::settle", batches = report.batches.len(), dropped = report.dropped.len(), postponed = report.postponed, "settlement round");
+                Ok(report) => {
+                    if !report.batches.is_empty() || !report.dropped.is_empty() {
+                        info!(target: "node::settle", batches = report.batches.len(), dropped = report.dropped.len(), postponed = report.postponed, "settlement round");
+                    }
+                    if let Some(at) = report.wake_at {
+                        next = next.min(Duration::from_secs(at.saturating_sub(unix_now()).max(1)));
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => {
                     warn!(target: "node::settle", error = %e, "settlement round failed; retrying later")
                 }
@@ -348,7 +372,7 @@ impl<S: KvStore> Settler<S> {
             tokio::select! {
                 () = &mut shutdown => return,
                 () = self.wake.notified() => {}
-                () = tokio::time::sleep(self.policy.interval) => {}
+                () = tokio::time::sleep(next) => {}
             }
         }
     }
@@ -363,8 +387,9 @@ impl<S: KvStore> Settler<S> {
         }
 
         let now = unix_now();
-        let records = self.engine.channels().await?;
-        let Plan { mut close, mut settle } = plan(&records, &self.policy, now, force);
+        let records = self.engine.due_channels().await?;
+        let Plan { mut close, mut settle, wake_at } = plan(&records, &self.policy, now, force);
+        report.wake_at = wake_at;
         if close.is_empty() && settle.is_empty() {
             return Ok(report);
         }
@@ -582,17 +607,25 @@ impl<S: KvStore> Settler<S> {
     ) -> Result<BatchReport, SettleError> {
         let mut applied = HashSet::new();
         let mut skipped = Vec::new();
+        let mut payments = Vec::new();
         for log in receipt.inner.logs() {
             let topics = log.topics();
             match topics.first() {
                 Some(sig) if *sig == IPaymentChannel::Closed::SIGNATURE_HASH => {
-                    applied.extend(topics.get(1).copied());
+                    if let Ok(closed) = log.log_decode::<IPaymentChannel::Closed>() {
+                        let e = closed.inner.data;
+                        applied.insert(e.channelId);
+                        payments.push((e.channelId, e.paid, true));
+                    }
                 }
-                Some(sig)
-                    if *sig == IPaymentChannel::Settled::SIGNATURE_HASH
-                        && record.kind == BatchKind::Settle =>
-                {
-                    applied.extend(topics.get(1).copied());
+                Some(sig) if *sig == IPaymentChannel::Settled::SIGNATURE_HASH => {
+                    if let Ok(settled) = log.log_decode::<IPaymentChannel::Settled>() {
+                        let e = settled.inner.data;
+                        if record.kind == BatchKind::Settle {
+                            applied.insert(e.channelId);
+                        }
+                        payments.push((e.channelId, e.paid, false));
+                    }
                 }
                 Some(sig) if *sig == IPaymentChannel::ClaimSkipped::SIGNATURE_HASH => {
                     skipped.extend(topics.get(1).copied());
@@ -600,17 +633,12 @@ impl<S: KvStore> Settler<S> {
                 _ => {}
             }
         }
+        // The receipt's events say what was paid: applied directly, one write per channel.
         let now = unix_now();
-        for id in &record.channels {
-            let view = self.engine.chain().channel(*id).await?;
-            self.engine.sync_channel(*id, view, false).await?;
-            if applied.contains(id) {
-                self.engine
-                    .update_channel(*id, |r| {
-                        r.settled_at = now;
-                        true
-                    })
-                    .await?;
+        for (id, paid, closed) in payments {
+            if record.channels.contains(&id) {
+                let settled_at = applied.contains(&id).then_some(now);
+                self.engine.apply_paid(id, paid, closed, settled_at).await?;
             }
         }
         let store = self.engine.store();
@@ -756,5 +784,39 @@ mod tests {
         let c = &p.close[0].claim;
         assert_eq!((c.nonce, c.claimed, c.cumulativeAmount), (7, U256::from(400), U256::from(450)));
         assert!(p.settle.is_empty());
+    }
+
+    #[test]
+    fn a_close_the_client_may_submit_itself_waits_for_the_grace() {
+        let mut r = record(1, 400, Some((7, 450)));
+        r.close = Some(CloseState { requested_at: 100, authorization_deadline: 700 });
+        let policy = SettlementPolicy::default();
+        let grace = CLOSE_GRACE.as_secs();
+        let early = plan(std::slice::from_ref(&r), &policy, 101, false);
+        assert!(early.close.is_empty(), "the client may close with the authorisation");
+        assert_eq!(early.wake_at, Some(100 + grace));
+        let due = plan(std::slice::from_ref(&r), &policy, 100 + grace, false);
+        assert_eq!(ids(&due.close), vec![1]);
+        assert_eq!(due.wake_at, None);
+        assert_eq!(ids(&plan(std::slice::from_ref(&r), &policy, 101, true).close), vec![1], "forced");
+        // Without an authorisation signed, or once it expired, at once.
+        r.close = Some(CloseState { requested_at: 100, authorization_deadline: 0 });
+        assert_eq!(ids(&plan(std::slice::from_ref(&r), &policy, 101, false).close), vec![1]);
+    }
+
+    #[test]
+    fn a_closed_channel_owes_nothing_and_paid_events_are_applied_once() {
+        let mut r = record(1, 400, Some((7, 450)));
+        assert_eq!(r.unsettled(), U256::from(400));
+        assert!(r.paid_onchain(U256::from(300), false, Some(50)));
+        assert_eq!((r.unsettled(), r.settled_at), (U256::from(100), 50));
+        assert!(!r.paid_onchain(U256::from(200), false, Some(50)), "paid never goes down");
+        assert!(r.paid_onchain(U256::from(400), true, None));
+        assert_eq!(
+            (r.status, r.chain.pending_close, r.unsettled()),
+            (ChannelStatus::Closing, true, U256::ZERO)
+        );
+        assert!(plan(&[r.clone()], &SettlementPolicy::default(), 60, true).close.is_empty());
+        assert!(!r.paid_onchain(U256::from(400), true, None));
     }
 }

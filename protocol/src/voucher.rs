@@ -26,6 +26,13 @@ sol! {
     }
 }
 
+/// `keccak256("Voucher(bytes32 channelId,uint64 nonce,uint256 cumulativeAmount)")`, computed once.
+fn voucher_type_hash() -> B256 {
+    static TYPE_HASH: std::sync::LazyLock<B256> =
+        std::sync::LazyLock::new(|| alloy::primitives::keccak256(Voucher::eip712_encode_type().as_bytes()));
+    *TYPE_HASH
+}
+
 /// The EIP-712 domain name of the `PaymentChannel` contract.
 pub const DOMAIN_NAME: &str = "x402 Payment Channel";
 /// The EIP-712 domain version of the `PaymentChannel` contract.
@@ -66,13 +73,19 @@ impl ChannelDomain {
         self.domain.verifying_contract.unwrap_or_default()
     }
 
-    /// The digest the channel's signer signs: `keccak256(0x1901 ‖ separator ‖ hashStruct)`.
+    /// The digest the channel's signer signs: `keccak256(0x1901 ‖ separator ‖ hashStruct)`,
+    /// with the type hash and the separator computed once: two keccaks per voucher.
     pub fn signing_hash(&self, voucher: &Voucher) -> B256 {
+        let mut data = [0u8; 128];
+        data[..32].copy_from_slice(voucher_type_hash().as_slice());
+        data[32..64].copy_from_slice(voucher.channelId.as_slice());
+        data[88..96].copy_from_slice(&voucher.nonce.to_be_bytes());
+        data[96..].copy_from_slice(&voucher.cumulativeAmount.to_be_bytes::<32>());
         let mut buf = [0u8; 66];
         buf[0] = 0x19;
         buf[1] = 0x01;
         buf[2..34].copy_from_slice(self.separator.as_slice());
-        buf[34..].copy_from_slice(voucher.eip712_hash_struct().as_slice());
+        buf[34..].copy_from_slice(alloy::primitives::keccak256(data).as_slice());
         alloy::primitives::keccak256(buf)
     }
 
@@ -167,6 +180,20 @@ mod tests {
         pre.extend_from_slice(struct_hash.as_slice());
         assert_eq!(domain.signing_hash(&v), keccak256(pre));
         assert_eq!(domain.signing_hash(&v), v.eip712_signing_hash(domain.domain()));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn signing_hash_matches_alloy_for_any_voucher(
+            id in proptest::prelude::any::<[u8; 32]>(),
+            nonce in proptest::prelude::any::<u64>(),
+            amount in proptest::prelude::any::<[u8; 32]>(),
+            chain_id in proptest::prelude::any::<u64>(),
+        ) {
+            let domain = ChannelDomain::new(chain_id, Address::repeat_byte(0x5f));
+            let v = Voucher { channelId: B256::from(id), nonce, cumulativeAmount: U256::from_be_bytes(amount) };
+            proptest::prop_assert_eq!(domain.signing_hash(&v), v.eip712_signing_hash(domain.domain()));
+        }
     }
 
     #[test]

@@ -136,10 +136,16 @@ pub(crate) fn list_is_in_key_order<S: KvStore>(s: &S) {
     assert_eq!(listed, want);
     let entries = s.list("ns").expect("list");
     assert_eq!(entries[1], (b"a".to_vec(), vec![1]), "values stay paired");
+    let mut scanned = Vec::new();
+    s.for_each("ns", &mut |k, v| scanned.push((k.to_vec(), v.to_vec()))).expect("scans");
+    assert_eq!(scanned, entries, "a scan sees what a listing does");
 }
 
 pub(crate) fn list_unknown_namespace_is_empty<S: KvStore>(s: &S) {
     assert_eq!(s.list("nothing-here").expect("list"), vec![]);
+    let mut seen = 0;
+    s.for_each("nothing-here", &mut |_, _| seen += 1).expect("scans");
+    assert_eq!(seen, 0);
 }
 
 pub(crate) fn empty_key_and_value<S: KvStore>(s: &S) {

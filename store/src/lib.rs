@@ -73,6 +73,15 @@ pub trait KvStore: Send + Sync + 'static {
     /// All entries of `ns` in key order (empty if the namespace was never written).
     fn list(&self, ns: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
 
+    /// Calls `f` with every entry of `ns` in key order, as [`list`](Self::list) returns them,
+    /// without holding them all in memory at once (a scan of a large namespace).
+    fn for_each(&self, ns: &str, f: &mut dyn FnMut(&[u8], &[u8])) -> Result<()> {
+        for (k, v) in self.list(ns)? {
+            f(&k, &v);
+        }
+        Ok(())
+    }
+
     /// Resolves once every put/remove that happened before this call is durable on
     /// disk (for the memory backend: at once). Concurrent callers share one flush
     /// (group commit).

@@ -214,6 +214,17 @@ impl KvStore for SledStore {
             .collect()
     }
 
+    fn for_each(&self, ns: &str, f: &mut dyn FnMut(&[u8], &[u8])) -> Result<()> {
+        let Some(tree) = self.tree(ns) else {
+            return Ok(());
+        };
+        for entry in tree.iter() {
+            let (k, v) = entry?;
+            f(&k, &v);
+        }
+        Ok(())
+    }
+
     fn sync(&self) -> impl std::future::Future<Output = Result<()>> + Send {
         self.commit.sync()
     }

@@ -544,3 +544,144 @@ async fn an_exit_while_the_node_is_down_is_defended_by_the_watcher() {
 
     watcher.stop().await;
 }
+
+/// `/admin/channels`, `/admin/revenue` and the channel metrics agree with the chain for an open
+/// channel, a settled one, one with an exit pending, one the node closed and one its payer
+/// closed with the node's authorisation (which the node does not close again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_view_agrees_with_the_chain_in_every_state() {
+    let env = Env::new().await;
+    let api = upstream().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = env.with_provider_key(env.gateway_config(api, data.path()), data.path());
+    config.settlement.interval_secs = 3600;
+    let gw = Gateway::start(config).await;
+    let client = reqwest::Client::new();
+    let terms = gw.terms(&client).await;
+    let provider = env.provider_key.address();
+    let settle = || async {
+        let resp = client
+            .post(format!("{}/admin/settle?force=true", gw.url))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.json::<serde_json::Value>().await.unwrap()
+    };
+    let admin = |path: &'static str| {
+        let (client, url) = (client.clone(), format!("{}/admin/{path}", gw.url));
+        async move {
+            let resp = client.get(url).bearer_auth(ADMIN).send().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            resp.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let pay = |payer: &x402_e2e::harness::Payer, id: B256, from: u64, to: u64| {
+        let (client, gw, terms) = (&client, &gw, &terms);
+        let vouchers: Vec<_> = (from..=to).map(|n| payer.sign(id, n, n * PRICE)).collect();
+        async move {
+            for v in vouchers {
+                assert_eq!(gw.pay(client, terms, &v).await.status(), StatusCode::OK);
+            }
+        }
+    };
+
+    let mut payers = Vec::new();
+    for salt in 1..=5u8 {
+        let payer = env.fresh_payer(FUNDS).await;
+        let id = payer.open(provider, DEPOSIT, salt).await;
+        payers.push((payer, id));
+    }
+    let [(open, open_id), (settled, settled_id), (exiting, exiting_id), (closed, closed_id), (own, own_id)] =
+        <[_; 5]>::try_from(payers).ok().unwrap();
+
+    // Settled: three requests settled on-chain, then one more.
+    pay(&settled, settled_id, 1, 3).await;
+    let report = settle().await;
+    assert_eq!(report["batches"][0]["applied"].as_array().unwrap().len(), 1, "{report}");
+    pay(&settled, settled_id, 4, 4).await;
+    pay(&open, open_id, 1, 2).await;
+    pay(&exiting, exiting_id, 1, 2).await;
+
+    // Closed by the node, and closed by its payer with the node's authorisation.
+    pay(&closed, closed_id, 1, 2).await;
+    pay(&own, own_id, 1, 2).await;
+    for (payer, id) in [(&closed, closed_id), (&own, own_id)] {
+        let body = CloseRequestBody::sign(&env.domain(), &payer.key, id, in_ten_minutes()).unwrap();
+        let answer: CloseResponse = close_request(&client, &gw, &body).await.json().await.unwrap();
+        assert_eq!(answer.final_amount, U256::from(2 * PRICE));
+        if id == own_id {
+            let auth = answer.authorization.expect("signed");
+            let channels = payer.channels();
+            let call = channels.closeWithAuthorization(
+                payer.params(id),
+                auth.final_amount,
+                U256::from(auth.deadline),
+                auth.signature,
+            );
+            assert!(call.send().await.unwrap().get_receipt().await.unwrap().status());
+        }
+    }
+    for id in [closed_id, own_id] {
+        eventually(30, "the channel to be closed on-chain", || async {
+            env.channel(id).await.status == IPaymentChannel::Status::Closed
+        })
+        .await;
+    }
+    eventually(10, "the node to see both closes", || async {
+        gw.metric(&client, "x402_channels{status=\"closed\"}").await == 2.0
+    })
+    .await;
+    // Only the channel whose payer did not close it was closed by the node.
+    let closes = "x402_settlement_transactions_total{kind=\"close\"}";
+    assert_eq!(gw.metric(&client, closes).await, 1.0);
+
+    // An exit pending.
+    let channels = exiting.channels();
+    let call = channels.requestExit(exiting.params(exiting_id));
+    assert!(call.send().await.unwrap().get_receipt().await.unwrap().status());
+    eventually(10, "the exit to reach the node", || async {
+        gw.metric(&client, "x402_channels{status=\"closing\"}").await == 1.0
+    })
+    .await;
+
+    let listing = admin("channels").await;
+    let rows = listing.as_array().unwrap();
+    assert_eq!(rows.len(), 5, "{listing}");
+    let row = |id: B256| rows.iter().find(|r| r["id"] == id.to_string()).cloned().expect("listed");
+    let amount = |v: &serde_json::Value| v.as_str().unwrap().parse::<u64>().unwrap();
+    // (channel, status, charged, paid on-chain, unsettled)
+    let expected = [
+        (open_id, "open", 2, 0, 2),
+        (settled_id, "open", 4, 3, 1),
+        (exiting_id, "closing", 2, 0, 2),
+        (closed_id, "closed", 2, 2, 0),
+        (own_id, "closed", 2, 2, 0),
+    ];
+    for (id, status, charged, paid, unsettled) in expected {
+        let r = row(id);
+        let chain = env.channel(id).await;
+        assert_eq!(r["status"], status, "{r}");
+        assert_eq!(amount(&r["charged"]), charged * PRICE, "{r}");
+        assert_eq!(amount(&r["paidOnchain"]), paid * PRICE, "{r}");
+        assert_eq!(amount(&r["unsettled"]), unsettled * PRICE, "{r}");
+        if chain.status == IPaymentChannel::Status::Closed {
+            // The contract zeroes a closed channel: what it paid is what the payer got back less.
+            let payer = [&closed, &own][usize::from(id == own_id)];
+            assert_eq!(env.balance(payer.address()).await, U256::from(FUNDS - paid * PRICE), "{r}");
+        } else {
+            assert_eq!(U256::from(chain.paid), U256::from(paid * PRICE), "{r}");
+            assert_eq!(amount(&r["deposit"]), u64::try_from(chain.deposit).unwrap(), "{r}");
+            assert_eq!(chain.exitAt.to::<u64>() != 0, status == "closing", "{r}");
+        }
+    }
+    let revenue = admin("revenue").await;
+    assert_eq!(revenue[0]["charged"], (12 * PRICE).to_string(), "{revenue}");
+    assert_eq!(revenue[0]["unsettled"], (5 * PRICE).to_string(), "{revenue}");
+    let unsettled = format!("x402_unsettled_base_units{{token=\"{}\"}}", env.usd);
+    assert_eq!(gw.metric(&client, &unsettled).await, (5 * PRICE) as f64);
+    assert_eq!(gw.metric(&client, "x402_channels{status=\"open\"}").await, 2.0);
+    assert!(gw.metric(&client, "x402_payment_required_total").await >= 1.0);
+    gw.stop().await;
+}

@@ -80,9 +80,19 @@ struct RunArgs {
     #[arg(long, default_value_t = 20)]
     upstream_ms: u64,
     /// Only the timed runs whose name contains this (repeatable), then stop: no latency, soak,
-    /// scale or report (for profiling one run).
+    /// scale or report (for profiling one run). `--only settlement` runs the settlement
+    /// benchmark alone.
     #[arg(long)]
     only: Vec<String>,
+    /// Channels in the store of the settlement benchmark.
+    #[arg(long, default_value_t = 1_000_000)]
+    settle_store: u64,
+    /// Of those, channels owing the provider (opened on anvil).
+    #[arg(long, default_value_t = 10_000)]
+    settle_due: u64,
+    /// The most channels per settlement transaction in that benchmark.
+    #[arg(long, default_value_t = 1_000)]
+    settle_max_batch: usize,
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -102,6 +112,9 @@ async fn main() -> eyre::Result<()> {
 }
 
 async fn run(args: RunArgs) -> eyre::Result<()> {
+    if args.only.iter().any(|o| o == "settlement") {
+        return settlement(&args).await.map(drop);
+    }
     let command = format!("x402-bench run {}", std::env::args().skip(2).collect::<Vec<_>>().join(" "))
         .trim_end()
         .to_owned();
@@ -236,6 +249,7 @@ async fn run(args: RunArgs) -> eyre::Result<()> {
         run: run?,
     };
 
+    let settlement = settlement(&args).await?;
     let results = Results {
         generated: now_rfc3339(),
         command,
@@ -254,7 +268,45 @@ async fn run(args: RunArgs) -> eyre::Result<()> {
         say(&format!("{}: {} — {} [{}]", t.name, t.goal, t.value, if t.met { "met" } else { "missed" }));
     }
     say(&format!("wrote {}", args.out.join("BENCHMARKS.md").display()));
+    drop(settlement);
     Ok(())
+}
+
+/// The settlement benchmark: rounds over `--settle-due` owing channels in a store of
+/// `--settle-store`, on anvil. Prints its figures and writes `<out>/bench/settlement.json`.
+async fn settlement(args: &RunArgs) -> eyre::Result<x402_bench::settle::SettleFigures> {
+    let tmp = tempdir()?;
+    let anvil = x402_devnet::chain::default_anvil_path();
+    let f = x402_bench::settle::run(
+        &anvil,
+        tmp.path(),
+        args.settle_store,
+        args.settle_due,
+        args.settle_max_batch,
+    )
+    .await?;
+    say(&format!(
+        "settlement: {} owing channels in a store of {}: index built in {:.2} s; {} rounds ({} per transaction) in {:.2} s, {} settled, {} RPC calls ({:.2} per channel), {} gas",
+        thousands(f.due_channels),
+        thousands(f.store_channels),
+        f.index_seconds,
+        f.rounds,
+        f.max_batch,
+        f.round_seconds,
+        f.settled,
+        f.rpc_calls,
+        f.rpc_calls as f64 / f.due_channels.max(1) as f64,
+        f.gas_used,
+    ));
+    say(&format!("settlement: RPC calls by method: {:?}", f.rpc_by_method));
+    say(&format!(
+        "settlement: store {:.0} bytes per channel on disk; a record with a voucher encodes to {} bytes",
+        f.disk_bytes_per_channel, f.record_bytes
+    ));
+    let dir = args.out.join("bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("settlement.json"), serde_json::to_vec_pretty(&f)?)?;
+    Ok(f)
 }
 
 /// The one-channel runs: `c` concurrent requests on one single channel through the gateway,

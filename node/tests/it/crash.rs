@@ -28,7 +28,7 @@ use parking_lot::Mutex;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use x402_client::{Client, DepositPolicy, Error, Limits, Settings};
 use x402_e2e::harness::{ADMIN, Env, PRICE};
-use x402_node::{channel::ChannelRecord, engine::CHANNELS};
+use x402_node::book::{CHANNELS, decode};
 use x402_protocol::{
     bindings::IPaymentChannel,
     wire::{self, SettlementResponse},
@@ -327,7 +327,7 @@ async fn crash_under_load() {
     for (i, (client, _)) in clients.iter().enumerate() {
         let id = client.channels().await[0].id;
         let bytes = store.get(CHANNELS, id.as_slice()).expect("store").expect("a record");
-        let record: ChannelRecord = serde_json::from_slice(&bytes).expect("a record");
+        let record = decode(id, &bytes).expect("a record");
         let s = seen[&id];
         let latest = record.latest.as_ref().expect("a voucher");
         assert!(

@@ -18,7 +18,7 @@ use base64::{Engine as _, engine::general_purpose::STANDARD};
 use http::StatusCode;
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use x402_node::engine::CHANNELS;
+use x402_node::book::CHANNELS;
 use x402_protocol::{
     SignedVoucher,
     wire::{self, ErrorCode, PaymentPayload},

@@ -1,0 +1,929 @@
+//! The channel book: the one owner of how channel records are laid out in the store.
+//!
+//! Every channel is one entry of the [`CHANNELS`] namespace, keyed by its 32-byte id, whose
+//! value is the record in the compact binary codec below ([`encode`], [`decode`]). No other
+//! module or crate reads or writes those entries: they ask the book.
+//!
+//! The book also keeps an in-memory [index](BookIndex) of what the settlement planner and the
+//! metrics need (the channels with something to claim or close, the unsettled amount per
+//! token, how many channels are open), updated on every write, so that neither has to list
+//! and decode the whole store.
+//!
+//! # Codec, version 1
+//!
+//! All integers big-endian; `varint` is unsigned LEB128 (at most 10 bytes); an `amount` is a
+//! `U256` as one length byte (0–32) and that many big-endian bytes with no leading zero.
+//!
+//! | field | bytes |
+//! |---|---|
+//! | version (`1`) | 1 |
+//! | flags: signer is a contract, open, pending close, has latest voucher, has close, has last receipt, status (2 bits) | 1 |
+//! | receipt flags: its nonce / amount is the latest voucher's, its total is `charged` | 1 |
+//! | payer, payee, token, signer | 4 × 20 |
+//! | challenge period (u32), salt | 4 + 32 |
+//! | deposit, paid, charged (amounts) | 3 × (1 + ≤ 32) |
+//! | exit at, settled at (varints) | 2 × ≤ 10 |
+//! | served window: floor (varint), bitmap of the 128 nonces above it | ≤ 10 + 16 |
+//! | latest voucher, if flagged: nonce (varint), amount, signature (varint length + bytes) | |
+//! | close, if flagged: requested at, authorisation deadline (varints) | |
+//! | last receipt, if flagged: nonce, amount, total unless flagged equal, cost | |
+//!
+//! A channel with a 65-byte voucher signature and amounts of a few bytes takes about 250
+//! bytes. The layout is not padded to a fixed size: amounts are `U256` on the wire and on the
+//! chain, and padding them (and the receipt of the last served voucher, which a resend after a
+//! restart is answered with) would take the record above 300 bytes.
+//!
+//! Records written before this codec (JSON, starting with `{`) are decoded once, as they
+//! are read, and written back in this codec at their next write; their 128-entry served list
+//! becomes the window (a nonce more than 128 below the highest served one counts as used,
+//! which only ever refuses more).
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use alloy::primitives::{Address, B256, Bytes, FixedBytes, U256};
+use x402_protocol::bindings::IPaymentChannel::ChannelParams;
+use x402_store::KvStore;
+
+use crate::channel::{
+    ChannelRecord, ChannelStatus, CloseState, OnchainChannel, Served, ServedWindow, StoredVoucher,
+};
+
+/// The store namespace holding one record per channel id.
+pub const CHANNELS: &str = "channels";
+
+/// The codec's version byte.
+pub const VERSION: u8 = 1;
+
+/// Errors of the book.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BookError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] x402_store::Error),
+    /// A stored record does not decode.
+    #[error("corrupt channel record {id}: {source}")]
+    Corrupt {
+        /// The channel.
+        id: B256,
+        /// Why.
+        source: CodecError,
+    },
+}
+
+/// Why bytes are not a channel record.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The record ends early.
+    #[error("truncated record")]
+    Truncated,
+    /// The version byte is not one this node reads.
+    #[error("unknown record version {0}")]
+    Version(u8),
+    /// A field holds a value no record has.
+    #[error("invalid {0}")]
+    Invalid(&'static str),
+    /// Bytes follow the record.
+    #[error("{0} trailing bytes")]
+    Trailing(usize),
+    /// A record in the JSON format of earlier versions does not parse.
+    #[error("legacy JSON record: {0}")]
+    Legacy(String),
+}
+
+/// The channel records of a store, and the index of what settlement needs.
+#[derive(Debug)]
+pub struct ChannelBook<S> {
+    store: Arc<S>,
+    index: parking_lot::Mutex<BookIndex>,
+    /// Whether the index covers every stored record (see [`Self::build_index`]).
+    indexed: AtomicBool,
+    /// Serialises index builds.
+    building: parking_lot::Mutex<()>,
+}
+
+impl<S: KvStore> ChannelBook<S> {
+    /// The book of the records in `store`. The index is empty until [`Self::build_index`].
+    pub fn new(store: Arc<S>) -> Self {
+        Self {
+            store,
+            index: parking_lot::Mutex::new(BookIndex::default()),
+            indexed: AtomicBool::new(false),
+            building: parking_lot::Mutex::new(()),
+        }
+    }
+
+    /// The store underneath (for its sync and for other namespaces: never for [`CHANNELS`]).
+    pub const fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// One channel's record.
+    pub fn get(&self, id: B256) -> Result<Option<ChannelRecord>, BookError> {
+        self.store
+            .get(CHANNELS, id.as_slice())?
+            .map(|b| decode(id, &b).map_err(|source| BookError::Corrupt { id, source }))
+            .transpose()
+    }
+
+    /// Whether the store has a record of the channel.
+    pub fn contains(&self, id: B256) -> Result<bool, BookError> {
+        Ok(self.store.get(CHANNELS, id.as_slice())?.is_some())
+    }
+
+    /// Writes a record (not synced: call the store's `sync`) and updates the index.
+    pub fn put(&self, record: &ChannelRecord) -> Result<(), BookError> {
+        let bytes = encode(record);
+        if self.indexed.load(Ordering::Acquire) {
+            self.store.put(CHANNELS, record.id.as_slice(), &bytes)?;
+            self.index.lock().apply(record);
+        } else {
+            // While the index is built, a write and its index entry go together, so that the
+            // build never overwrites a newer entry with the older record it listed.
+            let mut index = self.index.lock();
+            self.store.put(CHANNELS, record.id.as_slice(), &bytes)?;
+            index.apply(record);
+            index.written.insert(record.id);
+        }
+        Ok(())
+    }
+
+    /// Every record (a full scan: for listings and reorg recovery, never per request).
+    pub fn list(&self) -> Result<Vec<ChannelRecord>, BookError> {
+        self.store
+            .list(CHANNELS)?
+            .into_iter()
+            .map(|(k, v)| {
+                let id = B256::try_from(k.as_slice()).unwrap_or_default();
+                decode(id, &v).map_err(|source| BookError::Corrupt { id, source })
+            })
+            .collect()
+    }
+
+    /// Fills the index from the store once (one scan, decoding every record); later calls
+    /// return at once. Blocking: call it off the async runtime's workers.
+    pub fn build_index(&self) -> Result<(), BookError> {
+        let _building = self.building.lock();
+        if self.indexed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut fresh = BookIndex::default();
+        let mut corrupt = None;
+        self.store.for_each(CHANNELS, &mut |k, v| {
+            let id = B256::try_from(k).unwrap_or_default();
+            match decode(id, v) {
+                Ok(record) => fresh.apply(&record),
+                Err(source) => {
+                    corrupt.get_or_insert(BookError::Corrupt { id, source });
+                }
+            }
+        })?;
+        if let Some(e) = corrupt {
+            return Err(e);
+        }
+        let mut index = self.index.lock();
+        // Records written since the scan started are indexed already, and newer than what
+        // the scan read of them.
+        for id in std::mem::take(&mut index.written) {
+            if let Some(status) = index.status.get(&id) {
+                fresh.status.insert(id, *status);
+            }
+            fresh.set(id, index.entries.get(&id).cloned());
+        }
+        fresh.recount();
+        *index = fresh;
+        self.indexed.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether [`Self::build_index`] has completed.
+    pub fn indexed(&self) -> bool {
+        self.indexed.load(Ordering::Acquire)
+    }
+
+    /// The channels that may need a settlement or a close: an open channel with something
+    /// claimable, or whose client asked for a close. A superset of what the planner selects.
+    pub fn due(&self) -> Vec<B256> {
+        self.index.lock().entries.keys().copied().collect()
+    }
+
+    /// What the index says now.
+    pub fn summary(&self) -> IndexSummary {
+        let index = self.index.lock();
+        IndexSummary {
+            open: index.counts[0],
+            closing: index.counts[1],
+            closed: index.counts[2],
+            unsettled: index.unsettled.clone(),
+            due: index.entries.len(),
+        }
+    }
+}
+
+/// Counts from the index.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IndexSummary {
+    /// Channels accepting vouchers.
+    pub open: u64,
+    /// Channels with an exit or close pending.
+    pub closing: u64,
+    /// Channels closed on-chain.
+    pub closed: u64,
+    /// What was charged and not yet paid on-chain, per token.
+    pub unsettled: HashMap<Address, U256>,
+    /// Channels the settlement planner looks at.
+    pub due: usize,
+}
+
+/// What the planner needs to know of a due channel without reading it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    token: Address,
+    unsettled: U256,
+}
+
+/// The in-memory index of the book.
+#[derive(Debug, Default)]
+pub struct BookIndex {
+    entries: HashMap<B256, Entry>,
+    /// Every channel's status, as a compact code (0 open, 1 closing, 2 closed).
+    status: HashMap<B256, u8>,
+    counts: [u64; 3],
+    unsettled: HashMap<Address, U256>,
+    /// Ids written while the index was being built.
+    written: HashSet<B256>,
+}
+
+impl BookIndex {
+    fn apply(&mut self, record: &ChannelRecord) {
+        let status = status_code(record.status);
+        if let Some(old) = self.status.insert(record.id, status) {
+            self.counts[usize::from(old)] = self.counts[usize::from(old)].saturating_sub(1);
+        }
+        self.counts[usize::from(status)] += 1;
+        let due = record.status != ChannelStatus::Closed
+            && record.chain.open
+            && !record.chain.pending_close
+            && (record.claimable().is_some() || record.close.is_some());
+        let entry = due.then(|| Entry { token: record.chain.token(), unsettled: record.unsettled() });
+        self.set(record.id, entry);
+    }
+
+    fn set(&mut self, id: B256, entry: Option<Entry>) {
+        let old = match entry {
+            Some(entry) => {
+                let add = (entry.token, entry.unsettled);
+                let old = self.entries.insert(id, entry);
+                let sum = self.unsettled.entry(add.0).or_default();
+                *sum = sum.saturating_add(add.1);
+                old
+            }
+            None => self.entries.remove(&id),
+        };
+        if let Some(old) = old {
+            let sum = self.unsettled.entry(old.token).or_default();
+            *sum = sum.saturating_sub(old.unsettled);
+        }
+    }
+
+    fn recount(&mut self) {
+        self.counts = [0; 3];
+        for status in self.status.values() {
+            self.counts[usize::from(*status)] += 1;
+        }
+    }
+}
+
+const fn status_code(status: ChannelStatus) -> u8 {
+    match status {
+        ChannelStatus::Open => 0,
+        ChannelStatus::Closing => 1,
+        ChannelStatus::Closed => 2,
+    }
+}
+
+// Flags.
+const SIGNER_IS_CONTRACT: u8 = 1;
+const OPEN: u8 = 1 << 1;
+const PENDING_CLOSE: u8 = 1 << 2;
+const HAS_LATEST: u8 = 1 << 3;
+const HAS_CLOSE: u8 = 1 << 4;
+const HAS_RECEIPT: u8 = 1 << 5;
+const STATUS_SHIFT: u8 = 6;
+// Receipt flags.
+const RECEIPT_NONCE_IS_LATEST: u8 = 1;
+const RECEIPT_AMOUNT_IS_LATEST: u8 = 1 << 1;
+const RECEIPT_TOTAL_IS_CHARGED: u8 = 1 << 2;
+
+/// Encodes a record in the current codec (the id is the key, not part of the value).
+pub fn encode(record: &ChannelRecord) -> Vec<u8> {
+    let c = &record.chain;
+    let p = &c.params;
+    let receipt = record.served.last();
+    let latest = record.latest.as_ref();
+    let mut flags = status_code(record.status) << STATUS_SHIFT;
+    for (set, bit) in [
+        (c.signer_is_contract, SIGNER_IS_CONTRACT),
+        (c.open, OPEN),
+        (c.pending_close, PENDING_CLOSE),
+        (latest.is_some(), HAS_LATEST),
+        (record.close.is_some(), HAS_CLOSE),
+        (receipt.is_some(), HAS_RECEIPT),
+    ] {
+        if set {
+            flags |= bit;
+        }
+    }
+    let mut receipt_flags = 0;
+    if let Some(r) = receipt {
+        if latest.is_some_and(|l| l.nonce == r.nonce) {
+            receipt_flags |= RECEIPT_NONCE_IS_LATEST;
+        }
+        if latest.is_some_and(|l| l.cumulative_amount == r.amount) {
+            receipt_flags |= RECEIPT_AMOUNT_IS_LATEST;
+        }
+        if r.total == record.charged {
+            receipt_flags |= RECEIPT_TOTAL_IS_CHARGED;
+        }
+    }
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(&[VERSION, flags, receipt_flags]);
+    for a in [p.payer, p.payee, p.token, p.signer] {
+        out.extend_from_slice(a.as_slice());
+    }
+    out.extend_from_slice(&p.challengePeriod.to_be_bytes());
+    out.extend_from_slice(p.salt.as_slice());
+    for a in [c.deposit, c.paid, record.charged] {
+        put_amount(&mut out, a);
+    }
+    put_varint(&mut out, c.exit_at);
+    put_varint(&mut out, record.settled_at);
+    put_varint(&mut out, record.window.floor());
+    out.extend_from_slice(&record.window.bits().to_be_bytes());
+    if let Some(l) = latest {
+        put_varint(&mut out, l.nonce);
+        put_amount(&mut out, l.cumulative_amount);
+        put_varint(&mut out, l.signature.len() as u64);
+        out.extend_from_slice(&l.signature);
+    }
+    if let Some(close) = record.close {
+        put_varint(&mut out, close.requested_at);
+        put_varint(&mut out, close.authorization_deadline);
+    }
+    if let Some(r) = receipt {
+        if receipt_flags & RECEIPT_NONCE_IS_LATEST == 0 {
+            put_varint(&mut out, r.nonce);
+        }
+        if receipt_flags & RECEIPT_AMOUNT_IS_LATEST == 0 {
+            put_amount(&mut out, r.amount);
+        }
+        if receipt_flags & RECEIPT_TOTAL_IS_CHARGED == 0 {
+            put_amount(&mut out, r.total);
+        }
+        put_amount(&mut out, r.cost);
+    }
+    out
+}
+
+/// Decodes the record of channel `id`: the current codec, or (once, as a migration) the JSON
+/// of earlier versions. Never panics, whatever the bytes.
+pub fn decode(id: B256, bytes: &[u8]) -> Result<ChannelRecord, CodecError> {
+    match bytes.first() {
+        Some(&VERSION) => decode_v1(id, bytes),
+        Some(b'{') => decode_legacy(id, bytes),
+        Some(&v) => Err(CodecError::Version(v)),
+        None => Err(CodecError::Truncated),
+    }
+}
+
+fn decode_v1(id: B256, bytes: &[u8]) -> Result<ChannelRecord, CodecError> {
+    let mut r = Reader { bytes, at: 1 };
+    let flags = r.byte()?;
+    let receipt_flags = r.byte()?;
+    let status = match flags >> STATUS_SHIFT {
+        0 => ChannelStatus::Open,
+        1 => ChannelStatus::Closing,
+        2 => ChannelStatus::Closed,
+        _ => return Err(CodecError::Invalid("status")),
+    };
+    let payer = r.address()?;
+    let payee = r.address()?;
+    let token = r.address()?;
+    let signer = r.address()?;
+    let challenge_period = u32::from_be_bytes(r.array()?);
+    let salt = B256::from(r.array::<32>()?);
+    let params = ChannelParams { payer, payee, token, signer, challengePeriod: challenge_period, salt };
+    let deposit = r.amount()?;
+    let paid = r.amount()?;
+    let charged = r.amount()?;
+    let exit_at = r.varint()?;
+    let settled_at = r.varint()?;
+    let floor = r.varint()?;
+    let bits = u128::from_be_bytes(r.array()?);
+    let window = ServedWindow::from_parts(floor, bits).ok_or(CodecError::Invalid("served window"))?;
+    let latest = if flags & HAS_LATEST != 0 {
+        let nonce = r.varint()?;
+        let cumulative_amount = r.amount()?;
+        let len = usize::try_from(r.varint()?).map_err(|_| CodecError::Invalid("signature length"))?;
+        let signature = Bytes::copy_from_slice(r.take(len)?);
+        Some(StoredVoucher { nonce, cumulative_amount, signature })
+    } else {
+        None
+    };
+    let close = if flags & HAS_CLOSE != 0 {
+        Some(CloseState { requested_at: r.varint()?, authorization_deadline: r.varint()? })
+    } else {
+        None
+    };
+    let mut served = Vec::new();
+    if flags & HAS_RECEIPT != 0 {
+        let from_latest = |flag: u8| {
+            (receipt_flags & flag != 0)
+                .then_some(latest.as_ref())
+                .map(|l| l.ok_or(CodecError::Invalid("receipt flags")))
+        };
+        let nonce = match from_latest(RECEIPT_NONCE_IS_LATEST) {
+            Some(l) => l?.nonce,
+            None => r.varint()?,
+        };
+        let amount = match from_latest(RECEIPT_AMOUNT_IS_LATEST) {
+            Some(l) => l?.cumulative_amount,
+            None => r.amount()?,
+        };
+        let total = if receipt_flags & RECEIPT_TOTAL_IS_CHARGED != 0 { charged } else { r.amount()? };
+        let cost = r.amount()?;
+        served.push(Served { nonce, amount, cost, total });
+    }
+    if r.at != bytes.len() {
+        return Err(CodecError::Trailing(bytes.len() - r.at));
+    }
+    let chain = OnchainChannel {
+        params,
+        signer_is_contract: flags & SIGNER_IS_CONTRACT != 0,
+        deposit,
+        exit_at,
+        open: flags & OPEN != 0,
+        paid,
+        pending_close: flags & PENDING_CLOSE != 0,
+    };
+    Ok(ChannelRecord { id, chain, latest, charged, status, close, settled_at, served, window })
+}
+
+/// A record as earlier versions stored it (JSON).
+#[derive(serde::Deserialize)]
+struct LegacyRecord {
+    id: B256,
+    chain: OnchainChannel,
+    latest: Option<StoredVoucher>,
+    charged: U256,
+    status: ChannelStatus,
+    #[serde(default)]
+    close: Option<CloseState>,
+    #[serde(default)]
+    settled_at: u64,
+    #[serde(default)]
+    served: Vec<Served>,
+    #[serde(default)]
+    floor: Option<u64>,
+}
+
+fn decode_legacy(id: B256, bytes: &[u8]) -> Result<ChannelRecord, CodecError> {
+    let old: LegacyRecord = serde_json::from_slice(bytes).map_err(|e| CodecError::Legacy(e.to_string()))?;
+    if old.id != id {
+        return Err(CodecError::Invalid("legacy record id"));
+    }
+    let floor = old.floor.unwrap_or_else(|| old.latest.as_ref().map_or(0, |v| v.nonce));
+    let mut window = ServedWindow::from_floor(floor);
+    let mut served = old.served;
+    for s in &served {
+        window.insert(s.nonce);
+    }
+    // The served list was in commit order: the last entry is the receipt kept.
+    if served.len() > crate::channel::SERVED_WINDOW {
+        served.drain(..served.len() - crate::channel::SERVED_WINDOW);
+    }
+    Ok(ChannelRecord {
+        id,
+        chain: old.chain,
+        latest: old.latest,
+        charged: old.charged,
+        status: old.status,
+        close: old.close,
+        settled_at: old.settled_at,
+        served,
+        window,
+    })
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_amount(out: &mut Vec<u8>, a: U256) {
+    let bytes = a.to_be_bytes::<32>();
+    let skip = bytes.iter().take_while(|b| **b == 0).count();
+    out.push((32 - skip) as u8);
+    out.extend_from_slice(&bytes[skip..]);
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        let end =
+            self.at.checked_add(n).filter(|&end| end <= self.bytes.len()).ok_or(CodecError::Truncated)?;
+        let slice = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(slice)
+    }
+
+    fn byte(&mut self) -> Result<u8, CodecError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
+        let mut a = [0; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn address(&mut self) -> Result<Address, CodecError> {
+        Ok(Address::from(FixedBytes::<20>::from(self.array::<20>()?)))
+    }
+
+    fn varint(&mut self) -> Result<u64, CodecError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            let part = u64::from(b & 0x7f);
+            if shift == 63 && part > 1 {
+                return Err(CodecError::Invalid("varint"));
+            }
+            v |= part << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(CodecError::Invalid("varint"))
+    }
+
+    fn amount(&mut self) -> Result<U256, CodecError> {
+        let len = usize::from(self.byte()?);
+        if len > 32 {
+            return Err(CodecError::Invalid("amount length"));
+        }
+        let bytes = self.take(len)?;
+        if bytes.first() == Some(&0) {
+            return Err(CodecError::Invalid("amount with a leading zero"));
+        }
+        Ok(U256::from_be_slice(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use x402_store::MemoryStore;
+
+    use super::*;
+    use crate::channel::{SERVED_WINDOW, tests::onchain};
+
+    fn amount() -> impl Strategy<Value = U256> {
+        prop_oneof![
+            Just(U256::ZERO),
+            any::<u64>().prop_map(U256::from),
+            any::<[u8; 32]>().prop_map(U256::from_be_bytes),
+        ]
+    }
+
+    fn record() -> impl Strategy<Value = ChannelRecord> {
+        let chain = (
+            any::<[u8; 20]>(),
+            any::<u32>(),
+            any::<[u8; 32]>(),
+            (amount(), amount(), any::<u64>()),
+            (any::<bool>(), any::<bool>(), any::<bool>()),
+        )
+            .prop_map(
+                |(signer, period, salt, (deposit, paid, exit_at), (contract, open, pending))| {
+                    let mut c = onchain(0);
+                    c.params.signer = Address::from(signer);
+                    c.params.challengePeriod = period;
+                    c.params.salt = B256::from(salt);
+                    c.deposit = deposit;
+                    c.paid = paid;
+                    c.exit_at = exit_at;
+                    c.signer_is_contract = contract;
+                    c.open = open;
+                    c.pending_close = pending;
+                    c
+                },
+            );
+        let latest =
+            prop::option::of((any::<u64>(), amount(), prop::collection::vec(any::<u8>(), 0..200)).prop_map(
+                |(nonce, a, sig)| StoredVoucher { nonce, cumulative_amount: a, signature: Bytes::from(sig) },
+            ));
+        let close = prop::option::of((any::<u64>(), any::<u64>()).prop_map(
+            |(requested_at, authorization_deadline)| CloseState { requested_at, authorization_deadline },
+        ));
+        let receipt = prop::option::of((any::<u64>(), amount(), amount(), amount(), 0u8..8));
+        (
+            any::<[u8; 32]>(),
+            chain,
+            latest,
+            amount(),
+            0u8..3,
+            close,
+            any::<u64>(),
+            receipt,
+            any::<u64>(),
+            any::<u128>(),
+        )
+            .prop_map(
+                |(id, chain, latest, charged, status, close, settled_at, receipt, floor, bits)| {
+                    let status = [ChannelStatus::Open, ChannelStatus::Closing, ChannelStatus::Closed]
+                        [usize::from(status)];
+                    let window =
+                        ServedWindow::from_parts(floor, bits).unwrap_or(ServedWindow::from_floor(floor));
+                    // Receipts that repeat the latest voucher or the total, as most do.
+                    let served = receipt
+                        .map(|(nonce, amount, cost, total, same)| {
+                            let l = latest.as_ref();
+                            Served {
+                                nonce: l.filter(|_| same & 1 != 0).map_or(nonce, |l| l.nonce),
+                                amount: l.filter(|_| same & 2 != 0).map_or(amount, |l| l.cumulative_amount),
+                                cost,
+                                total: if same & 4 != 0 { charged } else { total },
+                            }
+                        })
+                        .into_iter()
+                        .collect();
+                    ChannelRecord {
+                        id: B256::from(id),
+                        chain,
+                        latest,
+                        charged,
+                        status,
+                        close,
+                        settled_at,
+                        served,
+                        window,
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips(record in record()) {
+            let bytes = encode(&record);
+            prop_assert_eq!(bytes[0], VERSION);
+            prop_assert_eq!(decode(record.id, &bytes), Ok(record.clone()));
+            // Every proper prefix is refused, never misread.
+            for cut in 0..bytes.len() {
+                prop_assert!(decode(record.id, &bytes[..cut]).is_err());
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            prop_assert_eq!(decode(record.id, &longer), Err(CodecError::Trailing(1)));
+        }
+
+        #[test]
+        fn never_panics_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+            let _ = decode(B256::ZERO, &bytes);
+            let mut v1 = bytes.clone();
+            v1.insert(0, VERSION);
+            if let Ok(record) = decode(B256::ZERO, &v1) {
+                // What decodes encodes back to a record that decodes the same.
+                prop_assert_eq!(decode(B256::ZERO, &encode(&record)), Ok(record));
+            }
+        }
+
+        #[test]
+        fn flipped_bytes_never_panic(record in record(), at in any::<prop::sample::Index>(), xor in 1u8..) {
+            let mut bytes = encode(&record);
+            let i = at.index(bytes.len());
+            bytes[i] ^= xor;
+            let _ = decode(record.id, &bytes);
+        }
+    }
+
+    #[test]
+    fn a_paid_channel_takes_under_300_bytes() {
+        let mut record = ChannelRecord::new(B256::repeat_byte(1), onchain(10_000_000_000));
+        record.settled_at = 1_764_000_000;
+        for n in 1..=100u64 {
+            let v = x402_protocol::Voucher {
+                channelId: record.id,
+                nonce: n,
+                cumulativeAmount: U256::from(n * 1_000_000),
+            };
+            record.apply(&v, Bytes::from(vec![0x5a; 65]), U256::from(1_000_000));
+        }
+        record.request_close(1_764_000_100);
+        let bytes = encode(&record);
+        assert!(bytes.len() <= 260, "{} bytes", bytes.len());
+        let back = decode(record.id, &bytes).unwrap();
+        // Only the last receipt is stored; the window is whole.
+        assert_eq!(back.served, record.served[record.served.len() - 1..]);
+        assert_eq!(back.window, record.window);
+        assert_eq!((back.latest, back.charged), (record.latest, record.charged));
+    }
+
+    #[test]
+    fn refuses_unknown_versions_and_corrupt_legacy_records() {
+        assert_eq!(decode(B256::ZERO, &[]), Err(CodecError::Truncated));
+        assert_eq!(decode(B256::ZERO, &[2, 0, 0]), Err(CodecError::Version(2)));
+        assert!(matches!(decode(B256::ZERO, b"{not json"), Err(CodecError::Legacy(_))));
+    }
+
+    /// A record as the JSON codec of earlier versions wrote it: its fields, with the served
+    /// window as a list and an optional floor.
+    fn legacy_json(record: &ChannelRecord, served: &[Served], floor: Option<u64>) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "id": record.id,
+            "chain": record.chain,
+            "latest": record.latest,
+            "charged": record.charged,
+            "status": record.status,
+            "close": record.close,
+            "settled_at": record.settled_at,
+            "served": served,
+            "floor": floor,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn migrates_legacy_json_records() {
+        let mut record = ChannelRecord::new(B256::repeat_byte(3), onchain(1_000_000));
+        let served: Vec<Served> = (10..=137u64)
+            .map(|n| Served { nonce: n, amount: U256::from(n), cost: U256::from(1), total: U256::from(n) })
+            .collect();
+        record.latest =
+            Some(StoredVoucher { nonce: 137, cumulative_amount: U256::from(137), signature: Bytes::new() });
+        let back = decode(record.id, &legacy_json(&record, &served, Some(9))).unwrap();
+        assert_eq!(back.served, served);
+        for n in 0..=140 {
+            assert_eq!(back.used(n), n <= 137, "nonce {n}");
+        }
+        // Before the window existed: everything up to the latest nonce is used.
+        let back = decode(record.id, &legacy_json(&record, &[], None)).unwrap();
+        assert!(back.used(137) && !back.used(138));
+        // The record of another channel is refused.
+        assert!(decode(B256::ZERO, &legacy_json(&record, &[], None)).is_err());
+        // A migrated record is written back in the compact codec through the book.
+        let book = ChannelBook::new(Arc::new(MemoryStore::new()));
+        book.store().put(CHANNELS, record.id.as_slice(), &legacy_json(&record, &served, Some(9))).unwrap();
+        let read = book.get(record.id).unwrap().unwrap();
+        book.put(&read).unwrap();
+        let raw = book.store().get(CHANNELS, record.id.as_slice()).unwrap().unwrap();
+        assert_eq!(raw[0], VERSION);
+        assert_eq!(book.get(record.id).unwrap().unwrap().window, read.window);
+    }
+
+    /// The served list of earlier versions, as the model of the window: at most 128 nonces,
+    /// the smallest leaving (and raising the floor) when a 129th arrives.
+    #[derive(Default)]
+    struct OldList {
+        floor: u64,
+        served: Vec<u64>,
+    }
+
+    impl OldList {
+        fn serve(&mut self, nonce: u64) {
+            self.served.push(nonce);
+            while self.served.len() > SERVED_WINDOW {
+                let (i, oldest) =
+                    self.served.iter().copied().enumerate().min_by_key(|(_, n)| *n).unwrap_or_default();
+                self.served.remove(i);
+                self.floor = self.floor.max(oldest);
+            }
+        }
+
+        fn used(&self, nonce: u64) -> bool {
+            nonce <= self.floor || self.served.contains(&nonce)
+        }
+    }
+
+    proptest! {
+        /// For the 128 nonces below the highest one served and every nonce above, the window
+        /// says exactly what the old list said (vouchers of concurrent requests arrive within
+        /// a few nonces of each other). Below them it never says less: a nonce the list took
+        /// as used is used in the window.
+        #[test]
+        fn the_window_keeps_the_old_lists_semantics(
+            steps in prop::collection::vec((-40i64..8, any::<bool>()), 1..400),
+            far in prop::collection::vec(0u64..2_000, 0..4),
+        ) {
+            let mut list = OldList::default();
+            let mut window = ServedWindow::default();
+            let mut top = 0u64;
+            let mut served = Vec::new();
+            for (delta, unserve) in steps {
+                let nonce = top.saturating_add_signed(delta).max(1);
+                if list.used(nonce) {
+                    prop_assert!(window.contains(nonce), "nonce {} used in the list only", nonce);
+                    continue;
+                }
+                if unserve && served.contains(&nonce) {
+                    continue;
+                }
+                list.serve(nonce);
+                window.insert(nonce);
+                served.push(nonce);
+                top = top.max(nonce);
+            }
+            for n in far {
+                let nonce = top + n;
+                if !list.used(nonce) {
+                    list.serve(nonce);
+                    window.insert(nonce);
+                    top = top.max(nonce);
+                }
+            }
+            for n in 0..top + 130 {
+                if n + 128 > top {
+                    prop_assert_eq!(window.contains(n), list.used(n), "nonce {}", n);
+                } else if list.used(n) {
+                    prop_assert!(window.contains(n), "nonce {} used in the list only", n);
+                }
+            }
+            prop_assert!(window.contains(0));
+        }
+    }
+
+    #[test]
+    fn the_window_slides_and_forgets_undone_services() {
+        let mut w = ServedWindow::default();
+        w.insert(5);
+        assert!(w.contains(5) && !w.contains(4) && !w.contains(6));
+        w.insert(5 + 128);
+        assert!(w.contains(5) && w.contains(133) && !w.contains(132));
+        w.insert(1000);
+        assert_eq!(w.floor(), 1000 - 128);
+        assert!(w.contains(872) && !w.contains(873) && w.contains(1000));
+        w.remove(1000);
+        assert!(!w.contains(1000));
+        w.insert(u64::MAX);
+        assert!(w.contains(u64::MAX));
+        assert_eq!(ServedWindow::from_parts(u64::MAX - 1, 2), None);
+        assert!(ServedWindow::from_parts(u64::MAX - 1, 1).is_some());
+    }
+
+    #[test]
+    fn the_index_follows_every_write_and_a_build_keeps_newer_writes() {
+        let store = Arc::new(MemoryStore::new());
+        let book = ChannelBook::new(Arc::clone(&store));
+        let mut owing = ChannelRecord::new(B256::repeat_byte(1), onchain(1000));
+        owing.apply(
+            &x402_protocol::Voucher { channelId: owing.id, nonce: 1, cumulativeAmount: U256::from(300) },
+            Bytes::from(vec![1; 65]),
+            U256::from(200),
+        );
+        let idle = ChannelRecord::new(B256::repeat_byte(2), onchain(1000));
+        book.put(&owing).unwrap();
+        book.put(&idle).unwrap();
+        // A second book over the same store (a restart) knows nothing until built.
+        let restarted = ChannelBook::new(Arc::clone(&store));
+        assert!(restarted.due().is_empty());
+        // A write before the build is kept over what the build reads.
+        let mut paid = owing.clone();
+        paid.chain.paid = U256::from(200);
+        restarted.put(&paid).unwrap();
+        restarted.build_index().unwrap();
+        assert!(restarted.due().is_empty(), "settled: nothing due");
+        let token = owing.chain.token();
+        assert_eq!(restarted.summary().unsettled.get(&token).copied().unwrap_or_default(), U256::ZERO);
+        assert_eq!(restarted.summary().open, 2);
+        book.build_index().unwrap();
+        assert_eq!(book.due(), vec![owing.id]);
+        assert_eq!(book.summary().unsettled[&token], U256::from(200));
+        // A close request makes an idle channel due; a close on-chain takes it out.
+        let mut closing = idle.clone();
+        closing.request_close(5);
+        book.put(&closing).unwrap();
+        assert_eq!(book.summary().due, 2);
+        assert_eq!((book.summary().open, book.summary().closing), (1, 1));
+        let mut closed = closing.clone();
+        closed.chain.open = false;
+        closed.status = ChannelStatus::Closed;
+        book.put(&closed).unwrap();
+        let summary = book.summary();
+        assert_eq!((summary.open, summary.closing, summary.closed, summary.due), (1, 0, 1, 1));
+    }
+}
