@@ -9,6 +9,7 @@
 //! Modules:
 //! - [`engine`]: the request path: decode, check, verify, commit.
 //! - [`channel`]: a channel's record and the rules a voucher must pass.
+//! - [`exact`]: the official x402 `exact` EVM scheme (EIP-3009), verified and settled by the node.
 //! - [`verify`]: the contract's signature rule: ECDSA first, ERC-1271 only otherwise.
 //! - [`auth`]: bearer tokens of the admin and watcher endpoints.
 //! - [`chain`]: reading channels from the chain.
@@ -30,6 +31,7 @@ pub mod chain;
 pub mod channel;
 pub mod config;
 pub mod engine;
+pub mod exact;
 pub mod follower;
 pub mod gateway;
 pub mod metrics;

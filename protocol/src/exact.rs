@@ -12,6 +12,8 @@
 //! extra: { name, version } }` ([`ExactRequirements`]), payload `{ signature, authorization:
 //! { from, to, value, validAfter, validBefore, nonce } }` ([`ExactPayload`]), amounts and times
 //! as decimal strings.
+// `transferWithAuthorization` has nine arguments, as EIP-3009 defines it.
+#![allow(clippy::too_many_arguments)]
 
 use alloy::{
     primitives::{Address, B256, Bytes, U256},
