@@ -386,11 +386,11 @@ async fn drive(
                         if by_voucher
                             && let Some(receipt) = receipt
                             && let Ok(settled) = wire::decode_header::<SettlementResponse>(receipt.as_bytes())
-                            && let Some(grant) = settled.extra.session
-                            && let Some(lane) =
-                                lanes.iter_mut().find(|l| l.channel == settled.extra.channel_id)
+                            && let Some(extra) = settled.extra
+                            && let Some(grant) = extra.session
+                            && let Some(lane) = lanes.iter_mut().find(|l| l.channel == extra.channel_id)
                         {
-                            let value = wire::encode_session(settled.extra.channel_id, grant.token);
+                            let value = wire::encode_session(extra.channel_id, grant.token);
                             let fresh =
                                 lane.session.as_ref().is_none_or(|(t, _)| t.as_bytes() != value.as_bytes());
                             if fresh {
@@ -577,7 +577,8 @@ pub async fn latency_at_rate(
             eyre::ensure!(status == StatusCode::OK, "warm-up voucher answered {status}");
             let receipt = receipt.ok_or_else(|| eyre::eyre!("no PAYMENT-RESPONSE"))?;
             let settled: SettlementResponse = wire::decode_header(receipt.as_bytes())?;
-            let grant = settled.extra.session.ok_or_else(|| eyre::eyre!("no session granted"))?;
+            let grant =
+                settled.extra.and_then(|e| e.session).ok_or_else(|| eyre::eyre!("no session granted"))?;
             tokens.push((
                 wire::PAYMENT_SESSION,
                 HeaderValue::from_str(&wire::encode_session(lane.channel, grant.token))?,

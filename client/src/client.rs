@@ -648,7 +648,7 @@ impl Client {
                     // signed, so nothing more is put at risk.
                     let since = *waiting_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= self.inner.settings.node_wait {
-                        return Err(Error::Refused { code, message: required.message });
+                        return Err(Error::Refused { code, message: None });
                     }
                     tokio::time::sleep(self.inner.settings.backoff).await;
                     resend = Some(prepared);
@@ -673,7 +673,7 @@ impl Client {
                     // has not followed yet. Send the same voucher again in a moment.
                     let since = *waiting_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= self.inner.settings.node_wait {
-                        return Err(Error::Refused { code, message: required.message });
+                        return Err(Error::Refused { code, message: None });
                     }
                     tokio::time::sleep(self.inner.settings.backoff).await;
                     resend = Some(prepared);
@@ -681,7 +681,7 @@ impl Client {
                 ErrorCode::ChannelClosing | ErrorCode::ChannelClosed => {
                     self.retire(prepared.channel, code).await?;
                 }
-                _ => return Err(Error::Refused { code, message: required.message }),
+                _ => return Err(Error::Refused { code, message: None }),
             }
         }
         Err(Error::TooManyAttempts { attempts: self.inner.settings.max_attempts, last })
@@ -1090,7 +1090,9 @@ impl Client {
         };
         let settled: SettlementResponse = wire::decode_header(value.as_bytes())
             .map_err(|e| Error::Malformed(format!("PAYMENT-RESPONSE: {e}")))?;
-        let extra = settled.extra;
+        let extra = settled
+            .extra
+            .ok_or_else(|| Error::Malformed("PAYMENT-RESPONSE without the channel state".into()))?;
         if extra.channel_id != prepared.channel {
             return Err(Error::Malformed(format!(
                 "PAYMENT-RESPONSE for channel {} to a voucher of channel {}",

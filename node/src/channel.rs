@@ -273,6 +273,9 @@ impl ChannelRecord {
             cumulative_amount: self.cumulative_amount(),
             charged: self.charged(),
             deposit: self.chain.deposit,
+            // The payer's own signature of (nonce, cumulative amount): a client that lost its
+            // state checks it before trusting the rest.
+            signature: self.latest.as_ref().map(|v| v.signature.clone()).unwrap_or_default(),
         }
     }
 

@@ -28,10 +28,10 @@ use tracing::{debug, info, warn};
 use x402_protocol::{
     Network, SignedVoucher,
     close::{CloseRequestBody, CloseResponse, SignedCloseAuthorization},
-    voucher::{DOMAIN_NAME, DOMAIN_VERSION},
     wire::{
-        self, ChannelExtra, ChannelState, ErrorCode, PaymentPayload, PaymentRequired, PaymentRequirements,
-        Pricing, Resource, SessionGrant, SettlementExtra, SettlementResponse,
+        self, ChannelExtra, ChannelState, DomainInfo, ErrorCode, PaymentEnvelope, PaymentRequired,
+        PaymentRequirements, Pricing, Resource, Scheme, SessionGrant, SettlementExtra, SettlementResponse,
+        VoucherPayload,
     },
 };
 use x402_store::KvStore;
@@ -461,9 +461,10 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
             pay_to: t.payee,
             max_timeout_seconds: t.max_timeout_seconds,
             extra: ChannelExtra {
+                name: None,
+                version: None,
                 contract: t.contract,
-                name: DOMAIN_NAME.into(),
-                version: DOMAIN_VERSION.into(),
+                domain: DomainInfo::channel(),
                 min_challenge_period: t.min_challenge_period,
                 min_deposit: t.min_deposit,
                 pricing: price.pricing,
@@ -475,17 +476,18 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
 
     /// The body of a 402 for `url`, explaining `refusal` if a payment was refused.
     pub fn payment_required(&self, url: &str, price: &Price, refusal: Option<&Refusal>) -> PaymentRequired {
-        PaymentRequired {
-            x402_version: wire::X402_VERSION,
-            error: Some(refusal.map_or(ErrorCode::PaymentRequired, |r| r.code)),
-            message: Some(refusal.map_or_else(|| "payment required".to_owned(), |r| r.message.clone())),
-            resource: Resource {
+        if let Some(r) = refusal {
+            debug!(target: "node::engine", code = %r.code, message = %r.message, url, "payment refused");
+        }
+        PaymentRequired::new(
+            Some(refusal.map_or(ErrorCode::PaymentRequired, |r| r.code)),
+            Resource {
                 url: url.to_owned(),
                 description: price.description.clone(),
                 mime_type: price.mime_type.clone(),
             },
-            accepts: vec![self.requirements(price, refusal.and_then(|r| r.state.as_deref().cloned()))],
-        }
+            vec![self.requirements(price, refusal.and_then(|r| r.state.as_deref().cloned()))],
+        )
     }
 
     /// The node's state of a channel it knows, for a 402 that names the channel.
@@ -532,6 +534,55 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
         Ok(written)
     }
 
+    /// Checks a payment's envelope for this node's [`wire::SCHEME`], in this order: version,
+    /// scheme (an unknown or other scheme is `invalid_scheme` whatever its payload), network,
+    /// the echoed `asset` and `payTo` when present, and only then the payload, strictly.
+    /// Other schemes are dispatched before this (see the gateway and the facilitator).
+    pub fn check_envelope(&self, envelope: &PaymentEnvelope) -> Result<SignedVoucher, Refusal> {
+        if !matches!(envelope.x402_version, 1 | 2) {
+            return Err(Refusal::new(
+                ErrorCode::InvalidX402Version,
+                format!("x402 version {} is not supported (1 or 2)", envelope.x402_version),
+            ));
+        }
+        match envelope.scheme() {
+            Some(Scheme::ChannelVoucher) => {}
+            _ => {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidScheme,
+                    format!(
+                        "scheme {:?} is not accepted here: this route takes {:?}",
+                        envelope.scheme_name(),
+                        wire::SCHEME
+                    ),
+                ));
+            }
+        }
+        let network = self.inner.network_id.as_str();
+        if envelope.network() != Some(network) {
+            return Err(Refusal::new(
+                ErrorCode::InvalidNetwork,
+                format!("network {:?} is not this node's {network}", envelope.network()),
+            ));
+        }
+        if let Some(accepted) = &envelope.accepted {
+            let t = &self.inner.terms;
+            if accepted.asset.is_some_and(|a| a != t.asset) || accepted.pay_to.is_some_and(|p| p != t.payee) {
+                return Err(Refusal::new(
+                    ErrorCode::ChannelMismatch,
+                    format!(
+                        "the accepted offer (asset {:?}, payTo {:?}) is not one of this node's",
+                        accepted.asset, accepted.pay_to
+                    ),
+                ));
+            }
+        }
+        let payload: VoucherPayload = envelope.payload().map_err(|e| {
+            Refusal::new(ErrorCode::InvalidPayload, format!("malformed voucher payload: {e}"))
+        })?;
+        Ok(SignedVoucher::from(payload))
+    }
+
     /// Checks a payment header (base64 JSON) for a request priced `price`. On success the
     /// price is reserved on the channel (no lock is held) until the returned [`Pending`] is
     /// committed or dropped. A resend of a voucher already served is not reserved again: the
@@ -548,31 +599,9 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
     }
 
     async fn authorize_inner(&self, header: &[u8], price: &Price) -> Result<Pending<S, C>, Refusal> {
-        let payload: PaymentPayload = wire::decode_header(header)
+        let envelope = PaymentEnvelope::decode(header)
             .map_err(|e| Refusal::new(ErrorCode::InvalidPayload, format!("malformed payment: {e}")))?;
-        if !matches!(payload.x402_version, 1 | 2) {
-            return Err(Refusal::new(
-                ErrorCode::InvalidX402Version,
-                format!("x402 version {} is not supported (1 or 2)", payload.x402_version),
-            ));
-        }
-        match payload.scheme() {
-            Some(wire::SCHEME) => {}
-            other => {
-                return Err(Refusal::new(
-                    ErrorCode::InvalidScheme,
-                    format!("scheme {other:?} is not supported: this node takes \"channel\""),
-                ));
-            }
-        }
-        let network = self.inner.network_id.as_str();
-        if payload.network() != Some(network) {
-            return Err(Refusal::new(
-                ErrorCode::InvalidNetwork,
-                format!("network {:?} is not this node's {network}", payload.network()),
-            ));
-        }
-        let signed = SignedVoucher::from(payload.payload);
+        let signed = self.check_envelope(&envelope)?;
         let id = signed.channel_id();
         let mut guard = self.lock_live(id).await?;
         self.check_deposit(guard.record.as_ref().ok_or_else(|| Refusal::unknown(id))?)?;
@@ -698,14 +727,15 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
             transaction: String::new(),
             network: self.inner.network,
             payer: record.chain.payer(),
-            extra: SettlementExtra {
+            amount: Some(cost),
+            extra: Some(SettlementExtra {
                 channel_id: record.id,
                 nonce,
                 cumulative_amount: amount,
                 charged: cost,
                 total_charged: total,
                 session,
-            },
+            }),
         }
     }
 
@@ -934,7 +964,7 @@ impl<S: KvStore, C: ChainReader> Pending<S, C> {
     pub fn payment(&self) -> Payment {
         let (nonce, cumulative_amount) = match &self.kind {
             Kind::Voucher { nonce, amount } | Kind::Session { nonce, amount, .. } => (*nonce, *amount),
-            Kind::Replay(s) => (s.extra.nonce, s.extra.cumulative_amount),
+            Kind::Replay(s) => s.extra.as_ref().map_or((0, U256::ZERO), |e| (e.nonce, e.cumulative_amount)),
         };
         Payment { channel_id: self.id, payer: self.payer, nonce, cumulative_amount, max_amount: self.max }
     }
@@ -1096,7 +1126,7 @@ impl<S: KvStore, C: ChainReader> Pending<S, C> {
         if !deferred {
             inner.revenue.inc_by(f64::from(cost));
         }
-        debug!(target: "node::engine", %id, nonce = settlement.extra.nonce, %cost, deferred, "payment recorded");
+        debug!(target: "node::engine", %id, nonce = settlement.extra.as_ref().map_or(0, |e| e.nonce), %cost, deferred, "payment recorded");
         Ok(settlement)
     }
 }
@@ -1285,7 +1315,7 @@ mod tests {
             let t = self.engine.terms();
             let voucher = Voucher { channelId: self.id, nonce, cumulativeAmount: U256::from(amount) };
             let signed = ChannelDomain::new(t.chain_id, t.contract).sign(&self.key, voucher).expect("signs");
-            let payload = PaymentPayload::new(&self.engine.requirements(&self.price, None), &signed);
+            let payload = wire::PaymentPayload::new(&self.engine.requirements(&self.price, None), &signed);
             wire::encode_header(&payload).into_bytes()
         }
 

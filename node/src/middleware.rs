@@ -273,7 +273,13 @@ where
     match pending.commit(cost).await {
         Ok(settlement) => {
             if let Some((status, headers, body)) = kept {
-                replay.insert(payment.channel_id, settlement.extra.nonce, status, &headers, body);
+                replay.insert(
+                    payment.channel_id,
+                    settlement.extra.as_ref().map_or(0, |e| e.nonce),
+                    status,
+                    &headers,
+                    body,
+                );
             }
             with_receipt(&mut response, &settlement);
             response

@@ -1,4 +1,5 @@
-//! The x402 v2 wire format for the `channel` scheme.
+//! The x402 v2 wire format for the `channel-voucher` scheme (and the envelope of the official
+//! `exact` scheme, which the node also takes).
 //!
 //! - A refused request gets `402` with a [`PaymentRequired`] in the `PAYMENT-REQUIRED` header
 //!   (base64 JSON) and, as plain JSON, in the body.
@@ -22,8 +23,11 @@ use crate::{Error, Network, Result, SignedVoucher, Voucher};
 
 /// The x402 protocol version this crate speaks.
 pub const X402_VERSION: u32 = 2;
-/// The payment scheme name.
-pub const SCHEME: &str = "channel";
+/// This project's payment scheme name. Not `channel`: a different proposal in the x402
+/// specification repository already uses that name with another payload.
+pub const SCHEME: &str = "channel-voucher";
+/// The official x402 `exact` scheme name.
+pub const EXACT_SCHEME: &str = "exact";
 /// Header of a 402 response carrying a base64 [`PaymentRequired`].
 pub const PAYMENT_REQUIRED: &str = "payment-required";
 /// Header of a request carrying a base64 [`PaymentPayload`] (x402 v2).
@@ -49,7 +53,7 @@ pub enum ErrorCode {
     InvalidPayload,
     /// The x402 version is not supported.
     InvalidX402Version,
-    /// The scheme is not `channel`.
+    /// The scheme is unknown or not accepted on this route.
     InvalidScheme,
     /// The network is not the node's.
     InvalidNetwork,
@@ -113,29 +117,124 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// The payment schemes this crate knows. The node reads the scheme of a payment FIRST
+/// ([`PaymentEnvelope::scheme`]) and only then decodes its payload strictly for that scheme:
+/// this enum is the one dispatch point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Scheme {
+    /// This project's scheme: EIP-712 vouchers on a `PaymentChannel` ([`SCHEME`]).
+    #[serde(rename = "channel-voucher")]
+    ChannelVoucher,
+    /// The official x402 `exact` EVM scheme: an EIP-3009 `transferWithAuthorization`
+    /// ([`EXACT_SCHEME`]).
+    #[serde(rename = "exact")]
+    Exact,
+}
+
+impl Scheme {
+    /// The scheme's wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ChannelVoucher => SCHEME,
+            Self::Exact => EXACT_SCHEME,
+        }
+    }
+
+    /// The scheme named `name`, if this crate knows it (names are case-sensitive).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            SCHEME => Some(Self::ChannelVoucher),
+            EXACT_SCHEME => Some(Self::Exact),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Scheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The body and `PAYMENT-REQUIRED` header of a 402.
+///
+/// On the wire `accepts` is one list: the [`SCHEME`] offers first, then the `exact` ones.
+/// Here they are kept apart by scheme, so that code about one scheme never has to look at the
+/// other's `extra`. Decoding skips offers of schemes this crate does not know and decodes the
+/// others strictly for their scheme.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(into = "RawPaymentRequired", try_from = "RawPaymentRequired")]
 pub struct PaymentRequired {
     /// Always [`X402_VERSION`].
     pub x402_version: u32,
     /// Why the presented payment was refused; absent when none was presented.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorCode>,
-    /// A human-readable explanation of `error`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
     /// The resource that costs money.
     pub resource: Resource,
-    /// The payment options; this node offers one per accepted token.
+    /// The [`SCHEME`] offers; this node makes one per accepted token.
     pub accepts: Vec<PaymentRequirements>,
+    /// The `exact` offers, when the route takes that scheme.
+    pub exact: Vec<ExactRequirements>,
+}
+
+impl PaymentRequired {
+    /// A 402 with only [`SCHEME`] offers.
+    pub const fn new(
+        error: Option<ErrorCode>,
+        resource: Resource,
+        accepts: Vec<PaymentRequirements>,
+    ) -> Self {
+        Self { x402_version: X402_VERSION, error, resource, accepts, exact: Vec::new() }
+    }
+}
+
+/// The JSON shape of [`PaymentRequired`].
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawPaymentRequired {
+    x402_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorCode>,
+    resource: Resource,
+    accepts: Vec<serde_json::Value>,
+}
+
+impl From<PaymentRequired> for RawPaymentRequired {
+    fn from(p: PaymentRequired) -> Self {
+        // Serialising these plain structs cannot fail.
+        let ours = p.accepts.iter().map(|r| serde_json::to_value(r).unwrap_or_default());
+        let exact = p.exact.iter().map(|r| serde_json::to_value(r).unwrap_or_default());
+        Self {
+            x402_version: p.x402_version,
+            error: p.error,
+            resource: p.resource,
+            accepts: ours.chain(exact).collect(),
+        }
+    }
+}
+
+impl TryFrom<RawPaymentRequired> for PaymentRequired {
+    type Error = serde_json::Error;
+
+    fn try_from(raw: RawPaymentRequired) -> Result<Self, Self::Error> {
+        let (mut accepts, mut exact) = (Vec::new(), Vec::new());
+        for offer in raw.accepts {
+            match offer.get("scheme").and_then(|s| s.as_str()).and_then(Scheme::parse) {
+                Some(Scheme::ChannelVoucher) => accepts.push(serde_json::from_value(offer)?),
+                Some(Scheme::Exact) => exact.push(serde_json::from_value(offer)?),
+                None => {}
+            }
+        }
+        Ok(Self { x402_version: raw.x402_version, error: raw.error, resource: raw.resource, accepts, exact })
+    }
 }
 
 /// The resource a 402 is about.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Resource {
-    /// The request URL (path and query).
+    /// The absolute URL of the request (`<public base URL><path and query>`).
     pub url: String,
     /// What the route does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -145,11 +244,12 @@ pub struct Resource {
     pub mime_type: Option<String>,
 }
 
-/// One way to pay: scheme `channel` on one network, in one token.
+/// One way to pay: one scheme on one network, in one token. `E` is the scheme's `extra`:
+/// [`ChannelExtra`] for [`SCHEME`], [`ExactExtra`] for `exact` ([`ExactRequirements`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PaymentRequirements {
-    /// Always [`SCHEME`].
+pub struct PaymentRequirements<E = ChannelExtra> {
+    /// The scheme's name ([`SCHEME`] or [`EXACT_SCHEME`]).
     pub scheme: String,
     /// The chain.
     pub network: Network,
@@ -158,25 +258,61 @@ pub struct PaymentRequirements {
     #[serde(with = "u256_dec")]
     pub amount: U256,
     /// The token, or the zero address for the native token.
+    #[serde(with = "checksummed")]
     pub asset: Address,
-    /// The provider (the channel's payee).
+    /// The provider (the channel's payee, the transfer's recipient).
+    #[serde(with = "checksummed")]
     pub pay_to: Address,
     /// How long the node takes at most to answer a paid request.
     pub max_timeout_seconds: u64,
     /// Scheme-specific terms.
-    pub extra: ChannelExtra,
+    pub extra: E,
 }
 
-/// The `extra` of [`PaymentRequirements`]: what a client needs to open a channel and pay.
+/// The requirements of the official `exact` EVM scheme.
+pub type ExactRequirements = PaymentRequirements<ExactExtra>;
+
+/// The `extra` of an `exact` offer: the token's EIP-712 domain, which the EIP-3009
+/// authorisation is signed under.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExactExtra {
+    /// The token's EIP-712 domain name.
+    pub name: String,
+    /// The token's EIP-712 domain version.
+    pub version: String,
+}
+
+/// An EIP-712 domain's name and version (its chain id and contract are given elsewhere).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainInfo {
+    /// The domain name.
+    pub name: String,
+    /// The domain version.
+    pub version: String,
+}
+
+impl DomainInfo {
+    /// The `PaymentChannel` contract's domain.
+    pub fn channel() -> Self {
+        Self { name: crate::voucher::DOMAIN_NAME.into(), version: crate::voucher::DOMAIN_VERSION.into() }
+    }
+}
+
+/// The `extra` of a [`SCHEME`] offer: what a client needs to open a channel and pay.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ChannelExtra {
-    /// The `PaymentChannel` contract.
+    /// The TOKEN's EIP-712 domain name, as in the other EVM schemes; absent if unknown or native.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The TOKEN's EIP-712 domain version; absent if unknown or native.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The `PaymentChannel` contract (the vouchers' `verifyingContract`).
+    #[serde(with = "checksummed")]
     pub contract: Address,
-    /// The EIP-712 domain name.
-    pub name: String,
-    /// The EIP-712 domain version.
-    pub version: String,
+    /// The `PaymentChannel` contract's EIP-712 domain.
+    pub domain: DomainInfo,
     /// The shortest challenge period the node accepts, in seconds.
     pub min_challenge_period: u64,
     /// The smallest deposit the node accepts, in token base units.
@@ -222,15 +358,29 @@ pub struct ChannelState {
     /// The channel's deposit.
     #[serde(with = "u256_dec")]
     pub deposit: U256,
+    /// The payer's own signature of that voucher (`channelId`, `nonce`, `cumulativeAmount`
+    /// under the channel domain), so that a client can check the state it is handed is one it
+    /// signed. Empty when `nonce` is 0.
+    #[serde(default)]
+    pub signature: Bytes,
 }
 
-/// What a client sends in `PAYMENT-SIGNATURE` (or `X-PAYMENT`).
+impl ChannelState {
+    /// The voucher this state claims the payer signed.
+    pub const fn voucher(&self) -> Voucher {
+        Voucher { channelId: self.channel_id, nonce: self.nonce, cumulativeAmount: self.cumulative_amount }
+    }
+}
+
+/// What a client sends in `PAYMENT-SIGNATURE` (or `X-PAYMENT`), with a typed payload `P`
+/// ([`VoucherPayload`] for [`SCHEME`], [`ExactPayload`] for `exact`). The node does not decode
+/// this type: it reads a [`PaymentEnvelope`] and decodes the payload once it knows the scheme.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PaymentPayload {
+pub struct PaymentPayload<P = VoucherPayload> {
     /// The x402 version the client speaks (1 or 2).
     pub x402_version: u32,
-    /// The requirements the client chose to pay (v2).
+    /// The requirements the client chose to pay (v2), echoed in full.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accepted: Option<AcceptedRequirements>,
     /// The scheme (v1 puts it at the top level).
@@ -239,12 +389,14 @@ pub struct PaymentPayload {
     /// The network (v1 puts it at the top level).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
-    /// The voucher.
-    pub payload: VoucherPayload,
+    /// The scheme's payload.
+    pub payload: P,
 }
 
-/// The part of the chosen [`PaymentRequirements`] the node checks. Other fields a client
-/// echoes back are ignored.
+/// The chosen requirements, as echoed in a payment's `accepted`. A client sends every field
+/// ([`From<&PaymentRequirements>`]); the node reads them leniently: it checks `scheme`,
+/// `network`, `asset` and `payTo` against its offers, while `amount`, `maxTimeoutSeconds` and
+/// `extra` are informative (the node prices each request itself) and may be absent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AcceptedRequirements {
@@ -252,26 +404,47 @@ pub struct AcceptedRequirements {
     pub scheme: String,
     /// The network, as sent (validated by the node).
     pub network: String,
-    /// The token the client pays in.
+    /// The price the client was offered (informative).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
+    /// The token the client pays in.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "checksummed::option")]
     pub asset: Option<Address>,
+    /// The provider the client pays.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "checksummed::option")]
+    pub pay_to: Option<Address>,
+    /// The offer's timeout (informative).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_timeout_seconds: Option<u64>,
+    /// The offer's `extra` (informative).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<serde_json::Value>,
 }
 
-impl From<&PaymentRequirements> for AcceptedRequirements {
-    fn from(r: &PaymentRequirements) -> Self {
-        Self { scheme: r.scheme.clone(), network: r.network.to_string(), asset: Some(r.asset) }
+impl<E: Serialize> From<&PaymentRequirements<E>> for AcceptedRequirements {
+    fn from(r: &PaymentRequirements<E>) -> Self {
+        Self {
+            scheme: r.scheme.clone(),
+            network: r.network.to_string(),
+            amount: Some(r.amount.to_string()),
+            asset: Some(r.asset),
+            pay_to: Some(r.pay_to),
+            max_timeout_seconds: Some(r.max_timeout_seconds),
+            // Serialising these plain structs cannot fail.
+            extra: serde_json::to_value(&r.extra).ok(),
+        }
     }
 }
 
-impl PaymentPayload {
-    /// A v2 payload paying `requirements` with `voucher`.
-    pub fn new(requirements: &PaymentRequirements, voucher: &SignedVoucher) -> Self {
+impl<P> PaymentPayload<P> {
+    /// A v2 payment of `requirements` with `payload`, echoing the requirements in full.
+    pub fn with_payload<E: Serialize>(requirements: &PaymentRequirements<E>, payload: P) -> Self {
         Self {
             x402_version: X402_VERSION,
             accepted: Some(requirements.into()),
             scheme: None,
             network: None,
-            payload: voucher.into(),
+            payload,
         }
     }
 
@@ -283,6 +456,64 @@ impl PaymentPayload {
     /// The network, from `accepted` (v2) or the top level (v1).
     pub fn network(&self) -> Option<&str> {
         self.accepted.as_ref().map(|a| a.network.as_str()).or(self.network.as_deref())
+    }
+}
+
+impl PaymentPayload {
+    /// A v2 payload paying `requirements` with `voucher`.
+    pub fn new(requirements: &PaymentRequirements, voucher: &SignedVoucher) -> Self {
+        Self::with_payload(requirements, voucher.into())
+    }
+}
+
+/// A payment as the node first reads it: the envelope decoded leniently, the payload kept
+/// raw. Read [`Self::scheme`] first, refuse a scheme the route does not take with
+/// `invalid_scheme`, and only then decode the payload strictly ([`Self::payload`]) for that
+/// scheme: an `exact` payload sent to a channel-only route is a wrong scheme, not a malformed
+/// voucher.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentEnvelope {
+    /// The x402 version the client speaks (1 or 2).
+    pub x402_version: u32,
+    /// The requirements the client chose to pay (v2).
+    #[serde(default)]
+    pub accepted: Option<AcceptedRequirements>,
+    /// The scheme (v1).
+    #[serde(default)]
+    pub scheme: Option<String>,
+    /// The network (v1).
+    #[serde(default)]
+    pub network: Option<String>,
+    /// The scheme's payload, not yet decoded.
+    pub payload: Box<serde_json::value::RawValue>,
+}
+
+impl PaymentEnvelope {
+    /// Decodes a payment header (base64 JSON, at most [`MAX_HEADER_LEN`] bytes).
+    pub fn decode(header: &[u8]) -> Result<Self> {
+        decode_header(header)
+    }
+
+    /// The scheme's name as sent, from `accepted` (v2) or the top level (v1).
+    pub fn scheme_name(&self) -> Option<&str> {
+        self.accepted.as_ref().map(|a| a.scheme.as_str()).or(self.scheme.as_deref())
+    }
+
+    /// The scheme, if this crate knows it.
+    pub fn scheme(&self) -> Option<Scheme> {
+        self.scheme_name().and_then(Scheme::parse)
+    }
+
+    /// The network, from `accepted` (v2) or the top level (v1).
+    pub fn network(&self) -> Option<&str> {
+        self.accepted.as_ref().map(|a| a.network.as_str()).or(self.network.as_deref())
+    }
+
+    /// Decodes the payload strictly as `P` ([`VoucherPayload`] or [`ExactPayload`], both
+    /// refusing unknown fields).
+    pub fn payload<P: DeserializeOwned>(&self) -> Result<P> {
+        Ok(serde_json::from_str(self.payload.get())?)
     }
 }
 
@@ -326,20 +557,67 @@ impl From<VoucherPayload> for SignedVoucher {
     }
 }
 
-/// What a paid response carries in `PAYMENT-RESPONSE`.
+/// The payload of the official `exact` EVM scheme: an EIP-3009 authorisation and its
+/// signature. Unknown fields are refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExactPayload {
+    /// The signature of the authorisation under the token's EIP-712 domain.
+    pub signature: Bytes,
+    /// The `transferWithAuthorization` arguments.
+    pub authorization: ExactAuthorization,
+}
+
+/// The EIP-3009 `TransferWithAuthorization` message of an [`ExactPayload`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExactAuthorization {
+    /// The payer.
+    #[serde(with = "checksummed")]
+    pub from: Address,
+    /// The recipient (the provider).
+    #[serde(with = "checksummed")]
+    pub to: Address,
+    /// The amount, in token base units.
+    #[serde(with = "u256_dec")]
+    pub value: U256,
+    /// Valid after this unix time, in seconds.
+    #[serde(with = "u256_dec")]
+    pub valid_after: U256,
+    /// Valid before this unix time, in seconds.
+    #[serde(with = "u256_dec")]
+    pub valid_before: U256,
+    /// The authorisation's unique nonce.
+    pub nonce: B256,
+}
+
+/// What a paid response carries in `PAYMENT-RESPONSE` (and a facilitator's settle answers).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SettlementResponse {
     /// Always true on a paid response.
     pub success: bool,
-    /// Empty: channel payments settle later, in batches.
+    /// Empty for [`SCHEME`] (channel payments settle later, in batches); the transaction hash
+    /// for `exact`.
     pub transaction: String,
     /// The chain.
     pub network: Network,
-    /// The channel's payer.
+    /// The payer.
+    #[serde(with = "checksummed")]
     pub payer: Address,
-    /// The channel state after this payment.
-    pub extra: SettlementExtra,
+    /// What this request was charged.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "u256_dec::option")]
+    pub amount: Option<U256>,
+    /// The channel state after this payment ([`SCHEME`] only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<SettlementExtra>,
+}
+
+impl SettlementResponse {
+    /// The channel state after this payment; `None` for other schemes.
+    pub const fn channel(&self) -> Option<&SettlementExtra> {
+        self.extra.as_ref()
+    }
 }
 
 /// The `extra` of a [`SettlementResponse`].
@@ -440,6 +718,63 @@ pub mod u256_dec {
         }
         U256::from_str_radix(s, 10).ok()
     }
+
+    /// The same for an `Option<U256>` (use with `default`).
+    pub mod option {
+        use alloy::primitives::U256;
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        /// Serialises `Some` as a decimal string.
+        pub fn serialize<S: Serializer>(value: &Option<U256>, s: S) -> Result<S::Ok, S::Error> {
+            match value {
+                Some(v) => super::serialize(v, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Deserialises an optional decimal string.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<U256>, D::Error> {
+            #[derive(Deserialize)]
+            struct Dec(#[serde(with = "super")] U256);
+            Ok(Option::<Dec>::deserialize(d)?.map(|Dec(v)| v))
+        }
+    }
+}
+
+/// Serde for [`Address`] as an EIP-55 checksummed string. Decoding accepts any case (a client
+/// echoing a lower-case address is not refused for it).
+pub mod checksummed {
+    use alloy::primitives::Address;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serialises with the EIP-55 checksum.
+    pub fn serialize<S: Serializer>(value: &Address, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&value.to_checksum(None))
+    }
+
+    /// Deserialises a 0x-prefixed hex address.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Address, D::Error> {
+        Address::deserialize(d)
+    }
+
+    /// The same for an `Option<Address>` (use with `default`).
+    pub mod option {
+        use alloy::primitives::Address;
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        /// Serialises `Some` with the EIP-55 checksum.
+        pub fn serialize<S: Serializer>(value: &Option<Address>, s: S) -> Result<S::Ok, S::Error> {
+            match value {
+                Some(a) => super::serialize(a, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Deserialises an optional address.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Address>, D::Error> {
+            Option::<Address>::deserialize(d)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -457,9 +792,10 @@ mod tests {
             pay_to: Address::repeat_byte(2),
             max_timeout_seconds: 60,
             extra: ChannelExtra {
+                name: Some("USD Coin".into()),
+                version: Some("2".into()),
                 contract: Address::repeat_byte(3),
-                name: crate::voucher::DOMAIN_NAME.into(),
-                version: crate::voucher::DOMAIN_VERSION.into(),
+                domain: DomainInfo::channel(),
                 min_challenge_period: 3600,
                 min_deposit: U256::from(1_000_000),
                 pricing: Pricing::Exact,
@@ -495,34 +831,209 @@ mod tests {
         }
     }
 
+    const CHECKSUMMED: &str = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed";
+
+    fn envelope(json: serde_json::Value) -> PaymentEnvelope {
+        PaymentEnvelope::decode(STANDARD.encode(json.to_string()).as_bytes()).unwrap()
+    }
+
     #[test]
     fn payment_required_json_shape() {
-        let pr = PaymentRequired {
-            x402_version: 2,
-            error: Some(ErrorCode::NonceTooLow),
-            message: Some("stale".into()),
-            resource: Resource { url: "/x".into(), description: None, mime_type: None },
-            accepts: vec![requirements()],
+        let mut ours = requirements();
+        ours.pay_to = CHECKSUMMED.parse().unwrap();
+        ours.extra.channel = Some(ChannelState {
+            channel_id: B256::repeat_byte(9),
+            nonce: 4,
+            cumulative_amount: U256::from(4000),
+            charged: U256::from(3500),
+            deposit: U256::from(10_000),
+            signature: Bytes::from(vec![0xab; 65]),
+        });
+        let exact = ExactRequirements {
+            scheme: EXACT_SCHEME.into(),
+            network: Network::new(31337),
+            amount: U256::from(1000),
+            asset: Address::repeat_byte(1),
+            pay_to: CHECKSUMMED.parse().unwrap(),
+            max_timeout_seconds: 60,
+            extra: ExactExtra { name: "USD Coin".into(), version: "2".into() },
         };
+        let mut pr = PaymentRequired::new(
+            Some(ErrorCode::NonceTooLow),
+            Resource { url: "https://api.example.com/x?y=1".into(), description: None, mime_type: None },
+            vec![ours],
+        );
+        pr.exact = vec![exact];
         let json: serde_json::Value = serde_json::to_value(&pr).unwrap();
+        let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["accepts", "error", "resource", "x402Version"], "only spec fields at the top");
         assert_eq!(json["x402Version"], 2);
         assert_eq!(json["error"], "nonce_too_low");
-        assert_eq!(json["accepts"][0]["scheme"], "channel");
-        assert_eq!(json["accepts"][0]["network"], "eip155:31337");
-        assert_eq!(json["accepts"][0]["amount"], "1000");
-        assert_eq!(json["accepts"][0]["maxTimeoutSeconds"], 60);
-        assert_eq!(json["accepts"][0]["extra"]["minChallengePeriod"], 3600);
-        assert_eq!(json["accepts"][0]["extra"]["pricing"], "exact");
-        assert!(json["accepts"][0]["extra"].get("channel").is_none());
+        let offer = &json["accepts"][0];
+        assert_eq!(offer["scheme"], "channel-voucher");
+        assert_eq!(offer["network"], "eip155:31337");
+        assert_eq!(offer["amount"], "1000");
+        assert_eq!(offer["maxTimeoutSeconds"], 60);
+        assert_eq!(offer["payTo"], CHECKSUMMED, "EIP-55");
+        assert_eq!(offer["asset"], Address::repeat_byte(1).to_checksum(None));
+        assert_eq!(offer["extra"]["contract"], Address::repeat_byte(3).to_checksum(None));
+        assert_eq!(offer["extra"]["name"], "USD Coin", "the token's domain");
+        assert_eq!(offer["extra"]["version"], "2");
+        assert_eq!(
+            offer["extra"]["domain"],
+            serde_json::json!({ "name": "x402 Payment Channel", "version": "2" })
+        );
+        assert_eq!(offer["extra"]["minChallengePeriod"], 3600);
+        assert_eq!(offer["extra"]["pricing"], "exact");
+        assert_eq!(offer["extra"]["channel"]["signature"], format!("0x{}", "ab".repeat(65)));
+        assert_eq!(offer["extra"]["channel"]["charged"], "3500");
+        assert_eq!(json["accepts"][1]["scheme"], "exact", "ours first, then exact");
+        assert_eq!(json["accepts"][1]["extra"], serde_json::json!({ "name": "USD Coin", "version": "2" }));
         let header = encode_header(&pr);
         assert_eq!(decode_header::<PaymentRequired>(header.as_bytes()).unwrap(), pr);
+    }
+
+    #[test]
+    fn payment_required_skips_unknown_schemes_and_decodes_known_ones_strictly() {
+        let mut json = serde_json::to_value(PaymentRequired::new(
+            None,
+            Resource { url: "http://h/x".into(), description: None, mime_type: None },
+            vec![requirements()],
+        ))
+        .unwrap();
+        let other = serde_json::json!({ "scheme": "batch-settlement", "network": "eip155:1", "whatever": 1 });
+        json["accepts"].as_array_mut().unwrap().insert(0, other);
+        json["message"] = "ignored".into();
+        let pr: PaymentRequired = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(pr.accepts, vec![requirements()]);
+        assert!(pr.exact.is_empty());
+        // Lower-case addresses are read.
+        json["accepts"][1]["payTo"] = format!("{:x}", Address::repeat_byte(0xab)).into();
+        let pr: PaymentRequired = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(pr.accepts[0].pay_to, Address::repeat_byte(0xab));
+        // An offer of our scheme without its contract is an error, not skipped.
+        json["accepts"][1]["extra"].as_object_mut().unwrap().remove("contract");
+        assert!(serde_json::from_value::<PaymentRequired>(json).is_err());
+    }
+
+    #[test]
+    fn client_payload_echoes_the_full_requirements() {
+        let signed = SignedVoucher {
+            voucher: Voucher {
+                channelId: B256::repeat_byte(7),
+                nonce: 1,
+                cumulativeAmount: U256::from(1000),
+            },
+            signature: Bytes::from(vec![1; 65]),
+        };
+        let json = serde_json::to_value(PaymentPayload::new(&requirements(), &signed)).unwrap();
+        let accepted = &json["accepted"];
+        let want = serde_json::to_value(requirements()).unwrap();
+        assert_eq!(accepted, &want, "accepted is the offer, echoed whole");
+        for key in ["scheme", "network", "amount", "asset", "payTo", "maxTimeoutSeconds", "extra"] {
+            assert!(accepted.get(key).is_some(), "{key}");
+        }
+        assert_eq!(json["payload"]["cumulativeAmount"], "1000");
+    }
+
+    #[test]
+    fn envelope_reads_the_scheme_before_the_payload() {
+        let voucher = serde_json::json!({
+            "channelId": B256::repeat_byte(7), "nonce": 3, "cumulativeAmount": "42", "signature": "0x00"
+        });
+        let exact = serde_json::json!({
+            "signature": "0x00",
+            "authorization": {
+                "from": Address::repeat_byte(1), "to": Address::repeat_byte(2), "value": "1000",
+                "validAfter": "0", "validBefore": "99999999999", "nonce": B256::repeat_byte(5)
+            }
+        });
+        // An exact payment: the envelope decodes; its scheme is `exact`; as a voucher it is
+        // malformed, as an exact payload it is fine.
+        let e = envelope(serde_json::json!({
+            "x402Version": 2,
+            "accepted": { "scheme": "exact", "network": "eip155:1" },
+            "payload": exact,
+            "resource": { "url": "http://h/x" },
+            "extensions": {}
+        }));
+        assert_eq!(e.scheme(), Some(Scheme::Exact));
+        assert!(e.payload::<VoucherPayload>().is_err());
+        let p: ExactPayload = e.payload().unwrap();
+        assert_eq!(p.authorization.value, U256::from(1000));
+        // Unknown schemes are named but not known.
+        let e = envelope(serde_json::json!({
+            "x402Version": 2, "accepted": { "scheme": "channel", "network": "eip155:1" }, "payload": {}
+        }));
+        assert_eq!((e.scheme_name(), e.scheme()), (Some("channel"), None));
+        // Our payload refuses unknown fields, at any depth of the payload.
+        let mut extra = voucher.clone();
+        extra["authorization"] = serde_json::json!({});
+        let e = envelope(serde_json::json!({
+            "x402Version": 2, "accepted": { "scheme": SCHEME, "network": "eip155:1" }, "payload": extra
+        }));
+        assert_eq!(e.scheme(), Some(Scheme::ChannelVoucher));
+        let err = e.payload::<VoucherPayload>().unwrap_err().to_string();
+        assert!(err.contains("unknown field `authorization`"), "{err}");
+        let mut extra = exact;
+        extra["authorization"]["extra"] = 1.into();
+        assert!(
+            envelope(serde_json::json!({ "x402Version": 2, "payload": extra }))
+                .payload::<ExactPayload>()
+                .is_err()
+        );
+        // The accepted echo is lenient about the informative fields.
+        let e = envelope(serde_json::json!({
+            "x402Version": 2,
+            "accepted": {
+                "scheme": SCHEME, "network": "eip155:1", "amount": "not checked", "maxTimeoutSeconds": 5,
+                "extra": { "anything": [1, 2] }, "futureField": true,
+                "payTo": format!("{:x}", Address::repeat_byte(0xcd)),
+            },
+            "payload": voucher
+        }));
+        assert_eq!(e.accepted.as_ref().and_then(|a| a.pay_to), Some(Address::repeat_byte(0xcd)));
+        assert_eq!(e.payload::<VoucherPayload>().unwrap().nonce, 3);
+    }
+
+    #[test]
+    fn addresses_serialise_checksummed() {
+        let a: Address = CHECKSUMMED.to_lowercase().parse().unwrap();
+        let s = SettlementResponse {
+            success: true,
+            transaction: String::new(),
+            network: Network::new(1),
+            payer: a,
+            amount: Some(U256::from(7)),
+            extra: None,
+        };
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["payer"], CHECKSUMMED);
+        assert_eq!(json["amount"], "7");
+        assert!(json.get("extra").is_none());
+        assert_eq!(serde_json::from_value::<SettlementResponse>(json).unwrap(), s);
+        let accepted = AcceptedRequirements::from(&requirements());
+        let json = serde_json::to_value(&accepted).unwrap();
+        assert_eq!(json["payTo"], Address::repeat_byte(2).to_checksum(None));
+        assert_eq!(serde_json::from_value::<AcceptedRequirements>(json).unwrap(), accepted);
+    }
+
+    #[test]
+    fn scheme_names() {
+        for s in [Scheme::ChannelVoucher, Scheme::Exact] {
+            assert_eq!(Scheme::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        assert_eq!(SCHEME, "channel-voucher");
+        assert_eq!(Scheme::parse("channel"), None);
+        assert_eq!(Scheme::parse("Exact"), None);
     }
 
     #[test]
     fn v1_payload_reads_top_level_scheme() {
         let json = serde_json::json!({
             "x402Version": 1,
-            "scheme": "channel",
+            "scheme": "channel-voucher",
             "network": "eip155:1",
             "payload": {
                 "channelId": B256::repeat_byte(7),
@@ -533,9 +1044,11 @@ mod tests {
         });
         let header = STANDARD.encode(json.to_string());
         let p: PaymentPayload = decode_header(header.as_bytes()).unwrap();
-        assert_eq!(p.scheme(), Some("channel"));
+        assert_eq!(p.scheme(), Some("channel-voucher"));
         assert_eq!(p.network(), Some("eip155:1"));
         assert_eq!(p.payload.cumulative_amount, U256::from(42));
+        let e = PaymentEnvelope::decode(header.as_bytes()).unwrap();
+        assert_eq!((e.scheme(), e.network()), (Some(Scheme::ChannelVoucher), Some("eip155:1")));
     }
 
     #[test]
@@ -585,6 +1098,8 @@ mod tests {
 
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = PaymentEnvelope::decode(STANDARD.encode(&bytes).as_bytes());
+            let _ = decode_header::<PaymentRequired>(STANDARD.encode(&bytes).as_bytes());
             let _ = decode_header::<PaymentPayload>(&bytes);
             let _ = decode_header::<PaymentPayload>(STANDARD.encode(&bytes).as_bytes());
         }
