@@ -1419,9 +1419,9 @@ mod tests {
                                 Outcome::Delivered(cost) | Outcome::Lost(cost) => {
                                     let receipt = pending.commit(U256::from(cost)).await.expect("commits");
                                     prop_assert!(!served.contains_key(&k), "request {} served twice", k);
-                                    prop_assert_eq!(receipt.extra.charged, U256::from(cost));
+                                    prop_assert_eq!(receipt.extra.as_ref().expect("channel state").charged, U256::from(cost));
                                     charged_total += U256::from(cost);
-                                    prop_assert_eq!(receipt.extra.total_charged, charged_total);
+                                    prop_assert_eq!(receipt.extra.as_ref().expect("channel state").total_charged, charged_total);
                                     served.insert(k, receipt);
                                 }
                             }

@@ -653,7 +653,7 @@ mod tests {
     use std::collections::{HashMap, HashSet};
 
     use alloy::{signers::local::PrivateKeySigner, sol_types::SolCall};
-    use x402_protocol::exact::Authorization;
+    use x402_protocol::exact::ExactAuthorization as Authorization;
     use x402_store::{MemoryStore, SledStore};
 
     use super::*;

@@ -7,7 +7,8 @@
 //! domain: { name: <token's>, version: <token's>, chainId, verifyingContract: <token> }
 //! ```
 //!
-//! The wire shapes are the ones `ExactEvmScheme` of `@x402/evm` sends and expects:
+//! The wire shapes (defined in [`crate::wire`], re-exported here) are the ones `ExactEvmScheme`
+//! of `@x402/evm` sends and expects:
 //! requirements `{ scheme: "exact", network, amount, asset, payTo, maxTimeoutSeconds,
 //! extra: { name, version } }` ([`ExactRequirements`]), payload `{ signature, authorization:
 //! { from, to, value, validAfter, validBefore, nonce } }` ([`ExactPayload`]), amounts and times
@@ -16,17 +17,16 @@
 #![allow(clippy::too_many_arguments)]
 
 use alloy::{
-    primitives::{Address, B256, Bytes, U256},
+    primitives::{B256, Bytes},
     signers::SignerSync,
     sol,
     sol_types::{SolCall, SolStruct},
 };
-use serde::{Deserialize, Serialize};
 
-use crate::{Error, Network, Result, open::TokenDomain, wire::u256_dec};
-
-/// The scheme name.
-pub const SCHEME: &str = "exact";
+pub use crate::wire::{
+    EXACT_SCHEME as SCHEME, ExactAuthorization, ExactExtra, ExactPayload, ExactRequirements,
+};
+use crate::{Error, Result, open::TokenDomain};
 
 sol! {
     /// EIP-3009, the variant anyone may submit.
@@ -64,64 +64,8 @@ sol! {
     }
 }
 
-/// The `extra` of `exact` requirements: the token's EIP-712 domain.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExactExtra {
-    /// The token's EIP-712 domain name.
-    pub name: String,
-    /// The token's EIP-712 domain version.
-    pub version: String,
-}
-
-/// One way to pay with `exact`: a transfer of `amount` of `asset` to `payTo`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ExactRequirements {
-    /// Always [`SCHEME`].
-    pub scheme: String,
-    /// The chain.
-    pub network: Network,
-    /// The price in token base units: the authorisation's value must be exactly this.
-    #[serde(with = "u256_dec")]
-    pub amount: U256,
-    /// The token (EIP-3009).
-    #[serde(with = "eip55")]
-    pub asset: Address,
-    /// The provider, recipient of the transfer.
-    #[serde(with = "eip55")]
-    pub pay_to: Address,
-    /// How long the authorisation the client signs stays valid (the official client signs
-    /// `validBefore = now + maxTimeoutSeconds`).
-    pub max_timeout_seconds: u64,
-    /// The token's EIP-712 domain.
-    pub extra: ExactExtra,
-}
-
-/// The EIP-3009 authorisation of an [`ExactPayload`], as the official client writes it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Authorization {
-    /// The payer.
-    #[serde(with = "eip55")]
-    pub from: Address,
-    /// The recipient: the provider.
-    #[serde(with = "eip55")]
-    pub to: Address,
-    /// The amount, decimal.
-    #[serde(with = "u256_dec")]
-    pub value: U256,
-    /// Valid strictly after this unix time (the token's rule), decimal.
-    #[serde(with = "u256_dec")]
-    pub valid_after: U256,
-    /// Valid strictly before this unix time, decimal.
-    #[serde(with = "u256_dec")]
-    pub valid_before: U256,
-    /// A random 32-byte nonce, single-use per payer and token.
-    pub nonce: B256,
-}
-
-impl From<&Authorization> for TransferWithAuthorization {
-    fn from(a: &Authorization) -> Self {
+impl From<&ExactAuthorization> for TransferWithAuthorization {
+    fn from(a: &ExactAuthorization) -> Self {
         Self {
             from: a.from,
             to: a.to,
@@ -133,17 +77,7 @@ impl From<&Authorization> for TransferWithAuthorization {
     }
 }
 
-/// The `payload` of an `exact` payment. Unknown fields are refused.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ExactPayload {
-    /// The payer's signature of the authorisation: 65 bytes `r ‖ s ‖ v`.
-    pub signature: Bytes,
-    /// The authorisation.
-    pub authorization: Authorization,
-}
-
-impl Authorization {
+impl ExactAuthorization {
     /// The EIP-712 digest the payer signs, under the token's `domain`.
     pub fn signing_hash(&self, domain: &TokenDomain) -> B256 {
         TransferWithAuthorization::from(self).eip712_signing_hash(domain.domain())
@@ -180,31 +114,17 @@ impl ExactPayload {
     }
 }
 
-/// Serde for an [`Address`] written EIP-55 checksummed (read in any case).
-mod eip55 {
-    use alloy::primitives::Address;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(value: &Address, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&value.to_checksum(None))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Address, D::Error> {
-        Address::deserialize(d)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use alloy::{
-        primitives::{address, b256, keccak256},
+        primitives::{Address, U256, address, b256, keccak256},
         signers::local::PrivateKeySigner,
     };
 
     use super::*;
 
-    fn authorization() -> Authorization {
-        Authorization {
+    fn authorization() -> ExactAuthorization {
+        ExactAuthorization {
             from: address!("70997970C51812dc3A010C7d01b50e0d17dc79C8"),
             to: address!("f39Fd6e51aad88F6F4ce6aB8827279cffFb92266"),
             value: U256::from(1000),
@@ -300,7 +220,7 @@ mod tests {
     #[test]
     fn calldata_splits_the_signature() {
         let key = PrivateKeySigner::random();
-        let auth = Authorization { from: key.address(), ..authorization() };
+        let auth = ExactAuthorization { from: key.address(), ..authorization() };
         let payload = auth.sign(&key, &domain()).unwrap();
         let call =
             IEip3009Token::transferWithAuthorizationCall::abi_decode(&payload.calldata().unwrap()).unwrap();
