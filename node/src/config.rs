@@ -38,6 +38,9 @@
 //! min_deposit = "0"                  # default, token base units
 //! max_credit_window = 100            # default: requests one voucher may prepay (1: off)
 //! accept_contract_signers = false    # default: refuse ERC-1271 (contract) voucher signers
+//! schemes = ["channel-voucher"]      # default; add "exact" for the official EIP-3009 scheme
+//! # eip712_name = "USD Coin"         # default: read from the token (exact signs under it)
+//! # eip712_version = "2"
 //!
 //! [provider]
 //! key_env = "X402_PROVIDER_KEY"      # default: env var holding the provider's hex key
@@ -60,6 +63,7 @@
 //! price = "1000"                     # token base units
 //! pricing = "exact"                  # default; "upto": the upstream reports the actual cost
 //! description = "Current weather"    #   in the X402-Cost response header
+//! # schemes = ["channel-voucher", "exact"]  # default: payment.schemes
 //! ```
 //!
 //! The most specific route wins; see [`crate::routes`].
@@ -71,9 +75,9 @@ use alloy::{
     signers::local::PrivateKeySigner,
 };
 use serde::{Deserialize, Serialize};
-use x402_protocol::wire::{Pricing, u256_dec};
+use x402_protocol::wire::{Pricing, Scheme, u256_dec};
 
-use crate::{Price, routes::Routes};
+use crate::{Price, Schemes, routes::Routes};
 
 /// Configuration errors.
 #[derive(Debug, thiserror::Error)]
@@ -322,6 +326,16 @@ pub struct PaymentConfig {
     /// signatures stay valid whatever its code. Default `false`: such channels are refused
     /// with `channel_mismatch`.
     pub accept_contract_signers: bool,
+    /// The payment schemes priced routes take unless a route says otherwise:
+    /// `"channel-voucher"` (this project's) and/or `"exact"` (the official x402 EVM scheme: an
+    /// EIP-3009 transfer per request, settled by the provider's key; fixed-price routes of an
+    /// EIP-3009 token only). The 402 lists them in that order. Default `["channel-voucher"]`.
+    pub schemes: Vec<Scheme>,
+    /// The token's EIP-712 domain name, which `exact` authorisations are signed under. Default:
+    /// read from the token at start (EIP-5267 `eip712Domain()`, else `name()`/`version()`).
+    pub eip712_name: Option<String>,
+    /// The token's EIP-712 domain version. Default: read from the token at start, as the name.
+    pub eip712_version: Option<String>,
 }
 
 impl Default for PaymentConfig {
@@ -332,6 +346,9 @@ impl Default for PaymentConfig {
             min_deposit: U256::ZERO,
             max_credit_window: 100,
             accept_contract_signers: false,
+            schemes: vec![Scheme::ChannelVoucher],
+            eip712_name: None,
+            eip712_version: None,
         }
     }
 }
@@ -452,18 +469,29 @@ pub struct RouteConfig {
     /// receipt only. Default `false`.
     #[serde(default)]
     pub replay_body: bool,
+    /// The payment schemes this route takes (see [`PaymentConfig::schemes`]). Default: the
+    /// node's `payment.schemes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schemes: Option<Vec<Scheme>>,
 }
 
 impl RouteConfig {
-    /// The route's [`Price`].
-    pub fn price(&self) -> Price {
+    /// The route's [`Price`], taking the node's default `schemes` unless the route names its
+    /// own.
+    pub fn price_with(&self, schemes: &[Scheme]) -> Price {
         Price {
             amount: self.price,
             pricing: self.pricing,
             description: self.description.clone(),
             mime_type: self.mime_type.clone(),
             replay_body: self.replay_body,
+            schemes: Schemes::of(self.schemes.as_deref().unwrap_or(schemes)),
         }
+    }
+
+    /// The route's [`Price`], with the schemes it names (default: [`wire::SCHEME`] only).
+    pub fn price(&self) -> Price {
+        self.price_with(&[Scheme::ChannelVoucher])
     }
 }
 
@@ -496,15 +524,30 @@ impl Config {
             if r.price.is_zero() {
                 return Err(ConfigError::Invalid(format!("route {} has a zero price", r.path)));
             }
-            table.add(&r.path, &r.methods, r.price()).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            let price = r.price_with(&self.payment.schemes);
+            check_schemes(r.schemes.as_deref().unwrap_or(&self.payment.schemes), &r.path, &price, self)?;
+            table.add(&r.path, &r.methods, price).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         Ok(table)
+    }
+
+    /// Whether any priced route takes the `exact` scheme.
+    pub fn takes_exact(&self) -> bool {
+        self.routes
+            .iter()
+            .any(|r| r.schemes.as_deref().unwrap_or(&self.payment.schemes).contains(&Scheme::Exact))
     }
 
     /// Checks settings that TOML types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.chain.contract.is_none() {
             return Err(ConfigError::Invalid("chain.contract is required".into()));
+        }
+        check_schemes(&self.payment.schemes, "payment.schemes", &Price::exact(U256::from(1)), self)?;
+        if self.payment.eip712_name.is_some() != self.payment.eip712_version.is_some() {
+            return Err(ConfigError::Invalid(
+                "payment.eip712_name and payment.eip712_version go together".into(),
+            ));
         }
         self.route_table()?;
         for origin in &self.cors.allowed_origins {
@@ -558,6 +601,31 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Checks the schemes `what` (a route's path, or `payment.schemes`) takes: at least one, none
+/// twice, and `exact` only for a fixed price in a token (EIP-3009 moves a token, and one fixed
+/// amount).
+fn check_schemes(schemes: &[Scheme], what: &str, price: &Price, config: &Config) -> Result<(), ConfigError> {
+    if schemes.is_empty() {
+        return Err(ConfigError::Invalid(format!("{what}: schemes must name at least one scheme")));
+    }
+    if schemes.iter().enumerate().any(|(i, s)| schemes[..i].contains(s)) {
+        return Err(ConfigError::Invalid(format!("{what}: a scheme is named twice")));
+    }
+    if schemes.contains(&Scheme::Exact) {
+        if price.pricing == Pricing::Upto {
+            return Err(ConfigError::Invalid(format!(
+                "{what}: the exact scheme needs a fixed price; give this upto route schemes = [\"channel-voucher\"]"
+            )));
+        }
+        if config.payment.asset.is_zero() {
+            return Err(ConfigError::Invalid(format!(
+                "{what}: the exact scheme needs an EIP-3009 token (payment.asset), not the native token"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The 1-based line and column of byte `offset` in `text`.
@@ -650,6 +718,7 @@ mod tests {
             description: None,
             mime_type: None,
             replay_body: false,
+            schemes: None,
         });
         assert!(c.validate().is_err());
     }

@@ -41,7 +41,7 @@ use x402_protocol::{
     Network,
     exact::{ExactExtra, ExactPayload, ExactRequirements, IEip3009Token, SCHEME},
     open::TokenDomain,
-    wire::ErrorCode,
+    wire::{ErrorCode, PaymentEnvelope, SettlementResponse},
 };
 use x402_store::KvStore;
 
@@ -174,9 +174,15 @@ impl ExactError {
             Self::Malformed(_) => ErrorCode::InvalidPayload,
             Self::Mismatch(_) => ErrorCode::InvalidNetwork,
             Self::InvalidSignature { .. } | Self::ContractWallet { .. } => ErrorCode::InvalidSignature,
-            Self::InsufficientBalance { .. } => ErrorCode::InsufficientDeposit,
-            Self::Unavailable(_) | Self::TransactionFailed(_) => ErrorCode::Unavailable,
-            _ => ErrorCode::ChannelMismatch,
+            Self::InsufficientBalance { .. } => ErrorCode::InsufficientFunds,
+            Self::TransactionFailed(_) => ErrorCode::SettlementFailed,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::RecipientMismatch { .. }
+            | Self::ValueMismatch { .. }
+            | Self::Expired { .. }
+            | Self::NotYetValid { .. }
+            | Self::NonceUsed { .. }
+            | Self::SimulationFailed(_) => ErrorCode::InvalidAuthorization,
         }
     }
 }
@@ -638,6 +644,198 @@ impl<S: KvStore, C: TokenChain, T: Sender> Exact<S, C, T> {
             warn!(target: "node::exact", error = %e, "cannot sync an exact record");
         }
     }
+}
+
+alloy::sol! {
+    #[sol(rpc)]
+    interface INamedToken {
+        function name() external view returns (string);
+        function version() external view returns (string);
+    }
+}
+
+/// The EIP-712 domain name and version of `token`: its EIP-5267 `eip712Domain()`, else its
+/// `name()` and `version()`.
+pub async fn read_token_domain(provider: &DynProvider, token: Address) -> Result<ExactExtra, ChainError> {
+    let erc5267 = x402_protocol::open::IERC5267::new(token, provider);
+    if let Ok(d) = erc5267.eip712Domain().call().await {
+        return Ok(ExactExtra { name: d.name, version: d.version });
+    }
+    let named = INamedToken::new(token, provider);
+    let name = named.name().call().await.map_err(rpc)?;
+    let version = named.version().call().await.map_err(rpc)?;
+    Ok(ExactExtra { name, version })
+}
+
+/// Builds the gateway's `exact` scheme: the token's domain from `config` (else read from the
+/// token), the node's store, chain reads through `chain`, transfers sent from `key`; and drops
+/// records of authorisations long expired.
+pub async fn for_gateway<S: KvStore>(
+    config: &crate::config::Config,
+    terms: &crate::Terms,
+    store: Arc<S>,
+    chain: RpcChain,
+    key: PrivateKeySigner,
+) -> eyre::Result<Exact<S, RpcChain, KeySender>> {
+    let p = &config.payment;
+    let extra = match (&p.eip712_name, &p.eip712_version) {
+        (Some(name), Some(version)) => ExactExtra { name: name.clone(), version: version.clone() },
+        _ => read_token_domain(chain.provider(), terms.asset).await.map_err(|e| {
+            eyre::eyre!(
+                "the exact scheme needs the token's EIP-712 domain: cannot read it from {} ({e}); set payment.eip712_name and payment.eip712_version",
+                terms.asset
+            )
+        })?,
+    };
+    let exact_terms = ExactTerms {
+        network: Network::new(terms.chain_id),
+        token: terms.asset,
+        payee: terms.payee,
+        extra,
+        max_timeout_seconds: terms.max_timeout_seconds,
+    };
+    if key.address() != terms.payee {
+        warn!(target: "node::exact", sender = %key.address(), payee = %terms.payee, "exact transfers are sent by a key other than the payee's");
+    }
+    let sender = KeySender::new(&config.chain.rpc_url, key)?;
+    let exact = Exact::new(exact_terms, store, chain, sender);
+    let pruned = exact.prune(crate::unix_now()).map_err(|e| eyre::eyre!("{e}"))?;
+    info!(target: "node::exact", token = %exact.terms.token, name = %exact.terms.extra.name, version = %exact.terms.extra.version, pruned, "taking the exact scheme");
+    Ok(exact)
+}
+
+/// A boxed future, for the object-safe [`ExactScheme`].
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The `exact` scheme as the paywall and the facilitator hold it, whatever its store, chain and
+/// sender ([`Exact`] implements it).
+pub trait ExactScheme: Send + Sync + 'static {
+    /// The terms.
+    fn terms(&self) -> &ExactTerms;
+
+    /// [`Exact::verify`] at the current time.
+    fn verify<'a>(
+        &'a self,
+        payload: &'a ExactPayload,
+        price: U256,
+    ) -> BoxFuture<'a, Result<Address, ExactError>>;
+
+    /// [`Exact::reserve`].
+    fn reserve(&self, payload: ExactPayload, price: U256) -> BoxFuture<'_, Result<Reserved, ExactError>>;
+
+    /// [`Exact::settle`].
+    fn settle(&self, reserved: Reserved) -> BoxFuture<'_, Result<Settled, ExactError>>;
+
+    /// [`Exact::release`].
+    fn release(&self, reserved: Reserved) -> BoxFuture<'_, ()>;
+}
+
+impl<S: KvStore, C: TokenChain, T: Sender> ExactScheme for Exact<S, C, T> {
+    fn terms(&self) -> &ExactTerms {
+        &self.terms
+    }
+
+    fn verify<'a>(
+        &'a self,
+        payload: &'a ExactPayload,
+        price: U256,
+    ) -> BoxFuture<'a, Result<Address, ExactError>> {
+        Box::pin(Self::verify(self, payload, price, crate::unix_now()))
+    }
+
+    fn reserve(&self, payload: ExactPayload, price: U256) -> BoxFuture<'_, Result<Reserved, ExactError>> {
+        Box::pin(Self::reserve(self, payload, price))
+    }
+
+    fn settle(&self, reserved: Reserved) -> BoxFuture<'_, Result<Settled, ExactError>> {
+        Box::pin(Self::settle(self, reserved))
+    }
+
+    fn release(&self, reserved: Reserved) -> BoxFuture<'_, ()> {
+        Box::pin(Self::release(self, reserved))
+    }
+}
+
+/// Checks a payment's envelope for `exact` on `terms`: version, network, and the echoed
+/// `asset` and `payTo` when present; then decodes the payload strictly. (The scheme was read
+/// first, by the caller's dispatch.)
+pub fn check_envelope(terms: &ExactTerms, envelope: &PaymentEnvelope) -> Result<ExactPayload, Refusal> {
+    if !matches!(envelope.x402_version, 1 | 2) {
+        return Err(Refusal::new(
+            ErrorCode::InvalidX402Version,
+            format!("x402 version {} is not supported (1 or 2)", envelope.x402_version),
+        ));
+    }
+    let network = terms.network.to_string();
+    if envelope.network() != Some(network.as_str()) {
+        return Err(Refusal::new(
+            ErrorCode::InvalidNetwork,
+            format!("network {:?} is not this node's {network}", envelope.network()),
+        ));
+    }
+    if let Some(accepted) = &envelope.accepted
+        && (accepted.asset.is_some_and(|a| a != terms.token)
+            || accepted.pay_to.is_some_and(|p| p != terms.payee))
+    {
+        return Err(Refusal::new(
+            ErrorCode::InvalidAuthorization,
+            format!(
+                "the accepted offer (asset {:?}, payTo {:?}) is not one of this node's",
+                accepted.asset, accepted.pay_to
+            ),
+        ));
+    }
+    envelope
+        .payload()
+        .map_err(|e| Refusal::new(ErrorCode::InvalidPayload, format!("malformed exact payload: {e}")))
+}
+
+/// The `PAYMENT-RESPONSE` of a settled `exact` payment.
+pub fn settlement_response(terms: &ExactTerms, settled: &Settled) -> SettlementResponse {
+    SettlementResponse {
+        success: true,
+        transaction: settled.transaction.to_string(),
+        network: terms.network,
+        payer: settled.payer,
+        amount: Some(settled.amount),
+        extra: None,
+    }
+}
+
+/// Serves one request paid with `exact`, in the official middleware's order: verify and
+/// record, run `inner`, and only if it answered below 400 settle before the response (its
+/// headers; the body streams after) is released with its `PAYMENT-RESPONSE`. An answer of 400
+/// or above is passed on unpaid (the authorisation is released); a failed settlement is a
+/// refusal (`settlement_failed`) and the content is dropped.
+pub async fn serve<Svc>(
+    exact: &dyn ExactScheme,
+    mut inner: Svc,
+    req: http::Request<axum::body::Body>,
+    price: U256,
+    envelope: &PaymentEnvelope,
+) -> Result<axum::response::Response, Refusal>
+where
+    Svc: tower::Service<
+            http::Request<axum::body::Body>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        >,
+{
+    let payload = check_envelope(exact.terms(), envelope)?;
+    let reserved = exact.reserve(payload, price).await?;
+    let Ok(mut response) = inner.call(req).await;
+    if response.status().as_u16() >= 400 {
+        exact.release(reserved).await;
+        return Ok(response);
+    }
+    let settled = exact.settle(reserved).await?;
+    let receipt = x402_protocol::wire::encode_header(&settlement_response(exact.terms(), &settled));
+    if let Ok(v) = http::HeaderValue::from_str(&receipt) {
+        response
+            .headers_mut()
+            .insert(http::HeaderName::from_static(x402_protocol::wire::PAYMENT_RESPONSE), v);
+    }
+    Ok(response)
 }
 
 fn unavailable(e: ChainError) -> ExactError {

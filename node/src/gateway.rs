@@ -620,7 +620,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         }
     }));
     let final_flush = engine.clone();
-    let paywall = Paywall::new(engine.clone()).with_routes(config.route_table()?);
+    let mut paywall = Paywall::new(engine.clone()).with_routes(config.route_table()?);
+    if config.takes_exact() {
+        let key = key.clone().ok_or_else(|| {
+            eyre::eyre!(
+                "the exact scheme needs the provider's key to settle ({} or provider.key_file)",
+                config.provider.key_env
+            )
+        })?;
+        let exact = crate::exact::for_gateway(
+            &config,
+            engine.terms(),
+            Arc::clone(&store),
+            engine.chain().clone(),
+            key,
+        )
+        .await?;
+        paywall = paywall.with_exact(Arc::new(exact));
+    }
     let close = CloseService {
         key: key.map(Arc::new),
         ttl: config.settlement.close_authorization_ttl_secs,

@@ -51,7 +51,7 @@ pub mod test_utils;
 use http::StatusCode;
 use x402_protocol::wire::{ChannelState, ErrorCode};
 
-pub use engine::{Engine, Payment, Price, Terms};
+pub use engine::{Engine, Payment, Price, Schemes, Terms};
 
 /// Resolves on ctrl-c or, on unix, SIGTERM: the shutdown signal of the node's binaries.
 pub async fn shutdown_signal() {

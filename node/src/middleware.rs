@@ -38,12 +38,13 @@ use axum::{
 };
 use http::{HeaderName, HeaderValue, Request, StatusCode, header::CONTENT_TYPE};
 use tower::{Layer, Service};
-use x402_protocol::wire::{self, Pricing};
+use x402_protocol::wire::{self, ErrorCode, PaymentEnvelope, Pricing, Scheme};
 use x402_store::KvStore;
 
 use crate::{
     Engine, Payment, Price, Refusal,
     chain::ChainReader,
+    exact::ExactScheme,
     routes::Routes,
     serve::{self, ReplayCache},
 };
@@ -78,6 +79,8 @@ pub struct Paywall<S, C> {
     engine: Engine<S, C>,
     routes: Arc<Routes>,
     replay: Arc<ReplayCache>,
+    /// The official `exact` scheme, for routes that take it ([`Self::with_exact`]).
+    exact: Option<Arc<dyn ExactScheme>>,
 }
 
 impl<S, C> Clone for Paywall<S, C> {
@@ -86,6 +89,7 @@ impl<S, C> Clone for Paywall<S, C> {
             engine: self.engine.clone(),
             routes: Arc::clone(&self.routes),
             replay: Arc::clone(&self.replay),
+            exact: self.exact.clone(),
         }
     }
 }
@@ -99,7 +103,15 @@ impl<S, C> std::fmt::Debug for Paywall<S, C> {
 impl<S, C> Paywall<S, C> {
     /// A paywall with no priced routes yet.
     pub fn new(engine: Engine<S, C>) -> Self {
-        Self { engine, routes: Arc::default(), replay: Arc::default() }
+        Self { engine, routes: Arc::default(), replay: Arc::default(), exact: None }
+    }
+
+    /// Takes the official `exact` scheme (see [`crate::exact`]) on the routes whose
+    /// [`Price::schemes`](crate::Price) include it. Without it such routes offer and take only
+    /// the schemes they have besides.
+    pub fn with_exact(mut self, exact: Arc<dyn ExactScheme>) -> Self {
+        self.exact = Some(exact);
+        self
     }
 
     /// Prices the route `path` (a pattern in axum's syntax) for every method.
@@ -182,7 +194,8 @@ where
         };
         let engine = self.paywall.engine.clone();
         let replay = Arc::clone(&self.paywall.replay);
-        Box::pin(async move { Ok(paid(engine, inner, req, price, replay).await) })
+        let exact = self.paywall.exact.clone().filter(|_| price.schemes.exact);
+        Box::pin(async move { Ok(paid(engine, inner, req, price, replay, exact).await) })
     }
 }
 
@@ -192,6 +205,7 @@ async fn paid<Svc, S, C>(
     mut req: Request<Body>,
     price: Price,
     replay: Arc<ReplayCache>,
+    exact: Option<Arc<dyn ExactScheme>>,
 ) -> Response
 where
     Svc: Service<Request<Body>, Response = Response, Error = Infallible>,
@@ -200,19 +214,93 @@ where
 {
     let url = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let authorized = if let Some(session) = req.headers().get(wire::PAYMENT_SESSION) {
+        if !price.schemes.channel_voucher {
+            let refusal = Refusal::new(ErrorCode::InvalidScheme, "this route does not take channel payments");
+            return payment_required(
+                &engine,
+                exact.as_deref(),
+                &url,
+                &price,
+                Some(&refusal),
+                refusal.status(),
+            );
+        }
         engine.authorize_session(session.as_bytes(), &price).await
     } else {
         let header =
             req.headers().get(wire::PAYMENT_SIGNATURE).or_else(|| req.headers().get(wire::X_PAYMENT));
         let Some(header) = header else {
-            return payment_required(&engine, &url, &price, None, StatusCode::PAYMENT_REQUIRED);
+            return payment_required(
+                &engine,
+                exact.as_deref(),
+                &url,
+                &price,
+                None,
+                StatusCode::PAYMENT_REQUIRED,
+            );
         };
+        if exact.is_some() || !price.schemes.channel_voucher {
+            // The scheme first: the payload is decoded only for a scheme the route takes.
+            let envelope = match PaymentEnvelope::decode(header.as_bytes()) {
+                Ok(envelope) => envelope,
+                Err(e) => {
+                    let refusal = Refusal::new(ErrorCode::InvalidPayload, format!("malformed payment: {e}"));
+                    return payment_required(
+                        &engine,
+                        exact.as_deref(),
+                        &url,
+                        &price,
+                        Some(&refusal),
+                        refusal.status(),
+                    );
+                }
+            };
+            match (envelope.scheme(), exact.as_deref()) {
+                (Some(Scheme::Exact), Some(exact)) => {
+                    return match crate::exact::serve(exact, inner, req, price.amount, &envelope).await {
+                        Ok(response) => response,
+                        Err(refusal) => payment_required(
+                            &engine,
+                            Some(exact),
+                            &url,
+                            &price,
+                            Some(&refusal),
+                            refusal.status(),
+                        ),
+                    };
+                }
+                (Some(Scheme::ChannelVoucher), _) if price.schemes.channel_voucher => {}
+                _ => {
+                    let refusal = Refusal::new(
+                        ErrorCode::InvalidScheme,
+                        format!("scheme {:?} is not accepted on this route", envelope.scheme_name()),
+                    );
+                    return payment_required(
+                        &engine,
+                        exact.as_deref(),
+                        &url,
+                        &price,
+                        Some(&refusal),
+                        refusal.status(),
+                    );
+                }
+            }
+        }
         engine.authorize(header.as_bytes(), &price).await
     };
     // The price is reserved on the channel now, and no lock is held while the request is served.
     let pending = match authorized {
         Ok(p) => p,
-        Err(refusal) => return payment_required(&engine, &url, &price, Some(&refusal), refusal.status()),
+        Err(refusal) => {
+            return payment_required(
+                &engine,
+                exact.as_deref(),
+                &url,
+                &price,
+                Some(&refusal),
+                refusal.status(),
+            );
+        }
     };
     let payment: Payment = pending.payment();
     if let Some(settlement) = pending.replayed() {
@@ -246,7 +334,9 @@ where
                 with_receipt(&mut response, &settlement);
                 response
             }
-            Err(refusal) => payment_required(&engine, &url, &price, Some(&refusal), refusal.status()),
+            Err(refusal) => {
+                payment_required(&engine, exact.as_deref(), &url, &price, Some(&refusal), refusal.status())
+            }
         };
     }
     let cost = match price.pricing {
@@ -284,7 +374,9 @@ where
             with_receipt(&mut response, &settlement);
             response
         }
-        Err(refusal) => payment_required(&engine, &url, &price, Some(&refusal), refusal.status()),
+        Err(refusal) => {
+            payment_required(&engine, exact.as_deref(), &url, &price, Some(&refusal), refusal.status())
+        }
     }
 }
 
@@ -304,15 +396,23 @@ fn with_receipt(response: &mut Response, settlement: &wire::SettlementResponse) 
     }
 }
 
-/// A 402 (or 400/503) with the terms in the `PAYMENT-REQUIRED` header and the body.
+/// A 402 (or 400/503) with the terms in the `PAYMENT-REQUIRED` header and the body: the
+/// route's [`wire::SCHEME`] offer, then its `exact` one.
 fn payment_required<S: KvStore, C: ChainReader>(
     engine: &Engine<S, C>,
+    exact: Option<&dyn ExactScheme>,
     url: &str,
     price: &Price,
     refusal: Option<&Refusal>,
     status: StatusCode,
 ) -> Response {
-    let body = engine.payment_required(url, price, refusal);
+    let mut body = engine.payment_required(url, price, refusal);
+    if !price.schemes.channel_voucher {
+        body.accepts.clear();
+    }
+    if let Some(exact) = exact.filter(|_| price.schemes.exact) {
+        body.exact.push(exact.terms().requirements(price.amount));
+    }
     let mut response = (status, axum::Json(&body)).into_response();
     if let Ok(v) = HeaderValue::from_str(&wire::encode_header(&body)) {
         response.headers_mut().insert(HeaderName::from_static(wire::PAYMENT_REQUIRED), v);
