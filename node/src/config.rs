@@ -836,6 +836,73 @@ mod tests {
     }
 
     #[test]
+    fn schemes_node_wide_and_per_route() {
+        let base = "[chain]\ncontract = \"0x5FbDB2315678afecb367f032d93F642f64180aa3\"\n";
+        let token = "[payment]\nasset = \"0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512\"\n";
+        let parse = |text: String| {
+            let c = Config::parse(&text).unwrap();
+            c.validate().map(|()| c)
+        };
+        let c = parse(format!("{base}[[routes]]\npath = \"/a\"\nprice = \"1\"")).unwrap();
+        assert_eq!(c.payment.schemes, [Scheme::ChannelVoucher], "default");
+        assert!(!c.takes_exact());
+        let c = parse(format!(
+            "{base}{token}schemes = [\"channel-voucher\", \"exact\"]\n[[routes]]\npath = \"/a\"\nprice = \"1\"\n[[routes]]\npath = \"/b\"\nprice = \"9\"\npricing = \"upto\"\nschemes = [\"channel-voucher\"]\n[[routes]]\npath = \"/c\"\nprice = \"1\"\nschemes = [\"exact\"]"
+        ))
+        .unwrap();
+        assert!(c.takes_exact());
+        let table = c.route_table().unwrap();
+        let schemes = |path: &str| table.find(&http::Method::GET, path).unwrap().price.schemes;
+        assert_eq!(schemes("/a"), Schemes { channel_voucher: true, exact: true });
+        assert_eq!(schemes("/b"), Schemes { channel_voucher: true, exact: false });
+        assert_eq!(schemes("/c"), Schemes { channel_voucher: false, exact: true });
+
+        for (name, text) in [
+            (
+                "exact on an upto route",
+                format!(
+                    "{base}{token}schemes = [\"exact\"]\n[[routes]]\npath = \"/b\"\nprice = \"9\"\npricing = \"upto\""
+                ),
+            ),
+            (
+                "exact per route on an upto route",
+                format!(
+                    "{base}{token}[[routes]]\npath = \"/b\"\nprice = \"9\"\npricing = \"upto\"\nschemes = [\"exact\"]"
+                ),
+            ),
+            ("exact in the native token", format!("{base}[payment]\nschemes = [\"exact\"]")),
+            (
+                "exact per route in the native token",
+                format!("{base}[[routes]]\npath = \"/a\"\nprice = \"1\"\nschemes = [\"exact\"]"),
+            ),
+            ("no scheme", format!("{base}{token}schemes = []")),
+            ("no scheme on a route", format!("{base}[[routes]]\npath = \"/a\"\nprice = \"1\"\nschemes = []")),
+            ("twice", format!("{base}{token}schemes = [\"exact\", \"exact\"]")),
+            ("half a domain", format!("{base}{token}eip712_name = \"Test USD\"")),
+        ] {
+            assert!(parse(text).is_err(), "{name}");
+        }
+        assert!(Config::parse(&format!("{base}{token}schemes = [\"channel\"]")).is_err(), "unknown scheme");
+    }
+
+    /// The README's example of a gateway taking both schemes.
+    #[test]
+    fn the_readme_both_schemes_example_is_valid() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("### The gateway accepts both schemes").expect("the section");
+        let block = &readme[start..];
+        let block = &block[block.find("```toml\n").expect("its example") + 8..];
+        let block = &block[..block.find("```").expect("the end of the example")];
+        let mut config = Config::parse(block).expect("parses");
+        config.chain.contract = Some(Address::repeat_byte(1));
+        config.validate().expect("validates");
+        assert!(config.takes_exact());
+        let mut upto = config.clone();
+        upto.routes[1].schemes = None;
+        assert!(upto.validate().is_err(), "exact is refused for the upto route");
+    }
+
+    #[test]
     fn the_readme_example_is_a_valid_config() {
         let readme = include_str!("../../README.md");
         let start = readme.find("# node.toml:").expect("the README's node.toml example");
