@@ -180,6 +180,7 @@ pub struct ClientBuilder {
     pinned: Option<B256>,
     events: Option<Hook>,
     inspect_only: bool,
+    allowed_contracts: Option<Vec<Address>>,
 }
 
 impl ClientBuilder {
@@ -188,6 +189,14 @@ impl ClientBuilder {
     /// channel with the provider that has the most remaining.
     pub fn channel(mut self, id: B256) -> Self {
         self.pinned = Some(id);
+        self
+    }
+
+    /// Pays only through these `PaymentChannel` contracts: a 402 naming another contract is
+    /// refused ([`Error::ContractNotAllowed`]) before anything is opened or signed. Default:
+    /// any contract the node names.
+    pub fn allowed_contracts(mut self, contracts: impl IntoIterator<Item = Address>) -> Self {
+        self.allowed_contracts = Some(contracts.into_iter().collect());
         self
     }
 
@@ -314,6 +323,7 @@ impl ClientBuilder {
                 http: self.http.unwrap_or_default(),
                 channels: Mutex::new(channels),
                 pinned: self.pinned,
+                allowed_contracts: self.allowed_contracts,
                 events: self.events,
                 opening: tokio::sync::Mutex::new(()),
                 windows: Mutex::new(HashMap::new()),
@@ -353,6 +363,8 @@ struct Inner {
     channels: Mutex<HashMap<B256, Slot>>,
     /// The only channel payments may use, if one was chosen.
     pinned: Option<B256>,
+    /// The only `PaymentChannel` contracts payments may go through, if restricted.
+    allowed_contracts: Option<Vec<Address>>,
     /// Told of every open and top-up.
     events: Option<Hook>,
     /// Serialises opening and topping up, so concurrent requests open one channel, not many.
@@ -459,6 +471,7 @@ impl Client {
             pinned: None,
             events: None,
             inspect_only: false,
+            allowed_contracts: None,
         }
     }
 
@@ -717,15 +730,31 @@ impl Client {
             && onchain.exitAt.to::<u64>() == 0)
     }
 
-    /// Picks the requirement to pay: scheme `channel` on the client's chain, within the price
+    /// Picks the requirement to pay: scheme `channel-voucher` on the client's chain, within the price
     /// limit.
     fn choose(&self, required: &PaymentRequired) -> Result<PaymentRequirements> {
         let chain_id = self.inner.funding.chain_id();
-        let ours: Vec<&PaymentRequirements> =
+        let mut ours: Vec<&PaymentRequirements> =
             required.accepts.iter().filter(|a| a.scheme == SCHEME).collect();
         if ours.is_empty() {
-            let schemes: Vec<&str> = required.accepts.iter().map(|a| a.scheme.as_str()).collect();
-            return Err(Error::NoAcceptableRequirements(format!("no `channel` scheme among {schemes:?}")));
+            let schemes: Vec<&str> = required.exact.iter().map(|a| a.scheme.as_str()).collect();
+            return Err(Error::NoAcceptableRequirements(format!("no `{SCHEME}` scheme among {schemes:?}")));
+        }
+        // The vouchers are signed under this client's `PaymentChannel` domain: an offer naming
+        // another one is for another contract version.
+        ours.retain(|a| a.extra.domain == wire::DomainInfo::channel());
+        if ours.is_empty() {
+            return Err(Error::NoAcceptableRequirements(format!(
+                "the `{SCHEME}` offers name another EIP-712 domain than {:?}",
+                wire::DomainInfo::channel()
+            )));
+        }
+        if let Some(allowed) = &self.inner.allowed_contracts {
+            let named = ours[0].extra.contract;
+            ours.retain(|a| allowed.contains(&a.extra.contract));
+            if ours.is_empty() {
+                return Err(Error::ContractNotAllowed { contract: named });
+            }
         }
         let Some(on_chain) = ours.iter().find(|a| a.network.chain_id == chain_id) else {
             return Err(Error::WrongNetwork { rpc: chain_id, wanted: ours[0].network.chain_id });

@@ -123,6 +123,27 @@ pub enum Error {
         /// The refused operation.
         what: &'static str,
     },
+    /// The channel state in a corrective 402 does not carry this client's signer's signature
+    /// of the voucher it claims (`extra.channel.signature`): it is not trusted, and nothing
+    /// changes.
+    #[error(
+        "the node's state of channel {channel} (nonce {nonce}, amount {amount}) is not signed by \
+         this client's signer: refused"
+    )]
+    UnsignedState {
+        /// The channel.
+        channel: B256,
+        /// The nonce the state claims.
+        nonce: u64,
+        /// The cumulative amount the state claims.
+        amount: U256,
+    },
+    /// A 402 names a `PaymentChannel` contract outside the client's `allowed_contracts`.
+    #[error("the 402 names contract {contract}, which is not in the client's allowed contracts")]
+    ContractNotAllowed {
+        /// The contract the 402 named.
+        contract: Address,
+    },
     /// The node claims a voucher the client never signed (a higher nonce or amount). The
     /// client refuses to go on with that channel.
     #[error(

@@ -6,7 +6,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use alloy::{
-    primitives::{Address, B256, U256},
+    primitives::{Address, B256, Bytes, U256},
     signers::local::PrivateKeySigner,
 };
 use parking_lot::Mutex;
@@ -54,11 +54,13 @@ fn fate() -> impl Strategy<Value = Fate> {
 }
 
 /// The node's view of one channel.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Held {
     nonce: u64,
     cumulative: U256,
     charged: U256,
+    /// The signature of the latest voucher (sent back in corrective 402s).
+    signature: Bytes,
 }
 
 /// The chain and the node, shared by the funding mock and the transport.
@@ -134,9 +136,10 @@ fn requirements(window: u32, state: Option<ChannelState>) -> PaymentRequirements
         pay_to: Address::repeat_byte(0xBB),
         max_timeout_seconds: 60,
         extra: ChannelExtra {
+            name: None,
+            version: None,
             contract: Address::repeat_byte(0xC0),
-            name: "x402 Payment Channel".into(),
-            version: "1".into(),
+            domain: wire::DomainInfo::channel(),
             min_challenge_period: 3600,
             min_deposit: U256::ZERO,
             pricing: Pricing::Exact,
@@ -147,13 +150,11 @@ fn requirements(window: u32, state: Option<ChannelState>) -> PaymentRequirements
 }
 
 fn refuse(window: u32, code: ErrorCode, state: Option<ChannelState>) -> Response {
-    let body = PaymentRequired {
-        x402_version: 2,
-        error: Some(code),
-        message: Some(code.to_string()),
-        resource: Resource { url: "/paid".into(), description: None, mime_type: None },
-        accepts: vec![requirements(window, state)],
-    };
+    let body = PaymentRequired::new(
+        Some(code),
+        Resource { url: "http://node.test/paid".into(), description: None, mime_type: None },
+        vec![requirements(window, state)],
+    );
     http::Response::builder()
         .status(StatusCode::PAYMENT_REQUIRED)
         .header(PAYMENT_REQUIRED, wire::encode_header(&body))
@@ -184,7 +185,7 @@ fn answer_inner(
     let payload: PaymentPayload = wire::decode_header(value.as_bytes()).expect("a payload");
     let voucher: SignedVoucher = payload.payload.into();
     let id = voucher.channel_id();
-    let held = w.held.get(&id).copied().unwrap_or_default();
+    let held = w.held.get(&id).cloned().unwrap_or_default();
     let deposit = w.deposits.get(&id).copied().unwrap_or_default();
     // The bound: a voucher commits at most what was charged plus the credit window's prices.
     let bound = held.charged + U256::from(PRICE) * U256::from(window);
@@ -210,6 +211,7 @@ fn answer_inner(
         cumulative_amount: held.cumulative,
         charged: held.charged,
         deposit,
+        signature: held.signature.clone(),
     };
     if voucher.nonce() <= held.nonce {
         return Ok(refuse(window, ErrorCode::NonceTooLow, Some(state)));
@@ -229,19 +231,21 @@ fn answer_inner(
     held.nonce = voucher.nonce();
     held.cumulative = voucher.cumulative_amount();
     held.charged += U256::from(PRICE);
+    held.signature = voucher.signature.clone();
     let receipt = SettlementResponse {
         success: true,
         transaction: String::new(),
         network: Network::new(CHAIN),
         payer: Address::ZERO,
-        extra: SettlementExtra {
+        amount: Some(U256::from(PRICE)),
+        extra: Some(SettlementExtra {
             channel_id: id,
             nonce: held.nonce,
             cumulative_amount: held.cumulative,
             charged: U256::from(PRICE),
             total_charged: held.charged,
             session: None,
-        },
+        }),
     };
     if matches!(fate, Fate::LostResponse) {
         return Err(Error::Malformed("answer lost".into()));
@@ -324,7 +328,7 @@ async fn run(fates: Vec<Fate>, window: u32) -> std::result::Result<(), TestCaseE
     let charged: U256 = world.lock().held.values().map(|h| h.charged).sum();
     prop_assert_eq!(charged, U256::from(PRICE * served), "each served request charged once");
     for ch in client.channels().await {
-        let held = world.lock().held.get(&ch.id).copied().unwrap_or_default();
+        let held = world.lock().held.get(&ch.id).cloned().unwrap_or_default();
         prop_assert!(
             ch.max_signed <= held.charged + U256::from(PRICE) * U256::from(window),
             "signed {} on {}, charged {}",

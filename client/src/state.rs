@@ -268,6 +268,10 @@ impl ClientChannel {
     /// The node may hold an older voucher than the client's latest (requests in flight, or a
     /// request that lost a race), never a newer one, and never more than the client signed.
     /// On an inconsistency nothing changes and [`Error::NodeClaimsUnsigned`] is returned.
+    ///
+    /// The state must carry this channel's signer's own signature of the voucher it claims
+    /// (`extra.channel.signature`, under the channel's EIP-712 domain), and must not charge
+    /// beyond it: otherwise nothing changes and [`Error::UnsignedState`] is returned.
     pub fn resync(&mut self, node: &ChannelState) -> Result<Resync> {
         if node.channel_id != self.id {
             return Err(Error::Malformed(format!(
@@ -283,6 +287,14 @@ impl ClientChannel {
                 node_amount: claimed,
                 signed_nonce: self.nonce,
                 signed_amount: self.max_signed,
+            });
+        }
+        let domain = x402_protocol::ChannelDomain::new(self.terms.network.chain_id, self.terms.contract);
+        if !node.signed_by(&domain, self.signer) || node.charged > node.cumulative_amount {
+            return Err(Error::UnsignedState {
+                channel: self.id,
+                nonce: node.nonce,
+                amount: node.cumulative_amount,
             });
         }
         self.spent = self.spent.max(node.charged);
@@ -355,6 +367,18 @@ mod tests {
 
     use super::*;
 
+    /// The test channels' voucher signer.
+    fn key() -> alloy::signers::local::PrivateKeySigner {
+        alloy::signers::local::PrivateKeySigner::from_bytes(&B256::repeat_byte(0x42)).unwrap()
+    }
+
+    /// `state` as the node sends it: with the signer's signature of the voucher it claims.
+    fn signed(mut state: ChannelState, c: &ClientChannel) -> ChannelState {
+        let domain = x402_protocol::ChannelDomain::new(c.terms.network.chain_id, c.terms.contract);
+        state.signature = domain.sign(&key(), state.voucher()).unwrap().signature;
+        state
+    }
+
     fn channel(deposit: u64) -> ClientChannel {
         ClientChannel::new(
             B256::repeat_byte(9),
@@ -365,7 +389,7 @@ mod tests {
                 asset: Address::repeat_byte(3),
             },
             Address::repeat_byte(4),
-            Address::repeat_byte(4),
+            key().address(),
             3600,
             U256::from(deposit),
             None,
@@ -374,13 +398,15 @@ mod tests {
     }
 
     fn state(c: &ClientChannel, nonce: u64, cumulative: u64, charged: u64) -> ChannelState {
-        ChannelState {
+        let state = ChannelState {
             channel_id: c.id,
             nonce,
             cumulative_amount: U256::from(cumulative),
             charged: U256::from(charged),
             deposit: c.deposit,
-        }
+            signature: Bytes::new(),
+        };
+        signed(state, c)
     }
 
     #[test]
@@ -432,6 +458,55 @@ mod tests {
         let mut other = state(&c, 1, 1, 1);
         other.channel_id = B256::ZERO;
         assert!(matches!(c.resync(&other), Err(Error::Malformed(_))));
+    }
+
+    #[test]
+    fn resync_refuses_a_state_the_signer_did_not_sign() {
+        let mut c = channel(1000);
+        for _ in 0..3 {
+            c.next_voucher(U256::from(100)).unwrap();
+        }
+        let good = state(&c, 2, 200, 150);
+        let other_key = alloy::signers::local::PrivateKeySigner::random();
+        let domain = x402_protocol::ChannelDomain::new(c.terms.network.chain_id, c.terms.contract);
+        let forged = [
+            // No signature at all.
+            ChannelState { signature: Bytes::new(), ..good.clone() },
+            // Someone else's signature of the same voucher.
+            ChannelState {
+                signature: domain.sign(&other_key, good.voucher()).unwrap().signature,
+                ..good.clone()
+            },
+            // The client's signature of another voucher (nonce 2, amount 200) moved onto a
+            // claim of a lower amount: a node cannot rebase the client below what it signed.
+            ChannelState { cumulative_amount: U256::from(150), ..good.clone() },
+            // Signed, but charging beyond it.
+            signed(ChannelState { charged: U256::from(201), ..good.clone() }, &c),
+            // A signature under another contract's domain.
+            ChannelState {
+                signature: x402_protocol::ChannelDomain::new(
+                    c.terms.network.chain_id,
+                    Address::repeat_byte(0xEE),
+                )
+                .sign(&key(), good.voucher())
+                .unwrap()
+                .signature,
+                ..good.clone()
+            },
+            // Nonce 0 claims no voucher, so it cannot claim a charge either.
+            ChannelState { nonce: 0, cumulative_amount: U256::ZERO, signature: Bytes::new(), ..good.clone() },
+        ];
+        let before = c.clone();
+        for f in forged {
+            let err = c.resync(&f).unwrap_err();
+            assert!(matches!(err, Error::UnsignedState { .. }), "{f:?}: {err}");
+            assert!(err.to_string().contains("not signed by this client's signer"), "{err}");
+            assert_eq!(c, before, "a refused state changes nothing");
+        }
+        assert_eq!(c.resync(&good).unwrap(), Resync::Ahead);
+        // A node that holds no voucher and charged nothing has nothing to sign.
+        let none = ChannelState { nonce: 0, cumulative_amount: U256::ZERO, charged: U256::ZERO, ..good };
+        assert_eq!(c.resync(&none).unwrap(), Resync::Ahead);
     }
 
     #[test]
@@ -564,6 +639,7 @@ mod tests {
                     cumulative_amount: self.cumulative,
                     charged: self.charged,
                     deposit,
+                    signature: Bytes::new(),
                 });
             }
             self.nonce = v.nonce;
@@ -617,7 +693,7 @@ mod tests {
                     Op::Deliver(i) if !in_flight.is_empty() => {
                         let v = in_flight.remove(i % in_flight.len());
                         if let Some(st) = node.offer(&v, price, c.deposit) {
-                            c.resync(&st).unwrap();
+                            c.resync(&signed(st, &c)).unwrap();
                             in_flight.push(sign(&mut c, &mut last_nonce)?);
                         }
                     }
@@ -630,8 +706,9 @@ mod tests {
                             cumulative_amount: c.max_signed + U256::from(extra),
                             charged: node.charged,
                             deposit: c.deposit,
+                            signature: Bytes::new(),
                         };
-                        prop_assert!(c.resync(&lie).is_err());
+                        prop_assert!(c.resync(&signed(lie, &c)).is_err());
                         prop_assert_eq!(&c, &before);
                     }
                 }
@@ -642,7 +719,7 @@ mod tests {
                 rounds += 1;
                 prop_assert!(rounds < 10_000);
                 if let Some(st) = node.offer(&v, price, c.deposit) {
-                    c.resync(&st).unwrap();
+                    c.resync(&signed(st, &c)).unwrap();
                     in_flight.insert(0, sign(&mut c, &mut last_nonce)?);
                 }
             }

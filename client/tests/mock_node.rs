@@ -18,7 +18,7 @@ use std::{
 };
 
 use alloy::{
-    primitives::{Address, B256, Signature, U256},
+    primitives::{Address, B256, Bytes, Signature, U256},
     signers::local::PrivateKeySigner,
 };
 use axum::{
@@ -110,11 +110,13 @@ impl Funding for MockFunding {
 }
 
 /// What the mocked node holds per channel.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Held {
     nonce: u64,
     cumulative: U256,
     charged: U256,
+    /// The latest voucher's signature, sent back in corrective 402s.
+    signature: Bytes,
 }
 
 /// The mocked provider node.
@@ -139,6 +141,8 @@ struct MockNode {
     seen: Mutex<Vec<(B256, u64)>>,
     /// Claim more than was signed in corrective 402s.
     lie: AtomicBool,
+    /// Send corrective 402s with a signature that is not the payer's.
+    forge: AtomicBool,
 }
 
 impl MockNode {
@@ -157,6 +161,7 @@ impl MockNode {
             lag: AtomicUsize::new(0),
             seen: Mutex::default(),
             lie: AtomicBool::new(false),
+            forge: AtomicBool::new(false),
         })
     }
 
@@ -169,9 +174,10 @@ impl MockNode {
             pay_to: self.payee,
             max_timeout_seconds: 60,
             extra: ChannelExtra {
+                name: None,
+                version: None,
                 contract: contract(),
-                name: "x402 Payment Channel".into(),
-                version: "1".into(),
+                domain: wire::DomainInfo::channel(),
                 min_challenge_period: 3600,
                 min_deposit: self.min_deposit,
                 pricing: Pricing::Exact,
@@ -187,13 +193,11 @@ impl MockNode {
         } else {
             self.unpaid.fetch_add(1, Ordering::SeqCst);
         }
-        let body = PaymentRequired {
-            x402_version: 2,
-            error: Some(code),
-            message: Some(code.to_string()),
-            resource: Resource { url: "/paid".into(), description: None, mime_type: None },
-            accepts: vec![self.requirements(state)],
-        };
+        let body = PaymentRequired::new(
+            Some(code),
+            Resource { url: "http://127.0.0.1/paid".into(), description: None, mime_type: None },
+            vec![self.requirements(state)],
+        );
         let header = wire::encode_header(&body);
         (StatusCode::PAYMENT_REQUIRED, [(PAYMENT_REQUIRED, header)], axum::Json(body)).into_response()
     }
@@ -205,7 +209,11 @@ impl MockNode {
             cumulative_amount: held.cumulative,
             charged: held.charged,
             deposit,
+            signature: held.signature,
         };
+        if self.forge.load(Ordering::SeqCst) {
+            state.signature = Bytes::from(vec![0x11; 65]);
+        }
         if self.lie.load(Ordering::SeqCst) {
             state.charged += U256::from(1_000_000);
             state.cumulative_amount += U256::from(1_000_000);
@@ -243,7 +251,7 @@ impl MockNode {
         let price = U256::from(self.price.load(Ordering::SeqCst));
         let mut held_map = self.held.lock();
         let held = held_map.entry(id).or_default();
-        let state = self.state(id, *held, onchain.deposit);
+        let state = self.state(id, held.clone(), onchain.deposit);
         if voucher.nonce() <= held.nonce {
             drop(held_map);
             return self.refuse(ErrorCode::NonceTooLow, Some(state));
@@ -259,19 +267,21 @@ impl MockNode {
         held.nonce = voucher.nonce();
         held.cumulative = voucher.cumulative_amount();
         held.charged += price;
+        held.signature = voucher.signature.clone();
         let receipt = SettlementResponse {
             success: true,
             transaction: String::new(),
             network: Network::new(CHAIN),
             payer: self.chain.payer,
-            extra: SettlementExtra {
+            amount: Some(price),
+            extra: Some(SettlementExtra {
                 channel_id: id,
                 nonce: held.nonce,
                 cumulative_amount: held.cumulative,
                 charged: price,
                 total_charged: held.charged,
                 session: None,
-            },
+            }),
         };
         drop(held_map);
         self.served.fetch_add(1, Ordering::SeqCst);
@@ -594,6 +604,39 @@ async fn a_node_claiming_more_than_signed_is_refused() {
     assert!(matches!(err, Error::NodeClaimsUnsigned { .. }), "{err}");
     let after = client.channels().await[0].clone();
     assert_eq!((after.max_signed, after.spent), (before.max_signed + U256::from(PRICE), before.spent));
+}
+
+#[tokio::test]
+async fn a_corrective_state_without_the_payers_signature_is_refused() {
+    let s = setup().await;
+    let client = s.client().await;
+    get_paid(&client, &s.url).await.unwrap();
+    get_paid(&client, &s.url).await.unwrap();
+    let before = client.channels().await[0].clone();
+    // The node claims to hold the client's next voucher (as if a request had raced it), with
+    // amounts the client could have signed, but the signature is not the client's.
+    s.node.forge.store(true, Ordering::SeqCst);
+    s.node.held.lock().values_mut().for_each(|h| h.nonce += 1);
+    let err = get_paid(&client, &s.url).await.unwrap_err();
+    assert!(matches!(err, Error::UnsignedState { .. }), "{err}");
+    assert!(err.to_string().contains("not signed by this client's signer"), "{err}");
+    let after = client.channels().await[0].clone();
+    assert_eq!(after.spent, before.spent, "the forged state was not taken");
+    // With the real signature the same refusal resynchronises and pays.
+    s.node.forge.store(false, Ordering::SeqCst);
+    s.node.held.lock().values_mut().for_each(|h| h.nonce -= 1);
+    get_paid(&client, &s.url).await.unwrap();
+}
+
+#[tokio::test]
+async fn contracts_outside_the_allowlist_are_refused() {
+    let s = setup().await;
+    let client = s.builder().allowed_contracts([Address::repeat_byte(0xEE)]).build().await.unwrap();
+    let err = get_paid(&client, &s.url).await.unwrap_err();
+    assert!(matches!(err, Error::ContractNotAllowed { contract: c } if c == contract()), "{err}");
+    assert_eq!(s.chain.opens.load(Ordering::SeqCst), 0, "nothing opened");
+    let client = s.builder().allowed_contracts([contract()]).build().await.unwrap();
+    get_paid(&client, &s.url).await.unwrap();
 }
 
 #[tokio::test]

@@ -138,6 +138,71 @@ pub struct Config {
     pub relay: RelayConfig,
     /// Cross-origin requests from browsers.
     pub cors: CorsConfig,
+    /// How the node names itself to clients.
+    pub server: ServerConfig,
+    /// The x402 facilitator API (`/verify`, `/settle`, `/supported`) for servers that
+    /// delegate payments to this node.
+    pub facilitator: FacilitatorConfig,
+}
+
+/// How the node names itself in 402s.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The public base URL of the gateway, as clients reach it (`https://api.example.com`, or
+    /// with a path prefix `https://example.com/api`; no trailing slash, query or fragment):
+    /// the 402's `resource.url` is this followed by the request's path and query. Default
+    /// none: `http://<the request's Host header>`.
+    pub public_url: Option<String>,
+    /// Whether to believe `X-Forwarded-Proto` (set by a reverse proxy in front) for the
+    /// scheme of `resource.url` when `public_url` is not set. Default `false`.
+    pub trust_forwarded: bool,
+}
+
+/// The facilitator API. Off unless `token` is set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FacilitatorConfig {
+    /// The bearer token callers must present (`Authorization: Bearer <token>`), at least 32
+    /// characters. Default none: the API is off.
+    pub token: Option<String>,
+    /// Where the API is mounted: a reserved prefix, never forwarded upstream. Default
+    /// `/facilitator`.
+    pub path: String,
+}
+
+impl Default for FacilitatorConfig {
+    fn default() -> Self {
+        Self { token: None, path: "/facilitator".into() }
+    }
+}
+
+/// The shortest facilitator token accepted.
+pub const MIN_FACILITATOR_TOKEN_LEN: usize = 32;
+
+/// Checks a `[server] public_url`: `http(s)://host[:port][/path]`, without trailing slash,
+/// query, fragment, user info or whitespace.
+pub fn check_public_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("{url:?} must start with http:// or https://"))?;
+    let host = rest.split('/').next().unwrap_or_default();
+    let bad = rest.is_empty()
+        || host.is_empty()
+        || url.ends_with('/')
+        || url.contains(['?', '#', '@', '\\'])
+        || url.contains(|c: char| c.is_whitespace() || c.is_control())
+        || rest.contains("//")
+        || http::HeaderValue::from_str(url).is_err()
+        || url.parse::<http::Uri>().is_err();
+    if bad {
+        return Err(format!(
+            "{url:?} is not a base URL like \"https://api.example.com\" (a path prefix is allowed; no trailing \
+             slash, query or fragment)"
+        ));
+    }
+    Ok(())
 }
 
 impl Default for Config {
@@ -156,6 +221,8 @@ impl Default for Config {
             watchers: Vec::new(),
             relay: RelayConfig::default(),
             cors: CorsConfig::default(),
+            server: ServerConfig::default(),
+            facilitator: FacilitatorConfig::default(),
         }
     }
 }
@@ -331,10 +398,12 @@ pub struct PaymentConfig {
     /// EIP-3009 transfer per request, settled by the provider's key; fixed-price routes of an
     /// EIP-3009 token only). The 402 lists them in that order. Default `["channel-voucher"]`.
     pub schemes: Vec<Scheme>,
-    /// The token's EIP-712 domain name, which `exact` authorisations are signed under. Default:
-    /// read from the token at start (EIP-5267 `eip712Domain()`, else `name()`/`version()`).
+    /// The token's EIP-712 domain name, advertised in 402s as `extra.name` (what EIP-2612 and
+    /// EIP-3009 signatures use). Default none: read from the token at startup (EIP-5267
+    /// `eip712Domain()`, else `name()` and `version()`), else not advertised.
     pub eip712_name: Option<String>,
-    /// The token's EIP-712 domain version. Default: read from the token at start, as the name.
+    /// The token's EIP-712 domain version (`extra.version`); set with `eip712_name`. Default
+    /// none, as `eip712_name`.
     pub eip712_version: Option<String>,
 }
 
@@ -575,6 +644,43 @@ impl Config {
         if let Some(token) = &self.admin_token {
             crate::auth::check_token(token).map_err(|e| ConfigError::Invalid(format!("admin_token: {e}")))?;
         }
+        if let Some(url) = &self.server.public_url {
+            check_public_url(url).map_err(|e| ConfigError::Invalid(format!("server.public_url: {e}")))?;
+        }
+        if self.payment.eip712_name.is_some() != self.payment.eip712_version.is_some() {
+            return Err(ConfigError::Invalid(
+                "payment.eip712_name and payment.eip712_version go together".into(),
+            ));
+        }
+        let f = &self.facilitator;
+        if let Some(token) = &f.token {
+            crate::auth::check_token(token)
+                .map_err(|e| ConfigError::Invalid(format!("facilitator.token: {e}")))?;
+            if token.len() < MIN_FACILITATOR_TOKEN_LEN {
+                return Err(ConfigError::Invalid(format!(
+                    "facilitator.token: at least {MIN_FACILITATOR_TOKEN_LEN} characters"
+                )));
+            }
+        }
+        let segment_ok =
+            |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !f.path.starts_with('/') || f.path.len() < 2 || !f.path[1..].split('/').all(segment_ok) {
+            return Err(ConfigError::Invalid(format!(
+                "facilitator.path: {:?} is not a path like \"/facilitator\"",
+                f.path
+            )));
+        }
+        if f.token.is_some() {
+            let prefix = format!("{}/", f.path);
+            for r in &self.routes {
+                if r.path == f.path || r.path.starts_with(&prefix) {
+                    return Err(ConfigError::Invalid(format!(
+                        "route {} is under facilitator.path {}, which is reserved",
+                        r.path, f.path
+                    )));
+                }
+            }
+        }
         if self.chain.poll_interval_ms == 0 || self.chain.rpc_timeout_ms == 0 {
             return Err(ConfigError::Invalid(
                 "chain.poll_interval_ms and chain.rpc_timeout_ms must be positive".into(),
@@ -721,6 +827,46 @@ mod tests {
             schemes: None,
         });
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn server_and_facilitator() {
+        let base = "[chain]\ncontract = \"0x5FbDB2315678afecb367f032d93F642f64180aa3\"\n";
+        let good = [
+            "[server]\npublic_url = \"https://api.example.com\"",
+            "[server]\npublic_url = \"http://127.0.0.1:8402\"\ntrust_forwarded = true",
+            "[server]\npublic_url = \"https://example.com/api/v1\"",
+            "[facilitator]\ntoken = \"0123456789abcdef0123456789abcdef\"",
+            "[facilitator]\ntoken = \"0123456789abcdef0123456789abcdef\"\npath = \"/x402/facilitator\"",
+            "[payment]\neip712_name = \"USD Coin\"\neip712_version = \"2\"",
+        ];
+        for text in good {
+            let c = Config::parse(&format!("{base}{text}")).unwrap();
+            c.validate().unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
+        let c = Config::parse(&format!("{base}{}", good[2])).unwrap();
+        assert_eq!(c.server.public_url.as_deref(), Some("https://example.com/api/v1"));
+        assert_eq!(Config::default().facilitator.path, "/facilitator");
+        let bad = [
+            "[server]\npublic_url = \"api.example.com\"",
+            "[server]\npublic_url = \"https://api.example.com/\"",
+            "[server]\npublic_url = \"https://api.example.com?x=1\"",
+            "[server]\npublic_url = \"https://api.example.com#f\"",
+            "[server]\npublic_url = \"https://user@api.example.com\"",
+            "[server]\npublic_url = \"https://\"",
+            "[server]\npublic_url = \"https://a b\"",
+            "[server]\npublic_url = \"ftp://api.example.com\"",
+            "[facilitator]\ntoken = \"0123456789abcdef\"",
+            "[facilitator]\ntoken = \"0123456789abcdef0123456789abcdef\"\npath = \"facilitator\"",
+            "[facilitator]\ntoken = \"0123456789abcdef0123456789abcdef\"\npath = \"/\"",
+            "[facilitator]\ntoken = \"0123456789abcdef0123456789abcdef\"\npath = \"/f/\"",
+            "[facilitator]\ntoken = \"0123456789abcdef0123456789abcdef\"\n[[routes]]\npath = \"/facilitator/verify\"\nprice = \"1\"",
+            "[payment]\neip712_name = \"USD Coin\"",
+        ];
+        for text in bad {
+            let c = Config::parse(&format!("{base}{text}")).unwrap();
+            assert!(c.validate().is_err(), "{text}");
+        }
     }
 
     #[test]

@@ -262,6 +262,8 @@ struct Inner<S, C> {
     feed: VoucherFeed,
     /// The most requests one voucher may pay ahead for; 1: no sessions.
     credit_window: AtomicU32,
+    /// The token's EIP-712 domain, advertised as `extra.name` / `extra.version`.
+    token_domain: parking_lot::RwLock<Option<DomainInfo>>,
     /// Channels whose record in memory is ahead of the store.
     dirty: parking_lot::Mutex<HashSet<B256>>,
 }
@@ -304,9 +306,21 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
                 metrics,
                 feed: VoucherFeed::default(),
                 credit_window: AtomicU32::new(1),
+                token_domain: parking_lot::RwLock::new(None),
                 dirty: parking_lot::Mutex::default(),
             }),
         }
+    }
+
+    /// Sets the token's EIP-712 domain, advertised in 402s as `extra.name` / `extra.version`
+    /// (what EIP-2612 and EIP-3009 signatures of the token use). Default none: not advertised.
+    pub fn set_token_domain(&self, domain: Option<DomainInfo>) {
+        *self.inner.token_domain.write() = domain;
+    }
+
+    /// The token's EIP-712 domain, if known (see [`Self::set_token_domain`]).
+    pub fn token_domain(&self) -> Option<DomainInfo> {
+        self.inner.token_domain.read().clone()
     }
 
     /// Lets a voucher pay ahead for up to `k` requests (a credit window): the node then grants
@@ -513,6 +527,7 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
     /// The payment requirements of a route.
     pub fn requirements(&self, price: &Price, channel: Option<ChannelState>) -> PaymentRequirements {
         let t = &self.inner.terms;
+        let token = self.token_domain();
         PaymentRequirements {
             scheme: wire::SCHEME.into(),
             network: self.inner.network,
@@ -521,8 +536,8 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
             pay_to: t.payee,
             max_timeout_seconds: t.max_timeout_seconds,
             extra: ChannelExtra {
-                name: None,
-                version: None,
+                name: token.as_ref().map(|d| d.name.clone()),
+                version: token.map(|d| d.version),
                 contract: t.contract,
                 domain: DomainInfo::channel(),
                 min_challenge_period: t.min_challenge_period,
@@ -661,7 +676,29 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
     async fn authorize_inner(&self, header: &[u8], price: &Price) -> Result<Pending<S, C>, Refusal> {
         let envelope = PaymentEnvelope::decode(header)
             .map_err(|e| Refusal::new(ErrorCode::InvalidPayload, format!("malformed payment: {e}")))?;
-        let signed = self.check_envelope(&envelope)?;
+        self.authorize_signed(self.check_envelope(&envelope)?, price).await
+    }
+
+    /// [`Self::authorize`] for a payment already decoded (the facilitator API's).
+    pub async fn authorize_envelope(
+        &self,
+        envelope: &PaymentEnvelope,
+        price: &Price,
+    ) -> Result<Pending<S, C>, Refusal> {
+        let started = Instant::now();
+        let result = match self.check_envelope(envelope) {
+            Ok(signed) => self.authorize_signed(signed, price).await,
+            Err(r) => Err(r),
+        };
+        let m = &self.inner.metrics;
+        m.verify_seconds.observe(started.elapsed().as_secs_f64());
+        if let Err(r) = &result {
+            m.refused.with_label_values(&[r.code.as_str()]).inc();
+        }
+        result
+    }
+
+    async fn authorize_signed(&self, signed: SignedVoucher, price: &Price) -> Result<Pending<S, C>, Refusal> {
         let id = signed.channel_id();
         let mut guard = self.lock_live(id).await?;
         self.check_deposit(guard.record.as_ref().ok_or_else(|| Refusal::unknown(id))?)?;
@@ -1479,9 +1516,9 @@ mod tests {
                                 Outcome::Delivered(cost) | Outcome::Lost(cost) => {
                                     let receipt = pending.commit(U256::from(cost)).await.expect("commits");
                                     prop_assert!(!served.contains_key(&k), "request {} served twice", k);
-                                    prop_assert_eq!(receipt.extra.as_ref().expect("channel state").charged, U256::from(cost));
+                                    prop_assert_eq!(receipt.extra.as_ref().expect("channel extra").charged, U256::from(cost));
                                     charged_total += U256::from(cost);
-                                    prop_assert_eq!(receipt.extra.as_ref().expect("channel state").total_charged, charged_total);
+                                    prop_assert_eq!(receipt.extra.as_ref().expect("channel extra").total_charged, charged_total);
                                     served.insert(k, receipt);
                                 }
                             }

@@ -41,7 +41,7 @@ use x402_protocol::{
     Network,
     exact::{ExactExtra, ExactPayload, ExactRequirements, IEip3009Token, SCHEME},
     open::TokenDomain,
-    wire::{ErrorCode, PaymentEnvelope, SettlementResponse},
+    wire::{DomainInfo, ErrorCode, PaymentEnvelope, SettlementResponse},
 };
 use x402_store::KvStore;
 
@@ -646,47 +646,25 @@ impl<S: KvStore, C: TokenChain, T: Sender> Exact<S, C, T> {
     }
 }
 
-alloy::sol! {
-    #[sol(rpc)]
-    interface INamedToken {
-        function name() external view returns (string);
-        function version() external view returns (string);
-    }
-}
-
-/// The EIP-712 domain name and version of `token`: its EIP-5267 `eip712Domain()`, else its
-/// `name()` and `version()`.
-pub async fn read_token_domain(provider: &DynProvider, token: Address) -> Result<ExactExtra, ChainError> {
-    let erc5267 = x402_protocol::open::IERC5267::new(token, provider);
-    if let Ok(d) = erc5267.eip712Domain().call().await {
-        return Ok(ExactExtra { name: d.name, version: d.version });
-    }
-    let named = INamedToken::new(token, provider);
-    let name = named.name().call().await.map_err(rpc)?;
-    let version = named.version().call().await.map_err(rpc)?;
-    Ok(ExactExtra { name, version })
-}
-
-/// Builds the gateway's `exact` scheme: the token's domain from `config` (else read from the
-/// token), the node's store, chain reads through `chain`, transfers sent from `key`; and drops
-/// records of authorisations long expired.
-pub async fn for_gateway<S: KvStore>(
+/// Builds the gateway's `exact` scheme: the token's EIP-712 domain as the engine resolved it
+/// (`payment.eip712_name`/`eip712_version`, else read from the token at start), the node's
+/// store, chain reads through `chain`, transfers sent from `key`; and drops records of
+/// authorisations long expired.
+pub fn for_gateway<S: KvStore>(
     config: &crate::config::Config,
     terms: &crate::Terms,
+    domain: Option<DomainInfo>,
     store: Arc<S>,
     chain: RpcChain,
     key: PrivateKeySigner,
 ) -> eyre::Result<Exact<S, RpcChain, KeySender>> {
-    let p = &config.payment;
-    let extra = match (&p.eip712_name, &p.eip712_version) {
-        (Some(name), Some(version)) => ExactExtra { name: name.clone(), version: version.clone() },
-        _ => read_token_domain(chain.provider(), terms.asset).await.map_err(|e| {
-            eyre::eyre!(
-                "the exact scheme needs the token's EIP-712 domain: cannot read it from {} ({e}); set payment.eip712_name and payment.eip712_version",
-                terms.asset
-            )
-        })?,
-    };
+    let domain = domain.ok_or_else(|| {
+        eyre::eyre!(
+            "the exact scheme needs the EIP-712 domain of the token {}, which it does not report: set payment.eip712_name and payment.eip712_version",
+            terms.asset
+        )
+    })?;
+    let extra = ExactExtra { name: domain.name, version: domain.version };
     let exact_terms = ExactTerms {
         network: Network::new(terms.chain_id),
         token: terms.asset,
@@ -704,12 +682,12 @@ pub async fn for_gateway<S: KvStore>(
     Ok(exact)
 }
 
-/// A boxed future, for the object-safe [`ExactScheme`].
+/// A boxed future, for the object-safe [`ExactHandler`].
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The `exact` scheme as the paywall and the facilitator hold it, whatever its store, chain and
 /// sender ([`Exact`] implements it).
-pub trait ExactScheme: Send + Sync + 'static {
+pub trait ExactHandler: Send + Sync + 'static {
     /// The terms.
     fn terms(&self) -> &ExactTerms;
 
@@ -730,7 +708,7 @@ pub trait ExactScheme: Send + Sync + 'static {
     fn release(&self, reserved: Reserved) -> BoxFuture<'_, ()>;
 }
 
-impl<S: KvStore, C: TokenChain, T: Sender> ExactScheme for Exact<S, C, T> {
+impl<S: KvStore, C: TokenChain, T: Sender> ExactHandler for Exact<S, C, T> {
     fn terms(&self) -> &ExactTerms {
         &self.terms
     }
@@ -808,7 +786,7 @@ pub fn settlement_response(terms: &ExactTerms, settled: &Settled) -> SettlementR
 /// or above is passed on unpaid (the authorisation is released); a failed settlement is a
 /// refusal (`settlement_failed`) and the content is dropped.
 pub async fn serve<Svc>(
-    exact: &dyn ExactScheme,
+    exact: &dyn ExactHandler,
     mut inner: Svc,
     req: http::Request<axum::body::Body>,
     price: U256,

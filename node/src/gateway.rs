@@ -42,7 +42,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 use x402_protocol::{
     close::{CLOSE_PATH, CloseRequestBody},
-    wire::{self, ErrorCode},
+    wire::{self, DomainInfo, ErrorCode},
 };
 use x402_store::{KvStore, SledStore};
 
@@ -54,7 +54,7 @@ use crate::{
     config::{Config, CorsConfig},
     follower::{Follower, FollowerConfig},
     metrics::Metrics,
-    middleware::{Charge, PAYMENT_CHANNEL, Paywall},
+    middleware::{Charge, PAYMENT_CHANNEL, Paywall, PublicUrl},
     path::{canonical, match_key},
     routes::{Routes, is_reserved},
     settle::Settler,
@@ -165,6 +165,11 @@ async fn reserved(req: Request, next: Next) -> Response {
             StatusCode::NOT_IMPLEMENTED,
             "not_enabled",
             "the gasless-open relay is not enabled on this node (relay.enabled)",
+        ),
+        "/facilitator/verify" | "/facilitator/settle" | "/facilitator/supported" => node_error(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_enabled",
+            "the facilitator API is not enabled on this node (facilitator.token)",
         ),
         "/admin/settle" => node_error(
             StatusCode::NOT_IMPLEMENTED,
@@ -554,9 +559,20 @@ async fn open_engine(config: &Config) -> eyre::Result<(Engine<SledStore, RpcChai
         max_timeout_seconds: config.max_timeout_seconds,
         accept_contract_signers: config.payment.accept_contract_signers,
     };
+    let token_domain = match (&config.payment.eip712_name, &config.payment.eip712_version) {
+        (Some(name), Some(version)) => Some(DomainInfo { name: name.clone(), version: version.clone() }),
+        _ => crate::chain::token_domain(&provider, config.payment.asset).await,
+    };
+    match &token_domain {
+        Some(d) => {
+            info!(target: "node::gateway", name = %d.name, version = %d.version, "token EIP-712 domain")
+        }
+        None => info!(target: "node::gateway", "token EIP-712 domain unknown: not advertised"),
+    }
     let chain = RpcChain::new(provider, contract).with_confirmations(config.chain.confirmations);
     let engine = Engine::new(terms, Arc::clone(&store), chain, Metrics::new());
     engine.set_credit_window(config.payment.max_credit_window);
+    engine.set_token_domain(token_domain);
     Ok((engine, store))
 }
 
@@ -620,7 +636,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         }
     }));
     let final_flush = engine.clone();
-    let mut paywall = Paywall::new(engine.clone()).with_routes(config.route_table()?);
+    let mut paywall = Paywall::new(engine.clone()).with_routes(config.route_table()?).public_url(PublicUrl {
+        base: config.server.public_url.clone(),
+        trust_forwarded: config.server.trust_forwarded,
+    });
     if config.takes_exact() {
         let key = key.clone().ok_or_else(|| {
             eyre::eyre!(
@@ -631,11 +650,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         let exact = crate::exact::for_gateway(
             &config,
             engine.terms(),
+            engine.token_domain(),
             Arc::clone(&store),
             engine.chain().clone(),
             key,
-        )
-        .await?;
+        )?;
         paywall = paywall.with_exact(Arc::new(exact));
     }
     let close = CloseService {
@@ -663,6 +682,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
     if let Some(settler) = &settler {
         app = app.merge(settle_router(Arc::clone(settler), config.admin_token.clone()));
+    }
+    if let Some(token) = &config.facilitator.token {
+        let facilitator = Arc::new(crate::facilitator::Facilitator::new(engine.clone(), token));
+        let sweeper = Arc::clone(&facilitator);
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                sweeper.sweep();
+            }
+        }));
+        info!(target: "node::gateway", path = %config.facilitator.path, "facilitator API enabled");
+        app = app.nest(&config.facilitator.path, crate::facilitator::router(facilitator));
     }
     let app = harden(app, &config.cors);
     drop((engine, settler));

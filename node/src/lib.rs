@@ -1,7 +1,7 @@
 //! The x402 Channels provider node.
 //!
-//! It answers unpaid requests with `402 Payment Required` and the terms of the `channel`
-//! scheme, verifies the EIP-712 vouchers clients pay with, stores the latest voucher of each
+//! It answers unpaid requests with `402 Payment Required` and the terms of the
+//! `channel-voucher` scheme, verifies the EIP-712 vouchers clients pay with, stores the latest voucher of each
 //! channel durably (group-committed) before the paid response is released, and exposes all of
 //! it as a tower [`Layer`](tower::Layer) for axum apps ([`middleware::Paywall`]) and as a
 //! reverse-proxy [`gateway`] (the `x402-node` binary).
@@ -18,6 +18,8 @@
 //! - [`relay`]: submits payers' gasless opens (EIP-2612 / EIP-3009), paying their gas.
 //! - [`settle`]: batch settlement of stored vouchers on-chain.
 //! - [`middleware`]: the axum/tower layer.
+//! - [`facilitator`]: the x402 facilitator API (`/verify`, `/settle`, `/supported`) for
+//!   servers that delegate payments to the node.
 //! - [`path`], [`routes`]: the canonical request path and the priced routes' patterns.
 //! - [`gateway`], [`config`]: the binary's reverse proxy and its TOML configuration.
 //! - [`metrics`]: Prometheus metrics.
@@ -32,6 +34,7 @@ pub mod channel;
 pub mod config;
 pub mod engine;
 pub mod exact;
+pub mod facilitator;
 pub mod follower;
 pub mod gateway;
 pub mod metrics;

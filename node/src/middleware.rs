@@ -44,7 +44,7 @@ use x402_store::KvStore;
 use crate::{
     Engine, Payment, Price, Refusal,
     chain::ChainReader,
-    exact::ExactScheme,
+    exact::ExactHandler,
     routes::Routes,
     serve::{self, ReplayCache},
 };
@@ -80,7 +80,49 @@ pub struct Paywall<S, C> {
     routes: Arc<Routes>,
     replay: Arc<ReplayCache>,
     /// The official `exact` scheme, for routes that take it ([`Self::with_exact`]).
-    exact: Option<Arc<dyn ExactScheme>>,
+    exact: Option<Arc<dyn ExactHandler>>,
+    public: Arc<PublicUrl>,
+}
+
+/// How a 402 names the requested resource: `resource.url` is absolute, the configured public
+/// base URL followed by the request's path and query, else `http://<Host>` (`https` when a
+/// trusted proxy says so in `X-Forwarded-Proto`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PublicUrl {
+    /// The public base URL (`[server] public_url`), without a trailing slash.
+    pub base: Option<String>,
+    /// Whether `X-Forwarded-Proto` is believed (`[server] trust_forwarded`).
+    pub trust_forwarded: bool,
+}
+
+impl PublicUrl {
+    /// The absolute URL of a request for `path_and_query` with `headers`.
+    pub fn absolute(&self, headers: &http::HeaderMap, path_and_query: &str) -> String {
+        if let Some(base) = &self.base {
+            return format!("{base}{path_and_query}");
+        }
+        // The Host header is the client's own: only a plain host[:port] is echoed back.
+        let host = headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| {
+                !h.is_empty()
+                    && h.len() <= 255
+                    && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
+            })
+            .unwrap_or("localhost");
+        let scheme = if self.trust_forwarded
+            && headers
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.split(',').next().is_some_and(|p| p.trim().eq_ignore_ascii_case("https")))
+        {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{host}{path_and_query}")
+    }
 }
 
 impl<S, C> Clone for Paywall<S, C> {
@@ -90,6 +132,7 @@ impl<S, C> Clone for Paywall<S, C> {
             routes: Arc::clone(&self.routes),
             replay: Arc::clone(&self.replay),
             exact: self.exact.clone(),
+            public: Arc::clone(&self.public),
         }
     }
 }
@@ -103,14 +146,20 @@ impl<S, C> std::fmt::Debug for Paywall<S, C> {
 impl<S, C> Paywall<S, C> {
     /// A paywall with no priced routes yet.
     pub fn new(engine: Engine<S, C>) -> Self {
-        Self { engine, routes: Arc::default(), replay: Arc::default(), exact: None }
+        Self { engine, routes: Arc::default(), replay: Arc::default(), exact: None, public: Arc::default() }
     }
 
     /// Takes the official `exact` scheme (see [`crate::exact`]) on the routes whose
     /// [`Price::schemes`](crate::Price) include it. Without it such routes offer and take only
     /// the schemes they have besides.
-    pub fn with_exact(mut self, exact: Arc<dyn ExactScheme>) -> Self {
+    pub fn with_exact(mut self, exact: Arc<dyn ExactHandler>) -> Self {
         self.exact = Some(exact);
+        self
+    }
+
+    /// Names resources in 402s with `public` (default: `http://<Host>`).
+    pub fn public_url(mut self, public: PublicUrl) -> Self {
+        self.public = Arc::new(public);
         self
     }
 
@@ -195,7 +244,11 @@ where
         let engine = self.paywall.engine.clone();
         let replay = Arc::clone(&self.paywall.replay);
         let exact = self.paywall.exact.clone().filter(|_| price.schemes.exact);
-        Box::pin(async move { Ok(paid(engine, inner, req, price, replay, exact).await) })
+        let url = self
+            .paywall
+            .public
+            .absolute(req.headers(), req.uri().path_and_query().map_or("/", |p| p.as_str()));
+        Box::pin(async move { Ok(paid(engine, inner, req, price, replay, url, exact).await) })
     }
 }
 
@@ -205,14 +258,14 @@ async fn paid<Svc, S, C>(
     mut req: Request<Body>,
     price: Price,
     replay: Arc<ReplayCache>,
-    exact: Option<Arc<dyn ExactScheme>>,
+    url: String,
+    exact: Option<Arc<dyn ExactHandler>>,
 ) -> Response
 where
     Svc: Service<Request<Body>, Response = Response, Error = Infallible>,
     S: KvStore,
     C: ChainReader,
 {
-    let url = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let authorized = if let Some(session) = req.headers().get(wire::PAYMENT_SESSION) {
         if !price.schemes.channel_voucher {
             let refusal = Refusal::new(ErrorCode::InvalidScheme, "this route does not take channel payments");
@@ -400,7 +453,7 @@ fn with_receipt(response: &mut Response, settlement: &wire::SettlementResponse) 
 /// route's [`wire::SCHEME`] offer, then its `exact` one.
 fn payment_required<S: KvStore, C: ChainReader>(
     engine: &Engine<S, C>,
-    exact: Option<&dyn ExactScheme>,
+    exact: Option<&dyn ExactHandler>,
     url: &str,
     price: &Price,
     refusal: Option<&Refusal>,
@@ -418,5 +471,7 @@ fn payment_required<S: KvStore, C: ChainReader>(
         response.headers_mut().insert(HeaderName::from_static(wire::PAYMENT_REQUIRED), v);
     }
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    // Terms and channel state are per request: no cache may keep or share them.
+    response.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

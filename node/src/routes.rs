@@ -22,7 +22,7 @@ use http::Method;
 use crate::{Price, path::match_key};
 
 /// The node's own path prefixes: answered by the node, never proxied, never priced.
-pub const RESERVED_PREFIXES: [&str; 4] = ["/admin", "/x402", "/healthz", "/metrics"];
+pub const RESERVED_PREFIXES: [&str; 5] = ["/admin", "/x402", "/healthz", "/metrics", "/facilitator"];
 
 /// Whether a (canonical) path is under one of [`RESERVED_PREFIXES`], in any case.
 pub fn is_reserved(path: &str) -> bool {

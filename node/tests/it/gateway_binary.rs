@@ -121,7 +121,13 @@ async fn the_binary_gateway_charges_every_spelling_and_guards_its_paths() {
     assert_eq!(resp.status, 200, "{resp:?}");
     assert!(resp.header("x402-cost").is_none());
     let s = settled(&resp);
-    assert_eq!((s.extra.charged, s.extra.total_charged), (U256::from(250), U256::from(PRICE + 250)));
+    assert_eq!(
+        (
+            s.extra.as_ref().expect("channel extra").charged,
+            s.extra.as_ref().expect("channel extra").total_charged
+        ),
+        (U256::from(250), U256::from(PRICE + 250))
+    );
     // An invalid report is charged the maximum, and logged.
     let resp = send(
         addr,
@@ -130,7 +136,7 @@ async fn the_binary_gateway_charges_every_spelling_and_guards_its_paths() {
         &[(wire::PAYMENT_SIGNATURE, &header(id, 3, PRICE + 250 + 10 * PRICE))],
     )
     .await;
-    assert_eq!(settled(&resp).extra.charged, U256::from(10 * PRICE));
+    assert_eq!(settled(&resp).extra.as_ref().expect("channel extra").charged, U256::from(10 * PRICE));
 
     // A channel below min_deposit is refused; a bare id shows no state.
     let resp = send(addr, "GET", "/weather", &[(wire::PAYMENT_SIGNATURE, &header(small, 1, PRICE))]).await;

@@ -409,11 +409,10 @@ impl Ctx {
                     ))));
                 }
                 let required = x402_client::read_402(response).await?;
-                let offer = required
-                    .accepts
-                    .iter()
-                    .find(|a| a.scheme == x402_protocol::wire::SCHEME)
-                    .ok_or_else(|| Error::NoAcceptableRequirements("no `channel` scheme".into()))?;
+                let offer =
+                    required.accepts.iter().find(|a| a.scheme == x402_protocol::wire::SCHEME).ok_or_else(
+                        || Error::NoAcceptableRequirements("no `channel-voucher` scheme".into()),
+                    )?;
                 (token.unwrap_or(offer.asset), contract.unwrap_or(offer.extra.contract))
             }
             None => match (token, contract) {

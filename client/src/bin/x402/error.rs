@@ -82,7 +82,9 @@ impl CliError {
                 | Error::CloseRefused { .. }
                 | Error::RelayRefused { .. }
                 | Error::NoAcceptableRequirements(_)
-                | Error::NodeClaimsUnsigned { .. } => ExitKind::Refused,
+                | Error::NodeClaimsUnsigned { .. }
+                | Error::UnsignedState { .. }
+                | Error::ContractNotAllowed { .. } => ExitKind::Refused,
                 Error::Config(_) => ExitKind::Usage,
                 _ => ExitKind::Other,
             },
@@ -125,6 +127,8 @@ impl CliError {
                 Error::RelayRefused { .. } => "relay_refused",
                 Error::NoAcceptableRequirements(_) => "no_acceptable_requirements",
                 Error::NodeClaimsUnsigned { .. } => "node_claims_unsigned",
+                Error::UnsignedState { .. } => "unsigned_state",
+                Error::ContractNotAllowed { .. } => "contract_not_allowed",
                 Error::Config(_) => "config",
                 Error::Chain(_) => "chain",
                 Error::Reverted(_) => "reverted",
