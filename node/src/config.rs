@@ -600,11 +600,11 @@ impl Config {
         Ok(table)
     }
 
-    /// Whether any priced route takes the `exact` scheme.
+    /// Whether the node takes the `exact` scheme: named in `payment.schemes` (then the
+    /// facilitator API offers it too) or by a route.
     pub fn takes_exact(&self) -> bool {
-        self.routes
-            .iter()
-            .any(|r| r.schemes.as_deref().unwrap_or(&self.payment.schemes).contains(&Scheme::Exact))
+        self.payment.schemes.contains(&Scheme::Exact)
+            || self.routes.iter().any(|r| r.schemes.as_deref().is_some_and(|s| s.contains(&Scheme::Exact)))
     }
 
     /// Checks settings that TOML types cannot express.

@@ -734,6 +734,71 @@ impl<S: KvStore, C: TokenChain, T: Sender> ExactHandler for Exact<S, C, T> {
     }
 }
 
+impl<S: KvStore, C: TokenChain, T: Sender> crate::facilitator::ExactScheme for Exact<S, C, T> {
+    fn verify<'a>(
+        &'a self,
+        payment: &'a PaymentEnvelope,
+        requirements: &'a crate::facilitator::Requirements,
+    ) -> BoxFuture<'a, crate::facilitator::VerifyResponse> {
+        use crate::facilitator::VerifyResponse;
+        Box::pin(async move {
+            let payload = match check_envelope(&self.terms, payment) {
+                Ok(p) => p,
+                Err(refusal) => return VerifyResponse::invalid(&refusal),
+            };
+            let payer = payload.authorization.from;
+            match Self::verify(self, &payload, requirements.amount, crate::unix_now()).await {
+                Ok(payer) => VerifyResponse::valid(payer),
+                Err(e) => VerifyResponse { payer: Some(payer), ..VerifyResponse::invalid(&e.into()) },
+            }
+        })
+    }
+
+    fn settle<'a>(
+        &'a self,
+        payment: &'a PaymentEnvelope,
+        requirements: &'a crate::facilitator::Requirements,
+    ) -> BoxFuture<'a, crate::facilitator::SettleResponse> {
+        use crate::facilitator::SettleResponse;
+        Box::pin(async move {
+            let network = self.terms.network;
+            let payload = match check_envelope(&self.terms, payment) {
+                Ok(p) => p,
+                Err(refusal) => return SettleResponse::failed(network, &refusal),
+            };
+            let payer = payload.authorization.from;
+            // Recorded before the transfer, as for the gateway: a second settle of the same
+            // authorisation is refused (the resource must not be served twice for it).
+            let settled = match Self::reserve(self, payload, requirements.amount).await {
+                Ok(reserved) => Self::settle(self, reserved).await,
+                Err(e) => Err(e),
+            };
+            match settled {
+                Ok(s) => SettleResponse {
+                    success: true,
+                    error_reason: None,
+                    error_message: None,
+                    transaction: s.transaction.to_string(),
+                    network,
+                    payer: Some(s.payer),
+                    amount: Some(s.amount),
+                    extra: None,
+                },
+                Err(e) => SettleResponse { payer: Some(payer), ..SettleResponse::failed(network, &e.into()) },
+            }
+        })
+    }
+
+    fn kind(&self) -> crate::facilitator::SupportedKind {
+        crate::facilitator::SupportedKind {
+            x402_version: x402_protocol::wire::X402_VERSION,
+            scheme: SCHEME.into(),
+            network: self.terms.network,
+            extra: None,
+        }
+    }
+}
+
 /// Checks a payment's envelope for `exact` on `terms`: version, network, and the echoed
 /// `asset` and `payTo` when present; then decodes the payload strictly. (The scheme was read
 /// first, by the caller's dispatch.)

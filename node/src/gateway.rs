@@ -640,6 +640,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         base: config.server.public_url.clone(),
         trust_forwarded: config.server.trust_forwarded,
     });
+    let mut exact = None;
     if config.takes_exact() {
         let key = key.clone().ok_or_else(|| {
             eyre::eyre!(
@@ -647,15 +648,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
                 config.provider.key_env
             )
         })?;
-        let exact = crate::exact::for_gateway(
+        let scheme = Arc::new(crate::exact::for_gateway(
             &config,
             engine.terms(),
             engine.token_domain(),
             Arc::clone(&store),
             engine.chain().clone(),
             key,
-        )?;
-        paywall = paywall.with_exact(Arc::new(exact));
+        )?);
+        paywall = paywall.with_exact(Arc::clone(&scheme) as Arc<dyn crate::exact::ExactHandler>);
+        exact = Some(scheme);
     }
     let close = CloseService {
         key: key.map(Arc::new),
@@ -684,7 +686,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         app = app.merge(settle_router(Arc::clone(settler), config.admin_token.clone()));
     }
     if let Some(token) = &config.facilitator.token {
-        let facilitator = Arc::new(crate::facilitator::Facilitator::new(engine.clone(), token));
+        let mut facilitator = crate::facilitator::Facilitator::new(engine.clone(), token);
+        if let Some(exact) = &exact {
+            facilitator =
+                facilitator.with_exact(Arc::clone(exact) as Arc<dyn crate::facilitator::ExactScheme>);
+        }
+        let facilitator = Arc::new(facilitator);
         let sweeper = Arc::clone(&facilitator);
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));

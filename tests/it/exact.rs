@@ -245,3 +245,107 @@ async fn an_upstream_error_transfers_nothing_and_the_guard_survives_a_restart() 
     assert_eq!(env.balance(key.address()).await, before - U256::from(PRICE));
     gw.stop().await;
 }
+
+const FACILITATOR_TOKEN: &str = "a-facilitator-token-of-at-least-32-chars";
+
+/// `/facilitator/<endpoint>` with the body `{ x402Version, paymentPayload, paymentRequirements }`.
+async fn facilitator(
+    http: &reqwest::Client,
+    gw: &Gateway,
+    endpoint: &str,
+    payment: &str,
+    requirements: &ExactRequirements,
+) -> serde_json::Value {
+    let payload: serde_json::Value = wire::decode_header(payment.as_bytes()).expect("a payment");
+    let r = http
+        .post(format!("{}/facilitator/{endpoint}", gw.url))
+        .bearer_auth(FACILITATOR_TOKEN)
+        .json(&serde_json::json!({
+            "x402Version": 2,
+            "paymentPayload": payload,
+            "paymentRequirements": requirements,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_facilitator_verifies_and_settles_exact() {
+    let env = Env::new().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = config(&env, api().await, data.path());
+    config.facilitator.token = Some(FACILITATOR_TOKEN.into());
+    let gw = Gateway::start(config).await;
+    let http = reqwest::Client::new();
+    let chain_id = env.anvil.chain_id();
+    let provider = env.provider_key.address();
+    let key = env.fresh_key(10 * PRICE).await;
+
+    let supported: serde_json::Value = http
+        .get(format!("{}/facilitator/supported", gw.url))
+        .bearer_auth(FACILITATOR_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let schemes: Vec<&str> =
+        supported["kinds"].as_array().unwrap().iter().map(|k| k["scheme"].as_str().unwrap()).collect();
+    assert_eq!(schemes, [wire::SCHEME, "exact"]);
+
+    let (_, exact) = offer(&http, &format!("{}/weather", gw.url)).await;
+    let payment = pay(&key, &exact, chain_id);
+    let provider_before = env.balance(provider).await;
+
+    // verify checks and moves nothing (twice: it records nothing either).
+    for _ in 0..2 {
+        let v = facilitator(&http, &gw, "verify", &payment, &exact).await;
+        assert_eq!(v["isValid"], true, "{v}");
+        assert_eq!(v["payer"], key.address().to_checksum(None));
+    }
+    assert_eq!(env.balance(provider).await, provider_before);
+
+    // settle transfers, and answers with the mined transaction.
+    let s = facilitator(&http, &gw, "settle", &payment, &exact).await;
+    assert_eq!(s["success"], true, "{s}");
+    assert_eq!(s["amount"], PRICE.to_string());
+    let tx: B256 = s["transaction"].as_str().unwrap().parse().unwrap();
+    let mined =
+        alloy::providers::Provider::get_transaction_receipt(&env.node_chain, tx).await.unwrap().unwrap();
+    assert!(mined.status());
+    assert_eq!(env.balance(provider).await, provider_before + U256::from(PRICE));
+
+    // Used: verify and a second settle are refused, nothing moves.
+    let v = facilitator(&http, &gw, "verify", &payment, &exact).await;
+    assert_eq!(
+        (v["isValid"].as_bool(), v["invalidReason"].as_str()),
+        (Some(false), Some("invalid_authorization"))
+    );
+    let s = facilitator(&http, &gw, "settle", &payment, &exact).await;
+    assert_eq!(
+        (s["success"].as_bool(), s["errorReason"].as_str()),
+        (Some(false), Some("invalid_authorization"))
+    );
+    assert_eq!(env.balance(provider).await, provider_before + U256::from(PRICE));
+
+    // A settle for more than was authorised, or of a forged signature, is refused.
+    let payment = pay(&key, &exact, chain_id);
+    let dearer = ExactRequirements { amount: U256::from(PRICE + 1), ..exact.clone() };
+    let s = facilitator(&http, &gw, "settle", &payment, &dearer).await;
+    assert_eq!(s["success"], false, "{s}");
+    let mut body: serde_json::Value =
+        wire::decode_header(pay(&PrivateKeySigner::random(), &exact, chain_id).as_bytes()).unwrap();
+    body["payload"]["authorization"]["from"] = serde_json::json!(key.address());
+    let forged = wire::encode_header(&body);
+    let v = facilitator(&http, &gw, "verify", &forged, &exact).await;
+    assert_eq!(
+        (v["isValid"].as_bool(), v["invalidReason"].as_str()),
+        (Some(false), Some("invalid_signature"))
+    );
+    assert_eq!(env.balance(provider).await, provider_before + U256::from(PRICE));
+    gw.stop().await;
+}
