@@ -267,9 +267,9 @@ async fn facilitator(
         }))
         .send()
         .await
-        .unwrap();
+        .expect("the facilitator answers");
     assert_eq!(r.status(), StatusCode::OK);
-    r.json().await.unwrap()
+    r.json().await.expect("JSON")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
