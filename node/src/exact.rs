@@ -59,6 +59,10 @@ pub const EXACT_AUTHORIZATIONS: &str = "exact-authorizations";
 /// settlement transaction must be mined before `validBefore` (the official facilitator's 6 s).
 pub const SETTLE_MARGIN: u64 = 6;
 
+/// The least time an authorisation must still be valid for when its transfer is sent, seconds
+/// (after the upstream answered).
+pub const SEND_MARGIN: u64 = 2;
+
 /// How long after its `validBefore` a record is kept (then the token itself refuses the
 /// authorisation, so the record is no longer needed): [`Exact::prune`].
 pub const PRUNE_AFTER: u64 = 3600;
@@ -557,10 +561,15 @@ impl<S: KvStore, C: TokenChain, T: Sender> Exact<S, C, T> {
     /// Transfers a reserved authorisation from the node's key and waits for the receipt.
     pub async fn settle(&self, reserved: Reserved) -> Result<Settled, ExactError> {
         let a = &reserved.payload.authorization;
-        let now = crate::unix_now();
-        if a.valid_before <= U256::from(now) {
+        // The transfer must be mined before `validBefore`: too close to it (a slow upstream
+        // used up the window), it is not sent at all rather than sent to revert.
+        let needed = crate::unix_now().saturating_add(SEND_MARGIN);
+        if a.valid_before < U256::from(needed) {
             self.mark(&reserved, RecordState::Failed, None).await;
-            return Err(ExactError::Expired { valid_before: a.valid_before, needed: now });
+            return Err(ExactError::TransactionFailed(format!(
+                "the authorisation expires at {} before the transfer could be mined (needed {needed})",
+                a.valid_before
+            )));
         }
         let calldata = reserved.payload.calldata().map_err(|e| ExactError::Malformed(e.to_string()))?;
         let mined = match self.sender.send(self.terms.token, calldata).await {
@@ -1208,6 +1217,37 @@ mod tests {
             exact.record(payer.address(), payload.authorization.nonce).unwrap().unwrap().state,
             RecordState::Failed
         );
+    }
+
+    #[tokio::test]
+    async fn an_authorisation_about_to_expire_is_not_sent() {
+        let f = fixture();
+        let now = crate::unix_now();
+        let payload = sign(
+            &f.payer,
+            Authorization {
+                valid_before: U256::from(now + SETTLE_MARGIN),
+                ..authorization(f.payer.address())
+            },
+        );
+        let reserved = f.exact.reserve(payload.clone(), U256::from(PRICE)).await.unwrap();
+        // The upstream took the rest of the window.
+        let late = Reserved {
+            payload: ExactPayload {
+                authorization: Authorization {
+                    valid_before: U256::from(now + 1),
+                    ..payload.authorization.clone()
+                },
+                ..payload.clone()
+            },
+            key: reserved.key,
+        };
+        let err = f.exact.settle(late).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::SettlementFailed, "{err}");
+        assert!(f.sender.sent.lock().is_empty(), "not sent to revert");
+        let record = f.exact.record(f.payer.address(), payload.authorization.nonce).unwrap().unwrap();
+        assert_eq!(record.state, RecordState::Failed);
+        drop(reserved);
     }
 
     #[tokio::test]

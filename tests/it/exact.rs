@@ -19,10 +19,11 @@ use x402_protocol::{
     wire::{self, ErrorCode, PaymentPayload, PaymentRequired, Scheme, SettlementResponse},
 };
 
-/// `/weather` (200), `/fail` (500), `/missing` (404).
+/// `/weather` and `/exact-only/…` (200), `/fail` (500), `/missing` (404).
 async fn api() -> SocketAddr {
     let app = Router::new()
         .route("/weather", get(|| async { axum::Json(serde_json::json!({"forecast": "sunny"})) }))
+        .route("/exact-only/{*rest}", get(|| async { "only exact" }))
         .route("/fail", get(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down") }))
         .route("/missing", get(|| async { (axum::http::StatusCode::NOT_FOUND, "no such item") }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
@@ -189,9 +190,30 @@ async fn exact_pays_a_route_and_replays_are_refused() {
     assert_eq!((r.status(), error_of(&r)), (StatusCode::PAYMENT_REQUIRED, Some(ErrorCode::InvalidScheme)));
     assert_eq!(env.balance(provider).await, provider_before + U256::from(2 * PRICE));
 
-    // An exact-only route offers exact alone.
-    let (required, _) = offer(&http, &format!("{}/exact-only/x", gw.url)).await;
+    // An exact-only route offers exact alone, and refuses a voucher by its scheme.
+    let exact_only = format!("{}/exact-only/x", gw.url);
+    let (required, _) = offer(&http, &exact_only).await;
     assert!(required.accepts.is_empty());
+    let voucher = serde_json::json!({
+        "x402Version": 2,
+        "accepted": { "scheme": wire::SCHEME, "network": format!("eip155:{chain_id}") },
+        "payload": { "channelId": B256::repeat_byte(1), "nonce": 1, "cumulativeAmount": "1000", "signature": "0x00" },
+    });
+    let r = http
+        .get(&exact_only)
+        .header(wire::PAYMENT_SIGNATURE, wire::encode_header(&voucher))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((r.status(), error_of(&r)), (StatusCode::PAYMENT_REQUIRED, Some(ErrorCode::InvalidScheme)));
+    let r = http
+        .get(&exact_only)
+        .header(wire::PAYMENT_SIGNATURE, pay(&key, &exact, chain_id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(env.balance(provider).await, provider_before + U256::from(3 * PRICE));
     gw.stop().await;
 }
 
