@@ -310,16 +310,30 @@ where
             };
             match (envelope.scheme(), exact.as_deref()) {
                 (Some(Scheme::Exact), Some(exact)) => {
+                    let metrics = engine.metrics();
                     return match crate::exact::serve(exact, inner, req, price.amount, &envelope).await {
-                        Ok(response) => response,
-                        Err(refusal) => payment_required(
-                            &engine,
-                            Some(exact),
-                            &url,
-                            &price,
-                            Some(&refusal),
-                            refusal.status(),
-                        ),
+                        Ok(response) => {
+                            if response.headers().contains_key(wire::PAYMENT_RESPONSE) {
+                                metrics.paid.inc();
+                                let token = engine.terms().asset.to_string();
+                                metrics
+                                    .revenue
+                                    .with_label_values(&[token.as_str()])
+                                    .inc_by(f64::from(price.amount));
+                            }
+                            response
+                        }
+                        Err(refusal) => {
+                            metrics.refused.with_label_values(&[refusal.code.as_str()]).inc();
+                            payment_required(
+                                &engine,
+                                Some(exact),
+                                &url,
+                                &price,
+                                Some(&refusal),
+                                refusal.status(),
+                            )
+                        }
                     };
                 }
                 (Some(Scheme::ChannelVoucher), _) if price.schemes.channel_voucher => {}

@@ -214,6 +214,9 @@ async fn exact_pays_a_route_and_replays_are_refused() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(env.balance(provider).await, provider_before + U256::from(3 * PRICE));
+    assert_eq!(gw.metric(&http, "x402_requests_paid_total").await, 3.0);
+    let refused = gw.metric(&http, "x402_requests_refused_total{reason=\"invalid_authorization\"}").await;
+    assert_eq!(refused, 18.0, "the replays, the concurrent copies, the wrong value and recipient");
     gw.stop().await;
 }
 
