@@ -358,7 +358,9 @@ pub fn deny_without_bearer(token: Option<&BearerToken>, headers: &HeaderMap) -> 
 #[serde(rename_all = "camelCase")]
 struct ChannelSummary {
     id: alloy::primitives::B256,
+    #[serde(with = "wire::checksummed")]
     payer: Address,
+    #[serde(with = "wire::checksummed")]
     token: Address,
     status: crate::channel::ChannelStatus,
     nonce: u64,
@@ -421,7 +423,7 @@ async fn admin_revenue<S: KvStore, C: ChainReader>(
     let body: Vec<_> = per_token
         .into_iter()
         .map(|(token, (charged, unsettled))| {
-            serde_json::json!({ "token": token, "charged": charged.to_string(), "unsettled": unsettled.to_string() })
+            serde_json::json!({ "token": token.to_checksum(None), "charged": charged.to_string(), "unsettled": unsettled.to_string() })
         })
         .collect();
     Json(body).into_response()

@@ -204,8 +204,9 @@ impl PaymentRequired {
 #[serde(rename_all = "camelCase")]
 struct RawPaymentRequired {
     x402_version: u32,
+    /// A snake_case [`ErrorCode`]; other servers (the official middleware) put free text here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    error: Option<ErrorCode>,
+    error: Option<String>,
     resource: Resource,
     accepts: Vec<serde_json::Value>,
 }
@@ -217,7 +218,7 @@ impl From<PaymentRequired> for RawPaymentRequired {
         let exact = p.exact.iter().map(|r| serde_json::to_value(r).unwrap_or_default());
         Self {
             x402_version: p.x402_version,
-            error: p.error,
+            error: p.error.map(|e| e.as_str().to_owned()),
             resource: p.resource,
             accepts: ours.chain(exact).collect(),
         }
@@ -236,7 +237,12 @@ impl TryFrom<RawPaymentRequired> for PaymentRequired {
                 None => {}
             }
         }
-        Ok(Self { x402_version: raw.x402_version, error: raw.error, resource: raw.resource, accepts, exact })
+        // An error that is not one of our codes (free text from another server) still says
+        // that payment is required.
+        let error = raw.error.map(|e| {
+            serde_json::from_value(serde_json::Value::String(e)).unwrap_or(ErrorCode::PaymentRequired)
+        });
+        Ok(Self { x402_version: raw.x402_version, error, resource: raw.resource, accepts, exact })
     }
 }
 
@@ -926,7 +932,9 @@ mod tests {
         let other = serde_json::json!({ "scheme": "batch-settlement", "network": "eip155:1", "whatever": 1 });
         json["accepts"].as_array_mut().unwrap().insert(0, other);
         json["message"] = "ignored".into();
+        json["error"] = "Payment required: no PAYMENT-SIGNATURE header".into();
         let pr: PaymentRequired = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(pr.error, Some(ErrorCode::PaymentRequired), "free text from another server");
         assert_eq!(pr.accepts, vec![requirements()]);
         assert!(pr.exact.is_empty());
         // Lower-case addresses are read.

@@ -2,6 +2,7 @@
 
 mod client;
 mod exact;
+mod facilitator;
 mod faults;
 mod flow;
 mod gateway;

@@ -3,6 +3,7 @@
 mod cli;
 mod crash;
 mod differential;
+mod facilitator;
 mod fixture;
 mod flow;
 mod fuzz;

@@ -36,7 +36,8 @@ async fn unpaid_request_gets_terms_in_header_and_body() {
     let pr = required(&resp);
     assert_eq!(pr.x402_version, 2);
     assert_eq!(pr.error, Some(ErrorCode::PaymentRequired));
-    assert_eq!(pr.resource.url, "/paid?q=1");
+    assert_eq!(pr.resource.url, "http://localhost/paid?q=1", "absolute; no Host header here");
+    assert_eq!(resp.headers()[http::header::CACHE_CONTROL], "no-store");
     let req = &pr.accepts[0];
     assert_eq!((req.scheme.as_str(), req.network.chain_id), ("channel-voucher", CHAIN_ID));
     assert_eq!(req.amount, U256::from(PRICE));
@@ -45,6 +46,38 @@ async fn unpaid_request_gets_terms_in_header_and_body() {
     assert_eq!(body_json(resp).await, serde_json::to_value(&pr).expect("json"));
     // Free routes pass through.
     assert_eq!(f.send("/free", None).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn resource_url_is_absolute_from_public_url_or_host() {
+    use x402_node::middleware::PublicUrl;
+    let f = fixture(Arc::new(MemoryStore::new()));
+    let app = |public: PublicUrl| {
+        axum::Router::new().route("/paid", axum::routing::get(|| async { "x" })).layer(
+            Paywall::new(f.engine.clone()).route("/paid", Price::exact(U256::from(PRICE))).public_url(public),
+        )
+    };
+    let get = |app: axum::Router, headers: Vec<(&'static str, &'static str)>| async move {
+        let mut req = Request::get("/paid?a=1&b=%20");
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let resp = app.oneshot(req.body(Body::empty()).expect("request")).await.expect("infallible");
+        assert_eq!(resp.headers()[http::header::CACHE_CONTROL], "no-store");
+        required(&resp).resource.url
+    };
+    let host = vec![("host", "api.test:8402"), ("x-forwarded-proto", "https")];
+    assert_eq!(get(app(PublicUrl::default()), host.clone()).await, "http://api.test:8402/paid?a=1&b=%20");
+    let trusting = PublicUrl { base: None, trust_forwarded: true };
+    assert_eq!(get(app(trusting.clone()), host.clone()).await, "https://api.test:8402/paid?a=1&b=%20");
+    assert_eq!(get(app(trusting), vec![("host", "api.test")]).await, "http://api.test/paid?a=1&b=%20");
+    let public = PublicUrl { base: Some("https://example.com/api".into()), trust_forwarded: false };
+    assert_eq!(get(app(public), host).await, "https://example.com/api/paid?a=1&b=%20");
+    // A Host header that is not a plain host[:port] is not echoed.
+    assert_eq!(
+        get(app(PublicUrl::default()), vec![("host", "evil.test/\"><script>")]).await,
+        "http://localhost/paid?a=1&b=%20"
+    );
 }
 
 #[tokio::test]
@@ -607,13 +640,14 @@ async fn admin_endpoints_need_the_token_and_report_revenue() {
     let upstream = Upstream::new("http://127.0.0.1:9", std::time::Duration::from_secs(1));
     let app = router(engine.clone(), Paywall::new(engine.clone()), upstream.clone(), Some(token.into()));
     let revenue = body_json(get(app.clone(), "/admin/revenue", Some(token)).await).await;
-    assert_eq!(revenue[0]["token"], serde_json::json!(terms().asset));
+    assert_eq!(revenue[0]["token"], terms().asset.to_checksum(None), "EIP-55");
     assert_eq!(
         (revenue[0]["charged"].as_str(), revenue[0]["unsettled"].as_str()),
         (Some("1000"), Some("1000"))
     );
     let channels = body_json(get(app, "/admin/channels", Some(token)).await).await;
     assert_eq!(channels[0]["nonce"], 1);
+    assert_eq!(channels[0]["payer"], f.payer.address().to_checksum(None), "EIP-55");
 }
 
 /// Every admin endpoint (`/admin/channels`, `/admin/revenue`, `POST /admin/settle`) refuses every
