@@ -192,8 +192,9 @@ impl ExactError {
 }
 
 impl From<ExactError> for Refusal {
+    /// The node's code, and a message ending with the official reason in brackets.
     fn from(e: ExactError) -> Self {
-        Self::new(e.code(), e.to_string())
+        Self::new(e.code(), format!("{e} [{}]", e.reason()))
     }
 }
 
