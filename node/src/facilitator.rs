@@ -249,6 +249,7 @@ pub struct Facilitator<S: KvStore, C: ChainReader> {
     reservations: parking_lot::Mutex<HashMap<(B256, u64), Reservation<S, C>>>,
     exact: Option<Arc<dyn ExactScheme>>,
     calls: IntCounterVec,
+    max_reservations: usize,
 }
 
 impl<S: KvStore, C: ChainReader> std::fmt::Debug for Facilitator<S, C> {
@@ -278,7 +279,15 @@ impl<S: KvStore, C: ChainReader> Facilitator<S, C> {
             reservations: parking_lot::Mutex::default(),
             exact: None,
             calls,
+            max_reservations: MAX_RESERVATIONS,
         }
+    }
+
+    /// Holds at most `max` reservations at once (default [`MAX_RESERVATIONS`]).
+    #[must_use]
+    pub fn with_max_reservations(mut self, max: usize) -> Self {
+        self.max_reservations = max;
+        self
     }
 
     /// Facilitates the `exact` scheme with `exact`.
@@ -431,7 +440,7 @@ impl<S: KvStore, C: ChainReader> Facilitator<S, C> {
         };
         let (refused, replaced) = {
             let mut map = self.reservations.lock();
-            if map.len() >= MAX_RESERVATIONS {
+            if map.len() >= self.max_reservations {
                 (Some(reservation), None)
             } else {
                 // The engine refuses a voucher already in flight, so the key is free; a stale
@@ -442,7 +451,7 @@ impl<S: KvStore, C: ChainReader> Facilitator<S, C> {
         drop(replaced);
         if let Some(dropped) = refused {
             drop(dropped);
-            warn!(target: "node::facilitator", max = MAX_RESERVATIONS, "too many live reservations; verify refused");
+            warn!(target: "node::facilitator", max = self.max_reservations, "too many live reservations; verify refused");
             return VerifyResponse::invalid(&Refusal::new(
                 ErrorCode::Unavailable,
                 "too many verified payments await their settle; retry later",

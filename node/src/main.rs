@@ -213,6 +213,9 @@ async fn main() -> eyre::Result<()> {
             for w in &mut shown.watchers {
                 w.token = "<redacted>".into();
             }
+            if shown.facilitator.token.is_some() {
+                shown.facilitator.token = Some("<redacted>".into());
+            }
             let text = toml::to_string_pretty(&shown).wrap_err("cannot render the config")?;
             // The configuration is this command's output.
             #[allow(clippy::print_stdout)]

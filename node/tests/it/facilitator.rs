@@ -327,6 +327,30 @@ async fn concurrent_verifies_on_one_channel_never_reserve_beyond_the_voucher() {
 }
 
 #[tokio::test]
+async fn verifies_without_settles_are_bounded() {
+    let f = fixture(Arc::new(MemoryStore::new()));
+    let facilitator = Facilitator::new(f.engine.clone(), TOKEN).with_max_reservations(2);
+    let body = |nonce: u64| -> facilitator::FacilitatorRequest {
+        let mut requirements = serde_json::to_value(&f.requirements).expect("json");
+        requirements["amount"] = json!(PRICE.to_string());
+        let payment = PaymentPayload::new(&f.requirements, &f.sign(nonce, 10 * PRICE));
+        serde_json::from_value(
+            json!({ "x402Version": 2, "paymentPayload": payment, "paymentRequirements": requirements }),
+        )
+        .expect("decodes")
+    };
+    assert!(facilitator.verify(&body(1)).await.is_valid);
+    assert!(facilitator.verify(&body(2)).await.is_valid);
+    let full = facilitator.verify(&body(3)).await;
+    assert_eq!(full.invalid_reason, Some(ErrorCode::Unavailable), "{full:?}");
+    assert_eq!(facilitator.reservations(), 2);
+    // The refused verify reserved nothing: once a slot is free the same voucher passes.
+    assert!(facilitator.settle(&body(1)).await.success);
+    assert!(facilitator.verify(&body(3)).await.is_valid);
+    assert_eq!(facilitator.reservations(), 2);
+}
+
+#[tokio::test]
 async fn the_store_failing_at_settle_is_not_a_success() {
     // Settle is durable before the answer: a store that cannot write answers a failure.
     let store = Arc::new(x402_node::test_utils::FlakyStore::default());

@@ -25,6 +25,7 @@ use x402_protocol::{
 use crate::process::{NodeProcess, node_command};
 
 const WATCHER_TOKEN: &str = "watcher-token-secret-0123456789";
+const FACILITATOR_TOKEN: &str = "facilitator-token-secret-0123456789abcdef";
 
 /// The secrets that must not appear, by name.
 struct Secrets(Vec<(&'static str, String)>);
@@ -81,7 +82,11 @@ fn config_file(dir: &Path, name: &str, config: &Config) -> String {
 async fn keys_and_tokens_never_reach_the_output() {
     let env = Env::new().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut secrets = Secrets(vec![("admin token", ADMIN.into()), ("watcher token", WATCHER_TOKEN.into())]);
+    let mut secrets = Secrets(vec![
+        ("admin token", ADMIN.into()),
+        ("watcher token", WATCHER_TOKEN.into()),
+        ("facilitator token", FACILITATOR_TOKEN.into()),
+    ]);
     let provider_hex = secrets.key("provider key", &env.provider_key);
     let relay_key = account(&env.anvil, 2);
     let relay_hex = secrets.key("relay key", &relay_key);
@@ -113,6 +118,7 @@ async fn keys_and_tokens_never_reach_the_output() {
     config.settlement.enabled = true;
     config.settlement.interval_secs = 3600;
     config.relay.enabled = true;
+    config.facilitator.token = Some(FACILITATOR_TOKEN.into());
     config.watchers.push(WatcherTarget {
         url: watcher_url.clone(),
         token: WATCHER_TOKEN.into(),
@@ -333,6 +339,15 @@ async fn exercise_gateway(env: &Env, http: &reqwest::Client, url: &str) {
     assert_eq!(pay(3, 100 * PRICE).await.expect("request").status(), reqwest::StatusCode::PAYMENT_REQUIRED);
     let garbage = http.get(&weather).header(wire::PAYMENT_SIGNATURE, "%%%").send().await.expect("request");
     assert_eq!(garbage.status(), reqwest::StatusCode::BAD_REQUEST);
+
+    // The facilitator API, without and with its token.
+    let supported =
+        |token: &'static str| http.get(format!("{url}/facilitator/supported")).bearer_auth(token).send();
+    assert_eq!(
+        supported("wrong-token-0123456789").await.expect("request").status(),
+        reqwest::StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(supported(FACILITATOR_TOKEN).await.expect("request").status(), reqwest::StatusCode::OK);
 
     // Admin, without and with the token.
     let admin = http.get(format!("{url}/admin/channels")).bearer_auth("wrong-token-0123456789").send();
