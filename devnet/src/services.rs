@@ -312,6 +312,7 @@ pub fn node_config(
         description: Some("Current weather".into()),
         mime_type: Some("application/json".into()),
         replay_body: false,
+        schemes: None,
     });
     // An LLM-like route whose upstream reports each request's cost (`X402-Cost`), up to the
     // maximum.
@@ -323,6 +324,7 @@ pub fn node_config(
         description: Some("Completions, charged by the upstream's reported cost".into()),
         mime_type: Some("application/json".into()),
         replay_body: false,
+        schemes: None,
     });
     Ok(config)
 }

@@ -38,6 +38,9 @@
 //! min_deposit = "0"                  # default, token base units
 //! max_credit_window = 100            # default: requests one voucher may prepay (1: off)
 //! accept_contract_signers = false    # default: refuse ERC-1271 (contract) voucher signers
+//! schemes = ["channel-voucher"]      # default; add "exact" for the official EIP-3009 scheme
+//! # eip712_name = "USD Coin"         # default: read from the token (exact signs under it)
+//! # eip712_version = "2"
 //!
 //! [provider]
 //! key_env = "X402_PROVIDER_KEY"      # default: env var holding the provider's hex key
@@ -60,6 +63,7 @@
 //! price = "1000"                     # token base units
 //! pricing = "exact"                  # default; "upto": the upstream reports the actual cost
 //! description = "Current weather"    #   in the X402-Cost response header
+//! # schemes = ["channel-voucher", "exact"]  # default: payment.schemes
 //! ```
 //!
 //! The most specific route wins; see [`crate::routes`].
@@ -71,9 +75,9 @@ use alloy::{
     signers::local::PrivateKeySigner,
 };
 use serde::{Deserialize, Serialize};
-use x402_protocol::wire::{Pricing, u256_dec};
+use x402_protocol::wire::{Pricing, Scheme, u256_dec};
 
-use crate::{Price, routes::Routes};
+use crate::{Price, Schemes, routes::Routes};
 
 /// Configuration errors.
 #[derive(Debug, thiserror::Error)]
@@ -389,6 +393,11 @@ pub struct PaymentConfig {
     /// signatures stay valid whatever its code. Default `false`: such channels are refused
     /// with `channel_mismatch`.
     pub accept_contract_signers: bool,
+    /// The payment schemes priced routes take unless a route says otherwise:
+    /// `"channel-voucher"` (this project's) and/or `"exact"` (the official x402 EVM scheme: an
+    /// EIP-3009 transfer per request, settled by the provider's key; fixed-price routes of an
+    /// EIP-3009 token only). The 402 lists them in that order. Default `["channel-voucher"]`.
+    pub schemes: Vec<Scheme>,
     /// The token's EIP-712 domain name, advertised in 402s as `extra.name` (what EIP-2612 and
     /// EIP-3009 signatures use). Default none: read from the token at startup (EIP-5267
     /// `eip712Domain()`, else `name()` and `version()`), else not advertised.
@@ -406,6 +415,7 @@ impl Default for PaymentConfig {
             min_deposit: U256::ZERO,
             max_credit_window: 100,
             accept_contract_signers: false,
+            schemes: vec![Scheme::ChannelVoucher],
             eip712_name: None,
             eip712_version: None,
         }
@@ -528,18 +538,29 @@ pub struct RouteConfig {
     /// receipt only. Default `false`.
     #[serde(default)]
     pub replay_body: bool,
+    /// The payment schemes this route takes (see [`PaymentConfig::schemes`]). Default: the
+    /// node's `payment.schemes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schemes: Option<Vec<Scheme>>,
 }
 
 impl RouteConfig {
-    /// The route's [`Price`].
-    pub fn price(&self) -> Price {
+    /// The route's [`Price`], taking the node's default `schemes` unless the route names its
+    /// own.
+    pub fn price_with(&self, schemes: &[Scheme]) -> Price {
         Price {
             amount: self.price,
             pricing: self.pricing,
             description: self.description.clone(),
             mime_type: self.mime_type.clone(),
             replay_body: self.replay_body,
+            schemes: Schemes::of(self.schemes.as_deref().unwrap_or(schemes)),
         }
+    }
+
+    /// The route's [`Price`], with the schemes it names (default: [`wire::SCHEME`] only).
+    pub fn price(&self) -> Price {
+        self.price_with(&[Scheme::ChannelVoucher])
     }
 }
 
@@ -572,15 +593,30 @@ impl Config {
             if r.price.is_zero() {
                 return Err(ConfigError::Invalid(format!("route {} has a zero price", r.path)));
             }
-            table.add(&r.path, &r.methods, r.price()).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            let price = r.price_with(&self.payment.schemes);
+            check_schemes(r.schemes.as_deref().unwrap_or(&self.payment.schemes), &r.path, &price, self)?;
+            table.add(&r.path, &r.methods, price).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         Ok(table)
+    }
+
+    /// Whether the node takes the `exact` scheme: named in `payment.schemes` (then the
+    /// facilitator API offers it too) or by a route.
+    pub fn takes_exact(&self) -> bool {
+        self.payment.schemes.contains(&Scheme::Exact)
+            || self.routes.iter().any(|r| r.schemes.as_deref().is_some_and(|s| s.contains(&Scheme::Exact)))
     }
 
     /// Checks settings that TOML types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.chain.contract.is_none() {
             return Err(ConfigError::Invalid("chain.contract is required".into()));
+        }
+        check_schemes(&self.payment.schemes, "payment.schemes", &Price::exact(U256::from(1)), self)?;
+        if self.payment.eip712_name.is_some() != self.payment.eip712_version.is_some() {
+            return Err(ConfigError::Invalid(
+                "payment.eip712_name and payment.eip712_version go together".into(),
+            ));
         }
         self.route_table()?;
         for origin in &self.cors.allowed_origins {
@@ -673,6 +709,31 @@ impl Config {
     }
 }
 
+/// Checks the schemes `what` (a route's path, or `payment.schemes`) takes: at least one, none
+/// twice, and `exact` only for a fixed price in a token (EIP-3009 moves a token, and one fixed
+/// amount).
+fn check_schemes(schemes: &[Scheme], what: &str, price: &Price, config: &Config) -> Result<(), ConfigError> {
+    if schemes.is_empty() {
+        return Err(ConfigError::Invalid(format!("{what}: schemes must name at least one scheme")));
+    }
+    if schemes.iter().enumerate().any(|(i, s)| schemes[..i].contains(s)) {
+        return Err(ConfigError::Invalid(format!("{what}: a scheme is named twice")));
+    }
+    if schemes.contains(&Scheme::Exact) {
+        if price.pricing == Pricing::Upto {
+            return Err(ConfigError::Invalid(format!(
+                "{what}: the exact scheme needs a fixed price; give this upto route schemes = [\"channel-voucher\"]"
+            )));
+        }
+        if config.payment.asset.is_zero() {
+            return Err(ConfigError::Invalid(format!(
+                "{what}: the exact scheme needs an EIP-3009 token (payment.asset), not the native token"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The 1-based line and column of byte `offset` in `text`.
 fn position(text: &str, offset: usize) -> (usize, usize) {
     let before = text.get(..offset).unwrap_or(text);
@@ -763,6 +824,7 @@ mod tests {
             description: None,
             mime_type: None,
             replay_body: false,
+            schemes: None,
         });
         assert!(c.validate().is_err());
     }
@@ -917,6 +979,73 @@ mod tests {
         let r = RelayConfig { key_file: Some(dir.path().join("bad")), ..Default::default() };
         let err = r.signer().unwrap_err().to_string();
         assert!(err.contains("relay key") && !err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn schemes_node_wide_and_per_route() {
+        let base = "[chain]\ncontract = \"0x5FbDB2315678afecb367f032d93F642f64180aa3\"\n";
+        let token = "[payment]\nasset = \"0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512\"\n";
+        let parse = |text: String| {
+            let c = Config::parse(&text).unwrap();
+            c.validate().map(|()| c)
+        };
+        let c = parse(format!("{base}[[routes]]\npath = \"/a\"\nprice = \"1\"")).unwrap();
+        assert_eq!(c.payment.schemes, [Scheme::ChannelVoucher], "default");
+        assert!(!c.takes_exact());
+        let c = parse(format!(
+            "{base}{token}schemes = [\"channel-voucher\", \"exact\"]\n[[routes]]\npath = \"/a\"\nprice = \"1\"\n[[routes]]\npath = \"/b\"\nprice = \"9\"\npricing = \"upto\"\nschemes = [\"channel-voucher\"]\n[[routes]]\npath = \"/c\"\nprice = \"1\"\nschemes = [\"exact\"]"
+        ))
+        .unwrap();
+        assert!(c.takes_exact());
+        let table = c.route_table().unwrap();
+        let schemes = |path: &str| table.find(&http::Method::GET, path).unwrap().price.schemes;
+        assert_eq!(schemes("/a"), Schemes { channel_voucher: true, exact: true });
+        assert_eq!(schemes("/b"), Schemes { channel_voucher: true, exact: false });
+        assert_eq!(schemes("/c"), Schemes { channel_voucher: false, exact: true });
+
+        for (name, text) in [
+            (
+                "exact on an upto route",
+                format!(
+                    "{base}{token}schemes = [\"exact\"]\n[[routes]]\npath = \"/b\"\nprice = \"9\"\npricing = \"upto\""
+                ),
+            ),
+            (
+                "exact per route on an upto route",
+                format!(
+                    "{base}{token}[[routes]]\npath = \"/b\"\nprice = \"9\"\npricing = \"upto\"\nschemes = [\"exact\"]"
+                ),
+            ),
+            ("exact in the native token", format!("{base}[payment]\nschemes = [\"exact\"]")),
+            (
+                "exact per route in the native token",
+                format!("{base}[[routes]]\npath = \"/a\"\nprice = \"1\"\nschemes = [\"exact\"]"),
+            ),
+            ("no scheme", format!("{base}{token}schemes = []")),
+            ("no scheme on a route", format!("{base}[[routes]]\npath = \"/a\"\nprice = \"1\"\nschemes = []")),
+            ("twice", format!("{base}{token}schemes = [\"exact\", \"exact\"]")),
+            ("half a domain", format!("{base}{token}eip712_name = \"Test USD\"")),
+        ] {
+            assert!(parse(text).is_err(), "{name}");
+        }
+        assert!(Config::parse(&format!("{base}{token}schemes = [\"channel\"]")).is_err(), "unknown scheme");
+    }
+
+    /// The README's example of a gateway taking both schemes.
+    #[test]
+    fn the_readme_both_schemes_example_is_valid() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("### The gateway accepts both schemes").expect("the section");
+        let block = &readme[start..];
+        let block = &block[block.find("```toml\n").expect("its example") + 8..];
+        let block = &block[..block.find("```").expect("the end of the example")];
+        let mut config = Config::parse(block).expect("parses");
+        config.chain.contract = Some(Address::repeat_byte(1));
+        config.validate().expect("validates");
+        assert!(config.takes_exact());
+        let mut upto = config.clone();
+        upto.routes[1].schemes = None;
+        assert!(upto.validate().is_err(), "exact is refused for the upto route");
     }
 
     #[test]

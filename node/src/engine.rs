@@ -92,18 +92,70 @@ pub struct Price {
     /// [`REPLAY_TTL`](crate::serve::REPLAY_TTL)) rather than only its receipt. Default off:
     /// the node then keeps no response bodies.
     pub replay_body: bool,
+    /// The payment schemes the route takes. Default: [`wire::SCHEME`] only.
+    pub schemes: Schemes,
+}
+
+/// Which payment schemes a route takes: this project's [`wire::SCHEME`], the official `exact`
+/// (EIP-3009, see [`crate::exact`]; fixed prices in a token only), or both. The 402 lists ours
+/// first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Schemes {
+    /// [`wire::SCHEME`].
+    pub channel_voucher: bool,
+    /// The official `exact` scheme.
+    pub exact: bool,
+}
+
+impl Default for Schemes {
+    fn default() -> Self {
+        Self { channel_voucher: true, exact: false }
+    }
+}
+
+impl Schemes {
+    /// The set of `schemes`.
+    pub fn of(schemes: &[Scheme]) -> Self {
+        Self {
+            channel_voucher: schemes.contains(&Scheme::ChannelVoucher),
+            exact: schemes.contains(&Scheme::Exact),
+        }
+    }
+
+    /// Whether `scheme` is in the set.
+    pub const fn takes(self, scheme: Scheme) -> bool {
+        match scheme {
+            Scheme::ChannelVoucher => self.channel_voucher,
+            Scheme::Exact => self.exact,
+            _ => false,
+        }
+    }
 }
 
 impl Price {
     /// A fixed price.
     pub const fn exact(amount: U256) -> Self {
-        Self { amount, pricing: Pricing::Exact, description: None, mime_type: None, replay_body: false }
+        Self {
+            amount,
+            pricing: Pricing::Exact,
+            description: None,
+            mime_type: None,
+            replay_body: false,
+            schemes: Schemes { channel_voucher: true, exact: false },
+        }
     }
 
     /// A dynamic price of at most `max`: the handler reports the actual cost with a
     /// [`Charge`](crate::middleware::Charge) response extension.
     pub const fn upto(max: U256) -> Self {
-        Self { amount: max, pricing: Pricing::Upto, description: None, mime_type: None, replay_body: false }
+        Self {
+            amount: max,
+            pricing: Pricing::Upto,
+            description: None,
+            mime_type: None,
+            replay_body: false,
+            schemes: Schemes { channel_voucher: true, exact: false },
+        }
     }
 
     /// Replays the response to a resend of the voucher that paid for it (see
@@ -111,6 +163,14 @@ impl Price {
     #[must_use]
     pub const fn with_replay_body(mut self) -> Self {
         self.replay_body = true;
+        self
+    }
+
+    /// Sets the schemes the route takes (`exact` needs a fixed price: see
+    /// [`Schemes`]).
+    #[must_use]
+    pub const fn with_schemes(mut self, schemes: Schemes) -> Self {
+        self.schemes = schemes;
         self
     }
 

@@ -651,10 +651,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         }
     }));
     let final_flush = engine.clone();
-    let paywall = Paywall::new(engine.clone()).with_routes(config.route_table()?).public_url(PublicUrl {
+    let mut paywall = Paywall::new(engine.clone()).with_routes(config.route_table()?).public_url(PublicUrl {
         base: config.server.public_url.clone(),
         trust_forwarded: config.server.trust_forwarded,
     });
+    let mut exact = None;
+    if config.takes_exact() {
+        let key = key.clone().ok_or_else(|| {
+            eyre::eyre!(
+                "the exact scheme needs the provider's key to settle ({} or provider.key_file)",
+                config.provider.key_env
+            )
+        })?;
+        let scheme = Arc::new(crate::exact::for_gateway(
+            &config,
+            engine.terms(),
+            engine.token_domain(),
+            Arc::clone(&store),
+            engine.chain().clone(),
+            key,
+        )?);
+        paywall = paywall.with_exact(Arc::clone(&scheme) as Arc<dyn crate::exact::ExactHandler>);
+        exact = Some(scheme);
+    }
     let close = CloseService {
         key: key.map(Arc::new),
         ttl: config.settlement.close_authorization_ttl_secs,
@@ -682,7 +701,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         app = app.merge(settle_router(Arc::clone(settler), config.admin_token.clone()));
     }
     if let Some(token) = &config.facilitator.token {
-        let facilitator = Arc::new(crate::facilitator::Facilitator::new(engine.clone(), token));
+        let mut facilitator = crate::facilitator::Facilitator::new(engine.clone(), token);
+        if let Some(exact) = &exact {
+            facilitator =
+                facilitator.with_exact(Arc::clone(exact) as Arc<dyn crate::facilitator::ExactScheme>);
+        }
+        let facilitator = Arc::new(facilitator);
         let sweeper = Arc::clone(&facilitator);
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));

@@ -9,6 +9,7 @@
 //! Modules:
 //! - [`engine`]: the request path: decode, check, verify, commit.
 //! - [`channel`]: a channel's record and the rules a voucher must pass.
+//! - [`exact`]: the official x402 `exact` EVM scheme (EIP-3009), verified and settled by the node.
 //! - [`verify`]: the contract's signature rule: ECDSA first, ERC-1271 only otherwise.
 //! - [`auth`]: bearer tokens of the admin and watcher endpoints.
 //! - [`chain`]: reading channels from the chain.
@@ -33,6 +34,7 @@ pub mod chain;
 pub mod channel;
 pub mod config;
 pub mod engine;
+pub mod exact;
 pub mod facilitator;
 pub mod follower;
 pub mod gateway;
@@ -53,7 +55,7 @@ pub mod test_utils;
 use http::StatusCode;
 use x402_protocol::wire::{ChannelState, ErrorCode};
 
-pub use engine::{Engine, Payment, Price, Terms};
+pub use engine::{Engine, Payment, Price, Schemes, Terms};
 
 /// Resolves on ctrl-c or, on unix, SIGTERM: the shutdown signal of the node's binaries.
 pub async fn shutdown_signal() {

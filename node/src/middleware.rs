@@ -38,12 +38,13 @@ use axum::{
 };
 use http::{HeaderName, HeaderValue, Request, StatusCode, header::CONTENT_TYPE};
 use tower::{Layer, Service};
-use x402_protocol::wire::{self, Pricing};
+use x402_protocol::wire::{self, ErrorCode, PaymentEnvelope, Pricing, Scheme};
 use x402_store::KvStore;
 
 use crate::{
     Engine, Payment, Price, Refusal,
     chain::ChainReader,
+    exact::ExactHandler,
     routes::Routes,
     serve::{self, ReplayCache},
 };
@@ -78,6 +79,8 @@ pub struct Paywall<S, C> {
     engine: Engine<S, C>,
     routes: Arc<Routes>,
     replay: Arc<ReplayCache>,
+    /// The official `exact` scheme, for routes that take it ([`Self::with_exact`]).
+    exact: Option<Arc<dyn ExactHandler>>,
     public: Arc<PublicUrl>,
 }
 
@@ -128,6 +131,7 @@ impl<S, C> Clone for Paywall<S, C> {
             engine: self.engine.clone(),
             routes: Arc::clone(&self.routes),
             replay: Arc::clone(&self.replay),
+            exact: self.exact.clone(),
             public: Arc::clone(&self.public),
         }
     }
@@ -142,7 +146,15 @@ impl<S, C> std::fmt::Debug for Paywall<S, C> {
 impl<S, C> Paywall<S, C> {
     /// A paywall with no priced routes yet.
     pub fn new(engine: Engine<S, C>) -> Self {
-        Self { engine, routes: Arc::default(), replay: Arc::default(), public: Arc::default() }
+        Self { engine, routes: Arc::default(), replay: Arc::default(), exact: None, public: Arc::default() }
+    }
+
+    /// Takes the official `exact` scheme (see [`crate::exact`]) on the routes whose
+    /// [`Price::schemes`](crate::Price) include it. Without it such routes offer and take only
+    /// the schemes they have besides.
+    pub fn with_exact(mut self, exact: Arc<dyn ExactHandler>) -> Self {
+        self.exact = Some(exact);
+        self
     }
 
     /// Names resources in 402s with `public` (default: `http://<Host>`).
@@ -231,11 +243,12 @@ where
         };
         let engine = self.paywall.engine.clone();
         let replay = Arc::clone(&self.paywall.replay);
+        let exact = self.paywall.exact.clone().filter(|_| price.schemes.exact);
         let url = self
             .paywall
             .public
             .absolute(req.headers(), req.uri().path_and_query().map_or("/", |p| p.as_str()));
-        Box::pin(async move { Ok(paid(engine, inner, req, price, replay, url).await) })
+        Box::pin(async move { Ok(paid(engine, inner, req, price, replay, url, exact).await) })
     }
 }
 
@@ -246,6 +259,7 @@ async fn paid<Svc, S, C>(
     price: Price,
     replay: Arc<ReplayCache>,
     url: String,
+    exact: Option<Arc<dyn ExactHandler>>,
 ) -> Response
 where
     Svc: Service<Request<Body>, Response = Response, Error = Infallible>,
@@ -253,19 +267,107 @@ where
     C: ChainReader,
 {
     let authorized = if let Some(session) = req.headers().get(wire::PAYMENT_SESSION) {
+        if !price.schemes.channel_voucher {
+            let refusal = Refusal::new(ErrorCode::InvalidScheme, "this route does not take channel payments");
+            return payment_required(
+                &engine,
+                exact.as_deref(),
+                &url,
+                &price,
+                Some(&refusal),
+                refusal.status(),
+            );
+        }
         engine.authorize_session(session.as_bytes(), &price).await
     } else {
         let header =
             req.headers().get(wire::PAYMENT_SIGNATURE).or_else(|| req.headers().get(wire::X_PAYMENT));
         let Some(header) = header else {
-            return payment_required(&engine, &url, &price, None, StatusCode::PAYMENT_REQUIRED);
+            return payment_required(
+                &engine,
+                exact.as_deref(),
+                &url,
+                &price,
+                None,
+                StatusCode::PAYMENT_REQUIRED,
+            );
         };
+        if exact.is_some() || !price.schemes.channel_voucher {
+            // The scheme first: the payload is decoded only for a scheme the route takes.
+            let envelope = match PaymentEnvelope::decode(header.as_bytes()) {
+                Ok(envelope) => envelope,
+                Err(e) => {
+                    let refusal = Refusal::new(ErrorCode::InvalidPayload, format!("malformed payment: {e}"));
+                    return payment_required(
+                        &engine,
+                        exact.as_deref(),
+                        &url,
+                        &price,
+                        Some(&refusal),
+                        refusal.status(),
+                    );
+                }
+            };
+            match (envelope.scheme(), exact.as_deref()) {
+                (Some(Scheme::Exact), Some(exact)) => {
+                    let metrics = engine.metrics();
+                    return match crate::exact::serve(exact, inner, req, price.amount, &envelope).await {
+                        Ok(response) => {
+                            if response.headers().contains_key(wire::PAYMENT_RESPONSE) {
+                                metrics.paid.inc();
+                                let token = engine.terms().asset.to_string();
+                                metrics
+                                    .revenue
+                                    .with_label_values(&[token.as_str()])
+                                    .inc_by(f64::from(price.amount));
+                            }
+                            response
+                        }
+                        Err(refusal) => {
+                            metrics.refused.with_label_values(&[refusal.code.as_str()]).inc();
+                            payment_required(
+                                &engine,
+                                Some(exact),
+                                &url,
+                                &price,
+                                Some(&refusal),
+                                refusal.status(),
+                            )
+                        }
+                    };
+                }
+                (Some(Scheme::ChannelVoucher), _) if price.schemes.channel_voucher => {}
+                _ => {
+                    let refusal = Refusal::new(
+                        ErrorCode::InvalidScheme,
+                        format!("scheme {:?} is not accepted on this route", envelope.scheme_name()),
+                    );
+                    return payment_required(
+                        &engine,
+                        exact.as_deref(),
+                        &url,
+                        &price,
+                        Some(&refusal),
+                        refusal.status(),
+                    );
+                }
+            }
+        }
         engine.authorize(header.as_bytes(), &price).await
     };
     // The price is reserved on the channel now, and no lock is held while the request is served.
     let pending = match authorized {
         Ok(p) => p,
-        Err(refusal) => return payment_required(&engine, &url, &price, Some(&refusal), refusal.status()),
+        Err(refusal) => {
+            return payment_required(
+                &engine,
+                exact.as_deref(),
+                &url,
+                &price,
+                Some(&refusal),
+                refusal.status(),
+            );
+        }
     };
     let payment: Payment = pending.payment();
     if let Some(settlement) = pending.replayed() {
@@ -299,7 +401,9 @@ where
                 with_receipt(&mut response, &settlement);
                 response
             }
-            Err(refusal) => payment_required(&engine, &url, &price, Some(&refusal), refusal.status()),
+            Err(refusal) => {
+                payment_required(&engine, exact.as_deref(), &url, &price, Some(&refusal), refusal.status())
+            }
         };
     }
     let cost = match price.pricing {
@@ -337,7 +441,9 @@ where
             with_receipt(&mut response, &settlement);
             response
         }
-        Err(refusal) => payment_required(&engine, &url, &price, Some(&refusal), refusal.status()),
+        Err(refusal) => {
+            payment_required(&engine, exact.as_deref(), &url, &price, Some(&refusal), refusal.status())
+        }
     }
 }
 
@@ -357,15 +463,23 @@ fn with_receipt(response: &mut Response, settlement: &wire::SettlementResponse) 
     }
 }
 
-/// A 402 (or 400/503) with the terms in the `PAYMENT-REQUIRED` header and the body.
+/// A 402 (or 400/503) with the terms in the `PAYMENT-REQUIRED` header and the body: the
+/// route's [`wire::SCHEME`] offer, then its `exact` one.
 fn payment_required<S: KvStore, C: ChainReader>(
     engine: &Engine<S, C>,
+    exact: Option<&dyn ExactHandler>,
     url: &str,
     price: &Price,
     refusal: Option<&Refusal>,
     status: StatusCode,
 ) -> Response {
-    let body = engine.payment_required(url, price, refusal);
+    let mut body = engine.payment_required(url, price, refusal);
+    if !price.schemes.channel_voucher {
+        body.accepts.clear();
+    }
+    if let Some(exact) = exact.filter(|_| price.schemes.exact) {
+        body.exact.push(exact.terms().requirements(price.amount));
+    }
     let mut response = (status, axum::Json(&body)).into_response();
     if let Ok(v) = HeaderValue::from_str(&wire::encode_header(&body)) {
         response.headers_mut().insert(HeaderName::from_static(wire::PAYMENT_REQUIRED), v);

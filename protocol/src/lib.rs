@@ -10,6 +10,7 @@
 //! - [`close`]: the cooperative close request and the provider's close authorisation.
 //! - [`open`]: gasless opens (EIP-2612 permit or EIP-3009 authorisation) submitted by a
 //!   relayer, and the node's relay endpoint.
+//! - [`exact`]: the official x402 `exact` EVM scheme (EIP-3009 `transferWithAuthorization`).
 //! - [`network`]: CAIP-2 network identifiers (`eip155:<chainId>`).
 //! - [`watch`]: the push API of the watcher (watchtower) that guards channels during exits.
 //!
@@ -18,6 +19,7 @@
 pub mod bindings;
 pub mod claim;
 pub mod close;
+pub mod exact;
 pub mod network;
 pub mod open;
 pub mod voucher;

@@ -80,6 +80,13 @@ pub enum ErrorCode {
     SessionInvalid,
     /// The node could not process the payment (storage or chain unavailable); retry later.
     Unavailable,
+    /// `exact`: the authorisation does not match the offer (recipient, value, validity window),
+    /// its nonce was used, or the token refuses it.
+    InvalidAuthorization,
+    /// `exact`: the payer's token balance does not cover the price.
+    InsufficientFunds,
+    /// `exact`: the transfer failed on-chain; the content was not released.
+    SettlementFailed,
 }
 
 impl ErrorCode {
@@ -101,6 +108,9 @@ impl ErrorCode {
             Self::InvalidSignature => "invalid_signature",
             Self::SessionInvalid => "session_invalid",
             Self::Unavailable => "unavailable",
+            Self::InvalidAuthorization => "invalid_authorization",
+            Self::InsufficientFunds => "insufficient_funds",
+            Self::SettlementFailed => "settlement_failed",
         }
     }
 

@@ -60,6 +60,7 @@ async fn gateway_charges_refuses_restarts_and_settles() {
         description: None,
         mime_type: None,
         replay_body: false,
+        schemes: None,
     });
 
     let gw = Gateway::start(config.clone()).await;

@@ -1,6 +1,7 @@
 //! End-to-end tests on anvil, compiled as one binary.
 
 mod client;
+mod exact;
 mod facilitator;
 mod faults;
 mod flow;

@@ -25,6 +25,7 @@ fn route(path: &str, methods: &[&str], price: u64, pricing: Pricing) -> RouteCon
         description: None,
         mime_type: None,
         replay_body: false,
+        schemes: None,
     }
 }
 
