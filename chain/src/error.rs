@@ -28,6 +28,10 @@ pub enum ChainError {
     /// log missing that must exist), or a test double refused.
     #[error("chain: {0}")]
     Inconsistent(String),
+    /// The chain cannot be reached, for a reason without a source (a test double, an injected
+    /// fault).
+    #[error("chain unavailable: {0}")]
+    Unavailable(String),
     /// Building the HTTP client of the RPC failed.
     #[error("cannot build the RPC client: {0}")]
     Client(#[source] reqwest::Error),

@@ -9,7 +9,7 @@ use alloy::{
     eips::{BlockId, BlockNumberOrTag},
     network::TransactionBuilder,
     primitives::{Address, B256, Bytes},
-    providers::{DynProvider, Provider, ProviderBuilder},
+    providers::{DynProvider, Provider},
     rpc::types::{Filter, TransactionRequest},
     sol_types::{SolCall, SolEvent},
     transports::RpcError,
@@ -22,13 +22,8 @@ use crate::{
     verify::{SignerCode, erc1271_accepts, erc1271_call_gas},
 };
 
-/// Errors reading the chain.
-#[derive(Debug, thiserror::Error)]
-pub enum ChainError {
-    /// The RPC call failed.
-    #[error("rpc: {0}")]
-    Rpc(String),
-}
+pub use x402_chain::ChainError;
+use x402_chain::error::{contract as contract_call, rpc};
 
 /// What the node needs from the chain on the request path.
 pub trait ChainReader: Send + Sync + 'static {
@@ -119,7 +114,7 @@ impl RpcChain {
         if let Some(id) = self.chain_id.get() {
             return Ok(*id);
         }
-        let id = self.provider.get_chain_id().await.map_err(rpc)?;
+        let id = self.provider.get_chain_id().await.map_err(rpc("eth_chainId"))?;
         Ok(*self.chain_id.get_or_init(|| id))
     }
 
@@ -135,7 +130,7 @@ impl RpcChain {
             .topic1(id)
             .from_block(self.log_start)
             .to_block(BlockNumberOrTag::Latest);
-        let logs = self.provider.get_logs(&filter).await.map_err(rpc)?;
+        let logs = self.provider.get_logs(&filter).await.map_err(rpc("eth_getLogs"))?;
         let chain_id = self.chain_id().await?;
         for log in logs {
             let Ok(opened) = log.log_decode::<IPaymentChannel::ChannelOpened>() else { continue };
@@ -152,14 +147,19 @@ impl RpcChain {
     /// The channel as stored in `block`, or `None` if it does not exist there.
     pub async fn channel_at(&self, id: B256, block: BlockId) -> Result<Option<OnchainChannel>, ChainError> {
         let contract = IPaymentChannel::new(self.contract, &self.provider);
-        let state = contract.getChannel(id).block(block).call().await.map_err(rpc)?;
+        let state = contract.getChannel(id).block(block).call().await.map_err(contract_call("getChannel"))?;
         if state.status == IPaymentChannel::Status::None {
             return Ok(None);
         }
         let params = self.params(id).await?.ok_or_else(|| {
-            ChainError::Rpc(format!("channel {id} exists but its ChannelOpened log was not found"))
+            ChainError::Inconsistent(format!("channel {id} exists but its ChannelOpened log was not found"))
         })?;
-        let code = self.provider.get_code_at(params.voucher_signer()).block_id(block).await.map_err(rpc)?;
+        let code = self
+            .provider
+            .get_code_at(params.voucher_signer())
+            .block_id(block)
+            .await
+            .map_err(rpc("eth_getCode"))?;
         Ok(OnchainChannel::new(params, &state, SignerCode::of(&code) == SignerCode::Contract))
     }
 }
@@ -176,16 +176,11 @@ pub fn params_of(event: &IPaymentChannel::ChannelOpened) -> ChannelParams {
     }
 }
 
-fn rpc(e: impl std::fmt::Display) -> ChainError {
-    ChainError::Rpc(e.to_string())
-}
-
 /// A provider of the JSON-RPC endpoint at `url` whose calls fail after `timeout`. Without a
 /// timeout a call to an endpoint that accepts the connection but never answers waits forever,
 /// and with it whatever made the call: the follower, a settlement round, a payment's lookup.
 pub fn http_provider(url: reqwest::Url, timeout: std::time::Duration) -> Result<DynProvider, ChainError> {
-    let client = reqwest::Client::builder().timeout(timeout).build().map_err(rpc)?;
-    Ok(ProviderBuilder::new().connect_reqwest(client, url).erased())
+    x402_chain::rpc::http_provider(url.as_str(), timeout)
 }
 
 alloy::sol! {
@@ -208,7 +203,7 @@ impl ChainReader for RpcChain {
             return self.channel_at(id, BlockId::latest()).await;
         }
         // Both reads at one head, so that they are consistent with each other.
-        let head = self.provider.get_block_number().await.map_err(rpc)?;
+        let head = self.provider.get_block_number().await.map_err(rpc("eth_blockNumber"))?;
         let latest = self.channel_at(id, BlockId::number(head)).await?;
         let confirmed = self.channel_at(id, BlockId::number(head.saturating_sub(self.confirmations))).await?;
         Ok(match (confirmed, latest) {
@@ -225,7 +220,7 @@ impl ChainReader for RpcChain {
         signature: Bytes,
     ) -> Result<bool, ChainError> {
         // The contract asks ERC-1271 only if the signer has code (a 7702-delegated EOA has).
-        let code = self.provider.get_code_at(signer).await.map_err(rpc)?;
+        let code = self.provider.get_code_at(signer).await.map_err(rpc("eth_getCode"))?;
         if code.is_empty() {
             return Ok(false);
         }
@@ -240,7 +235,7 @@ impl ChainReader for RpcChain {
             // answer that never came is not: the chain is unavailable and the check can be
             // retried.
             Err(RpcError::ErrorResp(e)) if is_execution_error(e.code, &e.message) => Ok(false),
-            Err(e) => Err(rpc(e)),
+            Err(e) => Err(rpc("eth_call")(e)),
         }
     }
 }

@@ -640,7 +640,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         let key = config.relay.signer()?.ok_or_else(|| {
             eyre::eyre!("relay.enabled needs the relay's key ({} or relay.key_file)", config.relay.key_env)
         })?;
-        let relay = crate::relay::Relay::new(&config.chain.rpc_url, key, engine.terms().clone())?;
+        let relay =
+            crate::relay::Relay::new(&config.chain.rpc_url, key, engine.terms().clone(), Arc::clone(&store))?;
         info!(target: "node::gateway", relayer = %relay.relayer(), "relaying gasless opens");
         app = app.merge(crate::relay::open_router(relay));
     }

@@ -103,7 +103,7 @@ impl ChainReader for MemoryChain {
     async fn channel(&self, id: B256) -> Result<Option<OnchainChannel>, ChainError> {
         self.lookups.fetch_add(1, Ordering::SeqCst);
         if self.down.load(Ordering::SeqCst) {
-            return Err(ChainError::Rpc("chain down".into()));
+            return Err(ChainError::Unavailable("chain down".into()));
         }
         Ok(self.channels.lock().get(&id).cloned())
     }
@@ -115,7 +115,7 @@ impl ChainReader for MemoryChain {
     async fn is_valid_contract_signature(&self, _: Address, _: B256, _: Bytes) -> Result<bool, ChainError> {
         self.contract_checks.fetch_add(1, Ordering::SeqCst);
         if self.down.load(Ordering::SeqCst) {
-            return Err(ChainError::Rpc("chain down".into()));
+            return Err(ChainError::Unavailable("chain down".into()));
         }
         Ok(self.wallets_accept.load(Ordering::SeqCst))
     }
