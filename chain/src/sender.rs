@@ -7,7 +7,8 @@
 //! 2. is signed and stored ([`TxRecord`], with every signed version) and the store is synced
 //!    *before* it is broadcast, so a process killed at any point finds it on restart
 //!    ([`TxSender::in_flight`]) and resolves it instead of signing something new for the same
-//!    nonce;
+//!    nonce. A first broadcast the node refuses outright (no funds, fees below its floor) is
+//!    forgotten and its nonce reused: it could never be mined as it is;
 //! 3. is waited for ([`TxSender::wait`]): re-broadcast if it left the mempool, replaced with
 //!    higher fees (same nonce, so at most one version can be mined) if it is not mined in time,
 //!    faster and with bigger bumps as its deadline approaches ([`replacement`]); a
@@ -375,7 +376,23 @@ impl<S: KvStore> TxSender<S> {
         if self.crash == Some(CrashPoint::BeforeBroadcast) {
             return Err(ChainError::InjectedCrash(CrashPoint::BeforeBroadcast));
         }
-        self.broadcast(&record.versions[0]).await;
+        self.metrics.sent.inc();
+        match self.provider.send_raw_transaction(&record.versions[0].raw).await {
+            Ok(_) => {}
+            // The node refused it (no funds, fees below its floor, a nonce it holds another
+            // transaction for): it cannot be mined as it is, so it is forgotten and its nonce
+            // left for the next transaction. The caller retries later.
+            Err(e) if e.as_error_resp().is_some() => {
+                *next = None;
+                drop(next);
+                self.forget(nonce).await?;
+                return Err(rpc("eth_sendRawTransaction")(e));
+            }
+            // It may have reached the node: it stays in flight, and waiting sorts it out.
+            Err(e) => {
+                warn!(target: "chain::sender", sender = self.role, tx = %record.versions[0].hash, error = %e, "broadcast failed; it will be re-sent");
+            }
+        }
         drop(next);
         info!(
             target: "chain::sender",

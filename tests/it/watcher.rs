@@ -180,7 +180,7 @@ async fn guard_settles_late_pushes_retries_and_batches() {
 
     // A watcher account without funds: its first settlement cannot be paid for.
     let key = PrivateKeySigner::random();
-    let chain = settlement_provider(&world.env.anvil.endpoint(), key.clone()).unwrap();
+    let chain = settlement_provider(&world.env.anvil.endpoint()).unwrap();
     let store = Arc::new(MemoryStore::new());
     let new_watcher = || {
         Watcher::new(
@@ -193,7 +193,7 @@ async fn guard_settles_late_pushes_retries_and_batches() {
         .unwrap()
     };
     let watcher = new_watcher();
-    let guard = Guard::new(watcher.clone(), chain.clone(), key.address(), GuardSettings::default());
+    let guard = Guard::new(watcher.clone(), chain.clone(), key.clone(), GuardSettings::default());
     let push = |vouchers: Vec<WatchedVoucher>| {
         let watcher = watcher.clone();
         async move {
@@ -254,7 +254,7 @@ async fn guard_settles_late_pushes_retries_and_batches() {
     // A restarted watcher re-reads every open channel and knows where it stopped.
     drop(guard);
     let restarted = new_watcher();
-    let guard = Guard::new(restarted.clone(), chain.clone(), key.address(), GuardSettings::default());
+    let guard = Guard::new(restarted.clone(), chain.clone(), key.clone(), GuardSettings::default());
     let report = guard.tick().await.unwrap();
     assert_eq!(report.rechecked, 3);
     assert_eq!((report.settled.len(), report.failures), (0, 0));
@@ -272,7 +272,11 @@ async fn only_payee_authorised_claims_land_and_a_top_up_does_not_void_them() {
     let world = World::new().await;
     let id = world.open(1).await;
     let key = account(&world.env.anvil, 2);
-    let chain = settlement_provider(&world.env.anvil.endpoint(), key.clone()).unwrap();
+    // The stranger's own wallet (the watcher's reads need none).
+    let chain = alloy::providers::ProviderBuilder::new()
+        .wallet(alloy::network::EthereumWallet::from(key.clone()))
+        .connect_http(world.env.anvil.endpoint_url())
+        .erased();
     let watcher = Watcher::new(
         world.env.anvil.chain_id(),
         world.env.contract,

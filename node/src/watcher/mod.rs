@@ -24,7 +24,8 @@
 //!
 //! Storage (its own store, not the gateway's): namespace [`WATCHED`] holds one
 //! [`WatchRecord`] per channel id; namespace [`META`] holds the deployment the store belongs
-//! to and the guard's cursor (the last block whose events it processed).
+//! to; the guard's cursor and its claims in flight are kept by `x402-chain`'s follower and
+//! sender (namespaces `follower` and `outbox`).
 //!
 //! Tracing target: `node::watcher`.
 
@@ -36,9 +37,8 @@ use std::{
 };
 
 use alloy::{
-    network::EthereumWallet,
     primitives::{Address, B256, U256},
-    providers::{DynProvider, Provider, ProviderBuilder},
+    providers::{DynProvider, Provider},
     signers::local::PrivateKeySigner,
 };
 use eyre::WrapErr;
@@ -55,7 +55,7 @@ use x402_protocol::{
 };
 use x402_store::{KvStore, SledStore};
 
-pub use self::guard::{Guard, GuardSettings, Settlement, TickReport};
+pub use self::guard::{Guard, GuardLogs, GuardSettings, Settlement, TickReport};
 use crate::{
     auth::BearerToken,
     chain::{ChainError, ChainReader, RpcChain},
@@ -65,12 +65,11 @@ use crate::{
 
 /// The store namespace holding one [`WatchRecord`] (JSON) per channel id.
 pub const WATCHED: &str = "watched";
-/// The store namespace of the watcher's own metadata: deployment and cursor.
+/// The store namespace of the watcher's own metadata: the deployment.
 pub const META: &str = "watcher_meta";
 pub use crate::auth::MIN_TOKEN_LEN;
 
 const DEPLOYMENT_KEY: &[u8] = b"deployment";
-const CURSOR_KEY: &[u8] = b"cursor";
 /// Channels are locked in stripes: a fixed set of locks, chosen by the id's first byte.
 const LOCK_STRIPES: usize = 64;
 
@@ -106,12 +105,9 @@ pub enum WatcherError {
         /// The configured contract.
         contract: Address,
     },
-    /// Reading a channel failed.
-    #[error("chain: {0}")]
+    /// Reading the chain failed.
+    #[error(transparent)]
     Chain(#[from] ChainError),
-    /// Another RPC call (head, logs, transactions) failed.
-    #[error("rpc: {0}")]
-    Rpc(String),
 }
 
 /// The watcher's configuration. The watcher's key is passed to [`run`] separately.
@@ -648,20 +644,6 @@ impl<S: KvStore, C: ChainReader> Watcher<S, C> {
         self.inner.wake.notified().await;
     }
 
-    /// The last block whose events the guard processed.
-    pub(crate) fn cursor(&self) -> Result<Option<u64>, WatcherError> {
-        Ok(self
-            .inner
-            .store
-            .get(META, CURSOR_KEY)?
-            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-            .map(u64::from_be_bytes))
-    }
-
-    pub(crate) fn set_cursor(&self, block: u64) -> Result<(), WatcherError> {
-        Ok(self.inner.store.put(META, CURSOR_KEY, &block.to_be_bytes())?)
-    }
-
     /// Whether the channel is watched and still open as last read.
     pub(crate) fn watches_open(&self, id: B256) -> Result<bool, WatcherError> {
         Ok(self.load(id)?.is_some_and(|r| r.chain.open))
@@ -698,29 +680,14 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T,
 }
 
 /// How long one RPC call of the watcher may take before it fails (and is retried).
-pub const RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const RPC_TIMEOUT: std::time::Duration = x402_chain::rpc::RPC_TIMEOUT;
 
-/// A provider that sends the guard's transactions from `key`'s account: gas estimation, chain
-/// id, and the nonce read from the node before each transaction. (alloy's default nonce cache
-/// would leave a gap after a transaction the node refused, e.g. while the account had no
-/// funds, and every later settlement would wait behind it forever.) Every call times out after
-/// [`RPC_TIMEOUT`].
-pub fn settlement_provider(rpc_url: &str, key: PrivateKeySigner) -> Result<DynProvider, WatcherError> {
-    let url =
-        rpc_url.parse().map_err(|e| WatcherError::Config(format!("invalid rpc_url {rpc_url:?}: {e}")))?;
-    // Every call times out: a connection that never answers must not keep the guard from
-    // settling before a challenge period ends.
-    let http = reqwest::Client::builder()
-        .timeout(RPC_TIMEOUT)
-        .build()
-        .map_err(|e| WatcherError::Config(format!("cannot build the RPC client: {e}")))?;
-    Ok(ProviderBuilder::default()
-        .with_gas_estimation()
-        .with_simple_nonce_management()
-        .fetch_chain_id()
-        .wallet(EthereumWallet::from(key))
-        .connect_reqwest(http, url)
-        .erased())
+/// The provider the watcher reads the chain through; every call times out after
+/// [`RPC_TIMEOUT`], so a connection that never answers cannot keep the guard from settling
+/// before a challenge period ends. It signs nothing: the guard's claims go through its
+/// [`TxSender`](x402_chain::TxSender).
+pub fn settlement_provider(rpc_url: &str) -> Result<DynProvider, WatcherError> {
+    Ok(x402_chain::rpc::http_provider(rpc_url, RPC_TIMEOUT)?)
 }
 
 /// Runs the watcher described by `config`, settling from `key`'s account, until `shutdown`
@@ -734,7 +701,7 @@ pub async fn run(
 ) -> eyre::Result<()> {
     config.validate()?;
     let from = key.address();
-    let provider = settlement_provider(&config.rpc_url, key)?;
+    let provider = settlement_provider(&config.rpc_url)?;
     let rpc_chain_id = provider.get_chain_id().await.wrap_err("cannot reach the chain RPC")?;
     if let Some(configured) = config.chain_id {
         eyre::ensure!(
@@ -766,7 +733,7 @@ pub async fn run(
         Arc::clone(&store),
         RpcChain::new(provider.clone(), config.contract),
     )?;
-    let guard = Guard::new(watcher.clone(), provider, from, config.guard_settings());
+    let guard = Guard::new(watcher.clone(), provider, key, config.guard_settings());
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
