@@ -20,9 +20,9 @@ pub enum ChainError {
     Contract {
         /// The function called.
         call: &'static str,
-        /// Why.
+        /// Why (boxed: the contract error is large).
         #[source]
-        source: alloy::contract::Error,
+        source: Box<alloy::contract::Error>,
     },
     /// The chain answered something that cannot be true of a well-behaved node (a block or a
     /// log missing that must exist), or a test double refused.
@@ -77,5 +77,5 @@ pub fn rpc(call: &'static str) -> impl FnOnce(TransportError) -> ChainError {
 
 /// Wraps a failed contract call `call`.
 pub fn contract(call: &'static str) -> impl FnOnce(alloy::contract::Error) -> ChainError {
-    move |source| ChainError::Contract { call, source }
+    move |source| ChainError::Contract { call, source: Box::new(source) }
 }

@@ -343,3 +343,81 @@ async fn only_payee_authorised_claims_land_and_a_top_up_does_not_void_them() {
     assert_eq!(world.paid(id).await, U256::from(1_000));
     assert_eq!(world.env.balance(world.env.provider_key.address()).await, U256::from(1_000));
 }
+
+/// A gas-price spike while an exit is pending: the watcher's first claim is priced for the
+/// base fee before the spike and cannot be mined; the sender replaces it with fees the new
+/// base fee allows, and the claim lands, for exactly the charge, before the exit ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_underpriced_by_a_gas_spike_is_replaced_and_lands_before_the_exit_ends() {
+    let world = World::new().await;
+    let id = world.open(1).await;
+    let key = account(&world.env.anvil, 2);
+    let chain = settlement_provider(&world.env.anvil.endpoint()).unwrap();
+    let watcher = Watcher::new(
+        world.env.anvil.chain_id(),
+        world.env.contract,
+        TOKEN,
+        Arc::new(MemoryStore::new()),
+        RpcChain::new(chain.clone(), world.env.contract),
+    )
+    .unwrap();
+    let settings = GuardSettings {
+        sender: x402_chain::SenderConfig {
+            resend_after: Duration::from_secs(2),
+            receipt_poll: Duration::from_millis(100),
+            ..x402_chain::SenderConfig::DEFAULT
+        },
+        receipt_timeout: Duration::from_secs(60),
+        ..GuardSettings::default()
+    };
+    let guard = Arc::new(Guard::new(watcher.clone(), chain.clone(), key, settings));
+    let pushed = world.claim(id, 3, 4_000, 3_000);
+    assert_eq!(
+        watcher.watch(WatchRequest { vouchers: vec![pushed] }).await.unwrap().results[0].outcome,
+        WatchOutcome::Stored
+    );
+    guard.tick().await.unwrap();
+    world.request_exit(id).await;
+    let exit_at = world.env.channel(id).await.exitAt.to::<u64>();
+
+    // Blocks are mined only on demand: the claim waits in the mempool.
+    cheats::set_automine(&chain, false).await.unwrap();
+    let round = tokio::spawn({
+        let guard = Arc::clone(&guard);
+        async move { guard.tick().await }
+    });
+    let mut first = None;
+    eventually(30, "the claim is sent", || {
+        let found = guard.sender().in_flight().unwrap().first().cloned();
+        let sent = found.is_some();
+        first = found;
+        async move { sent }
+    })
+    .await;
+    let first = first.expect("in flight");
+    let v1 = first.versions[0].clone();
+    // The spike: the next block's base fee is 50 times what the claim may pay.
+    cheats::set_next_base_fee(&chain, v1.fees.max_fee_per_gas * 50).await.unwrap();
+    cheats::mine(&chain, 1).await.unwrap();
+    assert!(
+        chain.get_transaction_receipt(v1.hash).await.unwrap().is_none(),
+        "the underpriced claim was not mined"
+    );
+    cheats::set_interval_mining(&chain, 1).await.unwrap();
+
+    let report = round.await.unwrap().unwrap();
+    cheats::set_interval_mining(&chain, 0).await.unwrap();
+    cheats::set_automine(&chain, true).await.unwrap();
+    assert_eq!(report.settled.len(), 1, "{report:?}");
+    let settled = &report.settled[0];
+    assert_eq!((settled.channel_id, settled.paid), (id, U256::from(3_000)));
+    assert_ne!(settled.tx, v1.hash, "a replacement was mined, not the underpriced claim");
+    assert!(guard.sender().metrics().replaced.get() >= 1);
+    let receipt = chain.get_transaction_receipt(settled.tx).await.unwrap().expect("mined");
+    let block = chain.get_block_by_number(receipt.block_number.unwrap().into()).await.unwrap().unwrap();
+    assert!(block.header.timestamp < exit_at, "landed before the exit ends");
+    assert!(receipt.effective_gas_price > v1.fees.max_fee_per_gas, "paid the spiked base fee");
+    assert_eq!(world.paid(id).await, U256::from(3_000));
+    assert!(guard.sender().in_flight().unwrap().is_empty(), "nothing left in flight");
+    assert_eq!(guard.sender().metrics().missed_deadline.get(), 0);
+}
