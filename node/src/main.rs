@@ -3,17 +3,17 @@
 use std::path::PathBuf;
 
 use alloy::primitives::Address;
-use alloy::signers::local::PrivateKeySigner;
 use clap::{Parser, Subcommand};
 use eyre::WrapErr;
 use tracing_subscriber::EnvFilter;
-use x402_node::{config::Config, watcher::WatcherConfig};
+use x402_node::config::Config;
 
 /// The x402 Channels provider node: charges for HTTP API requests through payment channels.
 #[derive(Debug, Parser)]
 #[command(name = "x402-node", version, about)]
 struct Cli {
-    /// TOML configuration file (see the README). Default: built-in defaults only.
+    /// TOML configuration file (see the README): the node's, or with `watch` the watcher's.
+    /// Default: built-in defaults only.
     #[arg(long, short, env = "X402_CONFIG", global = true)]
     config: Option<PathBuf>,
 
@@ -64,9 +64,10 @@ enum Command {
     /// Check the effective configuration (after overrides) as `run` does, print it as TOML and
     /// exit.
     Config,
-    /// Run a watchtower: take vouchers pushed by provider nodes and, if a payer starts an
-    /// exit, settle the best one before the challenge period ends. Uses --listen (default
-    /// 127.0.0.1:8403), --data-dir (default x402-watcher), --rpc-url and --contract.
+    /// Run a watchtower (as the `x402-watcher` binary does): take vouchers pushed by provider
+    /// nodes and, if a payer starts an exit, settle the best one before the challenge period
+    /// ends. --config names the watcher's TOML file; --listen (default 127.0.0.1:8403),
+    /// --data-dir (default x402-watcher), --rpc-url and --contract override it.
     Watch(WatchArgs),
     /// Catch up with the chain and run one settlement round now, then exit. The gateway must
     /// not be running on the same data_dir (use `POST /admin/settle` on a running gateway).
@@ -80,61 +81,40 @@ enum Command {
     },
 }
 
-/// Settings of `x402-node watch`.
+/// Settings of `x402-node watch` beyond the global ones (see `x402_watcher::cli::Overrides`,
+/// which the `x402-watcher` binary takes as flags; the defaults are the watcher's).
 #[derive(Debug, clap::Args)]
 struct WatchArgs {
-    /// Bearer token provider nodes must present, at least 16 characters.
+    /// Bearer token provider nodes must present, at least 16 characters [config: token].
     #[arg(long, env = "X402_WATCHER_TOKEN", hide_env_values = true)]
-    token: String,
-    /// File holding the watcher's hex private key (it pays the gas of settlements) [default:
-    /// the X402_WATCHER_KEY environment variable].
+    token: Option<String>,
+    /// File holding the watcher's hex private key (it pays the gas of settlements) [config:
+    /// key_file; default: the X402_WATCHER_KEY environment variable].
     #[arg(long, env = "X402_WATCHER_KEY_FILE")]
     key_file: Option<PathBuf>,
-    /// Seconds between polls of the chain.
-    #[arg(long, default_value_t = 4)]
-    poll_interval_secs: u64,
-    /// Seconds to leave the provider to settle an exit by itself before the watcher does
-    /// (capped at half the challenge period).
-    #[arg(long, default_value_t = 0)]
-    submit_delay_secs: u64,
+    /// Seconds between polls of the chain [config: poll_interval_secs; default 4].
+    #[arg(long)]
+    poll_interval_secs: Option<u64>,
+    /// Seconds to leave the provider to settle an exit by itself before the watcher does,
+    /// capped at half the challenge period [config: submit_delay_secs; default 0].
+    #[arg(long)]
+    submit_delay_secs: Option<u64>,
 }
 
 impl WatchArgs {
-    fn config(
-        self,
-        overrides: &WatchDefaults,
-        config: &Config,
-    ) -> eyre::Result<(WatcherConfig, PrivateKeySigner)> {
-        let raw = match &self.key_file {
-            Some(path) => std::fs::read_to_string(path)
-                .wrap_err_with(|| format!("cannot read the watcher key file {}", path.display()))?,
-            None => std::env::var("X402_WATCHER_KEY")
-                .map_err(|_| eyre::eyre!("the watcher needs a key: set X402_WATCHER_KEY or --key-file"))?,
-        };
-        // Never echo the key material.
-        let key: PrivateKeySigner =
-            raw.trim().parse().map_err(|_| eyre::eyre!("the watcher key is not a valid hex private key"))?;
-        let defaults = WatcherConfig::default();
-        let watcher = WatcherConfig {
-            listen: overrides.listen.unwrap_or(defaults.listen),
-            data_dir: overrides.data_dir.clone().unwrap_or(defaults.data_dir.clone()),
-            rpc_url: config.chain.rpc_url.clone(),
-            chain_id: config.chain.chain_id,
-            contract: config.chain.contract.ok_or_else(|| eyre::eyre!("the watcher needs --contract"))?,
+    /// The watcher's overrides: these flags and the global ones that apply to a watcher.
+    fn overrides(self, global: &Overrides) -> x402_node::watcher::cli::Overrides {
+        x402_node::watcher::cli::Overrides {
+            listen: global.listen,
+            data_dir: global.data_dir.clone(),
+            rpc_url: global.rpc_url.clone(),
+            contract: global.contract,
             token: self.token,
-            poll_interval: std::time::Duration::from_secs(self.poll_interval_secs.max(1)),
-            submit_delay: std::time::Duration::from_secs(self.submit_delay_secs),
-            ..defaults
-        };
-        Ok((watcher, key))
+            key_file: self.key_file,
+            poll_interval_secs: self.poll_interval_secs,
+            submit_delay_secs: self.submit_delay_secs,
+        }
     }
-}
-
-/// The watcher's own listen address and store, when given.
-#[derive(Debug)]
-struct WatchDefaults {
-    listen: Option<std::net::SocketAddr>,
-    data_dir: Option<PathBuf>,
 }
 
 impl Overrides {
@@ -176,18 +156,21 @@ async fn main() -> eyre::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Run);
+    if let Command::Watch(args) = command {
+        // The watcher's own configuration: its file, then the flags.
+        let (watcher, key) =
+            x402_node::watcher::cli::load(cli.config.as_deref(), args.overrides(&cli.overrides))?;
+        x402_node::watcher::run(watcher, key, x402_node::shutdown_signal()).await?;
+        return Ok(());
+    }
     let mut config = match &cli.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    let watch_defaults =
-        WatchDefaults { listen: cli.overrides.listen, data_dir: cli.overrides.data_dir.clone() };
     cli.overrides.apply(&mut config);
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Watch(args) => {
-            let (watcher, key) = args.config(&watch_defaults, &config)?;
-            x402_node::watcher::run(watcher, key, x402_node::shutdown_signal()).await
-        }
+    match command {
+        Command::Watch(_) => unreachable!("handled above"),
         Command::Run => x402_node::gateway::run(config, x402_node::shutdown_signal()).await,
         Command::Settle { force, json } => {
             let report = x402_node::gateway::settle_once(config, force).await?;

@@ -15,6 +15,7 @@
 //!
 //! This crate has no feature flags.
 
+pub mod auth;
 pub mod bindings;
 pub mod claim;
 pub mod close;

@@ -92,7 +92,13 @@ fn bad_configuration_fails_with_a_message() {
         // No contract configured.
         (vec!["run"], "chain.contract is required"),
         (vec!["settle"], "chain.contract is required"),
-        (vec!["watch", "--token", "0123456789abcdef"], "the watcher needs a key"),
+        (vec!["--contract", contract, "watch", "--token", "0123456789abcdef"], "the watcher needs a key"),
+        (
+            vec!["watch", "--token", "0123456789abcdef", "--key-file", key_file],
+            "contract address is required",
+        ),
+        // `watch --config` names the watcher's own file, which refuses the gateway's keys.
+        (vec!["watch", "--config", file.to_str().expect("utf-8")], "invalid configuration file"),
         // Settling needs the key.
         (
             vec!["--contract", "0x5FbDB2315678afecb367f032d93F642f64180aa3", "settle"],

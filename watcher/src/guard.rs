@@ -44,8 +44,9 @@ use x402_chain::{
 use x402_protocol::bindings::IPaymentChannel::{self, IPaymentChannelErrors};
 use x402_store::KvStore;
 
-use super::{WatchRecord, Watcher, WatcherError};
-use crate::chain::ChainReader;
+use x402_chain::reader::ChainReader;
+
+use crate::{WatchRecord, Watcher, WatcherError};
 
 /// The name of the guard's cursor in the store.
 const CURSOR_NAME: &str = "watcher";
@@ -242,7 +243,7 @@ impl<S: KvStore, C: ChainReader> LogHandler for GuardLogs<S, C> {
             }
         }
         if !hits.is_empty() {
-            debug!(target: "node::watcher", from = range.from, to = range.to, channels = hits.len(), "channel events");
+            debug!(target: "watcher", from = range.from, to = range.to, channels = hits.len(), "channel events");
             self.watcher.mark_for_recheck(hits);
         }
         Ok(())
@@ -331,7 +332,7 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
     pub async fn run(&self, poll_interval: Duration, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         info!(
-            target: "node::watcher",
+            target: "watcher",
             watcher = %self.from(),
             contract = %self.contract,
             ?poll_interval,
@@ -343,7 +344,7 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
                 () = &mut shutdown => break,
                 result = self.tick() => match result {
                     Ok(report) if !report.settled.is_empty() || report.failures > 0 => info!(
-                        target: "node::watcher",
+                        target: "watcher",
                         head = report.head,
                         rechecked = report.rechecked,
                         settled = report.settled.len(),
@@ -351,13 +352,13 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
                         "guard round"
                     ),
                     Ok(report) => debug!(
-                        target: "node::watcher",
+                        target: "watcher",
                         head = report.head,
                         scanned_to = ?report.scanned_to,
                         rechecked = report.rechecked,
                         "guard round"
                     ),
-                    Err(e) => warn!(target: "node::watcher", error = %e, "guard round failed; retrying"),
+                    Err(e) => warn!(target: "watcher", error = %e, "guard round failed; retrying"),
                 },
             }
             tokio::select! {
@@ -367,7 +368,7 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
                 () = tokio::time::sleep(poll_interval) => {}
             }
         }
-        info!(target: "node::watcher", "guard stopped");
+        info!(target: "watcher", "guard stopped");
     }
 
     /// One round: scan, re-check, settle what is due. Fails only if the head block cannot be
@@ -391,7 +392,7 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
             Ok(progress) => report.scanned_to = Some(progress.confirmed),
             Err(e) => {
                 report.failures += 1;
-                warn!(target: "node::watcher", head, error = %e, "log scan failed; retrying next round");
+                warn!(target: "watcher", head, error = %e, "log scan failed; retrying next round");
             }
         }
 
@@ -450,13 +451,13 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
                     }
                     Ok((id, Err(e))) => {
                         warn!(
-                            target: "node::watcher",
+                            target: "watcher",
                             %id,
                             error = %e,
                             "cannot re-read channel; retrying next round"
                         );
                     }
-                    Err(e) => warn!(target: "node::watcher", error = %e, "re-read task failed"),
+                    Err(e) => warn!(target: "watcher", error = %e, "re-read task failed"),
                 }
             }
             failed.extend(unfinished);
@@ -482,7 +483,7 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
                     };
                     if let Err(idle) = due(&record, now, delay) {
                         debug!(
-                            target: "node::watcher",
+                            target: "watcher",
                             %id,
                             reason = %idle,
                             "nothing to settle after re-reading"
@@ -510,7 +511,7 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
                     }
                     Err(e) => {
                         report.failures += 1;
-                        warn!(target: "node::watcher", error = %e, "settlement check task failed");
+                        warn!(target: "watcher", error = %e, "settlement check task failed");
                     }
                 }
             }
@@ -525,13 +526,13 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
         let repeated = self.failures.lock().insert(id, message.clone()).is_some_and(|last| last == message);
         if repeated {
             debug!(
-                target: "node::watcher",
+                target: "watcher",
                 %id,
                 error = %message,
                 "settlement still failing; retrying next round"
             );
         } else {
-            warn!(target: "node::watcher", %id, error = %message, "cannot settle; retrying next round");
+            warn!(target: "watcher", %id, error = %message, "cannot settle; retrying next round");
         }
     }
 
@@ -569,7 +570,7 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
         let tx = record.versions.first().map(|v| v.hash).unwrap_or_default();
         for r in batch {
             info!(
-                target: "node::watcher",
+                target: "watcher",
                 id = %r.id,
                 %tx,
                 nonce = r.voucher.nonce,
@@ -599,14 +600,14 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
             Err(x402_chain::ChainError::Store(e)) => Err(e.into()),
             Err(e) => {
                 report.failures += 1;
-                warn!(target: "node::watcher", error = %e, "cannot follow a claim transaction; retrying next round");
+                warn!(target: "watcher", error = %e, "cannot follow a claim transaction; retrying next round");
                 Ok(None)
             }
             Ok(Outcome::Pending(record)) => {
                 let channels = channels_of(&record);
                 report.failures += channels.len();
                 warn!(
-                    target: "node::watcher",
+                    target: "watcher",
                     nonce = record.nonce,
                     versions = record.versions.len(),
                     "claim not mined yet; the sender keeps replacing it"
@@ -615,7 +616,7 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
             }
             Ok(Outcome::Replaced(record)) => {
                 report.failures += channels_of(&record).len();
-                warn!(target: "node::watcher", nonce = record.nonce, "claim nonce used by another transaction; retrying next round");
+                warn!(target: "watcher", nonce = record.nonce, "claim nonce used by another transaction; retrying next round");
                 Ok(None)
             }
             Ok(Outcome::Mined { record, receipt }) => {
@@ -641,7 +642,7 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
         if !receipt.status() {
             report.failures += batch.len();
             warn!(
-                target: "node::watcher",
+                target: "watcher",
                 %tx,
                 block = ?receipt.block_number(),
                 channels = batch.len(),
@@ -664,7 +665,7 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
                     payout: e.payout,
                 };
                 info!(
-                    target: "node::watcher",
+                    target: "watcher",
                     id = %s.channel_id,
                     %tx,
                     nonce = s.nonce,
@@ -691,7 +692,7 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
         report.failures += missing;
         if missing > 0 {
             warn!(
-                target: "node::watcher",
+                target: "watcher",
                 %tx,
                 missing,
                 "claims not settled by the transaction; retrying next round"
@@ -707,7 +708,7 @@ mod tests {
     use x402_protocol::bindings::IPaymentChannel::ChannelParams;
 
     use super::*;
-    use crate::channel::{OnchainChannel, StoredVoucher};
+    use x402_chain::channel::{OnchainChannel, StoredVoucher};
 
     fn record(exit_at: u64, paid: u64, claimed: u64, amount: u64) -> WatchRecord {
         WatchRecord {
