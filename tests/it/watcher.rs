@@ -421,3 +421,94 @@ async fn a_claim_underpriced_by_a_gas_spike_is_replaced_and_lands_before_the_exi
     assert!(guard.sender().in_flight().unwrap().is_empty(), "nothing left in flight");
     assert_eq!(guard.sender().metrics().missed_deadline.get(), 0);
 }
+
+/// Chain faults during an exit, through a TCP proxy in front of the watcher's RPC: while the
+/// endpoint is cut or hangs, rounds fail fast (the RPC timeout) and nothing is lost; a claim
+/// already sent when the endpoint is cut is found in flight and resolved once it is back, not
+/// sent again; with slow answers the guard still settles, before the exit ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guard_rides_out_a_cut_hung_and_slow_rpc_during_an_exit() {
+    use crate::proxy::{Mode, RpcProxy};
+
+    let world = World::new().await;
+    let (a, b) = (world.open(1).await, world.open(2).await);
+    let key = account(&world.env.anvil, 2);
+    let proxy = RpcProxy::start(&world.env.anvil.endpoint()).await;
+    let chain = x402_chain::rpc::http_provider(&proxy.url(), Duration::from_secs(2)).unwrap();
+    let direct = &world.payer.chain;
+    let watcher = Watcher::new(
+        world.env.anvil.chain_id(),
+        world.env.contract,
+        TOKEN,
+        Arc::new(MemoryStore::new()),
+        RpcChain::new(chain.clone(), world.env.contract),
+    )
+    .unwrap();
+    let settings = GuardSettings {
+        sender: x402_chain::SenderConfig {
+            resend_after: Duration::from_secs(2),
+            receipt_poll: Duration::from_millis(100),
+            ..x402_chain::SenderConfig::DEFAULT
+        },
+        receipt_timeout: Duration::from_secs(20),
+        ..GuardSettings::default()
+    };
+    let guard = Arc::new(Guard::new(watcher.clone(), chain.clone(), key, settings));
+    let pushed = vec![world.claim(a, 2, 3_000, 2_500), world.claim(b, 1, 1_000, 1_000)];
+    let response = watcher.watch(WatchRequest { vouchers: pushed }).await.unwrap();
+    assert!(response.results.iter().all(|r| r.outcome == WatchOutcome::Stored));
+    guard.tick().await.unwrap();
+    world.request_exit(a).await;
+    let exit_at = world.env.channel(a).await.exitAt.to::<u64>();
+
+    // Cut: the round fails at once; hung: it fails after the RPC timeout, not never.
+    proxy.set_mode(Mode::Cut);
+    assert!(guard.tick().await.is_err());
+    proxy.set_mode(Mode::Hang);
+    let started = std::time::Instant::now();
+    assert!(guard.tick().await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(15), "a hung RPC held the round {:?}", started.elapsed());
+    assert_eq!(world.paid(a).await, U256::ZERO);
+
+    // Back, but the claim is sent just before the endpoint is cut again: the round cannot
+    // follow it, and the claim is mined meanwhile.
+    proxy.set_mode(Mode::Open);
+    cheats::set_automine(direct, false).await.unwrap();
+    let round = tokio::spawn({
+        let guard = Arc::clone(&guard);
+        async move { guard.tick().await }
+    });
+    eventually(30, "the claim is sent", || {
+        let sent = !guard.sender().in_flight().unwrap().is_empty();
+        async move { sent }
+    })
+    .await;
+    proxy.set_mode(Mode::Cut);
+    cheats::mine(direct, 1).await.unwrap();
+    cheats::set_automine(direct, true).await.unwrap();
+    let report = round.await.unwrap().unwrap();
+    assert!(report.settled.is_empty() && report.failures > 0, "{report:?}");
+    assert_eq!(world.paid(a).await, U256::from(2_500), "mined while the watcher could not see it");
+    assert_eq!(guard.sender().in_flight().unwrap().len(), 1, "still in flight for the watcher");
+
+    // Slow answers: the next round resolves the claim in flight (reported, not sent again),
+    // then settles b's exit too.
+    proxy.set_mode(Mode::Open);
+    proxy.set_delay(Duration::from_millis(300));
+    let sent_before = guard.sender().metrics().sent.get();
+    let report = guard.tick().await.unwrap();
+    assert_eq!(
+        report.settled.iter().map(|s| (s.channel_id, s.paid)).collect::<Vec<_>>(),
+        [(a, U256::from(2_500))]
+    );
+    assert_eq!(guard.sender().metrics().sent.get(), sent_before, "resolved, not sent again");
+    assert!(guard.sender().in_flight().unwrap().is_empty());
+    world.request_exit(b).await;
+    let report = guard.tick().await.unwrap();
+    assert_eq!(
+        report.settled.iter().map(|s| (s.channel_id, s.paid)).collect::<Vec<_>>(),
+        [(b, U256::from(1_000))]
+    );
+    assert_eq!((world.paid(a).await, world.paid(b).await), (U256::from(2_500), U256::from(1_000)));
+    assert!(cheats::now(direct).await.unwrap() < exit_at);
+}
