@@ -107,8 +107,8 @@ impl Default for SettlementPolicy {
             max_batch: 100,
             max_fee_per_gas: None,
             interval: Duration::from_secs(60),
-            resend_after: Duration::from_secs(60),
-            receipt_poll: Duration::from_millis(500),
+            resend_after: SenderConfig::DEFAULT.resend_after,
+            receipt_poll: SenderConfig::DEFAULT.receipt_poll,
         }
     }
 }
@@ -532,12 +532,9 @@ impl<S: KvStore> Settler<S> {
     }
 }
 
-/// The decoded custom error of a failed simulation, or the RPC's message.
+/// The decoded revert of a failed simulation, or the RPC's message.
 fn revert_reason(e: &alloy::contract::Error) -> String {
-    match e.as_decoded_interface_error::<IPaymentChannel::IPaymentChannelErrors>() {
-        Some(err) => format!("{err:?}"),
-        None => e.to_string(),
-    }
+    x402_protocol::revert::of_contract_error(e).unwrap_or_else(|| e.to_string())
 }
 
 #[cfg(test)]
