@@ -130,7 +130,10 @@ impl<S: KvStore> Relay<S> {
         if let Err(e) = self.chain.call(tx.clone()).await {
             return Err(Refusal::new(
                 ErrorCode::InvalidPayload,
-                format!("the contract refuses this open: {}", revert(&e)),
+                format!(
+                    "the contract refuses this open: {}",
+                    x402_protocol::revert::of_transport_error(&e).unwrap_or_else(|| e.to_string())
+                ),
             ));
         }
         // The open must be mined before the authorisation expires.
@@ -204,19 +207,6 @@ impl<S: KvStore> Relay<S> {
 
 fn unavailable(e: impl std::fmt::Display) -> Refusal {
     Refusal::new(ErrorCode::Unavailable, format!("chain: {e}"))
-}
-
-/// The contract's custom error, decoded when it is one of `IPaymentChannel`'s.
-fn revert(e: &alloy::transports::TransportError) -> String {
-    use alloy::sol_types::SolInterface;
-    let decoded = e
-        .as_error_resp()
-        .and_then(|r| r.as_revert_data())
-        .and_then(|data| IPaymentChannel::IPaymentChannelErrors::abi_decode(&data).ok());
-    match decoded {
-        Some(err) => format!("{err:?}"),
-        None => e.to_string(),
-    }
 }
 
 /// The relay endpoint, `POST` [`OPEN_PATH`].

@@ -12,6 +12,8 @@
 //!   relayer, and the node's relay endpoint.
 //! - [`network`]: CAIP-2 network identifiers (`eip155:<chainId>`).
 //! - [`watch`]: the push API of the watcher (watchtower) that guards channels during exits.
+//! - [`auth`]: bearer tokens of the node's and the watcher's authenticated endpoints.
+//! - [`revert`]: the one decoder of the contract's reverts.
 //!
 //! This crate has no feature flags.
 
@@ -21,6 +23,7 @@ pub mod claim;
 pub mod close;
 pub mod network;
 pub mod open;
+pub mod revert;
 pub mod voucher;
 pub mod watch;
 pub mod wire;

@@ -33,7 +33,7 @@ use alloy::{
     providers::{DynProvider, Provider},
     rpc::types::{Log, TransactionReceipt, TransactionRequest},
     signers::local::PrivateKeySigner,
-    sol_types::{SolCall, SolEvent, SolInterface},
+    sol_types::{SolCall, SolEvent},
 };
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -41,7 +41,7 @@ use x402_chain::{
     LogFollower, LogHandler, Outcome, SenderConfig, TxRecord, TxSender,
     follower::{FollowerConfig, Range},
 };
-use x402_protocol::bindings::IPaymentChannel::{self, IPaymentChannelErrors};
+use x402_protocol::bindings::IPaymentChannel;
 use x402_store::KvStore;
 
 use x402_chain::reader::ChainReader;
@@ -200,13 +200,7 @@ impl fmt::Display for Failure {
 }
 
 fn contract_failure(e: &alloy::contract::Error) -> Failure {
-    if let Some(decoded) = e.as_decoded_interface_error::<IPaymentChannelErrors>() {
-        return Failure::Reverted(format!("{decoded:?}"));
-    }
-    if let Some(data) = e.as_revert_data() {
-        return Failure::Reverted(format!("revert data {data}"));
-    }
-    Failure::Rpc(e.to_string())
+    x402_protocol::revert::of_contract_error(e).map_or_else(|| Failure::Rpc(e.to_string()), Failure::Reverted)
 }
 
 /// What the guard does with the contract's logs: queues the watched channels they name for
@@ -683,8 +677,7 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
                 report.settled.push(s);
             } else if let Ok(event) = log.log_decode::<IPaymentChannel::ClaimSkipped>() {
                 let e = event.inner.data;
-                let reason = IPaymentChannelErrors::abi_decode(&e.reason)
-                    .map_or_else(|_| format!("revert data {}", e.reason), |d| format!("{d:?}"));
+                let reason = x402_protocol::revert::describe(&e.reason);
                 self.note_failure(e.channelId, &Failure::Reverted(reason));
             }
         }
@@ -791,16 +784,5 @@ mod tests {
             (5, U256::from(500), U256::from(300))
         );
         assert_eq!(claim.channel, rec.chain.params);
-    }
-
-    #[test]
-    fn revert_reasons_decode() {
-        let err = IPaymentChannelErrors::NotPayee(IPaymentChannel::NotPayee {
-            caller: Address::repeat_byte(1),
-            payee: Address::repeat_byte(2),
-        });
-        let decoded = IPaymentChannelErrors::abi_decode(&err.abi_encode()).unwrap();
-        assert_eq!(format!("{decoded:?}"), format!("{err:?}"));
-        assert!(format!("{decoded:?}").contains("NotPayee"));
     }
 }
