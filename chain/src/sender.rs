@@ -244,11 +244,18 @@ impl SenderMetrics {
         }
     }
 
+    /// The counters, to register in a Prometheus registry.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.sent.clone()),
+            Box::new(self.replaced.clone()),
+            Box::new(self.missed_deadline.clone()),
+        ]
+    }
+
     /// Registers the counters in `registry`.
     pub fn register(&self, registry: &prometheus::Registry) -> prometheus::Result<()> {
-        registry.register(Box::new(self.sent.clone()))?;
-        registry.register(Box::new(self.replaced.clone()))?;
-        registry.register(Box::new(self.missed_deadline.clone()))
+        self.collectors().into_iter().try_for_each(|c| registry.register(c))
     }
 }
 

@@ -295,6 +295,11 @@ impl<S: KvStore> Settler<S> {
             },
             "settler",
         );
+        // Exported on the node's /metrics (the alert of a missed deadline among them). A second
+        // settler on the same engine keeps the first one's counters registered.
+        for collector in sender.metrics().collectors() {
+            let _ = engine.metrics().register(collector);
+        }
         Self { engine, sender, address, policy, round: tokio::sync::Mutex::new(()), wake: Notify::new() }
     }
 

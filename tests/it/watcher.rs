@@ -146,6 +146,10 @@ async fn watcher_settles_the_best_voucher_when_the_payer_exits() {
     assert_eq!(listed[0].status, WatchedStatus::Exiting);
     assert_eq!(listed[0].paid, U256::from(3_000));
     assert!(listed[0].last_tx.is_some());
+    // The sender's counters, the missed-deadline alert among them, are exported.
+    let metrics = reqwest::get(format!("{}/metrics", watcher.url)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("x402_txs_sent_total{sender=\"watcher\"} 1"), "{metrics}");
+    assert!(metrics.contains("x402_tx_missed_deadlines_total{sender=\"watcher\"} 0"), "{metrics}");
     watcher.stop().await;
 
     // After the challenge period the payer withdraws the rest.

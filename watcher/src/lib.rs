@@ -20,7 +20,8 @@
 //! - [`Watcher`]: the push API's logic and the store of watched channels ([`Watcher::router`]
 //!   serves it over HTTP).
 //! - [`Guard`]: the chain follower; [`Guard::tick`] is one round, [`Guard::run`] the loop.
-//! - [`run`]: both, as the `x402-node watch` subcommand runs them.
+//! - [`run`]: both, as the `x402-watcher` binary and `x402-node watch` run them, with
+//!   `GET /metrics` (the sender's counters).
 //!
 //! Storage (its own store, not the gateway's): namespace [`WATCHED`] holds one
 //! [`WatchRecord`] per channel id; namespace [`META`] holds the deployment the store belongs
@@ -684,6 +685,23 @@ pub async fn run(
         RpcChain::new(provider.clone(), config.contract),
     )?;
     let guard = Guard::new(watcher.clone(), provider, key, config.guard_settings());
+    // `GET /metrics`: the sender's counters, the alert of a claim not mined by its exit's end
+    // among them.
+    let registry = prometheus::Registry::new();
+    guard
+        .sender()
+        .metrics()
+        .register(&registry)
+        .map_err(|e| WatcherError::Config(format!("metrics: {e}")))?;
+    let metrics = axum::routing::get(move || {
+        let registry = registry.clone();
+        async move {
+            let mut buf = Vec::new();
+            let _ =
+                prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut buf);
+            String::from_utf8(buf).unwrap_or_default()
+        }
+    });
 
     let serve_error = |source| WatcherError::Serve { addr: config.listen, source };
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(serve_error)?;
@@ -706,7 +724,8 @@ pub async fn run(
             })
             .await;
     });
-    let served = axum::serve(listener, watcher.router()).with_graceful_shutdown(shutdown).await;
+    let app = watcher.router().route("/metrics", metrics);
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     let _ = stop_guard.send(());
     if let Err(e) = guard_task.await {
         warn!(target: "watcher", error = %e, "guard task failed");
