@@ -149,13 +149,29 @@ impl Overrides {
     }
 }
 
-#[tokio::main]
-async fn main() -> eyre::Result<()> {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        // No colour codes in a log file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The error is this binary's last word, on stderr: its message and causes, without
+            // a debug report's source locations.
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("{}", x402_node::watcher::cli::error_report(&*e));
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn run(cli: Cli) -> eyre::Result<()> {
     let command = cli.command.unwrap_or(Command::Run);
     if let Command::Watch(args) = command {
         // The watcher's own configuration: its file, then the flags.

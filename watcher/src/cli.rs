@@ -86,3 +86,42 @@ pub fn load(
     let key = config.signer()?;
     Ok((config, key))
 }
+
+/// An error as a binary reports it on stderr: `Error: <message>`, then each cause on its own
+/// line unless the message above already says it (errors that print their source), without
+/// the source locations or colour of a debug report.
+pub fn error_report(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = format!("Error: {error}");
+    let mut above = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !above.contains(&text) {
+            out.push_str("\n  caused by: ");
+            out.push_str(&text);
+        }
+        above = text;
+        source = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Hides(#[source] std::io::Error);
+
+    #[test]
+    fn causes_are_shown_once() {
+        let io = || std::io::Error::other("disk full");
+        assert_eq!(error_report(&Repeats(io())), "Error: outer: disk full");
+        assert_eq!(error_report(&Hides(io())), "Error: outer\n  caused by: disk full");
+    }
+}

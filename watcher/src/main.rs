@@ -20,17 +20,31 @@ struct Cli {
     overrides: x402_watcher::cli::Overrides,
 }
 
-#[tokio::main]
-async fn main() -> eyre::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        // No colour codes in a log file or a pipe.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The error is this binary's last word, on stderr.
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("{}", x402_watcher::cli::error_report(&e));
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn run(cli: Cli) -> Result<(), x402_watcher::WatcherError> {
     let (config, key) = x402_watcher::cli::load(cli.config.as_deref(), cli.overrides)?;
-    x402_watcher::run(config, key, shutdown_signal()).await?;
-    Ok(())
+    x402_watcher::run(config, key, shutdown_signal()).await
 }
 
 /// Resolves on ctrl-c or, on unix, SIGTERM.

@@ -110,6 +110,8 @@ fn bad_configuration_fails_with_a_message() {
         assert!(!out.status.success(), "{args:?} must fail");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        // A message for people: no source locations, no colour codes in a pipe.
+        assert!(!stderr.contains("Location:") && !stderr.contains('\u{1b}'), "{args:?}: {stderr}");
     }
 }
 
