@@ -13,7 +13,7 @@
 //!
 //! Feature flags:
 //! - `test-utils`: an in-memory [`ChainReader`](reader::ChainReader) and a store whose syncs can
-//!   fail ([`test_utils`]).
+//!   fail (module `test_utils`).
 
 pub mod channel;
 pub mod error;
