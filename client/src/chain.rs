@@ -455,55 +455,8 @@ fn contract_error(e: alloy::contract::Error) -> Error {
     match e.as_decoded_interface_error::<IPaymentChannelErrors>() {
         Some(decoded) => Error::Chain(format!(
             "the channel contract refused: {}",
-            describe_revert(&format!("{decoded:?}"))
+            x402_protocol::revert::sentence(&decoded)
         )),
         None => Error::chain(e),
-    }
-}
-
-/// A decoded custom error (its `Debug` form, `Name(Name { field: value, .. })`) as a sentence:
-/// what it means, then the error with its values (`Name { field: value, .. }`).
-fn describe_revert(debug: &str) -> String {
-    // The enum variant wraps a struct of the same name: keep the inner one.
-    let inner = match debug.split_once('(') {
-        Some((name, rest)) if rest.starts_with(name) => rest.strip_suffix(')').unwrap_or(rest),
-        _ => debug,
-    };
-    let name = inner.split([' ', '(', '{']).next().unwrap_or(inner);
-    let meaning = match name {
-        "ZeroAmount" => "the amount is zero",
-        "NotPayer" => "the sending account is not the channel's payer",
-        "NotPayee" => "the sending account is not the channel's payee",
-        "ChannelNotOpen" => "the channel is not open",
-        "ChannelExists" => "a channel with these parameters exists already",
-        "ChallengePeriodOutOfBounds" => "the challenge period is outside the contract's bounds",
-        "DepositTooLarge" => "the deposit is above the contract's maximum",
-        "ExitAlreadyRequested" => "an exit is already pending",
-        "ExitNotRequested" => "no exit was requested",
-        "ChallengePeriodActive" => "the challenge period has not ended",
-        "TopUpDuringExit" => "only the payer may top up during an exit",
-        "InvalidPayee" => "the payee is invalid",
-        "InvalidMsgValue" => "the native value sent does not match the deposit",
-        "AuthorizationExpired" => "the authorisation expired",
-        "InvalidOpenAuthorization" => "the open authorisation is not valid",
-        "NativeTokenNotSupported" => "a gasless open needs an ERC-20 token",
-        _ => return inner.to_owned(),
-    };
-    // A unit error prints as `Name`: nothing to add.
-    if inner == name { format!("{meaning} ({name})") } else { format!("{meaning} ({inner})") }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::describe_revert;
-
-    #[test]
-    fn reverts_read_as_sentences() {
-        assert_eq!(describe_revert("ZeroAmount(ZeroAmount)"), "the amount is zero (ZeroAmount)");
-        assert_eq!(
-            describe_revert("NotPayer(NotPayer { caller: 0x01, payer: 0x02 })"),
-            "the sending account is not the channel's payer (NotPayer { caller: 0x01, payer: 0x02 })"
-        );
-        assert_eq!(describe_revert("Other(Other { x: 1 })"), "Other { x: 1 }");
     }
 }

@@ -63,3 +63,14 @@ pub async fn drop_transaction(provider: &impl Provider, hash: B256) -> Result<()
 pub async fn drop_all_transactions(provider: &impl Provider) -> Result<()> {
     cheat(provider, "anvil_dropAllTransactions", ()).await.map(drop)
 }
+
+/// Sets the base fee of the next block (a gas-price spike, when raised far above the current
+/// one; empty blocks after it bring it down by 1/8 each).
+pub async fn set_next_base_fee(provider: &impl Provider, wei: u128) -> Result<()> {
+    cheat(provider, "anvil_setNextBlockBaseFeePerGas", (alloy::primitives::U256::from(wei),)).await.map(drop)
+}
+
+/// Mines a block every `seconds` (0: stop), whether or not transactions are pending.
+pub async fn set_interval_mining(provider: &impl Provider, seconds: u64) -> Result<()> {
+    cheat(provider, "evm_setIntervalMining", (seconds,)).await.map(drop)
+}

@@ -467,7 +467,8 @@ impl Watchtower {
     /// waits until it answers.
     pub async fn start(config: WatcherConfig, key: PrivateKeySigner) -> Result<Self> {
         let listen = config.listen;
-        let running = Running::task(|stop| x402_node::watcher::run(config, key, stop));
+        let running =
+            Running::task(|stop| async move { Ok(x402_node::watcher::run(config, key, stop).await?) });
         Self::serving(listen, running).await
     }
 

@@ -23,7 +23,7 @@
 //! exit_margin_secs = 3600            # default: gas cap ignored for exits ending this soon
 //! max_batch = 100                    # default: channels per transaction
 //! # max_fee_per_gas = 50000000000    # default none: wei; above it only urgent exits settle
-//! resend_after_secs = 120            # default: replace a stuck transaction with higher fees
+//! resend_after_secs = 60             # default: replace a stuck transaction with higher fees
 //! close_authorization_ttl_secs = 600 # default: validity of signed close authorisations
 //!
 //! [[watchers]]                       # default none: watchtowers to push vouchers to
@@ -307,7 +307,8 @@ pub struct SettlementConfig {
     pub max_batch: usize,
     /// The gas cap: above this `maxFeePerGas` (wei) only urgent exits are settled. Default none.
     pub max_fee_per_gas: Option<u64>,
-    /// Replace a settlement transaction not mined after this many seconds. Default 120.
+    /// Replace a settlement transaction not mined after this many seconds (sooner near an
+    /// exit's end). Default 60 (`x402_chain::SenderConfig::DEFAULT`).
     pub resend_after_secs: u64,
     /// How long a close authorisation signed for a client stays valid, seconds. Default 600.
     pub close_authorization_ttl_secs: u64,
@@ -315,15 +316,17 @@ pub struct SettlementConfig {
 
 impl Default for SettlementConfig {
     fn default() -> Self {
+        // One source of the defaults: the policy's.
+        let policy = crate::settle::SettlementPolicy::default();
         Self {
             enabled: true,
-            interval_secs: 60,
-            threshold: U256::ZERO,
-            max_age_secs: 86_400,
-            exit_margin_secs: 3600,
-            max_batch: 100,
+            interval_secs: policy.interval.as_secs(),
+            threshold: policy.threshold,
+            max_age_secs: policy.max_age.as_secs(),
+            exit_margin_secs: policy.exit_margin.as_secs(),
+            max_batch: policy.max_batch,
             max_fee_per_gas: None,
-            resend_after_secs: 120,
+            resend_after_secs: policy.resend_after.as_secs(),
             close_authorization_ttl_secs: 600,
         }
     }
@@ -341,7 +344,7 @@ impl SettlementConfig {
             max_fee_per_gas: self.max_fee_per_gas.map(u128::from),
             interval: Duration::from_secs(self.interval_secs),
             resend_after: Duration::from_secs(self.resend_after_secs),
-            receipt_poll: Duration::from_millis(500),
+            ..crate::settle::SettlementPolicy::default()
         }
     }
 }

@@ -28,15 +28,15 @@
 use std::{future::Future, sync::Arc};
 
 use alloy::{
-    network::{EthereumWallet, TransactionBuilder},
+    network::TransactionBuilder,
     primitives::{Address, B256, Bytes, U256},
-    providers::{DynProvider, Provider, ProviderBuilder},
+    providers::Provider,
     rpc::types::TransactionRequest,
-    signers::local::PrivateKeySigner,
     sol_types::SolEvent,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
+use x402_chain::error::{contract, rpc};
 use x402_protocol::{
     Network,
     exact::{ExactExtra, ExactPayload, ExactRequirements, IEip3009Token, SCHEME},
@@ -231,15 +231,19 @@ impl TokenChain for RpcChain {
         from: Address,
         nonce: B256,
     ) -> Result<bool, ChainError> {
-        IEip3009Token::new(token, self.provider()).authorizationState(from, nonce).call().await.map_err(rpc)
+        IEip3009Token::new(token, self.provider())
+            .authorizationState(from, nonce)
+            .call()
+            .await
+            .map_err(contract("authorizationState"))
     }
 
     async fn balance(&self, token: Address, who: Address) -> Result<U256, ChainError> {
-        IEip3009Token::new(token, self.provider()).balanceOf(who).call().await.map_err(rpc)
+        IEip3009Token::new(token, self.provider()).balanceOf(who).call().await.map_err(contract("balanceOf"))
     }
 
     async fn code(&self, who: Address) -> Result<Bytes, ChainError> {
-        self.provider().get_code_at(who).await.map_err(rpc)
+        self.provider().get_code_at(who).await.map_err(rpc("eth_getCode"))
     }
 
     async fn simulate(
@@ -253,13 +257,9 @@ impl TokenChain for RpcChain {
             Ok(_) => Ok(Ok(())),
             // A revert is an answer; anything else (transport, timeout) is the chain failing.
             Err(e) if e.as_error_resp().is_some() => Ok(Err(e.to_string())),
-            Err(e) => Err(rpc(e)),
+            Err(e) => Err(rpc("eth_call")(e)),
         }
     }
-}
-
-fn rpc(e: impl std::fmt::Display) -> ChainError {
-    ChainError::Rpc(e.to_string())
 }
 
 /// A mined transaction.
@@ -276,7 +276,7 @@ pub struct Mined {
 /// Submits one transaction and waits for its receipt: the one narrow way `exact` sends.
 ///
 /// The node's single durable sender (stored before broadcast, resolved on restart, fees
-/// bumped) is meant to implement this; [`KeySender`] is the interim one.
+/// bumped) is meant to implement this; `Arc<TxSender>` is the node's.
 pub trait Sender: Send + Sync + 'static {
     /// The sending account (the simulations run from it).
     fn address(&self) -> Address;
@@ -285,60 +285,50 @@ pub trait Sender: Send + Sync + 'static {
     fn send(&self, to: Address, calldata: Bytes) -> impl Future<Output = Result<Mined, String>> + Send;
 }
 
-/// A [`Sender`] from a key through an RPC endpoint, as the relay sends: one send at a time
-/// (the wallet reads the nonce from the pending pool), the receipt awaited outside the lock.
-#[derive(Clone)]
-pub struct KeySender {
-    chain: DynProvider,
-    address: Address,
-    sending: Arc<tokio::sync::Mutex<()>>,
-}
-
-impl std::fmt::Debug for KeySender {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeySender").field("address", &self.address).finish_non_exhaustive()
-    }
-}
-
-impl KeySender {
-    /// Sends from `key` through the RPC at `rpc_url`.
-    pub fn new(rpc_url: &str, key: PrivateKeySigner) -> eyre::Result<Self> {
-        let address = key.address();
-        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
-        let chain = ProviderBuilder::new()
-            .wallet(EthereumWallet::from(key))
-            .connect_reqwest(http, rpc_url.parse().map_err(|e| eyre::eyre!("invalid chain.rpc_url: {e}"))?)
-            .erased();
-        Ok(Self { chain, address, sending: Arc::new(tokio::sync::Mutex::new(())) })
-    }
-}
-
-impl Sender for KeySender {
+/// The node's durable sender of the payee's key is the `exact` scheme's [`Sender`]: it owns the
+/// account's nonces (shared with the settler), stores each transfer before broadcasting it and
+/// replaces it with higher fees if it is stuck.
+impl<S: KvStore> Sender for Arc<x402_chain::TxSender<S>> {
     fn address(&self) -> Address {
-        self.address
+        x402_chain::TxSender::address(self)
     }
 
     async fn send(&self, to: Address, calldata: Bytes) -> Result<Mined, String> {
         let tx = TransactionRequest::default().with_to(to).with_input(calldata);
-        let sending = self.sending.lock().await;
-        let pending = self.chain.send_transaction(tx).await.map_err(|e| e.to_string())?;
-        drop(sending);
-        let hash = *pending.tx_hash();
-        let receipt = pending
-            .with_timeout(Some(std::time::Duration::from_secs(60)))
-            .get_receipt()
+        // Not resolved here after a restart: the settler's first round resolves what is left.
+        let context = serde_json::json!({ "kind": "exact" });
+        let deadline = Some(crate::unix_now() + EXACT_SEND_DEADLINE_SECS);
+        let record =
+            x402_chain::TxSender::send(self, tx, context, deadline).await.map_err(|e| e.to_string())?;
+        let outcome = self
+            .wait_for(record, Some(std::time::Duration::from_secs(EXACT_SEND_DEADLINE_SECS)))
             .await
-            .map_err(|e| format!("transaction {hash}: {e}"))?;
-        let logs = receipt
-            .inner
-            .logs()
-            .iter()
-            .filter(|l| l.address() == to)
-            .map(|l| (l.topics().to_vec(), l.data().data.clone()))
-            .collect();
-        Ok(Mined { hash, success: receipt.status(), logs })
+            .map_err(|e| e.to_string())?;
+        match outcome {
+            x402_chain::Outcome::Mined { receipt, .. } => {
+                let logs = receipt
+                    .inner
+                    .logs()
+                    .iter()
+                    .filter(|l| l.address() == to)
+                    .map(|l| (l.topics().to_vec(), l.data().data.clone()))
+                    .collect();
+                Ok(Mined { hash: receipt.transaction_hash, success: receipt.status(), logs })
+            }
+            x402_chain::Outcome::Replaced(r) => {
+                Err(format!("the transfer's nonce {} was used by another transaction", r.nonce))
+            }
+            x402_chain::Outcome::Pending(r) => Err(format!(
+                "the transfer {} was not mined within {EXACT_SEND_DEADLINE_SECS} s; it stays in flight",
+                r.last().map(|v| v.hash).unwrap_or_default()
+            )),
+        }
     }
 }
+
+/// How long an `exact` transfer may take to be mined before the request fails (it stays in
+/// flight and may still land; the authorisation stays recorded, so it is never served twice).
+pub const EXACT_SEND_DEADLINE_SECS: u64 = 60;
 
 /// The node's `exact` terms: one token, one provider.
 #[derive(Clone, Debug)]
@@ -658,16 +648,15 @@ impl<S: KvStore, C: TokenChain, T: Sender> Exact<S, C, T> {
 
 /// Builds the gateway's `exact` scheme: the token's EIP-712 domain as the engine resolved it
 /// (`payment.eip712_name`/`eip712_version`, else read from the token at start), the node's
-/// store, chain reads through `chain`, transfers sent from `key`; and drops records of
-/// authorisations long expired.
+/// store, chain reads through `chain`, transfers sent by `sender` (the payee key's one durable
+/// sender, shared with the settler); and drops records of authorisations long expired.
 pub fn for_gateway<S: KvStore>(
-    config: &crate::config::Config,
     terms: &crate::Terms,
     domain: Option<DomainInfo>,
     store: Arc<S>,
     chain: RpcChain,
-    key: PrivateKeySigner,
-) -> eyre::Result<Exact<S, RpcChain, KeySender>> {
+    sender: Arc<x402_chain::TxSender<S>>,
+) -> eyre::Result<Exact<S, RpcChain, Arc<x402_chain::TxSender<S>>>> {
     let domain = domain.ok_or_else(|| {
         eyre::eyre!(
             "the exact scheme needs the EIP-712 domain of the token {}, which it does not report: set payment.eip712_name and payment.eip712_version",
@@ -682,10 +671,9 @@ pub fn for_gateway<S: KvStore>(
         extra,
         max_timeout_seconds: terms.max_timeout_seconds,
     };
-    if key.address() != terms.payee {
-        warn!(target: "node::exact", sender = %key.address(), payee = %terms.payee, "exact transfers are sent by a key other than the payee's");
+    if sender.address() != terms.payee {
+        warn!(target: "node::exact", sender = %sender.address(), payee = %terms.payee, "exact transfers are sent by a key other than the payee's");
     }
-    let sender = KeySender::new(&config.chain.rpc_url, key)?;
     let exact = Exact::new(exact_terms, store, chain, sender);
     let pruned = exact.prune(crate::unix_now()).map_err(|e| eyre::eyre!("{e}"))?;
     info!(target: "node::exact", token = %exact.terms.token, name = %exact.terms.extra.name, version = %exact.terms.extra.version, pruned, "taking the exact scheme");
@@ -931,7 +919,7 @@ mod tests {
         ) -> Result<bool, ChainError> {
             assert_eq!(token, TOKEN);
             if self.down {
-                return Err(ChainError::Rpc("down".into()));
+                return Err(ChainError::Unavailable("down".into()));
             }
             Ok(self.used.lock().contains(&(from, nonce)))
         }

@@ -1,31 +1,31 @@
 //! The event follower: keeps the node's channel records current with the contract's events.
 //!
-//! Every poll it reads the logs of the `PaymentChannel` contract from its cursor (the last
-//! block it processed as confirmed) to the chain head, and re-reads every channel those logs
-//! touch that the node knows (or that was opened to this provider). Channel state is *read*,
-//! never computed from event data, so processing a block twice is harmless and nothing can be
-//! double-applied. What a read may be relied on follows
+//! The chain is followed by the shared [`LogFollower`] of `x402-chain` (confirmations,
+//! reorg rollback, the cursor in the store); this module is what the node does with the logs
+//! ([`NodeLogs`]). Every poll re-reads every channel the new logs touch that the node knows
+//! (or that was opened to this provider). Channel state is *read*, never computed from event
+//! data, so processing a block twice is harmless and nothing can be double-applied. What a
+//! read may be relied on follows
 //! [`OnchainChannel::confirmed_view`](crate::channel::OnchainChannel::confirmed_view): exits
 //! and closes count at once, top-ups only once `confirmations` blocks deep.
 //!
-//! Reorgs: channels touched in blocks above the confirmation depth are re-read on every poll
-//! until their blocks are confirmed, so a shallow reorg corrects them at the next poll. The
-//! cursor stores its block's hash; if that block is no longer canonical (a reorg deeper than
-//! the confirmation depth), every channel the node knows is re-read. The cursor is kept in the
-//! store, so a restarted node resumes where it stopped.
+//! Reorgs: logs of blocks above the confirmation depth are delivered again on every poll
+//! until their blocks are confirmed, so the channels they touch are re-read and a shallow
+//! reorg is corrected at the next poll. A reorg below the cursor makes the follower resync:
+//! every channel the node knows is re-read. The cursor is kept in the store, so a restarted
+//! node resumes where it stopped.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::collections::{BTreeMap, BTreeSet};
 
 use alloy::{
-    eips::BlockNumberOrTag,
     primitives::{Address, B256, U256},
-    providers::Provider,
-    rpc::types::{Filter, Log},
+    rpc::types::Log,
     sol_types::SolEvent,
 };
 use futures::{StreamExt, TryStreamExt};
-use serde::{Deserialize, Serialize};
-use tracing::{debug, info, warn};
+use tracing::warn;
+pub use x402_chain::follower::{Cursor, FollowerConfig, Progress};
+use x402_chain::follower::{LogFollower, LogHandler, Range};
 use x402_protocol::bindings::IPaymentChannel::{self, ChannelParams};
 use x402_store::KvStore;
 
@@ -36,8 +36,9 @@ use crate::{
 };
 
 /// The store namespace of the follower's cursor.
-pub const FOLLOWER: &str = "follower";
-const CURSOR_KEY: &[u8] = b"cursor";
+pub const FOLLOWER: &str = x402_chain::follower::CURSORS;
+/// The cursor's key in it.
+const CURSOR_NAME: &str = "cursor";
 /// Channel reads in flight at once.
 const READ_CONCURRENCY: usize = 16;
 
@@ -50,86 +51,50 @@ pub enum FollowError {
     /// Updating a channel record failed.
     #[error("{0}")]
     Node(#[from] Refusal),
-    /// The store failed.
-    #[error("store: {0}")]
-    Store(#[from] x402_store::Error),
-    /// The stored cursor is corrupt.
-    #[error("corrupt cursor: {0}")]
-    Codec(#[from] serde_json::Error),
-}
-
-/// Follower settings.
-#[derive(Clone, Debug)]
-pub struct FollowerConfig {
-    /// Time between polls.
-    pub poll_interval: Duration,
-    /// The most blocks asked for in one `eth_getLogs`.
-    pub max_range: u64,
-}
-
-impl Default for FollowerConfig {
-    fn default() -> Self {
-        Self { poll_interval: Duration::from_secs(1), max_range: 2_000 }
-    }
-}
-
-/// Where the follower stands, as stored.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cursor {
-    /// The last block processed as confirmed.
-    pub block: u64,
-    /// Its hash, to detect a reorg below it.
-    pub hash: B256,
-    /// Channels touched in blocks above `block`: re-read until those blocks are confirmed.
-    pub unconfirmed: Vec<B256>,
-}
-
-/// What one poll did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Progress {
-    /// The chain head seen.
-    pub head: u64,
-    /// The block now processed as confirmed.
-    pub confirmed: u64,
-    /// Channels re-read.
-    pub channels_read: usize,
-    /// Whether a reorg below the cursor was found (every known channel was re-read).
-    pub reorg: bool,
 }
 
 /// Follows the contract's events into an [`Engine`].
 #[derive(Debug)]
-pub struct Follower<S> {
-    engine: Engine<S, RpcChain>,
-    config: FollowerConfig,
-    cursor: Option<Cursor>,
-    loaded: bool,
+pub struct Follower<S: KvStore> {
+    inner: LogFollower<S, NodeLogs<S>>,
 }
 
 impl<S: KvStore> Follower<S> {
-    /// A follower updating `engine`'s records.
-    pub const fn new(engine: Engine<S, RpcChain>, config: FollowerConfig) -> Self {
-        Self { engine, config, cursor: None, loaded: false }
+    /// A follower updating `engine`'s records; confirmations are the chain reader's.
+    pub fn new(engine: Engine<S, RpcChain>, config: FollowerConfig) -> Self {
+        let config = FollowerConfig { confirmations: engine.chain().confirmations(), ..config };
+        let inner = LogFollower::new(
+            engine.chain().provider().clone(),
+            engine.chain().contract(),
+            std::sync::Arc::clone(engine.store()),
+            CURSOR_NAME,
+            config,
+            NodeLogs {
+                engine,
+                touched: BTreeSet::new(),
+                adopt: BTreeSet::new(),
+                payments: BTreeMap::new(),
+                read: 0,
+            },
+        );
+        Self { inner }
     }
 
     /// The cursor, once loaded or advanced.
     pub const fn cursor(&self) -> Option<&Cursor> {
-        self.cursor.as_ref()
+        self.inner.cursor()
     }
 
     /// Polls until `shutdown` resolves. Errors are logged and retried with backoff.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut delay = self.config.poll_interval;
+        let mut delay = self.inner.config().poll_interval;
         loop {
             match self.poll_once().await {
-                Ok(progress) => {
-                    delay = self.config.poll_interval;
-                    debug!(target: "node::follower", ?progress, "polled");
-                }
+                Ok(_) => delay = self.inner.config().poll_interval,
                 Err(e) => {
                     warn!(target: "node::follower", error = %e, retry_in = ?delay, "follower poll failed");
-                    delay = (delay * 2).min(Duration::from_secs(30));
+                    delay = (delay * 2).min(std::time::Duration::from_secs(30));
                 }
             }
             tokio::select! {
@@ -141,80 +106,84 @@ impl<S: KvStore> Follower<S> {
 
     /// One poll: reads new logs, re-reads the channels they touch, advances the cursor.
     pub async fn poll_once(&mut self) -> Result<Progress, FollowError> {
-        if !self.loaded {
-            self.cursor = load_cursor(self.engine.store().as_ref())?;
-            self.loaded = true;
+        let progress = self.inner.poll_once().await?;
+        let metrics = self.inner.handler().engine.metrics();
+        metrics.follower_block.set(i64::try_from(progress.confirmed).unwrap_or(i64::MAX));
+        if progress.reorg {
+            // Counted once handled: every channel has been re-read.
+            metrics.reorgs.inc();
         }
-        let chain = self.engine.chain();
-        let provider = chain.provider();
-        let head = provider.get_block_number().await.map_err(rpc)?;
-        let safe = head.saturating_sub(chain.confirmations());
-        let safe_hash = block_hash(provider, safe).await?.ok_or_else(|| rpc("confirmed block not found"))?;
+        Ok(progress)
+    }
 
-        let mut touched = BTreeSet::new();
-        let mut progress = Progress { head, confirmed: safe, ..Progress::default() };
-        let from = match &self.cursor {
-            Some(c) if c.block <= head && block_hash(provider, c.block).await? == Some(c.hash) => {
-                touched.extend(c.unconfirmed.iter().copied());
-                c.block + 1
-            }
-            previous => {
-                if let Some(c) = previous {
-                    warn!(target: "node::follower", cursor = c.block, %c.hash, head, "reorg below the confirmation depth; re-reading every channel");
-                    progress.reorg = true;
-                } else {
-                    info!(target: "node::follower", head, safe, "no cursor yet; reading every known channel");
-                }
-                for record in self.engine.channels().await? {
-                    if record.status != ChannelStatus::Closed {
-                        touched.insert(record.id);
-                    }
-                }
-                safe + 1
-            }
-        };
+    /// Channels re-read by the last poll.
+    pub const fn channels_read(&self) -> usize {
+        self.inner.handler().read
+    }
+}
 
+/// What the node does with the contract's logs: re-reads the channels they touch.
+#[derive(Debug)]
+pub struct NodeLogs<S> {
+    engine: Engine<S, RpcChain>,
+    /// Channels to re-read at the end of the poll.
+    touched: BTreeSet<B256>,
+    /// Channels opened to this provider: adopted even if the node has no record yet.
+    adopt: BTreeSet<B256>,
+    /// What the payee was paid in total per channel, from `Settled` and `Closed` events (a
+    /// closed channel reads as zeroes), and whether it closed.
+    payments: BTreeMap<B256, (U256, bool)>,
+    /// Channels re-read by the last poll.
+    read: usize,
+}
+
+impl<S: KvStore> LogHandler for NodeLogs<S> {
+    type Error = FollowError;
+
+    async fn resync(&mut self, _reorg: bool) -> Result<(), FollowError> {
+        for record in self.engine.channels().await? {
+            if record.status != ChannelStatus::Closed {
+                self.touched.insert(record.id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn logs(&mut self, logs: Vec<Log>, _range: Range) -> Result<(), FollowError> {
         let payee = self.engine.terms().payee;
-        let mut adopt = BTreeSet::new();
-        let mut unconfirmed = BTreeSet::new();
-        let mut payments = std::collections::BTreeMap::new();
-        let mut start = from;
-        while start <= head {
-            let end = head.min(start + self.config.max_range - 1);
-            let filter = Filter::new().address(chain.contract()).from_block(start).to_block(end);
-            let logs = provider.get_logs(&filter).await.map_err(rpc)?;
-            for log in &logs {
-                let Some(event) = ChannelEvent::parse(log, payee) else { continue };
-                match event {
-                    ChannelEvent::Channel { id, opened_to_us, params, paid } => {
-                        if let Some((amount, closed)) = paid {
-                            // A closed channel reads as zeroes: what it paid is in its event.
-                            let fact = payments.entry(id).or_insert((U256::ZERO, false));
-                            *fact = (fact.0.max(amount), fact.1 || closed);
-                        }
-                        if let Some(params) = params {
-                            // Spares the channel's read a log lookup of its own.
-                            chain.learn_params(id, params).await?;
-                        }
-                        if log.block_number.is_some_and(|b| b > safe) {
-                            unconfirmed.insert(id);
-                        }
-                        if opened_to_us {
-                            adopt.insert(id);
-                        }
-                        touched.insert(id);
+        for log in &logs {
+            let Some(event) = ChannelEvent::parse(log, payee) else { continue };
+            match event {
+                ChannelEvent::Channel { id, opened_to_us, params, paid } => {
+                    if let Some((amount, closed)) = paid {
+                        // A closed channel reads as zeroes: what it paid is in its event.
+                        let fact = self.payments.entry(id).or_insert((U256::ZERO, false));
+                        *fact = (fact.0.max(amount), fact.1 || closed);
                     }
-                    ChannelEvent::Credited { token, amount } => warn!(
-                        target: "node::follower",
-                        %token,
-                        amount = %amount,
-                        "a payout to the provider failed and was credited; withdraw it with withdrawCredit"
-                    ),
+                    if let Some(params) = params {
+                        // Spares the channel's read a log lookup of its own.
+                        self.engine.chain().learn_params(id, params).await?;
+                    }
+                    if opened_to_us {
+                        self.adopt.insert(id);
+                    }
+                    self.touched.insert(id);
                 }
+                ChannelEvent::Credited { token, amount } => warn!(
+                    target: "node::follower",
+                    %token,
+                    amount = %amount,
+                    "a payout to the provider failed and was credited; withdraw it with withdrawCredit"
+                ),
             }
-            start = end + 1;
         }
+        Ok(())
+    }
 
+    async fn commit(&mut self) -> Result<(), FollowError> {
+        let touched = std::mem::take(&mut self.touched);
+        let adopt = std::mem::take(&mut self.adopt);
+        let payments = std::mem::take(&mut self.payments);
         // Only channels the node has a record of (or that were opened to it) are read.
         let mut ids = Vec::with_capacity(touched.len());
         for id in touched {
@@ -222,7 +191,7 @@ impl<S: KvStore> Follower<S> {
                 ids.push(id);
             }
         }
-        progress.channels_read = ids.len();
+        self.read = ids.len();
         let engine = &self.engine;
         let adopt = &adopt;
         let payments = &payments;
@@ -237,36 +206,8 @@ impl<S: KvStore> Follower<S> {
             })
             .buffer_unordered(READ_CONCURRENCY)
             .try_collect::<()>()
-            .await?;
-
-        let cursor = Cursor { block: safe, hash: safe_hash, unconfirmed: unconfirmed.into_iter().collect() };
-        let store = self.engine.store();
-        store.put(FOLLOWER, CURSOR_KEY, &serde_json::to_vec(&cursor)?)?;
-        // One durable write for the records and the cursor: a crash before it replays the
-        // range, which is harmless because records are re-read, not incremented.
-        store.sync().await?;
-        let metrics = self.engine.metrics();
-        metrics.follower_block.set(i64::try_from(safe).unwrap_or(i64::MAX));
-        if progress.reorg {
-            // Counted once handled: every channel has been re-read.
-            metrics.reorgs.inc();
-        }
-        self.cursor = Some(cursor);
-        Ok(progress)
+            .await
     }
-}
-
-fn load_cursor(store: &impl KvStore) -> Result<Option<Cursor>, FollowError> {
-    Ok(store.get(FOLLOWER, CURSOR_KEY)?.map(|b| serde_json::from_slice(&b)).transpose()?)
-}
-
-async fn block_hash(provider: &impl Provider, number: u64) -> Result<Option<B256>, ChainError> {
-    let block = provider.get_block_by_number(BlockNumberOrTag::Number(number)).await.map_err(rpc)?;
-    Ok(block.map(|b| b.header.hash))
-}
-
-fn rpc(e: impl std::fmt::Display) -> ChainError {
-    ChainError::Rpc(e.to_string())
 }
 
 /// The part of a contract event the follower acts on.

@@ -601,9 +601,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         },
     );
     tasks.push(tokio::spawn(follower.run(std::future::pending())));
-    let settler = match (&key, config.settlement.enabled) {
-        (Some(key), true) => {
-            let settler = Arc::new(Settler::new(engine.clone(), key.clone(), config.settlement.policy()));
+    // One durable sender owns the payee key's nonces: the settler and the `exact` transfers
+    // share it.
+    let payee_sender = key
+        .as_ref()
+        .map(|key| Arc::new(Settler::sender_for(&engine, key.clone(), &config.settlement.policy())));
+    let settler = match (&payee_sender, config.settlement.enabled) {
+        (Some(sender), true) => {
+            let settler = Arc::new(Settler::with_sender(
+                engine.clone(),
+                Arc::clone(sender),
+                config.settlement.policy(),
+            ));
             tasks.push(tokio::spawn(Arc::clone(&settler).run(std::future::pending())));
             Some(settler)
         }
@@ -657,19 +666,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     });
     let mut exact = None;
     if config.takes_exact() {
-        let key = key.clone().ok_or_else(|| {
+        let sender = payee_sender.clone().ok_or_else(|| {
             eyre::eyre!(
                 "the exact scheme needs the provider's key to settle ({} or provider.key_file)",
                 config.provider.key_env
             )
         })?;
         let scheme = Arc::new(crate::exact::for_gateway(
-            &config,
             engine.terms(),
             engine.token_domain(),
             Arc::clone(&store),
             engine.chain().clone(),
-            key,
+            sender,
         )?);
         paywall = paywall.with_exact(Arc::clone(&scheme) as Arc<dyn crate::exact::ExactHandler>);
         exact = Some(scheme);
@@ -693,7 +701,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         let key = config.relay.signer()?.ok_or_else(|| {
             eyre::eyre!("relay.enabled needs the relay's key ({} or relay.key_file)", config.relay.key_env)
         })?;
-        let relay = crate::relay::Relay::new(&config.chain.rpc_url, key, engine.terms().clone())?;
+        let relay =
+            crate::relay::Relay::new(&config.chain.rpc_url, key, engine.terms().clone(), Arc::clone(&store))?;
         info!(target: "node::gateway", relayer = %relay.relayer(), "relaying gasless opens");
         app = app.merge(crate::relay::open_router(relay));
     }

@@ -23,7 +23,8 @@
 //! - [`path`], [`routes`]: the canonical request path and the priced routes' patterns.
 //! - [`gateway`], [`config`]: the binary's reverse proxy and its TOML configuration.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`watcher`]: the watchtower: takes pushed vouchers and settles them if a payer exits.
+//! - [`watcher`]: the watchtower (the `x402-watcher` crate, re-exported): takes pushed
+//!   vouchers and settles them if a payer exits.
 //!
 //! Feature flags:
 //! - `test-utils`: an in-memory [`ChainReader`](chain::ChainReader) and fixtures for tests.
@@ -47,7 +48,6 @@ pub mod routes;
 pub mod serve;
 pub mod settle;
 pub mod verify;
-pub mod watcher;
 
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
@@ -56,6 +56,8 @@ use http::StatusCode;
 use x402_protocol::wire::{ChannelState, ErrorCode};
 
 pub use engine::{Engine, Payment, Price, Schemes, Terms};
+/// The watchtower, its own crate (`x402-watcher`); `x402-node watch` runs it.
+pub use x402_watcher as watcher;
 
 /// Resolves on ctrl-c or, on unix, SIGTERM: the shutdown signal of the node's binaries.
 pub async fn shutdown_signal() {

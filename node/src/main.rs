@@ -3,17 +3,17 @@
 use std::path::PathBuf;
 
 use alloy::primitives::Address;
-use alloy::signers::local::PrivateKeySigner;
 use clap::{Parser, Subcommand};
 use eyre::WrapErr;
 use tracing_subscriber::EnvFilter;
-use x402_node::{config::Config, watcher::WatcherConfig};
+use x402_node::config::Config;
 
 /// The x402 Channels provider node: charges for HTTP API requests through payment channels.
 #[derive(Debug, Parser)]
 #[command(name = "x402-node", version, about)]
 struct Cli {
-    /// TOML configuration file (see the README). Default: built-in defaults only.
+    /// TOML configuration file (see the README): the node's, or with `watch` the watcher's.
+    /// Default: built-in defaults only.
     #[arg(long, short, env = "X402_CONFIG", global = true)]
     config: Option<PathBuf>,
 
@@ -24,50 +24,75 @@ struct Cli {
     command: Option<Command>,
 }
 
-/// Settings that override the configuration file.
-#[derive(Debug, clap::Args)]
+/// The node's settings that override its configuration file: those of the chain and the
+/// provider (every command of the node) and those of the gateway (`run`, `config`).
+#[derive(Debug, Default, clap::Args)]
 struct Overrides {
-    /// Address to listen on [config: listen; default 127.0.0.1:8402].
-    #[arg(long, env = "X402_LISTEN", global = true)]
-    listen: Option<std::net::SocketAddr>,
-    /// Base URL of the upstream API [config: upstream; default http://127.0.0.1:8080].
-    #[arg(long, env = "X402_UPSTREAM", global = true)]
-    upstream: Option<String>,
+    #[command(flatten)]
+    chain: ChainOverrides,
+    #[command(flatten)]
+    gateway: GatewayOverrides,
+}
+
+/// The chain, the store and the provider's key [`run`, `config`, `settle`].
+#[derive(Debug, Default, clap::Args)]
+struct ChainOverrides {
     /// Chain JSON-RPC URL [config: chain.rpc_url; default http://127.0.0.1:8545].
-    #[arg(long, env = "X402_RPC_URL", global = true)]
+    #[arg(long, env = "X402_RPC_URL")]
     rpc_url: Option<String>,
     /// PaymentChannel contract address [config: chain.contract; required].
-    #[arg(long, env = "X402_CONTRACT", global = true)]
+    #[arg(long, env = "X402_CONTRACT")]
     contract: Option<Address>,
     /// Token accepted, zero address for the native token [config: payment.asset; default native].
-    #[arg(long, env = "X402_ASSET", global = true)]
+    #[arg(long, env = "X402_ASSET")]
     asset: Option<Address>,
     /// Directory of the node's store [config: data_dir; default ./x402-data].
-    #[arg(long, env = "X402_DATA_DIR", global = true)]
+    #[arg(long, env = "X402_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Shortest challenge period accepted, seconds [config: payment.min_challenge_period; default 3600].
-    #[arg(long, env = "X402_MIN_CHALLENGE_PERIOD", global = true)]
+    #[arg(long, env = "X402_MIN_CHALLENGE_PERIOD")]
     min_challenge_period: Option<u64>,
-    /// Bearer token of the /admin endpoints [config: admin_token; default none = disabled].
-    #[arg(long, env = "X402_ADMIN_TOKEN", global = true, hide_env_values = true)]
-    admin_token: Option<String>,
     /// File holding the provider's hex private key [config: provider.key_file; default: the
     /// X402_PROVIDER_KEY environment variable].
-    #[arg(long, env = "X402_PROVIDER_KEY_FILE", global = true)]
+    #[arg(long, env = "X402_PROVIDER_KEY_FILE")]
     provider_key_file: Option<PathBuf>,
+}
+
+/// The gateway's own settings [`run`, `config`].
+#[derive(Debug, Default, clap::Args)]
+struct GatewayOverrides {
+    /// Address to listen on [config: listen; default 127.0.0.1:8402].
+    #[arg(long, env = "X402_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Base URL of the upstream API [config: upstream; default http://127.0.0.1:8080].
+    #[arg(long, env = "X402_UPSTREAM")]
+    upstream: Option<String>,
+    /// Bearer token of the /admin endpoints [config: admin_token; default none = disabled].
+    #[arg(long, env = "X402_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gateway in front of the upstream API (the default).
-    Run,
+    Run {
+        #[command(flatten)]
+        overrides: Overrides,
+    },
     /// Check the effective configuration (after overrides) as `run` does, print it as TOML and
     /// exit.
-    Config,
-    /// Run a watchtower: take vouchers pushed by provider nodes and, if a payer starts an
-    /// exit, settle the best one before the challenge period ends. Uses --listen (default
-    /// 127.0.0.1:8403), --data-dir (default x402-watcher), --rpc-url and --contract.
-    Watch(WatchArgs),
+    Config {
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Run a watchtower (as the `x402-watcher` binary does): take vouchers pushed by provider
+    /// nodes and, if a payer starts an exit, settle the best one before the challenge period
+    /// ends. --config names the watcher's own TOML file; --listen, --data-dir, --rpc-url and
+    /// --contract given before `watch` apply to it unless given after.
+    Watch {
+        #[command(flatten)]
+        overrides: x402_node::watcher::cli::Overrides,
+    },
     /// Catch up with the chain and run one settlement round now, then exit. The gateway must
     /// not be running on the same data_dir (use `POST /admin/settle` on a running gateway).
     Settle {
@@ -77,74 +102,20 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        overrides: ChainOverrides,
     },
-}
-
-/// Settings of `x402-node watch`.
-#[derive(Debug, clap::Args)]
-struct WatchArgs {
-    /// Bearer token provider nodes must present, at least 16 characters.
-    #[arg(long, env = "X402_WATCHER_TOKEN", hide_env_values = true)]
-    token: String,
-    /// File holding the watcher's hex private key (it pays the gas of settlements) [default:
-    /// the X402_WATCHER_KEY environment variable].
-    #[arg(long, env = "X402_WATCHER_KEY_FILE")]
-    key_file: Option<PathBuf>,
-    /// Seconds between polls of the chain.
-    #[arg(long, default_value_t = 4)]
-    poll_interval_secs: u64,
-    /// Seconds to leave the provider to settle an exit by itself before the watcher does
-    /// (capped at half the challenge period).
-    #[arg(long, default_value_t = 0)]
-    submit_delay_secs: u64,
-}
-
-impl WatchArgs {
-    fn config(
-        self,
-        overrides: &WatchDefaults,
-        config: &Config,
-    ) -> eyre::Result<(WatcherConfig, PrivateKeySigner)> {
-        let raw = match &self.key_file {
-            Some(path) => std::fs::read_to_string(path)
-                .wrap_err_with(|| format!("cannot read the watcher key file {}", path.display()))?,
-            None => std::env::var("X402_WATCHER_KEY")
-                .map_err(|_| eyre::eyre!("the watcher needs a key: set X402_WATCHER_KEY or --key-file"))?,
-        };
-        // Never echo the key material.
-        let key: PrivateKeySigner =
-            raw.trim().parse().map_err(|_| eyre::eyre!("the watcher key is not a valid hex private key"))?;
-        let defaults = WatcherConfig::default();
-        let watcher = WatcherConfig {
-            listen: overrides.listen.unwrap_or(defaults.listen),
-            data_dir: overrides.data_dir.clone().unwrap_or(defaults.data_dir.clone()),
-            rpc_url: config.chain.rpc_url.clone(),
-            chain_id: config.chain.chain_id,
-            contract: config.chain.contract.ok_or_else(|| eyre::eyre!("the watcher needs --contract"))?,
-            token: self.token,
-            poll_interval: std::time::Duration::from_secs(self.poll_interval_secs.max(1)),
-            submit_delay: std::time::Duration::from_secs(self.submit_delay_secs),
-            ..defaults
-        };
-        Ok((watcher, key))
-    }
-}
-
-/// The watcher's own listen address and store, when given.
-#[derive(Debug)]
-struct WatchDefaults {
-    listen: Option<std::net::SocketAddr>,
-    data_dir: Option<PathBuf>,
 }
 
 impl Overrides {
     fn apply(self, c: &mut Config) {
-        if let Some(v) = self.listen {
-            c.listen = v;
-        }
-        if let Some(v) = self.upstream {
-            c.upstream = v;
-        }
+        self.chain.apply(c);
+        self.gateway.apply(c);
+    }
+}
+
+impl ChainOverrides {
+    fn apply(self, c: &mut Config) {
         if let Some(v) = self.rpc_url {
             c.chain.rpc_url = v;
         }
@@ -160,36 +131,81 @@ impl Overrides {
         if let Some(v) = self.min_challenge_period {
             c.payment.min_challenge_period = v;
         }
-        if let Some(v) = self.admin_token {
-            c.admin_token = Some(v);
-        }
         if let Some(v) = self.provider_key_file {
             c.provider.key_file = Some(v);
         }
     }
 }
 
-#[tokio::main]
-async fn main() -> eyre::Result<()> {
+impl GatewayOverrides {
+    fn apply(self, c: &mut Config) {
+        if let Some(v) = self.listen {
+            c.listen = v;
+        }
+        if let Some(v) = self.upstream {
+            c.upstream = v;
+        }
+        if let Some(v) = self.admin_token {
+            c.admin_token = Some(v);
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        // No colour codes in a log file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let mut config = match &cli.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    let watch_defaults =
-        WatchDefaults { listen: cli.overrides.listen, data_dir: cli.overrides.data_dir.clone() };
-    cli.overrides.apply(&mut config);
-    match cli.command.unwrap_or(Command::Run) {
-        Command::Watch(args) => {
-            let (watcher, key) = args.config(&watch_defaults, &config)?;
-            x402_node::watcher::run(watcher, key, x402_node::shutdown_signal()).await
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The error is this binary's last word, on stderr: its message and causes, without
+            // a debug report's source locations.
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("{}", x402_node::watcher::cli::error_report(&*e));
+            }
+            std::process::ExitCode::FAILURE
         }
-        Command::Run => x402_node::gateway::run(config, x402_node::shutdown_signal()).await,
-        Command::Settle { force, json } => {
+    }
+}
+
+#[tokio::main]
+async fn run(cli: Cli) -> eyre::Result<()> {
+    // The flags before the command are the gateway's (the default command is `run`).
+    let (top, command) = (cli.overrides, cli.command);
+    // The node's file, then the flags before the command, then the command's own.
+    let load = |top: Overrides| -> eyre::Result<Config> {
+        let mut config = match &cli.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        top.apply(&mut config);
+        Ok(config)
+    };
+    match command {
+        None => x402_node::gateway::run(load(top)?, x402_node::shutdown_signal()).await,
+        Some(Command::Run { overrides }) => {
+            let mut config = load(top)?;
+            overrides.apply(&mut config);
+            x402_node::gateway::run(config, x402_node::shutdown_signal()).await
+        }
+        Some(Command::Watch { mut overrides }) => {
+            // The flags before `watch` apply to the watcher too, unless it has its own.
+            overrides.listen = overrides.listen.or(top.gateway.listen);
+            overrides.data_dir = overrides.data_dir.or(top.chain.data_dir);
+            overrides.rpc_url = overrides.rpc_url.or(top.chain.rpc_url);
+            overrides.contract = overrides.contract.or(top.chain.contract);
+            // The watcher's own configuration: its file, then the flags.
+            let (watcher, key) = x402_node::watcher::cli::load(cli.config.as_deref(), overrides)?;
+            x402_node::watcher::run(watcher, key, x402_node::shutdown_signal()).await?;
+            Ok(())
+        }
+        Some(Command::Settle { force, json, overrides }) => {
+            let mut config = load(top)?;
+            overrides.apply(&mut config);
             let report = x402_node::gateway::settle_once(config, force).await?;
             let text = if json {
                 serde_json::to_string_pretty(&report).wrap_err("cannot render the report")?
@@ -203,7 +219,9 @@ async fn main() -> eyre::Result<()> {
             }
             Ok(())
         }
-        Command::Config => {
+        Some(Command::Config { overrides }) => {
+            let mut config = load(top)?;
+            overrides.apply(&mut config);
             // The same checks as `run` makes before it starts.
             config.validate()?;
             let mut shown = config.clone();

@@ -3,26 +3,30 @@
 //!
 //! Only channels that pay this provider in its token on its terms are relayed, and each one is
 //! simulated first, so a bad signature, a used permit or a short balance costs the relay no gas.
-//! The relay key is separate from the provider's key: the settler's crash-safe nonce handling
-//! owns that key's transactions, and a second sender on it would race for nonces.
+//! Transactions go through the durable [`TxSender`] (stored before broadcast, replaced with
+//! higher fees when stuck, due before the authorisation expires). The relay key is separate
+//! from the provider's key: the settler's sender owns that key's nonces, and a second sender
+//! on it would race for them.
 
 use std::sync::Arc;
 
 use alloy::{
-    network::{EthereumWallet, TransactionBuilder},
+    network::TransactionBuilder,
     primitives::{Address, U256},
-    providers::{DynProvider, Provider, ProviderBuilder},
+    providers::{DynProvider, Provider},
     rpc::types::TransactionRequest,
     signers::local::PrivateKeySigner,
 };
 use axum::{Json, Router, extract::State, response::IntoResponse, routing::post};
 use bytes::Bytes;
 use tracing::{info, warn};
+use x402_chain::{Outcome, SenderConfig, TxSender};
 use x402_protocol::{
     bindings::IPaymentChannel,
     open::{GaslessOpen, OPEN_PATH, OpenResponse},
     wire::ErrorCode,
 };
+use x402_store::KvStore;
 
 use crate::{Refusal, Terms};
 
@@ -30,17 +34,29 @@ use crate::{Refusal, Terms};
 /// something a payer could still use elsewhere much later. 1 day.
 const MAX_AUTHORIZATION_LIFETIME: u64 = 86_400;
 
+/// How long a request waits for its open to be mined; the sender keeps at it afterwards.
+const RECEIPT_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Submits gasless opens for one provider.
-#[derive(Clone)]
-pub struct Relay {
+pub struct Relay<S> {
     chain: DynProvider,
     relayer: Address,
     terms: Terms,
-    /// One send at a time: the wallet's nonce is read from the pending pool per send.
-    sending: Arc<tokio::sync::Mutex<()>>,
+    sender: Arc<TxSender<S>>,
 }
 
-impl std::fmt::Debug for Relay {
+impl<S> Clone for Relay<S> {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            relayer: self.relayer,
+            terms: self.terms.clone(),
+            sender: Arc::clone(&self.sender),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for Relay<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Relay")
             .field("relayer", &self.relayer)
@@ -49,17 +65,35 @@ impl std::fmt::Debug for Relay {
     }
 }
 
-impl Relay {
-    /// A relay sending from `key` through the RPC at `rpc_url`, for channels on `terms`.
-    pub fn new(rpc_url: &str, key: PrivateKeySigner, terms: Terms) -> eyre::Result<Self> {
+impl<S: KvStore> Relay<S> {
+    /// A relay sending from `key` through the RPC at `rpc_url`, for channels on `terms`,
+    /// keeping its transactions in flight in `store`. Opens left in flight by an earlier run
+    /// are resolved in the background.
+    pub fn new(
+        rpc_url: &str,
+        key: PrivateKeySigner,
+        terms: Terms,
+        store: Arc<S>,
+    ) -> Result<Self, x402_chain::ChainError> {
         let relayer = key.address();
-        // Calls time out, so a hung endpoint cannot hold the relay's send lock forever.
-        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?;
-        let chain = ProviderBuilder::new()
-            .wallet(EthereumWallet::from(key))
-            .connect_reqwest(http, rpc_url.parse().map_err(|e| eyre::eyre!("invalid chain.rpc_url: {e}"))?)
-            .erased();
-        Ok(Self { chain, relayer, terms, sending: Arc::new(tokio::sync::Mutex::new(())) })
+        // Calls time out, so a hung endpoint cannot hold the relay's nonce forever.
+        let chain = x402_chain::rpc::http_provider(rpc_url, std::time::Duration::from_secs(30))?;
+        let sender = TxSender::new(chain.clone(), key, terms.chain_id, store, SenderConfig::DEFAULT, "relay");
+        let relay = Self { chain, relayer, terms, sender: Arc::new(sender) };
+        for record in relay.sender.in_flight()? {
+            relay.resolve_later(record);
+        }
+        Ok(relay)
+    }
+
+    /// Keeps waiting for `record` in the background, replacing it if it is stuck.
+    fn resolve_later(&self, record: x402_chain::TxRecord) {
+        let sender = Arc::clone(&self.sender);
+        tokio::spawn(async move {
+            if let Err(e) = sender.wait(record).await {
+                warn!(target: "node::relay", error = %e, "cannot resolve a relayed open; retried at the next start");
+            }
+        });
     }
 
     /// The relay's address (it pays the gas).
@@ -96,21 +130,34 @@ impl Relay {
         if let Err(e) = self.chain.call(tx.clone()).await {
             return Err(Refusal::new(
                 ErrorCode::InvalidPayload,
-                format!("the contract refuses this open: {}", revert(&e)),
+                format!(
+                    "the contract refuses this open: {}",
+                    x402_protocol::revert::of_transport_error(&e).unwrap_or_else(|| e.to_string())
+                ),
             ));
         }
-        // Only the send takes the lock (the wallet reads the nonce from the pending pool);
-        // waiting for the receipt does not hold up other opens.
-        let sending = self.sending.lock().await;
-        let pending = self.chain.send_transaction(tx).await.map_err(unavailable)?;
-        drop(sending);
-        let hash = *pending.tx_hash();
-        info!(target: "node::relay", channel = %id, payer = %open.payer(), kind = open.authorization.kind(), %hash, "relaying a gasless open");
-        let receipt = pending
-            .with_timeout(Some(std::time::Duration::from_secs(120)))
-            .get_receipt()
-            .await
-            .map_err(unavailable)?;
+        // The open must be mined before the authorisation expires.
+        let context = serde_json::json!({ "channel": id });
+        let record = self.sender.send(tx, context, Some(expires)).await.map_err(unavailable)?;
+        let first = record.versions.first().map(|v| v.hash).unwrap_or_default();
+        info!(target: "node::relay", channel = %id, payer = %open.payer(), kind = open.authorization.kind(), hash = %first, "relaying a gasless open");
+        let receipt = match self.sender.wait_for(record, Some(RECEIPT_WAIT)).await.map_err(unavailable)? {
+            Outcome::Mined { receipt, .. } => receipt,
+            Outcome::Pending(record) => {
+                self.resolve_later(record);
+                return Err(Refusal::new(
+                    ErrorCode::Unavailable,
+                    format!("the open transaction {first} is not mined yet; it is still being sent"),
+                ));
+            }
+            Outcome::Replaced(_) => {
+                return Err(Refusal::new(
+                    ErrorCode::Unavailable,
+                    "the relay's nonce was used by another transaction; submit the open again",
+                ));
+            }
+        };
+        let hash = receipt.transaction_hash;
         if !receipt.status() {
             warn!(target: "node::relay", channel = %id, %hash, "gasless open reverted");
             return Err(Refusal::new(
@@ -162,25 +209,12 @@ fn unavailable(e: impl std::fmt::Display) -> Refusal {
     Refusal::new(ErrorCode::Unavailable, format!("chain: {e}"))
 }
 
-/// The contract's custom error, decoded when it is one of `IPaymentChannel`'s.
-fn revert(e: &alloy::transports::TransportError) -> String {
-    use alloy::sol_types::SolInterface;
-    let decoded = e
-        .as_error_resp()
-        .and_then(|r| r.as_revert_data())
-        .and_then(|data| IPaymentChannel::IPaymentChannelErrors::abi_decode(&data).ok());
-    match decoded {
-        Some(err) => format!("{err:?}"),
-        None => e.to_string(),
-    }
-}
-
 /// The relay endpoint, `POST` [`OPEN_PATH`].
-pub fn open_router(relay: Relay) -> Router {
+pub fn open_router<S: KvStore>(relay: Relay<S>) -> Router {
     Router::new().route(OPEN_PATH, post(open_channel)).with_state(relay)
 }
 
-async fn open_channel(State(relay): State<Relay>, body: Bytes) -> axum::response::Response {
+async fn open_channel<S: KvStore>(State(relay): State<Relay<S>>, body: Bytes) -> axum::response::Response {
     let open: GaslessOpen = match serde_json::from_slice(&body) {
         Ok(open) => open,
         Err(e) => {

@@ -21,7 +21,7 @@
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use alloy::{
-    network::{EthereumWallet, NetworkTransactionBuilder, TransactionBuilder, eip2718::Encodable2718},
+    network::TransactionBuilder,
     primitives::{Address, B256, Bytes, U256},
     providers::Provider,
     rpc::types::{TransactionReceipt, TransactionRequest},
@@ -32,6 +32,8 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::{info, warn};
+pub use x402_chain::sender::CrashPoint;
+use x402_chain::{Outcome, SenderConfig, TxRecord, TxSender, error::rpc};
 use x402_protocol::bindings::IPaymentChannel::{self, Claim};
 use x402_store::KvStore;
 
@@ -42,17 +44,15 @@ use crate::{
     unix_now,
 };
 
-/// The store namespace of settlement transactions in flight, keyed by account nonce.
-pub const SETTLEMENTS: &str = "settlements";
 /// Simulations in flight at once.
 const SIMULATION_CONCURRENCY: usize = 8;
 
 /// Errors of a settlement round.
 #[derive(Debug, thiserror::Error)]
 pub enum SettleError {
-    /// The RPC failed.
+    /// The RPC failed, or the sender could not store or sign the transaction.
     #[error(transparent)]
-    Chain(#[from] ChainError),
+    Chain(ChainError),
     /// Reading or updating channel records failed.
     #[error("{0}")]
     Node(#[from] Refusal),
@@ -62,21 +62,18 @@ pub enum SettleError {
     /// A stored in-flight transaction is corrupt.
     #[error("corrupt settlement record: {0}")]
     Codec(#[from] serde_json::Error),
-    /// Signing the transaction failed.
-    #[error("cannot sign the settlement transaction: {0}")]
-    Sign(String),
     /// A test stopped the round here, as a crash would (`test-utils` only).
     #[error("injected crash at {0:?}")]
     InjectedCrash(CrashPoint),
 }
 
-/// Where a test may make a round stop as if the node had been killed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CrashPoint {
-    /// After the transaction was stored, before it was broadcast.
-    BeforeBroadcast,
-    /// After it was broadcast, before its receipt was seen.
-    AfterBroadcast,
+impl From<ChainError> for SettleError {
+    fn from(e: ChainError) -> Self {
+        match e {
+            ChainError::InjectedCrash(point) => Self::InjectedCrash(point),
+            e => Self::Chain(e),
+        }
+    }
 }
 
 /// When the node settles, and how much it may spend doing so.
@@ -110,8 +107,8 @@ impl Default for SettlementPolicy {
             max_batch: 100,
             max_fee_per_gas: None,
             interval: Duration::from_secs(60),
-            resend_after: Duration::from_secs(60),
-            receipt_poll: Duration::from_millis(500),
+            resend_after: SenderConfig::DEFAULT.resend_after,
+            receipt_poll: SenderConfig::DEFAULT.receipt_poll,
         }
     }
 }
@@ -244,25 +241,11 @@ pub fn plan(records: &[ChannelRecord], policy: &SettlementPolicy, now: u64, forc
     Plan { close, settle, wake_at }
 }
 
-/// A signed transaction as broadcast.
+/// What the sender keeps with a settlement transaction, to finish it after a restart.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct SentTx {
-    hash: B256,
-    raw: Bytes,
-    max_fee_per_gas: u128,
-    max_priority_fee_per_gas: u128,
-    sent_at: u64,
-}
-
-/// A settlement transaction in flight: every signed version of it (fee bumps share the
-/// nonce), stored before the first broadcast.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct InFlight {
+struct BatchContext {
     kind: BatchKind,
-    nonce: u64,
-    request: TransactionRequest,
     channels: Vec<B256>,
-    txs: Vec<SentTx>,
 }
 
 /// The outcome of one batch transaction.
@@ -308,37 +291,84 @@ pub struct RoundReport {
 #[derive(Debug)]
 pub struct Settler<S> {
     engine: Engine<S, RpcChain>,
-    wallet: EthereumWallet,
+    sender: Arc<TxSender<S>>,
     address: Address,
-    chain_id: u64,
     policy: SettlementPolicy,
     round: tokio::sync::Mutex<()>,
     wake: Notify,
-    crash: Option<CrashPoint>,
+    /// Whether the transactions of other users of the payee's key left in flight by an earlier
+    /// run have been resolved (the first round does it).
+    leftovers_resolved: std::sync::atomic::AtomicBool,
 }
 
 impl<S: KvStore> Settler<S> {
     /// A settler for `engine`'s channels, paying gas from `key` (the payee's key).
     pub fn new(engine: Engine<S, RpcChain>, key: PrivateKeySigner, policy: SettlementPolicy) -> Self {
-        let address = key.address();
-        let chain_id = engine.terms().chain_id;
+        let sender = Arc::new(Self::sender_for(&engine, key, &policy));
+        Self::with_sender(engine, sender, policy)
+    }
+
+    /// The durable sender of `key`'s transactions the settler would use. Every part of the node
+    /// sending from the payee's key (the settler, the `exact` scheme's transfers) shares one, so
+    /// that one sender owns the account's nonces.
+    pub fn sender_for(
+        engine: &Engine<S, RpcChain>,
+        key: PrivateKeySigner,
+        policy: &SettlementPolicy,
+    ) -> TxSender<S> {
+        let sender = TxSender::new(
+            engine.chain().provider().clone(),
+            key,
+            engine.terms().chain_id,
+            Arc::clone(engine.store()),
+            SenderConfig {
+                resend_after: policy.resend_after,
+                receipt_poll: policy.receipt_poll,
+                ..SenderConfig::DEFAULT
+            },
+            "settler",
+        );
+        // Exported on the node's /metrics (the alert of a missed deadline among them). A second
+        // settler on the same engine keeps the first one's counters registered.
+        for collector in sender.metrics().collectors() {
+            let _ = engine.metrics().register(collector);
+        }
+        sender
+    }
+
+    /// A settler for `engine`'s channels sending through `sender` (shared with the other users
+    /// of the payee's key).
+    pub fn with_sender(
+        engine: Engine<S, RpcChain>,
+        sender: Arc<TxSender<S>>,
+        policy: SettlementPolicy,
+    ) -> Self {
+        let address = sender.address();
         Self {
             engine,
-            wallet: EthereumWallet::from(key),
+            sender,
             address,
-            chain_id,
             policy,
             round: tokio::sync::Mutex::new(()),
             wake: Notify::new(),
-            crash: None,
+            leftovers_resolved: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// Makes rounds stop at `point` as if the node had been killed there.
     #[cfg(any(test, feature = "test-utils"))]
-    pub const fn crash_at(mut self, point: Option<CrashPoint>) -> Self {
-        self.crash = point;
+    pub fn crash_at(mut self, point: Option<CrashPoint>) -> Self {
+        self.sender = Arc::new(
+            Arc::try_unwrap(self.sender)
+                .unwrap_or_else(|_| panic!("crash_at before the sender is shared"))
+                .crash_at(point),
+        );
         self
+    }
+
+    /// The sender of the settlement transactions (its counters, its account).
+    pub fn sender(&self) -> &Arc<TxSender<S>> {
+        &self.sender
     }
 
     /// The policy.
@@ -382,9 +412,23 @@ impl<S: KvStore> Settler<S> {
     pub async fn round(&self, force: bool) -> Result<RoundReport, SettleError> {
         let _exclusive = self.round.lock().await;
         let mut report = RoundReport::default();
-        for record in self.in_flight()? {
-            report.batches.push(self.await_mined(record, true).await?);
+        for record in self.sender.in_flight()? {
+            if serde_json::from_value::<BatchContext>(record.context.clone()).is_err() {
+                // Another user of the payee's key (an `exact` transfer) sent it. One left by an
+                // earlier run is resolved in the first round, only so that it leaves the outbox;
+                // later ones are being waited for by their sender.
+                if self.leftovers_resolved.load(std::sync::atomic::Ordering::Relaxed) {
+                    continue;
+                }
+                info!(target: "node::settle", nonce = record.nonce, "resolving another transaction of the payee's key left in flight");
+                self.sender.wait(record).await?;
+                continue;
+            }
+            info!(target: "node::settle", nonce = record.nonce, versions = record.versions.len(), "resolving a settlement left in flight");
+            let outcome = self.sender.wait(record).await?;
+            report.batches.push(self.settled(outcome, true).await?);
         }
+        self.leftovers_resolved.store(true, std::sync::atomic::Ordering::Relaxed);
 
         let now = unix_now();
         let records = self.engine.due_channels().await?;
@@ -393,7 +437,7 @@ impl<S: KvStore> Settler<S> {
         if close.is_empty() && settle.is_empty() {
             return Ok(report);
         }
-        let fees = self.provider().estimate_eip1559_fees().await.map_err(rpc)?;
+        let fees = self.provider().estimate_eip1559_fees().await.map_err(rpc("eth_feeHistory"))?;
         if let Some(cap) = self.policy.max_fee_per_gas.filter(|cap| fees.max_fee_per_gas > *cap) {
             let margin = self.policy.exit_margin.as_secs();
             let before = close.len() + settle.len();
@@ -403,13 +447,16 @@ impl<S: KvStore> Settler<S> {
             warn!(target: "node::settle", max_fee_per_gas = fees.max_fee_per_gas, cap, postponed = report.postponed, "gas above the cap; settling only exits about to end");
         }
         for (kind, items) in [(BatchKind::Close, close), (BatchKind::Settle, settle)] {
+            // A batch carrying exits must land before the first of them ends.
+            let deadline = items.iter().map(|i| i.exit_at).filter(|at| *at != 0).min();
             let (claims, dropped) = self.simulate(kind, items).await;
             report.dropped.extend(dropped);
             if claims.is_empty() {
                 continue;
             }
-            let record = self.send(kind, claims).await?;
-            report.batches.push(self.await_mined(record, false).await?);
+            let record = self.send(kind, claims, deadline).await?;
+            let outcome = self.sender.wait(record).await?;
+            report.batches.push(self.settled(outcome, false).await?);
         }
         Ok(report)
     }
@@ -420,18 +467,6 @@ impl<S: KvStore> Settler<S> {
 
     fn contract(&self) -> IPaymentChannel::IPaymentChannelInstance<&alloy::providers::DynProvider> {
         IPaymentChannel::new(self.engine.chain().contract(), self.provider())
-    }
-
-    fn in_flight(&self) -> Result<Vec<InFlight>, SettleError> {
-        let mut records = self
-            .engine
-            .store()
-            .list(SETTLEMENTS)?
-            .into_iter()
-            .map(|(_, v)| serde_json::from_slice::<InFlight>(&v))
-            .collect::<Result<Vec<_>, _>>()?;
-        records.sort_by_key(|r| r.nonce);
-        Ok(records)
     }
 
     /// Keeps the items whose `close`/`settle` call succeeds on its own.
@@ -468,140 +503,60 @@ impl<S: KvStore> Settler<S> {
         (claims, dropped)
     }
 
-    /// Signs the batch, stores it durably, then broadcasts it.
-    async fn send(&self, kind: BatchKind, claims: Vec<(B256, Claim)>) -> Result<InFlight, SettleError> {
-        let provider = self.provider();
+    /// Hands the batch to the sender, which stores it durably before broadcasting it.
+    async fn send(
+        &self,
+        kind: BatchKind,
+        claims: Vec<(B256, Claim)>,
+        deadline: Option<u64>,
+    ) -> Result<TxRecord, SettleError> {
         let (channels, claims): (Vec<B256>, Vec<Claim>) = claims.into_iter().unzip();
         let input = match kind {
             BatchKind::Close => IPaymentChannel::closeManyCall { claims }.abi_encode(),
             BatchKind::Settle => IPaymentChannel::settleManyCall { claims }.abi_encode(),
         };
-        let nonce = provider.get_transaction_count(self.address).pending().await.map_err(rpc)?;
-        let request = TransactionRequest::default()
-            .with_from(self.address)
-            .with_to(self.engine.chain().contract())
-            .with_input(input)
-            .with_nonce(nonce)
-            .with_chain_id(self.chain_id);
-        let gas = provider.estimate_gas(request.clone()).await.map_err(rpc)?;
-        let request = request.with_gas_limit(gas.saturating_mul(5) / 4 + 20_000);
-        let fees = provider.estimate_eip1559_fees().await.map_err(rpc)?;
-        let tx = self.sign(&request, fees.max_fee_per_gas, fees.max_priority_fee_per_gas).await?;
-        let record = InFlight { kind, nonce, request, channels, txs: vec![tx] };
-        self.persist(&record).await?;
-        if self.crash == Some(CrashPoint::BeforeBroadcast) {
-            return Err(SettleError::InjectedCrash(CrashPoint::BeforeBroadcast));
-        }
-        self.broadcast(&record.txs[0]).await;
+        let request = TransactionRequest::default().with_to(self.engine.chain().contract()).with_input(input);
+        let context = serde_json::to_value(BatchContext { kind, channels })?;
+        let record = self.sender.send(request, context, deadline).await?;
         self.engine.metrics().settlement_txs.with_label_values(&[kind.as_str()]).inc();
-        info!(target: "node::settle", kind = kind.as_str(), nonce, tx = %record.txs[0].hash, channels = record.channels.len(), "settlement sent");
-        if self.crash == Some(CrashPoint::AfterBroadcast) {
-            return Err(SettleError::InjectedCrash(CrashPoint::AfterBroadcast));
-        }
         Ok(record)
     }
 
-    async fn sign(
-        &self,
-        request: &TransactionRequest,
-        max_fee: u128,
-        priority: u128,
-    ) -> Result<SentTx, SettleError> {
-        let envelope = request
-            .clone()
-            .with_max_fee_per_gas(max_fee)
-            .with_max_priority_fee_per_gas(priority)
-            .build(&self.wallet)
-            .await
-            .map_err(|e| SettleError::Sign(e.to_string()))?;
-        Ok(SentTx {
-            hash: *envelope.tx_hash(),
-            raw: Bytes::from(envelope.encoded_2718()),
-            max_fee_per_gas: max_fee,
-            max_priority_fee_per_gas: priority,
-            sent_at: unix_now(),
-        })
-    }
-
-    async fn persist(&self, record: &InFlight) -> Result<(), SettleError> {
-        let store = self.engine.store();
-        store.put(SETTLEMENTS, &record.nonce.to_be_bytes(), &serde_json::to_vec(record)?)?;
-        store.sync().await?;
-        Ok(())
-    }
-
-    /// Broadcasts a signed transaction. Errors are logged, not returned: the transaction may
-    /// already be known, mined, or replaced, which waiting for its receipt sorts out.
-    async fn broadcast(&self, tx: &SentTx) {
-        if let Err(e) = self.provider().send_raw_transaction(&tx.raw).await {
-            warn!(target: "node::settle", tx = %tx.hash, error = %e, "broadcast refused (may already be known)");
-        }
-    }
-
-    /// Waits until one version of the transaction is mined, re-broadcasting it if it was
-    /// dropped and replacing it with higher fees if it is stuck; then updates the channels.
-    async fn await_mined(&self, mut record: InFlight, recovered: bool) -> Result<BatchReport, SettleError> {
-        let provider = self.provider();
-        if recovered {
-            info!(target: "node::settle", nonce = record.nonce, txs = record.txs.len(), "resolving a settlement left in flight");
-        }
-        loop {
-            if let Some(receipt) = self.receipt(&record).await? {
-                return self.finish(record, &receipt, recovered).await;
+    /// Applies what the sender reports of a settlement transaction.
+    async fn settled(&self, outcome: Outcome, recovered: bool) -> Result<BatchReport, SettleError> {
+        match outcome {
+            Outcome::Mined { record, receipt } => {
+                let context: BatchContext = serde_json::from_value(record.context.clone())?;
+                let replacements = record.replacements();
+                self.engine
+                    .metrics()
+                    .settlement_txs
+                    .with_label_values(&[context.kind.as_str()])
+                    .inc_by(replacements as u64);
+                self.finish(context, replacements, &receipt, recovered).await
             }
-            let mined_nonce = provider.get_transaction_count(self.address).latest().await.map_err(rpc)?;
-            if mined_nonce > record.nonce {
-                // The nonce was used. The block may have landed between the receipt lookup and
-                // the nonce read, so look again before concluding that another transaction
-                // from this key replaced the batch.
-                for _ in 0..5 {
-                    if let Some(receipt) = self.receipt(&record).await? {
-                        return self.finish(record, &receipt, recovered).await;
-                    }
-                    tokio::time::sleep(self.policy.receipt_poll).await;
-                }
+            Outcome::Replaced(record) | Outcome::Pending(record) => {
+                let context: BatchContext = serde_json::from_value(record.context.clone())?;
                 warn!(target: "node::settle", nonce = record.nonce, "settlement nonce used by another transaction; the batch will be planned again");
-                return self.finish_replaced(record, recovered).await;
-            }
-            let last = record
-                .txs
-                .last()
-                .cloned()
-                .ok_or_else(|| SettleError::Sign("no signed transaction".into()))?;
-            if unix_now().saturating_sub(last.sent_at) >= self.policy.resend_after.as_secs() {
-                let fees = provider.estimate_eip1559_fees().await.map_err(rpc)?;
-                // Replacements must raise both fees by at least 10% (geth, reth); use 12.5%.
-                let bump = |old: u128| old + old / 8 + 1;
-                let max_fee = bump(last.max_fee_per_gas).max(fees.max_fee_per_gas);
-                let priority =
-                    bump(last.max_priority_fee_per_gas).max(fees.max_priority_fee_per_gas).min(max_fee);
-                let tx = self.sign(&record.request, max_fee, priority).await?;
-                record.txs.push(tx.clone());
-                self.persist(&record).await?;
-                warn!(target: "node::settle", nonce = record.nonce, tx = %tx.hash, max_fee_per_gas = max_fee, "settlement not mined in time; replaced with higher fees");
-                self.broadcast(&tx).await;
-                self.engine.metrics().settlement_txs.with_label_values(&[record.kind.as_str()]).inc();
-            } else if provider.get_transaction_by_hash(last.hash).await.map_err(rpc)?.is_none() {
-                // Dropped from the mempool (or never sent, if the node died before): send again.
-                self.broadcast(&last).await;
-            }
-            tokio::time::sleep(self.policy.receipt_poll).await;
-        }
-    }
-
-    /// The receipt of whichever version of the transaction was mined, if any.
-    async fn receipt(&self, record: &InFlight) -> Result<Option<TransactionReceipt>, SettleError> {
-        for tx in record.txs.iter().rev() {
-            if let Some(receipt) = self.provider().get_transaction_receipt(tx.hash).await.map_err(rpc)? {
-                return Ok(Some(receipt));
+                Ok(BatchReport {
+                    kind: context.kind,
+                    tx: B256::ZERO,
+                    success: false,
+                    applied: Vec::new(),
+                    skipped: Vec::new(),
+                    gas_used: 0,
+                    fee: 0,
+                    recovered,
+                    replacements: record.replacements(),
+                })
             }
         }
-        Ok(None)
     }
 
     async fn finish(
         &self,
-        record: InFlight,
+        record: BatchContext,
+        replacements: usize,
         receipt: &TransactionReceipt,
         recovered: bool,
     ) -> Result<BatchReport, SettleError> {
@@ -641,9 +596,6 @@ impl<S: KvStore> Settler<S> {
                 self.engine.apply_paid(id, paid, closed, settled_at).await?;
             }
         }
-        let store = self.engine.store();
-        store.remove(SETTLEMENTS, &record.nonce.to_be_bytes())?;
-        store.sync().await?;
         let success = receipt.status();
         self.engine.metrics().channels_settled.inc_by(applied.len() as u64);
         let report = BatchReport {
@@ -655,40 +607,16 @@ impl<S: KvStore> Settler<S> {
             gas_used: receipt.gas_used,
             fee: u128::from(receipt.gas_used) * receipt.effective_gas_price,
             recovered,
-            replacements: record.txs.len() - 1,
+            replacements,
         };
         info!(target: "node::settle", kind = record.kind.as_str(), tx = %report.tx, success, applied = report.applied.len(), skipped = report.skipped.len(), gas_used = report.gas_used, recovered, "settlement mined");
         Ok(report)
     }
-
-    async fn finish_replaced(&self, record: InFlight, recovered: bool) -> Result<BatchReport, SettleError> {
-        let store = self.engine.store();
-        store.remove(SETTLEMENTS, &record.nonce.to_be_bytes())?;
-        store.sync().await?;
-        Ok(BatchReport {
-            kind: record.kind,
-            tx: B256::ZERO,
-            success: false,
-            applied: Vec::new(),
-            skipped: Vec::new(),
-            gas_used: 0,
-            fee: 0,
-            recovered,
-            replacements: record.txs.len().saturating_sub(1),
-        })
-    }
 }
 
-fn rpc(e: impl std::fmt::Display) -> ChainError {
-    ChainError::Rpc(e.to_string())
-}
-
-/// The decoded custom error of a failed simulation, or the RPC's message.
+/// The decoded revert of a failed simulation, or the RPC's message.
 fn revert_reason(e: &alloy::contract::Error) -> String {
-    match e.as_decoded_interface_error::<IPaymentChannel::IPaymentChannelErrors>() {
-        Some(err) => format!("{err:?}"),
-        None => e.to_string(),
-    }
+    x402_protocol::revert::of_contract_error(e).unwrap_or_else(|| e.to_string())
 }
 
 #[cfg(test)]

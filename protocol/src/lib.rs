@@ -13,15 +13,19 @@
 //! - [`exact`]: the official x402 `exact` EVM scheme (EIP-3009 `transferWithAuthorization`).
 //! - [`network`]: CAIP-2 network identifiers (`eip155:<chainId>`).
 //! - [`watch`]: the push API of the watcher (watchtower) that guards channels during exits.
+//! - [`auth`]: bearer tokens of the node's and the watcher's authenticated endpoints.
+//! - [`revert`]: the one decoder of the contract's reverts.
 //!
 //! This crate has no feature flags.
 
+pub mod auth;
 pub mod bindings;
 pub mod claim;
 pub mod close;
 pub mod exact;
 pub mod network;
 pub mod open;
+pub mod revert;
 pub mod voucher;
 pub mod watch;
 pub mod wire;

@@ -319,6 +319,10 @@ async fn pay_once_confirmed(
 
 /// Builds the node's engine and settler over the data directory, as a restarted node would.
 fn node(env: &Env, data: &std::path::Path, policy: SettlementPolicy) -> Settler<SledStore> {
+    Settler::new(engine(env, data), env.provider_key.clone(), policy)
+}
+
+fn engine(env: &Env, data: &std::path::Path) -> Engine<SledStore, RpcChain> {
     let store = Arc::new(SledStore::open(data).expect("opens the store"));
     let terms = Terms {
         chain_id: env.anvil.chain_id(),
@@ -331,8 +335,7 @@ fn node(env: &Env, data: &std::path::Path, policy: SettlementPolicy) -> Settler<
         accept_contract_signers: false,
     };
     let chain = RpcChain::new(x402_e2e::provider(&env.anvil, env.provider_key.clone()), env.contract);
-    let engine = Engine::new(terms, store, chain, Metrics::new());
-    Settler::new(engine, env.provider_key.clone(), policy)
+    Engine::new(terms, store, chain, Metrics::new())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -684,4 +687,77 @@ async fn the_admin_view_agrees_with_the_chain_in_every_state() {
     assert_eq!(gw.metric(&client, "x402_channels{status=\"open\"}").await, 2.0);
     assert!(gw.metric(&client, "x402_payment_required_total").await >= 1.0);
     gw.stop().await;
+}
+
+/// A gas-price spike while an exit is pending: the settler's first `closeMany` is priced for
+/// the base fee before the spike and cannot be mined; the sender replaces it with fees the new
+/// base fee allows, and the channel is closed, paying the provider what it charged, before the
+/// exit ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_underpriced_by_a_gas_spike_is_replaced_and_lands_before_the_exit_ends() {
+    let env = Env::new().await;
+    let api = upstream().await;
+    let data = tempfile::tempdir().unwrap();
+    let config = env.gateway_config(api, data.path());
+    let client = reqwest::Client::new();
+    let chain = &env.node_chain;
+    let provider = env.provider_key.address();
+    let provider_before = env.balance(provider).await;
+    let payer = env.payer(account(&env.anvil, 2), FUNDS).await;
+    let id = payer.open(provider, DEPOSIT, 1).await;
+    let gw = Gateway::start(config).await;
+    let terms = gw.terms(&client).await;
+    for n in 1..=4 {
+        assert_eq!(gw.pay(&client, &terms, &payer.sign(id, n, n * PRICE)).await.status(), StatusCode::OK);
+    }
+    gw.stop().await;
+    payer.channels().requestExit(payer.params(id)).send().await.unwrap().get_receipt().await.unwrap();
+    let exit_at = env.channel(id).await.exitAt.to::<u64>();
+
+    let policy = SettlementPolicy {
+        resend_after: Duration::from_secs(2),
+        receipt_poll: Duration::from_millis(100),
+        ..SettlementPolicy::default()
+    };
+    let engine = engine(&env, data.path());
+    // The node learns of the exit from the chain.
+    let mut follower = x402_node::follower::Follower::new(engine.clone(), Default::default());
+    follower.poll_once().await.unwrap();
+    let settler = Arc::new(Settler::new(engine, env.provider_key.clone(), policy));
+
+    cheats::set_automine(chain, false).await.unwrap();
+    let round = tokio::spawn({
+        let settler = Arc::clone(&settler);
+        async move { settler.round(false).await }
+    });
+    let mut first = None;
+    eventually(30, "the close is sent", || {
+        let found = settler.sender().in_flight().unwrap().first().cloned();
+        let sent = found.is_some();
+        first = found;
+        async move { sent }
+    })
+    .await;
+    let v1 = first.expect("in flight").versions[0].clone();
+    cheats::set_next_base_fee(chain, v1.fees.max_fee_per_gas * 50).await.unwrap();
+    cheats::mine(chain, 1).await.unwrap();
+    assert!(
+        chain.get_transaction_receipt(v1.hash).await.unwrap().is_none(),
+        "the underpriced close was not mined"
+    );
+    cheats::set_interval_mining(chain, 1).await.unwrap();
+
+    let report = round.await.unwrap().unwrap();
+    cheats::set_interval_mining(chain, 0).await.unwrap();
+    cheats::set_automine(chain, true).await.unwrap();
+    assert_eq!(report.batches.len(), 1, "{report:?}");
+    let batch = &report.batches[0];
+    assert!(batch.success && batch.applied == [id], "{report:?}");
+    assert!(batch.replacements >= 1 && batch.tx != v1.hash, "{report:?}");
+    let receipt = chain.get_transaction_receipt(batch.tx).await.unwrap().expect("mined");
+    let block = chain.get_block_by_number(receipt.block_number.unwrap().into()).await.unwrap().unwrap();
+    assert!(block.header.timestamp < exit_at, "landed before the exit ends");
+    assert!(receipt.effective_gas_price > v1.fees.max_fee_per_gas, "paid the spiked base fee");
+    assert_eq!(env.balance(provider).await - provider_before, U256::from(4 * PRICE));
+    assert!(settler.sender().in_flight().unwrap().is_empty());
 }

@@ -146,6 +146,10 @@ async fn watcher_settles_the_best_voucher_when_the_payer_exits() {
     assert_eq!(listed[0].status, WatchedStatus::Exiting);
     assert_eq!(listed[0].paid, U256::from(3_000));
     assert!(listed[0].last_tx.is_some());
+    // The sender's counters, the missed-deadline alert among them, are exported.
+    let metrics = reqwest::get(format!("{}/metrics", watcher.url)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("x402_txs_sent_total{sender=\"watcher\"} 1"), "{metrics}");
+    assert!(metrics.contains("x402_tx_missed_deadlines_total{sender=\"watcher\"} 0"), "{metrics}");
     watcher.stop().await;
 
     // After the challenge period the payer withdraws the rest.
@@ -180,7 +184,7 @@ async fn guard_settles_late_pushes_retries_and_batches() {
 
     // A watcher account without funds: its first settlement cannot be paid for.
     let key = PrivateKeySigner::random();
-    let chain = settlement_provider(&world.env.anvil.endpoint(), key.clone()).unwrap();
+    let chain = settlement_provider(&world.env.anvil.endpoint()).unwrap();
     let store = Arc::new(MemoryStore::new());
     let new_watcher = || {
         Watcher::new(
@@ -193,7 +197,7 @@ async fn guard_settles_late_pushes_retries_and_batches() {
         .unwrap()
     };
     let watcher = new_watcher();
-    let guard = Guard::new(watcher.clone(), chain.clone(), key.address(), GuardSettings::default());
+    let guard = Guard::new(watcher.clone(), chain.clone(), key.clone(), GuardSettings::default());
     let push = |vouchers: Vec<WatchedVoucher>| {
         let watcher = watcher.clone();
         async move {
@@ -254,7 +258,7 @@ async fn guard_settles_late_pushes_retries_and_batches() {
     // A restarted watcher re-reads every open channel and knows where it stopped.
     drop(guard);
     let restarted = new_watcher();
-    let guard = Guard::new(restarted.clone(), chain.clone(), key.address(), GuardSettings::default());
+    let guard = Guard::new(restarted.clone(), chain.clone(), key.clone(), GuardSettings::default());
     let report = guard.tick().await.unwrap();
     assert_eq!(report.rechecked, 3);
     assert_eq!((report.settled.len(), report.failures), (0, 0));
@@ -272,7 +276,11 @@ async fn only_payee_authorised_claims_land_and_a_top_up_does_not_void_them() {
     let world = World::new().await;
     let id = world.open(1).await;
     let key = account(&world.env.anvil, 2);
-    let chain = settlement_provider(&world.env.anvil.endpoint(), key.clone()).unwrap();
+    // The stranger's own wallet (the watcher's reads need none).
+    let chain = alloy::providers::ProviderBuilder::new()
+        .wallet(alloy::network::EthereumWallet::from(key.clone()))
+        .connect_http(world.env.anvil.endpoint_url())
+        .erased();
     let watcher = Watcher::new(
         world.env.anvil.chain_id(),
         world.env.contract,
@@ -338,4 +346,173 @@ async fn only_payee_authorised_claims_land_and_a_top_up_does_not_void_them() {
     assert!(receipt.status());
     assert_eq!(world.paid(id).await, U256::from(1_000));
     assert_eq!(world.env.balance(world.env.provider_key.address()).await, U256::from(1_000));
+}
+
+/// A gas-price spike while an exit is pending: the watcher's first claim is priced for the
+/// base fee before the spike and cannot be mined; the sender replaces it with fees the new
+/// base fee allows, and the claim lands, for exactly the charge, before the exit ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_underpriced_by_a_gas_spike_is_replaced_and_lands_before_the_exit_ends() {
+    let world = World::new().await;
+    let id = world.open(1).await;
+    let key = account(&world.env.anvil, 2);
+    let chain = settlement_provider(&world.env.anvil.endpoint()).unwrap();
+    let watcher = Watcher::new(
+        world.env.anvil.chain_id(),
+        world.env.contract,
+        TOKEN,
+        Arc::new(MemoryStore::new()),
+        RpcChain::new(chain.clone(), world.env.contract),
+    )
+    .unwrap();
+    let settings = GuardSettings {
+        sender: x402_chain::SenderConfig {
+            resend_after: Duration::from_secs(2),
+            receipt_poll: Duration::from_millis(100),
+            ..x402_chain::SenderConfig::DEFAULT
+        },
+        receipt_timeout: Duration::from_secs(60),
+        ..GuardSettings::default()
+    };
+    let guard = Arc::new(Guard::new(watcher.clone(), chain.clone(), key, settings));
+    let pushed = world.claim(id, 3, 4_000, 3_000);
+    assert_eq!(
+        watcher.watch(WatchRequest { vouchers: vec![pushed] }).await.unwrap().results[0].outcome,
+        WatchOutcome::Stored
+    );
+    guard.tick().await.unwrap();
+    world.request_exit(id).await;
+    let exit_at = world.env.channel(id).await.exitAt.to::<u64>();
+
+    // Blocks are mined only on demand: the claim waits in the mempool.
+    cheats::set_automine(&chain, false).await.unwrap();
+    let round = tokio::spawn({
+        let guard = Arc::clone(&guard);
+        async move { guard.tick().await }
+    });
+    let mut first = None;
+    eventually(30, "the claim is sent", || {
+        let found = guard.sender().in_flight().unwrap().first().cloned();
+        let sent = found.is_some();
+        first = found;
+        async move { sent }
+    })
+    .await;
+    let first = first.expect("in flight");
+    let v1 = first.versions[0].clone();
+    // The spike: the next block's base fee is 50 times what the claim may pay.
+    cheats::set_next_base_fee(&chain, v1.fees.max_fee_per_gas * 50).await.unwrap();
+    cheats::mine(&chain, 1).await.unwrap();
+    assert!(
+        chain.get_transaction_receipt(v1.hash).await.unwrap().is_none(),
+        "the underpriced claim was not mined"
+    );
+    cheats::set_interval_mining(&chain, 1).await.unwrap();
+
+    let report = round.await.unwrap().unwrap();
+    cheats::set_interval_mining(&chain, 0).await.unwrap();
+    cheats::set_automine(&chain, true).await.unwrap();
+    assert_eq!(report.settled.len(), 1, "{report:?}");
+    let settled = &report.settled[0];
+    assert_eq!((settled.channel_id, settled.paid), (id, U256::from(3_000)));
+    assert_ne!(settled.tx, v1.hash, "a replacement was mined, not the underpriced claim");
+    assert!(guard.sender().metrics().replaced.get() >= 1);
+    let receipt = chain.get_transaction_receipt(settled.tx).await.unwrap().expect("mined");
+    let block = chain.get_block_by_number(receipt.block_number.unwrap().into()).await.unwrap().unwrap();
+    assert!(block.header.timestamp < exit_at, "landed before the exit ends");
+    assert!(receipt.effective_gas_price > v1.fees.max_fee_per_gas, "paid the spiked base fee");
+    assert_eq!(world.paid(id).await, U256::from(3_000));
+    assert!(guard.sender().in_flight().unwrap().is_empty(), "nothing left in flight");
+    assert_eq!(guard.sender().metrics().missed_deadline.get(), 0);
+}
+
+/// Chain faults during an exit, through a TCP proxy in front of the watcher's RPC: while the
+/// endpoint is cut or hangs, rounds fail fast (the RPC timeout) and nothing is lost; a claim
+/// already sent when the endpoint is cut is found in flight and resolved once it is back, not
+/// sent again; with slow answers the guard still settles, before the exit ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guard_rides_out_a_cut_hung_and_slow_rpc_during_an_exit() {
+    use crate::proxy::{Mode, RpcProxy};
+
+    let world = World::new().await;
+    let (a, b) = (world.open(1).await, world.open(2).await);
+    let key = account(&world.env.anvil, 2);
+    let proxy = RpcProxy::start(&world.env.anvil.endpoint()).await;
+    let chain = x402_chain::rpc::http_provider(&proxy.url(), Duration::from_secs(2)).unwrap();
+    let direct = &world.payer.chain;
+    let watcher = Watcher::new(
+        world.env.anvil.chain_id(),
+        world.env.contract,
+        TOKEN,
+        Arc::new(MemoryStore::new()),
+        RpcChain::new(chain.clone(), world.env.contract),
+    )
+    .unwrap();
+    let settings = GuardSettings {
+        sender: x402_chain::SenderConfig {
+            resend_after: Duration::from_secs(2),
+            receipt_poll: Duration::from_millis(100),
+            ..x402_chain::SenderConfig::DEFAULT
+        },
+        receipt_timeout: Duration::from_secs(20),
+        ..GuardSettings::default()
+    };
+    let guard = Arc::new(Guard::new(watcher.clone(), chain.clone(), key, settings));
+    let pushed = vec![world.claim(a, 2, 3_000, 2_500), world.claim(b, 1, 1_000, 1_000)];
+    let response = watcher.watch(WatchRequest { vouchers: pushed }).await.unwrap();
+    assert!(response.results.iter().all(|r| r.outcome == WatchOutcome::Stored));
+    guard.tick().await.unwrap();
+    world.request_exit(a).await;
+    let exit_at = world.env.channel(a).await.exitAt.to::<u64>();
+
+    // Cut: the round fails at once; hung: it fails after the RPC timeout, not never.
+    proxy.set_mode(Mode::Cut);
+    assert!(guard.tick().await.is_err());
+    proxy.set_mode(Mode::Hang);
+    let started = std::time::Instant::now();
+    assert!(guard.tick().await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(15), "a hung RPC held the round {:?}", started.elapsed());
+    assert_eq!(world.paid(a).await, U256::ZERO);
+
+    // Back, but the claim is sent just before the endpoint is cut again: the round cannot
+    // follow it, and the claim is mined meanwhile.
+    proxy.set_mode(Mode::Open);
+    cheats::set_automine(direct, false).await.unwrap();
+    let round = tokio::spawn({
+        let guard = Arc::clone(&guard);
+        async move { guard.tick().await }
+    });
+    eventually(30, "the claim is sent", || {
+        let sent = !guard.sender().in_flight().unwrap().is_empty();
+        async move { sent }
+    })
+    .await;
+    proxy.set_mode(Mode::Cut);
+    cheats::mine(direct, 1).await.unwrap();
+    cheats::set_automine(direct, true).await.unwrap();
+    let report = round.await.unwrap().unwrap();
+    assert!(report.settled.is_empty() && report.failures > 0, "{report:?}");
+    assert_eq!(world.paid(a).await, U256::from(2_500), "mined while the watcher could not see it");
+    assert_eq!(guard.sender().in_flight().unwrap().len(), 1, "still in flight for the watcher");
+
+    // Slow answers: the next round resolves the claim in flight (reported, not sent again),
+    // then settles b's exit too.
+    proxy.set_mode(Mode::Open);
+    proxy.set_delay(Duration::from_millis(300));
+    let sent_before = guard.sender().metrics().sent.get();
+    let report = guard.tick().await.unwrap();
+    assert_eq!(
+        report.settled.iter().map(|s| (s.channel_id, s.paid)).collect::<Vec<_>>(),
+        [(a, U256::from(2_500))]
+    );
+    assert_eq!(guard.sender().metrics().sent.get(), sent_before, "resolved, not sent again");
+    assert!(guard.sender().in_flight().unwrap().is_empty());
+    world.request_exit(b).await;
+    let report = guard.tick().await.unwrap();
+    assert_eq!(
+        report.settled.iter().map(|s| (s.channel_id, s.paid)).collect::<Vec<_>>(),
+        [(b, U256::from(1_000))]
+    );
+    assert_eq!((world.paid(a).await, world.paid(b).await), (U256::from(2_500), U256::from(1_000)));
+    assert!(cheats::now(direct).await.unwrap() < exit_at);
 }

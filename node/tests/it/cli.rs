@@ -44,6 +44,39 @@ fn help_documents_every_option_with_defaults() {
     }
 }
 
+/// Each command's help lists its own flags, with the defaults that apply to it.
+#[test]
+fn subcommand_help_lists_only_its_own_flags() {
+    let help = |command: &str| {
+        let out = node().args([command, "--help"]).output().expect("runs");
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let watch = help("watch");
+    for own in [
+        "--listen",
+        "--data-dir",
+        "--rpc-url",
+        "--contract",
+        "--token",
+        "--key-file",
+        "127.0.0.1:8403",
+        "x402-watcher",
+    ] {
+        assert!(watch.contains(own), "watch --help lists {own}:\n{watch}");
+    }
+    for foreign in ["--upstream", "--asset", "--admin-token", "--provider-key-file", "8402", "x402-data"] {
+        assert!(!watch.contains(foreign), "watch --help does not list {foreign}:\n{watch}");
+    }
+    let settle = help("settle");
+    for own in ["--force", "--contract", "--rpc-url", "--provider-key-file", "--data-dir"] {
+        assert!(settle.contains(own), "settle --help lists {own}:\n{settle}");
+    }
+    for foreign in ["--listen", "--upstream", "--admin-token", "--token"] {
+        assert!(!settle.contains(foreign), "settle --help does not list {foreign}:\n{settle}");
+    }
+}
+
 #[test]
 fn config_prints_effective_settings_with_overrides() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -84,7 +117,7 @@ fn bad_configuration_fails_with_a_message() {
         // An empty admin or watcher token is refused, not an open endpoint.
         (vec!["--contract", contract, "--admin-token", "", "run"], "admin_token: a bearer token needs"),
         (
-            vec!["--contract", contract, "watch", "--token", "", "--key-file", key_file],
+            vec!["watch", "--contract", contract, "--token", "", "--key-file", key_file],
             "a bearer token needs",
         ),
         (vec!["--config", file.to_str().expect("utf-8")], "invalid config"),
@@ -92,7 +125,15 @@ fn bad_configuration_fails_with_a_message() {
         // No contract configured.
         (vec!["run"], "chain.contract is required"),
         (vec!["settle"], "chain.contract is required"),
-        (vec!["watch", "--token", "0123456789abcdef"], "the watcher needs a key"),
+        (vec!["watch", "--contract", contract, "--token", "0123456789abcdef"], "the watcher needs a key"),
+        // The flags before `watch` apply to it.
+        (vec!["--contract", contract, "watch", "--token", "0123456789abcdef"], "the watcher needs a key"),
+        (
+            vec!["watch", "--token", "0123456789abcdef", "--key-file", key_file],
+            "contract address is required",
+        ),
+        // `watch --config` names the watcher's own file, which refuses the gateway's keys.
+        (vec!["watch", "--config", file.to_str().expect("utf-8")], "invalid configuration file"),
         // Settling needs the key.
         (
             vec!["--contract", "0x5FbDB2315678afecb367f032d93F642f64180aa3", "settle"],
@@ -104,6 +145,8 @@ fn bad_configuration_fails_with_a_message() {
         assert!(!out.status.success(), "{args:?} must fail");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        // A message for people: no source locations, no colour codes in a pipe.
+        assert!(!stderr.contains("Location:") && !stderr.contains('\u{1b}'), "{args:?}: {stderr}");
     }
 }
 

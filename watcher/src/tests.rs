@@ -21,7 +21,7 @@ use x402_protocol::{
 use x402_store::MemoryStore;
 
 use super::*;
-use crate::test_utils::{FlakyStore, MemoryChain};
+use x402_chain::test_utils::{FlakyStore, MemoryChain};
 
 const TOKEN: &str = "watcher-test-token-0123456789";
 const CHAIN_ID: u64 = 31_337;

@@ -21,8 +21,9 @@ use x402_protocol::watch::{
 };
 use x402_store::KvStore;
 
-use super::{WatchRecord, Watcher};
-use crate::chain::ChainReader;
+use x402_chain::reader::ChainReader;
+
+use crate::{WatchRecord, Watcher};
 
 /// The largest push body accepted, in bytes: room for [`MAX_VOUCHERS_PER_REQUEST`] vouchers.
 const MAX_BODY: usize = 1024 * 1024;
@@ -97,7 +98,7 @@ async fn push<S: KvStore, C: ChainReader>(
     match watcher.watch(request).await {
         Ok(response) => {
             debug!(
-                target: "node::watcher",
+                target: "watcher",
                 vouchers = count,
                 stored = response.stored(),
                 rejected = response.rejected().count(),
@@ -106,7 +107,7 @@ async fn push<S: KvStore, C: ChainReader>(
             Json(response).into_response()
         }
         Err(e) => {
-            error!(target: "node::watcher", error = %e, "cannot store pushed vouchers");
+            error!(target: "watcher", error = %e, "cannot store pushed vouchers");
             api_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ApiErrorCode::Unavailable,
@@ -128,7 +129,7 @@ async fn list<S: KvStore, C: ChainReader>(
             Json(records.iter().map(WatchRecord::summary).collect::<Vec<WatchedChannel>>()).into_response()
         }
         Err(e) => {
-            error!(target: "node::watcher", error = %e, "cannot list watched channels");
+            error!(target: "watcher", error = %e, "cannot list watched channels");
             api_error(StatusCode::SERVICE_UNAVAILABLE, ApiErrorCode::Unavailable, e.to_string())
         }
     }

@@ -20,15 +20,20 @@
 //! - [`Watcher`]: the push API's logic and the store of watched channels ([`Watcher::router`]
 //!   serves it over HTTP).
 //! - [`Guard`]: the chain follower; [`Guard::tick`] is one round, [`Guard::run`] the loop.
-//! - [`run`]: both, as the `x402-node watch` subcommand runs them.
+//! - [`run`]: both, as the `x402-watcher` binary and `x402-node watch` run them, with
+//!   `GET /metrics` (the sender's counters).
 //!
 //! Storage (its own store, not the gateway's): namespace [`WATCHED`] holds one
 //! [`WatchRecord`] per channel id; namespace [`META`] holds the deployment the store belongs
-//! to and the guard's cursor (the last block whose events it processed).
+//! to; the guard's cursor and its claims in flight are kept by `x402-chain`'s follower and
+//! sender (namespaces `follower` and `outbox`).
 //!
-//! Tracing target: `node::watcher`.
+//! Tracing targets: `watcher` (this crate), `chain::sender` and `chain::follower` (its sender and
+//! follower).
 
 mod api;
+pub mod cli;
+mod config;
 mod guard;
 
 use std::{
@@ -36,12 +41,10 @@ use std::{
 };
 
 use alloy::{
-    network::EthereumWallet,
     primitives::{Address, B256, U256},
-    providers::{DynProvider, Provider, ProviderBuilder},
+    providers::{DynProvider, Provider},
     signers::local::PrivateKeySigner,
 };
-use eyre::WrapErr;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 use x402_protocol::{
@@ -55,22 +58,25 @@ use x402_protocol::{
 };
 use x402_store::{KvStore, SledStore};
 
-pub use self::guard::{Guard, GuardSettings, Settlement, TickReport};
-use crate::{
-    auth::BearerToken,
-    chain::{ChainError, ChainReader, RpcChain},
+pub use self::{
+    config::{KEY_ENV, WatcherConfig},
+    guard::{Guard, GuardLogs, GuardSettings, Settlement, TickReport},
+};
+use x402_chain::{
+    ChainError,
     channel::{OnchainChannel, StoredVoucher},
+    reader::{ChainReader, RpcChain},
     verify::VoucherVerifier,
 };
+use x402_protocol::auth::BearerToken;
 
 /// The store namespace holding one [`WatchRecord`] (JSON) per channel id.
 pub const WATCHED: &str = "watched";
-/// The store namespace of the watcher's own metadata: deployment and cursor.
+/// The store namespace of the watcher's own metadata: the deployment.
 pub const META: &str = "watcher_meta";
-pub use crate::auth::MIN_TOKEN_LEN;
+pub use x402_protocol::auth::MIN_TOKEN_LEN;
 
 const DEPLOYMENT_KEY: &[u8] = b"deployment";
-const CURSOR_KEY: &[u8] = b"cursor";
 /// Channels are locked in stripes: a fixed set of locks, chosen by the id's first byte.
 const LOCK_STRIPES: usize = 64;
 
@@ -106,113 +112,42 @@ pub enum WatcherError {
         /// The configured contract.
         contract: Address,
     },
-    /// Reading a channel failed.
-    #[error("chain: {0}")]
+    /// Reading the chain failed.
+    #[error(transparent)]
     Chain(#[from] ChainError),
-    /// Another RPC call (head, logs, transactions) failed.
-    #[error("rpc: {0}")]
-    Rpc(String),
+    /// The configuration file cannot be read.
+    #[error("cannot read the configuration file {path}: {source}")]
+    ReadConfig {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid TOML for the watcher.
+    #[error("invalid configuration file {path}: {message}")]
+    ParseConfig {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (the parser's message, without the file's contents).
+        message: String,
+    },
+    /// The push API cannot listen or serve.
+    #[error("cannot serve on {addr}: {source}")]
+    Serve {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-/// The watcher's configuration. The watcher's key is passed to [`run`] separately.
-#[derive(Clone, PartialEq, Eq)]
-pub struct WatcherConfig {
-    /// Address of the push API. Default `127.0.0.1:8403`.
-    pub listen: SocketAddr,
-    /// Directory of the watcher's store (never the gateway's). Default `x402-watcher`.
-    pub data_dir: PathBuf,
-    /// Chain JSON-RPC URL. Default `http://127.0.0.1:8545`.
-    pub rpc_url: String,
-    /// The chain id; checked against the RPC's. Default: asked from the RPC.
-    pub chain_id: Option<u64>,
-    /// The `PaymentChannel` contract. Required.
-    pub contract: Address,
-    /// Bearer token of the push API, at least [`MIN_TOKEN_LEN`] characters. Required.
-    pub token: String,
-    /// How often the guard follows the chain. Default 4 s.
-    pub poll_interval: Duration,
-    /// How long after `requestExit` the guard leaves the provider to settle by itself before
-    /// it submits (saving the watcher's gas), capped at half of each channel's challenge
-    /// period. Default zero: submit as soon as the exit is seen.
-    pub submit_delay: Duration,
-    /// The most blocks asked for in one `eth_getLogs`. Default 2,000.
-    pub max_log_range: u64,
-    /// How long to wait for a settlement's receipt before retrying on a later round.
-    /// Default 120 s.
-    pub receipt_timeout: Duration,
-}
+/// `Result` with [`WatcherError`].
+pub type Result<T, E = WatcherError> = std::result::Result<T, E>;
 
-impl Default for WatcherConfig {
-    fn default() -> Self {
-        let guard = GuardSettings::default();
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8403)),
-            data_dir: PathBuf::from("x402-watcher"),
-            rpc_url: "http://127.0.0.1:8545".into(),
-            chain_id: None,
-            contract: Address::ZERO,
-            token: String::new(),
-            poll_interval: Duration::from_secs(4),
-            submit_delay: guard.submit_delay,
-            max_log_range: guard.max_log_range,
-            receipt_timeout: guard.receipt_timeout,
-        }
-    }
-}
-
-impl fmt::Debug for WatcherConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WatcherConfig")
-            .field("listen", &self.listen)
-            .field("data_dir", &self.data_dir)
-            .field("rpc_url", &self.rpc_url)
-            .field("chain_id", &self.chain_id)
-            .field("contract", &self.contract)
-            .field("token", &"<redacted>")
-            .field("poll_interval", &self.poll_interval)
-            .field("submit_delay", &self.submit_delay)
-            .field("max_log_range", &self.max_log_range)
-            .field("receipt_timeout", &self.receipt_timeout)
-            .finish()
-    }
-}
-
-impl WatcherConfig {
-    /// Checks that every required setting is present and sane.
-    pub fn validate(&self) -> Result<(), WatcherError> {
-        let invalid = |m: &str| Err(WatcherError::Config(m.into()));
-        if self.contract.is_zero() {
-            return invalid("the PaymentChannel contract address is required");
-        }
-        check_token(&self.token)?;
-        if self.poll_interval.is_zero() {
-            return invalid("poll_interval must be above zero");
-        }
-        if self.max_log_range == 0 {
-            return invalid("max_log_range must be at least 1");
-        }
-        if self.receipt_timeout.is_zero() {
-            return invalid("receipt_timeout must be above zero");
-        }
-        if self.rpc_url.trim().is_empty() {
-            return invalid("rpc_url is required");
-        }
-        Ok(())
-    }
-
-    /// The guard's settings.
-    pub const fn guard_settings(&self) -> GuardSettings {
-        GuardSettings {
-            max_log_range: self.max_log_range,
-            submit_delay: self.submit_delay,
-            receipt_timeout: self.receipt_timeout,
-            ..GuardSettings::DEFAULT
-        }
-    }
-}
-
-fn check_token(token: &str) -> Result<(), WatcherError> {
-    crate::auth::check_token(token).map_err(WatcherError::Config)
+pub(crate) fn check_token(token: &str) -> Result<(), WatcherError> {
+    x402_protocol::auth::check_token(token).map_err(WatcherError::Config)
 }
 
 /// What the watcher stores about one channel.
@@ -362,7 +297,7 @@ impl<S: KvStore, C: ChainReader> Watcher<S, C> {
         };
         let open: HashSet<B256> =
             watcher.channels()?.into_iter().filter(|r| r.chain.open).map(|r| r.id).collect();
-        debug!(target: "node::watcher", channels = open.len(), "watched channels loaded");
+        debug!(target: "watcher", channels = open.len(), "watched channels loaded");
         *watcher.inner.recheck.lock() = open;
         Ok(watcher)
     }
@@ -470,13 +405,13 @@ impl<S: KvStore, C: ChainReader> Watcher<S, C> {
                         self.persist(&updated)?;
                     }
                 }
-                Ok(None) => warn!(target: "node::watcher", %id, "watched channel no longer exists"),
+                Ok(None) => warn!(target: "watcher", %id, "watched channel no longer exists"),
                 Err(e) => return Ok(unavailable(e)),
             }
         }
 
         if let Err((code, message)) = self.check(pushed, &chain).await {
-            debug!(target: "node::watcher", %id, nonce, %claimed, %code, %message, "claim rejected");
+            debug!(target: "watcher", %id, nonce, %claimed, %code, %message, "claim rejected");
             return Ok(rejected(code, message));
         }
 
@@ -504,7 +439,7 @@ impl<S: KvStore, C: ChainReader> Watcher<S, C> {
         self.persist(&record)?;
         if held.is_none() {
             info!(
-                target: "node::watcher",
+                target: "watcher",
                 %id,
                 nonce,
                 %claimed,
@@ -516,11 +451,11 @@ impl<S: KvStore, C: ChainReader> Watcher<S, C> {
             self.inner.recheck.lock().insert(id);
             self.inner.wake.notify_one();
         } else if record.exiting() {
-            info!(target: "node::watcher", %id, nonce, %claimed, "claim stored during an exit");
+            info!(target: "watcher", %id, nonce, %claimed, "claim stored during an exit");
             // Submit it without waiting for the next poll.
             self.inner.wake.notify_one();
         } else {
-            debug!(target: "node::watcher", %id, nonce, %claimed, "claim stored");
+            debug!(target: "watcher", %id, nonce, %claimed, "claim stored");
         }
         Ok(WatchOutcome::Stored)
     }
@@ -553,10 +488,10 @@ impl<S: KvStore, C: ChainReader> Watcher<S, C> {
             ));
         }
         let signed: SignedVoucher = pushed.voucher();
-        let unavailable = |e: crate::verify::CheckError| (RejectCode::Unavailable, e.to_string());
+        let unavailable = |e: x402_chain::verify::CheckError| (RejectCode::Unavailable, e.to_string());
         let digest = self.inner.verifier.digest(&signed.voucher);
         let chain_reader = &self.inner.chain;
-        let valid = crate::verify::signed_by_channel_signer(
+        let valid = x402_chain::verify::signed_by_channel_signer(
             chain_reader,
             chain,
             digest,
@@ -579,10 +514,16 @@ impl<S: KvStore, C: ChainReader> Watcher<S, C> {
         }
         let digest = claim::digest(self.domain(), pushed.channel_id, pushed.nonce, claimed);
         let payee = chain.payee();
-        let valid =
-            crate::verify::signed_by(chain_reader, payee, digest, &pushed.payee_signature, &mut None, true)
-                .await
-                .map_err(unavailable)?;
+        let valid = x402_chain::verify::signed_by(
+            chain_reader,
+            payee,
+            digest,
+            &pushed.payee_signature,
+            &mut None,
+            true,
+        )
+        .await
+        .map_err(unavailable)?;
         if !valid {
             return Err((
                 RejectCode::InvalidClaimAuthorization,
@@ -602,7 +543,7 @@ impl<S: KvStore, C: ChainReader> Watcher<S, C> {
                 if record.chain.update_from(chain) {
                     let chain = &record.chain;
                     debug!(
-                        target: "node::watcher",
+                        target: "watcher",
                         %id,
                         open = chain.open,
                         exit_at = chain.exit_at,
@@ -613,7 +554,7 @@ impl<S: KvStore, C: ChainReader> Watcher<S, C> {
                 }
             }
             // Only a reorg can un-open a channel; keep what we know.
-            None => warn!(target: "node::watcher", %id, "watched channel not found on-chain"),
+            None => warn!(target: "watcher", %id, "watched channel not found on-chain"),
         }
         Ok(Some(record))
     }
@@ -646,20 +587,6 @@ impl<S: KvStore, C: ChainReader> Watcher<S, C> {
     /// Resolves when a push asks the guard to run early.
     pub(crate) async fn woken(&self) {
         self.inner.wake.notified().await;
-    }
-
-    /// The last block whose events the guard processed.
-    pub(crate) fn cursor(&self) -> Result<Option<u64>, WatcherError> {
-        Ok(self
-            .inner
-            .store
-            .get(META, CURSOR_KEY)?
-            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-            .map(u64::from_be_bytes))
-    }
-
-    pub(crate) fn set_cursor(&self, block: u64) -> Result<(), WatcherError> {
-        Ok(self.inner.store.put(META, CURSOR_KEY, &block.to_be_bytes())?)
     }
 
     /// Whether the channel is watched and still open as last read.
@@ -698,29 +625,14 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T,
 }
 
 /// How long one RPC call of the watcher may take before it fails (and is retried).
-pub const RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const RPC_TIMEOUT: std::time::Duration = x402_chain::rpc::RPC_TIMEOUT;
 
-/// A provider that sends the guard's transactions from `key`'s account: gas estimation, chain
-/// id, and the nonce read from the node before each transaction. (alloy's default nonce cache
-/// would leave a gap after a transaction the node refused, e.g. while the account had no
-/// funds, and every later settlement would wait behind it forever.) Every call times out after
-/// [`RPC_TIMEOUT`].
-pub fn settlement_provider(rpc_url: &str, key: PrivateKeySigner) -> Result<DynProvider, WatcherError> {
-    let url =
-        rpc_url.parse().map_err(|e| WatcherError::Config(format!("invalid rpc_url {rpc_url:?}: {e}")))?;
-    // Every call times out: a connection that never answers must not keep the guard from
-    // settling before a challenge period ends.
-    let http = reqwest::Client::builder()
-        .timeout(RPC_TIMEOUT)
-        .build()
-        .map_err(|e| WatcherError::Config(format!("cannot build the RPC client: {e}")))?;
-    Ok(ProviderBuilder::default()
-        .with_gas_estimation()
-        .with_simple_nonce_management()
-        .fetch_chain_id()
-        .wallet(EthereumWallet::from(key))
-        .connect_reqwest(http, url)
-        .erased())
+/// The provider the watcher reads the chain through; every call times out after
+/// [`RPC_TIMEOUT`], so a connection that never answers cannot keep the guard from settling
+/// before a challenge period ends. It signs nothing: the guard's claims go through its
+/// [`TxSender`](x402_chain::TxSender).
+pub fn settlement_provider(rpc_url: &str) -> Result<DynProvider, WatcherError> {
+    Ok(x402_chain::rpc::http_provider(rpc_url, RPC_TIMEOUT)?)
 }
 
 /// Runs the watcher described by `config`, settling from `key`'s account, until `shutdown`
@@ -731,34 +643,40 @@ pub async fn run(
     config: WatcherConfig,
     key: PrivateKeySigner,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> eyre::Result<()> {
+) -> Result<()> {
     config.validate()?;
     let from = key.address();
-    let provider = settlement_provider(&config.rpc_url, key)?;
-    let rpc_chain_id = provider.get_chain_id().await.wrap_err("cannot reach the chain RPC")?;
-    if let Some(configured) = config.chain_id {
-        eyre::ensure!(
-            configured == rpc_chain_id,
+    let provider = settlement_provider(&config.rpc_url)?;
+    let rpc_chain_id = provider.get_chain_id().await.map_err(x402_chain::error::rpc("eth_chainId"))?;
+    if let Some(configured) = config.chain_id
+        && configured != rpc_chain_id
+    {
+        return Err(WatcherError::Config(format!(
             "the RPC serves chain {rpc_chain_id}, not the configured chain {configured}"
-        );
+        )));
     }
-    let code = provider.get_code_at(config.contract).await.wrap_err("cannot reach the chain RPC")?;
-    eyre::ensure!(!code.is_empty(), "no contract at {} on chain {rpc_chain_id}", config.contract);
+    let code = provider.get_code_at(config.contract).await.map_err(x402_chain::error::rpc("eth_getCode"))?;
+    if code.is_empty() {
+        return Err(WatcherError::Config(format!(
+            "no contract at {} on chain {rpc_chain_id}",
+            config.contract
+        )));
+    }
     match provider.get_balance(from).await {
         Ok(balance) if balance == U256::ZERO => {
             warn!(
-                target: "node::watcher",
+                target: "watcher",
                 watcher = %from,
                 "the watcher's account has no funds: it cannot pay for settlements"
             );
         }
         Ok(_) => {}
         Err(e) => {
-            warn!(target: "node::watcher", watcher = %from, error = %e, "cannot read the watcher's balance")
+            warn!(target: "watcher", watcher = %from, error = %e, "cannot read the watcher's balance")
         }
     }
 
-    let store = Arc::new(SledStore::open(&config.data_dir).wrap_err("cannot open the watcher's store")?);
+    let store = Arc::new(SledStore::open(&config.data_dir)?);
     let watcher = Watcher::new(
         rpc_chain_id,
         config.contract,
@@ -766,14 +684,30 @@ pub async fn run(
         Arc::clone(&store),
         RpcChain::new(provider.clone(), config.contract),
     )?;
-    let guard = Guard::new(watcher.clone(), provider, from, config.guard_settings());
+    let guard = Guard::new(watcher.clone(), provider, key, config.guard_settings());
+    // `GET /metrics`: the sender's counters, the alert of a claim not mined by its exit's end
+    // among them.
+    let registry = prometheus::Registry::new();
+    guard
+        .sender()
+        .metrics()
+        .register(&registry)
+        .map_err(|e| WatcherError::Config(format!("metrics: {e}")))?;
+    let metrics = axum::routing::get(move || {
+        let registry = registry.clone();
+        async move {
+            let mut buf = Vec::new();
+            let _ =
+                prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut buf);
+            String::from_utf8(buf).unwrap_or_default()
+        }
+    });
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .wrap_err_with(|| format!("cannot listen on {}", config.listen))?;
+    let serve_error = |source| WatcherError::Serve { addr: config.listen, source };
+    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(serve_error)?;
     info!(
-        target: "node::watcher",
-        listen = %listener.local_addr()?,
+        target: "watcher",
+        listen = %listener.local_addr().map_err(serve_error)?,
         contract = %config.contract,
         chain_id = rpc_chain_id,
         watcher = %from,
@@ -790,16 +724,29 @@ pub async fn run(
             })
             .await;
     });
-    let served = axum::serve(listener, watcher.router()).with_graceful_shutdown(shutdown).await;
+    let app = watcher.router().route("/metrics", metrics);
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     let _ = stop_guard.send(());
     if let Err(e) = guard_task.await {
-        warn!(target: "node::watcher", error = %e, "guard task failed");
+        warn!(target: "watcher", error = %e, "guard task failed");
     }
     drop(watcher);
-    crate::gateway::close_store(store).await;
-    served?;
-    info!(target: "node::watcher", "watcher stopped");
+    close_store(store).await;
+    served.map_err(serve_error)?;
+    info!(target: "watcher", "watcher stopped");
     Ok(())
+}
+
+/// Waits (up to 5 s) until `store` has no other user, so that it closes (and flushes) when
+/// dropped here.
+async fn close_store(store: Arc<SledStore>) {
+    for _ in 0..500 {
+        if Arc::strong_count(&store) == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    warn!(target: "watcher", "store still in use at shutdown; it closes when the last user ends");
 }
 
 #[cfg(test)]

@@ -2,10 +2,10 @@
 //!
 //! One round ([`Guard::tick`]):
 //! 1. read the head block (number and timestamp);
-//! 2. scan the contract's `ExitRequested`, `ExitCancelled` and `Closed` logs from the stored
-//!    cursor towards the head, in ranges of at most `max_log_range` blocks (halved on RPC
-//!    errors, at most 64 ranges a round), queueing the watched channels they name for a
-//!    re-check, and advance the cursor;
+//! 2. follow the contract's `ExitRequested`, `ExitCancelled` and `Closed` logs with the
+//!    shared [`LogFollower`] (cursor in the watcher's store, reorg rollback, ranges of at most
+//!    `max_log_range` blocks halved on RPC errors, at most 64 ranges a round), queueing the
+//!    watched channels they name for a re-check;
 //! 3. re-read every queued channel with `getChannel` (at start-up: every open watched channel,
 //!    since an exit may have been requested while the watcher was down; after a channel's
 //!    first voucher: that channel, since its exit may predate it);
@@ -13,36 +13,43 @@
 //!    paid on-chain: re-read it, simulate `settleAuthorized` with `eth_call` (a claim that
 //!    would revert is logged with its decoded reason and retried on a later round, not sent),
 //!    then send the claims that pass, `settleAuthorized` for one and `settleManyAuthorized` for
-//!    several, and wait for the receipt.
-//!
-//! Nothing here needs to survive a crash beyond the store: a restart re-reads every channel.
+//!    several, through the durable [`TxSender`]: stored before broadcast, due before the
+//!    first of its exits ends, replaced with higher fees (faster and bigger as that deadline
+//!    approaches) while it is not mined. A claim still pending when the round's wait ends
+//!    stays in flight and is waited for again first thing next round, its channels left out
+//!    of new batches meanwhile; so it is after a restart.
 
 use std::{
     collections::{HashMap, HashSet},
     fmt,
     future::Future,
-    sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
 
 use alloy::{
     eips::BlockNumberOrTag,
-    network::ReceiptResponse,
+    network::{ReceiptResponse, TransactionBuilder},
     primitives::{Address, B256, U256},
     providers::{DynProvider, Provider},
-    rpc::types::Filter,
-    sol_types::{SolEvent, SolInterface},
+    rpc::types::{Log, TransactionReceipt, TransactionRequest},
+    signers::local::PrivateKeySigner,
+    sol_types::{SolCall, SolEvent},
 };
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
-use x402_protocol::bindings::IPaymentChannel::{self, IPaymentChannelErrors};
+use x402_chain::{
+    LogFollower, LogHandler, Outcome, SenderConfig, TxRecord, TxSender,
+    follower::{FollowerConfig, Range},
+};
+use x402_protocol::bindings::IPaymentChannel;
 use x402_store::KvStore;
 
-use super::{WatchRecord, Watcher, WatcherError};
-use crate::chain::ChainReader;
+use x402_chain::reader::ChainReader;
 
-/// The most `eth_getLogs` calls in one round.
-const MAX_LOG_REQUESTS_PER_ROUND: usize = 64;
+use crate::{WatchRecord, Watcher, WatcherError};
+
+/// The name of the guard's cursor in the store.
+const CURSOR_NAME: &str = "watcher";
 
 /// Settings of the [`Guard`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,17 +65,20 @@ pub struct GuardSettings {
     pub max_batch: usize,
     /// The most channel reads or simulations in flight at once.
     pub concurrency: usize,
+    /// How the sender replaces a claim not mined in time.
+    pub sender: SenderConfig,
 }
 
 impl GuardSettings {
     /// The defaults: 2,000-block log ranges, no submit delay, 120 s receipt timeout, batches of
-    /// 50 claims, 16 reads in flight.
+    /// 50 claims, 16 reads in flight, the sender's defaults.
     pub const DEFAULT: Self = Self {
-        max_log_range: 2_000,
+        max_log_range: FollowerConfig::DEFAULT.max_range,
         submit_delay: Duration::ZERO,
         receipt_timeout: Duration::from_secs(120),
         max_batch: 50,
         concurrency: 16,
+        sender: SenderConfig::DEFAULT,
     };
 }
 
@@ -190,55 +200,124 @@ impl fmt::Display for Failure {
 }
 
 fn contract_failure(e: &alloy::contract::Error) -> Failure {
-    if let Some(decoded) = e.as_decoded_interface_error::<IPaymentChannelErrors>() {
-        return Failure::Reverted(format!("{decoded:?}"));
+    x402_protocol::revert::of_contract_error(e).map_or_else(|| Failure::Rpc(e.to_string()), Failure::Reverted)
+}
+
+/// What the guard does with the contract's logs: queues the watched channels they name for
+/// a re-check.
+#[derive(Debug)]
+pub struct GuardLogs<S, C> {
+    watcher: Watcher<S, C>,
+}
+
+impl<S: KvStore, C: ChainReader> LogHandler for GuardLogs<S, C> {
+    type Error = WatcherError;
+
+    async fn resync(&mut self, reorg: bool) -> Result<(), WatcherError> {
+        // First start: channels watched from now on are re-read after their first voucher.
+        // After a reorg below the cursor: every open channel.
+        if reorg {
+            let open = self.watcher.channels()?.into_iter().filter(|r| r.chain.open).map(|r| r.id);
+            self.watcher.mark_for_recheck(open);
+        }
+        Ok(())
     }
-    if let Some(data) = e.as_revert_data() {
-        return Failure::Reverted(format!("revert data {data}"));
+
+    async fn logs(&mut self, logs: Vec<Log>, range: Range) -> Result<(), WatcherError> {
+        let contract = self.watcher.domain().contract();
+        let mut hits = HashSet::new();
+        for log in &logs {
+            if log.inner.address != contract {
+                continue;
+            }
+            if let Some(&id) = log.topics().get(1)
+                && self.watcher.watches_open(id)?
+            {
+                hits.insert(id);
+            }
+        }
+        if !hits.is_empty() {
+            debug!(target: "watcher", from = range.from, to = range.to, channels = hits.len(), "channel events");
+            self.watcher.mark_for_recheck(hits);
+        }
+        Ok(())
     }
-    Failure::Rpc(e.to_string())
 }
 
 /// Follows the chain and settles watched channels whose payer is exiting.
-pub struct Guard<S, C> {
+pub struct Guard<S: KvStore, C> {
     watcher: Watcher<S, C>,
     provider: DynProvider,
     contract: Address,
-    from: Address,
+    sender: TxSender<S>,
     settings: GuardSettings,
-    /// The current `eth_getLogs` range: halved on errors, doubled back on success.
-    span: AtomicU64,
+    follower: tokio::sync::Mutex<LogFollower<S, GuardLogs<S, C>>>,
     /// The last failure logged per channel, so a failure repeated every round is logged once.
     failures: parking_lot::Mutex<HashMap<B256, String>>,
 }
 
-impl<S, C> fmt::Debug for Guard<S, C> {
+impl<S: KvStore, C> fmt::Debug for Guard<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Guard")
             .field("contract", &self.contract)
-            .field("from", &self.from)
+            .field("from", &self.sender.address())
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
 
 impl<S: KvStore, C: ChainReader> Guard<S, C> {
-    /// A guard for `watcher`'s channels. `provider` must sign for `from` (the watcher's
-    /// account, which pays the gas): build it with [`settlement_provider`](super::settlement_provider).
+    /// A guard for `watcher`'s channels, reading the chain through `provider` and sending
+    /// claims from `key`'s account (which pays the gas); its transactions in flight are kept
+    /// in the watcher's store.
     pub fn new(
         watcher: Watcher<S, C>,
         provider: DynProvider,
-        from: Address,
+        key: PrivateKeySigner,
         settings: GuardSettings,
     ) -> Self {
         let contract = watcher.domain().contract();
-        let span = AtomicU64::new(settings.max_log_range.max(1));
-        Self { watcher, provider, contract, from, settings, span, failures: parking_lot::Mutex::default() }
+        let store = std::sync::Arc::clone(watcher.store());
+        let sender = TxSender::new(
+            provider.clone(),
+            key,
+            watcher.domain().chain_id(),
+            std::sync::Arc::clone(&store),
+            settings.sender.clone(),
+            "watcher",
+        );
+        let follower = LogFollower::new(
+            provider.clone(),
+            contract,
+            store,
+            CURSOR_NAME,
+            FollowerConfig { max_range: settings.max_log_range.max(1), ..FollowerConfig::DEFAULT },
+            GuardLogs { watcher: watcher.clone() },
+        )
+        .events(vec![
+            IPaymentChannel::ExitRequested::SIGNATURE_HASH,
+            IPaymentChannel::ExitCancelled::SIGNATURE_HASH,
+            IPaymentChannel::Closed::SIGNATURE_HASH,
+        ]);
+        Self {
+            watcher,
+            provider,
+            contract,
+            sender,
+            settings,
+            follower: tokio::sync::Mutex::new(follower),
+            failures: parking_lot::Mutex::default(),
+        }
     }
 
     /// The watcher's account.
     pub const fn from(&self) -> Address {
-        self.from
+        self.sender.address()
+    }
+
+    /// The sender of the guard's claims (its counters).
+    pub const fn sender(&self) -> &TxSender<S> {
+        &self.sender
     }
 
     /// Runs rounds every `poll_interval` (and early when a push asks for it) until `shutdown`
@@ -247,8 +326,8 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
     pub async fn run(&self, poll_interval: Duration, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         info!(
-            target: "node::watcher",
-            watcher = %self.from,
+            target: "watcher",
+            watcher = %self.from(),
             contract = %self.contract,
             ?poll_interval,
             "guard started"
@@ -259,7 +338,7 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
                 () = &mut shutdown => break,
                 result = self.tick() => match result {
                     Ok(report) if !report.settled.is_empty() || report.failures > 0 => info!(
-                        target: "node::watcher",
+                        target: "watcher",
                         head = report.head,
                         rechecked = report.rechecked,
                         settled = report.settled.len(),
@@ -267,13 +346,13 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
                         "guard round"
                     ),
                     Ok(report) => debug!(
-                        target: "node::watcher",
+                        target: "watcher",
                         head = report.head,
                         scanned_to = ?report.scanned_to,
                         rechecked = report.rechecked,
                         "guard round"
                     ),
-                    Err(e) => warn!(target: "node::watcher", error = %e, "guard round failed; retrying"),
+                    Err(e) => warn!(target: "watcher", error = %e, "guard round failed; retrying"),
                 },
             }
             tokio::select! {
@@ -283,7 +362,7 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
                 () = tokio::time::sleep(poll_interval) => {}
             }
         }
-        info!(target: "node::watcher", "guard stopped");
+        info!(target: "watcher", "guard stopped");
     }
 
     /// One round: scan, re-check, settle what is due. Fails only if the head block cannot be
@@ -293,11 +372,21 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
         let (head, timestamp) = self.head().await?;
         let mut report = TickReport { head, timestamp, ..TickReport::default() };
 
-        match self.scan(head).await {
-            Ok(to) => report.scanned_to = Some(to),
+        // Claims left in flight by an earlier round or run: see them through first, and keep
+        // their channels out of new batches while they are pending.
+        let mut in_flight = HashSet::new();
+        for record in self.sender.in_flight()? {
+            let outcome = self.sender.wait_for(record, Some(self.settings.receipt_timeout)).await;
+            if let Some(pending) = self.settled(outcome, &mut report).await? {
+                in_flight.extend(pending);
+            }
+        }
+
+        match self.follower.lock().await.poll_once().await {
+            Ok(progress) => report.scanned_to = Some(progress.confirmed),
             Err(e) => {
                 report.failures += 1;
-                warn!(target: "node::watcher", head, error = %e, "log scan failed; retrying next round");
+                warn!(target: "watcher", head, error = %e, "log scan failed; retrying next round");
             }
         }
 
@@ -314,7 +403,7 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
             .watcher
             .channels()?
             .into_iter()
-            .filter(|r| due(r, timestamp, delay).is_ok())
+            .filter(|r| due(r, timestamp, delay).is_ok() && !in_flight.contains(&r.id))
             .map(|r| r.id)
             .collect();
         if !candidates.is_empty() {
@@ -333,94 +422,9 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
             .provider
             .get_block_by_number(BlockNumberOrTag::Latest)
             .await
-            .map_err(|e| WatcherError::Rpc(format!("cannot read the head block: {e}")))?
-            .ok_or_else(|| WatcherError::Rpc("the node has no latest block".into()))?;
+            .map_err(x402_chain::error::rpc("eth_getBlockByNumber"))?
+            .ok_or_else(|| x402_chain::ChainError::Inconsistent("the node has no latest block".into()))?;
         Ok((block.header.number, block.header.timestamp))
-    }
-
-    /// Processes the contract's logs up to `head`; returns the new cursor.
-    async fn scan(&self, head: u64) -> Result<u64, WatcherError> {
-        let Some(mut cursor) = self.watcher.cursor()? else {
-            // First start: channels watched from now on are re-read after their first voucher,
-            // so nothing before the head concerns them.
-            self.watcher.set_cursor(head)?;
-            return Ok(head);
-        };
-        if cursor > head {
-            // The chain is shorter than what was processed: a deep reorg or a reset dev chain.
-            warn!(
-                target: "node::watcher",
-                cursor,
-                head,
-                "chain head behind the cursor; re-reading every channel"
-            );
-            let open = self.watcher.channels()?.into_iter().filter(|r| r.chain.open).map(|r| r.id);
-            self.watcher.mark_for_recheck(open);
-            self.watcher.set_cursor(head)?;
-            return Ok(head);
-        }
-        let topics = vec![
-            IPaymentChannel::ExitRequested::SIGNATURE_HASH,
-            IPaymentChannel::ExitCancelled::SIGNATURE_HASH,
-            IPaymentChannel::Closed::SIGNATURE_HASH,
-        ];
-        // A long backlog (a watcher down for days) is caught up over several rounds, so that
-        // settlements of exits already known are never held up behind it; the start-up re-read
-        // of every channel already covers what the backlog holds.
-        let mut requests = 0;
-        while cursor < head && requests < MAX_LOG_REQUESTS_PER_ROUND {
-            requests += 1;
-            let span = self.span.load(Ordering::Relaxed).max(1);
-            let to = head.min(cursor.saturating_add(span));
-            let filter = Filter::new()
-                .address(self.contract)
-                .event_signature(topics.clone())
-                .from_block(cursor + 1)
-                .to_block(to);
-            match self.provider.get_logs(&filter).await {
-                Ok(logs) => {
-                    let mut hits = HashSet::new();
-                    for log in &logs {
-                        if log.inner.address != self.contract {
-                            continue;
-                        }
-                        if let Some(&id) = log.topics().get(1)
-                            && self.watcher.watches_open(id)?
-                        {
-                            hits.insert(id);
-                        }
-                    }
-                    if !hits.is_empty() {
-                        debug!(
-                            target: "node::watcher",
-                            from = cursor + 1,
-                            to,
-                            channels = hits.len(),
-                            "channel events"
-                        );
-                        self.watcher.mark_for_recheck(hits);
-                    }
-                    cursor = to;
-                    self.watcher.set_cursor(cursor)?;
-                    let max = self.settings.max_log_range.max(1);
-                    self.span.store(span.saturating_mul(2).min(max), Ordering::Relaxed);
-                }
-                Err(e) if span > 1 => {
-                    debug!(
-                        target: "node::watcher",
-                        from = cursor + 1,
-                        to,
-                        error = %e,
-                        "eth_getLogs failed; halving the range"
-                    );
-                    self.span.store(span / 2, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    return Err(WatcherError::Rpc(format!("eth_getLogs {}..={to}: {e}", cursor + 1)));
-                }
-            }
-        }
-        Ok(cursor)
     }
 
     /// Re-reads `ids` with bounded concurrency; returns those that failed.
@@ -441,13 +445,13 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
                     }
                     Ok((id, Err(e))) => {
                         warn!(
-                            target: "node::watcher",
+                            target: "watcher",
                             %id,
                             error = %e,
                             "cannot re-read channel; retrying next round"
                         );
                     }
-                    Err(e) => warn!(target: "node::watcher", error = %e, "re-read task failed"),
+                    Err(e) => warn!(target: "watcher", error = %e, "re-read task failed"),
                 }
             }
             failed.extend(unfinished);
@@ -464,7 +468,7 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
             for &id in chunk {
                 let watcher = self.watcher.clone();
                 let provider = self.provider.clone();
-                let (contract, from, delay) = (self.contract, self.from, self.settings.submit_delay);
+                let (contract, from, delay) = (self.contract, self.from(), self.settings.submit_delay);
                 tasks.spawn(async move {
                     let record = match watcher.refresh(id).await {
                         Ok(Some(record)) => record,
@@ -473,7 +477,7 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
                     };
                     if let Err(idle) = due(&record, now, delay) {
                         debug!(
-                            target: "node::watcher",
+                            target: "watcher",
                             %id,
                             reason = %idle,
                             "nothing to settle after re-reading"
@@ -501,7 +505,7 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
                     }
                     Err(e) => {
                         report.failures += 1;
-                        warn!(target: "node::watcher", error = %e, "settlement check task failed");
+                        warn!(target: "watcher", error = %e, "settlement check task failed");
                     }
                 }
             }
@@ -516,31 +520,40 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
         let repeated = self.failures.lock().insert(id, message.clone()).is_some_and(|last| last == message);
         if repeated {
             debug!(
-                target: "node::watcher",
+                target: "watcher",
                 %id,
                 error = %message,
                 "settlement still failing; retrying next round"
             );
         } else {
-            warn!(target: "node::watcher", %id, error = %message, "cannot settle; retrying next round");
+            warn!(target: "watcher", %id, error = %message, "cannot settle; retrying next round");
         }
     }
 
     /// Sends one batch of claims and waits for its receipt. Errors only if the store fails.
     async fn submit(&self, batch: &[WatchRecord], report: &mut TickReport) -> Result<(), WatcherError> {
-        let channels = IPaymentChannel::new(self.contract, &self.provider);
-        let sent = match batch {
-            [one] => channels.settleAuthorized(one.claim(), one.payee_signature.clone()).send().await,
-            many => {
-                let claims = many.iter().map(WatchRecord::claim).collect();
-                let signatures = many.iter().map(|r| r.payee_signature.clone()).collect();
-                channels.settleManyAuthorized(claims, signatures).send().await
+        let input = match batch {
+            [one] => IPaymentChannel::settleAuthorizedCall {
+                claim: one.claim(),
+                payeeSignature: one.payee_signature.clone(),
             }
+            .abi_encode(),
+            many => IPaymentChannel::settleManyAuthorizedCall {
+                claims: many.iter().map(WatchRecord::claim).collect(),
+                payeeSignatures: many.iter().map(|r| r.payee_signature.clone()).collect(),
+            }
+            .abi_encode(),
         };
-        let pending = match sent {
-            Ok(pending) => pending,
+        let request = TransactionRequest::default().with_to(self.contract).with_input(input);
+        // The claim must land before the first of the batch's exits ends.
+        let deadline = batch.iter().map(|r| r.chain.exit_at).filter(|at| *at != 0).min();
+        let channels: Vec<B256> = batch.iter().map(|r| r.id).collect();
+        let context = serde_json::json!({ "channels": channels });
+        let record = match self.sender.send(request, context, deadline).await {
+            Ok(record) => record,
+            Err(x402_chain::ChainError::Store(e)) => return Err(e.into()),
             Err(e) => {
-                let failure = contract_failure(&e);
+                let failure = Failure::Rpc(e.to_string());
                 report.failures += batch.len();
                 for record in batch {
                     self.note_failure(record.id, &failure);
@@ -548,39 +561,82 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
                 return Ok(());
             }
         };
-        let tx = *pending.tx_hash();
-        for record in batch {
+        let tx = record.versions.first().map(|v| v.hash).unwrap_or_default();
+        for r in batch {
             info!(
-                target: "node::watcher",
-                id = %record.id,
+                target: "watcher",
+                id = %r.id,
                 %tx,
-                nonce = record.voucher.nonce,
-                claimed = %record.claimed,
-                paid_before = %record.chain.paid,
-                exit_at = record.chain.exit_at,
+                nonce = r.voucher.nonce,
+                claimed = %r.claimed,
+                paid_before = %r.chain.paid,
+                exit_at = r.chain.exit_at,
                 "settlement sent"
             );
-            self.watcher.update(record.id, |r| r.last_tx = Some(tx)).await?;
+            self.watcher.update(r.id, |w| w.last_tx = Some(tx)).await?;
         }
         self.watcher.store().sync().await?;
+        let outcome = self.sender.wait_for(record, Some(self.settings.receipt_timeout)).await;
+        self.settled(outcome, report).await?;
+        Ok(())
+    }
 
-        let receipt = match pending.with_timeout(Some(self.settings.receipt_timeout)).get_receipt().await {
-            Ok(receipt) => receipt,
-            Err(e) => {
-                report.failures += batch.len();
-                warn!(
-                    target: "node::watcher",
-                    %tx,
-                    error = %e,
-                    "no receipt for the settlement; re-checking next round"
-                );
-                return Ok(());
-            }
+    /// Applies how a claim transaction ended; returns the channels of one still pending.
+    async fn settled(
+        &self,
+        outcome: Result<Outcome, x402_chain::ChainError>,
+        report: &mut TickReport,
+    ) -> Result<Option<Vec<B256>>, WatcherError> {
+        let channels_of = |record: &TxRecord| -> Vec<B256> {
+            serde_json::from_value::<Vec<B256>>(record.context["channels"].clone()).unwrap_or_default()
         };
+        match outcome {
+            Err(x402_chain::ChainError::Store(e)) => Err(e.into()),
+            Err(e) => {
+                report.failures += 1;
+                warn!(target: "watcher", error = %e, "cannot follow a claim transaction; retrying next round");
+                Ok(None)
+            }
+            Ok(Outcome::Pending(record)) => {
+                let channels = channels_of(&record);
+                report.failures += channels.len();
+                warn!(
+                    target: "watcher",
+                    nonce = record.nonce,
+                    versions = record.versions.len(),
+                    "claim not mined yet; the sender keeps replacing it"
+                );
+                Ok(Some(channels))
+            }
+            Ok(Outcome::Replaced(record)) => {
+                report.failures += channels_of(&record).len();
+                warn!(target: "watcher", nonce = record.nonce, "claim nonce used by another transaction; retrying next round");
+                Ok(None)
+            }
+            Ok(Outcome::Mined { record, receipt }) => {
+                let channels = channels_of(&record);
+                let tx = receipt.transaction_hash;
+                for id in &channels {
+                    self.watcher.update(*id, |r| r.last_tx = Some(tx)).await?;
+                }
+                self.apply_receipt(&channels, &receipt, report).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Records what a mined claim transaction settled.
+    async fn apply_receipt(
+        &self,
+        batch: &[B256],
+        receipt: &TransactionReceipt,
+        report: &mut TickReport,
+    ) -> Result<(), WatcherError> {
+        let tx = receipt.transaction_hash;
         if !receipt.status() {
             report.failures += batch.len();
             warn!(
-                target: "node::watcher",
+                target: "watcher",
                 %tx,
                 block = ?receipt.block_number(),
                 channels = batch.len(),
@@ -603,7 +659,7 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
                     payout: e.payout,
                 };
                 info!(
-                    target: "node::watcher",
+                    target: "watcher",
                     id = %s.channel_id,
                     %tx,
                     nonce = s.nonce,
@@ -621,16 +677,15 @@ impl<S: KvStore, C: ChainReader> Guard<S, C> {
                 report.settled.push(s);
             } else if let Ok(event) = log.log_decode::<IPaymentChannel::ClaimSkipped>() {
                 let e = event.inner.data;
-                let reason = IPaymentChannelErrors::abi_decode(&e.reason)
-                    .map_or_else(|_| format!("revert data {}", e.reason), |d| format!("{d:?}"));
+                let reason = x402_protocol::revert::describe(&e.reason);
                 self.note_failure(e.channelId, &Failure::Reverted(reason));
             }
         }
-        let missing = batch.iter().filter(|r| !settled.contains(&r.id)).count();
+        let missing = batch.iter().filter(|id| !settled.contains(*id)).count();
         report.failures += missing;
         if missing > 0 {
             warn!(
-                target: "node::watcher",
+                target: "watcher",
                 %tx,
                 missing,
                 "claims not settled by the transaction; retrying next round"
@@ -646,7 +701,7 @@ mod tests {
     use x402_protocol::bindings::IPaymentChannel::ChannelParams;
 
     use super::*;
-    use crate::channel::{OnchainChannel, StoredVoucher};
+    use x402_chain::channel::{OnchainChannel, StoredVoucher};
 
     fn record(exit_at: u64, paid: u64, claimed: u64, amount: u64) -> WatchRecord {
         WatchRecord {
@@ -729,16 +784,5 @@ mod tests {
             (5, U256::from(500), U256::from(300))
         );
         assert_eq!(claim.channel, rec.chain.params);
-    }
-
-    #[test]
-    fn revert_reasons_decode() {
-        let err = IPaymentChannelErrors::NotPayee(IPaymentChannel::NotPayee {
-            caller: Address::repeat_byte(1),
-            payee: Address::repeat_byte(2),
-        });
-        let decoded = IPaymentChannelErrors::abi_decode(&err.abi_encode()).unwrap();
-        assert_eq!(format!("{decoded:?}"), format!("{err:?}"));
-        assert!(format!("{decoded:?}").contains("NotPayee"));
     }
 }
