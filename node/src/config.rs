@@ -673,6 +673,15 @@ impl Config {
                 f.path
             )));
         }
+        // Under a reserved prefix, every spelling of the path (another case, a trailing part) is
+        // answered by the node and never forwarded upstream with the caller's bearer token.
+        if !crate::routes::is_reserved(&f.path) {
+            return Err(ConfigError::Invalid(format!(
+                "facilitator.path: {:?} must be under one of the node's reserved prefixes ({})",
+                f.path,
+                crate::routes::RESERVED_PREFIXES.join(", ")
+            )));
+        }
         if f.token.is_some() {
             let prefix = format!("{}/", f.path);
             for r in &self.routes {
@@ -863,6 +872,7 @@ mod tests {
             "[facilitator]\ntoken = \"0123456789abcdef0123456789abcdef\"\npath = \"facilitator\"",
             "[facilitator]\ntoken = \"0123456789abcdef0123456789abcdef\"\npath = \"/\"",
             "[facilitator]\ntoken = \"0123456789abcdef0123456789abcdef\"\npath = \"/f/\"",
+            "[facilitator]\ntoken = \"0123456789abcdef0123456789abcdef\"\npath = \"/pay/facilitator\"",
             "[facilitator]\ntoken = \"0123456789abcdef0123456789abcdef\"\n[[routes]]\npath = \"/facilitator/verify\"\nprice = \"1\"",
             "[payment]\neip712_name = \"USD Coin\"",
         ];
