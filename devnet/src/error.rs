@@ -50,9 +50,9 @@ pub enum Error {
     /// The client SDK failed.
     #[error(transparent)]
     Client(#[from] x402_client::Error),
-    /// A node configuration is invalid.
+    /// The node library failed (a node configuration is invalid).
     #[error(transparent)]
-    Config(#[from] x402_node::config::ConfigError),
+    Node(#[from] x402_node::Error),
     /// A gateway or watcher did not start, failed, or did not stop cleanly.
     #[error("the {what}: {message}")]
     Service {

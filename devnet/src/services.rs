@@ -350,7 +350,10 @@ impl Gateway {
     /// answers.
     pub async fn start(config: Config) -> Result<Self> {
         config.validate()?;
-        let running = Running::task(|stop| x402_node::gateway::run(config.clone(), stop));
+        let running = Running::task(|stop| {
+            let config = config.clone();
+            async move { Ok(x402_node::gateway::run(config, stop).await?) }
+        });
         Self::serving(config, running).await
     }
 

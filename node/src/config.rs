@@ -77,36 +77,7 @@ use alloy::{
 use serde::{Deserialize, Serialize};
 use x402_protocol::wire::{Pricing, Scheme, u256_dec};
 
-use crate::{Price, Schemes, routes::Routes};
-
-/// Configuration errors.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for [`Config`]. The message never quotes the file: a key
-    /// pasted into it by mistake must not end up in an error message or a log.
-    #[error("invalid config {path}: {message} (line {line}, column {column})")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The line of the error (1-based; 0 if unknown).
-        line: usize,
-        /// The column of the error (1-based; 0 if unknown).
-        column: usize,
-        /// Why, with anything that looks like a private key redacted.
-        message: String,
-    },
-    /// A setting is missing or inconsistent.
-    #[error("invalid config: {0}")]
-    Invalid(String),
-}
+use crate::{Error, Price, Schemes, routes::Routes};
 
 /// The node's configuration. Every field has a default, documented on the field.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -449,11 +420,11 @@ fn load_key(
     key_file: Option<&PathBuf>,
     key_env: &str,
     what: &str,
-) -> Result<Option<PrivateKeySigner>, ConfigError> {
+) -> Result<Option<PrivateKeySigner>, Error> {
     let raw = if let Some(path) = key_file {
         Some(
             std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read { path: path.clone(), source })?,
+                .map_err(|source| Error::ConfigRead { path: path.clone(), source })?,
         )
     } else {
         std::env::var(key_env).ok()
@@ -461,7 +432,7 @@ fn load_key(
     raw.map(|k| {
         k.trim()
             .parse::<PrivateKeySigner>()
-            .map_err(|_| ConfigError::Invalid(format!("the {what} key is not a valid hex private key")))
+            .map_err(|_| Error::Config(format!("the {what} key is not a valid hex private key")))
     })
     .transpose()
 }
@@ -487,27 +458,27 @@ impl Default for RelayConfig {
 
 impl RelayConfig {
     /// The relay's key, from `key_file` or else the `key_env` variable, if either is set.
-    pub fn signer(&self) -> Result<Option<PrivateKeySigner>, ConfigError> {
+    pub fn signer(&self) -> Result<Option<PrivateKeySigner>, Error> {
         load_key(self.key_file.as_ref(), &self.key_env, "relay")
     }
 }
 
 impl ProviderConfig {
     /// The provider's key, from `key_file` or else the `key_env` variable, if either is set.
-    pub fn signer(&self) -> Result<Option<PrivateKeySigner>, ConfigError> {
+    pub fn signer(&self) -> Result<Option<PrivateKeySigner>, Error> {
         load_key(self.key_file.as_ref(), &self.key_env, "provider")
     }
 
     /// The provider's address: the key's, or the configured one.
-    pub fn address(&self) -> Result<Address, ConfigError> {
+    pub fn address(&self) -> Result<Address, Error> {
         match (self.signer()?, self.address) {
-            (Some(key), Some(addr)) if key.address() != addr => Err(ConfigError::Invalid(format!(
+            (Some(key), Some(addr)) if key.address() != addr => Err(Error::Config(format!(
                 "provider.address {addr} is not the address of the provider key ({})",
                 key.address()
             ))),
             (Some(key), _) => Ok(key.address()),
             (None, Some(addr)) => Ok(addr),
-            (None, None) => Err(ConfigError::Invalid(format!(
+            (None, None) => Err(Error::Config(format!(
                 "no provider identity: set {} (or provider.key_file, or provider.address)",
                 self.key_env
             ))),
@@ -569,36 +540,36 @@ impl RouteConfig {
 
 impl Config {
     /// Reads a TOML file.
-    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+    pub fn load(path: &std::path::Path) -> Result<Self, Error> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+            .map_err(|source| Error::ConfigRead { path: path.into(), source })?;
         Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { line, column, message, .. } => {
-                ConfigError::Parse { path: path.into(), line, column, message }
+            Error::ConfigParse { line, column, message, .. } => {
+                Error::ConfigParse { path: path.into(), line, column, message }
             }
             other => other,
         })
     }
 
     /// Parses TOML text.
-    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+    pub fn parse(text: &str) -> Result<Self, Error> {
         toml::from_str(text).map_err(|e| {
             // Not `e.to_string()`: toml quotes the offending line of the file.
             let (line, column) = e.span().map_or((0, 0), |span| position(text, span.start));
-            ConfigError::Parse { path: PathBuf::new(), line, column, message: redact_keys(e.message()) }
+            Error::ConfigParse { path: PathBuf::new(), line, column, message: redact_keys(e.message()) }
         })
     }
 
     /// The table of priced routes.
-    pub fn route_table(&self) -> Result<Routes, ConfigError> {
+    pub fn route_table(&self) -> Result<Routes, Error> {
         let mut table = Routes::new();
         for r in &self.routes {
             if r.price.is_zero() {
-                return Err(ConfigError::Invalid(format!("route {} has a zero price", r.path)));
+                return Err(Error::Config(format!("route {} has a zero price", r.path)));
             }
             let price = r.price_with(&self.payment.schemes);
             check_schemes(r.schemes.as_deref().unwrap_or(&self.payment.schemes), &r.path, &price, self)?;
-            table.add(&r.path, &r.methods, price).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            table.add(&r.path, &r.methods, price).map_err(|e| Error::Config(e.to_string()))?;
         }
         Ok(table)
     }
@@ -611,15 +582,13 @@ impl Config {
     }
 
     /// Checks settings that TOML types cannot express.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), Error> {
         if self.chain.contract.is_none() {
-            return Err(ConfigError::Invalid("chain.contract is required".into()));
+            return Err(Error::Config("chain.contract is required".into()));
         }
         check_schemes(&self.payment.schemes, "payment.schemes", &Price::exact(U256::from(1)), self)?;
         if self.payment.eip712_name.is_some() != self.payment.eip712_version.is_some() {
-            return Err(ConfigError::Invalid(
-                "payment.eip712_name and payment.eip712_version go together".into(),
-            ));
+            return Err(Error::Config("payment.eip712_name and payment.eip712_version go together".into()));
         }
         self.route_table()?;
         for origin in &self.cors.allowed_origins {
@@ -629,38 +598,33 @@ impl Config {
                     && origin.matches('/').count() == 2
                     && http::HeaderValue::from_str(origin).is_ok());
             if !valid {
-                return Err(ConfigError::Invalid(format!(
+                return Err(Error::Config(format!(
                     "cors.allowed_origins: {origin:?} is not \"*\" or an origin like \"https://app.example\""
                 )));
             }
         }
         if self.cors.allowed_origins.len() > 1 && self.cors.allowed_origins.iter().any(|o| o == "*") {
-            return Err(ConfigError::Invalid("cors.allowed_origins: \"*\" must be alone".into()));
+            return Err(Error::Config("cors.allowed_origins: \"*\" must be alone".into()));
         }
         for h in &self.cors.allowed_headers {
             if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                return Err(ConfigError::Invalid(format!(
-                    "cors.allowed_headers: {h:?} is not a header name"
-                )));
+                return Err(Error::Config(format!("cors.allowed_headers: {h:?} is not a header name")));
             }
         }
         if let Some(token) = &self.admin_token {
-            crate::auth::check_token(token).map_err(|e| ConfigError::Invalid(format!("admin_token: {e}")))?;
+            crate::auth::check_token(token).map_err(|e| Error::Config(format!("admin_token: {e}")))?;
         }
         if let Some(url) = &self.server.public_url {
-            check_public_url(url).map_err(|e| ConfigError::Invalid(format!("server.public_url: {e}")))?;
+            check_public_url(url).map_err(|e| Error::Config(format!("server.public_url: {e}")))?;
         }
         if self.payment.eip712_name.is_some() != self.payment.eip712_version.is_some() {
-            return Err(ConfigError::Invalid(
-                "payment.eip712_name and payment.eip712_version go together".into(),
-            ));
+            return Err(Error::Config("payment.eip712_name and payment.eip712_version go together".into()));
         }
         let f = &self.facilitator;
         if let Some(token) = &f.token {
-            crate::auth::check_token(token)
-                .map_err(|e| ConfigError::Invalid(format!("facilitator.token: {e}")))?;
+            crate::auth::check_token(token).map_err(|e| Error::Config(format!("facilitator.token: {e}")))?;
             if token.len() < MIN_FACILITATOR_TOKEN_LEN {
-                return Err(ConfigError::Invalid(format!(
+                return Err(Error::Config(format!(
                     "facilitator.token: at least {MIN_FACILITATOR_TOKEN_LEN} characters"
                 )));
             }
@@ -668,7 +632,7 @@ impl Config {
         let segment_ok =
             |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
         if !f.path.starts_with('/') || f.path.len() < 2 || !f.path[1..].split('/').all(segment_ok) {
-            return Err(ConfigError::Invalid(format!(
+            return Err(Error::Config(format!(
                 "facilitator.path: {:?} is not a path like \"/facilitator\"",
                 f.path
             )));
@@ -676,7 +640,7 @@ impl Config {
         // Under a reserved prefix, every spelling of the path (another case, a trailing part) is
         // answered by the node and never forwarded upstream with the caller's bearer token.
         if !crate::routes::is_reserved(&f.path) {
-            return Err(ConfigError::Invalid(format!(
+            return Err(Error::Config(format!(
                 "facilitator.path: {:?} must be under one of the node's reserved prefixes ({})",
                 f.path,
                 crate::routes::RESERVED_PREFIXES.join(", ")
@@ -686,7 +650,7 @@ impl Config {
             let prefix = format!("{}/", f.path);
             for r in &self.routes {
                 if r.path == f.path || r.path.starts_with(&prefix) {
-                    return Err(ConfigError::Invalid(format!(
+                    return Err(Error::Config(format!(
                         "route {} is under facilitator.path {}, which is reserved",
                         r.path, f.path
                     )));
@@ -694,24 +658,24 @@ impl Config {
             }
         }
         if self.chain.poll_interval_ms == 0 || self.chain.rpc_timeout_ms == 0 {
-            return Err(ConfigError::Invalid(
+            return Err(Error::Config(
                 "chain.poll_interval_ms and chain.rpc_timeout_ms must be positive".into(),
             ));
         }
         let s = &self.settlement;
         if s.max_batch == 0 || s.interval_secs == 0 || s.resend_after_secs == 0 {
-            return Err(ConfigError::Invalid(
+            return Err(Error::Config(
                 "settlement.max_batch, interval_secs and resend_after_secs must be positive".into(),
             ));
         }
         for w in &self.watchers {
             if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
-                return Err(ConfigError::Invalid(format!("watcher url {:?} must be http(s)", w.url)));
+                return Err(Error::Config(format!("watcher url {:?} must be http(s)", w.url)));
             }
             crate::auth::check_token(&w.token)
-                .map_err(|e| ConfigError::Invalid(format!("the token of watcher {}: {e}", w.url)))?;
+                .map_err(|e| Error::Config(format!("the token of watcher {}: {e}", w.url)))?;
             if w.every == 0 || w.interval_secs == 0 {
-                return Err(ConfigError::Invalid(format!(
+                return Err(Error::Config(format!(
                     "watcher {}: every and interval_secs must be positive",
                     w.url
                 )));
@@ -724,21 +688,21 @@ impl Config {
 /// Checks the schemes `what` (a route's path, or `payment.schemes`) takes: at least one, none
 /// twice, and `exact` only for a fixed price in a token (EIP-3009 moves a token, and one fixed
 /// amount).
-fn check_schemes(schemes: &[Scheme], what: &str, price: &Price, config: &Config) -> Result<(), ConfigError> {
+fn check_schemes(schemes: &[Scheme], what: &str, price: &Price, config: &Config) -> Result<(), Error> {
     if schemes.is_empty() {
-        return Err(ConfigError::Invalid(format!("{what}: schemes must name at least one scheme")));
+        return Err(Error::Config(format!("{what}: schemes must name at least one scheme")));
     }
     if schemes.iter().enumerate().any(|(i, s)| schemes[..i].contains(s)) {
-        return Err(ConfigError::Invalid(format!("{what}: a scheme is named twice")));
+        return Err(Error::Config(format!("{what}: a scheme is named twice")));
     }
     if schemes.contains(&Scheme::Exact) {
         if price.pricing == Pricing::Upto {
-            return Err(ConfigError::Invalid(format!(
+            return Err(Error::Config(format!(
                 "{what}: the exact scheme needs a fixed price; give this upto route schemes = [\"channel-voucher\"]"
             )));
         }
         if config.payment.asset.is_zero() {
-            return Err(ConfigError::Invalid(format!(
+            return Err(Error::Config(format!(
                 "{what}: the exact scheme needs an EIP-3009 token (payment.asset), not the native token"
             )));
         }
@@ -957,7 +921,7 @@ mod tests {
             (format!("max_timeout_seconds = \"{key}\""), "invalid type", 1),
         ] {
             let err = Config::parse(&text).unwrap_err();
-            let ConfigError::Parse { line: at, .. } = &err else { panic!("a parse error: {err}") };
+            let Error::ConfigParse { line: at, .. } = &err else { panic!("a parse error: {err}") };
             let shown = format!("{err} {err:?}");
             assert!(!shown.to_lowercase().contains(&key[..32]), "{shown}");
             assert!(!shown.to_lowercase().contains(&key[32..]), "{shown}");

@@ -67,11 +67,12 @@ pub const SEND_MARGIN: u64 = 2;
 /// authorisation, so the record is no longer needed): [`Exact::prune`].
 pub const PRUNE_AFTER: u64 = 3600;
 
-/// Why an `exact` payment was refused. [`Self::reason`] is the official facilitator's
+/// Why an `exact` payment was refused: a protocol answer, like [`Refusal`] (into which it
+/// converts), not an error of the node. [`Self::reason`] is the official facilitator's
 /// `invalidReason` for the same case.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum ExactError {
+pub enum ExactRefusal {
     /// The payload is not an `exact` EIP-3009 payload (bad JSON, a signature not 65 bytes).
     #[error("malformed exact payment: {0}")]
     Malformed(String),
@@ -153,7 +154,7 @@ pub enum ExactError {
     Unavailable(String),
 }
 
-impl ExactError {
+impl ExactRefusal {
     /// The official `invalidReason` / `errorReason` (`@x402/evm` exact facilitator).
     pub const fn reason(&self) -> &'static str {
         match self {
@@ -191,9 +192,9 @@ impl ExactError {
     }
 }
 
-impl From<ExactError> for Refusal {
+impl From<ExactRefusal> for Refusal {
     /// The node's code, and a message ending with the official reason in brackets.
-    fn from(e: ExactError) -> Self {
+    fn from(e: ExactRefusal) -> Self {
         Self::new(e.code(), format!("{e} [{}]", e.reason()))
     }
 }
@@ -474,33 +475,38 @@ impl<S: KvStore, C: TokenChain, T: Sender> Exact<S, C, T> {
     /// Verifies `payload` for a request priced `price` at unix time `now`, without recording
     /// it; returns the payer. The checks and their order are the official facilitator's (see
     /// the module docs), plus this node's own record of the nonce.
-    pub async fn verify(&self, payload: &ExactPayload, price: U256, now: u64) -> Result<Address, ExactError> {
+    pub async fn verify(
+        &self,
+        payload: &ExactPayload,
+        price: U256,
+        now: u64,
+    ) -> Result<Address, ExactRefusal> {
         let a = &payload.authorization;
         let digest = a.signing_hash(&self.domain);
         let recovered = recover(&digest, &payload.signature).map(|k| address_of(&k));
         if recovered != Some(a.from) {
             let code = self.chain.code(a.from).await.map_err(unavailable)?;
             if SignerCode::of(&code) == SignerCode::Contract {
-                return Err(ExactError::ContractWallet { from: a.from });
+                return Err(ExactRefusal::ContractWallet { from: a.from });
             }
-            return Err(ExactError::InvalidSignature { from: a.from });
+            return Err(ExactRefusal::InvalidSignature { from: a.from });
         }
         if a.to != self.terms.payee {
-            return Err(ExactError::RecipientMismatch { to: a.to, payee: self.terms.payee });
+            return Err(ExactRefusal::RecipientMismatch { to: a.to, payee: self.terms.payee });
         }
         let needed = now.saturating_add(SETTLE_MARGIN);
         if a.valid_before < U256::from(needed) {
-            return Err(ExactError::Expired { valid_before: a.valid_before, needed });
+            return Err(ExactRefusal::Expired { valid_before: a.valid_before, needed });
         }
         if a.valid_after > U256::from(now) {
-            return Err(ExactError::NotYetValid { valid_after: a.valid_after, now });
+            return Err(ExactRefusal::NotYetValid { valid_after: a.valid_after, now });
         }
         if a.value != price {
-            return Err(ExactError::ValueMismatch { value: a.value, price });
+            return Err(ExactRefusal::ValueMismatch { value: a.value, price });
         }
         let key = record_key(self.terms.token, a.from, a.nonce);
         if self.store.get(EXACT_AUTHORIZATIONS, &key).map_err(storage)?.is_some() {
-            return Err(ExactError::NonceUsed { from: a.from, nonce: a.nonce });
+            return Err(ExactRefusal::NonceUsed { from: a.from, nonce: a.nonce });
         }
         let (used, balance) = futures::future::join(
             self.chain.authorization_used(self.terms.token, a.from, a.nonce),
@@ -508,24 +514,24 @@ impl<S: KvStore, C: TokenChain, T: Sender> Exact<S, C, T> {
         )
         .await;
         if used.map_err(unavailable)? {
-            return Err(ExactError::NonceUsed { from: a.from, nonce: a.nonce });
+            return Err(ExactRefusal::NonceUsed { from: a.from, nonce: a.nonce });
         }
         let balance = balance.map_err(unavailable)?;
         if balance < a.value {
-            return Err(ExactError::InsufficientBalance { from: a.from, balance, value: a.value });
+            return Err(ExactRefusal::InsufficientBalance { from: a.from, balance, value: a.value });
         }
-        let calldata = payload.calldata().map_err(|e| ExactError::Malformed(e.to_string()))?;
+        let calldata = payload.calldata().map_err(|e| ExactRefusal::Malformed(e.to_string()))?;
         self.chain
             .simulate(self.sender.address(), self.terms.token, calldata)
             .await
             .map_err(unavailable)?
-            .map_err(ExactError::SimulationFailed)?;
+            .map_err(ExactRefusal::SimulationFailed)?;
         Ok(a.from)
     }
 
     /// Verifies `payload` (see [`Self::verify`]) and records it durably: once this returns, the
     /// authorisation is refused to any other request, even after a restart.
-    pub async fn reserve(&self, payload: ExactPayload, price: U256) -> Result<Reserved, ExactError> {
+    pub async fn reserve(&self, payload: ExactPayload, price: U256) -> Result<Reserved, ExactRefusal> {
         self.verify(&payload, price, crate::unix_now()).await?;
         let a = &payload.authorization;
         let key = record_key(self.terms.token, a.from, a.nonce);
@@ -539,7 +545,7 @@ impl<S: KvStore, C: TokenChain, T: Sender> Exact<S, C, T> {
         {
             let _taking = self.taking.lock();
             if self.store.get(EXACT_AUTHORIZATIONS, &key).map_err(storage)?.is_some() {
-                return Err(ExactError::NonceUsed { from: a.from, nonce: a.nonce });
+                return Err(ExactRefusal::NonceUsed { from: a.from, nonce: a.nonce });
             }
             self.put(&key, &record)?;
         }
@@ -550,25 +556,25 @@ impl<S: KvStore, C: TokenChain, T: Sender> Exact<S, C, T> {
     }
 
     /// Transfers a reserved authorisation from the node's key and waits for the receipt.
-    pub async fn settle(&self, reserved: Reserved) -> Result<Settled, ExactError> {
+    pub async fn settle(&self, reserved: Reserved) -> Result<Settled, ExactRefusal> {
         let a = &reserved.payload.authorization;
         // The transfer must be mined before `validBefore`: too close to it (a slow upstream
         // used up the window), it is not sent at all rather than sent to revert.
         let needed = crate::unix_now().saturating_add(SEND_MARGIN);
         if a.valid_before < U256::from(needed) {
             self.mark(&reserved, RecordState::Failed, None).await;
-            return Err(ExactError::TransactionFailed(format!(
+            return Err(ExactRefusal::TransactionFailed(format!(
                 "the authorisation expires at {} before the transfer could be mined (needed {needed})",
                 a.valid_before
             )));
         }
-        let calldata = reserved.payload.calldata().map_err(|e| ExactError::Malformed(e.to_string()))?;
+        let calldata = reserved.payload.calldata().map_err(|e| ExactRefusal::Malformed(e.to_string()))?;
         let mined = match self.sender.send(self.terms.token, calldata).await {
             Ok(mined) => mined,
             Err(e) => {
                 // Unknown whether it was broadcast: the record stays `reserved` (refused).
                 warn!(target: "node::exact", payer = %a.from, nonce = %a.nonce, error = %e, "exact settlement not sent");
-                return Err(ExactError::TransactionFailed(e));
+                return Err(ExactRefusal::TransactionFailed(e));
             }
         };
         let transferred = mined.logs.iter().any(|(topics, data)| {
@@ -578,7 +584,7 @@ impl<S: KvStore, C: TokenChain, T: Sender> Exact<S, C, T> {
         if !mined.success || !transferred {
             warn!(target: "node::exact", payer = %a.from, tx = %mined.hash, success = mined.success, "exact settlement failed");
             self.mark(&reserved, RecordState::Failed, Some(mined.hash)).await;
-            return Err(ExactError::TransactionFailed(format!(
+            return Err(ExactRefusal::TransactionFailed(format!(
                 "transaction {} {}",
                 mined.hash,
                 if mined.success { "did not transfer the authorised amount" } else { "reverted" }
@@ -597,7 +603,7 @@ impl<S: KvStore, C: TokenChain, T: Sender> Exact<S, C, T> {
 
     /// Removes records whose authorisation expired more than [`PRUNE_AFTER`] seconds before
     /// `now` (the token refuses them by itself); returns how many.
-    pub fn prune(&self, now: u64) -> Result<usize, ExactError> {
+    pub fn prune(&self, now: u64) -> Result<usize, ExactRefusal> {
         let mut removed = 0;
         for (key, value) in self.store.list(EXACT_AUTHORIZATIONS).map_err(storage)? {
             let Ok(record) = serde_json::from_slice::<ExactRecord>(&value) else { continue };
@@ -610,18 +616,18 @@ impl<S: KvStore, C: TokenChain, T: Sender> Exact<S, C, T> {
     }
 
     /// The record of an authorisation, if this node took it.
-    pub fn record(&self, from: Address, nonce: B256) -> Result<Option<ExactRecord>, ExactError> {
+    pub fn record(&self, from: Address, nonce: B256) -> Result<Option<ExactRecord>, ExactRefusal> {
         let key = record_key(self.terms.token, from, nonce);
         let Some(bytes) = self.store.get(EXACT_AUTHORIZATIONS, &key).map_err(storage)? else {
             return Ok(None);
         };
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| ExactError::Unavailable(format!("corrupt record: {e}")))
+            .map_err(|e| ExactRefusal::Unavailable(format!("corrupt record: {e}")))
     }
 
-    fn put(&self, key: &[u8], record: &ExactRecord) -> Result<(), ExactError> {
-        let bytes = serde_json::to_vec(record).map_err(|e| ExactError::Unavailable(e.to_string()))?;
+    fn put(&self, key: &[u8], record: &ExactRecord) -> Result<(), ExactRefusal> {
+        let bytes = serde_json::to_vec(record).map_err(|e| ExactRefusal::Unavailable(e.to_string()))?;
         self.store.put(EXACT_AUTHORIZATIONS, key, &bytes).map_err(storage)
     }
 
@@ -656,12 +662,12 @@ pub fn for_gateway<S: KvStore>(
     store: Arc<S>,
     chain: RpcChain,
     sender: Arc<x402_chain::TxSender<S>>,
-) -> eyre::Result<Exact<S, RpcChain, Arc<x402_chain::TxSender<S>>>> {
+) -> crate::Result<Exact<S, RpcChain, Arc<x402_chain::TxSender<S>>>> {
     let domain = domain.ok_or_else(|| {
-        eyre::eyre!(
+        crate::Error::Missing(format!(
             "the exact scheme needs the EIP-712 domain of the token {}, which it does not report: set payment.eip712_name and payment.eip712_version",
             terms.asset
-        )
+        ))
     })?;
     let extra = ExactExtra { name: domain.name, version: domain.version };
     let exact_terms = ExactTerms {
@@ -675,7 +681,7 @@ pub fn for_gateway<S: KvStore>(
         warn!(target: "node::exact", sender = %sender.address(), payee = %terms.payee, "exact transfers are sent by a key other than the payee's");
     }
     let exact = Exact::new(exact_terms, store, chain, sender);
-    let pruned = exact.prune(crate::unix_now()).map_err(|e| eyre::eyre!("{e}"))?;
+    let pruned = exact.prune(crate::unix_now())?;
     info!(target: "node::exact", token = %exact.terms.token, name = %exact.terms.extra.name, version = %exact.terms.extra.version, pruned, "taking the exact scheme");
     Ok(exact)
 }
@@ -694,13 +700,13 @@ pub trait ExactHandler: Send + Sync + 'static {
         &'a self,
         payload: &'a ExactPayload,
         price: U256,
-    ) -> BoxFuture<'a, Result<Address, ExactError>>;
+    ) -> BoxFuture<'a, Result<Address, ExactRefusal>>;
 
     /// [`Exact::reserve`].
-    fn reserve(&self, payload: ExactPayload, price: U256) -> BoxFuture<'_, Result<Reserved, ExactError>>;
+    fn reserve(&self, payload: ExactPayload, price: U256) -> BoxFuture<'_, Result<Reserved, ExactRefusal>>;
 
     /// [`Exact::settle`].
-    fn settle(&self, reserved: Reserved) -> BoxFuture<'_, Result<Settled, ExactError>>;
+    fn settle(&self, reserved: Reserved) -> BoxFuture<'_, Result<Settled, ExactRefusal>>;
 
     /// [`Exact::release`].
     fn release(&self, reserved: Reserved) -> BoxFuture<'_, ()>;
@@ -715,15 +721,15 @@ impl<S: KvStore, C: TokenChain, T: Sender> ExactHandler for Exact<S, C, T> {
         &'a self,
         payload: &'a ExactPayload,
         price: U256,
-    ) -> BoxFuture<'a, Result<Address, ExactError>> {
+    ) -> BoxFuture<'a, Result<Address, ExactRefusal>> {
         Box::pin(Self::verify(self, payload, price, crate::unix_now()))
     }
 
-    fn reserve(&self, payload: ExactPayload, price: U256) -> BoxFuture<'_, Result<Reserved, ExactError>> {
+    fn reserve(&self, payload: ExactPayload, price: U256) -> BoxFuture<'_, Result<Reserved, ExactRefusal>> {
         Box::pin(Self::reserve(self, payload, price))
     }
 
-    fn settle(&self, reserved: Reserved) -> BoxFuture<'_, Result<Settled, ExactError>> {
+    fn settle(&self, reserved: Reserved) -> BoxFuture<'_, Result<Settled, ExactRefusal>> {
         Box::pin(Self::settle(self, reserved))
     }
 
@@ -879,12 +885,12 @@ where
     Ok(response)
 }
 
-fn unavailable(e: ChainError) -> ExactError {
-    ExactError::Unavailable(format!("chain unavailable: {e}"))
+fn unavailable(e: ChainError) -> ExactRefusal {
+    ExactRefusal::Unavailable(format!("chain unavailable: {e}"))
 }
 
-fn storage(e: x402_store::Error) -> ExactError {
-    ExactError::Unavailable(format!("storage unavailable: {e}"))
+fn storage(e: x402_store::Error) -> ExactRefusal {
+    ExactRefusal::Unavailable(format!("storage unavailable: {e}"))
 }
 
 #[cfg(test)]
@@ -1126,7 +1132,7 @@ mod tests {
             ..valid
         };
         let err = f.exact.verify(&tampered, U256::from(PRICE + 1), now).await.unwrap_err();
-        assert!(matches!(err, ExactError::InvalidSignature { .. }), "{err}");
+        assert!(matches!(err, ExactRefusal::InvalidSignature { .. }), "{err}");
         assert!(f.sender.sent.lock().is_empty(), "nothing was sent");
     }
 
@@ -1141,7 +1147,7 @@ mod tests {
         let payload = sign(&f.payer, authorization(wallet));
         let err = f.exact.verify(&payload, U256::from(PRICE), crate::unix_now()).await.unwrap_err();
         assert!(
-            matches!(err, ExactError::ContractWallet { .. }) && err.to_string().contains("ERC-1271"),
+            matches!(err, ExactRefusal::ContractWallet { .. }) && err.to_string().contains("ERC-1271"),
             "{err}"
         );
 
@@ -1168,7 +1174,7 @@ mod tests {
         assert_eq!(f.exact.record(f.payer.address(), nonce).unwrap().unwrap().state, RecordState::Reserved);
         // Recorded: refused before it was even sent.
         let err = f.exact.reserve(payload.clone(), U256::from(PRICE)).await.unwrap_err();
-        assert!(matches!(err, ExactError::NonceUsed { .. }), "{err}");
+        assert!(matches!(err, ExactRefusal::NonceUsed { .. }), "{err}");
         let settled = f.exact.settle(reserved).await.unwrap();
         assert_eq!((settled.payer, settled.amount), (f.payer.address(), U256::from(PRICE)));
         let sent = f.sender.sent.lock().clone();
@@ -1176,7 +1182,7 @@ mod tests {
         let record = f.exact.record(f.payer.address(), nonce).unwrap().unwrap();
         assert_eq!((record.state, record.transaction), (RecordState::Settled, Some(settled.transaction)));
         let err = f.exact.reserve(payload, U256::from(PRICE)).await.unwrap_err();
-        assert!(matches!(err, ExactError::NonceUsed { .. }), "{err}");
+        assert!(matches!(err, ExactRefusal::NonceUsed { .. }), "{err}");
         assert_eq!(f.sender.sent.lock().len(), 1);
     }
 
@@ -1274,7 +1280,7 @@ mod tests {
         let f = fixture_with(Arc::clone(&store), FakeChain::default());
         f.chain.balances.lock().insert(payer.address(), U256::from(PRICE));
         let err = f.exact.reserve(payload.clone(), U256::from(PRICE)).await.unwrap_err();
-        assert!(matches!(err, ExactError::NonceUsed { .. }), "{err}");
+        assert!(matches!(err, ExactRefusal::NonceUsed { .. }), "{err}");
         let now = crate::unix_now();
         assert_eq!(f.exact.prune(now).unwrap(), 0, "not expired yet");
         assert_eq!(f.exact.prune(now + 60 + PRUNE_AFTER + 1).unwrap(), 1);

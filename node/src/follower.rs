@@ -30,8 +30,8 @@ use x402_protocol::bindings::IPaymentChannel::{self, ChannelParams};
 use x402_store::KvStore;
 
 use crate::{
-    Engine, Refusal,
-    chain::{ChainError, ChainReader, RpcChain},
+    Engine, Error,
+    chain::{ChainReader, RpcChain},
     channel::ChannelStatus,
 };
 
@@ -41,17 +41,6 @@ pub const FOLLOWER: &str = x402_chain::follower::CURSORS;
 const CURSOR_NAME: &str = "cursor";
 /// Channel reads in flight at once.
 const READ_CONCURRENCY: usize = 16;
-
-/// Errors of a follower poll.
-#[derive(Debug, thiserror::Error)]
-pub enum FollowError {
-    /// The RPC failed.
-    #[error(transparent)]
-    Chain(#[from] ChainError),
-    /// Updating a channel record failed.
-    #[error("{0}")]
-    Node(#[from] Refusal),
-}
 
 /// Follows the contract's events into an [`Engine`].
 #[derive(Debug)]
@@ -105,7 +94,7 @@ impl<S: KvStore> Follower<S> {
     }
 
     /// One poll: reads new logs, re-reads the channels they touch, advances the cursor.
-    pub async fn poll_once(&mut self) -> Result<Progress, FollowError> {
+    pub async fn poll_once(&mut self) -> Result<Progress, Error> {
         let progress = self.inner.poll_once().await?;
         let metrics = self.inner.handler().engine.metrics();
         metrics.follower_block.set(i64::try_from(progress.confirmed).unwrap_or(i64::MAX));
@@ -138,9 +127,9 @@ pub struct NodeLogs<S> {
 }
 
 impl<S: KvStore> LogHandler for NodeLogs<S> {
-    type Error = FollowError;
+    type Error = Error;
 
-    async fn resync(&mut self, _reorg: bool) -> Result<(), FollowError> {
+    async fn resync(&mut self, _reorg: bool) -> Result<(), Error> {
         for record in self.engine.channels().await? {
             if record.status != ChannelStatus::Closed {
                 self.touched.insert(record.id);
@@ -149,7 +138,7 @@ impl<S: KvStore> LogHandler for NodeLogs<S> {
         Ok(())
     }
 
-    async fn logs(&mut self, logs: Vec<Log>, _range: Range) -> Result<(), FollowError> {
+    async fn logs(&mut self, logs: Vec<Log>, _range: Range) -> Result<(), Error> {
         let payee = self.engine.terms().payee;
         for log in &logs {
             let Some(event) = ChannelEvent::parse(log, payee) else { continue };
@@ -180,7 +169,7 @@ impl<S: KvStore> LogHandler for NodeLogs<S> {
         Ok(())
     }
 
-    async fn commit(&mut self) -> Result<(), FollowError> {
+    async fn commit(&mut self) -> Result<(), Error> {
         let touched = std::mem::take(&mut self.touched);
         let adopt = std::mem::take(&mut self.adopt);
         let payments = std::mem::take(&mut self.payments);
@@ -202,7 +191,7 @@ impl<S: KvStore> LogHandler for NodeLogs<S> {
                 if let Some(&(paid, closed)) = payments.get(&id) {
                     engine.apply_paid(id, paid, closed, None).await?;
                 }
-                Ok::<_, FollowError>(())
+                Ok::<_, Error>(())
             })
             .buffer_unordered(READ_CONCURRENCY)
             .try_collect::<()>()

@@ -37,7 +37,6 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use eyre::WrapErr;
 use serde::Serialize;
 use tracing::{info, warn};
 use x402_protocol::{
@@ -47,7 +46,7 @@ use x402_protocol::{
 use x402_store::{KvStore, SledStore};
 
 use crate::{
-    Engine, Payment, Refusal, Terms,
+    Engine, Error, Payment, Refusal, Terms,
     auth::BearerToken,
     chain::{ChainReader, RpcChain},
     channel::ChannelRecord,
@@ -530,33 +529,38 @@ pub fn settle_router<S: KvStore>(settler: Arc<Settler<S>>, admin_token: Option<S
 /// Runs one settlement round for the node described by `config` (which must not be running:
 /// the store is opened here), after catching up with the chain's events. With `force`, every
 /// channel that owes anything is settled, whatever the policy.
-pub async fn settle_once(config: Config, force: bool) -> eyre::Result<crate::settle::RoundReport> {
+pub async fn settle_once(config: Config, force: bool) -> crate::Result<crate::settle::RoundReport> {
     config.validate()?;
     let key = config.provider.signer()?.ok_or_else(|| {
-        eyre::eyre!("settling needs the provider's key ({} or provider.key_file)", config.provider.key_env)
+        Error::Missing(format!(
+            "settling needs the provider's key ({} or provider.key_file)",
+            config.provider.key_env
+        ))
     })?;
     let (engine, _) = open_engine(&config).await?;
     let mut follower = Follower::new(engine.clone(), FollowerConfig::default());
-    follower.poll_once().await.wrap_err("cannot catch up with the chain")?;
+    follower.poll_once().await.map_err(|e| Error::CatchUp(Box::new(e)))?;
     let settler = Settler::new(engine, key, config.settlement.policy());
-    Ok(settler.round(force).await?)
+    settler.round(force).await
 }
 
 /// Opens the store and builds the engine of `config`.
-async fn open_engine(config: &Config) -> eyre::Result<(Engine<SledStore, RpcChain>, Arc<SledStore>)> {
-    let contract = config.chain.contract.ok_or_else(|| eyre::eyre!("chain.contract is required"))?;
+async fn open_engine(config: &Config) -> crate::Result<(Engine<SledStore, RpcChain>, Arc<SledStore>)> {
+    let contract =
+        config.chain.contract.ok_or_else(|| Error::Missing("chain.contract is required".to_owned()))?;
     let payee = config.provider.address()?;
     let provider = crate::chain::http_provider(
-        config.chain.rpc_url.parse().wrap_err("invalid chain.rpc_url")?,
+        config.chain.rpc_url.parse().map_err(|e| Error::Config(format!("invalid chain.rpc_url: {e}")))?,
         std::time::Duration::from_millis(config.chain.rpc_timeout_ms),
     )?;
     let chain_id = match config.chain.chain_id {
         Some(id) => id,
-        None => provider.get_chain_id().await.wrap_err("cannot reach the chain RPC")?,
+        None => provider.get_chain_id().await.map_err(Error::ChainId)?,
     };
-    let store = Arc::new(SledStore::open(&config.data_dir).wrap_err_with(|| {
-        format!("cannot open the store in {} (is a gateway running on it?)", config.data_dir.display())
-    })?);
+    let store = Arc::new(
+        SledStore::open(&config.data_dir)
+            .map_err(|source| Error::OpenStore { dir: config.data_dir.clone(), source })?,
+    );
     let terms = Terms {
         chain_id,
         contract,
@@ -585,7 +589,7 @@ async fn open_engine(config: &Config) -> eyre::Result<(Engine<SledStore, RpcChai
 }
 
 /// Runs the gateway described by `config` until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> eyre::Result<()> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> crate::Result<()> {
     config.validate()?;
     let key = config.provider.signer()?;
     let (engine, store) = open_engine(&config).await?;
@@ -667,10 +671,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let mut exact = None;
     if config.takes_exact() {
         let sender = payee_sender.clone().ok_or_else(|| {
-            eyre::eyre!(
+            Error::Missing(format!(
                 "the exact scheme needs the provider's key to settle ({} or provider.key_file)",
                 config.provider.key_env
-            )
+            ))
         })?;
         let scheme = Arc::new(crate::exact::for_gateway(
             engine.terms(),
@@ -699,7 +703,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     .merge(close_router(engine.clone(), close));
     if config.relay.enabled {
         let key = config.relay.signer()?.ok_or_else(|| {
-            eyre::eyre!("relay.enabled needs the relay's key ({} or relay.key_file)", config.relay.key_env)
+            Error::Missing(format!(
+                "relay.enabled needs the relay's key ({} or relay.key_file)",
+                config.relay.key_env
+            ))
         })?;
         let relay =
             crate::relay::Relay::new(&config.chain.rpc_url, key, engine.terms().clone(), Arc::clone(&store))?;
@@ -731,7 +738,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     drop((engine, settler));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .wrap_err_with(|| format!("cannot listen on {}", config.listen))?;
+        .map_err(|source| Error::Listen { addr: config.listen, source })?;
     info!(
         target: "node::gateway",
         listen = %listener.local_addr()?,

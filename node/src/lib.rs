@@ -6,6 +6,8 @@
 //! it as a tower [`Layer`](tower::Layer) for axum apps ([`middleware::Paywall`]) and as a
 //! reverse-proxy [`gateway`] (the `x402-node` binary).
 //!
+//! Errors: the crate's one [`Error`] enum; a refused payment is a [`Refusal`] instead.
+//!
 //! Modules:
 //! - [`engine`]: the request path: decode, check, verify, commit.
 //! - [`channel`]: a channel's record and the rules a voucher must pass.
@@ -35,6 +37,7 @@ pub mod chain;
 pub mod channel;
 pub mod config;
 pub mod engine;
+pub mod error;
 pub mod exact;
 pub mod facilitator;
 pub mod follower;
@@ -56,6 +59,7 @@ use http::StatusCode;
 use x402_protocol::wire::{ChannelState, ErrorCode};
 
 pub use engine::{Engine, Payment, Price, Schemes, Terms};
+pub use error::{Error, Result};
 /// The watchtower, its own crate (`x402-watcher`); `x402-node watch` runs it.
 pub use x402_watcher as watcher;
 
@@ -126,9 +130,9 @@ impl Refusal {
         Self::new(ErrorCode::Unavailable, format!("storage unavailable: {e}"))
     }
 
-    pub(crate) fn book(e: book::BookError) -> Self {
+    pub(crate) fn book(e: Error) -> Self {
         match e {
-            book::BookError::Store(e) => Self::storage(e),
+            Error::Store(e) => Self::storage(e),
             e => Self::new(ErrorCode::Unavailable, e.to_string()),
         }
     }

@@ -186,11 +186,11 @@ async fn run(cli: Cli) -> eyre::Result<()> {
         Ok(config)
     };
     match command {
-        None => x402_node::gateway::run(load(top)?, x402_node::shutdown_signal()).await,
+        None => Ok(x402_node::gateway::run(load(top)?, x402_node::shutdown_signal()).await?),
         Some(Command::Run { overrides }) => {
             let mut config = load(top)?;
             overrides.apply(&mut config);
-            x402_node::gateway::run(config, x402_node::shutdown_signal()).await
+            Ok(x402_node::gateway::run(config, x402_node::shutdown_signal()).await?)
         }
         Some(Command::Watch { mut overrides }) => {
             // The flags before `watch` apply to the watcher too, unless it has its own.

@@ -22,20 +22,7 @@ use x402_protocol::{
 };
 use x402_store::KvStore;
 
-use crate::{Engine, chain::ChainReader, config::WatcherTarget};
-
-/// Errors pushing to a watcher.
-#[derive(Debug, thiserror::Error)]
-pub enum PushError {
-    /// The watcher could not be reached or answered with an error.
-    #[error("watcher {url}: {message}")]
-    Watcher {
-        /// The watcher.
-        url: String,
-        /// What went wrong.
-        message: String,
-    },
-}
+use crate::{Engine, Error, chain::ChainReader, config::WatcherTarget};
 
 /// One watcher and the channels it has not been sent yet.
 #[derive(Debug)]
@@ -103,8 +90,8 @@ pub async fn push<S: KvStore, C: ChainReader>(
     client: &reqwest::Client,
     watcher: &WatcherTarget,
     channels: &HashSet<B256>,
-) -> Result<usize, PushError> {
-    let err = |message: String| PushError::Watcher { url: watcher.url.clone(), message };
+) -> Result<usize, Error> {
+    let err = |message: String| Error::Watcher { url: watcher.url.clone(), message };
     let mut vouchers = Vec::with_capacity(channels.len());
     for id in channels {
         let Some(record) = engine.channel(*id).map_err(|e| err(e.to_string()))? else { continue };
@@ -235,7 +222,7 @@ mod tests {
         let payee = alloy::signers::local::PrivateKeySigner::random();
         let wrong = push(&engine, &payee, &client, &target(&url, "wrong-token-0123456789"), &channels).await;
         assert!(
-            matches!(&wrong, Err(PushError::Watcher { message, .. }) if message.contains("401")),
+            matches!(&wrong, Err(Error::Watcher { message, .. }) if message.contains("401")),
             "{wrong:?}"
         );
         assert!(seen.lock().is_empty());

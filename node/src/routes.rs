@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use http::Method;
 
-use crate::{Price, path::match_key};
+use crate::{Error, Price, path::match_key};
 
 /// The node's own path prefixes: answered by the node, never proxied, never priced.
 pub const RESERVED_PREFIXES: [&str; 5] = ["/admin", "/x402", "/healthz", "/metrics", "/facilitator"];
@@ -44,41 +44,6 @@ const METHODS: [Method; 9] = [
     Method::TRACE,
     Method::CONNECT,
 ];
-
-/// Why a route table could not be built.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum RouteError {
-    /// The pattern is not valid axum path syntax.
-    #[error("route {pattern:?}: {reason}")]
-    Pattern {
-        /// The pattern.
-        pattern: String,
-        /// Why.
-        reason: String,
-    },
-    /// Two routes could match the same request equally.
-    #[error("route {pattern:?} overlaps route {with:?} for {method}")]
-    Conflict {
-        /// The pattern added last.
-        pattern: String,
-        /// The route it overlaps (as matched: lower case).
-        with: String,
-        /// The method both are priced for.
-        method: String,
-    },
-    /// The route is under one of the node's own paths.
-    #[error("route {0:?} is under a path the node answers itself ({prefixes})", prefixes = RESERVED_PREFIXES.join(", "))]
-    Reserved(String),
-    /// A method name is not a valid HTTP method token.
-    #[error("route {pattern:?}: {method:?} is not an HTTP method")]
-    Method {
-        /// The pattern.
-        pattern: String,
-        /// The method given.
-        method: String,
-    },
-}
 
 /// A table of priced routes.
 #[derive(Clone, Debug, Default)]
@@ -111,24 +76,19 @@ impl Routes {
     }
 
     /// Prices `pattern` for `methods` (none: every method).
-    pub fn add<M: AsRef<str>>(
-        &mut self,
-        pattern: &str,
-        methods: &[M],
-        price: Price,
-    ) -> Result<(), RouteError> {
+    pub fn add<M: AsRef<str>>(&mut self, pattern: &str, methods: &[M], price: Price) -> Result<(), Error> {
         if !pattern.starts_with('/') {
-            return Err(RouteError::Pattern {
+            return Err(Error::RoutePattern {
                 pattern: pattern.into(),
                 reason: "must start with '/'".into(),
             });
         }
         if is_reserved(pattern) {
-            return Err(RouteError::Reserved(pattern.into()));
+            return Err(Error::RouteReserved(pattern.into()));
         }
         let key = match_key(pattern);
         if key != pattern.to_ascii_lowercase().trim_end_matches('/') && key != "/" {
-            return Err(RouteError::Pattern {
+            return Err(Error::RoutePattern {
                 pattern: pattern.into(),
                 reason: "must be a canonical path: no empty segments or ';'".into(),
             });
@@ -137,7 +97,7 @@ impl Routes {
         for m in methods {
             let upper = m.as_ref().to_ascii_uppercase();
             let method = Method::from_bytes(upper.as_bytes())
-                .map_err(|_| RouteError::Method { pattern: pattern.into(), method: m.as_ref().into() })?;
+                .map_err(|_| Error::RouteMethod { pattern: pattern.into(), method: m.as_ref().into() })?;
             if !explicit.contains(&method) {
                 explicit.push(method);
             }
@@ -146,9 +106,9 @@ impl Routes {
         let mut table = self.clone();
         let conflict = |e: matchit::InsertError, method: &str| match e {
             matchit::InsertError::Conflict { with } => {
-                RouteError::Conflict { pattern: pattern.into(), with, method: method.into() }
+                Error::RouteConflict { pattern: pattern.into(), with, method: method.into() }
             }
-            other => RouteError::Pattern { pattern: pattern.into(), reason: other.to_string() },
+            other => Error::RoutePattern { pattern: pattern.into(), reason: other.to_string() },
         };
         if explicit.is_empty() {
             for method in METHODS {
@@ -213,7 +173,7 @@ mod tests {
         Price::exact(U256::from(n))
     }
 
-    fn table(routes: &[(&str, &[&str], u64)]) -> Result<Routes, RouteError> {
+    fn table(routes: &[(&str, &[&str], u64)]) -> Result<Routes, Error> {
         let mut t = Routes::new();
         for (pattern, methods, p) in routes {
             t.add(pattern, methods, price(*p))?;

@@ -38,43 +38,14 @@ use x402_protocol::bindings::IPaymentChannel::{self, Claim};
 use x402_store::KvStore;
 
 use crate::{
-    Engine, Refusal,
-    chain::{ChainError, RpcChain},
+    Engine, Error,
+    chain::RpcChain,
     channel::{ChannelRecord, ChannelStatus},
     unix_now,
 };
 
 /// Simulations in flight at once.
 const SIMULATION_CONCURRENCY: usize = 8;
-
-/// Errors of a settlement round.
-#[derive(Debug, thiserror::Error)]
-pub enum SettleError {
-    /// The RPC failed, or the sender could not store or sign the transaction.
-    #[error(transparent)]
-    Chain(ChainError),
-    /// Reading or updating channel records failed.
-    #[error("{0}")]
-    Node(#[from] Refusal),
-    /// The store failed.
-    #[error("store: {0}")]
-    Store(#[from] x402_store::Error),
-    /// A stored in-flight transaction is corrupt.
-    #[error("corrupt settlement record: {0}")]
-    Codec(#[from] serde_json::Error),
-    /// A test stopped the round here, as a crash would (`test-utils` only).
-    #[error("injected crash at {0:?}")]
-    InjectedCrash(CrashPoint),
-}
-
-impl From<ChainError> for SettleError {
-    fn from(e: ChainError) -> Self {
-        match e {
-            ChainError::InjectedCrash(point) => Self::InjectedCrash(point),
-            e => Self::Chain(e),
-        }
-    }
-}
 
 /// When the node settles, and how much it may spend doing so.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -409,7 +380,7 @@ impl<S: KvStore> Settler<S> {
 
     /// One round: resolves transactions in flight, then settles what the policy selects
     /// (everything owed, with `force`).
-    pub async fn round(&self, force: bool) -> Result<RoundReport, SettleError> {
+    pub async fn round(&self, force: bool) -> Result<RoundReport, Error> {
         let _exclusive = self.round.lock().await;
         let mut report = RoundReport::default();
         for record in self.sender.in_flight()? {
@@ -509,24 +480,26 @@ impl<S: KvStore> Settler<S> {
         kind: BatchKind,
         claims: Vec<(B256, Claim)>,
         deadline: Option<u64>,
-    ) -> Result<TxRecord, SettleError> {
+    ) -> Result<TxRecord, Error> {
         let (channels, claims): (Vec<B256>, Vec<Claim>) = claims.into_iter().unzip();
         let input = match kind {
             BatchKind::Close => IPaymentChannel::closeManyCall { claims }.abi_encode(),
             BatchKind::Settle => IPaymentChannel::settleManyCall { claims }.abi_encode(),
         };
         let request = TransactionRequest::default().with_to(self.engine.chain().contract()).with_input(input);
-        let context = serde_json::to_value(BatchContext { kind, channels })?;
+        let context =
+            serde_json::to_value(BatchContext { kind, channels }).map_err(Error::SettlementRecord)?;
         let record = self.sender.send(request, context, deadline).await?;
         self.engine.metrics().settlement_txs.with_label_values(&[kind.as_str()]).inc();
         Ok(record)
     }
 
     /// Applies what the sender reports of a settlement transaction.
-    async fn settled(&self, outcome: Outcome, recovered: bool) -> Result<BatchReport, SettleError> {
+    async fn settled(&self, outcome: Outcome, recovered: bool) -> Result<BatchReport, Error> {
         match outcome {
             Outcome::Mined { record, receipt } => {
-                let context: BatchContext = serde_json::from_value(record.context.clone())?;
+                let context: BatchContext =
+                    serde_json::from_value(record.context.clone()).map_err(Error::SettlementRecord)?;
                 let replacements = record.replacements();
                 self.engine
                     .metrics()
@@ -536,7 +509,8 @@ impl<S: KvStore> Settler<S> {
                 self.finish(context, replacements, &receipt, recovered).await
             }
             Outcome::Replaced(record) | Outcome::Pending(record) => {
-                let context: BatchContext = serde_json::from_value(record.context.clone())?;
+                let context: BatchContext =
+                    serde_json::from_value(record.context.clone()).map_err(Error::SettlementRecord)?;
                 warn!(target: "node::settle", nonce = record.nonce, "settlement nonce used by another transaction; the batch will be planned again");
                 Ok(BatchReport {
                     kind: context.kind,
@@ -559,7 +533,7 @@ impl<S: KvStore> Settler<S> {
         replacements: usize,
         receipt: &TransactionReceipt,
         recovered: bool,
-    ) -> Result<BatchReport, SettleError> {
+    ) -> Result<BatchReport, Error> {
         let mut applied = HashSet::new();
         let mut skipped = Vec::new();
         let mut payments = Vec::new();

@@ -19,7 +19,7 @@ use x402_node::{
     Engine, Terms,
     chain::RpcChain,
     metrics::Metrics,
-    settle::{CrashPoint, SettleError, SettlementPolicy, Settler},
+    settle::{CrashPoint, SettlementPolicy, Settler},
 };
 use x402_protocol::{
     bindings::IPaymentChannel,
@@ -383,7 +383,7 @@ async fn a_node_killed_during_settlement_neither_loses_nor_doubles() {
     // 1. Killed after the transaction was stored, before it was broadcast.
     pay_round(3).await;
     let settler = node(&env, data.path(), policy.clone()).crash_at(Some(CrashPoint::BeforeBroadcast));
-    assert!(matches!(settler.round(true).await, Err(SettleError::InjectedCrash(_))));
+    assert!(matches!(settler.round(true).await, Err(x402_node::Error::InjectedCrash(_))));
     drop(settler);
     assert_eq!(paid_onchain().await, U256::ZERO, "nothing was sent");
     // The restarted node sends the stored transaction, even though the policy (no threshold,
@@ -399,7 +399,7 @@ async fn a_node_killed_during_settlement_neither_loses_nor_doubles() {
     pay_round(2).await;
     cheats::set_automine(chain, false).await.unwrap();
     let settler = node(&env, data.path(), policy.clone()).crash_at(Some(CrashPoint::AfterBroadcast));
-    assert!(matches!(settler.round(true).await, Err(SettleError::InjectedCrash(_))));
+    assert!(matches!(settler.round(true).await, Err(x402_node::Error::InjectedCrash(_))));
     drop(settler);
     cheats::drop_all_transactions(chain).await.unwrap();
     let report = settle_while_mining(node(&env, data.path(), policy.clone()), chain, Duration::ZERO).await;
@@ -411,7 +411,7 @@ async fn a_node_killed_during_settlement_neither_loses_nor_doubles() {
     // so the restarted node replaces it with higher fees. Only one of them can be mined.
     pay_round(2).await;
     let settler = node(&env, data.path(), policy.clone()).crash_at(Some(CrashPoint::AfterBroadcast));
-    assert!(matches!(settler.round(true).await, Err(SettleError::InjectedCrash(_))));
+    assert!(matches!(settler.round(true).await, Err(x402_node::Error::InjectedCrash(_))));
     drop(settler);
     let report =
         settle_while_mining(node(&env, data.path(), policy.clone()), chain, Duration::from_secs(4)).await;
@@ -440,7 +440,7 @@ async fn a_node_killed_during_settlement_neither_loses_nor_doubles() {
     // taken by none of its versions, reports the batch replaced and plans it again later.
     cheats::set_automine(chain, false).await.unwrap();
     let settler = node(&env, data.path(), policy.clone()).crash_at(Some(CrashPoint::AfterBroadcast));
-    assert!(matches!(settler.round(true).await, Err(SettleError::InjectedCrash(_))));
+    assert!(matches!(settler.round(true).await, Err(x402_node::Error::InjectedCrash(_))));
     drop(settler);
     cheats::drop_all_transactions(chain).await.unwrap();
     {
