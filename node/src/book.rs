@@ -460,7 +460,7 @@ struct LegacyRecord {
 }
 
 fn decode_legacy(id: B256, bytes: &[u8]) -> Result<ChannelRecord, Error> {
-    let old: LegacyRecord = serde_json::from_slice(bytes).map_err(|e| Error::RecordLegacy(e))?;
+    let old: LegacyRecord = serde_json::from_slice(bytes).map_err(Error::RecordLegacy)?;
     if old.id != id {
         return Err(Error::RecordInvalid("legacy record id"));
     }
