@@ -532,7 +532,7 @@ impl RouteConfig {
         }
     }
 
-    /// The route's [`Price`], with the schemes it names (default: [`wire::SCHEME`] only).
+    /// The route's [`Price`], with the schemes it names (default: [`wire::SCHEME`](x402_protocol::wire::SCHEME) only).
     pub fn price(&self) -> Price {
         self.price_with(&[Scheme::ChannelVoucher])
     }

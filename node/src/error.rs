@@ -2,8 +2,8 @@
 //!
 //! Every fallible function of the library returns [`Error`] (through [`Result`]), with its
 //! source kept, so the binary's report shows the whole chain. A payment the node refuses is
-//! not an error of the node: it is answered with a [`Refusal`](crate::Refusal) (or, for the
-//! `exact` scheme, an [`ExactRefusal`](crate::exact::ExactRefusal)), which carries the x402
+//! not an error of the node: it is answered with a [`Refusal`] (or, for the
+//! `exact` scheme, an [`ExactRefusal`]), which carries the x402
 //! error code; [`Error::Refused`] wraps one only where a background task (settlement, the
 //! follower) gives up on a record.
 
