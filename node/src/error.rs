@@ -85,7 +85,8 @@ pub enum Error {
     CorruptRecord {
         /// The channel.
         id: B256,
-        /// Why: one of the `Record*` variants.
+        /// Why: one of the `Record*` variants (the [`source`](std::error::Error::source) is
+        /// this `Box<Error>`).
         #[source]
         source: Box<Error>,
     },
@@ -165,5 +166,48 @@ impl From<ChainError> for Error {
             ChainError::InjectedCrash(point) => Self::InjectedCrash(point),
             e => Self::Chain(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{error::Error as _, sync::Arc};
+
+    use alloy::primitives::B256;
+    use x402_chain::{ChainError, sender::CrashPoint};
+    use x402_store::{KvStore, MemoryStore};
+
+    use super::Error;
+    use crate::book::{CHANNELS, ChannelBook};
+
+    #[test]
+    fn a_corrupt_record_keeps_its_cause() {
+        let store = Arc::new(MemoryStore::default());
+        let id = B256::repeat_byte(7);
+        store.put(CHANNELS, id.as_slice(), &[9, 0, 0]).unwrap();
+        let e = ChannelBook::new(store).get(id).unwrap_err();
+        assert!(matches!(&e, Error::CorruptRecord { id: at, .. } if *at == id), "{e:?}");
+        assert_eq!(e.to_string(), format!("corrupt channel record {id}: unknown record version 9"));
+        // The source is the boxed record error.
+        let cause = e.source().and_then(|s| s.downcast_ref::<Box<Error>>()).map(|b| &**b);
+        assert!(matches!(cause, Some(Error::RecordVersion(9))), "{cause:?}");
+    }
+
+    #[test]
+    fn a_legacy_record_keeps_the_json_error() {
+        let store = Arc::new(MemoryStore::default());
+        let id = B256::repeat_byte(8);
+        store.put(CHANNELS, id.as_slice(), b"{not json").unwrap();
+        let e = ChannelBook::new(store).get(id).unwrap_err();
+        let legacy =
+            e.source().and_then(|s| s.downcast_ref::<Box<Error>>()).map(|b| &**b).expect("a record error");
+        assert!(matches!(legacy, Error::RecordLegacy(_)), "{legacy:?}");
+        assert!(legacy.source().is_some_and(|s| s.is::<serde_json::Error>()));
+    }
+
+    #[test]
+    fn an_injected_crash_is_not_a_chain_error() {
+        let e = Error::from(ChainError::InjectedCrash(CrashPoint::BeforeBroadcast));
+        assert!(matches!(e, Error::InjectedCrash(CrashPoint::BeforeBroadcast)), "{e:?}");
     }
 }
