@@ -91,7 +91,7 @@ fn binary(package: &str, bin: &str) -> PathBuf {
 }
 
 /// The latest modification time of `Cargo.lock` and the Rust sources under the workspace
-/// members' `src/` directories.
+/// members' `src/` directories, except this crate's (no binary depends on it).
 fn newest_source() -> Option<SystemTime> {
     fn walk(dir: &Path, newest: &mut Option<SystemTime>) {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -106,8 +106,11 @@ fn newest_source() -> Option<SystemTime> {
     }
     let root = root();
     let mut newest = std::fs::metadata(root.join("Cargo.lock")).and_then(|m| m.modified()).ok();
+    let this = Path::new(env!("CARGO_MANIFEST_DIR"));
     for member in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-        walk(&member.path().join("src"), &mut newest);
+        if member.path() != this {
+            walk(&member.path().join("src"), &mut newest);
+        }
     }
     newest
 }
