@@ -22,7 +22,7 @@ struct Step {
 }
 
 fn walkthrough() -> Vec<Step> {
-    let readme = include_str!("../../../README.md");
+    let readme = include_str!("../../README.md");
     let section = readme.split("### Walkthrough").nth(1).expect("the walkthrough section");
     let block = section.split("```sh\n").nth(1).and_then(|s| s.split("```").next()).expect("its code block");
     let mut steps: Vec<Step> = Vec::new();

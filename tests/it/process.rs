@@ -10,7 +10,7 @@ use std::{
 
 /// A command running the binary with no `X402_*` variable inherited from the environment.
 pub(crate) fn node_command() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_x402-node"));
+    let mut cmd = Command::new(x402_e2e::node_binary());
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("X402_") {
             cmd.env_remove(name);

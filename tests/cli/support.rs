@@ -135,7 +135,7 @@ impl Cli {
         let env = self.env.clone();
         let argv = args.clone();
         let output = tokio::task::spawn_blocking(move || {
-            Command::new(env!("CARGO_BIN_EXE_x402")).env_clear().envs(env).args(argv).output()
+            Command::new(x402_e2e::cli_binary()).env_clear().envs(env).args(argv).output()
         })
         .await
         .unwrap()

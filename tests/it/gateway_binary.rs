@@ -4,8 +4,6 @@
 //! preflights are free, the upstream's reported cost is charged (and a bad report logged),
 //! small channels are refused, and a bare channel id shows nothing.
 
-use std::path::Path;
-
 use alloy::primitives::U256;
 use x402_e2e::harness::{ADMIN, Env, Gateway, PRICE};
 use x402_node::config::RouteConfig;
@@ -58,7 +56,7 @@ async fn the_binary_gateway_charges_every_spelling_and_guards_its_paths() {
         route("/items/{id}", &["GET"], 2 * PRICE, Pricing::Exact),
         route("/items/special", &["GET"], 3 * PRICE, Pricing::Exact),
     ];
-    let gw = Gateway::spawn(Path::new(env!("CARGO_BIN_EXE_x402-node")), config, dir.path()).await;
+    let gw = Gateway::spawn(&x402_e2e::node_binary(), config, dir.path()).await;
     let addr = gw.config.listen;
 
     // An expected status plus this: the request is answered by the upstream.
