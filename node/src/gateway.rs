@@ -592,6 +592,17 @@ async fn open_engine(config: &Config) -> crate::Result<(Engine<SledStore, RpcCha
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> crate::Result<()> {
     config.validate()?;
     let key = config.provider.signer()?;
+    // One sender per account: the payee key's nonces belong to the settler's sender, so the
+    // relay needs a key of its own. Checked before anything starts.
+    if config.relay.enabled
+        && let (Some(provider), Some(relay)) = (&key, config.relay.signer()?)
+        && provider.address() == relay.address()
+    {
+        return Err(Error::Config(format!(
+            "relay key {} is the provider's key: give the relay a key of its own (its transactions would race the settler's for nonces)",
+            relay.address()
+        )));
+    }
     let (engine, store) = open_engine(&config).await?;
     let metrics = engine.metrics().clone();
     let (contract, chain_id, payee) =
@@ -710,6 +721,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         })?;
         let relay =
             crate::relay::Relay::new(&config.chain.rpc_url, key, engine.terms().clone(), Arc::clone(&store))?;
+        // Its alerts (a missed deadline) on /metrics, as the settler's.
+        for collector in relay.sender().metrics().collectors() {
+            let _ = engine.metrics().register(collector);
+        }
         info!(target: "node::gateway", relayer = %relay.relayer(), "relaying gasless opens");
         app = app.merge(crate::relay::open_router(relay));
     }

@@ -101,6 +101,11 @@ impl<S: KvStore> Relay<S> {
         self.relayer
     }
 
+    /// The durable sender of the relay's transactions (its counters, its outbox).
+    pub const fn sender(&self) -> &Arc<TxSender<S>> {
+        &self.sender
+    }
+
     /// Checks `open` against the provider's terms, simulates it and submits it; returns once it
     /// is mined.
     pub async fn submit(&self, open: &GaslessOpen) -> Result<OpenResponse, Refusal> {

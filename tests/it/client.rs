@@ -269,6 +269,15 @@ async fn the_relay_refuses_what_it_must_not_pay_gas_for() {
     assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["error"], "not_enabled");
     plain.stop().await;
 
+    // A relay on the provider's own key would race the settler's sender for its nonces: the
+    // node refuses to start, saying why.
+    let data = tempfile::tempdir().unwrap();
+    let mut config = env.with_provider_key(env.gateway_config(upstream().await, data.path()), data.path());
+    config.relay.enabled = true;
+    config.relay.key_file = config.provider.key_file.clone();
+    let refused = x402_node::gateway::run(config, std::future::pending()).await.unwrap_err();
+    assert!(refused.to_string().contains("is the provider's key"), "{refused}");
+
     let data = tempfile::tempdir().unwrap();
     let config = env.with_relay(env.gateway_config(upstream().await, data.path()), data.path());
     let gw = Gateway::start(config).await;
