@@ -135,8 +135,15 @@ async fn a_7702_delegation_after_being_served_cannot_revoke_the_vouchers() {
         .json()
         .await
         .unwrap();
-    assert_eq!(report["batches"][0]["success"], true, "{report}");
-    assert_eq!(env.channel(online).await.status, IPaymentChannel::Status::Closed);
+    // The exit also wakes the settler's own loop, which may have closed the channel in a round
+    // of its own before this forced one ran (rounds are serialised): then this one has nothing
+    // left to do. Either way the channel is closed once, paying what the node charged.
+    let batches = report["batches"].as_array().expect("a round report");
+    assert!(batches.iter().all(|b| b["success"] == true), "{report}");
+    eventually(10, "the channel closed by the node", || async {
+        env.channel(online).await.status == IPaymentChannel::Status::Closed
+    })
+    .await;
     assert_eq!(env.balance(provider_addr).await - provider_before, U256::from(4 * PRICE), "what it charged");
 
     // The node goes offline; the payer exits the second channel; the watcher's payee-signed
