@@ -104,6 +104,9 @@ pub struct CommitStats {
     pub synced_writes: u64,
     /// Most writes made durable by a single flush.
     pub max_batch: u64,
+    /// Checkpoint rounds (sled flush + fsync of sled's files) run off the hot path; `0` for
+    /// backends without a journal.
+    pub checkpoints: u64,
 }
 
 impl CommitStats {
@@ -125,6 +128,6 @@ mod tests {
         for batch in [3, 10, 1] {
             stats.record(batch);
         }
-        assert_eq!(stats, CommitStats { flushes: 3, synced_writes: 14, max_batch: 10 });
+        assert_eq!(stats, CommitStats { flushes: 3, synced_writes: 14, max_batch: 10, checkpoints: 0 });
     }
 }
