@@ -36,6 +36,7 @@
 
 mod commit;
 mod error;
+mod journal;
 mod memory;
 mod sled_store;
 
