@@ -42,6 +42,8 @@ mod sled_store;
 
 #[cfg(test)]
 mod conformance;
+#[cfg(test)]
+mod power_cut;
 
 use std::future::Future;
 
