@@ -111,6 +111,9 @@ pub struct SledStore {
     /// Test hook: the next commit fails as if fdatasync had failed.
     #[cfg(test)]
     fail_next_commit: Arc<std::sync::atomic::AtomicBool>,
+    /// Journal entries replayed by open.
+    #[cfg(test)]
+    replayed: usize,
 }
 
 /// The sled tree holding the checkpoint marker. Not UTF-8, so never a namespace.
@@ -264,6 +267,8 @@ impl SledStore {
             segment_bytes: config.journal_segment_bytes,
             #[cfg(test)]
             fail_next_commit,
+            #[cfg(test)]
+            replayed,
         })
     }
 
@@ -710,6 +715,10 @@ mod tests {
             ("", SledConfig::default()),
             ("flush_every_ms = 0", SledConfig { flush_every_ms: 0, ..SledConfig::default() }),
             (
+                "journal_segment_bytes = 4096\ncommit_linger_us = 0",
+                SledConfig { journal_segment_bytes: 4096, commit_linger_us: 0, ..SledConfig::default() },
+            ),
+            (
                 "cache_capacity_bytes = 1024\nflush_every_ms = 20",
                 SledConfig { cache_capacity_bytes: 1024, flush_every_ms: 20, ..SledConfig::default() },
             ),
@@ -788,6 +797,154 @@ mod tests {
         assert_eq!(store.get("ns", b"before").expect("get"), Some(b"1".to_vec()));
         let err = store.sync_blocking().expect_err("poisoned");
         assert!(err.to_string().contains("injected fault"), "{err}");
+    }
+
+    /// Copies a live store's directory: what a crash at this moment could leave (sled as of
+    /// its last flush, the journal as written).
+    fn crash_copy(store: &SledStore, to: &Path) {
+        crate::power_cut::copy_dir(store.path(), to).expect("copy");
+    }
+
+    fn no_background_checkpoints() -> SledConfig {
+        SledConfig { flush_every_ms: 0, checkpoint_every_ms: 3_600_000, ..SledConfig::default() }
+    }
+
+    #[test]
+    fn synced_writes_are_replayed_from_the_journal() {
+        let dir = temp_dir();
+        let store = SledStore::open_with(dir.path().join("live"), no_background_checkpoints()).expect("open");
+        for i in 0u32..200 {
+            store.put("channels", &i.to_be_bytes(), &[i as u8; 100]).expect("put");
+        }
+        store.remove("channels", &7u32.to_be_bytes()).expect("remove");
+        store.sync_blocking().expect("sync");
+        assert_eq!(store.stats().checkpoints, 0);
+        let copy = dir.path().join("crashed");
+        crash_copy(&store, &copy);
+
+        let reopened = SledStore::open_with(&copy, no_background_checkpoints()).expect("reopen");
+        assert_eq!(reopened.replayed, 201);
+        assert_eq!(reopened.list("channels").expect("list"), store.list("channels").expect("list"));
+        drop(reopened);
+        // Open checkpointed the replay: nothing to replay the second time.
+        let again = SledStore::open_with(&copy, no_background_checkpoints()).expect("reopen");
+        assert_eq!(again.replayed, 0);
+        assert_eq!(again.list("channels").expect("list").len(), 199);
+    }
+
+    #[test]
+    fn torn_or_corrupt_journal_tail_is_dropped() {
+        let dir = temp_dir();
+        let store = SledStore::open_with(dir.path().join("live"), no_background_checkpoints()).expect("open");
+        for i in 0u8..10 {
+            store.put("ns", &[i], &[i; 50]).expect("put");
+        }
+        store.sync_blocking().expect("sync");
+        let entry = journal::entry_len("ns", &[0], Some(&[0; 50]));
+        // (damage to the last entry's bytes, entries expected back)
+        type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+        let cases: [(&str, Damage, usize); 4] = [
+            ("intact", Box::new(|_| {}), 10),
+            ("crc flip in last entry", Box::new(move |j| j[9 * entry + 20] ^= 0x40), 9),
+            ("last entry torn to zeros", Box::new(move |j| j[9 * entry + 5..10 * entry].fill(0)), 9),
+            ("fifth entry corrupt", Box::new(move |j| j[4 * entry + 1] ^= 1), 4),
+        ];
+        for (name, damage, want) in cases {
+            let copy = dir.path().join(name.replace(' ', "-"));
+            crash_copy(&store, &copy);
+            let wal = copy.join("journal-0.wal");
+            let mut bytes = fs::read(&wal).expect("read journal");
+            damage(&mut bytes);
+            fs::write(&wal, &bytes).expect("write journal");
+            let reopened = SledStore::open_with(&copy, no_background_checkpoints()).expect("reopen");
+            assert_eq!(reopened.replayed, want, "{name}");
+            let keys: Vec<u8> = reopened.list("ns").expect("list").into_iter().map(|(k, _)| k[0]).collect();
+            assert_eq!(keys, (0..want as u8).collect::<Vec<_>>(), "{name}");
+        }
+    }
+
+    #[test]
+    fn full_segments_switch_and_wait_for_checkpoints() {
+        // 4 KiB segments, a slow checkpoint and no timer: writers fill a segment, switch, fill
+        // the other and must wait for the checkpoint that frees the first.
+        let dir = temp_dir();
+        let path = dir.path().join("db");
+        let config = SledConfig { journal_segment_bytes: 4096, ..no_background_checkpoints() };
+        let hooks = Hooks {
+            io: None,
+            after_checkpoint: Some(Box::new(|| {
+                std::thread::sleep(Duration::from_millis(20));
+                Ok(())
+            })),
+        };
+        let store = SledStore::open_inner(&path, &config, hooks).expect("open");
+        std::thread::scope(|s| {
+            for t in 0u8..4 {
+                let store = &store;
+                s.spawn(move || {
+                    for i in 0u8..100 {
+                        store.put("ns", &[t, i], &[t ^ i; 100]).expect("put");
+                        if i % 7 == 0 {
+                            store.sync_blocking().expect("sync");
+                        }
+                    }
+                });
+            }
+        });
+        store.sync_blocking().expect("sync");
+        // 400 entries of ~120 bytes: ~48 KiB through 4 KiB segments.
+        let checkpoints = store.stats().checkpoints;
+        assert!(checkpoints >= 10, "{:?}", store.stats());
+        let journal_len = fs::metadata(path.join("journal-1.wal")).expect("journal").len();
+        assert_eq!(journal_len, 4096, "segments keep their preallocated size");
+        let too_big = store.put("ns", b"big", &[0; 5000]);
+        assert!(matches!(too_big, Err(Error::EntryTooLarge { .. })), "{too_big:?}");
+        let before = store.list("ns").expect("list");
+        assert_eq!(before.len(), 400);
+        drop(store);
+        let store = SledStore::open_with(&path, config).expect("reopen");
+        assert_eq!(store.list("ns").expect("list"), before);
+    }
+
+    #[test]
+    fn failed_checkpoint_poisons() {
+        let dir = temp_dir();
+        let hooks = Hooks {
+            io: None,
+            after_checkpoint: Some(Box::new(|| {
+                Err(Error::io("fsync", "/fake/db", io::Error::other("checkpoint fault")))
+            })),
+        };
+        let config = SledConfig { checkpoint_every_ms: 1, ..SledConfig::default() };
+        let store = SledStore::open_inner(&dir.path().join("db"), &config, hooks).expect("open");
+        store.put("ns", b"k", b"v").expect("put");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while store.commit.ensure_writable().is_ok() {
+            assert!(std::time::Instant::now() < deadline, "checkpoint never failed");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let err = store.put("ns", b"k2", b"v").expect_err("poisoned");
+        assert!(err.to_string().contains("checkpoint fault"), "{err}");
+        assert!(matches!(store.sync_blocking(), Err(Error::CommitFailed(_))));
+        assert_eq!(store.get("ns", b"k").expect("get"), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn checkpoints_run_in_the_background() {
+        let dir = temp_dir();
+        let config = SledConfig { checkpoint_every_ms: 5, ..SledConfig::default() };
+        let store = SledStore::open_with(dir.path().join("db"), config).expect("open");
+        store.put("ns", b"k", b"v").expect("put");
+        store.sync_blocking().expect("sync");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while store.stats().checkpoints == 0 {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // Nothing new: idle checkpoints are skipped.
+        let idle = store.stats().checkpoints;
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(store.stats().checkpoints, idle);
     }
 
     #[derive(Debug, Clone)]
