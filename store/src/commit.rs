@@ -3,7 +3,8 @@
 //! Every put/remove bumps `write_seq` *after* it has been applied. A sync takes
 //! the current `write_seq` as its target, raises `requested` and waits until
 //! `durable >= target`. The committer thread sleeps until `requested > durable`,
-//! reads `write_seq`, runs the backend's flush (sled flush + fsync), then
+//! possibly lingers for more writers (see [`Linger`]), reads `write_seq`, runs the
+//! backend's flush (for sled: journal write + `fdatasync`), then
 //! publishes `durable = that sequence`. Every sync whose target was reached while
 //! a flush was running is served by the next one, so N concurrent callers cost
 //! about two flushes, not N.
@@ -178,7 +179,7 @@ impl GroupCommit {
         Self::start_with_linger(Linger::OFF, flush)
     }
 
-    /// Like [`Self::start`], lingering before a flush as [`Linger`] says, so that more
+    /// Like `start` (tests), lingering before a flush as [`Linger`] says, so that more
     /// concurrent writers share it.
     pub(crate) fn start_with_linger<F>(linger: Linger, flush: F) -> Result<Self>
     where
