@@ -30,7 +30,8 @@
 //! # }
 //! ```
 //!
-//! This crate has no feature flags.
+//! Feature flags: `test-utils` exposes [`test_utils`] (a simulated journal disk for
+//! power-cut tests).
 //!
 //! Tracing targets: `store::commit` (one debug event per flush with its timing
 //! and batch size, errors on failed commits) and `store::sled` (open with the
@@ -46,6 +47,8 @@ mod sled_store;
 mod conformance;
 #[cfg(test)]
 mod power_cut;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
 
 use std::future::Future;
 

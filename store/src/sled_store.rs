@@ -128,7 +128,7 @@ pub(crate) struct Hooks {
     /// The journal's files; the file system when `None`.
     pub(crate) io: Option<Box<dyn JournalIo>>,
     /// Runs at the end of each checkpoint's persist step; an error fails the checkpoint.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "test-utils"))]
     pub(crate) after_checkpoint: Option<Box<dyn FnMut() -> Result<()> + Send>>,
 }
 
@@ -247,7 +247,7 @@ impl SledStore {
             db: db.clone(),
             meta,
             disk,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "test-utils"))]
             after_checkpoint: hooks.after_checkpoint,
         };
         let every = Duration::from_millis(config.checkpoint_every_ms.max(1));
@@ -414,7 +414,7 @@ struct Checkpointer {
     db: sled::Db,
     meta: sled::Tree,
     disk: DiskSync,
-    #[cfg(test)]
+    #[cfg(any(test, feature = "test-utils"))]
     after_checkpoint: Option<Box<dyn FnMut() -> Result<()> + Send>>,
 }
 
@@ -433,13 +433,13 @@ impl Checkpointer {
     fn checkpoint(&mut self) -> bool {
         let started = std::time::Instant::now();
         let Self { journal, db, meta, disk, .. } = self;
-        #[cfg(test)]
+        #[cfg(any(test, feature = "test-utils"))]
         let hook = &mut self.after_checkpoint;
         let result = journal.checkpoint(|marker| {
             meta.insert(MARKER_KEY, &marker.to_bytes()[..])?;
             db.flush()?;
             disk.sync()?;
-            #[cfg(test)]
+            #[cfg(any(test, feature = "test-utils"))]
             if let Some(hook) = hook {
                 hook()?;
             }
@@ -802,7 +802,7 @@ mod tests {
     /// Copies a live store's directory: what a crash at this moment could leave (sled as of
     /// its last flush, the journal as written).
     fn crash_copy(store: &SledStore, to: &Path) {
-        crate::power_cut::copy_dir(store.path(), to).expect("copy");
+        crate::test_utils::copy_dir(store.path(), to).expect("copy");
     }
 
     fn no_background_checkpoints() -> SledConfig {
