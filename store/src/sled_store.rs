@@ -907,6 +907,28 @@ mod tests {
     }
 
     #[test]
+    fn segment_size_change_replays_then_resizes() {
+        let dir = temp_dir();
+        // 20 entries of ~120 bytes stay below half a segment: no checkpoint before the copy.
+        let small = SledConfig { journal_segment_bytes: 8192, ..no_background_checkpoints() };
+        let store = SledStore::open_with(dir.path().join("live"), small).expect("open");
+        for i in 0u8..20 {
+            store.put("ns", &[i], &[i; 100]).expect("put");
+        }
+        store.sync_blocking().expect("sync");
+        let copy = dir.path().join("crashed");
+        crash_copy(&store, &copy);
+        let bigger = SledConfig { journal_segment_bytes: 65536, ..no_background_checkpoints() };
+        let reopened = SledStore::open_with(&copy, bigger).expect("reopen");
+        assert_eq!(reopened.replayed, 20);
+        assert_eq!(reopened.list("ns").expect("list"), store.list("ns").expect("list"));
+        for i in 0..2 {
+            let len = fs::metadata(copy.join(format!("journal-{i}.wal"))).expect("journal").len();
+            assert_eq!(len, 65536);
+        }
+    }
+
+    #[test]
     fn failed_checkpoint_poisons() {
         let dir = temp_dir();
         let hooks = Hooks {
