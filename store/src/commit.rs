@@ -60,6 +60,9 @@ impl Progress {
 struct State {
     /// Highest sync target asked for so far.
     requested: u64,
+    /// While the committer lingers: wake it only once `requested` reaches this (a full
+    /// batch), not on every sync, so that gathering a batch costs no wake-ups. `0` otherwise.
+    wake_at: u64,
     progress: Progress,
     /// The owner was dropped: do a final flush and exit.
     shutdown: bool,
@@ -92,7 +95,9 @@ impl Shared {
         }
         if target > state.requested {
             state.requested = target;
-            self.work.notify_one();
+            if target >= state.wake_at {
+                self.work.notify_one();
+            }
         }
         (target, None)
     }
@@ -311,10 +316,12 @@ where
             if let Some(wait) = linger.wait(pending, last_batch, rate).filter(|_| !state.shutdown) {
                 // Writers are arriving together: let the ones just behind join this flush.
                 let deadline = Instant::now() + wait;
-                while state.requested - state.progress.durable < linger.target
+                state.wake_at = state.progress.durable + linger.target;
+                while state.requested < state.wake_at
                     && !state.shutdown
                     && !shared.work.wait_until(&mut state, deadline).timed_out()
                 {}
+                state.wake_at = 0;
             }
             state.shutdown
         };
