@@ -420,6 +420,17 @@ struct Checkpointer {
 
 impl Checkpointer {
     fn run(mut self, every: Duration) {
+        /// Writers waiting for a free segment would wait forever if this thread died.
+        struct FailOnPanic(Arc<Journal>, CommitHandle);
+        impl Drop for FailOnPanic {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.fail();
+                    self.1.poison(Error::Closed);
+                }
+            }
+        }
+        let _guard = FailOnPanic(Arc::clone(&self.journal), self.handle.clone());
         while self.journal.wait_for_checkpoint(every) {
             if !self.checkpoint() {
                 return;
