@@ -534,9 +534,10 @@ mod tests {
 
     #[test]
     fn linger_gathers_bigger_batches_under_load() {
-        // 64 threads doing write+sync in a loop against a 1 ms flush.
-        fn run(linger: Linger) -> CommitStats {
-            let (_, flush) = counting_flush(Duration::from_millis(1), None);
+        // 64 threads doing write + sync + a short pause, against a 100 µs flush: without
+        // lingering most flushes carry only the few writers that came back during the last.
+        fn mean_batch(linger: Linger) -> f64 {
+            let (_, flush) = counting_flush(Duration::from_micros(100), None);
             let gc = GroupCommit::start_with_linger(linger, flush).expect("start");
             std::thread::scope(|s| {
                 for _ in 0..64 {
@@ -549,12 +550,29 @@ mod tests {
                     });
                 }
             });
-            gc.stats()
+            let stats = gc.stats();
+            assert_eq!(stats.synced_writes, 64 * 20);
+            stats.synced_writes as f64 / stats.flushes as f64
         }
-        let lingering = run(Linger { target: 48, budget: Duration::from_millis(2) });
-        assert_eq!(lingering.synced_writes, 64 * 20);
-        let mean = lingering.synced_writes as f64 / lingering.flushes as f64;
-        assert!(mean >= 24.0, "{lingering:?}");
+        let off = mean_batch(Linger::OFF);
+        let on = mean_batch(Linger { target: 32, budget: Duration::from_millis(20) });
+        assert!(on >= 16.0 && on >= 1.5 * off, "lingering: mean batch {on:.1}, without: {off:.1}");
+    }
+
+    #[test]
+    fn lone_writer_is_never_delayed() {
+        let (_, flush) = counting_flush(Duration::ZERO, None);
+        let gc =
+            GroupCommit::start_with_linger(Linger { target: 32, budget: Duration::from_millis(100) }, flush)
+                .expect("start");
+        let started = Instant::now();
+        for _ in 0..20 {
+            gc.record_write();
+            gc.sync_blocking().expect("sync");
+        }
+        // One linger would take 100 ms.
+        assert!(started.elapsed() < Duration::from_millis(100), "{:?}", started.elapsed());
+        assert_eq!(gc.stats().max_batch, 1);
     }
 
     #[test]
