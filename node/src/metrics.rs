@@ -20,8 +20,10 @@ pub struct Metrics {
     pub verify_seconds: Histogram,
     /// Revenue charged, in token base units, by token.
     pub revenue: CounterVec,
-    /// Group commits (flush + fsync) of the store.
+    /// Group commits of the store (one journal `fdatasync` each).
     pub store_flushes: IntGauge,
+    /// Checkpoints of the store's journal into sled (flush + fsync, off the request path).
+    pub store_checkpoints: IntGauge,
     /// Writes made durable by those commits.
     pub store_synced_writes: IntGauge,
     /// The largest group commit, in writes.
@@ -76,7 +78,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
-        let store_flushes = gauge("x402_store_flushes", "Group commits (flush + fsync) of the store");
+        let store_flushes =
+            gauge("x402_store_flushes", "Group commits of the store (one journal fdatasync each)");
+        let store_checkpoints =
+            gauge("x402_store_checkpoints", "Checkpoints of the store's journal into sled (flush + fsync)");
         let store_synced_writes = gauge("x402_store_synced_writes", "Writes made durable by group commits");
         let store_max_batch = gauge("x402_store_max_batch", "Largest group commit, in writes");
         let follower_block =
@@ -113,6 +118,7 @@ impl Metrics {
             Box::new(verify_seconds.clone()),
             Box::new(revenue.clone()),
             Box::new(store_flushes.clone()),
+            Box::new(store_checkpoints.clone()),
             Box::new(store_synced_writes.clone()),
             Box::new(store_max_batch.clone()),
             Box::new(follower_block.clone()),
@@ -131,6 +137,7 @@ impl Metrics {
             verify_seconds,
             revenue,
             store_flushes,
+            store_checkpoints,
             store_synced_writes,
             store_max_batch,
             follower_block,
@@ -154,6 +161,7 @@ impl Metrics {
     pub fn set_store_stats(&self, stats: CommitStats) {
         let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.store_flushes.set(clamp(stats.flushes));
+        self.store_checkpoints.set(clamp(stats.checkpoints));
         self.store_synced_writes.set(clamp(stats.synced_writes));
         self.store_max_batch.set(clamp(stats.max_batch));
     }

@@ -111,10 +111,12 @@ impl Shared {
 
 /// When the committer waits before a flush so that more writers share it.
 ///
-/// It lingers only while the previous flush carried more than one write (writers are
-/// concurrent: a lone writer is never delayed) and the estimated time to gather
-/// `target` waiting writes at the recent arrival rate is within `budget`; it stops
-/// lingering as soon as `target` writes wait.
+/// It starts lingering only while the previous flush carried more than one write (writers are
+/// concurrent: a lone writer is never delayed) and the estimated time to gather `target`
+/// waiting writes at the recent arrival rate is within `budget`. It stops as soon as `target`
+/// writes wait, when `budget` has passed, or when no new write came for a gap of a few mean
+/// inter-arrival times ([`Self::gap`]): writers that are all waiting on this very flush (a
+/// closed loop of fewer than `target` clients) would never fill it, so it is not waited for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Linger {
     /// Writes per flush worth waiting for.
@@ -137,6 +139,13 @@ impl Linger {
         let estimate_us = (self.target - pending) as f64 / rate;
         let budget_us = self.budget.as_secs_f64() * 1e6;
         (estimate_us <= budget_us).then(|| Duration::from_secs_f64(estimate_us / 1e6))
+    }
+
+    /// The longest pause between two writes that still counts as "writers keep coming": three
+    /// mean inter-arrival times at `rate` (per microsecond), at least 50 µs, at most the budget.
+    fn gap(self, rate: f64) -> Duration {
+        let us = if rate > 0.0 { 3.0 / rate } else { f64::INFINITY };
+        Duration::from_secs_f64(us.clamp(50.0, self.budget.as_secs_f64() * 1e6) / 1e6)
     }
 }
 
@@ -314,13 +323,26 @@ where
             }
             let pending = state.requested - state.progress.durable;
             if let Some(wait) = linger.wait(pending, last_batch, rate).filter(|_| !state.shutdown) {
-                // Writers are arriving together: let the ones just behind join this flush.
+                // Writers are arriving together: let the ones just behind join this flush, for
+                // as long as they keep coming.
                 let deadline = Instant::now() + wait;
+                let gap = linger.gap(rate);
                 state.wake_at = state.progress.durable + linger.target;
-                while state.requested < state.wake_at
-                    && !state.shutdown
-                    && !shared.work.wait_until(&mut state, deadline).timed_out()
-                {}
+                let mut seen = state.requested;
+                while state.requested < state.wake_at && !state.shutdown {
+                    let until = deadline.min(Instant::now() + gap);
+                    let timed_out = shared.work.wait_until(&mut state, until).timed_out();
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    if timed_out {
+                        if state.requested == seen {
+                            // A whole gap without a new write: nobody else is coming soon.
+                            break;
+                        }
+                        seen = state.requested;
+                    }
+                }
                 state.wake_at = 0;
             }
             state.shutdown
@@ -557,6 +579,40 @@ mod tests {
         let off = mean_batch(Linger::OFF);
         let on = mean_batch(Linger { target: 32, budget: Duration::from_millis(20) });
         assert!(on >= 16.0 && on >= 1.5 * off, "lingering: mean batch {on:.1}, without: {off:.1}");
+    }
+
+    #[test]
+    fn linger_ends_when_writers_stop_coming() {
+        // 8 writers in a closed loop against a 10 ms flush: the rate (at most 8 per 10 ms) says
+        // the other 24 would come within tens of ms, inside the budget, but all 8 are waiting on
+        // the flush, so nobody comes. Lingering must end after a gap (a few ms), not after the
+        // estimate: 10 rounds take well under 400 ms instead of over 600 ms.
+        let (_, flush) = counting_flush(Duration::from_millis(10), None);
+        let linger = Linger { target: 32, budget: Duration::from_millis(200) };
+        let gc = GroupCommit::start_with_linger(linger, flush).expect("start");
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..10 {
+                        gc.record_write();
+                        gc.sync_blocking().expect("sync");
+                    }
+                });
+            }
+        });
+        let (elapsed, stats) = (started.elapsed(), gc.stats());
+        assert_eq!(stats.synced_writes, 80);
+        assert!(elapsed < Duration::from_millis(400), "{elapsed:?} for {stats:?}");
+    }
+
+    #[test]
+    fn gap_is_a_few_inter_arrival_times_within_bounds() {
+        let linger = Linger { target: 32, budget: Duration::from_millis(4) };
+        assert_eq!(linger.gap(0.01), Duration::from_micros(300)); // 10k/s
+        assert_eq!(linger.gap(1.0), Duration::from_micros(50)); // floor
+        assert_eq!(linger.gap(0.0001), Duration::from_millis(4)); // capped by the budget
+        assert_eq!(linger.gap(0.0), Duration::from_millis(4));
     }
 
     #[test]

@@ -41,8 +41,9 @@ pub struct SledConfig {
     /// Under load (the previous group commit carried more than one write), the committer
     /// waits up to this long, in microseconds, for `commit_batch_target` writers to share
     /// the next `fdatasync`, but only if the recent arrival rate says they will come within
-    /// it, and no longer than the batch takes to fill. A lone writer is never delayed. `0`
-    /// turns it off. Default: `2000`.
+    /// it, no longer than the batch takes to fill, and no longer than writers keep coming (a
+    /// pause of a few inter-arrival times ends it). A lone writer is never delayed. `0` turns
+    /// it off. Default: `4000`.
     pub commit_linger_us: u64,
 }
 
@@ -54,7 +55,7 @@ impl Default for SledConfig {
             journal_segment_bytes: 16 * 1024 * 1024,
             checkpoint_every_ms: 1000,
             commit_batch_target: 32,
-            commit_linger_us: 2000,
+            commit_linger_us: 4000,
         }
     }
 }
