@@ -154,6 +154,9 @@ pub struct Results {
     /// Where the server's CPU went in the profiled run (`--profile`).
     #[serde(default)]
     pub profile: Option<Profile>,
+    /// Why `--profile` gave no profile, when it did not.
+    #[serde(default)]
+    pub profile_error: Option<String>,
     /// The same for the code before issue 18 (`docs/bench/profile-before.json`).
     #[serde(default)]
     pub profile_before: Option<Profile>,
@@ -669,10 +672,13 @@ impl Results {
     fn profile_section(&self, w: &mut String) {
         let _ = writeln!(w, "\n## Where the µs go (paid request, k = 1)\n");
         let Some(after) = &self.profile else {
-            let _ = writeln!(
-                w,
-                "Not profiled in this run (`--profile`, which `scripts/bench` passes when `perf` is installed)."
-            );
+            let _ = match &self.profile_error {
+                Some(e) => writeln!(w, "The profile of this run failed: {e}."),
+                None => writeln!(
+                    w,
+                    "Not profiled in this run (`--profile`, which `scripts/bench` passes when `perf` is installed)."
+                ),
+            };
             return;
         };
         let before = self.profile_before.as_ref();
@@ -974,6 +980,79 @@ mod tests {
             r.runs.len() + 1,
             "one bar per run, the store's included"
         );
+    }
+
+    #[test]
+    fn the_page_shows_where_the_microseconds_go_before_and_after() {
+        use crate::profile::{Line, summarise};
+        let line = |samples, comm: &str, sym: &str| Line {
+            samples,
+            comm: comm.into(),
+            dso: "x402-bench".into(),
+            sym: sym.into(),
+        };
+        let before = summarise(
+            &[line(50, "tokio-rt-worker", "rustsecp256k1_v0_10_0_fe_mul_inner"), line(50, "sled-io-1", "x")],
+            100.0,
+            "the old code",
+        );
+        let after =
+            summarise(&[line(80, "tokio-rt-worker", "rustsecp256k1_v0_10_0_fe_mul_inner")], 40.0, "now");
+        let mut r = results();
+        assert!(r.markdown().contains("Not profiled in this run"));
+        r.profile_error = Some("perf record has exited early".into());
+        assert!(r.markdown().contains("The profile of this run failed: perf record has exited early."));
+        r.profile = Some(after);
+        let md = r.markdown();
+        assert!(md.contains("| bucket | this run |"), "no before: one column");
+        r.profile_before = Some(before);
+        let md = r.markdown();
+        for needle in [
+            "## Where the µs go",
+            "| signature (secp256k1) | 50.0 µs (50%) | 40.0 µs (100%) | -10.0 µs |",
+            "| store, background (checkpoint, sled-io) | 50.0 µs (50%) | 0.0 µs (0%) | -50.0 µs |",
+            "| **server CPU per paid request** | **100.0 µs** | **40.0 µs** | **-60.0 µs** |",
+            "- Before: 100 samples; the old code. By thread: sled-io 50.0%, tokio-rt-worker 50.0%.",
+            "| `x402-bench: rustsecp256k1_v0_10_0_fe_mul_inner` | 100.0% | 40.0 µs |",
+        ] {
+            assert!(md.contains(needle), "{needle} missing from:\n{md}");
+        }
+        let cpu = target(&r, "server CPU per paid request, k = 1");
+        assert!(cpu.note.contains("signature (secp256k1) 40.0 µs"), "{}", cpu.note);
+    }
+
+    #[test]
+    fn the_page_shows_the_settlement_figures() {
+        let mut r = results();
+        assert!(!r.markdown().contains("## Settlement"));
+        r.settlement = Some(SettleFigures {
+            store_channels: 1_000_000,
+            due_channels: 10_000,
+            max_batch: 1_000,
+            index_seconds: 4.05,
+            rounds: 10,
+            round_seconds: 24.86,
+            settled: 10_000,
+            rpc_calls: 10_089,
+            rpc_by_method: [("eth_call".to_owned(), 10_000), ("eth_sendRawTransaction".to_owned(), 10)]
+                .into(),
+            gas_used: 166_455_814,
+            disk_bytes_per_channel: 590.3,
+            record_bytes: 238,
+            seconds: 67.4,
+        });
+        let md = r.markdown();
+        for needle in [
+            "## Settlement at scale",
+            "Part of this run (67 s of it",
+            "over 10,000 channels that owe the provider",
+            "| rounds until nothing is owed (at most 1000 channels per transaction) | 10 in 24.86 s |",
+            "| JSON-RPC calls | 10,089 (1.01 per owing channel) |",
+            "| gas of the settlements | 166,455,814 (16646 per channel) |",
+            "eth_call 10000, eth_sendRawTransaction 10",
+        ] {
+            assert!(md.contains(needle), "{needle} missing from:\n{md}");
+        }
     }
 
     #[test]

@@ -216,13 +216,17 @@ async fn run(args: RunArgs) -> eyre::Result<()> {
     let vouchers = Arc::new(Vouchers::new(server.requirements().await?));
     let mut runs = Vec::new();
     let mut profile = None;
+    let mut profile_error = None;
     for p in
         plans.iter().filter(|p| args.only.is_empty() || args.only.iter().any(|o| p.name.contains(o.as_str())))
     {
         note(&format!("run: {} ({} channels, {} connections)", p.name, p.channels, p.concurrency));
         let r = if args.profile && p.name == PROFILED_RUN {
             let (r, p) = profiled(&args, &server, &vouchers, p, tmp.path()).await?;
-            profile = Some(p);
+            match p {
+                Ok(p) => profile = Some(p),
+                Err(e) => profile_error = Some(e),
+            }
             r
         } else {
             load::run(&server, &vouchers, p).await?
@@ -313,6 +317,7 @@ async fn run(args: RunArgs) -> eyre::Result<()> {
         gas,
         batch,
         profile,
+        profile_error,
         profile_before,
         settlement: Some(settlement),
         seconds: run_started.elapsed().as_secs_f64(),
@@ -373,7 +378,7 @@ async fn profiled(
     vouchers: &x402_bench::fixture::Vouchers,
     plan: &Plan,
     tmp: &std::path::Path,
-) -> eyre::Result<(load::Run, Profile)> {
+) -> eyre::Result<(load::Run, Result<Profile, String>)> {
     let pid = server.pid().ok_or_else(|| eyre::eyre!("the server has exited"))?;
     let delay = plan.duration.mul_f64(0.1).min(Duration::from_secs(1));
     let length = Duration::from_secs_f64(args.profile_secs.max(0.5));
@@ -382,7 +387,11 @@ async fn profiled(
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let record = async {
         started_rx.await?;
-        tokio::time::sleep(delay).await;
+        let mut done_rx = done_rx;
+        tokio::select! {
+            _ = &mut done_rx => eyre::bail!("the timed window ended before the profile's start"),
+            () = tokio::time::sleep(delay) => {}
+        }
         let recording = profile::Recording::start(pid, &data)?;
         tokio::select! {
             _ = done_rx => {}
@@ -399,7 +408,15 @@ async fn profiled(
         r
     };
     let (run, recorded) = tokio::join!(run, record);
-    let (run, (lines, recorded)) = (run?, recorded?);
+    let run = run?;
+    let (lines, recorded) = match recorded {
+        Ok(recorded) => recorded,
+        Err(e) => {
+            // A failed profile costs its section of the page, not the run.
+            note(&format!("profile: none taken: {e:#}"));
+            return Ok((run, Err(format!("{e:#}"))));
+        }
+    };
     let taken = format!(
         "`{}` for {:.1} s from {:.1} s into the timed window of `{}` ({} channels, {} connections, {:.1} µs \
          server CPU per request), then `perf report {}`",
@@ -419,7 +436,7 @@ async fn profiled(
     let threads: Vec<String> =
         p.threads.iter().map(|t| format!("{} {:.1}%", t.name, t.share * 100.0)).collect();
     say(&format!("profile: by thread: {}", threads.join(", ")));
-    Ok((run, p))
+    Ok((run, Ok(p)))
 }
 
 /// The one-channel runs: `c` concurrent requests on one single channel through the gateway,
