@@ -3,7 +3,8 @@
 //! Every put/remove bumps `write_seq` *after* it has been applied. A sync takes
 //! the current `write_seq` as its target, raises `requested` and waits until
 //! `durable >= target`. The committer thread sleeps until `requested > durable`,
-//! reads `write_seq`, runs the backend's flush (sled flush + fsync), then
+//! possibly lingers for more writers (see [`Linger`]), reads `write_seq`, runs the
+//! backend's flush (for sled: journal write + `fdatasync`), then
 //! publishes `durable = that sequence`. Every sync whose target was reached while
 //! a flush was running is served by the next one, so N concurrent callers cost
 //! about two flushes, not N.
@@ -103,6 +104,61 @@ impl Shared {
     }
 }
 
+/// When the committer waits before a flush so that more writers share it.
+///
+/// It lingers only while the previous flush carried more than one write (writers are
+/// concurrent: a lone writer is never delayed) and the estimated time to gather
+/// `target` waiting writes at the recent arrival rate is within `budget`; it stops
+/// lingering as soon as `target` writes wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Linger {
+    /// Writes per flush worth waiting for.
+    pub(crate) target: u64,
+    /// Longest wait; zero turns lingering off.
+    pub(crate) budget: Duration,
+}
+
+impl Linger {
+    /// Never linger.
+    #[cfg(test)]
+    pub(crate) const OFF: Self = Self { target: 1, budget: Duration::ZERO };
+
+    /// How long to wait for `target` writes when `pending` wait and writes arrive at
+    /// `rate` per microsecond, or `None` to flush now.
+    fn wait(self, pending: u64, last_batch: u64, rate: f64) -> Option<Duration> {
+        if self.budget.is_zero() || last_batch <= 1 || pending >= self.target || rate <= 0.0 {
+            return None;
+        }
+        let estimate_us = (self.target - pending) as f64 / rate;
+        let budget_us = self.budget.as_secs_f64() * 1e6;
+        (estimate_us <= budget_us).then(|| Duration::from_secs_f64(estimate_us / 1e6))
+    }
+}
+
+/// The checkpointer's view of the committer (see [`GroupCommit::handle`]).
+#[derive(Debug, Clone)]
+pub(crate) struct CommitHandle(Arc<Shared>);
+
+impl CommitHandle {
+    /// Counts one completed checkpoint.
+    pub(crate) fn record_checkpoint(&self) {
+        self.0.state.lock().stats.checkpoints += 1;
+    }
+
+    /// Fails the store as a failed flush does: pending and later syncs and writes get
+    /// [`Error::CommitFailed`].
+    pub(crate) fn poison(&self, err: Error) {
+        let mut state = self.0.state.lock();
+        if state.progress.failed.is_none() {
+            error!(target: "store::commit", %err, "checkpoint failed; store is now read-only");
+            state.progress.failed = Some(Arc::new(err));
+            self.0.failed.store(true, Ordering::Release);
+        }
+        self.0.publish(&state);
+        self.0.work.notify_one();
+    }
+}
+
 /// Group-commit coordinator owning the committer thread.
 ///
 /// Dropping it asks the thread for a final flush and joins it.
@@ -120,12 +176,12 @@ impl GroupCommit {
     where
         F: FnMut() -> Result<()> + Send + 'static,
     {
-        Self::start_with_delay(Duration::ZERO, flush)
+        Self::start_with_linger(Linger::OFF, flush)
     }
 
-    /// Like [`Self::start`], waiting `delay` before a flush whenever the previous one carried
-    /// more than one write (concurrent writers are about), so that more of them share it.
-    pub(crate) fn start_with_delay<F>(delay: Duration, flush: F) -> Result<Self>
+    /// Like `start` (tests), lingering before a flush as [`Linger`] says, so that more
+    /// concurrent writers share it.
+    pub(crate) fn start_with_linger<F>(linger: Linger, flush: F) -> Result<Self>
     where
         F: FnMut() -> Result<()> + Send + 'static,
     {
@@ -141,9 +197,14 @@ impl GroupCommit {
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("x402-store-commit".into())
-            .spawn(move || run_committer(&thread_shared, delay, flush))
+            .spawn(move || run_committer(&thread_shared, linger, flush))
             .map_err(|e| Error::io("spawn committer thread", "", e))?;
         Ok(Self { shared, thread: Some(thread) })
+    }
+
+    /// A handle for the checkpointer: counts checkpoints and poisons the store when one fails.
+    pub(crate) fn handle(&self) -> CommitHandle {
+        CommitHandle(Arc::clone(&self.shared))
     }
 
     /// Fails once a commit has failed: such a write could never become durable.
@@ -228,12 +289,15 @@ impl Drop for CloseOnExit<'_> {
     }
 }
 
-fn run_committer<F>(shared: &Shared, delay: Duration, mut flush: F)
+fn run_committer<F>(shared: &Shared, linger: Linger, mut flush: F)
 where
     F: FnMut() -> Result<()>,
 {
     let _close = CloseOnExit(shared);
     let mut last_batch = 0;
+    // Arrival rate of writes, per microsecond (moving average over flushes).
+    let mut rate = 0.0_f64;
+    let mut last_seq_at = Instant::now();
     loop {
         let shutting_down = {
             let mut state = shared.state.lock();
@@ -243,17 +307,24 @@ where
             if state.progress.failed.is_some() {
                 return;
             }
+            let pending = state.requested - state.progress.durable;
+            if let Some(wait) = linger.wait(pending, last_batch, rate).filter(|_| !state.shutdown) {
+                // Writers are arriving together: let the ones just behind join this flush.
+                let deadline = Instant::now() + wait;
+                while state.requested - state.progress.durable < linger.target
+                    && !state.shutdown
+                    && !shared.work.wait_until(&mut state, deadline).timed_out()
+                {}
+            }
             state.shutdown
         };
-        if !delay.is_zero() && last_batch > 1 && !shutting_down {
-            // Writers are arriving together: let the ones just behind join this flush.
-            std::thread::sleep(delay);
-        }
 
         // Every write numbered <= seq was applied before this load, so the flush
         // below covers it.
         let seq = shared.write_seq.load(Ordering::Acquire);
         let started = Instant::now();
+        let interval_us = started.duration_since(last_seq_at).as_secs_f64() * 1e6;
+        last_seq_at = started;
         let result = flush();
         let elapsed_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
 
@@ -263,6 +334,9 @@ where
             Ok(()) => {
                 let batch = seq.saturating_sub(durable);
                 last_batch = batch;
+                if interval_us > 0.0 {
+                    rate = 0.5 * rate + 0.5 * (batch as f64 / interval_us);
+                }
                 if batch > 0 {
                     state.progress.durable = seq;
                     state.stats.record(batch);
@@ -271,7 +345,9 @@ where
             }
             Err(err) => {
                 error!(target: "store::commit", seq, durable, elapsed_us, %err, "commit failed; store is now read-only");
-                state.progress.failed = Some(Arc::new(err));
+                if state.progress.failed.is_none() {
+                    state.progress.failed = Some(Arc::new(err));
+                }
                 shared.failed.store(true, Ordering::Release);
             }
         }
@@ -424,6 +500,68 @@ mod tests {
         drop(gc);
         let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
         rt.block_on(fut).expect("covered by the final flush");
+    }
+
+    #[test]
+    fn linger_decisions() {
+        let linger = Linger { target: 32, budget: Duration::from_micros(1500) };
+        // (pending, last batch, rate per µs) -> wait
+        let cases = [
+            ((1, 1, 1.0), None),                                 // lone writer: never delayed
+            ((1, 0, 1.0), None),                                 // first flush
+            ((32, 20, 1.0), None),                               // batch already full
+            ((2, 10, 0.0002), None),                             // 200/s: would take 150 ms
+            ((2, 10, 0.02), Some(Duration::from_micros(1500))),  // 20k/s: 1.5 ms
+            ((16, 10, 0.032), Some(Duration::from_micros(500))), // 16 more at 32k/s
+        ];
+        for ((pending, last, rate), want) in cases {
+            let got = linger.wait(pending, last, rate);
+            let close = match (got, want) {
+                (Some(g), Some(w)) => g.abs_diff(w) < Duration::from_micros(2),
+                (g, w) => g == w,
+            };
+            assert!(close, "{pending} {last} {rate}: {got:?} != {want:?}");
+        }
+        assert_eq!(Linger::OFF.wait(1, 10, 1.0), None);
+    }
+
+    #[test]
+    fn linger_gathers_bigger_batches_under_load() {
+        // 64 threads doing write+sync in a loop against a 1 ms flush.
+        fn run(linger: Linger) -> CommitStats {
+            let (_, flush) = counting_flush(Duration::from_millis(1), None);
+            let gc = GroupCommit::start_with_linger(linger, flush).expect("start");
+            std::thread::scope(|s| {
+                for _ in 0..64 {
+                    s.spawn(|| {
+                        for _ in 0..20 {
+                            gc.record_write();
+                            gc.sync_blocking().expect("sync");
+                            std::thread::sleep(Duration::from_micros(300));
+                        }
+                    });
+                }
+            });
+            gc.stats()
+        }
+        let lingering = run(Linger { target: 48, budget: Duration::from_millis(2) });
+        assert_eq!(lingering.synced_writes, 64 * 20);
+        let mean = lingering.synced_writes as f64 / lingering.flushes as f64;
+        assert!(mean >= 24.0, "{lingering:?}");
+    }
+
+    #[test]
+    fn poison_from_checkpointer_fails_waiters_and_writes() {
+        let (_, flush) = counting_flush(Duration::ZERO, None);
+        let gc = GroupCommit::start(flush).expect("start");
+        gc.record_write();
+        gc.sync_blocking().expect("sync");
+        gc.handle().record_checkpoint();
+        gc.handle().poison(Error::io("fsync", "/x/db", std::io::Error::other("checkpoint")));
+        gc.record_write();
+        assert!(matches!(gc.sync_blocking(), Err(Error::CommitFailed(_))));
+        assert!(matches!(gc.ensure_writable(), Err(Error::CommitFailed(_))));
+        assert_eq!(gc.stats().checkpoints, 1);
     }
 
     #[test]

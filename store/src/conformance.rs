@@ -207,12 +207,16 @@ pub(crate) fn stats_count_synced_writes<S: KvStore + HasStats>(s: &S) {
         s.remove("ns", &[i]).expect("remove");
     }
     s.sync_blocking().expect("sync");
-    assert_eq!(s.commit_stats(), CommitStats { flushes: 2, synced_writes: 13, max_batch: 10 });
+    let CommitStats { flushes, synced_writes, max_batch, .. } = s.commit_stats();
+    // Checkpoints run in the background on their own clock: not compared.
+    assert_eq!((flushes, synced_writes, max_batch), (2, 13, 10));
     // Removing what is not there is no write: the next sync has nothing to flush.
     s.remove("ns", &[0]).expect("remove missing");
     s.remove("never-written", b"k").expect("remove in unknown namespace");
     s.sync_blocking().expect("sync");
-    assert_eq!(s.commit_stats(), CommitStats { flushes: 2, synced_writes: 13, max_batch: 10 });
+    let CommitStats { flushes, synced_writes, max_batch, .. } = s.commit_stats();
+    // Checkpoints run in the background on their own clock: not compared.
+    assert_eq!((flushes, synced_writes, max_batch), (2, 13, 10));
 }
 
 pub(crate) fn concurrent_writers_then_sync<S: KvStore>(s: &S) {

@@ -26,6 +26,15 @@ pub enum Error {
     /// Holds the error of the failed commit, shared by every caller that sees it.
     #[error("commit failed, store must be reopened: {0}")]
     CommitFailed(Arc<Error>),
+    /// A put is larger than a journal segment (or its namespace is over 255 bytes, or its
+    /// key over 4 GiB): raise `journal_segment_bytes`.
+    #[error("entry of {len} bytes does not fit a journal segment of {limit} bytes")]
+    EntryTooLarge {
+        /// Encoded size of the entry.
+        len: u64,
+        /// Size of a journal segment.
+        limit: u64,
+    },
     /// The committer thread stopped before the requested writes became durable.
     #[error("store closed")]
     Closed,

@@ -111,6 +111,6 @@ mod tests {
         }
         store.sync_blocking().expect("sync");
         store.sync_blocking().expect("sync");
-        assert_eq!(store.stats(), CommitStats { flushes: 1, synced_writes: 5, max_batch: 5 });
+        assert_eq!(store.stats(), CommitStats { flushes: 1, synced_writes: 5, max_batch: 5, checkpoints: 0 });
     }
 }

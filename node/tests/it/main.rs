@@ -9,3 +9,4 @@ mod fuzz;
 mod gateway;
 mod lenient;
 mod paywall;
+mod power_cut;
