@@ -80,8 +80,7 @@ pub async fn serve(args: ServeArgs) -> eyre::Result<()> {
             Json(Stats {
                 usage: usage(),
                 flushes: commits.flushes,
-                // TODO(h-J): `commits.checkpoints` once x402_store::CommitStats has it.
-                checkpoints: 0,
+                checkpoints: commits.checkpoints,
                 synced_writes: commits.synced_writes,
                 max_batch: commits.max_batch,
                 paid: m.paid.get(),
