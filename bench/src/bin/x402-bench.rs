@@ -98,8 +98,8 @@ struct RunArgs {
     #[arg(long, default_value_t = 20)]
     upstream_ms: u64,
     /// Only the timed runs whose name contains this (repeatable), then stop: no latency, soak,
-    /// scale or report (for profiling one run). `--only settlement` runs the settlement
-    /// benchmark alone.
+    /// scale or report (for profiling one run; with `--profile`, the `paid k=1` run's buckets
+    /// are printed). `--only settlement` runs the settlement benchmark alone.
     #[arg(long)]
     only: Vec<String>,
     /// Channels in the store of the settlement benchmark.
