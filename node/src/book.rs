@@ -291,7 +291,7 @@ const RECEIPT_TOTAL_IS_CHARGED: u8 = 1 << 2;
 pub fn encode(record: &ChannelRecord) -> Vec<u8> {
     let c = &record.chain;
     let p = &c.params;
-    let receipt = record.served.last();
+    let receipt = record.served.back();
     let latest = record.latest.as_ref();
     let mut flags = status_code(record.status) << STATUS_SHIFT;
     for (set, bit) in [
@@ -438,7 +438,7 @@ fn decode_v1(id: B256, bytes: &[u8]) -> Result<ChannelRecord, Error> {
         paid,
         pending_close: flags & PENDING_CLOSE != 0,
     };
-    Ok(ChannelRecord { id, chain, latest, charged, status, close, settled_at, served, window })
+    Ok(ChannelRecord { id, chain, latest, charged, status, close, settled_at, served: served.into(), window })
 }
 
 /// A record as earlier versions stored it (JSON).
@@ -466,7 +466,7 @@ fn decode_legacy(id: B256, bytes: &[u8]) -> Result<ChannelRecord, Error> {
     }
     let floor = old.floor.unwrap_or_else(|| old.latest.as_ref().map_or(0, |v| v.nonce));
     let mut window = ServedWindow::from_floor(floor);
-    let mut served = old.served;
+    let mut served: std::collections::VecDeque<Served> = old.served.into();
     for s in &served {
         window.insert(s.nonce);
     }
@@ -704,7 +704,7 @@ mod tests {
         assert!(bytes.len() <= 260, "{} bytes", bytes.len());
         let back = decode(record.id, &bytes).unwrap();
         // Only the last receipt is stored; the window is whole.
-        assert_eq!(back.served, record.served[record.served.len() - 1..]);
+        assert_eq!(back.served, record.served.range(record.served.len() - 1..).cloned().collect::<Vec<_>>());
         assert_eq!(back.window, record.window);
         assert_eq!((back.latest, back.charged), (record.latest, record.charged));
     }

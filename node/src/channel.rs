@@ -1,5 +1,7 @@
 //! A channel as the node sees it, and the rules a voucher must pass.
 
+use std::collections::VecDeque;
+
 use alloy::primitives::{B256, Bytes, U256};
 use serde::{Deserialize, Serialize};
 use x402_protocol::{
@@ -152,7 +154,7 @@ pub struct ChannelRecord {
     /// The receipts of the vouchers served most recently, at most [`SERVED_WINDOW`], in
     /// commit order, for answering a resend with its receipt. Only the last one is stored:
     /// after a restart, a resend of an older one is refused as a used nonce.
-    pub served: Vec<Served>,
+    pub served: VecDeque<Served>,
     /// The nonces used (anti-replay; stored).
     pub window: ServedWindow,
 }
@@ -170,7 +172,7 @@ impl ChannelRecord {
             status,
             close: None,
             settled_at: 0,
-            served: Vec::new(),
+            served: VecDeque::new(),
             window: ServedWindow::default(),
         }
     }
@@ -259,7 +261,10 @@ impl ChannelRecord {
             }
             ChannelStatus::Closed => return refuse(ErrorCode::ChannelClosed, "the channel is closed".into()),
         }
-        if let Some(served) = self.served.iter().find(|s| s.nonce == voucher.nonce) {
+        // A nonce above the floor and unused in the window was never served: the receipts need
+        // not be searched (the common case, a fresh voucher, stays O(1)).
+        let fresh = voucher.nonce > self.floor() && !self.used(voucher.nonce);
+        if !fresh && let Some(served) = self.served.iter().rev().find(|s| s.nonce == voucher.nonce) {
             if served.amount == voucher.cumulativeAmount {
                 return Ok(Admission::Replay(served.clone()));
             }
@@ -418,13 +423,22 @@ impl ChannelRecord {
     /// receipts kept. Returns the receipt.
     pub fn serve(&mut self, nonce: u64, amount: U256, cost: U256) -> Served {
         let served = Served { nonce, amount, cost, total: self.charged() };
+        let floor = self.window.floor();
         self.window.insert(nonce);
-        self.served.push(served.clone());
-        // Receipts of nonces the window no longer tells apart are of no use.
-        let window = self.window;
-        self.served.retain(|s| s.nonce > window.floor());
+        self.served.push_back(served.clone());
+        // Receipts of nonces the window no longer tells apart are of no use. They are mostly at
+        // the front (commit order is about nonce order): popped without moving the others.
+        let floor_now = self.window.floor();
+        if floor_now != floor {
+            while self.served.front().is_some_and(|s| s.nonce <= floor_now) {
+                self.served.pop_front();
+            }
+            if self.served.iter().any(|s| s.nonce <= floor_now) {
+                self.served.retain(|s| s.nonce > floor_now);
+            }
+        }
         if self.served.len() > SERVED_WINDOW {
-            self.served.remove(0);
+            self.served.pop_front();
         }
         served
     }

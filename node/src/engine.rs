@@ -905,10 +905,18 @@ impl<S: KvStore, C: ChainReader> Engine<S, C> {
     /// Locks a channel with its record loaded (from memory, the store, or once the chain),
     /// refusing ids the chain does not know, closed channels, and channels on other terms.
     async fn lock_live(&self, id: B256) -> Result<OwnedMutexGuard<Slot>, Refusal> {
-        if let Some(refusal) = self.recently_refused(id) {
-            return Err(refusal);
-        }
-        let slot = Arc::clone(&*self.inner.channels.entry(id).or_default());
+        // A loaded channel has its slot: the negative cache (one global lock) is asked only
+        // about ids the node does not hold, never on the paid path of a known channel.
+        let known = self.inner.channels.get(&id).map(|s| Arc::clone(&s));
+        let slot = match known {
+            Some(slot) => slot,
+            None => {
+                if let Some(refusal) = self.recently_refused(id) {
+                    return Err(refusal);
+                }
+                Arc::clone(&*self.inner.channels.entry(id).or_default())
+            }
+        };
         let mut guard = slot.lock_owned().await;
         self.load(id, &mut guard).await?;
         let record = guard.record.as_ref().ok_or_else(|| Refusal::unknown(id))?;

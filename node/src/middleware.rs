@@ -458,7 +458,8 @@ fn small(response: &Response) -> bool {
 }
 
 fn with_receipt(response: &mut Response, settlement: &wire::SettlementResponse) {
-    if let Ok(v) = HeaderValue::from_str(&wire::encode_header(settlement)) {
+    // Base64 is always a valid header value; the String's buffer is taken, not copied.
+    if let Ok(v) = HeaderValue::try_from(wire::encode_header(settlement)) {
         response.headers_mut().insert(HeaderName::from_static(wire::PAYMENT_RESPONSE), v);
     }
 }

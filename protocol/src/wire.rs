@@ -444,10 +444,31 @@ pub struct AcceptedRequirements {
     /// The offer's timeout (informative).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_timeout_seconds: Option<u64>,
-    /// The offer's `extra` (informative).
+    /// The offer's `extra` (informative), kept as sent: the node never reads it, so it is not
+    /// parsed into a tree on the paid path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub extra: Option<serde_json::Value>,
+    pub extra: Option<RawJson>,
 }
+
+/// JSON kept verbatim (validated, not parsed into a tree), compared by its text.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(pub Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for RawJson {}
 
 impl<E: Serialize> From<&PaymentRequirements<E>> for AcceptedRequirements {
     fn from(r: &PaymentRequirements<E>) -> Self {
@@ -459,7 +480,7 @@ impl<E: Serialize> From<&PaymentRequirements<E>> for AcceptedRequirements {
             pay_to: Some(r.pay_to),
             max_timeout_seconds: Some(r.max_timeout_seconds),
             // Serialising these plain structs cannot fail.
-            extra: serde_json::to_value(&r.extra).ok(),
+            extra: serde_json::value::to_raw_value(&r.extra).ok().map(RawJson),
         }
     }
 }
@@ -705,8 +726,12 @@ pub fn decode_session(value: &[u8]) -> Option<(B256, B256)> {
 
 /// Encodes `value` as a base64 JSON header value.
 pub fn encode_header<T: Serialize>(value: &T) -> String {
+    let mut json = Vec::with_capacity(512);
     // Serialising these plain structs cannot fail.
-    STANDARD.encode(serde_json::to_vec(value).unwrap_or_default())
+    if serde_json::to_writer(&mut json, value).is_err() {
+        json.clear();
+    }
+    STANDARD.encode(json)
 }
 
 /// Decodes a base64 JSON header value, refusing values above [`MAX_HEADER_LEN`].
@@ -777,7 +802,37 @@ pub mod checksummed {
 
     /// Serialises with the EIP-55 checksum.
     pub fn serialize<S: Serializer>(value: &Address, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&value.to_checksum(None))
+        with_checksum(value, |text| s.serialize_str(text))
+    }
+
+    /// Slots of the per-thread cache of checksummed addresses.
+    const CACHE_SLOTS: usize = 64;
+
+    std::thread_local! {
+        /// The checksummed text of recently serialised addresses, direct-mapped by the last
+        /// byte: every receipt carries its payer, and the checksum is a keccak256 each time.
+        static CACHE: std::cell::RefCell<[(Address, [u8; 42]); CACHE_SLOTS]> =
+            const { std::cell::RefCell::new([(Address::ZERO, [0; 42]); CACHE_SLOTS]) };
+    }
+
+    /// Calls `f` with the EIP-55 text of `value`, computed at most once per cache slot.
+    fn with_checksum<R>(value: &Address, f: impl FnOnce(&str) -> R) -> R {
+        let slot = usize::from(value.0[19]) % CACHE_SLOTS;
+        let cached = CACHE.try_with(|cache| {
+            let mut cache = cache.try_borrow_mut().ok()?;
+            let entry = &mut cache[slot];
+            // The zero address's slot starts out empty: compute it rather than trust [0; 42].
+            if entry.0 != *value || entry.1[0] != b'0' {
+                entry.0 = *value;
+                entry.1.copy_from_slice(value.to_checksum_buffer(None).as_str().as_bytes());
+            }
+            Some(entry.1)
+        });
+        match cached.ok().flatten() {
+            // The buffer holds the ASCII text written just above or earlier for this address.
+            Some(text) => f(std::str::from_utf8(&text).unwrap_or_default()),
+            None => f(value.to_checksum_buffer(None).as_str()),
+        }
     }
 
     /// Deserialises a 0x-prefixed hex address.
@@ -1027,6 +1082,32 @@ mod tests {
     }
 
     #[test]
+    fn the_checksum_cache_never_serves_another_address() {
+        // Addresses sharing a cache slot (same last byte), the zero address first, and repeats.
+        let mut addresses = vec![Address::ZERO];
+        for i in 0..300u32 {
+            let mut a = Address::repeat_byte((i % 7) as u8);
+            a.0[0] = (i / 7) as u8;
+            a.0[19] = (i % 3) as u8 * 64;
+            addresses.push(a);
+        }
+        for _ in 0..2 {
+            for a in &addresses {
+                let json = serde_json::to_value(SettlementResponse {
+                    success: true,
+                    transaction: String::new(),
+                    network: Network::new(1),
+                    payer: *a,
+                    amount: None,
+                    extra: None,
+                })
+                .unwrap();
+                assert_eq!(json["payer"], a.to_checksum(None), "{a}");
+            }
+        }
+    }
+
+    #[test]
     fn addresses_serialise_checksummed() {
         let a: Address = CHECKSUMMED.to_lowercase().parse().unwrap();
         let s = SettlementResponse {
@@ -1045,7 +1126,9 @@ mod tests {
         let accepted = AcceptedRequirements::from(&requirements());
         let json = serde_json::to_value(&accepted).unwrap();
         assert_eq!(json["payTo"], Address::repeat_byte(2).to_checksum(None));
-        assert_eq!(serde_json::from_value::<AcceptedRequirements>(json).unwrap(), accepted);
+        // `extra` is kept verbatim: a round trip through the text gives the same value.
+        let text = serde_json::to_string(&accepted).unwrap();
+        assert_eq!(serde_json::from_str::<AcceptedRequirements>(&text).unwrap(), accepted);
     }
 
     #[test]
