@@ -10,13 +10,14 @@
 //! commits, so figures are the server's alone.
 //!
 //! Modules: [`fixture`] (the deterministic channels and vouchers both processes agree on),
-//! [`server`], [`load`], [`sys`] (rusage and memory), [`report`] (JSON, SVG chart, Markdown).
+//! [`server`], [`load`], [`sys`] (rusage and memory), [`profile`] (perf, bucketed), [`report`] (JSON, SVG chart, Markdown).
 //!
 //! This crate has no feature flags.
 
 pub mod batch;
 pub mod fixture;
 pub mod load;
+pub mod profile;
 pub mod report;
 pub mod server;
 pub mod settle;

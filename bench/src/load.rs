@@ -83,6 +83,11 @@ impl Server {
         Ok(Self { child, url, http, startup: started.elapsed() })
     }
 
+    /// The server process's id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The server's counters now.
     pub async fn stats(&self) -> eyre::Result<Stats> {
         let (status, body) = self.http.get_body(&format!("{}/_bench/stats", self.url)).await?;
@@ -230,8 +235,11 @@ pub struct Run {
     pub rps: f64,
     /// Server CPU time per answered request, microseconds.
     pub cpu_us_per_request: f64,
-    /// Group commits per paid request.
+    /// Group commits (hot-path fsyncs) per paid request.
     pub fsyncs_per_request: f64,
+    /// The store's checkpoint fsyncs (off the hot path) per paid request.
+    #[serde(default)]
+    pub checkpoints_per_request: f64,
     /// Mean writes per group commit.
     pub mean_batch: f64,
     /// The largest group commit so far.
@@ -273,6 +281,17 @@ pub struct Plan {
 
 /// Runs `plan` against `server`.
 pub async fn run(server: &Server, vouchers: &Vouchers, plan: &Plan) -> eyre::Result<Run> {
+    run_observed(server, vouchers, plan, || {}).await
+}
+
+/// Runs `plan` against `server`, calling `on_start` as its timed window opens (after the
+/// warm-up and the signing), e.g. to start a profile of the server.
+pub async fn run_observed(
+    server: &Server,
+    vouchers: &Vouchers,
+    plan: &Plan,
+    on_start: impl FnOnce(),
+) -> eyre::Result<Run> {
     let concurrency = plan.concurrency.min(usize::try_from(plan.channels).unwrap_or(usize::MAX)).max(1);
     let mut start_nonce = plan.start;
     if plan.paid && plan.warm_up {
@@ -299,12 +318,14 @@ pub async fn run(server: &Server, vouchers: &Vouchers, plan: &Plan) -> eyre::Res
     };
     let before = server.stats().await?;
     let started = Instant::now();
+    on_start();
     let (ok, errors) = drive(server, lanes, plan.paid, plan.duration, plan.requests).await?;
     let seconds = started.elapsed().as_secs_f64();
     let after = server.stats().await?;
     let served = ok.max(1) as f64;
     let paid = after.paid.saturating_sub(before.paid).max(1) as f64;
     let flushes = after.flushes.saturating_sub(before.flushes);
+    let checkpoints = after.checkpoints.saturating_sub(before.checkpoints);
     let writes = after.synced_writes.saturating_sub(before.synced_writes);
     Ok(Run {
         name: plan.name.clone(),
@@ -318,6 +339,7 @@ pub async fn run(server: &Server, vouchers: &Vouchers, plan: &Plan) -> eyre::Res
         rps: ok as f64 / seconds,
         cpu_us_per_request: after.usage.cpu_us.saturating_sub(before.usage.cpu_us) as f64 / served,
         fsyncs_per_request: if plan.paid { flushes as f64 / paid } else { 0.0 },
+        checkpoints_per_request: if plan.paid { checkpoints as f64 / paid } else { 0.0 },
         mean_batch: if flushes == 0 { 0.0 } else { writes as f64 / flushes as f64 },
         max_batch: after.max_batch,
         paid_by_session: after.paid_by_session.saturating_sub(before.paid_by_session),
@@ -483,6 +505,7 @@ pub async fn one_channel(server: &Server, vouchers: &Vouchers, plan: &Plan) -> e
     let after = server.stats().await?;
     let served = ok.load(Ordering::Relaxed);
     let flushes = after.flushes.saturating_sub(before.flushes);
+    let checkpoints = after.checkpoints.saturating_sub(before.checkpoints);
     let writes = after.synced_writes.saturating_sub(before.synced_writes);
     let paid_count = after.paid.saturating_sub(before.paid).max(1) as f64;
     Ok(Run {
@@ -498,6 +521,7 @@ pub async fn one_channel(server: &Server, vouchers: &Vouchers, plan: &Plan) -> e
         cpu_us_per_request: after.usage.cpu_us.saturating_sub(before.usage.cpu_us) as f64
             / served.max(1) as f64,
         fsyncs_per_request: if paid { flushes as f64 / paid_count } else { 0.0 },
+        checkpoints_per_request: if paid { checkpoints as f64 / paid_count } else { 0.0 },
         mean_batch: if flushes == 0 { 0.0 } else { writes as f64 / flushes as f64 },
         max_batch: after.max_batch,
         paid_by_session: 0,

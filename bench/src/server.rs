@@ -47,6 +47,9 @@ pub struct Stats {
     pub usage: Usage,
     /// Group commits (flush + fsync) of the store.
     pub flushes: u64,
+    /// Checkpoint fsyncs of the store (off the hot path).
+    #[serde(default)]
+    pub checkpoints: u64,
     /// Writes made durable by them.
     pub synced_writes: u64,
     /// The largest group commit so far.
@@ -77,6 +80,7 @@ pub async fn serve(args: ServeArgs) -> eyre::Result<()> {
             Json(Stats {
                 usage: usage(),
                 flushes: commits.flushes,
+                checkpoints: commits.checkpoints,
                 synced_writes: commits.synced_writes,
                 max_batch: commits.max_batch,
                 paid: m.paid.get(),

@@ -22,7 +22,7 @@ use alloy::{
 };
 use axum::{Router, extract::State, routing::post};
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use x402_node::{
     Engine, Terms,
     book::ChannelBook,
@@ -37,7 +37,7 @@ use x402_store::{KvStore, SledStore};
 use crate::report::note;
 
 /// What one settlement benchmark measured.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SettleFigures {
     /// Channels in the store.
@@ -64,6 +64,10 @@ pub struct SettleFigures {
     pub disk_bytes_per_channel: f64,
     /// The encoded record of a channel with a voucher.
     pub record_bytes: usize,
+    /// Wall time of the whole benchmark (anvil, opening the channels, writing the store, the
+    /// index and the rounds), seconds.
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 /// A JSON-RPC proxy counting calls per method.
@@ -286,5 +290,6 @@ pub async fn run(
         gas_used,
         disk_bytes_per_channel: disk as f64 / store_channels.max(1) as f64,
         record_bytes,
+        seconds: 0.0,
     })
 }

@@ -9,10 +9,11 @@ use std::process::Command;
 fn a_tiny_run_measures_everything_and_writes_the_page() {
     let out = tempfile::tempdir().unwrap();
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let perf = x402_bench::profile::perf_available();
     let status = Command::new(env!("CARGO_BIN_EXE_x402-bench"))
         .current_dir(root)
-        .args([
-            "run",
+        .arg("run")
+        .args(perf.then_some("--profile").into_iter().chain([
             "--duration-secs",
             "3",
             "--concurrency",
@@ -38,7 +39,7 @@ fn a_tiny_run_measures_everything_and_writes_the_page() {
             "--settle-max-batch",
             "8",
             "--out",
-        ])
+        ]))
         .arg(out.path())
         .status()
         .unwrap();
@@ -103,6 +104,59 @@ fn a_tiny_run_measures_everything_and_writes_the_page() {
 
     let page = std::fs::read_to_string(out.path().join("BENCHMARKS.md")).unwrap();
     assert!(page.contains("## Targets") && page.contains("scripts/bench"));
+    for row in [
+        "| server CPU per paid request, k = 1, vs one libsecp256k1 verification in the same run |",
+        "| the same with 50 active channels / with a store of 500 channels |",
+        "| paid throughput, k = 10 / k = 100, vs unpaid |",
+        "| p99 latency added by payment at 20 req/s, k = 1 |",
+        "| fsyncs per paid request at 4 in flight, k = 1 |",
+        "| bytes per channel in the store |",
+        "| restart with 500 channels, to the first answer |",
+        "## Settlement at scale",
+        "## Where the µs go",
+    ] {
+        assert!(page.contains(row), "{row} missing from:\n{page}");
+    }
+    assert_eq!(results["settlement"]["settled"], 20);
+    if perf {
+        // So short a window mostly ends before the profile's start; either way the page says
+        // what became of the profile (the profile itself is checked on a longer run below).
+        let profiled = results["profile"].is_object();
+        assert!(profiled || results["profile_error"].is_string(), "{results}");
+        assert!(
+            page.contains(if profiled { "| bucket |" } else { "The profile of this run failed" }),
+            "{page}"
+        );
+    }
     assert!(page.contains("## Batch verification") && page.contains("| 256 | distinct |"), "{page}");
     assert!(std::fs::read_to_string(out.path().join("bench/throughput.svg")).unwrap().starts_with("<svg"));
+}
+
+/// `--profile` on a paid k=1 run long enough to be profiled: perf records the server and every
+/// bucket is reported, their shares adding up to the whole.
+#[test]
+fn a_profiled_run_reports_where_the_cpu_goes() {
+    if !x402_bench::profile::perf_available() {
+        x402_bench::report::note("perf is not installed: nothing to profile with");
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_x402-bench"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .args(["run", "--profile", "--only", "paid k=1", "--duration-secs", "3", "--concurrency", "4"])
+        .args(["--requests", "6000", "--channels", "12", "--many-channels", "50"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let buckets: Vec<&str> =
+        stdout.lines().filter(|l| l.starts_with("profile: ") && l.contains(" µs ")).collect();
+    assert_eq!(buckets.len(), x402_bench::profile::BUCKETS.len(), "{stdout}");
+    let share: f64 = buckets
+        .iter()
+        .map(|l| l.split_whitespace().nth(3).unwrap().trim_end_matches('%').parse::<f64>().unwrap())
+        .sum();
+    assert!((share - 100.0).abs() < 0.5, "the shares add up to {share}%: {stdout}");
+    let signature = buckets.iter().find(|l| l.contains("signature")).unwrap();
+    assert!(!signature.contains(" 0.0%"), "a paid run spends time on signatures: {signature}");
+    assert!(stdout.contains("profile: by thread: "), "{stdout}");
 }

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use x402_bench::{
     fixture::Vouchers,
     load::{self, Plan, Server},
-    report::{Gas, LatencyReport, ONE_CHANNEL_PAID, ONE_CHANNEL_UNPAID, Results, Scale, Verify, note, say},
+    profile::{self, Profile},
+    report::{
+        Gas, LatencyReport, ONE_CHANNEL_PAID, ONE_CHANNEL_UNPAID, Results, Scale, Verify, note, say,
+        thousands,
+    },
     server::{self, ServeArgs},
 };
 
@@ -37,6 +41,20 @@ enum Command {
         /// Serve as the gateway in front of this upstream.
         #[arg(long)]
         upstream: Option<String>,
+    },
+    /// Summarises a `perf record` of the server (taken during a paid run) into the report's
+    /// buckets, as JSON on stdout: how `docs/bench/profile-before.json` was made.
+    Profile {
+        /// The perf.data file (`perf report` must find the binary's symbols: by its path or in
+        /// the build-id cache, `perf buildid-cache -a <binary>`).
+        #[arg(long)]
+        data: PathBuf,
+        /// The server CPU per request that run measured, microseconds.
+        #[arg(long)]
+        cpu_us: f64,
+        /// How the profile was taken (the run, the perf command, the code's commit).
+        #[arg(long)]
+        taken: String,
     },
 }
 
@@ -80,8 +98,8 @@ struct RunArgs {
     #[arg(long, default_value_t = 20)]
     upstream_ms: u64,
     /// Only the timed runs whose name contains this (repeatable), then stop: no latency, soak,
-    /// scale or report (for profiling one run). `--only settlement` runs the settlement
-    /// benchmark alone.
+    /// scale or report (for profiling one run; with `--profile`, the `paid k=1` run's buckets
+    /// are printed). `--only settlement` runs the settlement benchmark alone.
     #[arg(long)]
     only: Vec<String>,
     /// Channels in the store of the settlement benchmark.
@@ -93,7 +111,20 @@ struct RunArgs {
     /// The most channels per settlement transaction in that benchmark.
     #[arg(long, default_value_t = 1_000)]
     settle_max_batch: usize,
+    /// Profile the server with `perf record` inside the `paid k=1` run and report where its
+    /// CPU goes (`scripts/bench` sets this when `perf` is on the PATH).
+    #[arg(long)]
+    profile: bool,
+    /// Length of that profile, seconds (it also ends with the run's timed window).
+    #[arg(long, default_value_t = 4.0)]
+    profile_secs: f64,
+    /// The profile of the code before issue 18, shown next to this run's.
+    #[arg(long, default_value = "docs/bench/profile-before.json")]
+    profile_before: PathBuf,
 }
+
+/// The run that is profiled with `--profile`.
+const PROFILED_RUN: &str = "paid k=1";
 
 /// mimalloc: the paid path allocates a few dozen small buffers per request (headers, JSON,
 /// base64), which glibc's malloc serves measurably slower under two busy threads.
@@ -113,6 +144,11 @@ async fn main() -> eyre::Result<()> {
             server::serve(ServeArgs { channels, window, data, listen, upstream }).await
         }
         Command::Run(args) => run(args).await,
+        Command::Profile { data, cpu_us, taken } => {
+            let p = profile::summarise(&profile::report(&data)?, cpu_us, &taken);
+            say(&serde_json::to_string_pretty(&p)?);
+            Ok(())
+        }
     }
 }
 
@@ -120,6 +156,8 @@ async fn run(args: RunArgs) -> eyre::Result<()> {
     if args.only.iter().any(|o| o == "settlement") {
         return settlement(&args).await.map(drop);
     }
+    let run_started = std::time::Instant::now();
+    eyre::ensure!(!args.profile || profile::perf_available(), "--profile needs `perf` on the PATH");
     let command = format!("x402-bench run {}", std::env::args().skip(2).collect::<Vec<_>>().join(" "))
         .trim_end()
         .to_owned();
@@ -182,11 +220,22 @@ async fn run(args: RunArgs) -> eyre::Result<()> {
     let server = Server::start(total, 100, &tmp.path().join("node"), None).await?;
     let vouchers = Arc::new(Vouchers::new(server.requirements().await?));
     let mut runs = Vec::new();
+    let mut profile = None;
+    let mut profile_error = None;
     for p in
         plans.iter().filter(|p| args.only.is_empty() || args.only.iter().any(|o| p.name.contains(o.as_str())))
     {
         note(&format!("run: {} ({} channels, {} connections)", p.name, p.channels, p.concurrency));
-        let r = load::run(&server, &vouchers, p).await?;
+        let r = if args.profile && p.name == PROFILED_RUN {
+            let (r, p) = profiled(&args, &server, &vouchers, p, tmp.path()).await?;
+            match p {
+                Ok(p) => profile = Some(p),
+                Err(e) => profile_error = Some(e),
+            }
+            r
+        } else {
+            load::run(&server, &vouchers, p).await?
+        };
         note(&format!(
             "  {:.0} req/s, {:.1} µs server CPU per request, {:.3} fsyncs per paid request (mean batch {:.1}), {} errors",
             r.rps, r.cpu_us_per_request, r.fsyncs_per_request, r.mean_batch, r.errors
@@ -255,6 +304,11 @@ async fn run(args: RunArgs) -> eyre::Result<()> {
     };
 
     let settlement = settlement(&args).await?;
+    let profile_before = match std::fs::read(&args.profile_before) {
+        Ok(bytes) => Some(serde_json::from_slice::<Profile>(&bytes)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e.into()),
+    };
     let results = Results {
         generated: now_rfc3339(),
         command,
@@ -267,13 +321,17 @@ async fn run(args: RunArgs) -> eyre::Result<()> {
         soak,
         gas,
         batch,
+        profile,
+        profile_error,
+        profile_before,
+        settlement: Some(settlement),
+        seconds: run_started.elapsed().as_secs_f64(),
     };
     results.write(&args.out)?;
     for t in results.targets() {
         say(&format!("{}: {} — {} [{}]", t.name, t.goal, t.value, if t.met { "met" } else { "missed" }));
     }
     say(&format!("wrote {}", args.out.join("BENCHMARKS.md").display()));
-    drop(settlement);
     Ok(())
 }
 
@@ -281,8 +339,9 @@ async fn run(args: RunArgs) -> eyre::Result<()> {
 /// `--settle-store`, on anvil. Prints its figures and writes `<out>/bench/settlement.json`.
 async fn settlement(args: &RunArgs) -> eyre::Result<x402_bench::settle::SettleFigures> {
     let tmp = tempdir()?;
+    let started = std::time::Instant::now();
     let anvil = x402_devnet::chain::default_anvil_path();
-    let f = x402_bench::settle::run(
+    let mut f = x402_bench::settle::run(
         &anvil,
         tmp.path(),
         args.settle_store,
@@ -290,6 +349,7 @@ async fn settlement(args: &RunArgs) -> eyre::Result<x402_bench::settle::SettleFi
         args.settle_max_batch,
     )
     .await?;
+    f.seconds = started.elapsed().as_secs_f64();
     say(&format!(
         "settlement: {} owing channels in a store of {}: index built in {:.2} s; {} rounds ({} per transaction) in {:.2} s, {} settled, {} RPC calls ({:.2} per channel), {} gas",
         thousands(f.due_channels),
@@ -312,6 +372,76 @@ async fn settlement(args: &RunArgs) -> eyre::Result<x402_bench::settle::SettleFi
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("settlement.json"), serde_json::to_vec_pretty(&f)?)?;
     Ok(f)
+}
+
+/// Runs `plan` with `perf record` on the server from a tenth of the way into its timed window
+/// (at most 1 s) for `--profile-secs` or until the window ends, and summarises the profile with
+/// the CPU per request the run measured.
+async fn profiled(
+    args: &RunArgs,
+    server: &Server,
+    vouchers: &x402_bench::fixture::Vouchers,
+    plan: &Plan,
+    tmp: &std::path::Path,
+) -> eyre::Result<(load::Run, Result<Profile, String>)> {
+    let pid = server.pid().ok_or_else(|| eyre::eyre!("the server has exited"))?;
+    let delay = plan.duration.mul_f64(0.1).min(Duration::from_secs(1));
+    let length = Duration::from_secs_f64(args.profile_secs.max(0.5));
+    let data = tmp.join("perf.data");
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let record = async {
+        started_rx.await?;
+        let mut done_rx = done_rx;
+        tokio::select! {
+            _ = &mut done_rx => eyre::bail!("the timed window ended before the profile's start"),
+            () = tokio::time::sleep(delay) => {}
+        }
+        let recording = profile::Recording::start(pid, &data)?;
+        tokio::select! {
+            _ = done_rx => {}
+            () = tokio::time::sleep(length) => {}
+        }
+        recording.stop().await
+    };
+    let on_start = move || {
+        let _ = started_tx.send(());
+    };
+    let run = async {
+        let r = load::run_observed(server, vouchers, plan, on_start).await;
+        let _ = done_tx.send(());
+        r
+    };
+    let (run, recorded) = tokio::join!(run, record);
+    let run = run?;
+    let (lines, recorded) = match recorded {
+        Ok(recorded) => recorded,
+        Err(e) => {
+            // A failed profile costs its section of the page, not the run.
+            note(&format!("profile: none taken: {e:#}"));
+            return Ok((run, Err(format!("{e:#}"))));
+        }
+    };
+    let taken = format!(
+        "`{}` for {:.1} s from {:.1} s into the timed window of `{}` ({} channels, {} connections, {:.1} µs \
+         server CPU per request), then `perf report {}`",
+        profile::record_command(),
+        recorded.as_secs_f64(),
+        delay.as_secs_f64(),
+        plan.name,
+        plan.channels,
+        run.concurrency,
+        run.cpu_us_per_request,
+        profile::REPORT_ARGS.join(" ").replace('\t', "'\\t'"),
+    );
+    let p = profile::summarise(&lines, run.cpu_us_per_request, &taken);
+    for b in &p.buckets {
+        say(&format!("profile: {:>6.1} µs {:>5.1}%  {}", b.us_per_request, b.share * 100.0, b.name));
+    }
+    let threads: Vec<String> =
+        p.threads.iter().map(|t| format!("{} {:.1}%", t.name, t.share * 100.0)).collect();
+    say(&format!("profile: by thread: {}", threads.join(", ")));
+    Ok((run, Ok(p)))
 }
 
 /// The one-channel runs: `c` concurrent requests on one single channel through the gateway,
@@ -398,18 +528,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
 }
 
 fn machine() -> String {
