@@ -36,14 +36,15 @@ pub struct SledConfig {
     /// Interval between checkpoints (sled flush + fsync, off the hot path) in milliseconds;
     /// a checkpoint also starts when the active segment is half full. Default: `1000`.
     pub checkpoint_every_ms: u64,
-    /// Writes per journal `fdatasync` worth waiting for under load. Default: `32`.
+    /// Writes per journal `fdatasync` worth waiting for under load. Default: `48` (a linger
+    /// also ends when writers stop coming, so batches average somewhat below it).
     pub commit_batch_target: u64,
     /// Under load (the previous group commit carried more than one write), the committer
     /// waits up to this long, in microseconds, for `commit_batch_target` writers to share
     /// the next `fdatasync`, but only if the recent arrival rate says they will come within
     /// it, no longer than the batch takes to fill, and no longer than writers keep coming (a
     /// pause of a few inter-arrival times ends it). A lone writer is never delayed. `0` turns
-    /// it off. Default: `4000`.
+    /// it off. Default: `8000`.
     pub commit_linger_us: u64,
 }
 
@@ -54,8 +55,8 @@ impl Default for SledConfig {
             flush_every_ms: 500,
             journal_segment_bytes: 16 * 1024 * 1024,
             checkpoint_every_ms: 1000,
-            commit_batch_target: 32,
-            commit_linger_us: 4000,
+            commit_batch_target: 48,
+            commit_linger_us: 8000,
         }
     }
 }
