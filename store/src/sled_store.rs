@@ -30,11 +30,27 @@ pub struct SledConfig {
     /// it: fewer fsyncs and less CPU per write for at most this much latency. A lone writer
     /// is never delayed. `0` turns it off. Default: `200`.
     pub commit_delay_us: u64,
+    /// Size of sled's log segments in bytes (a power of two, 256 to 16 MiB), for a new
+    /// database: an existing one keeps the size it was created with (sled cannot change it).
+    /// Larger segments leave less free space behind in the file: with 1M channel records,
+    /// 4 MiB takes 20-25% less disk than sled's own 512 KiB. Default: `4194304` (4 MiB).
+    pub segment_size_bytes: usize,
+    /// zstd level (1 to 22) sled compresses what it writes with, `0` for none, for a new
+    /// database: an existing one stays compressed or not as it was created (its writes then
+    /// use this level, or 3). Saves about a quarter of the disk of channel records, for
+    /// sled's flushes taking more CPU. Default: `0`.
+    pub compression_level: i32,
 }
 
 impl Default for SledConfig {
     fn default() -> Self {
-        Self { cache_capacity_bytes: 64 * 1024 * 1024, flush_every_ms: 500, commit_delay_us: 200 }
+        Self {
+            cache_capacity_bytes: 64 * 1024 * 1024,
+            flush_every_ms: 500,
+            commit_delay_us: 200,
+            segment_size_bytes: 4 * 1024 * 1024,
+            compression_level: 0,
+        }
     }
 }
 
@@ -98,9 +114,13 @@ impl SledStore {
     pub fn open_with(path: impl AsRef<Path>, config: SledConfig) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         fs::create_dir_all(&path).map_err(|e| Error::io("create dir", &path, e))?;
+        let created = created_with(&path);
         let sled_config = sled::Config::new()
             .path(&path)
             .cache_capacity(config.cache_capacity_bytes)
+            .segment_size(created.map_or(config.segment_size_bytes, |c| c.0))
+            .use_compression(created.map_or(config.compression_level > 0, |c| c.1))
+            .compression_factor(if config.compression_level > 0 { config.compression_level } else { 3 })
             .flush_every_ms((config.flush_every_ms > 0).then_some(config.flush_every_ms));
         let db = open_waiting_for_lock(&sled_config)?;
 
@@ -232,6 +252,15 @@ impl KvStore for SledStore {
     fn sync_blocking(&self) -> Result<()> {
         self.commit.sync_blocking()
     }
+}
+
+/// The segment size and compression an existing database was created with (sled's `conf`),
+/// which sled refuses to open it without.
+fn created_with(dir: &Path) -> Option<(usize, bool)> {
+    let conf = fs::read(dir.join("conf")).ok()?;
+    let conf = String::from_utf8_lossy(&conf);
+    let value = |key: &str| conf.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(": "));
+    Some((value("segment_size")?.parse().ok()?, value("use_compression")?.parse().ok()?))
 }
 
 /// The fsyncs sled 0.34 leaves out. Owned by the committer thread.
@@ -457,6 +486,35 @@ mod tests {
         }
         let store = SledStore::open_with(&path, config).expect("reopen");
         assert_eq!(store.get("ns", b"k").expect("get"), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn a_database_keeps_the_segment_size_and_compression_it_was_created_with() {
+        let dir = temp_dir();
+        let path = dir.path().join("db");
+        // sled's own 512 KiB, uncompressed, as stores created before these settings are.
+        let old = SledConfig { segment_size_bytes: 512 * 1024, ..SledConfig::default() };
+        let compressed =
+            SledConfig { segment_size_bytes: 1 << 20, compression_level: 3, ..SledConfig::default() };
+        for (name, created, reopened) in [("old", &old, &SledConfig::default()), ("zstd", &compressed, &old)]
+        {
+            let path = path.join(name);
+            {
+                let store = SledStore::open_with(&path, created.clone()).expect("create");
+                store.put("ns", b"k", &[7; 1000]).expect("put");
+                store.sync_blocking().expect("sync");
+            }
+            assert_eq!(
+                created_with(&path),
+                Some((created.segment_size_bytes, created.compression_level > 0)),
+                "{name}"
+            );
+            let store = SledStore::open_with(&path, reopened.clone()).expect("reopen with other settings");
+            assert_eq!(store.get("ns", b"k").expect("get"), Some(vec![7; 1000]), "{name}");
+        }
+        // What sled itself would do without this: refuse.
+        let conf = sled::Config::new().path(path.join("old")).segment_size(4 << 20);
+        assert!(conf.open().is_err());
     }
 
     #[test]
