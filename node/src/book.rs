@@ -178,6 +178,28 @@ impl<S: KvStore> ChannelBook<S> {
         Ok(())
     }
 
+    /// Decodes a record met in a scan with a copy of the dictionary (a scan must not hold
+    /// its lock while writers learn), refreshing the copy if the record names an entry
+    /// learned since.
+    fn decode_scanned(
+        &self,
+        id: B256,
+        bytes: &[u8],
+        addresses: &mut Vec<Address>,
+    ) -> Result<ChannelRecord, Error> {
+        match decode_with(id, bytes, addresses) {
+            Err(Error::RecordInvalid("address reference")) => {
+                let now = self.addresses()?.list.clone();
+                if now.len() == addresses.len() {
+                    return Err(Error::RecordInvalid("address reference"));
+                }
+                *addresses = now;
+                decode_with(id, bytes, addresses)
+            }
+            decoded => decoded,
+        }
+    }
+
     /// A record as the book stores it.
     pub fn encode(&self, record: &ChannelRecord) -> Result<Vec<u8>, Error> {
         Ok(encode_with(record, &self.addresses()?.list))
@@ -225,13 +247,13 @@ impl<S: KvStore> ChannelBook<S> {
 
     /// Every record (a full scan: for listings and reorg recovery, never per request).
     pub fn list(&self) -> Result<Vec<ChannelRecord>, Error> {
-        let addresses = self.addresses()?;
+        let mut addresses = self.addresses()?.list.clone();
         self.store
             .list(CHANNELS)?
             .into_iter()
             .map(|(k, v)| {
                 let id = B256::try_from(k.as_slice()).unwrap_or_default();
-                decode_with(id, &v, &addresses.list)
+                self.decode_scanned(id, &v, &mut addresses)
                     .map_err(|source| Error::CorruptRecord { id, source: Box::new(source) })
             })
             .collect()
@@ -246,11 +268,10 @@ impl<S: KvStore> ChannelBook<S> {
         }
         let mut fresh = BookIndex::default();
         let mut corrupt = None;
-        // A copy: the scan must not hold the dictionary's lock while writers learn.
-        let addresses = self.addresses()?.list.clone();
+        let mut addresses = self.addresses()?.list.clone();
         self.store.for_each(CHANNELS, &mut |k, v| {
             let id = B256::try_from(k).unwrap_or_default();
-            match decode_with(id, v, &addresses) {
+            match self.decode_scanned(id, v, &mut addresses) {
                 Ok(record) => fresh.apply(&record),
                 Err(source) => {
                     corrupt.get_or_insert(Error::CorruptRecord { id, source: Box::new(source) });
@@ -1187,6 +1208,25 @@ mod tests {
         // A damaged dictionary is an error, not a misreading.
         store.put(BOOK, ADDRESSES, &[1; 21]).unwrap();
         assert!(ChannelBook::new(Arc::clone(&store)).get(ours.id).is_err());
+    }
+
+    #[test]
+    fn a_scan_meets_entries_learned_after_it_started() {
+        let book = ChannelBook::new(Arc::new(MemoryStore::new()));
+        let first = ChannelRecord::new(B256::repeat_byte(1), onchain(1000));
+        book.put(&first).unwrap();
+        let mut copy = book.addresses().unwrap().list.clone();
+        let mut later = ChannelRecord::new(B256::repeat_byte(2), onchain(1000));
+        later.chain.params.token = Address::repeat_byte(0x55);
+        book.put(&later).unwrap();
+        let raw = book.store().get(CHANNELS, later.id.as_slice()).unwrap().unwrap();
+        assert!(decode_with(later.id, &raw, &copy).is_err(), "names the new entry");
+        assert_eq!(book.decode_scanned(later.id, &raw, &mut copy).unwrap(), later);
+        assert_eq!(copy.len(), 3);
+        // A reference to an entry that does not exist is still refused.
+        let mut bad = raw.clone();
+        bad[3] = 0x1f;
+        assert!(book.decode_scanned(later.id, &bad, &mut copy).is_err());
     }
 
     #[test]
