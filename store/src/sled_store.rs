@@ -22,8 +22,10 @@ pub struct SledConfig {
     /// sled page-cache size in bytes. Default: `67108864` (64 MiB).
     pub cache_capacity_bytes: u64,
     /// Interval of sled's own background flush in milliseconds; `0` turns it off.
-    /// Default: `500`. It only limits how much *un-synced* data a crash can lose;
-    /// durability comes from [`KvStore::sync`] either way.
+    /// Default: `100`. It only limits how much *un-synced* data a crash can lose;
+    /// durability comes from [`KvStore::sync`] either way. It also bounds how much a burst
+    /// of writes without syncs leaves to clean up: 1M channel records written in one go
+    /// take 260-270 bytes each on disk with 100 ms, 270-350 with 500, 480 with none.
     pub flush_every_ms: u64,
     /// Under load (the previous group commit carried more than one write), the committer
     /// waits this long, in microseconds, before the next flush, so that more writers share
@@ -46,7 +48,7 @@ impl Default for SledConfig {
     fn default() -> Self {
         Self {
             cache_capacity_bytes: 64 * 1024 * 1024,
-            flush_every_ms: 500,
+            flush_every_ms: 100,
             commit_delay_us: 200,
             segment_size_bytes: 4 * 1024 * 1024,
             compression_level: 0,
