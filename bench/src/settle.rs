@@ -209,7 +209,10 @@ pub async fn run(
             book.put(&record)?;
         }
         let sample = book.get(params_of(0).channel_id(chain_id, contract))?;
-        record_bytes = sample.map_or(0, |r| x402_node::book::encode(&r).len());
+        record_bytes = match sample {
+            Some(r) => book.encode(&r)?.len(),
+            None => 0,
+        };
         book.store().sync_blocking()?;
     }
     let disk = crate::sys::disk_usage(&store_dir);

@@ -28,10 +28,13 @@ pub struct SledConfig {
     /// sled page-cache size in bytes. Default: `67108864` (64 MiB).
     pub cache_capacity_bytes: u64,
     /// Interval of sled's own background flush in milliseconds; `0` turns it off.
-    /// Default: `500`. Durability comes from the journal and checkpoints either way.
+    /// Default: `100`. Durability comes from the journal and checkpoints either way; this
+    /// bounds how much a burst of writes leaves for sled to clean up: 1M channel records
+    /// written in one go take 260-270 bytes each on disk with 100 ms, 270-350 with 500, 480
+    /// with none.
     pub flush_every_ms: u64,
     /// Size of each of the two journal segment files, in bytes. A put larger than this
-    /// fails; replay at open reads at most two segments. Default: `16777216` (16 MiB).
+    /// fails; replay at open reads at most two segments. Default: `8388608` (8 MiB).
     pub journal_segment_bytes: u64,
     /// Interval between checkpoints (sled flush + fsync, off the hot path) in milliseconds;
     /// a checkpoint also starts when the active segment is half full. Default: `1000`.
@@ -46,17 +49,23 @@ pub struct SledConfig {
     /// pause of a few inter-arrival times ends it). A lone writer is never delayed. `0` turns
     /// it off. Default: `8000`.
     pub commit_linger_us: u64,
+    /// Size of sled's log segments in bytes (a power of two, 256 to 16 MiB), for a new
+    /// database: an existing one keeps the size it was created with (sled cannot change it).
+    /// Larger segments leave less free space behind in the file: with 1M channel records,
+    /// 4 MiB takes 20-25% less disk than sled's own 512 KiB. Default: `4194304` (4 MiB).
+    pub segment_size_bytes: usize,
 }
 
 impl Default for SledConfig {
     fn default() -> Self {
         Self {
             cache_capacity_bytes: 64 * 1024 * 1024,
-            flush_every_ms: 500,
-            journal_segment_bytes: 16 * 1024 * 1024,
+            flush_every_ms: 100,
+            journal_segment_bytes: 8 * 1024 * 1024,
             checkpoint_every_ms: 1000,
             commit_batch_target: 48,
             commit_linger_us: 8000,
+            segment_size_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -161,9 +170,11 @@ impl SledStore {
     pub(crate) fn open_inner(path: &Path, config: &SledConfig, hooks: Hooks) -> Result<Self> {
         let path = path.to_path_buf();
         fs::create_dir_all(&path).map_err(|e| Error::io("create dir", &path, e))?;
+        let created = created_with(&path);
         let sled_config = sled::Config::new()
             .path(&path)
             .cache_capacity(config.cache_capacity_bytes)
+            .segment_size(created.unwrap_or(config.segment_size_bytes))
             .flush_every_ms((config.flush_every_ms > 0).then_some(config.flush_every_ms));
         let db = open_waiting_for_lock(&sled_config)?;
         let mut disk = DiskSync::open(&path)?;
@@ -477,6 +488,14 @@ impl Checkpointer {
     }
 }
 
+/// The segment size an existing database was created with (sled's `conf`), which sled
+/// refuses to open it without.
+fn created_with(dir: &Path) -> Option<usize> {
+    let conf = fs::read(dir.join("conf")).ok()?;
+    let conf = String::from_utf8_lossy(&conf);
+    conf.lines().find_map(|l| l.strip_prefix("segment_size")?.strip_prefix(": "))?.parse().ok()
+}
+
 /// The fsyncs sled 0.34 leaves out. Owned by the checkpoint thread.
 #[derive(Debug)]
 struct DiskSync {
@@ -700,6 +719,26 @@ mod tests {
         }
         let store = SledStore::open_with(&path, config).expect("reopen");
         assert_eq!(store.get("ns", b"k").expect("get"), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn a_database_keeps_the_segment_size_it_was_created_with() {
+        let dir = temp_dir();
+        let path = dir.path().join("db");
+        // sled's own 512 KiB, as stores created before this setting are.
+        let old = SledConfig { segment_size_bytes: 512 * 1024, ..SledConfig::default() };
+        {
+            let store = SledStore::open_with(&path, old.clone()).expect("create");
+            store.put("ns", b"k", &[7; 1000]).expect("put");
+            store.sync_blocking().expect("sync");
+        }
+        assert_eq!(created_with(&path), Some(old.segment_size_bytes));
+        let store = SledStore::open_with(&path, SledConfig::default()).expect("reopen with the new default");
+        assert_eq!(store.get("ns", b"k").expect("get"), Some(vec![7; 1000]));
+        drop(store);
+        // What sled itself would do without this: refuse.
+        let conf = sled::Config::new().path(&path).segment_size(4 << 20);
+        assert!(conf.open().is_err());
     }
 
     #[test]

@@ -224,10 +224,6 @@ async fn streamed_responses_are_charged_what_they_report_at_their_end() {
     assert_eq!(charged(&f).await, U256::from(total));
     // Charged in memory: written by the next flush.
     assert!(f.engine.flush_charges().await.expect("flush") >= 1);
-    let stored = x402_node::book::decode(
-        f.id,
-        &f._store.get(x402_node::book::CHANNELS, f.id.as_slice()).expect("get").expect("stored"),
-    )
-    .expect("record");
+    let stored = f.engine.book().get(f.id).expect("get").expect("stored");
     assert_eq!(stored.charged, U256::from(total));
 }

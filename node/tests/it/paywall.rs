@@ -886,9 +886,7 @@ async fn a_credit_window_pays_later_requests_with_a_session_token() {
     assert_eq!(record.charged, U256::from(6 * PRICE), "exactly one price per request served");
     // Session charges cost no store write per request; they are written in a batch.
     let stored = |f: &Fixture<MemoryStore>| -> U256 {
-        let bytes =
-            f.engine.store().get(x402_node::book::CHANNELS, f.id.as_slice()).expect("store").expect("row");
-        x402_node::book::decode(f.id, &bytes).expect("record").charged
+        f.engine.book().get(f.id).expect("store").expect("record").charged
     };
     assert_eq!(stored(&f), U256::from(2 * PRICE), "the voucher's charge only");
     assert_eq!(f.engine.flush_charges().await.expect("flushes"), 1);
@@ -1005,8 +1003,6 @@ async fn a_voucher_write_takes_the_session_charges_along() {
     assert_eq!(f.session("/paid", grant.token).await.status(), StatusCode::OK);
     assert_eq!(f.pay("/paid", 2, 5 * PRICE).await.status(), StatusCode::OK);
     assert_eq!(f.engine.flush_charges().await.expect("flushes"), 0, "the voucher's write held the charge");
-    let bytes =
-        f.engine.store().get(x402_node::book::CHANNELS, f.id.as_slice()).expect("store").expect("row");
-    let stored = x402_node::book::decode(f.id, &bytes).expect("record");
+    let stored = f.engine.book().get(f.id).expect("store").expect("record");
     assert_eq!(stored.charged, U256::from(3 * PRICE));
 }
