@@ -4,7 +4,6 @@
 //! `cargo run --release -p x402-node --example store_size -- <dir> [n]` (it deletes `<dir>`
 //! first), with, in the environment:
 //! - `SEGMENT_SIZE=<bytes>`: sled's segment size (default: the store's);
-//! - `COMPRESSION=<zstd level>`: compress (default: none);
 //! - `FLUSH_EVERY_MS=<ms>`: sled's background flush interval (default: the store's);
 //! - `SYNC_EVERY=<n>`: sync after every `n` writes (default: once, at the end, as the
 //!   benchmark's store is written);
@@ -75,9 +74,6 @@ fn main() -> eyre::Result<()> {
     }
     if let Ok(s) = std::env::var("FLUSH_EVERY_MS") {
         config.flush_every_ms = s.parse()?;
-    }
-    if let Ok(s) = std::env::var("COMPRESSION") {
-        config.compression_level = s.parse()?;
     }
     let sync_every: u64 = std::env::var("SYNC_EVERY").map_or(Ok(0), |s| s.parse())?;
     // `REOPEN_ONLY=1`: time the restart of a store written by an earlier run.
