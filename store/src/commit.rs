@@ -578,7 +578,9 @@ mod tests {
         }
         let off = mean_batch(Linger::OFF);
         let on = mean_batch(Linger { target: 32, budget: Duration::from_millis(20) });
-        assert!(on >= 16.0 && on >= 1.5 * off, "lingering: mean batch {on:.1}, without: {off:.1}");
+        // Without lingering the batch depends on how loaded the machine is (~15 idle, ~20 busy);
+        // lingering gathers most of the 32 either way.
+        assert!(on >= 24.0 && on > off, "lingering: mean batch {on:.1}, without: {off:.1}");
     }
 
     #[test]
