@@ -28,12 +28,12 @@ use parking_lot::Mutex;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use x402_client::{Client, DepositPolicy, Error, Limits, Settings};
 use x402_e2e::harness::{ADMIN, Env, PRICE};
-use x402_node::book::{CHANNELS, decode};
+use x402_node::book::ChannelBook;
 use x402_protocol::{
     bindings::IPaymentChannel,
     wire::{self, SettlementResponse},
 };
-use x402_store::{KvStore, SledStore};
+use x402_store::SledStore;
 
 use crate::process::{NodeProcess, node_command};
 
@@ -320,14 +320,13 @@ async fn crash_under_load() {
     miner.abort();
 
     // The store, read directly, agrees; every charge is one price per request the node served.
-    let store = SledStore::open(&data).expect("opens the node's store");
+    let book = ChannelBook::new(std::sync::Arc::new(SledStore::open(&data).expect("opens the node's store")));
     let counts = upstream_counts.lock().clone();
     let cut_off = ledger.lock().cut_off.clone();
     let mut lines = Vec::new();
     for (i, (client, _)) in clients.iter().enumerate() {
         let id = client.channels().await[0].id;
-        let bytes = store.get(CHANNELS, id.as_slice()).expect("store").expect("a record");
-        let record = decode(id, &bytes).expect("a record");
+        let record = book.get(id).expect("store").expect("a record");
         let s = seen[&id];
         let latest = record.latest.as_ref().expect("a voucher");
         assert!(
