@@ -30,7 +30,7 @@
 //! # }
 //! ```
 //!
-//! Feature flags: `test-utils` exposes [`test_utils`] (a simulated journal disk for
+//! Feature flags: `test-utils` exposes the module `test_utils` (a simulated journal disk for
 //! power-cut tests).
 //!
 //! Tracing targets: `store::commit` (one debug event per flush with its timing
